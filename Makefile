@@ -112,9 +112,15 @@ asan:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 bash ci/run-tests.sh $(BUILD)/asan
 
 # ---- everything CI runs -------------------------------------------------------------
+# Fragments (golden/golden.mk, fuzz/fuzz.mk, fast/cpu/cpu.mk, fast/cuda/cuda.mk, harness/harness.mk)
+# add their own targets and may append targets to CHECK_EXTRA, run by `make check` after the tests.
+CHECK_EXTRA :=
+-include $(wildcard */*.mk */*/*.mk)
+
 check: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory test
+	$(if $(strip $(CHECK_EXTRA)),$(MAKE) --no-print-directory $(CHECK_EXTRA))
 
 deps:
 	@bash ci/install-deps.sh

@@ -1,0 +1,12 @@
+/* cmd_inspect.c — placeholder until its issue lands: refuses with a usage error. */
+#include <stdio.h>
+
+#include "cmds.h"
+
+int q3n_cmd_inspect(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "q3n inspect: not built yet\n");
+    return 2;
+}

@@ -1,0 +1,12 @@
+/* cmd_report.c — placeholder until its issue lands: refuses with a usage error. */
+#include <stdio.h>
+
+#include "cmds.h"
+
+int q3n_cmd_report(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "q3n report: not built yet\n");
+    return 2;
+}

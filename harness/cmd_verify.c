@@ -1,0 +1,12 @@
+/* cmd_verify.c — placeholder until its issue lands: refuses with a usage error. */
+#include <stdio.h>
+
+#include "cmds.h"
+
+int q3n_cmd_verify(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "q3n verify: not built yet\n");
+    return 2;
+}
