@@ -81,8 +81,9 @@ struct q3n_weights {
 struct q3n_model {
     struct q3n_config config;
     struct q3n_weights weights;
-    char dir[4096];             /* the checkpoint folder */
-    void *impl_private;         /* owned by weights loading (mappings, converted buffers) */
+    char dir[4096];             /* the checkpoint folder ("" for a synthetic in-memory model) */
+    void *owner;                /* whatever holds the weight memory (mappings, converted or synthetic buffers) */
+    void (*release)(struct q3n_model *model); /* frees `owner` and weights.layers etc.; called by q3n_model_close */
 };
 
 /* Opens a Hugging Face checkpoint folder: config.json plus model.safetensors or a sharded
@@ -90,7 +91,8 @@ struct q3n_model {
  * missing, extra or mis-shaped tensor at once (the message lists them by name). */
 enum q3n_status q3n_model_open(struct q3n_model **model, const char *dir, struct q3n_error *err);
 
-/* Releases mappings and converted buffers. Accepts NULL. */
+/* Calls model->release (if set), then frees the struct. Accepts NULL. Works for models from
+ * q3n_model_open and from harness/synth.h alike. */
 void q3n_model_close(struct q3n_model *model);
 
 #endif
