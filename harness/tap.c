@@ -37,18 +37,36 @@ int64_t q3n_tap_numel(const struct q3n_tap *tap)
     return n;
 }
 
+static enum q3n_status emit(const struct q3n_tap_sink *sink, enum q3n_dtype dtype, const void *data, void *writable,
+                            int rank, const int64_t *dims, struct q3n_error *err, const char *name_fmt, va_list ap)
+{
+    Q3N_REQUIRE(rank >= 0 && rank <= Q3N_MAX_RANK);
+    char name[Q3N_TAP_NAME_MAX];
+    int n = vsnprintf(name, sizeof name, name_fmt, ap);
+    Q3N_REQUIRE(n > 0 && (size_t)n < sizeof name);
+    struct q3n_tap tap = {.name = name, .dtype = dtype, .rank = rank, .data = data, .writable = writable};
+    for (int i = 0; i < rank; i++) tap.dims[i] = dims[i];
+    return sink->fn(sink->user, &tap, err);
+}
+
 enum q3n_status q3n_tap_emit(const struct q3n_tap_sink *sink, enum q3n_dtype dtype, const void *data, int rank,
                              const int64_t *dims, struct q3n_error *err, const char *name_fmt, ...)
 {
     if (!sink || !sink->fn) return Q3N_OK;
-    Q3N_REQUIRE(rank >= 0 && rank <= Q3N_MAX_RANK);
-    char name[Q3N_TAP_NAME_MAX];
     va_list ap;
     va_start(ap, name_fmt);
-    int n = vsnprintf(name, sizeof name, name_fmt, ap);
+    enum q3n_status st = emit(sink, dtype, data, NULL, rank, dims, err, name_fmt, ap);
     va_end(ap);
-    Q3N_REQUIRE(n > 0 && (size_t)n < sizeof name);
-    struct q3n_tap tap = {.name = name, .dtype = dtype, .rank = rank, .data = data};
-    for (int i = 0; i < rank; i++) tap.dims[i] = dims[i];
-    return sink->fn(sink->user, &tap, err);
+    return st;
+}
+
+enum q3n_status q3n_tap_emit_live(const struct q3n_tap_sink *sink, enum q3n_dtype dtype, void *data, int rank,
+                                  const int64_t *dims, struct q3n_error *err, const char *name_fmt, ...)
+{
+    if (!sink || !sink->fn) return Q3N_OK;
+    va_list ap;
+    va_start(ap, name_fmt);
+    enum q3n_status st = emit(sink, dtype, data, data, rank, dims, err, name_fmt, ap);
+    va_end(ap);
+    return st;
 }

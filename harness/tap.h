@@ -33,6 +33,11 @@ struct q3n_tap {
     int rank;
     int64_t dims[Q3N_MAX_RANK];  /* row-major; dims[0] is T for per-token tensors */
     const void *data;            /* host memory, valid only during the callback */
+    /* Intervention (issue 9: isolated layers, blame, forced routing): when non-NULL, the same
+     * buffer as data, which the implementation reads downstream after the callback returns.
+     * A sink with `intervene` set may overwrite it (same dtype and shape) and the run then
+     * continues from the new values. NULL when the tensor is a copy nothing reads again. */
+    void *writable;
 };
 
 typedef enum q3n_status (*q3n_tap_fn)(void *user, const struct q3n_tap *tap, struct q3n_error *err);
@@ -40,6 +45,7 @@ typedef enum q3n_status (*q3n_tap_fn)(void *user, const struct q3n_tap *tap, str
 struct q3n_tap_sink {
     q3n_tap_fn fn; /* NULL: taps off, the implementation skips all tap work */
     void *user;
+    int intervene; /* 1: the sink may write tap->writable; device implementations copy it back */
 };
 
 /* Element count of a tap (product of dims). */
@@ -49,5 +55,11 @@ int64_t q3n_tap_numel(const struct q3n_tap *tap);
 enum q3n_status q3n_tap_emit(const struct q3n_tap_sink *sink, enum q3n_dtype dtype, const void *data,
                              int rank, const int64_t *dims, struct q3n_error *err, const char *name_fmt,
                              ...) __attribute__((format(printf, 7, 8)));
+
+/* As q3n_tap_emit, for a live buffer that downstream operations read after the call:
+ * sets tap.writable = data so an intervening sink can replace the tensor. */
+enum q3n_status q3n_tap_emit_live(const struct q3n_tap_sink *sink, enum q3n_dtype dtype, void *data, int rank,
+                                  const int64_t *dims, struct q3n_error *err, const char *name_fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 
 #endif
