@@ -45,6 +45,16 @@ const char *q3n_tensorfile_path(const struct q3n_tensorfile *tf);
 enum q3n_status q3n_tensorfile_write(struct q3n_tensorfile *tf, const char *dataset, enum q3n_dtype dtype,
                                      int rank, const int64_t *dims, const void *data, struct q3n_error *err);
 
+/* A scalar variable-length UTF-8 string dataset (h5py's `f["config"] = text`), e.g. /config.
+ * Added for the golden schema's /config; intermediate groups are created as above. */
+enum q3n_status q3n_tensorfile_write_str(struct q3n_tensorfile *tf, const char *dataset, const char *value,
+                                         struct q3n_error *err);
+
+/* Reads a scalar string dataset (variable-length or fixed-size) into a malloc'd,
+ * NUL-terminated buffer the caller frees with free(). Not a string: Q3N_ERR_SHAPE. */
+enum q3n_status q3n_tensorfile_read_str(struct q3n_tensorfile *tf, const char *dataset, char **out,
+                                        struct q3n_error *err);
+
 /* Attributes on a group or dataset ("/" for the root). */
 enum q3n_status q3n_tensorfile_set_attr_str(struct q3n_tensorfile *tf, const char *object, const char *name,
                                             const char *value, struct q3n_error *err);
