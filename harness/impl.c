@@ -5,9 +5,11 @@
 #include <string.h>
 
 #include "../ref/model.h"
+#include "../fast/cpu/model.h"
 
 static const struct q3n_impl *const impls[] = {
     &ref_impl,
+    &cpu_impl,
 };
 
 static const char *const impl_names[] = {
@@ -16,6 +18,7 @@ static const char *const impl_names[] = {
 #else
     "ref",
 #endif
+    "cpu",
     NULL,
 };
 
