@@ -55,8 +55,20 @@ struct cpu_session {
     int64_t last_T, last_pos0;
     int used_chunked, used_recurrent, used_attn;
     int64_t threads;
+    char test_bug[64];          /* planted bug (run_options.test_bug), "" when none */
+    float *bug_w;               /* [max(D, DV)] modified norm weight for planted bugs */
+    int64_t *bug_idx;           /* [K+1] */
+    float *bug_weight;          /* [K+1] */
     char desc[256];
 };
+
+static const char *const known_bugs[] = {"rope_wrong_half", "norm_no_offset", "chunk_off_by_one",
+                                         "router_flip_layer0", "weak_gated_norm_layer1", NULL};
+
+static int bug_is(const struct cpu_session *s, const char *name)
+{
+    return strcmp(s->test_bug, name) == 0;
+}
 
 /* ---- taps --------------------------------------------------------------------------- */
 
@@ -226,7 +238,11 @@ static enum q3n_status linear_attn_block(struct cpu_session *s, int layer, int64
     TAP2(w->beta, T, NV, "%s.%d.linear_attn.beta", p, layer);
 
     if (!s->has_previous_state) memset(cache->recurrent_state, 0, (size_t)(NV * DK * DV) * sizeof(float));
-    if (chunked) {
+    if (chunked && bug_is(s, "chunk_off_by_one")) {
+        cpu_delta_rule_chunked_bug_drop_last(w->core, cache->recurrent_state, w->qs, w->kl2, w->v, w->g, w->beta,
+                                             w->dscratch, T, NK, NV, DK, DV, s->opt.chunk_size);
+        s->used_chunked = 1;
+    } else if (chunked) {
         cpu_delta_rule_chunked(w->core, cache->recurrent_state, w->qs, w->kl2, w->v, w->g, w->beta, w->dscratch, T,
                                NK, NV, DK, DV, s->opt.chunk_size);
         s->used_chunked = 1;
@@ -238,12 +254,38 @@ static enum q3n_status linear_attn_block(struct cpu_session *s, int layer, int64
     TAP3(w->core, T, NV, DV, "%s.%d.linear_attn.core_out", p, layer);
     TAP3(cache->recurrent_state, NV, DK, DV, "%s.%d.linear_attn.final_state", p, layer);
 
-    cpu_rmsnorm_gated_forward(w->normo, w->core, w->z, lw->norm, T * NV, DV, c->rms_norm_eps);
+    const float *norm_w = lw->norm;
+    if (layer == 1 && bug_is(s, "weak_gated_norm_layer1")) {
+        for (int64_t i = 0; i < DV; i++) s->bug_w[i] = lw->norm[i] * 1.001f;
+        norm_w = s->bug_w;
+    }
+    cpu_rmsnorm_gated_forward(w->normo, w->core, w->z, norm_w, T * NV, DV, c->rms_norm_eps);
     TAP3(w->normo, T, NV, DV, "%s.%d.linear_attn.norm.out", p, layer);
     cpu_linear_forward(w->mix, w->normo, lw->out_proj, NULL, T, D, NV * DV);
     TAP2(w->mix, T, D, "%s.%d.linear_attn.out", p, layer);
 done:
     return st;
+}
+
+/* Swaps the two halves of the rotary dims: around cpu_rope_forward the rotation runs backwards
+ * (planted bug "rope_wrong_half", as ref plants it). */
+static void swap_rot_halves(float *x, int64_t rows, int64_t HD, int64_t rot)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < rot / 2; i++) {
+            float t = x[r * HD + i];
+            x[r * HD + i] = x[r * HD + rot / 2 + i];
+            x[r * HD + rot / 2 + i] = t;
+        }
+}
+
+static void rope(const struct cpu_session *s, float *x, int64_t T, int64_t N, int64_t pos0)
+{
+    const struct q3n_config *c = &s->model->config;
+    int wrong = bug_is(s, "rope_wrong_half");
+    if (wrong) swap_rot_halves(x, T * N, c->head_dim, c->rotary_dim);
+    cpu_rope_forward(x, T, N, c->head_dim, c->rotary_dim, pos0, c->rope_theta);
+    if (wrong) swap_rot_halves(x, T * N, c->head_dim, c->rotary_dim);
 }
 
 /* Gated attention block: mix [T,D] <- self_attn(xn) at positions pos0.., KV cache kc/vc. */
@@ -269,9 +311,9 @@ static enum q3n_status attn_block(struct cpu_session *s, const char *p, const st
     float *kn = kcache + pos0 * NKV * HD;
     cpu_rmsnorm_forward(kn, w->kp, aw->k_norm, T * NKV, HD, c->rms_norm_eps);
     TAP3(kn, T, NKV, HD, "%s.self_attn.k_norm.out", p);
-    cpu_rope_forward(w->qa, T, NH, HD, c->rotary_dim, pos0, c->rope_theta);
-    cpu_rope_forward(kn, T, NKV, HD, c->rotary_dim, pos0, c->rope_theta);
+    rope(s, w->qa, T, NH, pos0);
     TAP3(w->qa, T, NH, HD, "%s.self_attn.q_rope", p);
+    rope(s, kn, T, NKV, pos0);
     TAP3(kn, T, NKV, HD, "%s.self_attn.k_rope", p);
     memcpy(vcache + pos0 * NKV * HD, w->vp, (size_t)(T * NKV * HD) * sizeof(float));
 
@@ -308,23 +350,26 @@ static enum q3n_status mlp_block(struct cpu_session *s, const char *p, const str
     cpu_softmax_forward(w->probs, w->rlogits, T, E);
     TAP2(w->probs, T, E, "%s.mlp.gate.probs", p);
     cpu_topk_forward(w->topi, w->topw, w->probs, T, E, K, c->norm_topk_prob);
+    /* routing overrides, as ref: forced routing (rows = absolute positions), then the planted
+     * bug "router_flip_layer0" (position 0 of layer 0 takes the (K+1)-th expert for the K-th) */
     const struct q3n_forced_routing *fr = s->opt.forced_routing;
-    if (fr && layer >= 0 && fr->topk_idx && fr->topk_idx[layer]) {
-        if (pos0 + T > fr->tokens) {
-            st = q3n_error_set(err, Q3N_ERR_USAGE, "cpu: forced routing covers %lld tokens, layer %d needs %lld",
-                               (long long)fr->tokens, layer, (long long)(pos0 + T));
-            goto done;
-        }
-        for (int64_t i = 0; i < T * K; i++) {
-            int64_t e = fr->topk_idx[layer][pos0 * K + i];
-            if (e < 0 || e >= E) {
-                st = q3n_error_set(err, Q3N_ERR_USAGE, "cpu: forced routing layer %d: expert %lld out of range",
-                                   layer, (long long)e);
-                goto done;
+    if (fr && layer >= 0 && fr->topk_idx && fr->topk_idx[layer] && fr->topk_weight && fr->topk_weight[layer]) {
+        for (int64_t t = 0; t < T && pos0 + t < fr->tokens; t++)
+            for (int64_t j = 0; j < K; j++) {
+                w->topi[t * K + j] = fr->topk_idx[layer][(pos0 + t) * K + j];
+                w->topw[t * K + j] = fr->topk_weight[layer][(pos0 + t) * K + j];
             }
-            w->topi[i] = e;
-            if (fr->topk_weight && fr->topk_weight[layer]) w->topw[i] = fr->topk_weight[layer][pos0 * K + i];
+    }
+    if (layer == 0 && pos0 == 0 && T > 0 && K < E && bug_is(s, "router_flip_layer0")) {
+        cpu_topk_forward(s->bug_idx, s->bug_weight, w->probs, 1, E, K + 1, 0);
+        w->topi[K - 1] = s->bug_idx[K];
+        float sum = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            w->topw[j] = w->probs[w->topi[j]];
+            sum += w->topw[j];
         }
+        if (c->norm_topk_prob)
+            for (int64_t j = 0; j < K; j++) w->topw[j] = w->topw[j] / sum;
     }
     {
         int64_t dims[2] = {T, K};
@@ -332,6 +377,12 @@ static enum q3n_status mlp_block(struct cpu_session *s, const char *p, const str
         if (st != Q3N_OK) goto done;
     }
     TAP2(w->topw, T, K, "%s.mlp.gate.topk_weight", p);
+    for (int64_t i = 0; i < T * K; i++)
+        if (w->topi[i] < 0 || w->topi[i] >= E) {
+            st = q3n_error_set(err, Q3N_ERR_USAGE, "cpu: %s.mlp.gate.topk_idx[%lld] = %lld is not an expert (E = %lld)",
+                               p, (long long)i, (long long)w->topi[i], (long long)E);
+            goto done;
+        }
     cpu_moe_experts_forward(w->eo, w->xn, w->topi, w->topw, mw->experts, w->mscratch, T, D,
                             c->moe_intermediate_size, K);
     TAP2(w->eo, T, D, "%s.mlp.experts.out", p);
@@ -363,7 +414,12 @@ static enum q3n_status decoder_layer(struct cpu_session *s, const char *p, int l
     int sparse = is_mtp ? s->model->weights.mtp.layer_is_sparse : c->layer_is_sparse[layer];
 
     TAP2(w->h, T, D, "%s.in", p);
-    cpu_rmsnorm_forward(w->xn, w->h, lw->input_layernorm, T, D, c->rms_norm_eps);
+    const float *in_norm = lw->input_layernorm;
+    if (!is_mtp && layer == 0 && bug_is(s, "norm_no_offset")) {
+        for (int64_t i = 0; i < D; i++) s->bug_w[i] = lw->input_layernorm[i] - 1.0f; /* 1 + w' = w */
+        in_norm = s->bug_w;
+    }
+    cpu_rmsnorm_forward(w->xn, w->h, in_norm, T, D, c->rms_norm_eps);
     TAP2(w->xn, T, D, "%s.input_layernorm.out", p);
     if (full) {
         struct cpu_layer_cache *cache = is_mtp ? &s->mtp : &s->layers[layer];
@@ -407,10 +463,19 @@ static enum q3n_status cpu_open(void **session, const struct q3n_model *model, c
     }
     if (s->opt.chunk_size <= 0) s->opt.chunk_size = 64;
     if (s->opt.max_tokens <= 0) s->opt.max_tokens = 4096;
-    if (s->opt.test_bug && strcmp(s->opt.test_bug, "") != 0) {
-        st = q3n_error_set(err, Q3N_ERR_USAGE, "cpu: unknown test bug '%s'", s->opt.test_bug);
-        goto fail;
+    if (s->opt.test_bug) {
+        int found = 0;
+        for (int i = 0; known_bugs[i]; i++) found |= strcmp(s->opt.test_bug, known_bugs[i]) == 0;
+        if (!found) {
+            st = q3n_error_set(err, Q3N_ERR_USAGE,
+                               "cpu: unknown test_bug '%s' (known: rope_wrong_half, norm_no_offset, "
+                               "chunk_off_by_one, router_flip_layer0, weak_gated_norm_layer1)",
+                               s->opt.test_bug);
+            goto fail;
+        }
+        snprintf(s->test_bug, sizeof s->test_bug, "%s", s->opt.test_bug);
     }
+    s->opt.test_bug = NULL;
     if (s->opt.n_threads > 0) openblas_set_num_threads(s->opt.n_threads);
     s->threads = openblas_get_num_threads();
 
@@ -420,7 +485,10 @@ static enum q3n_status cpu_open(void **session, const struct q3n_model *model, c
     int64_t kv = M * c->num_key_value_heads * c->head_dim;
     s->layers = calloc((size_t)L, sizeof *s->layers);
     s->last_hidden = malloc((size_t)(M * D) * sizeof(float));
-    if (!s->layers || !s->last_hidden) goto nomem;
+    s->bug_w = malloc((size_t)(D > DV ? D : DV) * sizeof(float));
+    s->bug_idx = malloc((size_t)(c->num_experts_per_tok + 1) * sizeof(int64_t));
+    s->bug_weight = malloc((size_t)(c->num_experts_per_tok + 1) * sizeof(float));
+    if (!s->layers || !s->last_hidden || !s->bug_w || !s->bug_idx || !s->bug_weight) goto nomem;
     for (int64_t l = 0; l < L; l++) {
         struct cpu_layer_cache *lc = &s->layers[l];
         if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION) {
@@ -476,6 +544,7 @@ static enum q3n_status cpu_forward(void *session, float *logits, const int64_t *
     if (st != Q3N_OK) return st;
     struct cpu_work *w = &s->work;
     char p[64];
+    s->last_T = 0; /* a failed forward leaves the caches half-updated: reset the session */
 
     cpu_embed_forward(w->h, tokens, wt->embed_tokens, T, D);
     TAP2(w->h, T, D, "model.embed_tokens.out");
@@ -509,11 +578,17 @@ static enum q3n_status cpu_forward_mtp(void *session, float *mtp_logits, const i
     int64_t D = c->hidden_size;
     enum q3n_status st = Q3N_OK;
     if (c->num_mtp_layers <= 0) return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cpu: the model has no MTP layer");
-    if (T != s->last_T || T < 2)
-        return q3n_error_set(err, Q3N_ERR_USAGE, "cpu: MTP needs the last forward's %lld tokens (got %lld, >= 2)",
+    if (s->last_T < 1 || T != s->last_T)
+        return q3n_error_set(err, Q3N_ERR_USAGE,
+                             "cpu: forward_mtp needs the %lld tokens of the last forward (got T = %lld)",
                              (long long)s->last_T, (long long)T);
+    if (s->mtp_len != s->last_pos0)
+        return q3n_error_set(err, Q3N_ERR_USAGE,
+                             "cpu: the MTP cache holds %lld positions but the last forward started at %lld",
+                             (long long)s->mtp_len, (long long)s->last_pos0);
     st = check_tokens(s, tokens, T, 0, err);
     if (st != Q3N_OK) return st;
+    if (T == 1) return Q3N_OK;
     struct cpu_work *w = &s->work;
     int64_t n = T - 1, pos0 = s->last_pos0;
 
@@ -530,10 +605,10 @@ static enum q3n_status cpu_forward_mtp(void *session, float *mtp_logits, const i
     TAP2(w->h, n, D, "mtp.fc.out");
     st = decoder_layer(s, "mtp.layers.0", 0, 1, n, pos0, taps, err);
     if (st != Q3N_OK) goto done;
+    s->mtp_len += n;
     cpu_rmsnorm_forward(w->xn, w->h, mw->norm, n, D, c->rms_norm_eps);
     TAP2(w->xn, n, D, "mtp.norm.out");
     cpu_linear_forward(mtp_logits, w->xn, wt->lm_head, NULL, n, c->vocab_size, D);
-    s->mtp_len = pos0 + n;
 done:
     return st;
 }
@@ -557,9 +632,9 @@ static const char *cpu_describe(void *session)
                      : s->used_chunked                    ? "chunked-wy-sgemm-strsm"
                                                           : "none";
     snprintf(s->desc, sizeof s->desc,
-             "deltanet=%s(C=%lld) attn=%s moe=grouped-sgemm linear=sgemm/sgemv blas=openblas(%s,threads=%lld)", dn,
-             (long long)s->opt.chunk_size, s->used_attn ? "blocked-online-softmax(QB=64,KB=256)" : "none",
-             openblas_get_corename(), (long long)s->threads);
+             "cpu: deltanet=%s(C=%lld) attn=%s moe=grouped-sgemm linear=sgemm/sgemv blas=openblas(%s,threads=%lld)%s%s",
+             dn, (long long)s->opt.chunk_size, s->used_attn ? "blocked-online-softmax(QB=64,KB=256)" : "none",
+             openblas_get_corename(), (long long)s->threads, s->test_bug[0] ? " test_bug=" : "", s->test_bug);
     return s->desc;
 }
 
@@ -579,6 +654,9 @@ static void cpu_close(void *session)
     free(s->mtp.key_cache);
     free(s->mtp.value_cache);
     free(s->last_hidden);
+    free(s->bug_w);
+    free(s->bug_idx);
+    free(s->bug_weight);
     free(s->work.base);
     free(s);
 }
