@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "model.h"
 #include "ops.h"
@@ -60,6 +61,8 @@ struct cpu_session {
     int64_t *bug_idx;           /* [K+1] */
     float *bug_weight;          /* [K+1] */
     char desc[256];
+    struct cpu_profile *prof;   /* NULL unless a bench attached one */
+    int64_t *expert_count;      /* [E] tokens per expert, for the profile's shape log */
 };
 
 static const char *const known_bugs[] = {"rope_wrong_half", "norm_no_offset", "chunk_off_by_one",
@@ -68,6 +71,63 @@ static const char *const known_bugs[] = {"rope_wrong_half", "norm_no_offset", "c
 static int bug_is(const struct cpu_session *s, const char *name)
 {
     return strcmp(s->test_bug, name) == 0;
+}
+
+/* ---- profile ------------------------------------------------------------------------ */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double prof_begin(const struct cpu_session *s)
+{
+    return s->prof ? now_s() : 0.0;
+}
+
+static void prof_end(const struct cpu_session *s, enum cpu_phase phase, double t0)
+{
+    if (s->prof) s->prof->seconds[phase] += now_s() - t0;
+}
+
+static void prof_shape(const struct cpu_session *s, int64_t M, int64_t N, int64_t K)
+{
+    struct cpu_profile *p = s->prof;
+    if (!p || M <= 0) return;
+    if (p->n_shapes >= p->cap) {
+        p->overflow = 1;
+        return;
+    }
+    p->shapes[p->n_shapes++] = (struct cpu_gemm_shape){M, N, K};
+}
+
+/* A dense projection, timed as CPU_PHASE_PROJ. */
+static void proj(const struct cpu_session *s, float *out, const float *x, const float *W, const float *bias,
+                 int64_t T, int64_t N, int64_t Kin)
+{
+    double t0 = prof_begin(s);
+    cpu_linear_forward(out, x, W, bias, T, N, Kin);
+    prof_end(s, CPU_PHASE_PROJ, t0);
+    prof_shape(s, T, N, Kin);
+}
+
+/* A SwiGLU MLP (shared expert or dense layer), timed as CPU_PHASE_MOE. */
+static void mlp(const struct cpu_session *s, float *out, const float *x, const struct q3n_mlp_weights *mw,
+                float *scratch, int64_t T, int64_t D, int64_t W)
+{
+    double t0 = prof_begin(s);
+    cpu_mlp_forward(out, x, mw, scratch, T, D, W);
+    prof_end(s, CPU_PHASE_MOE, t0);
+    prof_shape(s, T, W, D);
+    prof_shape(s, T, W, D);
+    prof_shape(s, T, D, W);
+}
+
+void cpu_session_set_profile(void *session, struct cpu_profile *prof)
+{
+    ((struct cpu_session *)session)->prof = prof;
 }
 
 /* ---- taps --------------------------------------------------------------------------- */
@@ -206,9 +266,9 @@ static enum q3n_status linear_attn_block(struct cpu_session *s, int layer, int64
     const char *p = "model.layers";
     int chunked = T > 1 || !s->has_previous_state;
 
-    cpu_linear_forward(w->qkvz, w->xn, lw->in_proj_qkvz, NULL, T, Q, D);
+    proj(s, w->qkvz, w->xn, lw->in_proj_qkvz, NULL, T, Q, D);
     TAP2(w->qkvz, T, Q, "%s.%d.linear_attn.in_proj_qkvz.out", p, layer);
-    cpu_linear_forward(w->ba, w->xn, lw->in_proj_ba, NULL, T, 2 * NV, D);
+    proj(s, w->ba, w->xn, lw->in_proj_ba, NULL, T, 2 * NV, D);
     TAP2(w->ba, T, 2 * NV, "%s.%d.linear_attn.in_proj_ba.out", p, layer);
     cpu_deltanet_split_forward(w->q, w->k, w->v, w->z, w->b, w->a, w->qkvz, w->ba, T, NK, NV, DK, DV);
     TAP3(w->q, T, NK, DK, "%s.%d.linear_attn.q", p, layer);
@@ -238,6 +298,7 @@ static enum q3n_status linear_attn_block(struct cpu_session *s, int layer, int64
     TAP2(w->beta, T, NV, "%s.%d.linear_attn.beta", p, layer);
 
     if (!s->has_previous_state) memset(cache->recurrent_state, 0, (size_t)(NV * DK * DV) * sizeof(float));
+    double t0 = prof_begin(s);
     if (chunked && bug_is(s, "chunk_off_by_one")) {
         cpu_delta_rule_chunked_bug_drop_last(w->core, cache->recurrent_state, w->qs, w->kl2, w->v, w->g, w->beta,
                                              w->dscratch, T, NK, NV, DK, DV, s->opt.chunk_size);
@@ -251,6 +312,7 @@ static enum q3n_status linear_attn_block(struct cpu_session *s, int layer, int64
                                  DV);
         s->used_recurrent = 1;
     }
+    prof_end(s, CPU_PHASE_DELTA, t0);
     TAP3(w->core, T, NV, DV, "%s.%d.linear_attn.core_out", p, layer);
     TAP3(cache->recurrent_state, NV, DK, DV, "%s.%d.linear_attn.final_state", p, layer);
 
@@ -261,7 +323,7 @@ static enum q3n_status linear_attn_block(struct cpu_session *s, int layer, int64
     }
     cpu_rmsnorm_gated_forward(w->normo, w->core, w->z, norm_w, T * NV, DV, c->rms_norm_eps);
     TAP3(w->normo, T, NV, DV, "%s.%d.linear_attn.norm.out", p, layer);
-    cpu_linear_forward(w->mix, w->normo, lw->out_proj, NULL, T, D, NV * DV);
+    proj(s, w->mix, w->normo, lw->out_proj, NULL, T, D, NV * DV);
     TAP2(w->mix, T, D, "%s.%d.linear_attn.out", p, layer);
 done:
     return st;
@@ -298,11 +360,11 @@ static enum q3n_status attn_block(struct cpu_session *s, const char *p, const st
     struct cpu_work *w = &s->work;
     int64_t D = c->hidden_size, NH = c->num_attention_heads, NKV = c->num_key_value_heads, HD = c->head_dim;
 
-    cpu_linear_forward(w->qg, w->xn, aw->q_proj, aw->q_bias, T, NH * 2 * HD, D);
+    proj(s, w->qg, w->xn, aw->q_proj, aw->q_bias, T, NH * 2 * HD, D);
     TAP2(w->qg, T, NH * 2 * HD, "%s.self_attn.q_proj.out", p);
-    cpu_linear_forward(w->kp, w->xn, aw->k_proj, aw->k_bias, T, NKV * HD, D);
+    proj(s, w->kp, w->xn, aw->k_proj, aw->k_bias, T, NKV * HD, D);
     TAP2(w->kp, T, NKV * HD, "%s.self_attn.k_proj.out", p);
-    cpu_linear_forward(w->vp, w->xn, aw->v_proj, aw->v_bias, T, NKV * HD, D);
+    proj(s, w->vp, w->xn, aw->v_proj, aw->v_bias, T, NKV * HD, D);
     TAP2(w->vp, T, NKV * HD, "%s.self_attn.v_proj.out", p);
     cpu_attn_split_qgate(w->qa, w->gate, w->qg, T, NH, HD);
     TAP3(w->gate, T, NH, HD, "%s.self_attn.gate", p);
@@ -317,12 +379,14 @@ static enum q3n_status attn_block(struct cpu_session *s, const char *p, const st
     TAP3(kn, T, NKV, HD, "%s.self_attn.k_rope", p);
     memcpy(vcache + pos0 * NKV * HD, w->vp, (size_t)(T * NKV * HD) * sizeof(float));
 
+    double t0 = prof_begin(s);
     cpu_attention_forward(w->attn, w->qa, kcache, vcache, w->ascratch, T, pos0, NH, NKV, HD);
+    prof_end(s, CPU_PHASE_ATTN, t0);
     s->used_attn = 1;
     TAP3(w->attn, T, NH, HD, "%s.self_attn.attn_out", p);
     cpu_sigmoid_gate_forward(w->gated, w->attn, w->gate, T * NH * HD);
     TAP2(w->gated, T, NH * HD, "%s.self_attn.gated_out", p);
-    cpu_linear_forward(w->mix, w->gated, aw->o_proj, aw->o_bias, T, D, NH * HD);
+    proj(s, w->mix, w->gated, aw->o_proj, aw->o_bias, T, D, NH * HD);
     TAP2(w->mix, T, D, "%s.self_attn.out", p);
 done:
     return st;
@@ -339,13 +403,13 @@ static enum q3n_status mlp_block(struct cpu_session *s, const char *p, const str
     struct cpu_work *w = &s->work;
     int64_t D = c->hidden_size;
     if (!sparse) {
-        cpu_mlp_forward(w->mlp, w->xn, &lw->mlp, w->mscratch, T, D, c->intermediate_size);
+        mlp(s, w->mlp, w->xn, &lw->mlp, w->mscratch, T, D, c->intermediate_size);
         TAP2(w->mlp, T, D, "%s.mlp.out", p);
         goto done;
     }
     int64_t E = c->num_experts, K = c->num_experts_per_tok;
     const struct q3n_moe_weights *mw = &lw->moe;
-    cpu_linear_forward(w->rlogits, w->xn, mw->router, NULL, T, E, D);
+    proj(s, w->rlogits, w->xn, mw->router, NULL, T, E, D);
     TAP2(w->rlogits, T, E, "%s.mlp.gate.logits", p);
     cpu_softmax_forward(w->probs, w->rlogits, T, E);
     TAP2(w->probs, T, E, "%s.mlp.gate.probs", p);
@@ -383,13 +447,24 @@ static enum q3n_status mlp_block(struct cpu_session *s, const char *p, const str
                                p, (long long)i, (long long)w->topi[i], (long long)E);
             goto done;
         }
+    double t0 = prof_begin(s);
     cpu_moe_experts_forward(w->eo, w->xn, w->topi, w->topw, mw->experts, w->mscratch, T, D,
                             c->moe_intermediate_size, K);
+    prof_end(s, CPU_PHASE_MOE, t0);
+    if (s->prof) {
+        for (int64_t e = 0; e < E; e++) s->expert_count[e] = 0;
+        for (int64_t i = 0; i < T * K; i++) s->expert_count[w->topi[i]]++;
+        for (int64_t e = 0; e < E; e++) {
+            prof_shape(s, s->expert_count[e], c->moe_intermediate_size, D);
+            prof_shape(s, s->expert_count[e], c->moe_intermediate_size, D);
+            prof_shape(s, s->expert_count[e], D, c->moe_intermediate_size);
+        }
+    }
     TAP2(w->eo, T, D, "%s.mlp.experts.out", p);
     if (mw->shared_expert.gate_proj) {
-        cpu_mlp_forward(w->se, w->xn, &mw->shared_expert, w->mscratch, T, D, c->shared_expert_intermediate_size);
+        mlp(s, w->se, w->xn, &mw->shared_expert, w->mscratch, T, D, c->shared_expert_intermediate_size);
         TAP2(w->se, T, D, "%s.mlp.shared_expert.out", p);
-        cpu_linear_forward(w->sgl, w->xn, mw->shared_expert_gate, NULL, T, 1, D);
+        proj(s, w->sgl, w->xn, mw->shared_expert_gate, NULL, T, 1, D);
         TAP2(w->sgl, T, 1, "%s.mlp.shared_expert_gate.out", p);
         cpu_moe_combine_forward(w->mlp, w->eo, w->se, w->sgl, T, D);
     } else {
@@ -488,7 +563,8 @@ static enum q3n_status cpu_open(void **session, const struct q3n_model *model, c
     s->bug_w = malloc((size_t)(D > DV ? D : DV) * sizeof(float));
     s->bug_idx = malloc((size_t)(c->num_experts_per_tok + 1) * sizeof(int64_t));
     s->bug_weight = malloc((size_t)(c->num_experts_per_tok + 1) * sizeof(float));
-    if (!s->layers || !s->last_hidden || !s->bug_w || !s->bug_idx || !s->bug_weight) goto nomem;
+    s->expert_count = calloc((size_t)(c->num_experts > 0 ? c->num_experts : 1), sizeof(int64_t));
+    if (!s->layers || !s->last_hidden || !s->bug_w || !s->bug_idx || !s->bug_weight || !s->expert_count) goto nomem;
     for (int64_t l = 0; l < L; l++) {
         struct cpu_layer_cache *lc = &s->layers[l];
         if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION) {
@@ -556,7 +632,7 @@ static enum q3n_status cpu_forward(void *session, float *logits, const int64_t *
     float *hn = s->last_hidden + pos0 * D;
     cpu_rmsnorm_forward(hn, w->h, wt->norm, T, D, c->rms_norm_eps);
     TAP2(hn, T, D, "model.norm.out");
-    cpu_linear_forward(logits, hn, wt->lm_head, NULL, T, c->vocab_size, D);
+    proj(s, logits, hn, wt->lm_head, NULL, T, c->vocab_size, D);
     s->len += T;
     s->has_previous_state = 1;
     s->last_T = T;
@@ -601,14 +677,14 @@ static enum q3n_status cpu_forward_mtp(void *session, float *mtp_logits, const i
         memcpy(w->cat + t * 2 * D, w->xn + t * D, (size_t)D * sizeof(float));
         memcpy(w->cat + t * 2 * D + D, w->mlp + t * D, (size_t)D * sizeof(float));
     }
-    cpu_linear_forward(w->h, w->cat, mw->fc, NULL, n, D, 2 * D);
+    proj(s, w->h, w->cat, mw->fc, NULL, n, D, 2 * D);
     TAP2(w->h, n, D, "mtp.fc.out");
     st = decoder_layer(s, "mtp.layers.0", 0, 1, n, pos0, taps, err);
     if (st != Q3N_OK) goto done;
     s->mtp_len += n;
     cpu_rmsnorm_forward(w->xn, w->h, mw->norm, n, D, c->rms_norm_eps);
     TAP2(w->xn, n, D, "mtp.norm.out");
-    cpu_linear_forward(mtp_logits, w->xn, wt->lm_head, NULL, n, c->vocab_size, D);
+    proj(s, mtp_logits, w->xn, wt->lm_head, NULL, n, c->vocab_size, D);
 done:
     return st;
 }
@@ -657,6 +733,7 @@ static void cpu_close(void *session)
     free(s->bug_w);
     free(s->bug_idx);
     free(s->bug_weight);
+    free(s->expert_count);
     free(s->work.base);
     free(s);
 }
