@@ -74,6 +74,15 @@ enum q3n_status q3n_config_load(struct q3n_config *cfg, const char *path, struct
 enum q3n_status q3n_config_validate(const struct q3n_config *cfg, const char *source,
                                     struct q3n_error *err);
 
+/* The MTP decoder layer (vLLM builds it as layer index 0 of its own stack) is a MoE block
+ * exactly when main layer 0 is: not in mlp_only_layers, num_experts > 0, decoder_sparse_step 1. */
+int q3n_config_mtp_layer_is_sparse(const struct q3n_config *cfg);
+
+/* Writes cfg as a transformers-5.x config.json (model_type qwen3_next, architectures
+ * [Qwen3NextForCausalLM], rope_parameters, layer_types, mlp_only_layers, and
+ * num_nextn_predict_layers when cfg has MTP). *out_json is malloc'd; the caller frees it. */
+enum q3n_status q3n_config_to_json(const struct q3n_config *cfg, char **out_json, struct q3n_error *err);
+
 /* Derived sizes. */
 int64_t q3n_config_conv_dim(const struct q3n_config *cfg);      /* 2*NK*DK + NV*DV */
 int64_t q3n_config_qkvz_dim(const struct q3n_config *cfg);      /* 2*NK*DK + 2*NV*DV */
