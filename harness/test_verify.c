@@ -1,0 +1,524 @@
+/* test_verify.c — the streaming engine on real HDF5 files (harness/verify.c): a golden-shaped
+ * file is written with tensorfile, copied tap by tap into a candidate with one change, and
+ * compared. Covers the first divergence in every format, router flips at a near-tie and at a
+ * clear margin, the NaN origin, names on one side only, row-block streaming and oracle mode. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "policy.h"
+#include "report.h"
+#include "result.h"
+#include "rng.h"
+#include "tensorfile.h"
+#include "testkit.h"
+#include "verify.h"
+
+enum { T = 8, D = 16, NV = 2, DK = 4, DV = 4, E = 8, K = 2, V = 32, LAYERS = 2 };
+#define NEAR_TOKEN 3  /* layer 1: experts k and k+1 within 1e-6 in probability */
+#define CLEAR_TOKEN 5 /* layer 1: a clear margin */
+
+static const char *policy_text =
+    "* float32 rtol=1e-3 atol=1e-5 small=1e-2 rel_l2=1e-4 oracle_k=4 oracle_floor=1e-9\n"
+    "* float64 rtol=1e-3 atol=1e-5 small=1e-2 rel_l2=1e-4 oracle_k=4 oracle_floor=1e-9\n"
+    "*.mlp.gate.topk_idx * kind=topk margin=1e-4 near_tie=report\n";
+
+struct fixture {
+    char dir[64];
+    char golden[128], cand[128];
+    struct q3n_policy *policy;
+};
+
+static void check(enum q3n_status st, const struct q3n_error *err)
+{
+    if (st != Q3N_OK) fail_msg("%s", err->msg);
+}
+
+static void write_tensor(struct q3n_tensorfile *tf, const char *name, enum q3n_dtype dt, int rank,
+                         const int64_t *dims, const void *data, double noise)
+{
+    struct q3n_error err = {0};
+    char ds[256];
+    snprintf(ds, sizeof ds, "/tensors/%s", name);
+    check(q3n_tensorfile_write(tf, ds, dt, rank, dims, data, &err), &err);
+    check(q3n_tensorfile_set_attr_f64(tf, ds, "noise_rel_l2", noise, &err), &err);
+}
+
+/* Softmax probabilities per token with top-k choices; token NEAR_TOKEN of layer 1 has its
+ * k-th and (k+1)-th probabilities 1e-6 apart, every other token a gap of at least 0.02. */
+static void router(struct q3n_rng *g, int layer, double *probs, int64_t *idx, double *w)
+{
+    for (int t = 0; t < T; t++) {
+        double *p = probs + t * E;
+        /* distinct descending levels, then shuffled onto experts */
+        int perm[E];
+        for (int e = 0; e < E; e++) perm[e] = e;
+        for (int e = E - 1; e > 0; e--) {
+            int j = (int)q3n_rng_int(g, 0, e), tmp = perm[e];
+            perm[e] = perm[j];
+            perm[j] = tmp;
+        }
+        double sum = 0;
+        for (int r = 0; r < E; r++) {
+            double level = 1.0 / (1.0 + 0.25 * r);
+            if (layer == 1 && t == NEAR_TOKEN && r == K) level = 1.0 / (1.0 + 0.25 * (K - 1)) - 1e-6;
+            p[perm[r]] = level;
+            sum += level;
+        }
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        double ws = 0;
+        for (int k = 0; k < K; k++) ws += p[perm[k]];
+        for (int k = 0; k < K; k++) {
+            idx[t * K + k] = perm[k];
+            w[t * K + k] = p[perm[k]] / ws;
+        }
+    }
+}
+
+/* The golden: tensors in execution order, as generate.py writes them. `f64`: a float64 golden. */
+static void write_golden(const char *path, int f64)
+{
+    struct q3n_tensorfile *tf;
+    struct q3n_error err = {0};
+    struct q3n_rng g;
+    q3n_rng_seed(&g, 42);
+    check(q3n_tensorfile_create(&tf, path, &err), &err);
+    check(q3n_tensorfile_set_attr_i64(tf, "/", "format_version", 1, &err), &err);
+    check(q3n_tensorfile_set_attr_str(tf, "/", "generator", "test_verify.c", &err), &err);
+    check(q3n_tensorfile_set_attr_str(tf, "/", "dtype", f64 ? "float64" : "float32", &err), &err);
+    check(q3n_tensorfile_set_attr_i64(tf, "/", "seed", 42, &err), &err);
+    int64_t ids[T];
+    for (int t = 0; t < T; t++) ids[t] = q3n_rng_int(&g, 0, V - 1);
+    int64_t tdim[1] = {T};
+    check(q3n_tensorfile_write(tf, "/inputs/input_ids", Q3N_DTYPE_I64, 1, tdim, ids, &err), &err);
+    static double buf[T * V * 4];
+    int64_t dTD[2] = {T, D}, dCore[3] = {T, NV, DV}, dState[3] = {NV, DK, DV}, dTE[2] = {T, E}, dTK[2] = {T, K},
+            dTV[2] = {T, V};
+    enum q3n_dtype dt = f64 ? Q3N_DTYPE_F64 : Q3N_DTYPE_F32;
+    float fbuf[T * V * 4];
+#define RANDOM_TAP(name, rank, dims, n)                                                   \
+    do {                                                                                  \
+        for (int i = 0; i < (n); i++) buf[i] = q3n_rng_normal(&g);                        \
+        for (int i = 0; i < (n); i++) fbuf[i] = (float)buf[i];                            \
+        write_tensor(tf, name, dt, rank, dims, f64 ? (void *)buf : (void *)fbuf, 1e-7);   \
+    } while (0)
+    RANDOM_TAP("model.embed_tokens.out", 2, dTD, T * D);
+    char name[128];
+    for (int l = 0; l < LAYERS; l++) {
+        snprintf(name, sizeof name, "model.layers.%d.in", l);
+        RANDOM_TAP(name, 2, dTD, T * D);
+        snprintf(name, sizeof name, "model.layers.%d.linear_attn.core_out", l);
+        RANDOM_TAP(name, 3, dCore, T * NV * DV);
+        snprintf(name, sizeof name, "model.layers.%d.linear_attn.final_state", l);
+        RANDOM_TAP(name, 3, dState, NV * DK * DV);
+        double probs[T * E], w[T * K];
+        int64_t idx[T * K];
+        router(&g, l, probs, idx, w);
+        float pf[T * E], wf[T * K];
+        for (int i = 0; i < T * E; i++) pf[i] = (float)probs[i];
+        for (int i = 0; i < T * K; i++) wf[i] = (float)w[i];
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.probs", l);
+        write_tensor(tf, name, dt, 2, dTE, f64 ? (void *)probs : (void *)pf, 1e-7);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.topk_idx", l);
+        write_tensor(tf, name, Q3N_DTYPE_I64, 2, dTK, idx, 0);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.topk_weight", l);
+        write_tensor(tf, name, dt, 2, dTK, f64 ? (void *)w : (void *)wf, 1e-7);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.out", l);
+        RANDOM_TAP(name, 2, dTD, T * D);
+        snprintf(name, sizeof name, "model.layers.%d.out", l);
+        RANDOM_TAP(name, 2, dTD, T * D);
+    }
+    RANDOM_TAP("model.norm.out", 2, dTD, T * D);
+#undef RANDOM_TAP
+    for (int i = 0; i < T * V; i++) fbuf[i] = (float)q3n_rng_normal(&g);
+    check(q3n_tensorfile_write(tf, "/logits", Q3N_DTYPE_F32, 2, dTV, fbuf, &err), &err);
+    check(q3n_tensorfile_commit(tf, &err), &err);
+}
+
+/* A change applied to the candidate's copy of each tap; data is float64 (int64 for indices). */
+typedef void (*mutate_fn)(const char *name, int rank, const int64_t *dims, void *data, int is_int);
+
+struct copy_ctx {
+    struct q3n_tensorfile *src, *dst;
+    mutate_fn mutate;
+    const char *drop;  /* a tap left out of the candidate */
+    struct q3n_rng g;
+};
+
+static enum q3n_status copy_one(void *user, const char *name, struct q3n_error *err)
+{
+    struct copy_ctx *c = user;
+    char ds[256];
+    snprintf(ds, sizeof ds, "/tensors/%s", name);
+    if (c->drop && strcmp(c->drop, name) == 0) return Q3N_OK;
+    struct q3n_tensor_info info;
+    enum q3n_status st = q3n_tensorfile_info(c->src, ds, &info, err);
+    if (st != Q3N_OK) return st;
+    int is_int = info.dtype == Q3N_DTYPE_I64;
+    void *data = malloc((size_t)info.numel * 8);
+    st = q3n_tensorfile_read(c->src, ds, is_int ? Q3N_DTYPE_I64 : Q3N_DTYPE_F64, data, info.numel, NULL, err);
+    if (st == Q3N_OK && !is_int) {
+        /* float32 rounding-level noise everywhere, as a correct port would show */
+        double *x = data;
+        for (int64_t i = 0; i < info.numel; i++) x[i] *= 1 + 1e-7 * q3n_rng_normal(&c->g);
+    }
+    if (st == Q3N_OK && c->mutate) c->mutate(name, info.rank, info.dims, data, is_int);
+    if (st == Q3N_OK) {
+        if (is_int) {
+            st = q3n_tensorfile_write(c->dst, ds, Q3N_DTYPE_I64, info.rank, info.dims, data, err);
+        } else {
+            float *f = malloc((size_t)info.numel * sizeof *f);
+            for (int64_t i = 0; i < info.numel; i++) f[i] = (float)((double *)data)[i];
+            st = q3n_tensorfile_write(c->dst, ds, Q3N_DTYPE_F32, info.rank, info.dims, f, err);
+            free(f);
+        }
+    }
+    free(data);
+    return st;
+}
+
+static void write_candidate(const char *golden, const char *out, mutate_fn mutate, const char *drop,
+                            const char *extra)
+{
+    struct q3n_error err = {0};
+    struct copy_ctx c = {.mutate = mutate, .drop = drop};
+    q3n_rng_seed(&c.g, 99);
+    check(q3n_tensorfile_open(&c.src, golden, &err), &err);
+    check(q3n_tensorfile_create(&c.dst, out, &err), &err);
+    check(q3n_tensorfile_set_attr_str(c.dst, "/", "dtype", "float32", &err), &err);
+    check(q3n_tensorfile_set_attr_str(c.dst, "/", "kernels", "test-kernels", &err), &err);
+    check(q3n_tensorfile_list(c.src, "/tensors", copy_one, &c, &err), &err);
+    if (extra) {
+        float x[2] = {1, 2};
+        int64_t d[1] = {2};
+        char ds[256];
+        snprintf(ds, sizeof ds, "/tensors/%s", extra);
+        check(q3n_tensorfile_write(c.dst, ds, Q3N_DTYPE_F32, 1, d, x, &err), &err);
+    }
+    struct q3n_tensor_info li;
+    check(q3n_tensorfile_info(c.src, "/logits", &li, &err), &err);
+    float *lg = malloc((size_t)li.numel * sizeof *lg);
+    check(q3n_tensorfile_read(c.src, "/logits", Q3N_DTYPE_F32, lg, li.numel, NULL, &err), &err);
+    if (mutate) {
+        double *ld = malloc((size_t)li.numel * sizeof *ld);
+        for (int64_t i = 0; i < li.numel; i++) ld[i] = lg[i];
+        mutate("logits", li.rank, li.dims, ld, 0);
+        for (int64_t i = 0; i < li.numel; i++) lg[i] = (float)ld[i];
+        free(ld);
+    }
+    check(q3n_tensorfile_write(c.dst, "/logits", Q3N_DTYPE_F32, li.rank, li.dims, lg, &err), &err);
+    free(lg);
+    q3n_tensorfile_close(c.src);
+    check(q3n_tensorfile_commit(c.dst, &err), &err);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/q3n_test_verify_XXXXXX");
+    if (!mkdtemp(f->dir)) return -1;
+    snprintf(f->golden, sizeof f->golden, "%s/golden.h5", f->dir);
+    snprintf(f->cand, sizeof f->cand, "%s/cand.h5", f->dir);
+    write_golden(f->golden, 0);
+    struct q3n_error err = {0};
+    if (q3n_policy_parse(&f->policy, policy_text, strlen(policy_text), "test.policy", &err) != Q3N_OK) return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    unlink(f->golden);
+    unlink(f->cand);
+    rmdir(f->dir);
+    q3n_policy_free(f->policy);
+    free(f);
+    return 0;
+}
+
+static struct q3n_result *compare(struct fixture *f, int oracle)
+{
+    struct q3n_compare_options o = {.policy = f->policy, .policy_path = "test.policy", .oracle = oracle};
+    struct q3n_result *r = NULL;
+    struct q3n_error err = {0};
+    check(q3n_compare_files(&r, f->cand, f->golden, &o, &err), &err);
+    return r;
+}
+
+static const struct q3n_tensor_result *find(const struct q3n_result *r, const char *name)
+{
+    for (int64_t i = 0; i < r->n_tensors; i++)
+        if (strcmp(r->tensors[i].name, name) == 0) return &r->tensors[i];
+    fail_msg("no tensor %s in the result", name);
+    return NULL;
+}
+
+static int layer_at_or_after(const char *name, int layer)
+{
+    int l = q3n_tap_layer(name);
+    return l >= layer || strcmp(name, "model.norm.out") == 0 || strcmp(name, "logits") == 0;
+}
+
+/* ---- cases ---- */
+
+static void a_faithful_copy_passes_with_nothing_on_one_side(void **state)
+{
+    struct fixture *f = *state;
+    write_candidate(f->golden, f->cand, NULL, NULL, NULL);
+    struct q3n_result *r = compare(f, 0);
+    assert_int_equal(q3n_result_exit_code(r), 0);
+    assert_int_equal(r->first_divergence, -1);
+    assert_int_equal(r->n_only_a + r->n_only_b, 0);
+    assert_int_equal(r->n_tensors, 1 + LAYERS * 8 + 1 + 1);
+    assert_string_equal(r->kernels, "test-kernels");
+    assert_string_equal(r->golden_generator, "test_verify.c");
+    /* execution order is kept */
+    assert_string_equal(r->tensors[0].name, "model.embed_tokens.out");
+    assert_string_equal(r->tensors[r->n_tensors - 1].name, "logits");
+    assert_true(r->tensors[0].noise_rel_l2 == 1e-7);
+    q3n_result_free(r);
+}
+
+static void perturb_core_out(const char *name, int rank, const int64_t *dims, void *data, int is_int)
+{
+    (void)rank;
+    (void)dims;
+    if (is_int) return;
+    double *x = data;
+    if (strcmp(name, "model.layers.1.linear_attn.core_out") == 0) x[2 * NV * DV + 3] += 0.05;
+    /* downstream taps inherit the error, as they would in a real run */
+    if (layer_at_or_after(name, 1) && !strstr(name, "layers.1.in") && !strstr(name, "mlp.gate") &&
+        !strstr(name, "core_out") && !strstr(name, "final_state"))
+        for (int i = 0; i < 4; i++) x[i] += 0.1;
+}
+
+static void a_perturbed_tap_is_the_first_divergence_in_every_format(void **state)
+{
+    struct fixture *f = *state;
+    write_candidate(f->golden, f->cand, perturb_core_out, NULL, NULL);
+    struct q3n_result *r = compare(f, 0);
+    assert_int_equal(q3n_result_exit_code(r), 1);
+    assert_true(r->first_divergence >= 0);
+    const struct q3n_tensor_result *t = &r->tensors[r->first_divergence];
+    assert_string_equal(t->name, "model.layers.1.linear_attn.core_out");
+    assert_int_equal(t->m.max_abs_index, 2 * NV * DV + 3); /* t=2 h=0 c=3 */
+    assert_int_equal(r->nan_origin, -1);
+    static const char *const markers[] = {
+        "first divergence: model.layers.1.linear_attn.core_out",
+        "### First divergence: `model.layers.1.linear_attn.core_out`",
+        "first divergence: model.layers.1.linear_attn.core_out",
+        "<property name=\"first_divergence\" value=\"model.layers.1.linear_attn.core_out\"/>",
+        "\"first_divergence\":\t\"model.layers.1.linear_attn.core_out\"",
+    };
+    for (int fmt = Q3N_REPORT_TEXT; fmt <= Q3N_REPORT_JSON; fmt++) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *out = open_memstream(&buf, &len);
+        struct q3n_error err = {0};
+        check(q3n_report_write(out, r, (enum q3n_report_format)fmt, NULL, &err), &err);
+        fclose(out);
+        if (!strstr(buf, markers[fmt])) fail_msg("format %d lacks '%s'", fmt, markers[fmt]);
+        if (fmt == Q3N_REPORT_TEXT && !strstr(buf, "max_abs=5.00e-02 @t=2 h=0 c=3")) {
+            fputs(buf, stderr);
+            fail_msg("the text report lacks the worst element's place");
+        }
+        free(buf);
+    }
+    q3n_result_free(r);
+}
+
+static int flip_token;
+static int64_t flip_expert;
+
+/* The golden's (k+1)-th expert for a token of layer 1: the most probable one not chosen. */
+static int64_t next_expert(const char *golden, int token)
+{
+    struct q3n_tensorfile *tf;
+    struct q3n_error err = {0};
+    double p[T * E];
+    int64_t idx[T * K];
+    check(q3n_tensorfile_open(&tf, golden, &err), &err);
+    check(q3n_tensorfile_read(tf, "/tensors/model.layers.1.mlp.gate.probs", Q3N_DTYPE_F64, p, T * E, NULL, &err),
+          &err);
+    check(q3n_tensorfile_read(tf, "/tensors/model.layers.1.mlp.gate.topk_idx", Q3N_DTYPE_I64, idx, T * K, NULL, &err),
+          &err);
+    q3n_tensorfile_close(tf);
+    int64_t best = -1;
+    for (int64_t e = 0; e < E; e++) {
+        int chosen = 0;
+        for (int k = 0; k < K; k++) chosen |= idx[token * K + k] == e;
+        if (!chosen && (best < 0 || p[token * E + e] > p[token * E + best])) best = e;
+    }
+    return best;
+}
+
+/* Swaps the k-th chosen expert of token flip_token in layer 1 for the (k+1)-th, and makes
+ * every later tap wrong on tokens >= flip_token (what the other expert would do). */
+static void flip_router(const char *name, int rank, const int64_t *dims, void *data, int is_int)
+{
+    (void)rank;
+    if (strcmp(name, "model.layers.1.mlp.gate.topk_idx") == 0) {
+        ((int64_t *)data)[flip_token * K + K - 1] = flip_expert;
+        return;
+    }
+    if (is_int) return;
+    static const char *const after[] = {"model.layers.1.mlp.out", "model.layers.1.out", "model.norm.out", "logits"};
+    int hit = 0;
+    for (size_t i = 0; i < sizeof after / sizeof after[0]; i++) hit |= strcmp(name, after[i]) == 0;
+    if (!hit) return;
+    double *x = data;
+    for (int64_t t = flip_token; t < dims[0]; t++)
+        for (int64_t c = 0; c < dims[1]; c++) x[t * dims[1] + c] += 0.3;
+}
+
+static void a_router_flip_at_a_near_tie_is_reported_and_explains_downstream_errors(void **state)
+{
+    struct fixture *f = *state;
+    flip_token = NEAR_TOKEN;
+    flip_expert = next_expert(f->golden, NEAR_TOKEN);
+    write_candidate(f->golden, f->cand, flip_router, NULL, NULL);
+    struct q3n_result *r = compare(f, 0);
+    const struct q3n_tensor_result *t = find(r, "model.layers.1.mlp.gate.topk_idx");
+    assert_int_equal(t->verdict, Q3N_VERDICT_REPORTED);
+    assert_int_equal(t->topk.flipped_tokens, 1);
+    assert_int_equal(t->topk.near_tie_tokens, 1);
+    assert_int_equal(t->topk.first_flip_token, NEAR_TOKEN);
+    assert_true(t->topk.max_near_tie_margin <= 1e-4);
+    assert_true(t->headroom_pct <= 100.0);
+    assert_int_equal(find(r, "model.layers.1.mlp.gate.topk_weight")->verdict, Q3N_VERDICT_PASS);
+    const struct q3n_tensor_result *mo = find(r, "model.layers.1.mlp.out");
+    assert_int_equal(mo->verdict, Q3N_VERDICT_EXPLAINED);
+    assert_int_equal(mo->marked_from_token, NEAR_TOKEN);
+    assert_non_null(strstr(mo->note, "explained by the router flip at model.layers.1.mlp.gate.topk_idx token 3"));
+    assert_int_equal(find(r, "logits")->verdict, Q3N_VERDICT_EXPLAINED);
+    assert_int_equal(q3n_result_exit_code(r), 0);
+    assert_int_equal(r->first_divergence, -1);
+    assert_true(r->flip_layer_first >= 0);
+    /* the text report says so */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&buf, &len);
+    struct q3n_error err = {0};
+    check(q3n_report_text(out, r, NULL, &err), &err);
+    fclose(out);
+    assert_non_null(strstr(buf, "router flips: first at model.layers.1.mlp.gate.topk_idx, token 3"));
+    assert_non_null(strstr(buf, "at a near-tie"));
+    free(buf);
+    q3n_result_free(r);
+}
+
+static void a_router_flip_at_a_clear_margin_fails(void **state)
+{
+    struct fixture *f = *state;
+    flip_token = CLEAR_TOKEN;
+    flip_expert = next_expert(f->golden, CLEAR_TOKEN);
+    write_candidate(f->golden, f->cand, flip_router, NULL, NULL);
+    struct q3n_result *r = compare(f, 0);
+    const struct q3n_tensor_result *t = find(r, "model.layers.1.mlp.gate.topk_idx");
+    assert_int_equal(t->verdict, Q3N_VERDICT_FAIL);
+    assert_int_equal(t->topk.hard_tokens, 1);
+    assert_int_equal(t->topk.first_hard_token, CLEAR_TOKEN);
+    assert_true(t->headroom_pct > 100.0);
+    assert_int_equal(q3n_result_exit_code(r), 1);
+    assert_string_equal(r->tensors[r->first_divergence].name, "model.layers.1.mlp.gate.topk_idx");
+    q3n_result_free(r);
+}
+
+static void nan_into_mlp_out(const char *name, int rank, const int64_t *dims, void *data, int is_int)
+{
+    (void)rank;
+    (void)dims;
+    if (is_int) return;
+    double *x = data;
+    if (strcmp(name, "model.layers.0.mlp.out") == 0) x[D + 5] = NAN;
+    /* everything downstream is poisoned too, as in a real run */
+    if (strcmp(name, "model.layers.0.out") == 0 || layer_at_or_after(name, 1)) {
+        if (!strstr(name, "topk_idx")) x[D + 5] = NAN;
+    }
+}
+
+static void nan_injected_into_one_tap_is_named_as_the_origin(void **state)
+{
+    struct fixture *f = *state;
+    write_candidate(f->golden, f->cand, nan_into_mlp_out, NULL, NULL);
+    struct q3n_result *r = compare(f, 0);
+    assert_true(r->nan_origin >= 0);
+    assert_string_equal(r->tensors[r->nan_origin].name, "model.layers.0.mlp.out");
+    assert_string_equal(r->tensors[r->first_divergence].name, "model.layers.0.mlp.out");
+    assert_int_equal(r->tensors[r->nan_origin].m.first_nonfinite_bad_index, D + 5);
+    assert_int_equal(q3n_result_exit_code(r), 1);
+    q3n_result_free(r);
+}
+
+static void names_on_one_side_are_listed_not_fatal(void **state)
+{
+    struct fixture *f = *state;
+    write_candidate(f->golden, f->cand, NULL, "model.layers.0.linear_attn.final_state", "model.layers.0.extra");
+    struct q3n_result *r = compare(f, 0);
+    assert_int_equal(r->n_only_a, 1);
+    assert_string_equal(r->only_a[0], "model.layers.0.extra");
+    assert_int_equal(r->n_only_b, 1);
+    assert_string_equal(r->only_b[0], "model.layers.0.linear_attn.final_state");
+    assert_int_equal(q3n_result_exit_code(r), 0);
+    q3n_result_free(r);
+}
+
+static void a_missing_file_is_an_input_error_naming_it(void **state)
+{
+    struct fixture *f = *state;
+    struct q3n_compare_options o = {.policy = f->policy};
+    struct q3n_result *r = NULL;
+    struct q3n_error err = {0};
+    assert_int_not_equal(q3n_compare_files(&r, "/tmp/q3n_no_such_file.h5", f->golden, &o, &err), Q3N_OK);
+    assert_non_null(strstr(err.msg, "/tmp/q3n_no_such_file.h5"));
+    assert_null(r);
+}
+
+static void oracle_mode_judges_against_k_times_the_recorded_low_precision_error(void **state)
+{
+    struct fixture *f = *state;
+    char g64[160];
+    snprintf(g64, sizeof g64, "%s/golden64.h5", f->dir);
+    write_golden(g64, 1);
+    write_candidate(g64, f->cand, NULL, NULL, NULL);
+    struct q3n_compare_options o = {.policy = f->policy, .oracle = 1};
+    struct q3n_result *r = NULL;
+    struct q3n_error err = {0};
+    check(q3n_compare_files(&r, f->cand, g64, &o, &err), &err);
+    assert_string_equal(r->mode, "oracle");
+    /* float32 rounding of a float64 golden plus 1e-7 noise: within 4 x 1e-7 + floor */
+    const struct q3n_tensor_result *t = find(r, "model.layers.0.mlp.out");
+    assert_true(fabs(t->oracle_budget - (4 * 1e-7 + 1e-9)) < 1e-15);
+    assert_int_equal(t->verdict, Q3N_VERDICT_PASS);
+    /* logits carry no recorded low-precision error: an error verdict, not a silent pass */
+    assert_int_equal(find(r, "logits")->verdict, Q3N_VERDICT_ERROR);
+    q3n_result_free(r);
+    /* a float32 golden has no float64 reference: refused */
+    assert_int_equal(q3n_compare_files(&r, f->cand, f->golden, &o, &err), Q3N_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "--oracle needs a float64 golden"));
+    unlink(g64);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(a_faithful_copy_passes_with_nothing_on_one_side),
+        cmocka_unit_test(a_perturbed_tap_is_the_first_divergence_in_every_format),
+        cmocka_unit_test(a_router_flip_at_a_near_tie_is_reported_and_explains_downstream_errors),
+        cmocka_unit_test(a_router_flip_at_a_clear_margin_fails),
+        cmocka_unit_test(nan_injected_into_one_tap_is_named_as_the_origin),
+        cmocka_unit_test(names_on_one_side_are_listed_not_fatal),
+        cmocka_unit_test(a_missing_file_is_an_input_error_naming_it),
+        cmocka_unit_test(oracle_mode_judges_against_k_times_the_recorded_low_precision_error),
+    };
+    return cmocka_run_group_tests_name("harness_verify", tests, setup, teardown);
+}
