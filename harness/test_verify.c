@@ -371,6 +371,13 @@ static void flip_router(const char *name, int rank, const int64_t *dims, void *d
         return;
     }
     if (is_int) return;
+    if (strcmp(name, "model.layers.1.mlp.gate.topk_weight") == 0) {
+        /* the other expert's weight differs; only aligned tokens may be compared */
+        double *w = data;
+        w[flip_token * K + K - 1] *= 0.9;
+        w[flip_token * K] += 0.1 * w[flip_token * K + K - 1];
+        return;
+    }
     static const char *const after[] = {"model.layers.1.mlp.out", "model.layers.1.out", "model.norm.out", "logits"};
     int hit = 0;
     for (size_t i = 0; i < sizeof after / sizeof after[0]; i++) hit |= strcmp(name, after[i]) == 0;

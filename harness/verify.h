@@ -20,7 +20,8 @@
  * Oracle mode judges against a float64 reference (/oracle/<tap> of a bf16 golden, or the
  * tensors of a float64 golden): a tensor fails only when
  *     rel_l2 > oracle_k * lowp_rel_l2 + oracle_floor
- * with lowp_rel_l2 (else noise_rel_l2) read from the golden's attributes on /tensors/<tap>. */
+ * with lowp_rel_l2 (else noise_rel_l2) read from the golden's attributes on /tensors/<tap> (for
+ * /logits: its own lowp_rel_l2, else the root's audit_f32_vs_f64_logits_rel_l2). */
 #ifndef Q3N_VERIFY_H
 #define Q3N_VERIFY_H
 
