@@ -138,27 +138,6 @@ double q3n_round_mantissa_f64(double x, int mant_bits)
     return y;
 }
 
-uint16_t q3n_f32_to_bf16(float x)
-{
-    if (isnan(x)) {
-        uint32_t u;
-        memcpy(&u, &x, 4);
-        return (uint16_t)((u >> 16) | 0x40u); /* keep it a quiet NaN */
-    }
-    float r = q3n_round_mantissa_f32(x, Q3N_BF16_MANT_BITS);
-    uint32_t u;
-    memcpy(&u, &r, 4);
-    return (uint16_t)(u >> 16);
-}
-
-float q3n_bf16_to_f32(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
 /* ---- metrics -------------------------------------------------------------------------- */
 
 double q3n_rel_l2_f32(const float *a, const float *b, int64_t n)
@@ -465,4 +444,34 @@ struct q3n_tap_sink q3n_intervene_sink(struct q3n_intervene *iv)
 {
     struct q3n_tap_sink s = {.fn = iv_tap, .user = iv, .intervene = 1};
     return s;
+}
+
+/* ---- one intervened forward ------------------------------------------------------------ */
+
+enum q3n_status q3n_tool_forward(const struct q3n_tool_run *r, const struct q3n_intervene_opts *o,
+                                 struct q3n_intervene *iv, int taps_off, float *logits, double *logits_rel_l2,
+                                 struct q3n_error *err)
+{
+    struct q3n_intervene_opts m;
+    if (o) m = *o;
+    else memset(&m, 0, sizeof m);
+    if (!m.golden) m.golden = r->golden;
+    if (!m.emulate_bf16) m.emulate_bf16 = r->emulate_bf16;
+    if (!m.fp32) m.fp32 = r->fp32;
+    if (!m.weak_op) m.weak_op = r->weak_op;
+    if (!m.weak_bits) m.weak_bits = r->weak_bits;
+    struct q3n_intervene local;
+    struct q3n_intervene *use = iv ? iv : &local;
+    q3n_intervene_init(use, &m);
+    struct q3n_tap_sink sink = q3n_intervene_sink(use);
+    struct q3n_tap_sink off = {.fn = NULL, .user = NULL, .intervene = 0};
+    void *session = NULL;
+    if (logits_rel_l2) *logits_rel_l2 = NAN;
+    enum q3n_status st = r->impl->open(&session, r->model, &r->opt, err);
+    if (st == Q3N_OK) st = r->impl->forward(session, logits, r->tokens, r->T, taps_off ? &off : &sink, err);
+    if (session) r->impl->close(session);
+    if (st == Q3N_OK && logits_rel_l2 && r->golden_logits)
+        *logits_rel_l2 = q3n_rel_l2_f32(logits, r->golden_logits, r->T * r->V);
+    if (!iv) q3n_intervene_free(&local);
+    return st;
 }

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "impl.h"
 #include "status.h"
 #include "tap.h"
 
@@ -59,9 +60,6 @@ enum q3n_status q3n_patterns_load(char **out, const char *path, struct q3n_error
  * as float's only when the value is in float range (values here always are). */
 float q3n_round_mantissa_f32(float x, int mant_bits);
 double q3n_round_mantissa_f64(double x, int mant_bits);
-/* The bfloat16 bit pattern of x (round to nearest even; NaN stays NaN). */
-uint16_t q3n_f32_to_bf16(float x);
-float q3n_bf16_to_f32(uint16_t b);
 
 #define Q3N_BF16_MANT_BITS 7
 
@@ -149,5 +147,33 @@ uint64_t q3n_fnv1a(const void *data, size_t bytes);
 /* Parses "<prefix>.mlp.gate.topk_idx"-style names: the layer index of "model.layers.{i}.*"
  * (-1 for anything else, e.g. "mtp.layers.0.*"). */
 int q3n_tap_layer_index(const char *name);
+
+/* ---- one intervened forward: what every tool repeats ------------------------------------ */
+
+/* A run set-up shared by blame, bisection, routing analysis and the determinism ledger. */
+struct q3n_tool_run {
+    const struct q3n_impl *impl;
+    const struct q3n_model *model;
+    struct q3n_run_options opt;
+    const int64_t *tokens;
+    int64_t T;
+    int64_t V;                           /* logits width */
+    const float *golden_logits;          /* [T,V], NULL: logits_rel_l2 is NaN */
+    const struct q3n_golden_src *golden; /* NULL: no tap-level golden */
+    int emulate_bf16;                    /* applied to every run (cpu/ref bf16 emulation) */
+    const char *fp32;                    /* fp32 patterns under emulate_bf16 */
+    const char *weak_op;                 /* test-only weak op (see q3n_intervene_opts) */
+    int weak_bits;
+};
+
+/* Opens a fresh session of r->impl, forwards r->tokens once with an intervening sink
+ * configured by `o` (r's golden, emulate_bf16, fp32, weak_op, weak_bits fill the fields `o`
+ * leaves unset; o NULL = only those), writes logits [T,V] and, when r->golden_logits is set,
+ * *logits_rel_l2 = rel_l2(logits, golden logits) (may be NULL). `taps_off` 1 passes a sink
+ * with fn NULL instead (no tap work at all). When iv is non-NULL it is initialised here and
+ * keeps the records and flips (the caller frees it); otherwise a local sink is used. */
+enum q3n_status q3n_tool_forward(const struct q3n_tool_run *r, const struct q3n_intervene_opts *o,
+                                 struct q3n_intervene *iv, int taps_off, float *logits, double *logits_rel_l2,
+                                 struct q3n_error *err);
 
 #endif
