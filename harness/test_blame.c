@@ -1,0 +1,151 @@
+/* test_blame.c — blame by intervention and routing analysis on the fake implementation. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blame.h"
+#include "testfake.h"
+#include "testkit.h"
+
+struct fixture {
+    struct fake_golden g;
+    struct q3n_golden_src src;
+    struct q3n_tool_run run;
+};
+
+static int setup(void **state)
+{
+    static struct fixture fx;
+    struct q3n_error err;
+    if (fake_golden_make(&fx.g, fake_tokens, 6, &err) != Q3N_OK) return -1;
+    fx.src = fake_golden_src(&fx.g);
+    *state = &fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    fake_golden_free(&fx->g);
+    return 0;
+}
+
+static struct q3n_tool_run fake_run(struct fixture *fx, const char *bug)
+{
+    struct q3n_tool_run r;
+    memset(&r, 0, sizeof r);
+    r.impl = &fake_impl;
+    r.opt.test_bug = bug;
+    r.tokens = fake_tokens;
+    r.T = 6;
+    r.V = FK_V;
+    r.golden_logits = fx->g.logits;
+    r.golden = &fx->src;
+    return r;
+}
+
+static void blame_ranks_the_layer_with_the_planted_bug_first(void **state)
+{
+    struct fixture *fx = *state;
+    struct q3n_tool_run r = fake_run(fx, "fake_mixer_layer1");
+    struct q3n_blame_result res;
+    struct q3n_error err;
+    if (q3n_blame_run(&res, &r, FK_L, 0, 0, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_int_equal(res.n_layers, FK_L);
+    assert_int_equal(res.replaced_missing, 0);
+    assert_true(res.e0 > 1e-4);
+    assert_int_equal(res.layers[res.rank[0]].layer, 1);
+    /* layer 2 is clean, so replacing layer 1's output removes the whole error */
+    assert_true(res.layers[1].err_after == 0.0);
+    assert_true(fabs(res.layers[1].share - 1.0) < 1e-12);
+    assert_true(res.layers[0].own == 0.0 && res.layers[2].own == 0.0);
+    q3n_blame_free(&res);
+}
+
+/* The case blame exists for: no layer is wrong, but one op is slightly less precise than the
+ * rest under bf16; blame still ranks its layer first. */
+static void blame_ranks_a_weak_op_layer_first_under_emulated_bf16(void **state)
+{
+    struct fixture *fx = *state;
+    struct q3n_tool_run r = fake_run(fx, NULL);
+    r.emulate_bf16 = 1;
+    r.weak_op = "model.layers.2.linear_attn.out";
+    struct q3n_blame_result res;
+    struct q3n_error err;
+    if (q3n_blame_run(&res, &r, FK_L, 0, 0, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_int_equal(res.layers[res.rank[0]].layer, 2);
+    assert_true(res.layers[2].share > 0.5);
+    q3n_blame_free(&res);
+}
+
+static void forcing_the_golden_routing_removes_a_flips_error(void **state)
+{
+    struct fixture *fx = *state;
+    struct q3n_tool_run r = fake_run(fx, "fake_flip_layer0");
+    struct q3n_blame_result res;
+    struct q3n_error err;
+    if (q3n_blame_run(&res, &r, FK_L, 1, 8, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_true(res.routing_checked);
+    assert_int_equal(res.n_flips, 1);
+    assert_string_equal(res.flips[0].flip.prefix, "model.layers.0");
+    assert_int_equal(res.flips[0].flip.token, 0);
+    assert_true(res.e0 > 1e-4);
+    assert_true(res.err_forced_all == 0.0);
+    assert_true(res.flips[0].removed == res.e0);
+    assert_int_equal(res.layers[res.rank[0]].layer, 0);
+    q3n_blame_free(&res);
+
+    /* a wrong kernel, not routing: forcing routing leaves the error in place */
+    r = fake_run(fx, "fake_mixer_layer1");
+    memset(&res, 0, sizeof res);
+    if (q3n_routing_analyze(&res, &r, 8, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_true(res.e0 > 1e-4);
+    /* no flips at all here, so nothing to force */
+    assert_int_equal(res.n_flips, 0);
+    assert_true(isnan(res.err_forced_all));
+    q3n_blame_free(&res);
+}
+
+static void reports_list_the_culprit_first_in_every_format(void **state)
+{
+    struct fixture *fx = *state;
+    struct q3n_tool_run r = fake_run(fx, "fake_mixer_layer1");
+    struct q3n_blame_result res;
+    struct q3n_error err;
+    if (q3n_blame_run(&res, &r, FK_L, 1, 4, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    const char *formats[] = {"text", "md", "html"};
+    for (int i = 0; i < 3; i++) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        assert_non_null(f);
+        assert_int_equal(q3n_blame_write(f, &res, formats[i], "fake.h5", &err), Q3N_OK);
+        fclose(f);
+        char *l1 = strstr(buf, "model.layers.1"), *l0 = strstr(buf, "model.layers.0");
+        if (!l1 || !l0 || !(l1 < l0)) fail_msg("%s report does not rank layer 1 first:\n%s", formats[i], buf);
+        if (i > 0) assert_non_null(strstr(buf, "<svg"));
+        free(buf);
+    }
+    FILE *devnull = fopen("/dev/null", "w");
+    assert_int_equal(q3n_blame_write(devnull, &res, "pdf", "fake.h5", &err), Q3N_ERR_USAGE);
+    fclose(devnull);
+    q3n_blame_free(&res);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(blame_ranks_the_layer_with_the_planted_bug_first),
+        cmocka_unit_test(blame_ranks_a_weak_op_layer_first_under_emulated_bf16),
+        cmocka_unit_test(forcing_the_golden_routing_removes_a_flips_error),
+        cmocka_unit_test(reports_list_the_culprit_first_in_every_format),
+    };
+    return cmocka_run_group_tests_name("harness_blame", tests, setup, teardown);
+}
