@@ -746,6 +746,11 @@ static enum q3n_status dataset_info(struct q3n_tensorfile *tf, const char *datas
         H5Aclose(attr);
         if (st != Q3N_OK) goto cleanup;
     }
+    if (marker && strcmp(marker, "bfloat16") == 0 && !(cls == H5T_INTEGER && size == 2)) {
+        st = q3n_error_set(err, Q3N_ERR_SHAPE, "%s: %s: attribute dtype='bfloat16' on a dataset that is not 16-bit "
+                           "integers (HDF5 class %d, %zu bytes)", tf->path, dataset, (int)cls, size);
+        goto cleanup;
+    }
     if (cls == H5T_FLOAT && size == 4) {
         info->dtype = Q3N_DTYPE_F32;
     } else if (cls == H5T_FLOAT && size == 8) {
