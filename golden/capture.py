@@ -16,7 +16,9 @@ compute dtype, keyed by name, in execution order.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import inspect
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,32 @@ OUT_SUFFIXES = (
     "pre_fc_norm_hidden",
     "fc",
 )
+
+
+# Functions transformers may dispatch to an installed kernel package (fla, causal_conv1d).
+KERNEL_FUNCTIONS = (
+    "torch_chunk_gated_delta_rule",
+    "torch_recurrent_gated_delta_rule",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+)
+# What transformers dispatches to in this environment (fla's kernels when fla is installed).
+DISPATCHED: dict[str, Callable[..., Any]] = {n: getattr(qn, n) for n in KERNEL_FUNCTIONS}
+
+
+@contextlib.contextmanager
+def torch_path() -> Iterator[None]:
+    """Within the block, the modeling module calls transformers' own torch functions (the
+    innermost function under its kernel-dispatch decorators) even when fla or causal_conv1d
+    is installed: goldens come from the torch reference path on every machine."""
+    saved = {n: getattr(qn, n) for n in KERNEL_FUNCTIONS}
+    try:
+        for n, fn in saved.items():
+            setattr(qn, n, inspect.unwrap(fn))
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(qn, n, fn)
 
 
 def per_token(t: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,10 @@ import transformers
 import transformers.models.qwen3_next.modeling_qwen3_next as qn
 from safetensors import safe_open
 from transformers import DynamicCache, Qwen3NextConfig, Qwen3NextForCausalLM
+from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from capture import Capture, Recorder, per_token  # noqa: E402
+from capture import DISPATCHED, Capture, Recorder, torch_path  # noqa: E402
 from mtp import Qwen3NextMTP  # noqa: E402
 from presets import preset_config  # noqa: E402
 from randomize import hub_shapes, random_hub_weights, to_module_state, write_checkpoint  # noqa: E402
@@ -48,6 +49,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 BAND_F32_VS_F64_LOGITS = 1e-4
 BAND_DECODE_VS_FULL = {"float32": 1e-4, "float64": 1e-4}
 BAND_CHUNKED_VS_RECURRENT = 1e-4
+BAND_FLA_VS_TORCH = 5e-3  # fla's chunk kernel runs its dot products in TF32 (transformers' own test tolerance)
 
 F64_NOTE = ("transformers casts to float32 inside a float64 run: RMSNorm and gated RMSNorm "
             "(x.float()), both delta-rule functions (inputs .to(float32)), softmax of attention and "
@@ -89,6 +91,13 @@ def versions() -> dict[str, str]:
 
 def installed(pkg: str) -> int:
     return 1 if importlib.util.find_spec(pkg) is not None else 0
+
+
+def kernel_path(kernels: str) -> str:
+    """`torch` when transformers' torch functions ran, else the kernel packages it dispatched to."""
+    if kernels == "torch":
+        return "torch"
+    return "+".join(p for p in ("fla", "causal_conv1d") if installed(p)) or "torch"
 
 
 # ---- model construction -------------------------------------------------------------------
@@ -222,6 +231,30 @@ def chunked_vs_recurrent(calls: list[dict[str, Any]]) -> tuple[float, dict[str, 
     return worst, per
 
 
+def fla_vs_torch(calls: list[dict[str, Any]]) -> float | None:
+    """fla's kernels (what transformers dispatches to when fla is installed; CUDA only) against
+    the torch chunked function's outputs on the same captured inputs. None when not runnable."""
+    if not installed("fla") or not torch.cuda.is_available():
+        return None
+    fn = DISPATCHED["torch_chunk_gated_delta_rule"]
+    worst = 0.0
+    for c in calls:
+        dev = {k: (v.cuda().float() if isinstance(v, torch.Tensor) else v) for k, v in c.items()}
+        out, state = fn(dev["query"], dev["key"], dev["value"], g=dev["g"], beta=dev["beta"],
+                        initial_state=dev["initial_state"], output_final_state=True, use_qk_l2norm_in_kernel=True)
+        worst = max(worst, rel_l2(out.cpu(), c["out"]), rel_l2(state.cpu(), c["state"]))
+    return worst
+
+
+def from_pretrained_matches(ckpt_dir: str, model: torch.nn.Module) -> int:
+    """1 if transformers' own loader (from_pretrained) reads the checkpoint folder into exactly
+    the weights the golden ran with (hub key conversion, tied embeddings), else 0."""
+    loaded = Qwen3NextForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32)
+    a, b = loaded.state_dict(), model.state_dict()
+    same = set(a) == set(b) and all(torch.equal(a[k], b[k].to(torch.float32)) for k in b)
+    return int(same)
+
+
 # ---- delta-rule case files ----------------------------------------------------------------
 
 DELTA_CASES = (  # (T, chunk_size, initial_state?)
@@ -298,18 +331,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="golden .h5 to write")
     p.add_argument("--ckpt-name", help="checkpoint folder name next to --out (default: preset, '-bf16w' for bf16)")
     p.add_argument("--fused-experts", action="store_true", help="write mlp.experts.gate_up_proj/down_proj instead of per-expert keys")
+    p.add_argument("--kernels", default="torch", choices=["torch", "auto"],
+                   help="torch: transformers' torch functions even when fla/causal_conv1d are installed (default); "
+                        "auto: whatever transformers dispatches to")
     p.add_argument("--allow-inconsistent", action="store_true", help="write the golden even when an audit is out of band (consistent=0)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    hf_logging.disable_progress_bar()
+    if args.kernels == "torch":
+        with torch_path():
+            return run_main(args)
+    return run_main(args)
+
+
+def run_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     base_attrs: dict[str, Any] = dict(format_version=FORMAT_VERSION, generator="golden/generate.py", seed=args.seed,
                                       device="cpu", fla_installed=installed("fla"),
                                       causal_conv1d_installed=installed("causal_conv1d"), mode=args.mode,
+                                      kernels=kernel_path(args.kernels),
                                       **versions())
     if args.mode == "delta-rule":
         return write_delta_rule(args, base_attrs)
@@ -345,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ckpt_dir = os.path.abspath(args.checkpoint)
     load_weights(model, mtp, hub)
+    del hub  # the model holds the weights now (real-1l: ~3 GB of float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    same_as_hf = from_pretrained_matches(ckpt_dir, model) if n_params <= 200_000_000 else -1
     with open(os.path.join(ckpt_dir, "config.json")) as f:
         config_text = f.read()
 
@@ -395,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     f32_f64 = rel_l2(r32.logits, r64.logits)
     dec_full = rel_l2(audit_dec_logits, audit_run.logits)
     cvr, cvr_per = chunked_vs_recurrent(golden.delta_calls)
+    fla = fla_vs_torch(golden.delta_calls) if args.kernels == "torch" else None
     routing_flips = 0
     for name, t in r32.taps.items():
         if name.endswith("topk_idx"):
@@ -407,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"prefill({prefill})+decode vs full forward logits rel_l2 {dec_full:.3e} > {band_dec:.0e}")
     if not cvr <= BAND_CHUNKED_VS_RECURRENT:
         problems.append(f"chunked vs recurrent delta rule rel_l2 {cvr:.3e} > {BAND_CHUNKED_VS_RECURRENT:.0e} ({cvr_per})")
+    if fla is not None and not fla <= BAND_FLA_VS_TORCH:
+        problems.append(f"fla vs torch delta rule rel_l2 {fla:.3e} > {BAND_FLA_VS_TORCH:.0e}")
+    if same_as_hf == 0:
+        problems.append("transformers' from_pretrained does not load the checkpoint into the weights that ran")
     if routing_flips:
         problems.append(f"{routing_flips} tokens route to different experts in float32 and float64")
     consistent = not problems
@@ -429,8 +482,12 @@ def main(argv: list[str] | None = None) -> int:
                  audit_decode_prefill_tokens=prefill,
                  audit_chunked_vs_recurrent_rel_l2=cvr, audit_routing_flips_f32_vs_f64=routing_flips,
                  audit_bands=json.dumps({"f32_vs_f64_logits": BAND_F32_VS_F64_LOGITS, "decode_vs_full": band_dec,
-                                         "chunked_vs_recurrent": BAND_CHUNKED_VS_RECURRENT, "routing_flips": 0}),
-                 float64_note=F64_NOTE, audit_problems="; ".join(problems))
+                                         "chunked_vs_recurrent": BAND_CHUNKED_VS_RECURRENT, "routing_flips": 0,
+                                         "fla_vs_torch": BAND_FLA_VS_TORCH}),
+                 float64_note=F64_NOTE, audit_problems="; ".join(problems),
+                 audit_from_pretrained_identical=same_as_hf)
+    if fla is not None:
+        attrs["audit_fla_vs_torch_rel_l2"] = fla
     if args.dtype == "bfloat16":
         attrs["weights_rounded_to"] = "bfloat16"
     tmp = args.out + ".tmp"
