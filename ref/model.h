@@ -34,9 +34,16 @@ struct ref_cache {
     int has_previous_state;    /* linear layers have a state to continue from */
     struct ref_layer_cache *layers; /* num_hidden_layers entries */
     struct ref_layer_cache mtp; /* the MTP layer's KV cache */
+    int64_t mtp_len;           /* positions in the MTP layer's KV cache */
 };
 
-/* The reference implementation as the harness sees it (harness/impl.h). */
+/* The reference implementation as the harness sees it (harness/impl.h). Named "ref", or
+ * "ref64" in the float64 build. */
 extern const struct q3n_impl ref_impl;
+
+/* The caches of a ref session (from ref_impl.open), for tests and cache dumps; valid until the
+ * session's next call. Layer i's linear-attention fields are NULL for full-attention layers
+ * and vice versa. */
+const struct ref_cache *ref_session_cache(const void *session);
 
 #endif

@@ -31,7 +31,7 @@ void ref_rmsnorm_forward(ref_real *out, const ref_real *x, const float *w, int64
  * w NOT zero-centred. (Qwen3NextRMSNormGated.) */
 void ref_rmsnorm_gated_forward(ref_real *out, const ref_real *x, const ref_real *z, const float *w, int64_t rows,
                                int64_t n, double eps);
-/* L2 norm over rows: out = x / sqrt(sum(x^2) + eps) (fla's l2norm, eps 1e-6). */
+/* L2 norm over rows: out = x * rsqrt(sum(x^2) + eps) (fla's l2norm, eps 1e-6). */
 void ref_l2norm_forward(ref_real *out, const ref_real *x, int64_t rows, int64_t n, double eps);
 
 /* ---- conv.c ---- */
@@ -50,6 +50,15 @@ void ref_conv1d_state_update(ref_real *state, const ref_real *x, int64_t T, int6
 void ref_deltanet_split_forward(ref_real *q, ref_real *k, ref_real *v, ref_real *z, ref_real *b, ref_real *a,
                                 const ref_real *qkvz, const ref_real *ba, int64_t T, int64_t NK, int64_t NV,
                                 int64_t DK, int64_t DV);
+/* mixed [T,Cc] = concat(q, k, v) over channels (the conv input), Cc = 2*NK*DK + NV*DV. */
+void ref_deltanet_conv_concat(ref_real *mixed, const ref_real *q, const ref_real *k, const ref_real *v, int64_t T,
+                              int64_t NK, int64_t NV, int64_t DK, int64_t DV);
+/* Inverse of the concat: conv output [T,Cc] -> q,k [T,NK,DK], v [T,NV,DV]. */
+void ref_deltanet_conv_split(ref_real *q, ref_real *k, ref_real *v, const ref_real *mixed, int64_t T, int64_t NK,
+                             int64_t NV, int64_t DK, int64_t DV);
+/* q *= DK^-0.5 (chunked path) or q /= sqrt(DK) (recurrent path), n elements: each transformers
+ * path rounds its scale its own way. */
+void ref_deltanet_q_scale(ref_real *q, int64_t n, int64_t DK, int recurrent);
 /* beta = sigmoid(b);  g = -exp(A_log) * softplus(a + dt_bias)   (float32 in transformers).
  * g,beta,a,b [T,NV], A_log,dt_bias [NV]. softplus uses torch's threshold 20. */
 void ref_deltanet_gates_forward(ref_real *g, ref_real *beta, const ref_real *a, const ref_real *b,
@@ -104,6 +113,11 @@ void ref_mlp_forward(ref_real *out, const ref_real *x, const struct q3n_mlp_weig
 void ref_moe_experts_forward(ref_real *out, const ref_real *x, const int64_t *idx, const ref_real *weight,
                              const struct q3n_mlp_weights *experts, ref_real *scratch, int64_t T, int64_t D,
                              int64_t I, int64_t K);
+
+/* MoE output: out = experts_out + sigmoid(shared_gate_logit) * shared_out (shared_out NULL: none).
+ * out,experts_out,shared_out [T,D], shared_gate_logit [T,1]. */
+void ref_moe_combine_forward(ref_real *out, const ref_real *experts_out, const ref_real *shared_out,
+                             const ref_real *shared_gate_logit, int64_t T, int64_t D);
 
 /* ---- activations (linear.c) ---- */
 ref_real ref_silu(ref_real x);
