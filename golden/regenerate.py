@@ -22,6 +22,7 @@ GOLDENS: dict[str, list[str]] = {
     "tiny_bf16": ["--preset", "tiny", "--dtype", "bfloat16"],
     "tiny_decode": ["--preset", "tiny", "--mode", "decode", "--prefill", "5"],
     "odd_f32": ["--preset", "odd", "--fused-experts"],
+    "odd_decode": ["--preset", "odd", "--fused-experts", "--mode", "decode", "--seq-len", "12", "--prefill", "2"],
     "long_f32": ["--preset", "long"],
     "delta_rule": ["--mode", "delta-rule"],
 }
