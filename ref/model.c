@@ -202,6 +202,12 @@ static enum q3n_status sparse_moe(struct ref_session *s, ref_real *out, const re
     char p[96];
     snprintf(p, sizeof p, "%s.mlp", pfx);
 
+    /* transformers' order: shared expert, router, routed experts, shared-expert gate */
+    int has_shared = w->shared_expert.gate_proj && SI > 0;
+    if (has_shared) {
+        ref_mlp_forward(b->shared_out, x, &w->shared_expert, b->mlp, T, D, SI);
+        TRY(tap(taps, err, b->shared_out, 2, T, D, 0, p, "shared_expert.out"));
+    }
     ref_linear_forward(b->router_logits, x, w->router, NULL, T, E, D);
     TRY(tap(taps, err, b->router_logits, 2, T, E, 0, p, "gate.logits"));
     ref_softmax_forward(b->probs, b->router_logits, T, E);
@@ -221,9 +227,7 @@ static enum q3n_status sparse_moe(struct ref_session *s, ref_real *out, const re
     ref_moe_experts_forward(b->experts_out, x, b->topk_idx, b->topk_weight, w->experts, b->mlp, T, D, I, K);
     TRY(tap(taps, err, b->experts_out, 2, T, D, 0, p, "experts.out"));
     const ref_real *shared = NULL;
-    if (w->shared_expert.gate_proj && SI > 0) {
-        ref_mlp_forward(b->shared_out, x, &w->shared_expert, b->mlp, T, D, SI);
-        TRY(tap(taps, err, b->shared_out, 2, T, D, 0, p, "shared_expert.out"));
+    if (has_shared) {
         ref_linear_forward(b->shared_gate, x, w->shared_expert_gate, NULL, T, 1, D);
         TRY(tap(taps, err, b->shared_gate, 2, T, 1, 0, p, "shared_expert_gate.out"));
         shared = b->shared_out;
