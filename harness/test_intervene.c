@@ -8,7 +8,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "determinism.h"
 #include "intervene.h"
 #include "rng.h"
 #include "testfake.h"
@@ -269,6 +271,82 @@ static void emulated_bf16_rounds_every_live_tap_except_fp32_patterns(void **stat
     q3n_intervene_free(&iv);
 }
 
+static struct q3n_tool_run det_run(const char *bug)
+{
+    struct q3n_tool_run r;
+    memset(&r, 0, sizeof r);
+    r.impl = &fake_impl;
+    r.opt.test_bug = bug;
+    r.tokens = fake_tokens;
+    r.T = 6;
+    r.V = FK_V;
+    return r;
+}
+
+static void determinism_ledger_passes_a_deterministic_impl_and_round_trips(void **state)
+{
+    (void)state;
+    struct q3n_tool_run r = det_run(NULL);
+    struct q3n_det_ledger led, back;
+    struct q3n_error err;
+    if (q3n_determinism_run(&led, &r, 3, NULL, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_true(q3n_det_ledger_ok(&led));
+    assert_int_equal(led.taps_neutral, 1);
+    assert_true(led.logits_reproducible);
+    assert_true(led.n > 20);
+    assert_int_equal(led.n_nonrepro, 0);
+    char path[] = "/tmp/q3n_test_ledger_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(q3n_det_ledger_write_json(&led, path, &err), Q3N_OK);
+    assert_int_equal(q3n_det_ledger_read(&back, path, &err), Q3N_OK);
+    assert_int_equal(back.n, led.n);
+    assert_string_equal(back.taps[5].name, led.taps[5].name);
+    assert_true(back.taps[5].reproducible);
+    unlink(path);
+    q3n_det_ledger_free(&back);
+    q3n_det_ledger_free(&led);
+}
+
+static void determinism_ledger_names_non_reproducible_taps_and_holds_known_ones(void **state)
+{
+    (void)state;
+    struct q3n_tool_run good = det_run(NULL), bad = det_run("fake_nondeterministic");
+    struct q3n_det_ledger expect, led;
+    struct q3n_error err;
+    assert_int_equal(q3n_determinism_run(&expect, &good, 2, NULL, &err), Q3N_OK);
+    assert_int_equal(q3n_determinism_run(&led, &bad, 2, &expect, &err), Q3N_OK);
+    assert_false(led.logits_reproducible);
+    assert_true(led.n_nonrepro >= 2); /* layer 2's mlp.out and everything after it */
+    int first = -1;
+    for (size_t i = 0; i < led.n; i++)
+        if (!led.taps[i].reproducible && first < 0) first = (int)i;
+    assert_string_equal(led.taps[first].name, "model.layers.2.mlp.out");
+    assert_int_equal(led.n_regressed, led.n_nonrepro); /* each was reproducible before */
+    assert_false(q3n_det_ledger_ok(&led));
+    q3n_det_ledger_free(&led);
+    /* a ledger that already lists them as non-reproducible accepts them */
+    for (size_t i = 0; i < expect.n; i++) expect.taps[i].reproducible = 0;
+    assert_int_equal(q3n_determinism_run(&led, &bad, 2, &expect, &err), Q3N_OK);
+    assert_int_equal(led.n_regressed, 0);
+    q3n_det_ledger_free(&led);
+    q3n_det_ledger_free(&expect);
+}
+
+static void determinism_ledger_fails_when_taps_change_the_result(void **state)
+{
+    (void)state;
+    struct q3n_tool_run r = det_run("fake_tap_side_effect");
+    struct q3n_det_ledger led;
+    struct q3n_error err;
+    assert_int_equal(q3n_determinism_run(&led, &r, 2, NULL, &err), Q3N_OK);
+    assert_true(led.logits_reproducible);
+    assert_int_equal(led.taps_neutral, 0);
+    assert_false(q3n_det_ledger_ok(&led));
+    q3n_det_ledger_free(&led);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -279,6 +357,9 @@ int main(void)
         cmocka_unit_test(replacing_one_layer_output_removes_that_layers_error),
         cmocka_unit_test(forced_routing_removes_a_flips_error_and_logs_the_flip),
         cmocka_unit_test(emulated_bf16_rounds_every_live_tap_except_fp32_patterns),
+        cmocka_unit_test(determinism_ledger_passes_a_deterministic_impl_and_round_trips),
+        cmocka_unit_test(determinism_ledger_names_non_reproducible_taps_and_holds_known_ones),
+        cmocka_unit_test(determinism_ledger_fails_when_taps_change_the_result),
     };
     return cmocka_run_group_tests_name("harness_intervene", tests, setup, teardown);
 }

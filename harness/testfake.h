@@ -15,7 +15,7 @@
  * Planted bugs (run_options.test_bug): "fake_mixer_layer1" scales layer 1's linear_attn.out
  * by 1.02; "fake_flip_layer0" swaps the second chosen expert of token 0 in layer 0 for the
  * best unchosen one (a routing flip, nothing else wrong). Taps may be emitted with
- * q3n_tap_emit (no writable) instead, with "fake_not_live". */
+ * q3n_tap_emit (no writable) instead, with "fake_not_live". Determinism bugs below. */
 #ifndef Q3N_TESTFAKE_H
 #define Q3N_TESTFAKE_H
 
@@ -36,6 +36,11 @@
 struct fake_session {
     const char *bug;
 };
+
+/* "fake_nondeterministic": layer 2's mlp.out gets a small wobble that changes from run
+ * to run (like an atomic reduction); "fake_tap_side_effect": emitting taps changes the
+ * result (layer 0's output is only rounded when a sink is on). */
+static unsigned fake_run_counter;
 
 static float fk_w(int l, int i, int j, float s)
 {
@@ -150,10 +155,16 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
                     m += wt[t][j] * tanhf((0.3f + 0.4f * (float)idx[t][j]) * x[t][d] + 0.1f * (float)d);
                 a[t][d] = m;
             }
+        if (l == 2 && strcmp(s->bug, "fake_nondeterministic") == 0) {
+            fake_run_counter++;
+            a[0][0] += (fake_run_counter & 1) ? 1e-4f : -1e-4f;
+        }
         snprintf(name, sizeof name, "model.layers.%d.mlp.out", l);
         if ((st = fk_emit(taps, live, Q3N_DTYPE_F32, a, 2, dTD, err, name))) return st;
         for (int64_t t = 0; t < T; t++)
             for (int d = 0; d < FK_D; d++) x[t][d] += a[t][d];
+        if (l == 0 && taps && taps->fn && strcmp(s->bug, "fake_tap_side_effect") == 0)
+            x[0][0] = nextafterf(x[0][0], INFINITY);
         snprintf(name, sizeof name, "model.layers.%d.out", l);
         if ((st = fk_emit(taps, live, Q3N_DTYPE_F32, x, 2, dTD, err, name))) return st;
     }
