@@ -1,6 +1,6 @@
 /* fuzz_config.c — libFuzzer target: config.json parsing and validation (harness/config.c).
  *
- * Any input must give Q3N_OK or an error with a non-empty one-line message, never a crash,
+ * Any input must give Q3N_OK or an error with a message (fuzz_msg.h), never a crash,
  * a sanitizer report or a hang; an accepted config must pass q3n_config_validate again and
  * have derived sizes that are positive. Built by fuzz/fuzz.mk (`make fuzz-parsers`). */
 #include <stddef.h>
@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../harness/config.h"
+#include "fuzz_msg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -19,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     q3n_error_clear(&err);
     enum q3n_status st = q3n_config_parse(&cfg, (const char *)data, size, "fuzz/config.json", &err);
     if (st != Q3N_OK) {
-        if (err.msg[0] == '\0' || memchr(err.msg, '\n', strlen(err.msg)) != NULL) abort(); /* one non-empty line */
+        fuzz_check_msg(&err);
         return 0;
     }
     if (q3n_config_validate(&cfg, "fuzz/config.json", &err) != Q3N_OK) abort(); /* parse accepted, validate refused */

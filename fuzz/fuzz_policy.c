@@ -1,6 +1,6 @@
 /* fuzz_policy.c — libFuzzer target: the tolerance-policy parser (harness/policy.c).
  *
- * Any text must parse or fail with a non-empty one-line message; a parsed policy is then
+ * Any text must parse or fail with a message (fuzz_msg.h); a parsed policy is then
  * looked up for the tap names of every kind (float, top-k indices, logits) under each
  * dtype, which must return OK or a one-line error, never crash. Built by fuzz/fuzz.mk. */
 #include <stddef.h>
@@ -9,13 +9,9 @@
 #include <string.h>
 
 #include "../harness/policy.h"
+#include "fuzz_msg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void check_msg(const struct q3n_error *err)
-{
-    if (err->msg[0] == '\0' || strchr(err->msg, '\n') != NULL) abort();
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -27,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct q3n_error err;
     q3n_error_clear(&err);
     if (q3n_policy_parse(&policy, (const char *)data, size, "fuzz.policy", &err) != Q3N_OK) {
-        check_msg(&err);
+        fuzz_check_msg(&err);
         if (policy != NULL) abort(); /* a failed parse leaves nothing to free */
         return 0;
     }
@@ -36,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         for (size_t j = 0; j < sizeof dtypes / sizeof dtypes[0]; j++) {
             struct q3n_tolerance tol;
-            if (q3n_policy_lookup(policy, names[i], dtypes[j], &tol, &err) != Q3N_OK) check_msg(&err);
+            if (q3n_policy_lookup(policy, names[i], dtypes[j], &tol, &err) != Q3N_OK) fuzz_check_msg(&err);
         }
     q3n_policy_free(policy);
     return 0;

@@ -3,7 +3,7 @@
  * way `q3n verify` / `q3n compare` open a golden: root attributes, /config, /inputs/input_ids,
  * /logits, every dataset under /tensors with its info and (when small) its data.
  *
- * Every call must return OK or an error with a non-empty one-line message; nothing may
+ * Every call must return OK or an error with a message (fuzz_msg.h); nothing may
  * crash or trip a sanitizer. HDF5 itself is not instrumented: a crash inside libhdf5 is
  * reported as such (docs/fuzzing.md). Built by fuzz/fuzz.mk (`make fuzz-parsers`).
  *
@@ -21,15 +21,11 @@
 #include <hdf5.h>
 
 #include "../harness/tensorfile.h"
+#include "fuzz_msg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char tmp_path[64];
-
-static void check_msg(const struct q3n_error *err)
-{
-    if (err->msg[0] == '\0' || strchr(err->msg, '\n') != NULL) abort();
-}
 
 struct walk {
     struct q3n_tensorfile *tf;
@@ -44,17 +40,17 @@ static enum q3n_status visit(void *user, const char *name, struct q3n_error *err
     if (++w->visited > 256) return Q3N_OK;
     snprintf(path, sizeof path, "/tensors/%s", name);
     if (q3n_tensorfile_info(w->tf, path, &info, err) != Q3N_OK) {
-        check_msg(err);
+        fuzz_check_msg(err);
         return Q3N_OK;
     }
     if (info.numel < 0 || info.rank < 0 || info.rank > Q3N_MAX_RANK) abort();
     if (info.numel <= 4096) {
         double buf[4096];
         enum q3n_dtype as = info.dtype == Q3N_DTYPE_I64 ? Q3N_DTYPE_I64 : Q3N_DTYPE_F64;
-        if (q3n_tensorfile_read(w->tf, path, as, buf, 4096, &info, err) != Q3N_OK) check_msg(err);
+        if (q3n_tensorfile_read(w->tf, path, as, buf, 4096, &info, err) != Q3N_OK) fuzz_check_msg(err);
         if (info.rank >= 1 && info.dims[0] >= 1 &&
             q3n_tensorfile_read_rows(w->tf, path, as, 0, 1, buf, 4096, err) != Q3N_OK)
-            check_msg(err);
+            fuzz_check_msg(err);
     }
     return Q3N_OK;
 }
@@ -77,16 +73,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     q3n_error_clear(&err);
     if (q3n_tensorfile_open(&tf, tmp_path, &err) != Q3N_OK) {
-        check_msg(&err);
+        fuzz_check_msg(&err);
         goto done;
     }
-    if (q3n_tensorfile_get_attr_i64(tf, "/", "format_version", &i64, &err) != Q3N_OK) check_msg(&err);
-    if (q3n_tensorfile_get_attr_str(tf, "/", "dtype", text, sizeof text, &err) != Q3N_OK) check_msg(&err);
-    if (q3n_tensorfile_get_attr_str(tf, "/", "generator", text, sizeof text, &err) != Q3N_OK) check_msg(&err);
-    if (q3n_tensorfile_get_attr_f64(tf, "/", "audit_decode_vs_full_rel_l2", &f, &err) != Q3N_OK) check_msg(&err);
+    if (q3n_tensorfile_get_attr_i64(tf, "/", "format_version", &i64, &err) != Q3N_OK) fuzz_check_msg(&err);
+    if (q3n_tensorfile_get_attr_str(tf, "/", "dtype", text, sizeof text, &err) != Q3N_OK) fuzz_check_msg(&err);
+    if (q3n_tensorfile_get_attr_str(tf, "/", "generator", text, sizeof text, &err) != Q3N_OK) fuzz_check_msg(&err);
+    if (q3n_tensorfile_get_attr_f64(tf, "/", "audit_decode_vs_full_rel_l2", &f, &err) != Q3N_OK) fuzz_check_msg(&err);
     char *config_text = NULL;
     if (q3n_tensorfile_exists(tf, "/config")) {
-        if (q3n_tensorfile_read_str(tf, "/config", &config_text, &err) != Q3N_OK) check_msg(&err);
+        if (q3n_tensorfile_read_str(tf, "/config", &config_text, &err) != Q3N_OK) fuzz_check_msg(&err);
         free(config_text);
     }
     static const char *const fixed[] = {"/inputs/input_ids", "/logits", "/mtp_logits", "/decode/logits"};
@@ -94,18 +90,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct q3n_tensor_info info;
         if (!q3n_tensorfile_exists(tf, fixed[n])) continue;
         if (q3n_tensorfile_info(tf, fixed[n], &info, &err) != Q3N_OK) {
-            check_msg(&err);
+            fuzz_check_msg(&err);
             continue;
         }
         if (info.numel <= 4096) {
             int64_t buf[4096];
             enum q3n_dtype as = n == 0 ? Q3N_DTYPE_I64 : Q3N_DTYPE_F64;
-            if (q3n_tensorfile_read(tf, fixed[n], as, buf, 4096, NULL, &err) != Q3N_OK) check_msg(&err);
+            if (q3n_tensorfile_read(tf, fixed[n], as, buf, 4096, NULL, &err) != Q3N_OK) fuzz_check_msg(&err);
         }
     }
     if (q3n_tensorfile_exists(tf, "/tensors")) {
         struct walk w = {tf, 0};
-        if (q3n_tensorfile_list(tf, "/tensors", visit, &w, &err) != Q3N_OK) check_msg(&err);
+        if (q3n_tensorfile_list(tf, "/tensors", visit, &w, &err) != Q3N_OK) fuzz_check_msg(&err);
     }
 done:
     q3n_tensorfile_close(tf);

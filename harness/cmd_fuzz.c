@@ -1,12 +1,322 @@
-/* cmd_fuzz.c — placeholder until its issue lands: refuses with a usage error. */
+/* cmd_fuzz.c — `q3n fuzz`: the shape and config fuzzer (issue 8; docs/fuzzing.md).
+ *
+ * Per case index i of a run seeded S: a delta-rule case (recurrent ≡ chunked at several chunk
+ * sizes ≡ naive ≡ a double oracle) and a model case (ref vs --impl tap by tap under the policy,
+ * then the state-lifecycle checks on --impl). The first failure prints the case seed and a
+ * one-line repro, shrinks the model case and writes the regression pair under --out. */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cmds.h"
+#include "fuzz_cases.h"
+#include "impl.h"
+#include "policy.h"
+#include "shrink.h"
+
+#define DEFAULT_POLICY "fuzz/fuzz.policy"
+
+struct fuzz_args {
+    uint64_t seed;
+    int64_t cases, delta_cases;
+    double time_limit;
+    const char *impl, *policy_path, *test_bug, *out, *work;
+    int family;            /* -1: drawn */
+    int have_case_seed;
+    uint64_t case_seed;
+    int keep_going, no_shrink, verbose, shrink_tries;
+    double self_rel_l2;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: q3n fuzz [--seed S] [--cases N] [--impl cpu|cuda|ref] [--time SECONDS]\n"
+            "                [--case-seed X] [--family small|odd|real-heads] [--delta-cases N]\n"
+            "                [--policy FILE] [--out DIR] [--work DIR] [--test-bug NAME]\n"
+            "                [--keep-going] [--no-shrink] [--shrink-tries N] [--self-rel-l2 B] [--verbose]\n"
+            "\n"
+            "Draws N random valid configs, weights and inputs (seeded: the same seed draws the same cases\n"
+            "everywhere) and checks ref vs --impl tap by tap under the policy (default %s),\n"
+            "prefill+decode, split prefill, state after a prefix, conv state after short prompts, reset and\n"
+            "reused sessions, interleaved sessions; and N delta-rule cases (recurrent, chunked at several\n"
+            "chunk sizes, naive, against a double oracle). --time stops drawing new cases after SECONDS.\n"
+            "On the first failure (all of them with --keep-going): the case seed, a repro command, and the\n"
+            "case shrunk and written to --out DIR (default fuzz-repro) as checkpoint + golden + candidate.\n"
+            "--test-bug plants a named bug in --impl (a test of the fuzzer itself).\n"
+            "Exit: 0 every case passed, 1 a failure was found, 2 usage or input error.\n",
+            DEFAULT_POLICY);
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    if (!s || !*s) return 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (*end != '\0') return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+static int parse_args(struct fuzz_args *a, int argc, char **argv)
+{
+    memset(a, 0, sizeof *a);
+    a->seed = 1;
+    a->cases = 200;
+    a->delta_cases = -1;
+    a->impl = "cpu";
+    a->policy_path = DEFAULT_POLICY;
+    a->out = "fuzz-repro";
+    a->family = -1;
+    a->shrink_tries = 60;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t u;
+        if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(o, "--keep-going") == 0) {
+            a->keep_going = 1;
+        } else if (strcmp(o, "--no-shrink") == 0) {
+            a->no_shrink = 1;
+        } else if (strcmp(o, "--verbose") == 0 || strcmp(o, "-v") == 0) {
+            a->verbose = 1;
+        } else if (!v) {
+            fprintf(stderr, "q3n fuzz: %s needs a value (or is unknown)\n", o);
+            return 0;
+        } else {
+            i++;
+            if (strcmp(o, "--seed") == 0 && parse_u64(v, &u)) a->seed = u;
+            else if (strcmp(o, "--cases") == 0 && parse_u64(v, &u) && u <= 100000000) a->cases = (int64_t)u;
+            else if (strcmp(o, "--delta-cases") == 0 && parse_u64(v, &u) && u <= 100000000)
+                a->delta_cases = (int64_t)u;
+            else if (strcmp(o, "--shrink-tries") == 0 && parse_u64(v, &u) && u <= 100000) a->shrink_tries = (int)u;
+            else if (strcmp(o, "--case-seed") == 0 && parse_u64(v, &u)) {
+                a->have_case_seed = 1;
+                a->case_seed = u;
+            } else if (strcmp(o, "--time") == 0 && strtod(v, NULL) > 0)
+                a->time_limit = strtod(v, NULL);
+            else if (strcmp(o, "--self-rel-l2") == 0 && strtod(v, NULL) > 0)
+                a->self_rel_l2 = strtod(v, NULL);
+            else if (strcmp(o, "--impl") == 0) a->impl = v;
+            else if (strcmp(o, "--policy") == 0) a->policy_path = v;
+            else if (strcmp(o, "--test-bug") == 0) a->test_bug = v;
+            else if (strcmp(o, "--out") == 0) a->out = v;
+            else if (strcmp(o, "--work") == 0) a->work = v;
+            else if (strcmp(o, "--family") == 0) {
+                a->family = -2;
+                for (int f = 0; f < Q3N_FUZZ_FAMILY_COUNT; f++)
+                    if (strcmp(v, q3n_fuzz_family_name((enum q3n_fuzz_family)f)) == 0) a->family = f;
+                if (a->family == -2) {
+                    fprintf(stderr, "q3n fuzz: unknown family '%s' (small, odd, real-heads)\n", v);
+                    return 0;
+                }
+            } else {
+                fprintf(stderr, "q3n fuzz: bad option or value: %s %s\n", o, v);
+                return 0;
+            }
+        }
+    }
+    if (a->delta_cases < 0) a->delta_cases = a->cases;
+    return 1;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The repro command of one case. */
+static void repro_cmd(char *buf, size_t cap, const struct fuzz_args *a, uint64_t case_seed, int family)
+{
+    snprintf(buf, cap, "q3n fuzz --case-seed 0x%016llx%s%s --impl %s%s%s%s%s", (unsigned long long)case_seed,
+             family >= 0 ? " --family " : "", family >= 0 ? q3n_fuzz_family_name((enum q3n_fuzz_family)family) : "",
+             a->impl, a->test_bug ? " --test-bug " : "", a->test_bug ? a->test_bug : "",
+             strcmp(a->policy_path, DEFAULT_POLICY) != 0 ? " --policy " : "",
+             strcmp(a->policy_path, DEFAULT_POLICY) != 0 ? a->policy_path : "");
+}
+
+struct shrink_ctx {
+    const struct q3n_fuzz_model_options *opt;
+};
+
+static int still_fails(void *user, const struct q3n_fuzz_case *c)
+{
+    struct shrink_ctx *sc = user;
+    struct q3n_fuzz_model_result res;
+    struct q3n_error err;
+    if (q3n_fuzz_model_check(c, sc->opt, &res, &err) != Q3N_OK) return -1;
+    return res.failed;
+}
+
+static int shrink_and_write(const struct fuzz_args *a, const struct q3n_fuzz_model_options *opt,
+                            const struct q3n_fuzz_case *c, const char *cmd)
+{
+    struct q3n_fuzz_case small = *c;
+    struct shrink_ctx sc = {opt};
+    struct q3n_fuzz_model_result res;
+    struct q3n_error err;
+    char desc[1024], dir[4096];
+    int tries = 0;
+    if (!a->no_shrink) {
+        q3n_shrink_case(&small, still_fails, &sc, a->shrink_tries, &tries);
+        q3n_fuzz_case_describe(&small, desc, sizeof desc);
+        printf("  shrunk in %d tries to: %s\n", tries, desc);
+        if (q3n_fuzz_model_check(&small, opt, &res, &err) == Q3N_OK && res.failed)
+            printf("  shrunk case fails: %s\n", res.what);
+    }
+    snprintf(dir, sizeof dir, "%s/case-%016llx", a->out, (unsigned long long)c->seed);
+    if (q3n_shrink_write_repro(dir, &small, a->impl, a->test_bug, cmd, &err) != Q3N_OK) {
+        fprintf(stderr, "q3n fuzz: could not write the repro: %s\n", err.msg);
+        return 0;
+    }
+    printf("  repro written: %s (case.txt, golden.h5, candidate.h5, config.json)\n", dir);
+    return 1;
+}
 
 int q3n_cmd_fuzz(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "q3n fuzz: not built yet\n");
-    return 2;
+    struct fuzz_args a;
+    struct q3n_policy *policy = NULL;
+    struct q3n_error err;
+    char work[4096] = "", desc[1024], cmd[512];
+    int rc = 0, made_work = 0;
+    int64_t model_cases = 0, delta_cases = 0, failures = 0, explained = 0, by_family[Q3N_FUZZ_FAMILY_COUNT] = {0};
+    int64_t delta_checks = 0, model_checks = 0;
+    double worst_delta = 0.0, worst_self = 0.0;
+
+    if (!parse_args(&a, argc, argv)) {
+        usage(stderr);
+        return 2;
+    }
+    if (!q3n_impl_find(a.impl) || !q3n_impl_find("ref")) {
+        fprintf(stderr, "q3n fuzz: implementation '%s' (or ref) is not built into this binary\n", a.impl);
+        return 2;
+    }
+    if (q3n_policy_load(&policy, a.policy_path, &err) != Q3N_OK) {
+        fprintf(stderr, "q3n fuzz: %s\n", err.msg);
+        return 2;
+    }
+    if (a.work) {
+        snprintf(work, sizeof work, "%s", a.work);
+        if (mkdir(work, 0777) != 0 && access(work, W_OK) != 0) {
+            fprintf(stderr, "q3n fuzz: cannot use work folder %s\n", work);
+            q3n_policy_free(policy);
+            return 2;
+        }
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(work, sizeof work, "%s/q3n-fuzz-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(work)) {
+            fprintf(stderr, "q3n fuzz: cannot create a work folder under %s\n", tmp && *tmp ? tmp : "/tmp");
+            q3n_policy_free(policy);
+            return 2;
+        }
+        made_work = 1;
+    }
+    struct q3n_fuzz_model_options mopt = {.impl = a.impl,
+                                          .policy = policy,
+                                          .policy_path = a.policy_path,
+                                          .test_bug = a.test_bug,
+                                          .work_dir = work,
+                                          .self_rel_l2 = a.self_rel_l2};
+    struct q3n_fuzz_delta_forms forms;
+    q3n_fuzz_delta_ref_forms(&forms);
+
+    printf("q3n fuzz: seed %llu, %lld cases, impl %s vs ref, policy %s%s%s\n", (unsigned long long)a.seed,
+           (long long)(a.have_case_seed ? 1 : a.cases), a.impl, a.policy_path, a.test_bug ? ", planted bug " : "",
+           a.test_bug ? a.test_bug : "");
+    double t0 = now_s();
+    int64_t n = a.have_case_seed ? 1 : (a.cases > a.delta_cases ? a.cases : a.delta_cases);
+    for (int64_t i = 0; i < n; i++) {
+        if (a.time_limit > 0 && now_s() - t0 > a.time_limit) {
+            printf("q3n fuzz: time budget of %.0f s reached after %lld cases\n", a.time_limit, (long long)i);
+            break;
+        }
+        uint64_t cs = a.have_case_seed ? a.case_seed : q3n_fuzz_case_seed(a.seed, i);
+        int failed_here = 0;
+
+        if (i < a.delta_cases) {
+            struct q3n_fuzz_delta_case dc;
+            struct q3n_fuzz_delta_result dr;
+            q3n_fuzz_delta_case_draw(&dc, cs);
+            if (q3n_fuzz_delta_run(&dc, &forms, &dr, &err) != Q3N_OK) {
+                fprintf(stderr, "q3n fuzz: %s\n", err.msg);
+                rc = 2;
+                break;
+            }
+            delta_cases++;
+            delta_checks += dr.checks;
+            if (dr.worst_ratio > worst_delta) worst_delta = dr.worst_ratio;
+            q3n_fuzz_delta_case_describe(&dc, desc, sizeof desc);
+            if (dr.failed) {
+                repro_cmd(cmd, sizeof cmd, &a, cs, a.family);
+                printf("FAIL case %lld seed 0x%016llx delta rule: %s\n  %s\n  repro: %s\n", (long long)i,
+                       (unsigned long long)cs, dr.worst, desc, cmd);
+                failures++;
+                failed_here = 1;
+            } else if (a.verbose) {
+                printf("ok   case %lld %s: %d checks, worst %.0f%% of tolerance (cond %.3g)\n", (long long)i, desc,
+                       dr.checks, 100.0 * dr.worst_ratio, dr.cond);
+            }
+        }
+
+        if (i < a.cases && !failed_here) {
+            struct q3n_fuzz_case c;
+            struct q3n_fuzz_model_result mr;
+            q3n_fuzz_case_draw(&c, cs, a.family);
+            q3n_fuzz_case_describe(&c, desc, sizeof desc);
+            double tc = now_s();
+            if (q3n_fuzz_model_check(&c, &mopt, &mr, &err) != Q3N_OK) {
+                repro_cmd(cmd, sizeof cmd, &a, cs, a.family);
+                fprintf(stderr, "q3n fuzz: case %lld (%s): %s\n  repro: %s\n", (long long)i, desc, err.msg, cmd);
+                rc = 2;
+                break;
+            }
+            model_cases++;
+            by_family[c.family]++;
+            model_checks += mr.checks;
+            explained += mr.explained;
+            if (mr.worst_self_rel_l2 > worst_self) worst_self = mr.worst_self_rel_l2;
+            if (mr.failed) {
+                repro_cmd(cmd, sizeof cmd, &a, cs, a.family);
+                printf("FAIL case %lld seed 0x%016llx: %s\n  %s\n  repro: %s\n", (long long)i, (unsigned long long)cs,
+                       mr.what, desc, cmd);
+                fflush(stdout);
+                failures++;
+                failed_here = 1;
+                shrink_and_write(&a, &mopt, &c, cmd);
+            } else if (a.verbose) {
+                printf("ok   case %lld %s: %d checks, self worst rel_l2 %.2g%s (%.2f s)\n", (long long)i, desc,
+                       mr.checks, mr.worst_self_rel_l2, mr.explained ? ", near-tie flip explained" : "",
+                       now_s() - tc);
+            }
+        }
+        fflush(stdout);
+        if (failed_here && !a.keep_going) break;
+    }
+    double dt = now_s() - t0;
+    printf("q3n fuzz: %lld model cases (%lld small, %lld odd, %lld real-heads; %lld checks, %lld with a near-tie "
+           "router flip explained), %lld delta-rule cases (%lld checks, worst %.0f%% of tolerance), worst "
+           "self-consistency rel_l2 %.3g; %lld failed; %.1f s\n",
+           (long long)model_cases, (long long)by_family[Q3N_FUZZ_SMALL], (long long)by_family[Q3N_FUZZ_ODD],
+           (long long)by_family[Q3N_FUZZ_REAL_HEADS], (long long)model_checks, (long long)explained,
+           (long long)delta_cases, (long long)delta_checks, 100.0 * worst_delta, worst_self, (long long)failures, dt);
+    if (made_work) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/golden.h5", work);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/candidate.h5", work);
+        unlink(path);
+        rmdir(work);
+    }
+    q3n_policy_free(policy);
+    if (rc) return rc;
+    return failures > 0 ? 1 : 0;
 }

@@ -217,9 +217,11 @@ void q3n_fuzz_case_draw(struct q3n_fuzz_case *c, uint64_t seed, int family)
     else
         draw_small(&c->cfg, &r, c->family == Q3N_FUZZ_ODD);
 
-    c->chunk_size = q3n_rng_uniform(&r) < 0.5 ? 64 : pick(&r, chunks, 12);
-    int64_t t_max = c->family == Q3N_FUZZ_REAL_HEADS ? 70 : 200;
-    if (c->chunk_size > t_max) c->chunk_size = 64;
+    /* real-heads cases cost seconds each (ref is scalar): T <= 48 with chunks that T crosses */
+    static const int64_t real_chunks[] = {8, 16, 32, 64};
+    int real = c->family == Q3N_FUZZ_REAL_HEADS;
+    c->chunk_size = real ? pick(&r, real_chunks, 4) : q3n_rng_uniform(&r) < 0.5 ? 64 : pick(&r, chunks, 12);
+    int64_t t_max = real ? 48 : 200;
     c->T = draw_T(&r, c->chunk_size, t_max);
     c->prefill = q3n_rng_int(&r, 1, c->T);
     c->split1 = q3n_rng_int(&r, 1, c->T);

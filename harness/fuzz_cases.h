@@ -61,6 +61,50 @@ int q3n_fuzz_set_rotary(struct q3n_config *cfg, double partial_rotary_factor);
  * (bit l set: layer l is dense), as transformers' decoder layer decides. */
 void q3n_fuzz_set_sparse_layers(struct q3n_config *cfg, uint64_t mlp_only_mask);
 
+/* ---- model checks (fuzz_model.c) ---------------------------------------------------- */
+
+struct q3n_policy;
+struct q3n_model;
+
+struct q3n_fuzz_model_options {
+    const char *impl;                 /* implementation under test: "cpu", "cuda", "ref" */
+    const struct q3n_policy *policy;  /* judges ref vs impl tap by tap (harness/verify.h compare engine) */
+    const char *policy_path;
+    const char *test_bug;             /* planted bug for the impl under test (NULL: none) */
+    const char *work_dir;             /* existing folder for the case's two dumps (overwritten per case) */
+    double self_rel_l2;               /* bound on rel_l2 for the self-consistency checks (0: default 1e-4) */
+};
+
+struct q3n_fuzz_model_result {
+    int failed;                       /* some check failed */
+    int explained;                    /* ref vs impl differed only after a near-tie router flip (not failed) */
+    int checks;                       /* checks made */
+    double worst_self_rel_l2;         /* largest rel_l2 of the self-consistency checks */
+    char what[512];                   /* the first failing check, one line */
+};
+
+/* Builds the case's synthetic model (harness/synth.h) into *model (caller closes). */
+enum q3n_status q3n_fuzz_model_build(struct q3n_model **model, const struct q3n_fuzz_case *c, struct q3n_error *err);
+
+/* Writes one run of `impl_name` on the case to `path` in the golden schema: every tap of the
+ * full forward, /inputs/input_ids, /logits, /mtp_logits (when the config has MTP and T > 1),
+ * /decode/logits (prefill of c->prefill tokens, then one at a time; attribute
+ * /decode@prefill_tokens). Root "checkpoint" is "." (the golden sits in its checkpoint). */
+enum q3n_status q3n_fuzz_write_dump(const char *path, const struct q3n_model *model, const struct q3n_fuzz_case *c,
+                                    const char *impl_name, const char *test_bug, struct q3n_error *err);
+
+/* Runs every model-level check on case c (docs/fuzzing.md):
+ *  1. ref vs opt->impl, tap by tap, logits, MTP logits and prefill+decode logits, judged by
+ *     the harness's compare engine (q3n_compare_files) under opt->policy;
+ *  2. on the impl under test: prefill P + decode ≡ full; split prefill P1, P2, singles ≡ full
+ *     (logits and final delta-rule states); the state after a P-token prefill ≡ the state after
+ *     P single-token steps; conv state after prompts of 1..K+1 tokens; a reset session and a
+ *     session reused after another sequence ≡ fresh; two sessions of different lengths run
+ *     interleaved ≡ each alone (the batch emulation: impl.h sessions are single-sequence).
+ * Non-OK only for errors that are not findings (out of memory, an unwritable work_dir). */
+enum q3n_status q3n_fuzz_model_check(const struct q3n_fuzz_case *c, const struct q3n_fuzz_model_options *opt,
+                                     struct q3n_fuzz_model_result *res, struct q3n_error *err);
+
 /* ---- delta-rule cases ------------------------------------------------------------- */
 
 /* How beta is drawn. */
