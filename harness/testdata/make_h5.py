@@ -28,14 +28,14 @@ def main() -> None:
         g = f.create_group("tensors", track_order=False)
         for name in ["model.norm.out", "model.layers.10.out", "model.layers.2.out", "model.layers.1.out"]:
             g[name] = np.zeros((2, 3), dtype=np.float32)
-    # wrong schema: logits stored as int32, a 3-D input_ids, a float16 tap marked bfloat16,
+    # wrong schema: logits stored as int32, a 3-D input_ids, a float32 tap marked bfloat16,
     # /config as a float dataset.
     with h5py.File(out / "bad" / "h5_wrong_schema.h5", "w") as f:
         f.attrs["format_version"] = np.int64(1)
         f["config"] = np.zeros(3, dtype=np.float64)
         f["inputs/input_ids"] = np.zeros((1, 2, 3), dtype=np.int64)
         f["logits"] = np.zeros((2, 4), dtype=np.int32)
-        d = f.create_dataset("tensors/model.embed_tokens.out", data=np.zeros((2, 4), dtype=np.int16))
+        d = f.create_dataset("tensors/model.embed_tokens.out", data=np.zeros((2, 4), dtype=np.float32))
         d.attrs["dtype"] = "bfloat16"
 
 
