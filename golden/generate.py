@@ -217,6 +217,20 @@ def decode_run(model: Qwen3NextForCausalLM, ids: torch.Tensor, prefill: int) -> 
     return torch.cat(rows, 0), caches
 
 
+def router_margin(taps: dict[str, torch.Tensor]) -> float:
+    """Smallest gap between the K-th and (K+1)-th router logit over all tokens and MoE blocks
+    (inf when there is no router or K = E)."""
+    worst = math.inf
+    for name, idx in taps.items():
+        if name.endswith(".gate.topk_idx"):
+            logits = taps[name[: -len("topk_idx")] + "logits"].to(torch.float64)
+            k = idx.shape[-1]
+            if k < logits.shape[-1]:
+                srt = torch.sort(logits, -1, descending=True).values
+                worst = min(worst, (srt[:, k - 1] - srt[:, k]).min().item())
+    return worst
+
+
 def chunked_vs_recurrent(calls: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
     """Re-runs transformers' recurrent delta rule on each captured chunked call's inputs."""
     worst = 0.0
@@ -331,6 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="golden .h5 to write")
     p.add_argument("--ckpt-name", help="checkpoint folder name next to --out (default: preset, '-bf16w' for bf16)")
     p.add_argument("--fused-experts", action="store_true", help="write mlp.experts.gate_up_proj/down_proj instead of per-expert keys")
+    p.add_argument("--min-router-margin", type=float,
+                   help="redraw random tokens until every float64 top-k router choice has this logit margin "
+                        "(default 0.1 for bfloat16, else 0)")
     p.add_argument("--kernels", default="torch", choices=["torch", "auto"],
                    help="torch: transformers' torch functions even when fla/causal_conv1d are installed (default); "
                         "auto: whatever transformers dispatches to")
@@ -396,21 +413,6 @@ def run_main(args: argparse.Namespace) -> int:
     with open(os.path.join(ckpt_dir, "config.json")) as f:
         config_text = f.read()
 
-    # -- inputs
-    if args.tokens:
-        ids_list = [int(x) for x in args.tokens.split(",") if x.strip()]
-    else:
-        t = args.seq_len or seq_len
-        gen = torch.Generator().manual_seed(args.seed + 7)
-        ids_list = torch.randint(0, config.vocab_size, (t,), generator=gen).tolist()
-    ids = torch.tensor([ids_list], dtype=torch.int64)
-    n_tok = ids.shape[1]
-    if any(i < 0 or i >= config.vocab_size for i in ids_list):
-        raise SystemExit(f"generate.py: token ids must be in [0, {config.vocab_size})")
-    prefill = args.prefill if args.prefill is not None else max(1, n_tok // 2)
-    if not 1 <= prefill <= n_tok:
-        raise SystemExit(f"generate.py: --prefill {prefill} must be in [1, {n_tok}]")
-
     # -- runs: float64 (oracle / noise reference), float32, and the golden's dtype
     master = {k: v.clone() for k, v in model.state_dict().items()}
     master_mtp = {k: v.clone() for k, v in mtp.state_dict().items()} if mtp is not None else None
@@ -422,8 +424,35 @@ def run_main(args: argparse.Namespace) -> int:
             mtp.load_state_dict(master_mtp)
             mtp.to(dt)
 
+    # -- inputs. Random tokens are redrawn (seeded: draw n uses seed + 7 + n) until every router's
+    # top-k choice in the float64 run clears --min-router-margin (default 0.1 for bf16 goldens,
+    # where bf16 rounding of router logits would otherwise make near-ties ambiguous; 0 otherwise).
+    margin_needed = args.min_router_margin if args.min_router_margin is not None else \
+        (0.1 if args.dtype == "bfloat16" else 0.0)
     in_dtype(torch.float64)
-    r64 = full_forward(model, mtp, ids)
+    draws = 0
+    while True:
+        if args.tokens:
+            ids_list = [int(x) for x in args.tokens.split(",") if x.strip()]
+        else:
+            gen = torch.Generator().manual_seed(args.seed + 7 + draws)
+            ids_list = torch.randint(0, config.vocab_size, (args.seq_len or seq_len,), generator=gen).tolist()
+        draws += 1
+        if not ids_list or any(i < 0 or i >= config.vocab_size for i in ids_list):
+            raise SystemExit(f"generate.py: token ids must be in [0, {config.vocab_size}) (and at least one)")
+        ids = torch.tensor([ids_list], dtype=torch.int64)
+        r64 = full_forward(model, mtp, ids)
+        margin = router_margin(r64.taps)
+        if margin >= margin_needed or args.tokens:
+            break
+        if draws >= 200:
+            raise SystemExit(f"generate.py: no token draw in 200 gives router margins >= {margin_needed} "
+                             f"(best so far {margin:.3g}); lower --min-router-margin")
+    n_tok = ids.shape[1]
+    prefill = args.prefill if args.prefill is not None else max(1, n_tok // 2)
+    if not 1 <= prefill <= n_tok:
+        raise SystemExit(f"generate.py: --prefill {prefill} must be in [1, {n_tok}]")
+
     in_dtype(torch.float32)
     r32 = full_forward(model, mtp, ids)
     golden = {"float32": r32, "float64": r64}.get(args.dtype)
@@ -485,7 +514,9 @@ def run_main(args: argparse.Namespace) -> int:
                                          "chunked_vs_recurrent": BAND_CHUNKED_VS_RECURRENT, "routing_flips": 0,
                                          "fla_vs_torch": BAND_FLA_VS_TORCH}),
                  float64_note=F64_NOTE, audit_problems="; ".join(problems),
-                 audit_from_pretrained_identical=same_as_hf)
+                 audit_from_pretrained_identical=same_as_hf,
+                 router_margin_min_f64=float(margin) if math.isfinite(margin) else -1.0,
+                 router_margin_required=float(margin_needed), token_draws=draws)
     if fla is not None:
         attrs["audit_fla_vs_torch_rel_l2"] = fla
     if args.dtype == "bfloat16":
