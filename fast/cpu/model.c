@@ -409,6 +409,12 @@ static enum q3n_status mlp_block(struct cpu_session *s, const char *p, const str
     }
     int64_t E = c->num_experts, K = c->num_experts_per_tok;
     const struct q3n_moe_weights *mw = &lw->moe;
+    /* transformers' order (as ref): shared expert, router, routed experts, shared-expert gate */
+    int has_shared = mw->shared_expert.gate_proj && c->shared_expert_intermediate_size > 0;
+    if (has_shared) {
+        mlp(s, w->se, w->xn, &mw->shared_expert, w->mscratch, T, D, c->shared_expert_intermediate_size);
+        TAP2(w->se, T, D, "%s.mlp.shared_expert.out", p);
+    }
     proj(s, w->rlogits, w->xn, mw->router, NULL, T, E, D);
     TAP2(w->rlogits, T, E, "%s.mlp.gate.logits", p);
     cpu_softmax_forward(w->probs, w->rlogits, T, E);
@@ -461,9 +467,7 @@ static enum q3n_status mlp_block(struct cpu_session *s, const char *p, const str
         }
     }
     TAP2(w->eo, T, D, "%s.mlp.experts.out", p);
-    if (mw->shared_expert.gate_proj) {
-        mlp(s, w->se, w->xn, &mw->shared_expert, w->mscratch, T, D, c->shared_expert_intermediate_size);
-        TAP2(w->se, T, D, "%s.mlp.shared_expert.out", p);
+    if (has_shared) {
         proj(s, w->sgl, w->xn, mw->shared_expert_gate, NULL, T, 1, D);
         TAP2(w->sgl, T, 1, "%s.mlp.shared_expert_gate.out", p);
         cpu_moe_combine_forward(w->mlp, w->eo, w->se, w->sgl, T, D);
