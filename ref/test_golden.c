@@ -226,6 +226,35 @@ static void long_golden_matches_across_chunks(void **state)
     expect_full_pass("golden/data/long_f32.h5");
 }
 
+/* A bf16 golden's /oracle is transformers' float64 run of the same bf16-exact weights. */
+static void bf16_golden_oracle_logits_match(void **state)
+{
+    (void)state;
+    const char *file = "golden/data/tiny_bf16.h5";
+    struct q3n_tensorfile *tf = NULL;
+    struct q3n_model *m = NULL;
+    golden_open(file, &tf, &m);
+    int64_t T = 0, V = m->config.vocab_size;
+    int64_t *tok = read_tokens(tf, &T);
+    float *logits = malloc((size_t)(T * V) * sizeof(float));
+    assert_non_null(logits);
+    struct q3n_run_options opt;
+    q3n_run_options_default(&opt);
+    opt.max_tokens = T;
+    struct q3n_error err = {0};
+    void *s = NULL;
+    if (ref_impl.open(&s, m, &opt, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    if (ref_impl.forward(s, logits, tok, T, NULL, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    double e = logits_rel_l2(tf, "/oracle/logits", logits, T * V);
+    printf("%s: logits vs /oracle/logits (float64) rel_l2 %.3g (tol %.0e)\n", file, e, LOGITS_TOL);
+    if (!(e <= LOGITS_TOL)) fail_msg("%s: rel_l2 %.3g", file, e);
+    ref_impl.close(s);
+    free(logits);
+    free(tok);
+    q3n_model_close(m);
+    q3n_tensorfile_close(tf);
+}
+
 /* Every planted bug makes the same golden check fail. odd_f32 has layer 0 full attention with
  * MoE and layer 1 linear attention, T = 77 (two chunks), so each bug has something to break. */
 static void golden_check_catches_every_planted_bug(void **state)
@@ -292,10 +321,8 @@ static double caches_vs_golden(struct q3n_tensorfile *tf, const char *group, con
     return worst;
 }
 
-static void decode_golden_matches_logits_and_caches_after_every_step(void **state)
+static void check_decode_golden(const char *file)
 {
-    (void)state;
-    const char *file = "golden/data/tiny_decode.h5";
     struct q3n_tensorfile *tf = NULL;
     struct q3n_model *m = NULL;
     golden_open(file, &tf, &m);
@@ -329,6 +356,13 @@ static void decode_golden_matches_logits_and_caches_after_every_step(void **stat
     free(tok);
     q3n_model_close(m);
     q3n_tensorfile_close(tf);
+}
+
+static void decode_golden_matches_logits_and_caches_after_every_step(void **state)
+{
+    (void)state;
+    check_decode_golden("golden/data/tiny_decode.h5");
+    check_decode_golden("golden/data/odd_decode.h5"); /* prefill shorter than the conv kernel */
 }
 
 /* ---- transformers' delta-rule cases ----------------------------------------------------- */
@@ -432,6 +466,7 @@ int main(void)
         cmocka_unit_test(tiny_float64_golden_matches),
         cmocka_unit_test(odd_golden_matches_including_mtp),
         cmocka_unit_test(long_golden_matches_across_chunks),
+        cmocka_unit_test(bf16_golden_oracle_logits_match),
         cmocka_unit_test(golden_check_catches_every_planted_bug),
         cmocka_unit_test(decode_golden_matches_logits_and_caches_after_every_step),
         cmocka_unit_test(delta_rule_forms_match_transformers_cases),
