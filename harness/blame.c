@@ -203,7 +203,8 @@ static void write_flips(FILE *out, const struct q3n_blame_result *res, int md)
                 : "most of the error remains: a kernel is wrong, not (only) the routing");
     if (md) fprintf(out, "\n| layer | token | golden margin | experts swapped | rel_l2 with only it forced | error it caused |\n|---|---|---|---|---|---|\n");
     else fprintf(out, "  %-18s %6s %14s %8s %14s %14s\n", "layer", "token", "golden_margin", "swapped", "forced_rel_l2", "caused");
-    for (size_t i = 0; i < res->n_flips; i++) {
+    size_t shown = res->n_flips < 50 ? res->n_flips : 50;
+    for (size_t i = 0; i < shown; i++) {
         const struct q3n_flip_effect *f = &res->flips[i];
         if (md)
             fprintf(out, "| %s | %lld | %.4g | %d | %.4g | %.4g |\n", f->flip.prefix, (long long)f->flip.token,
@@ -212,6 +213,10 @@ static void write_flips(FILE *out, const struct q3n_blame_result *res, int md)
             fprintf(out, "  %-18s %6lld %14.4g %8d %14.4g %14.4g\n", f->flip.prefix, (long long)f->flip.token,
                     f->flip.margin, f->flip.n_differ, f->err_forced, f->removed);
     }
+    if (shown < res->n_flips) fprintf(out, "%s... %zu more flips\n", md ? "\n" : "  ", res->n_flips - shown);
+    fprintf(out, "%slater flips may be consequences of earlier ones (the chained run feeds each layer its own "
+                 "outputs); forcing the first flip alone shows how much it explains\n",
+            md ? "\n" : "  ");
 }
 
 enum q3n_status q3n_blame_write(FILE *out, const struct q3n_blame_result *res, const char *format,
@@ -256,6 +261,10 @@ enum q3n_status q3n_blame_write(FILE *out, const struct q3n_blame_result *res, c
                 fputc('\n', out);
             }
         }
+        if (res->n_layers > 0)
+            fprintf(out, "%serror left with the last layer replaced (final norm, lm_head, or noise): %.4g (%.1f%%)\n",
+                    md ? "\n" : "  ", res->layers[res->n_layers - 1].err_after,
+                    res->e0 > 0 ? 100.0 * res->layers[res->n_layers - 1].err_after / res->e0 : 0.0);
         if (res->replaced_missing)
             fprintf(out, "%swarning: %d layer output(s) could not be replaced (not emitted live or not in the golden)\n",
                     md ? "\n" : "  ", res->replaced_missing);

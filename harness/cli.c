@@ -18,6 +18,10 @@ static const struct command commands[] = {
     {"report", q3n_cmd_report, "render a saved result as text, md, html or junit"},
     {"bench", q3n_cmd_bench, "time prefill and decode of an implementation"},
     {"fuzz", q3n_cmd_fuzz, "fuzz configs and shapes: ref vs fast, delta-rule forms, decode"},
+    {"blame", q3n_cmd_blame, "rank layers by the final error each causes (replace-one-layer runs)"},
+    {"bisect-precision", q3n_cmd_bisect_precision, "smallest set of ops that must stay float32 in a bf16 run"},
+    {"bisect-layers", q3n_cmd_bisect_layers, "first diverging tap of two dumps and where error grows"},
+    {"determinism", q3n_cmd_determinism, "taps on/off and run-to-run bitwise ledger of an implementation"},
 };
 
 static void usage(FILE *out)

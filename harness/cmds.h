@@ -11,5 +11,9 @@ int q3n_cmd_compare(int argc, char **argv);
 int q3n_cmd_report(int argc, char **argv);
 int q3n_cmd_bench(int argc, char **argv);
 int q3n_cmd_fuzz(int argc, char **argv);
+int q3n_cmd_blame(int argc, char **argv);
+int q3n_cmd_bisect_precision(int argc, char **argv);
+int q3n_cmd_bisect_layers(int argc, char **argv);
+int q3n_cmd_determinism(int argc, char **argv);
 
 #endif

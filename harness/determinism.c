@@ -75,15 +75,14 @@ enum q3n_status q3n_determinism_run(struct q3n_det_ledger *led, const struct q3n
         }
         q3n_intervene_free(&iv);
     }
-    if (r->impl->describe) {
-        void *s = NULL;
-        if (r->impl->open(&s, r->model, &r->opt, err) == Q3N_OK) {
-            snprintf(led->kernels, sizeof led->kernels, "%s", r->impl->describe(s));
-            r->impl->close(s);
-        }
-        q3n_error_clear(err);
-    }
-    st = q3n_tool_forward(&plain, NULL, NULL, 1, logits, NULL, err);
+    /* the taps-off run, in its own session so the kernels that ran can be described */
+    void *session = NULL;
+    struct q3n_tap_sink off = {.fn = NULL, .user = NULL, .intervene = 0};
+    st = r->impl->open(&session, r->model, &r->opt, err);
+    if (st == Q3N_OK) st = r->impl->forward(session, logits, r->tokens, r->T, &off, err);
+    if (st == Q3N_OK && r->impl->describe)
+        snprintf(led->kernels, sizeof led->kernels, "%s", r->impl->describe(session));
+    if (session) r->impl->close(session);
     if (st != Q3N_OK) goto done;
     /* taps neutral: taps-off logits equal the taps-on logits of some run; if the logits are
      * reproducible, of every run */
