@@ -66,7 +66,8 @@ static enum q3n_status run_with(struct prec_ctx *c, const unsigned char *flags, 
     c->run.fp32 = c->patterns;
     c->run.opt.fp32_patterns = c->patterns;
     c->res->runs++;
-    return q3n_tool_forward(&c->run, NULL, NULL, 0, c->logits, e, err);
+    struct q3n_intervene_opts o = {.force_routing = c->res->force_routing};
+    return q3n_tool_forward(&c->run, &o, NULL, 0, c->logits, e, err);
 }
 
 static int passes(double e, double max)
@@ -141,11 +142,14 @@ done:
 }
 
 enum q3n_status q3n_bisect_precision(struct q3n_prec_result *res, const struct q3n_tool_run *r, double max,
-                                     int by_kind, struct q3n_error *err)
+                                     int by_kind, int force_routing, struct q3n_error *err)
 {
     memset(res, 0, sizeof *res);
     res->max = max;
     res->by_kind = by_kind;
+    res->force_routing = force_routing;
+    if (force_routing && !r->golden)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "bisect-precision: forced routing needs the golden's taps");
     res->err_all_low = res->err_all_fp32 = res->err_final = NAN;
     if (!r->golden_logits) return q3n_error_set(err, Q3N_ERR_USAGE, "bisect-precision: golden logits required");
     struct prec_ctx c;
@@ -245,6 +249,7 @@ void q3n_prec_result_write(FILE *out, const struct q3n_prec_result *res, int md)
     fprintf(out, "%sprecision bisection: pass when final logits rel_l2 <= %.4g (%zu %s, %d runs)\n", h, res->max,
             res->n_ops, res->by_kind ? "op kinds" : "ops", res->runs);
     if (md) fputc('\n', out);
+    if (res->force_routing) fprintf(out, "%srouting forced to the golden's in every run\n", md ? "- " : "  ");
     fprintf(out, "%sall low precision: %.4g (%s)\n", md ? "- " : "  ", res->err_all_low,
             res->err_all_low <= res->max ? "pass" : "FAIL");
     fprintf(out, "%sall float32:       %.4g (%s)\n", md ? "- " : "  ", res->err_all_fp32,

@@ -48,14 +48,19 @@ struct q3n_prec_result {
     size_t n_keep;
     struct q3n_prec_op *keep;
     int by_kind;
+    int force_routing;
     char *fp32_list;       /* the kept set as concrete tap names, comma-separated (--fp32 input) */
 };
 
 /* Runs the bisection. r->golden_logits is required; r->emulate_bf16 (emulation) or
  * r->opt.dtype == Q3N_COMPUTE_BF16 (the implementation's own low precision) selects the mode.
- * by_kind: one operation per kind (layer index wildcarded) instead of per tap. */
+ * by_kind: one operation per kind (layer index wildcarded) instead of per tap.
+ * force_routing: every run takes the golden's expert choices (*.mlp.gate.topk_idx/_weight
+ * replaced, needs r->golden), so a near-tie router flip - a discontinuity that makes the error
+ * jump and the bisection chase whichever op tips the tie - does not mask the precision error
+ * of the ops themselves. Flips are what `q3n blame` analyses. */
 enum q3n_status q3n_bisect_precision(struct q3n_prec_result *res, const struct q3n_tool_run *r, double max,
-                                     int by_kind, struct q3n_error *err);
+                                     int by_kind, int force_routing, struct q3n_error *err);
 void q3n_prec_result_free(struct q3n_prec_result *res); /* accepts NULL */
 
 /* Text report; md=1 for Markdown. The kept set is also printed as a pattern list usable with

@@ -12,13 +12,17 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: q3n bisect-precision GOLDEN.h5 --impl ref|cpu|cuda [--dtype bf16] --max REL_L2\n"
-            "                 [--by-kind] [--fp32 PATTERNS | --fp32-file FILE] [--model DIR] [--format text|md]\n"
+            "                 [--by-kind] [--no-force-routing] [--fp32 PATTERNS | --fp32-file FILE] [--model DIR]\n"
+            "                 [--format text|md]\n"
             "                 [--threads N] [--test-bug NAME] [--test-weak-op PATTERNS] [--weak-bits N]\n"
             "Finds, by bisection over operations (the live taps the implementation emits), the smallest set\n"
             "that must stay in float32 for the final logits' rel_l2 against the golden to be <= --max, and\n"
             "the error each contributes. ref/cpu: bf16 is emulated (each op's output rounded to bf16, round\n"
             "to nearest even, unless kept in float32); cuda: runs in bf16 with run_options.fp32_patterns.\n"
             "--by-kind bisects op kinds (model.layers.*.mlp.out) instead of op instances.\n"
+            "Every run takes the golden's routing (top-k experts) unless --no-force-routing: a near-tie router\n"
+            "flip makes the error jump and would send the bisection after whichever op tips the tie\n"
+            "(`q3n blame` analyses flips).\n"
             "--fp32 / --fp32-file: evaluate one given set instead of bisecting (pass/fail by --max).\n"
             "--test-weak-op: test-only, the matching ops round to --weak-bits (4) mantissa bits in low\n"
             "precision, so the bisection must name them.\n"
@@ -30,7 +34,7 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
     const char *golden = NULL, *impl_name = NULL, *dtype = "bf16", *model_dir = NULL, *format = "text",
                *fp32 = NULL, *fp32_file = NULL, *test_bug = NULL, *weak = NULL;
     double max = -1;
-    int by_kind = 0, threads = 0, weak_bits = 4;
+    int by_kind = 0, threads = 0, weak_bits = 4, force_routing = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int more = i + 1 < argc;
@@ -41,6 +45,7 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
         else if (!strcmp(a, "--dtype") && more) dtype = argv[++i];
         else if (!strcmp(a, "--max") && more) max = strtod(argv[++i], NULL);
         else if (!strcmp(a, "--by-kind")) by_kind = 1;
+        else if (!strcmp(a, "--no-force-routing")) force_routing = 0;
         else if (!strcmp(a, "--fp32") && more) fp32 = argv[++i];
         else if (!strcmp(a, "--fp32-file") && more) fp32_file = argv[++i];
         else if (!strcmp(a, "--model") && more) model_dir = argv[++i];
@@ -98,7 +103,8 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
         }
         r.fp32 = given;
         r.opt.fp32_patterns = given;
-        enum q3n_status st = q3n_tool_forward(&r, NULL, NULL, 0, logits, &e, &err);
+        struct q3n_intervene_opts fo = {.force_routing = force_routing};
+        enum q3n_status st = q3n_tool_forward(&r, &fo, NULL, 0, logits, &e, &err);
         free(logits);
         if (st != Q3N_OK) goto fail;
         int pass = e <= max;
@@ -107,7 +113,7 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
         rc = pass ? 0 : 1;
         goto done;
     }
-    if (q3n_bisect_precision(&res, &r, max, by_kind, &err) != Q3N_OK) goto fail;
+    if (q3n_bisect_precision(&res, &r, max, by_kind, force_routing, &err) != Q3N_OK) goto fail;
     if (!strcmp(impl->name, "cuda"))
         printf("note: cuda runs in bf16 and receives the float32 set as run_options.fp32_patterns; whether it\n"
                "honours them is up to the implementation (an impl that ignores them shows no change at all)\n");

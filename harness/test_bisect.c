@@ -77,7 +77,7 @@ static void bisect_precision_names_the_deliberately_weak_op(void **state)
     double max = threshold_between(&r);
     struct q3n_prec_result res;
     struct q3n_error err;
-    if (q3n_bisect_precision(&res, &r, max, 0, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    if (q3n_bisect_precision(&res, &r, max, 0, 1, &err) != Q3N_OK) fail_msg("%s", err.msg);
     assert_true(res.reachable);
     assert_true(res.n_ops > 20);
     assert_false(res.err_all_low <= max);
@@ -105,7 +105,7 @@ static void bisect_precision_by_kind_names_the_weak_ops_kind(void **state)
     double max = threshold_between(&r);
     struct q3n_prec_result res;
     struct q3n_error err;
-    if (q3n_bisect_precision(&res, &r, max, 1, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    if (q3n_bisect_precision(&res, &r, max, 1, 1, &err) != Q3N_OK) fail_msg("%s", err.msg);
     assert_true(res.n_ops < 12);
     assert_int_equal(res.n_keep, 1);
     assert_string_equal(res.keep[0].name, "model.layers.*.linear_attn.out");
@@ -119,14 +119,14 @@ static void an_unreachable_threshold_is_reported_not_bisected(void **state)
     r.opt.test_bug = "fake_mixer_layer1"; /* a real bug: float32 everywhere does not fix it */
     struct q3n_prec_result res;
     struct q3n_error err;
-    if (q3n_bisect_precision(&res, &r, 1e-6, 0, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    if (q3n_bisect_precision(&res, &r, 1e-6, 0, 0, &err) != Q3N_OK) fail_msg("%s", err.msg);
     assert_false(res.reachable);
     assert_false(res.err_all_fp32 <= 1e-6);
     assert_int_equal(res.n_keep, 0);
     q3n_prec_result_free(&res);
     /* and an implementation without live taps cannot be bisected */
     r.opt.test_bug = "fake_not_live";
-    assert_int_equal(q3n_bisect_precision(&res, &r, 1e-2, 0, &err), Q3N_ERR_UNSUPPORTED);
+    assert_int_equal(q3n_bisect_precision(&res, &r, 1e-2, 0, 0, &err), Q3N_ERR_UNSUPPORTED);
 }
 
 /* Writes every tap of one fake run (with `bug`) and its logits as a dump. */
