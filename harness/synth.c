@@ -106,8 +106,9 @@ enum q3n_status q3n_synth_config(struct q3n_config *cfg, const char *preset, str
         cfg->shared_expert_intermediate_size = 28;
         cfg->norm_topk_prob = 0;
         cfg->num_mtp_layers = 1;
-        set_layers(cfg, 4, 2); /* linear, full, linear, full */
-        cfg->layer_is_sparse[2] = 0; /* mlp_only_layers = [2] */
+        set_layers(cfg, 4, 4);
+        cfg->layer_type[0] = Q3N_LAYER_FULL_ATTENTION; /* full, linear, linear, full */
+        cfg->layer_is_sparse[2] = 0;                  /* mlp_only_layers = [2] */
     } else if (strcmp(preset, "bench-1k") == 0) {
         cfg->vocab_size = 8192;
         cfg->hidden_size = 1024;

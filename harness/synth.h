@@ -3,8 +3,9 @@
  * Presets (q3n_synth_config):
  *   "tiny"     D=64, 4 layers (3 linear + 1 full), NK=2 NV=4 DK=DV=16, NH=4 NKV=2 HD=16, E=8 K=2,
  *              V=128: every block, small enough for unit tests.
- *   "odd"      shapes that catch layout bugs: NV=3*NK, DK=24, DV=40, conv kernel 3, one dense
- *              (mlp_only) layer, tied embeddings, norm_topk_prob=0, an MTP layer, V=97.
+ *   "odd"      shapes that catch layout bugs: layers full, linear, linear, full; NV=3*NK, DK=24,
+ *              DV=40, HD=24 (rotary 12), conv kernel 3, layer 2 dense (mlp_only), tied embeddings,
+ *              norm_topk_prob=0, an MTP layer, V=97.
  *   "bench-1k" D=1024, 4 layers, E=32 K=4: the CPU benchmark size (~0.6 GB of floats).
  *   "real-1l"  one linear + one full layer at Qwen3-Next-80B-A3B dims, 16 experts top-10.
  *   "real-4l"  3 linear + 1 full at real dims with 512 experts top-10 (~26 GB of floats:

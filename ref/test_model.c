@@ -300,8 +300,8 @@ static void every_golden_format_tap_is_emitted_with_its_shape(void **state)
     struct q3n_error err = {0};
     if (ref_impl.forward(s, logits, tok, T, &sink, &err) != Q3N_OK) fail_msg("%s", err.msg);
     expect_tap(seen, "model.embed_tokens.out", 2, T, D, 0);
-    /* odd: layer 0 linear + MoE, layer 1 full + MoE, layer 2 linear + dense MLP */
-    const char *L0 = "model.layers.0";
+    /* odd: layer 0 full + MoE, layer 1 linear + MoE, layer 2 linear + dense MLP, layer 3 full */
+    const char *L0 = "model.layers.1";
     char n[160];
 #define EXPECT(pfx, point, r, a, b, cc)                          \
     do {                                                         \
@@ -338,7 +338,7 @@ static void every_golden_format_tap_is_emitted_with_its_shape(void **state)
     EXPECT(L0, "mlp.shared_expert_gate.out", 2, T, 1, 0);
     EXPECT(L0, "mlp.out", 2, T, D, 0);
     EXPECT(L0, "out", 2, T, D, 0);
-    const char *L1 = "model.layers.1";
+    const char *L1 = "model.layers.0";
     EXPECT(L1, "self_attn.q_proj.out", 2, T, NH * 2 * HD, 0);
     EXPECT(L1, "self_attn.k_proj.out", 2, T, NKV * HD, 0);
     EXPECT(L1, "self_attn.v_proj.out", 2, T, NKV * HD, 0);
