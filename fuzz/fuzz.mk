@@ -1,6 +1,7 @@
 # fuzz/fuzz.mk — the shape fuzzer and the parser fuzzers (issue 8; docs/fuzzing.md).
 #
-#   make fuzz            long shape-fuzz run: q3n fuzz over FUZZ_CASES cases (default 2000) vs cpu
+#   make fuzz            long shape-fuzz run: q3n fuzz over FUZZ_CASES cases (default 2000) vs cpu;
+#                        FUZZ_ARGS="--ref64 build/ref64/q3n" adds the float64 oracle
 #   make fuzz-parsers    each libFuzzer target for FUZZ_SECONDS (default 60) seconds
 #   make fuzz-ci         (in CHECK_EXTRA) seeded shape fuzz on a time budget, the planted-bug check,
 #                        and each parser target for FUZZ_CI_SECONDS (30) seconds
@@ -17,6 +18,7 @@ FUZZ_SEED       ?= 1
 FUZZ_IMPL       ?= cpu
 FUZZ_CI_CASES   ?= 400
 FUZZ_CI_TIME    ?= 150
+FUZZ_ARGS       ?=
 FUZZ_DIR        := $(BUILD)/fuzz
 FUZZ_LIB        := $(FUZZ_DIR)/libq3n_fuzz.a
 FUZZ_SAN        := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -42,7 +44,7 @@ FUZZ_OPTS_tensorfile  := -max_len=65536
 .PHONY: fuzz fuzz-parsers fuzz-ci fuzz-ci-shapes fuzz-ci-planted fuzz-ci-parsers fuzz-build
 
 fuzz: all
-	$(BUILD)/q3n fuzz --seed $(FUZZ_SEED) --cases $(FUZZ_CASES) --impl $(FUZZ_IMPL) --out $(FUZZ_DIR)/repro
+	$(BUILD)/q3n fuzz --seed $(FUZZ_SEED) --cases $(FUZZ_CASES) --impl $(FUZZ_IMPL) --out $(FUZZ_DIR)/repro $(FUZZ_ARGS)
 
 # The sanitizer copy of the harness/ sources (the parsers and what they call), compiled with
 # clang. ref/ and fast/ are left out: no parser calls them, and fast/cpu's headers are gcc-only.

@@ -8,15 +8,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "cmds.h"
 #include "fuzz_cases.h"
 #include "impl.h"
 #include "policy.h"
+#include "result.h"
 #include "shrink.h"
+#include "verify.h"
+#include "weights.h"
+
+extern char **environ;
 
 #define DEFAULT_POLICY "fuzz/fuzz.policy"
 
@@ -24,7 +33,8 @@ struct fuzz_args {
     uint64_t seed;
     int64_t cases, delta_cases;
     double time_limit;
-    const char *impl, *policy_path, *test_bug, *out, *work;
+    const char *impl, *policy_path, *test_bug, *out, *work, *ref64;
+    int64_t ref64_every;
     int family;            /* -1: drawn */
     int have_case_seed;
     uint64_t case_seed;
@@ -39,6 +49,7 @@ static void usage(FILE *out)
             "                [--case-seed X] [--family small|odd|real-heads] [--delta-cases N]\n"
             "                [--policy FILE] [--out DIR] [--work DIR] [--test-bug NAME]\n"
             "                [--keep-going] [--no-shrink] [--shrink-tries N] [--self-rel-l2 B] [--verbose]\n"
+            "                [--ref64 BUILD/ref64/q3n [--ref64-every N]]\n"
             "\n"
             "Draws N random valid configs, weights and inputs (seeded: the same seed draws the same cases\n"
             "everywhere) and checks ref vs --impl tap by tap under the policy (default %s),\n"
@@ -48,6 +59,9 @@ static void usage(FILE *out)
             "On the first failure (all of them with --keep-going): the case seed, a repro command, and the\n"
             "case shrunk and written to --out DIR (default fuzz-repro) as checkpoint + golden + candidate.\n"
             "--test-bug plants a named bug in --impl (a test of the fuzzer itself).\n"
+            "--ref64 BIN: every N-th case, also judge the float ref against the float64 oracle: the case is\n"
+            "written as a checkpoint, `BIN run --dump` (the `make ref64` build) runs it in double, and the\n"
+            "float ref's taps and logits are compared with that dump under the policy.\n"
             "Exit: 0 every case passed, 1 a failure was found, 2 usage or input error.\n",
             DEFAULT_POLICY);
 }
@@ -73,6 +87,7 @@ static int parse_args(struct fuzz_args *a, int argc, char **argv)
     a->out = "fuzz-repro";
     a->family = -1;
     a->shrink_tries = 60;
+    a->ref64_every = 1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         uint64_t u;
@@ -94,6 +109,8 @@ static int parse_args(struct fuzz_args *a, int argc, char **argv)
             else if (strcmp(o, "--cases") == 0 && parse_u64(v, &u) && u <= 100000000) a->cases = (int64_t)u;
             else if (strcmp(o, "--delta-cases") == 0 && parse_u64(v, &u) && u <= 100000000)
                 a->delta_cases = (int64_t)u;
+            else if (strcmp(o, "--ref64-every") == 0 && parse_u64(v, &u) && u >= 1 && u <= 100000000)
+                a->ref64_every = (int64_t)u;
             else if (strcmp(o, "--shrink-tries") == 0 && parse_u64(v, &u) && u <= 100000) a->shrink_tries = (int)u;
             else if (strcmp(o, "--case-seed") == 0 && parse_u64(v, &u)) {
                 a->have_case_seed = 1;
@@ -107,6 +124,7 @@ static int parse_args(struct fuzz_args *a, int argc, char **argv)
             else if (strcmp(o, "--test-bug") == 0) a->test_bug = v;
             else if (strcmp(o, "--out") == 0) a->out = v;
             else if (strcmp(o, "--work") == 0) a->work = v;
+            else if (strcmp(o, "--ref64") == 0) a->ref64 = v;
             else if (strcmp(o, "--family") == 0) {
                 a->family = -2;
                 for (int f = 0; f < Q3N_FUZZ_FAMILY_COUNT; f++)
@@ -180,6 +198,78 @@ static int shrink_and_write(const struct fuzz_args *a, const struct q3n_fuzz_mod
     return 1;
 }
 
+/* The float ref against the ref64 oracle on case c: the case's checkpoint is written to
+ * <work>/ref64-ckpt, `bin run --model ... --tokens ... --chunk C --dump <work>/ref64.h5` runs it
+ * in double, and <work>/golden.h5 (the float ref's dump of the same case, left there by
+ * q3n_fuzz_model_check) is compared with it. Returns 1 on a failure (what filled), 0 on a
+ * pass, -1 on an error (what filled). */
+static int ref64_check(const struct fuzz_args *a, const struct q3n_fuzz_case *c, const struct q3n_policy *policy,
+                       const char *work, char *what, size_t cap)
+{
+    char ckpt[1024], dump[1024], golden[1024], chunk[32], cmd[2200];
+    struct q3n_model *model = NULL;
+    struct q3n_result *result = NULL;
+    struct q3n_error err;
+    int64_t *tokens = malloc((size_t)c->T * sizeof *tokens);
+    char *list = malloc((size_t)c->T * 21 + 1);
+    int rc = -1;
+    if (!tokens || !list) {
+        snprintf(what, cap, "out of memory");
+        goto done;
+    }
+    snprintf(ckpt, sizeof ckpt, "%s/ref64-ckpt", work);
+    snprintf(dump, sizeof dump, "%s/ref64.h5", work);
+    snprintf(golden, sizeof golden, "%s/golden.h5", work);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", ckpt, dump);
+    if (system(cmd) != 0) {
+        snprintf(what, cap, "cannot clear %.300s", ckpt);
+        goto done;
+    }
+    struct q3n_checkpoint_layout layout = {.dtype = Q3N_ST_F32, .fused_experts = 0, .shards = 1};
+    if (q3n_fuzz_model_build(&model, c, &err) != Q3N_OK || q3n_checkpoint_write(ckpt, model, &layout, &err) != Q3N_OK) {
+        snprintf(what, cap, "ref64: %.400s", err.msg);
+        goto done;
+    }
+    q3n_fuzz_case_tokens(c, tokens);
+    size_t used = 0;
+    for (int64_t t = 0; t < c->T; t++)
+        used += (size_t)snprintf(list + used, (size_t)c->T * 21 + 1 - used, "%s%lld", t ? "," : "", (long long)tokens[t]);
+    snprintf(chunk, sizeof chunk, "%lld", (long long)c->chunk_size);
+    char *argv[] = {(char *)a->ref64, "run", "--model", ckpt, "--tokens", list, "--chunk", chunk, "--dump", dump, NULL};
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int status = 0;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    int sp = posix_spawn(&pid, a->ref64, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (sp != 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        snprintf(what, cap, "ref64: `%.150s run --model %.150s ... --dump %.150s` failed (status %d)", a->ref64, ckpt, dump,
+                 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        goto done;
+    }
+    struct q3n_compare_options co = {.policy = policy, .policy_path = a->policy_path, .dtype = "float32"};
+    if (q3n_compare_files(&result, golden, dump, &co, &err) != Q3N_OK) {
+        snprintf(what, cap, "ref64 compare: %.400s", err.msg);
+        goto done;
+    }
+    rc = 0;
+    for (int64_t i = 0; i < result->n_tensors && rc == 0; i++) {
+        const struct q3n_tensor_result *t = &result->tensors[i];
+        if (q3n_verdict_is_failure(t->verdict)) {
+            rc = 1;
+            snprintf(what, cap, "float ref vs ref64 oracle: %.160s %s rel_l2=%.3g max_abs=%.3g", t->name,
+                     q3n_verdict_name(t->verdict), t->m.rel_l2, t->m.max_abs);
+        }
+    }
+done:
+    q3n_result_free(result);
+    q3n_model_close(model);
+    free(tokens);
+    free(list);
+    return rc;
+}
+
 int q3n_cmd_fuzz(int argc, char **argv)
 {
     struct fuzz_args a;
@@ -188,7 +278,7 @@ int q3n_cmd_fuzz(int argc, char **argv)
     char work[4096] = "", desc[1024], cmd[512];
     int rc = 0, made_work = 0;
     int64_t model_cases = 0, delta_cases = 0, failures = 0, explained = 0, by_family[Q3N_FUZZ_FAMILY_COUNT] = {0};
-    int64_t delta_checks = 0, model_checks = 0;
+    int64_t delta_checks = 0, model_checks = 0, ref64_cases = 0;
     double worst_delta = 0.0, worst_self = 0.0;
 
     if (!parse_args(&a, argc, argv)) {
@@ -284,6 +374,20 @@ int q3n_cmd_fuzz(int argc, char **argv)
             model_checks += mr.checks;
             explained += mr.explained;
             if (mr.worst_self_rel_l2 > worst_self) worst_self = mr.worst_self_rel_l2;
+            if (!mr.failed && a.ref64 && i % a.ref64_every == 0) {
+                char what[512];
+                int r64 = ref64_check(&a, &c, policy, work, what, sizeof what);
+                if (r64 < 0) {
+                    fprintf(stderr, "q3n fuzz: case %lld: %s\n", (long long)i, what);
+                    rc = 2;
+                    break;
+                }
+                ref64_cases++;
+                if (r64 == 1) {
+                    mr.failed = 1;
+                    snprintf(mr.what, sizeof mr.what, "%s", what);
+                }
+            }
             if (mr.failed) {
                 repro_cmd(cmd, sizeof cmd, &a, cs, a.family);
                 printf("FAIL case %lld seed 0x%016llx: %s\n  %s\n  repro: %s\n", (long long)i, (unsigned long long)cs,
@@ -304,16 +408,19 @@ int q3n_cmd_fuzz(int argc, char **argv)
     double dt = now_s() - t0;
     printf("q3n fuzz: %lld model cases (%lld small, %lld odd, %lld real-heads; %lld checks, %lld with a near-tie "
            "router flip explained), %lld delta-rule cases (%lld checks, worst %.0f%% of tolerance), worst "
-           "self-consistency rel_l2 %.3g; %lld failed; %.1f s\n",
+           "self-consistency rel_l2 %.3g; %lld judged against ref64; %lld failed; %.1f s\n",
            (long long)model_cases, (long long)by_family[Q3N_FUZZ_SMALL], (long long)by_family[Q3N_FUZZ_ODD],
            (long long)by_family[Q3N_FUZZ_REAL_HEADS], (long long)model_checks, (long long)explained,
-           (long long)delta_cases, (long long)delta_checks, 100.0 * worst_delta, worst_self, (long long)failures, dt);
+           (long long)delta_cases, (long long)delta_checks, 100.0 * worst_delta, worst_self, (long long)ref64_cases,
+           (long long)failures, dt);
     if (made_work) {
         char path[4200];
         snprintf(path, sizeof path, "%s/golden.h5", work);
         unlink(path);
         snprintf(path, sizeof path, "%s/candidate.h5", work);
         unlink(path);
+        snprintf(path, sizeof path, "rm -rf '%s/ref64-ckpt' '%s/ref64.h5'", work, work);
+        if (a.ref64 && system(path) != 0) fprintf(stderr, "q3n fuzz: could not clean %s\n", work);
         rmdir(work);
     }
     q3n_policy_free(policy);
