@@ -6,10 +6,16 @@
 
 #include "../ref/model.h"
 #include "../fast/cpu/model.h"
+#ifdef HAVE_CUDA
+#include "../fast/cuda/cuda_model.h"
+#endif
 
 static const struct q3n_impl *const impls[] = {
     &ref_impl,
     &cpu_impl,
+#ifdef HAVE_CUDA
+    &cuda_impl,
+#endif
 };
 
 static const char *const impl_names[] = {
@@ -19,6 +25,9 @@ static const char *const impl_names[] = {
     "ref",
 #endif
     "cpu",
+#ifdef HAVE_CUDA
+    "cuda",
+#endif
     NULL,
 };
 

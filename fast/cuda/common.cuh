@@ -1,0 +1,84 @@
+/* common.cuh — helpers shared by the fast/cuda kernels (internal; not a public header).
+ *
+ * Activations are float (Q3N_COMPUTE_F32) or __nv_bfloat16 (Q3N_COMPUTE_BF16); kernels are
+ * templated on the activation type `T` and always compute in float. ld()/st() convert; st()
+ * rounds to nearest-even, as torch does when it casts float32 to bfloat16. */
+#ifndef Q3N_CUDA_COMMON_CUH
+#define Q3N_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda_ops.h" /* brings harness/status.h with C linkage */
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float ld(const float *p) { return *p; }
+__device__ __forceinline__ float ld(const bf16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
+/* Rounds a float as if stored in T and read back. */
+__device__ __forceinline__ float rnd(float v, const float *) { return v; }
+__device__ __forceinline__ float rnd(float v, const bf16 *) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Deterministic block sum (fixed tree order for a fixed blockDim, a multiple of 32 <= 1024).
+ * `red` is __shared__ float[32]. Every thread gets the total. */
+__device__ __forceinline__ float block_sum(float v, float *red)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+__device__ __forceinline__ float block_max(float v, float *red)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+    return t;
+}
+
+/* Error plumbing: every runtime call and every launch goes through these. */
+#define CU_CHECK(call)                                                                                   \
+    do {                                                                                                 \
+        cudaError_t e_ = (call);                                                                         \
+        if (e_ != cudaSuccess)                                                                           \
+            return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,         \
+                                 cudaGetErrorString(e_));                                                \
+    } while (0)
+#define CU_LAUNCHED(what)                                                                                \
+    do {                                                                                                 \
+        cudaError_t e_ = cudaGetLastError();                                                             \
+        if (e_ != cudaSuccess)                                                                           \
+            return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: launch of %s: %s", __FILE__, __LINE__,      \
+                                 what, cudaGetErrorString(e_));                                          \
+    } while (0)
+#define CUBLAS_CHECK(call)                                                                               \
+    do {                                                                                                 \
+        cublasStatus_t s_ = (call);                                                                      \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                 \
+            return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__,  \
+                                 #call, (int)s_);                                                        \
+    } while (0)
+#define Q3N_TRY(call)                                                                                    \
+    do {                                                                                                 \
+        enum q3n_status st_ = (call);                                                                    \
+        if (st_ != Q3N_OK) return st_;                                                                   \
+    } while (0)
+
+static inline unsigned cdiv(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
+
+#endif

@@ -1,0 +1,25 @@
+# fast/cuda/cuda.mk — CUDA dev programs and the GPU targets (included by the top Makefile).
+#   make check-cuda   build + run every kernel test (needs a GPU; CI only compiles)
+#   make bench-cuda   the real-dims model benchmark (needs a GPU with ~40 GB free)
+# The kernels themselves (fast/cuda/*.cu) are compiled by the top Makefile into libq3n_cuda.a.
+.PHONY: cuda-dev check-cuda bench-cuda
+
+ifeq ($(CUDA),1)
+CUDA_DEV_SRC := $(wildcard fast/cuda/dev/*.cu)
+CUDA_DEV_BIN := $(patsubst fast/cuda/dev/%.cu,$(BUILD)/cuda-dev/%,$(CUDA_DEV_SRC))
+
+$(BUILD)/cuda-dev/%: fast/cuda/dev/%.cu $(BUILD)/libq3n.a $(CU_LIB)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(BUILD)/libq3n.a $(CU_LIB) $(DEP_LIBS) -lcublas
+
+cuda-dev: $(CUDA_DEV_BIN)
+
+check-cuda: $(BUILD)/q3n cuda-dev
+	$(BUILD)/cuda-dev/test_kernels
+
+bench-cuda: cuda-dev
+	$(BUILD)/cuda-dev/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32
+else
+cuda-dev check-cuda bench-cuda:
+	@echo "q3n: CUDA off (no nvcc): $@ skipped"; exit 1
+endif

@@ -1,0 +1,36 @@
+/* cuda_model.h — the CUDA implementation as the harness sees it (harness/impl.h, "cuda"),
+ * plus two entry points for the benchmark programs in fast/cuda/dev/. Plain C, no CUDA
+ * headers: harness/impl.c includes it under HAVE_CUDA. */
+#ifndef Q3N_CUDA_MODEL_H
+#define Q3N_CUDA_MODEL_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../../harness/config.h"
+#include "../../harness/impl.h"
+
+extern const struct q3n_impl cuda_impl;
+
+/* A session whose weights are drawn on the device (seeded hash, in distribution like
+ * harness/synth.c: projections N(0, 1/sqrt(fan_in)), router N(0, 3/sqrt(D)), norms away from
+ * zero), so benchmarks at the real dims need no host copy of ~13 GB of weights. */
+enum q3n_status cuda_session_open_random(void **session, const struct q3n_config *cfg, uint64_t seed,
+                                         const struct q3n_run_options *opt, struct q3n_error *err);
+
+/* forward() that computes the lm_head on the last token only (logits [V]), as generation does;
+ * used by the benchmarks. Taps off. */
+enum q3n_status cuda_session_forward_last(void *session, float *logits, const int64_t *tokens, int64_t T,
+                                          struct q3n_error *err);
+
+/* Waits for the session's stream (benchmarks time with host clocks around it). */
+enum q3n_status cuda_session_sync(void *session, struct q3n_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

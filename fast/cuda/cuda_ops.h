@@ -1,0 +1,169 @@
+/* cuda_ops.h — host launchers of the CUDA kernels (fast/cuda/<block>.cu), one per op.
+ *
+ * Each mirrors a ref_ op of ref/ops.h (same stem, `cuda_` prefix) so one grep finds the
+ * formula, the reference and this twin. Order: outputs, inputs, weights, scratch, dims,
+ * scalars, dtype, stream (and cuBLAS handle), error. Every pointer named d_* is device memory.
+ * Activations ("void *" below) are float when dt == Q3N_COMPUTE_F32 and bfloat16 when
+ * dt == Q3N_COMPUTE_BF16; arguments typed float * are float32 in both modes (norm weights,
+ * router probabilities, the decay g, beta, the delta-rule q/k/v/state, caches of the conv).
+ * Matrix weights follow the activation dtype. Launchers are asynchronous on `stream`; each
+ * checks its launch with cudaGetLastError and returns Q3N_ERR_DEVICE with the file, line and
+ * CUDA message on failure. Shape contracts are Q3N_REQUIREd on the host. */
+#ifndef Q3N_CUDA_OPS_H
+#define Q3N_CUDA_OPS_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../../harness/impl.h"
+#include "../../harness/status.h"
+
+/* Bytes of one activation element for dt (4 or 2). */
+size_t cuda_act_size(enum q3n_compute_dtype dt);
+
+/* ---- embed.cu ---- */
+/* out[t,:] = embed[tokens[t],:]; out [T,D], embed [V,D] (activation dtype). */
+enum q3n_status cuda_embed_forward(void *d_out, const int64_t *d_tokens, const void *d_embed, int64_t T, int64_t D,
+                                   enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* out[r, c] = float(x[r*ld + c]) for r < rows, c < cols: a strided slice to float32. */
+enum q3n_status cuda_to_f32(float *d_out, const void *d_x, int64_t rows, int64_t cols, int64_t ld,
+                            enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* out[i] = (T) x[i]: float32 back to the activation dtype (rounded to nearest even). */
+enum q3n_status cuda_from_f32(void *d_out, const float *d_x, int64_t n, enum q3n_compute_dtype dt,
+                              cudaStream_t stream, struct q3n_error *err);
+
+/* ---- linear.cu ---- */
+/* out[t,n] = sum_k x[t,k] W[n,k] (+ bias[n]); out [T,N], x [T,Kin], W [N,Kin]. cuBLAS GEMM with
+ * CUBLAS_COMPUTE_32F and CUBLAS_DEFAULT_MATH (no TF32) in both modes; bf16 inputs/outputs in
+ * bf16 mode with float32 accumulation. The handle is bound to `stream`. */
+enum q3n_status cuda_linear_forward(void *d_out, const void *d_x, const void *d_W, const float *d_bias, int64_t T,
+                                    int64_t N, int64_t Kin, enum q3n_compute_dtype dt, cublasHandle_t blas,
+                                    cudaStream_t stream, struct q3n_error *err);
+/* x[i] += y[i] over n elements (rounded to the activation dtype). */
+enum q3n_status cuda_add_inplace(void *d_x, const void *d_y, int64_t n, enum q3n_compute_dtype dt,
+                                 cudaStream_t stream, struct q3n_error *err);
+
+/* ---- norm.cu ---- */
+/* Zero-centred RMSNorm, float32 inside: out = x * rsqrt(mean(x^2) + eps) * (1 + w); rows of n. */
+enum q3n_status cuda_rmsnorm_forward(void *d_out, const void *d_x, const float *d_w, int64_t rows, int64_t n,
+                                     double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                     struct q3n_error *err);
+/* Fused residual + norm: h = h + y (skipped when d_y is NULL), then out = rmsnorm(h). */
+enum q3n_status cuda_add_rmsnorm_forward(void *d_out, void *d_h, const void *d_y, const float *d_w, int64_t rows,
+                                         int64_t n, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                         struct q3n_error *err);
+/* Gated RMSNorm: out = w * T(x * rsqrt(mean(x^2) + eps)) * silu(z), w not zero-centred. */
+enum q3n_status cuda_rmsnorm_gated_forward(void *d_out, const void *d_x, const void *d_z, const float *d_w,
+                                           int64_t rows, int64_t n, double eps, enum q3n_compute_dtype dt,
+                                           cudaStream_t stream, struct q3n_error *err);
+/* L2 norm to float32: out[t,h,:] = (x[t*ld + h*n + :] * rsqrt(sum(x^2) + eps)) * scale, or
+ * / scale when divide; out [T,H,n]; x rows of a [T, ld] activation matrix (ld >= H*n). */
+enum q3n_status cuda_l2norm_forward(float *d_out, const void *d_x, int64_t T, int64_t H, int64_t n, int64_t ld,
+                                    double eps, float scale, int divide, enum q3n_compute_dtype dt,
+                                    cudaStream_t stream, struct q3n_error *err);
+
+/* ---- conv.cu ---- */
+/* Causal depthwise conv1d + SiLU continuing from state (see ref_conv1d_causal_forward):
+ * out,x [T,Cc] activations; w [Cc,K] and state [Cc,K] float32 (state NULL = zeros). */
+enum q3n_status cuda_conv1d_causal_forward(void *d_out, const void *d_x, const float *d_w, const float *d_state,
+                                           int64_t T, int64_t Cc, int64_t K, enum q3n_compute_dtype dt,
+                                           cudaStream_t stream, struct q3n_error *err);
+/* state <- the last K columns of [state; x] (float32 [Cc,K]). */
+enum q3n_status cuda_conv1d_state_update(float *d_state, const void *d_x, int64_t T, int64_t Cc, int64_t K,
+                                         enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+
+/* ---- deltanet.cu ---- */
+/* Head-grouped split (see ref_deltanet_split_forward) into mixed [T,Cc] = q|k|v (the conv's
+ * input order), z [T,NV,DV] (activations) and b, a [T,NV] (float32 copies of activations). */
+enum q3n_status cuda_deltanet_split_forward(void *d_mixed, void *d_z, float *d_b, float *d_a, const void *d_qkvz,
+                                            const void *d_ba, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                            int64_t DV, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                            struct q3n_error *err);
+/* beta = T(sigmoid(b)) (rounded to the activation dtype as transformers does), g in float32. */
+enum q3n_status cuda_deltanet_gates_forward(float *d_g, float *d_beta, const float *d_a, const float *d_b,
+                                            const float *d_A_log, const float *d_dt_bias, int64_t T, int64_t NV,
+                                            enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Recurrent gated delta rule over T tokens (one launch per token): o [T,NV,DV] activations,
+ * state [NV,DK,DV] float32 in/out, q (scaled), k [T,NK,DK], v [T,NV,DV], g, beta [T,NV] float32. */
+enum q3n_status cuda_delta_rule_recurrent(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                          const float *d_v, const float *d_g, const float *d_beta, int64_t T,
+                                          int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                          enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Chunked (WY/UT) form, chunk C <= 64, any T; the state is carried across chunks in float32.
+ * Arguments as the recurrent form plus scratch of cuda_delta_rule_chunked_scratch floats. */
+int64_t cuda_delta_rule_chunked_scratch(int64_t T, int64_t NV, int64_t DK, int64_t DV, int64_t C);
+enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                        const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
+                                        int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,
+                                        enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Kernel version string of the chunked form ("chunk_v1 prep+scan fp32 SIMT"). */
+const char *cuda_delta_rule_chunked_kernel(void);
+
+/* ---- attention.cu ---- */
+/* Splits q_proj output qg [T, NH*2*HD] (per head: HD query, HD gate), applies q_norm (1+w) per
+ * head and partial RoPE at positions pos0.., writes q [T,NH,HD]; k_norm + RoPE of k [T,NKV*HD]
+ * into kc[pos0+t] and v into vc[pos0+t] (caches [S,NKV,HD]). qn/kn (may be NULL) receive the
+ * normed, pre-RoPE q and k for taps. */
+enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
+                                  const void *d_k, const void *d_v, const float *d_qnorm_w, const float *d_knorm_w,
+                                  int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int64_t rot,
+                                  double theta, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                  struct q3n_error *err);
+/* Causal GQA attention of T queries at positions pos0.. against S = pos0+T cached keys
+ * (see ref_attention_forward); softmax in float32. out,q [T,NH,HD]; kc,vc [S,NKV,HD].
+ * scratch: cuda_attention_scratch(T, NH, HD, S) floats (split-K decode partials). */
+int64_t cuda_attention_scratch(int64_t T, int64_t NH, int64_t HD, int64_t S);
+enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+                                       float *d_scratch, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
+                                       int64_t HD, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                       struct q3n_error *err);
+/* Names the attention kernel cuda_attention_forward picks for these arguments. */
+const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
+/* out[t, h*HD + d] = x[t,h,d] * sigmoid(gate[t*NH*ldg... ]): gate row t, head h at
+ * d_gate + (t*NH + h)*ldg (ldg = 2*HD when the gate sits inside q_proj's output). */
+enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
+                                          int64_t HD, int64_t ldg, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                          struct q3n_error *err);
+
+/* ---- moe.cu ---- */
+/* Router: probs = softmax(logits) in float32 (d_probs may be NULL), top-k in torch.topk order
+ * (descending, ties to the lower index), weights renormalised when norm_topk_prob and then
+ * rounded to the activation dtype (transformers casts them to the logits' dtype).
+ * idx [T,K] int32, weight [T,K] float32. E <= 4096. */
+enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits,
+                                         int64_t T, int64_t E, int64_t K, int norm_topk_prob,
+                                         enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Token permutation, deterministic: the T*K assignments grouped by expert, tokens ascending
+ * inside each group. perm_row[p] = t*K + j of slot p; pos[t*K + j] = p; counts, offsets [E]. */
+enum q3n_status cuda_moe_permute(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
+                                 const int32_t *d_idx, int64_t T, int64_t E, int64_t K, cudaStream_t stream,
+                                 struct q3n_error *err);
+/* out[p,:] = x[rows[p] / div, :]  (p < n; rows = perm_row, div = K gathers token rows). */
+enum q3n_status cuda_gather_rows(void *d_out, const void *d_x, const int32_t *d_rows, int64_t n, int64_t div,
+                                 int64_t D, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* SwiGLU: out[r,i] = silu(gu[r,i]) * gu[r,W+i]; gu [rows, 2W] (gate half first), out [rows, W]. */
+enum q3n_status cuda_swiglu_forward(void *d_out, const void *d_gu, int64_t rows, int64_t W,
+                                    enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Expert GEMV for few rows (decode; no host round trip): out[r,n] = sum_k W[e_r][n,k] x[r/div, k]
+ * with e_r = idx[r]; W [E, N, Kin] stacked. out [rows, N]. */
+enum q3n_status cuda_moe_experts_gemv(void *d_out, const void *d_x, const int32_t *d_idx, const void *d_W,
+                                      int64_t rows, int64_t div, int64_t N, int64_t Kin, enum q3n_compute_dtype dt,
+                                      cudaStream_t stream, struct q3n_error *err);
+/* Weighted un-permute and shared-expert combine, per token t (d_pos NULL = identity):
+ * experts_out[t] = T(sum_j weight[t,j] * y[pos[t*K+j]]) (j ascending, float32),
+ * mlp_out[t] = T(experts_out[t] + T(T(sigmoid(sg[t])) * shared[t])) (shared NULL: = experts_out). */
+enum q3n_status cuda_moe_combine(void *d_experts_out, void *d_mlp_out, const void *d_y, const int32_t *d_pos,
+                                 const float *d_weight, const void *d_shared, const void *d_sg, int64_t T,
+                                 int64_t D, int64_t K, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                 struct q3n_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

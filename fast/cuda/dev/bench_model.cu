@@ -1,0 +1,142 @@
+/* bench_model.cu — the CUDA session on the real-80B-A3B-dims 4-layer stack ("real-4l": 3 linear
+ * + 1 full attention layer, 512 experts top-10, V = 151936), random weights drawn on the device.
+ *
+ *   bench_model [--dtype bf16|f32] [--prefill 4096,16384] [--decode-prompt 4096] [--decode-steps 32]
+ *               [--long 32768]
+ *
+ * Prefill: tokens/s of one forward of T tokens from an empty cache, lm_head on the last token
+ * only (as generation does), host wall clock around the synchronised call; best and mean of
+ * `reps`. Decode: ms/token of one-token forwards after a prompt (lm_head + logits copy included).
+ * Long: one prefill of --long tokens, then checks the last logits are finite. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../cuda_model.h"
+
+extern "C" {
+#include "../../../harness/synth.h"
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#define TRY(call)                                                                                            \
+    do {                                                                                                     \
+        if ((call) != Q3N_OK) {                                                                              \
+            fprintf(stderr, "bench_model: %s\n", err.msg);                                                   \
+            return 2;                                                                                        \
+        }                                                                                                    \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    struct q3n_error err = {};
+    const char *dtype = "bf16", *prefill = "4096,16384";
+    int64_t dprompt = 4096, dsteps = 32, longT = 0;
+    int reps = 3;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        else if (!strcmp(argv[i], "--prefill") && i + 1 < argc) prefill = argv[++i];
+        else if (!strcmp(argv[i], "--decode-prompt") && i + 1 < argc) dprompt = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--decode-steps") && i + 1 < argc) dsteps = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--long") && i + 1 < argc) longT = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench_model [--dtype bf16|f32] [--prefill T,T] [--decode-prompt P] "
+                            "[--decode-steps N] [--long T] [--reps R]\n");
+            return 2;
+        }
+    }
+    struct q3n_config cfg;
+    TRY(q3n_synth_config(&cfg, "real-4l", &err));
+    int64_t Ts[8], nT = 0, Tmax = dprompt + dsteps;
+    for (const char *p = prefill; *p && nT < 8;) {
+        Ts[nT] = atoll(p);
+        if (Ts[nT] > Tmax) Tmax = Ts[nT];
+        nT++;
+        const char *c = strchr(p, ',');
+        if (!c) break;
+        p = c + 1;
+    }
+    if (longT > Tmax) Tmax = longT;
+    struct q3n_run_options opt;
+    q3n_run_options_default(&opt);
+    opt.dtype = strcmp(dtype, "f32") == 0 ? Q3N_COMPUTE_F32 : Q3N_COMPUTE_BF16;
+    opt.max_tokens = Tmax;
+    void *s = NULL;
+    double t0 = now_s();
+    TRY(cuda_session_open_random(&s, &cfg, 1234, &opt, &err));
+    printf("config real-4l: D=%lld L=%lld (3 linear + 1 full) NH=%lld NKV=%lld HD=%lld NK=%lld NV=%lld DK=%lld "
+           "E=%lld K=%lld I=%lld shared=%lld V=%lld dtype=%s; session open (device random weights) %.1f s\n",
+           (long long)cfg.hidden_size, (long long)cfg.num_hidden_layers, (long long)cfg.num_attention_heads,
+           (long long)cfg.num_key_value_heads, (long long)cfg.head_dim, (long long)cfg.linear_num_key_heads,
+           (long long)cfg.linear_num_value_heads, (long long)cfg.linear_key_head_dim, (long long)cfg.num_experts,
+           (long long)cfg.num_experts_per_tok, (long long)cfg.moe_intermediate_size,
+           (long long)cfg.shared_expert_intermediate_size, (long long)cfg.vocab_size, dtype, now_s() - t0);
+    int64_t *tok = (int64_t *)malloc(sizeof(int64_t) * (size_t)Tmax);
+    float *logits = (float *)malloc(sizeof(float) * (size_t)cfg.vocab_size);
+    for (int64_t i = 0; i < Tmax; i++) tok[i] = (i * 7919 + 13) % cfg.vocab_size;
+    /* warm-up */
+    cuda_impl.reset(s);
+    TRY(cuda_session_forward_last(s, logits, tok, Ts[0] < 1024 ? Ts[0] : 1024, &err));
+    for (int64_t i = 0; i < nT; i++) {
+        const int64_t T = Ts[i];
+        double best = 1e30, sum = 0;
+        for (int r = 0; r < reps; r++) {
+            cuda_impl.reset(s);
+            TRY(cuda_session_sync(s, &err));
+            const double a = now_s();
+            TRY(cuda_session_forward_last(s, logits, tok, T, &err));
+            const double dt = now_s() - a;
+            sum += dt;
+            if (dt < best) best = dt;
+        }
+        int finite = 1;
+        for (int64_t v = 0; v < cfg.vocab_size; v++) finite &= isfinite(logits[v]) != 0;
+        printf("RESULT cuda prefill T=%lld dtype=%s: best %.2f ms (%.0f tokens/s), mean %.2f ms over %d; logits "
+               "finite=%d; kernels: %s\n",
+               (long long)T, dtype, best * 1e3, (double)T / best, sum / reps * 1e3, reps, finite,
+               cuda_impl.describe(s));
+        fflush(stdout);
+    }
+    if (dsteps > 0) {
+        cuda_impl.reset(s);
+        TRY(cuda_session_forward_last(s, logits, tok, dprompt, &err));
+        TRY(cuda_session_forward_last(s, logits, tok + dprompt, 1, &err)); /* first decode step: warm */
+        const double a = now_s();
+        for (int64_t i = 1; i < dsteps; i++) TRY(cuda_session_forward_last(s, logits, tok + dprompt + i, 1, &err));
+        const double dt = (now_s() - a) / (double)(dsteps - 1);
+        int finite = 1;
+        for (int64_t v = 0; v < cfg.vocab_size; v++) finite &= isfinite(logits[v]) != 0;
+        printf("RESULT cuda decode after %lld-token prompt dtype=%s: %.3f ms/token (mean of %lld steps); logits "
+               "finite=%d; kernels: %s\n",
+               (long long)dprompt, dtype, dt * 1e3, (long long)(dsteps - 1), finite, cuda_impl.describe(s));
+        fflush(stdout);
+    }
+    if (longT > 0) {
+        cuda_impl.reset(s);
+        const double a = now_s();
+        TRY(cuda_session_forward_last(s, logits, tok, longT, &err));
+        const double dt = now_s() - a;
+        int64_t nonfinite = 0;
+        double amax = 0;
+        for (int64_t v = 0; v < cfg.vocab_size; v++) {
+            if (!isfinite(logits[v])) nonfinite++;
+            else if (fabs(logits[v]) > amax) amax = fabs(logits[v]);
+        }
+        printf("RESULT cuda long prefill T=%lld dtype=%s: %.2f ms (%.0f tokens/s); last logits nonfinite=%lld "
+               "max|logit|=%.3g\n",
+               (long long)longT, dtype, dt * 1e3, (double)longT / dt, (long long)nonfinite, amax);
+    }
+    cuda_impl.close(s);
+    free(tok);
+    free(logits);
+    return 0;
+}

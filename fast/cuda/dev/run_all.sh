@@ -1,0 +1,62 @@
+#!/bin/bash
+# fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
+#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench tf fla build
+# Binaries: built here with `make BUILD=build/cudadev cuda-dev build/cudadev/q3n` (nvcc 13.0,
+# sm_90a + sm_80) and carried in .cudadev/bin with the host libraries q3n links (.cudadev/libs.tar.xz),
+# because the GPU image has nvcc but not the HDF5/OpenBLAS/cJSON/cmocka development packages; the
+# `build` stage rebuilds the kernels and dev programs there from source to show they compile.
+set -u
+OUT=${OUT:-/tmp/q3n-out}
+mkdir -p "$OUT"
+B=.cudadev/bin
+mkdir -p /tmp/q3nlib && tar -xJf .cudadev/libs.tar.xz -C /tmp/q3nlib
+export LD_LIBRARY_PATH=/tmp/q3nlib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+log() { echo "== $* ($(date -u +%H:%M:%S))"; }
+for stage in "$@"; do
+    case $stage in
+    tests)
+        log "test_kernels" | tee -a "$OUT/tests.log"
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/tests.log" 2>&1
+        $B/test_kernels >>"$OUT/tests.log" 2>&1; echo "test_kernels exit $?" >>"$OUT/tests.log"
+        log "test_kernels second run (determinism across processes)" >>"$OUT/tests.log"
+        $B/test_kernels >"$OUT/tests2.tmp" 2>&1
+        grep -v BENCH "$OUT/tests.log" | grep -E "OK$|FAIL$" | sed 's/ (got.*//' >/tmp/a.txt
+        grep -E "OK$|FAIL$" "$OUT/tests2.tmp" | sed 's/ (got.*//' >/tmp/b.txt
+        if cmp -s /tmp/a.txt /tmp/b.txt; then echo "second process: identical metrics on every case" >>"$OUT/tests.log";
+        else echo "second process: metrics DIFFER" >>"$OUT/tests.log"; diff /tmp/a.txt /tmp/b.txt | head >>"$OUT/tests.log"; fi
+        rm -f "$OUT/tests2.tmp" ;;
+    sanitize)
+        log "compute-sanitizer" >>"$OUT/tests.log"
+        for tool in memcheck racecheck synccheck initcheck; do
+            compute-sanitizer --tool $tool --error-exitcode 9 $B/test_kernels --small >"/tmp/san_$tool.log" 2>&1
+            echo "compute-sanitizer --tool $tool test_kernels --small: exit $? ($(tail -1 /tmp/san_$tool.log))" >>"$OUT/tests.log"
+        done ;;
+    verify)
+        log "q3n verify --impl cuda" >>"$OUT/verify.log"
+        for g in golden/data/*.h5; do
+            case $g in *delta_rule*) continue ;; esac
+            if [[ $g == *bf16* ]]; then args="--dtype bf16 --oracle"; else args="--dtype f32"; fi
+            echo "--- $B/q3n verify $g --impl cuda $args" >>"$OUT/verify.log"
+            $B/q3n verify "$g" --impl cuda $args >>"$OUT/verify.log" 2>&1; echo "exit $?" >>"$OUT/verify.log"
+        done ;;
+    long)
+        log "long context" >>"$OUT/tests.log"
+        $B/test_kernels --long 32768 >>"$OUT/tests.log" 2>&1; echo "exit $?" >>"$OUT/tests.log" ;;
+    bench)
+        log "bench_model" >>"$OUT/bench.log"
+        $B/test_kernels --bench-delta 16384 16 32 128 >>"$OUT/bench.log" 2>&1
+        $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --long 32768 >>"$OUT/bench.log" 2>&1
+        echo "exit $?" >>"$OUT/bench.log" ;;
+    tf)
+        log "transformers" >>"$OUT/bench.log"
+        timeout 420 python3 fast/cuda/dev/bench_transformers.py >>"$OUT/bench.log" 2>&1; echo "exit $?" >>"$OUT/bench.log" ;;
+    fla)
+        log "fla" >>"$OUT/bench.log"
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >>"$OUT/bench.log" 2>&1
+        PYTHONPATH=/tmp/site timeout 240 python3 fast/cuda/dev/bench_fla.py >>"$OUT/bench.log" 2>&1; echo "exit $?" >>"$OUT/bench.log" ;;
+    build)
+        log "build from source" >>"$OUT/build.log"
+        make BUILD=/tmp/b -j16 /tmp/b/libq3n_cuda.a >>"$OUT/build.log" 2>&1; echo "exit $?" >>"$OUT/build.log" ;;
+    esac
+done

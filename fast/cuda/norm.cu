@@ -1,0 +1,138 @@
+/* norm.cu — RMSNorm (zero-centred and gated) and L2 norm (cuda twins of ref/norm.c).
+ *
+ * One block per row; the sum of squares is reduced in a fixed tree (block_sum), so results
+ * are deterministic. The summation order differs from the reference's sequential loop: a
+ * relative difference of a few float32 ULPs in the inverse RMS. */
+#include "common.cuh"
+
+static unsigned norm_threads(int64_t n)
+{
+    return n >= 1024 ? 256u : n >= 256 ? 128u : 64u;
+}
+
+/* h = h + y (when y), out = h * rsqrt(mean(h^2) + eps) * (1 + w). */
+template <typename T>
+__global__ void add_rmsnorm_kernel(T *out, T *h, const T *y, const float *w, int64_t n, float eps)
+{
+    __shared__ float red[32];
+    const int64_t row = blockIdx.x;
+    T *hr = h + row * n;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = ld(hr + i);
+        if (y) {
+            v = rnd(v + ld(y + row * n + i), hr);
+            st(hr + i, v);
+        }
+        ss += v * v;
+    }
+    const float tot = block_sum(ss, red);
+    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) st(out + row * n + i, ld(hr + i) * r * (1.0f + w[i]));
+}
+
+template <typename T>
+static void launch_add_rmsnorm(void *out, void *h, const void *y, const float *w, int64_t rows, int64_t n, double eps,
+                               cudaStream_t stream)
+{
+    add_rmsnorm_kernel<T><<<(unsigned)rows, norm_threads(n), 0, stream>>>((T *)out, (T *)h, (const T *)y, w, n,
+                                                                           (float)eps);
+}
+
+extern "C" enum q3n_status cuda_add_rmsnorm_forward(void *d_out, void *d_h, const void *d_y, const float *d_w,
+                                                    int64_t rows, int64_t n, double eps, enum q3n_compute_dtype dt,
+                                                    cudaStream_t stream, struct q3n_error *err)
+{
+    Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && n > 0);
+    if (rows == 0) return Q3N_OK;
+    if (dt == Q3N_COMPUTE_BF16)
+        launch_add_rmsnorm<bf16>(d_out, d_h, d_y, d_w, rows, n, eps, stream);
+    else
+        launch_add_rmsnorm<float>(d_out, d_h, d_y, d_w, rows, n, eps, stream);
+    CU_LAUNCHED("add_rmsnorm_kernel");
+    return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_rmsnorm_forward(void *d_out, const void *d_x, const float *d_w, int64_t rows,
+                                                int64_t n, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                struct q3n_error *err)
+{
+    /* y == NULL: h is only read. */
+    return cuda_add_rmsnorm_forward(d_out, (void *)d_x, NULL, d_w, rows, n, eps, dt, stream, err);
+}
+
+/* out = T(w * T(x * r)) * silu(z), as Qwen3NextRMSNormGated rounds in bf16. */
+template <typename T>
+__global__ void rmsnorm_gated_kernel(T *out, const T *x, const T *z, const float *w, int64_t n, float eps)
+{
+    __shared__ float red[32];
+    const int64_t row = blockIdx.x;
+    const T *xr = x + row * n;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = ld(xr + i);
+        ss += v * v;
+    }
+    const float tot = block_sum(ss, red);
+    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float a = rnd(ld(xr + i) * r, out);
+        const float b = rnd(w[i] * a, out);
+        st(out + row * n + i, b * silu_f(ld(z + row * n + i)));
+    }
+}
+
+extern "C" enum q3n_status cuda_rmsnorm_gated_forward(void *d_out, const void *d_x, const void *d_z,
+                                                      const float *d_w, int64_t rows, int64_t n, double eps,
+                                                      enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                      struct q3n_error *err)
+{
+    Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && n > 0);
+    if (rows == 0) return Q3N_OK;
+    if (dt == Q3N_COMPUTE_BF16)
+        rmsnorm_gated_kernel<<<(unsigned)rows, norm_threads(n), 0, stream>>>(
+            (bf16 *)d_out, (const bf16 *)d_x, (const bf16 *)d_z, d_w, n, (float)eps);
+    else
+        rmsnorm_gated_kernel<<<(unsigned)rows, norm_threads(n), 0, stream>>>(
+            (float *)d_out, (const float *)d_x, (const float *)d_z, d_w, n, (float)eps);
+    CU_LAUNCHED("rmsnorm_gated_kernel");
+    return Q3N_OK;
+}
+
+/* out[t,h,:] = (x * rsqrt(sum x^2 + eps)) * scale, or / scale when divide (transformers' recurrent
+ * path divides by sqrt(DK), the chunked one multiplies by DK^-0.5). float32 out, block per (t,h). */
+template <typename T>
+__global__ void l2norm_kernel(float *out, const T *x, int64_t H, int64_t n, int64_t ldx, float eps, float scale,
+                              int divide)
+{
+    __shared__ float red[32];
+    const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
+    const T *xr = x + t * ldx + h * n;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = ld(xr + i);
+        ss += v * v;
+    }
+    const float tot = block_sum(ss, red);
+    const float r = 1.0f / sqrtf(tot + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float y = ld(xr + i) * r;
+        out[(int64_t)blockIdx.x * n + i] = divide ? y / scale : y * scale;
+    }
+}
+
+extern "C" enum q3n_status cuda_l2norm_forward(float *d_out, const void *d_x, int64_t T, int64_t H, int64_t n,
+                                               int64_t ldx, double eps, float scale, int divide,
+                                               enum q3n_compute_dtype dt,
+                                               cudaStream_t stream, struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && H > 0 && n > 0 && ldx >= H * n && T * H <= INT32_MAX);
+    if (T == 0) return Q3N_OK;
+    const unsigned nt = n >= 256 ? 128u : 64u;
+    if (dt == Q3N_COMPUTE_BF16)
+        l2norm_kernel<<<(unsigned)(T * H), nt, 0, stream>>>(d_out, (const bf16 *)d_x, H, n, ldx, (float)eps, scale, divide);
+    else
+        l2norm_kernel<<<(unsigned)(T * H), nt, 0, stream>>>(d_out, (const float *)d_x, H, n, ldx, (float)eps, scale, divide);
+    CU_LAUNCHED("l2norm_kernel");
+    return Q3N_OK;
+}
