@@ -38,6 +38,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from capture import DISPATCHED, Capture, Recorder, torch_path  # noqa: E402
+import identities  # noqa: E402
 from mtp import Qwen3NextMTP  # noqa: E402
 from presets import preset_config  # noqa: E402
 from randomize import hub_shapes, random_hub_weights, to_module_state, write_checkpoint  # noqa: E402
@@ -49,6 +50,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 BAND_F32_VS_F64_LOGITS = 1e-4
 BAND_DECODE_VS_FULL = {"float32": 1e-4, "float64": 1e-4}
 BAND_CHUNKED_VS_RECURRENT = 1e-4
+BAND_TAP_IDENTITIES = 1e-4  # each tap recomputed in numpy float64 from its captured inputs
 BAND_FLA_VS_TORCH = 5e-3  # fla's chunk kernel runs its dot products in TF32 (transformers' own test tolerance)
 
 F64_NOTE = ("transformers casts to float32 inside a float64 run: RMSNorm and gated RMSNorm "
@@ -155,6 +157,32 @@ def load_weights(model: torch.nn.Module, mtp: torch.nn.Module | None, hub: dict[
 
 
 # ---- runs ---------------------------------------------------------------------------------
+
+class LazyWeights:
+    """Module state as float64 numpy arrays, converted on access (real-1l would need 6 GB at once)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.state
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.state[key].detach().to(torch.float64).numpy()
+
+
+def tap_identities(run: "Run", ids: torch.Tensor, config: Qwen3NextConfig, state: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """Worst rel_l2 (and its tap) of golden/identities.py's numpy recomputation of every tap."""
+    taps = {k: v.detach().to(torch.float64).numpy() for k, v in run.taps.items()}
+    res = identities.check(taps, ids[0].numpy(), run.logits.to(torch.float64).numpy(),
+                           None if run.mtp_logits is None else run.mtp_logits.to(torch.float64).numpy(),
+                           config, LazyWeights(state))
+    missing = [k for k in taps if k not in res]
+    if missing:
+        raise RuntimeError(f"identities: no check for taps {missing[:5]}")
+    name = max(res, key=lambda k: res[k])
+    return res[name], name
+
 
 class Run:
     """Taps, logits and delta-rule calls of one full forward in one dtype."""
@@ -473,6 +501,10 @@ def run_main(args: argparse.Namespace) -> int:
     dec_full = rel_l2(audit_dec_logits, audit_run.logits)
     cvr, cvr_per = chunked_vs_recurrent(golden.delta_calls)
     fla = fla_vs_torch(golden.delta_calls) if args.kernels == "torch" else None
+    state = dict(master)
+    if master_mtp is not None:
+        state.update({"mtp." + k: v for k, v in master_mtp.items()})
+    ident, ident_name = tap_identities(audit_run, ids, config, state)
     routing_flips = 0
     for name, t in r32.taps.items():
         if name.endswith("topk_idx"):
@@ -485,6 +517,8 @@ def run_main(args: argparse.Namespace) -> int:
         problems.append(f"prefill({prefill})+decode vs full forward logits rel_l2 {dec_full:.3e} > {band_dec:.0e}")
     if not cvr <= BAND_CHUNKED_VS_RECURRENT:
         problems.append(f"chunked vs recurrent delta rule rel_l2 {cvr:.3e} > {BAND_CHUNKED_VS_RECURRENT:.0e} ({cvr_per})")
+    if not ident <= BAND_TAP_IDENTITIES:
+        problems.append(f"tap identities: {ident_name} differs from its numpy float64 recomputation by rel_l2 {ident:.3e}")
     if fla is not None and not fla <= BAND_FLA_VS_TORCH:
         problems.append(f"fla vs torch delta rule rel_l2 {fla:.3e} > {BAND_FLA_VS_TORCH:.0e}")
     if same_as_hf == 0:
@@ -494,7 +528,7 @@ def run_main(args: argparse.Namespace) -> int:
     consistent = not problems
     print(f"generate.py: {preset} {args.dtype} T={n_tok}: f32 vs f64 logits rel_l2 {f32_f64:.3e}; "
           f"prefill {prefill} + decode vs full ({audit_dtype}) {dec_full:.3e}; chunked vs recurrent {cvr:.3e}; "
-          f"routing flips f32/f64 {routing_flips}", file=sys.stderr)
+          f"routing flips f32/f64 {routing_flips}; tap identities {ident:.3e} ({ident_name})", file=sys.stderr)
     if problems:
         for p in problems:
             print(f"generate.py: AUDIT OUT OF BAND: {p}", file=sys.stderr)
@@ -512,11 +546,12 @@ def run_main(args: argparse.Namespace) -> int:
                  audit_chunked_vs_recurrent_rel_l2=cvr, audit_routing_flips_f32_vs_f64=routing_flips,
                  audit_bands=json.dumps({"f32_vs_f64_logits": BAND_F32_VS_F64_LOGITS, "decode_vs_full": band_dec,
                                          "chunked_vs_recurrent": BAND_CHUNKED_VS_RECURRENT, "routing_flips": 0,
-                                         "fla_vs_torch": BAND_FLA_VS_TORCH}),
+                                         "fla_vs_torch": BAND_FLA_VS_TORCH, "tap_identities": BAND_TAP_IDENTITIES}),
                  float64_note=F64_NOTE, audit_problems="; ".join(problems),
                  audit_from_pretrained_identical=same_as_hf,
                  router_margin_min_f64=float(margin) if math.isfinite(margin) else -1.0,
-                 router_margin_required=float(margin_needed), token_draws=draws)
+                 router_margin_required=float(margin_needed), token_draws=draws,
+                 audit_tap_identities_rel_l2=ident, audit_tap_identities_worst=ident_name)
     if fla is not None:
         attrs["audit_fla_vs_torch_rel_l2"] = fla
     if args.dtype == "bfloat16":
