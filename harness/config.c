@@ -80,6 +80,21 @@ static enum q3n_status get_bool(const cJSON *obj, const char *name, int dflt, in
     return q3n_error_set(err, Q3N_ERR_CONFIG, "%s: %s is not a boolean", src, name);
 }
 
+/* Input text quoted in a message: control characters become '?', long text is cut, so a
+ * message stays one printable line whatever the file holds. */
+static const char *quoted(const char *s, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (; s[n] && n + 4 < cap; n++)
+        buf[n] = ((unsigned char)s[n] < 0x20 || (unsigned char)s[n] >= 0x7f) ? '?' : s[n];
+    if (s[n]) {
+        memcpy(buf + n, "...", 3);
+        n += 3;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 /* ---- parse --------------------------------------------------------------------------------- */
 
 static enum q3n_status parse_rope(struct q3n_config *cfg, const cJSON *root, const char *src, struct q3n_error *err)
@@ -101,8 +116,11 @@ static enum q3n_status parse_rope(struct q3n_config *cfg, const cJSON *root, con
         const cJSON *type = field(rp, "rope_type");
         if (!type) type = field(rp, "type");
         if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "default") != 0))
+        {
+            char q[64];
             return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "%s: %s.rope_type '%s' is not supported (only 'default')",
-                                 src, dict_name, cJSON_IsString(type) ? type->valuestring : "?");
+                                 src, dict_name, cJSON_IsString(type) ? quoted(type->valuestring, q, sizeof q) : "?");
+        }
         char name[64];
         snprintf(name, sizeof name, "%s.rope_theta", dict_name);
         const cJSON *v = field(rp, "rope_theta");
@@ -144,10 +162,12 @@ static enum q3n_status parse_layers(struct q3n_config *cfg, const cJSON *root, c
                 cfg->layer_type[i] = Q3N_LAYER_LINEAR_ATTENTION;
             else if (s && (strcmp(s, "full_attention") == 0 || strcmp(s, "attention") == 0))
                 cfg->layer_type[i] = Q3N_LAYER_FULL_ATTENTION;
-            else
+            else {
+                char q[64];
                 return q3n_error_set(err, Q3N_ERR_CONFIG,
                                      "%s: layer_types[%d] ('%s') is neither linear_attention nor full_attention", src,
-                                     i, s ? s : "not a string");
+                                     i, s ? quoted(s, q, sizeof q) : "not a string");
+            }
         }
     } else {
         int64_t interval;
@@ -198,9 +218,10 @@ enum q3n_status q3n_config_parse(struct q3n_config *cfg, const char *json_text, 
         goto cleanup;
     }
     const cJSON *mt = field(root, "model_type");
+    char q[64];
     if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "qwen3_next") != 0)) {
         st = q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "%s: model_type '%s' is not qwen3_next", src,
-                           cJSON_IsString(mt) ? mt->valuestring : "?");
+                           cJSON_IsString(mt) ? quoted(mt->valuestring, q, sizeof q) : "?");
         goto cleanup;
     }
 
@@ -239,7 +260,7 @@ enum q3n_status q3n_config_parse(struct q3n_config *cfg, const char *json_text, 
     const cJSON *act = field(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0)) {
         st = q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "%s: hidden_act '%s' is not supported (only silu)", src,
-                           cJSON_IsString(act) ? act->valuestring : "?");
+                           cJSON_IsString(act) ? quoted(act->valuestring, q, sizeof q) : "?");
         goto cleanup;
     }
 

@@ -208,6 +208,28 @@ const char *q3n_safetensors_shard_path(const struct q3n_safetensors *set, int sh
 
 /* ---- header parsing ------------------------------------------------------------------------------ */
 
+/* Names with control characters are refused so every later message (and `q3n inspect`'s
+ * inventory) stays one printable line; `quoted` makes such text printable for the refusal. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+    return 0;
+}
+
+static const char *quoted(const char *s, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (; s[n] && n + 4 < cap; n++)
+        buf[n] = ((unsigned char)s[n] < 0x20 || (unsigned char)s[n] >= 0x7f) ? '?' : s[n];
+    if (s[n]) {
+        memcpy(buf + n, "...", 3);
+        n += 3;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 /* A JSON number that is a non-negative integer <= 2^53. */
 static int json_uint(const cJSON *v, uint64_t *out)
 {
@@ -239,8 +261,11 @@ static enum q3n_status parse_entry(const char *path, const cJSON *e, uint64_t da
     int found = -1;
     for (int i = 0; i < N_DTYPES; i++)
         if (strcmp(dt->valuestring, dtype_table[i].name) == 0) found = i;
-    if (found < 0)
-        return q3n_error_set(err, Q3N_ERR_FORMAT, "%s: tensor %s: unknown dtype '%.32s'", path, name, dt->valuestring);
+    if (found < 0) {
+        char q[40];
+        return q3n_error_set(err, Q3N_ERR_FORMAT, "%s: tensor %s: unknown dtype '%s'", path, name,
+                             quoted(dt->valuestring, q, sizeof q));
+    }
     t->dtype = (enum q3n_st_dtype)found;
     if (!cJSON_IsArray(shape)) return q3n_error_set(err, Q3N_ERR_FORMAT, "%s: tensor %s: shape missing", path, name);
     int rank = cJSON_GetArraySize(shape);
@@ -294,8 +319,10 @@ static enum q3n_status check_tiling(struct q3n_safetensors *set, int64_t first, 
     int64_t n = set->n - first;
     struct q3n_st_tensor *copy = malloc((size_t)(n ? n : 1) * sizeof *copy);
     if (!copy) return q3n_error_set(err, Q3N_ERR_NOMEM, "%s: out of memory", path);
-    memcpy(copy, set->tensors + first, (size_t)n * sizeof *copy);
-    qsort(copy, (size_t)n, sizeof *copy, cmp_offset);
+    if (n > 0) {
+        memcpy(copy, set->tensors + first, (size_t)n * sizeof *copy);
+        qsort(copy, (size_t)n, sizeof *copy, cmp_offset);
+    }
     enum q3n_status st = Q3N_OK;
     uint64_t covered = 0;
     const char *prev = NULL;
@@ -399,6 +426,12 @@ static enum q3n_status add_shard(struct q3n_safetensors *set, const char *path, 
                 goto cleanup;
             }
             continue;
+        }
+        if (has_control(e->string)) {
+            char q[96];
+            st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: tensor name '%s' holds control characters", path,
+                               quoted(e->string, q, sizeof q));
+            goto cleanup;
         }
         struct q3n_st_tensor t;
         memset(&t, 0, sizeof t);
@@ -514,6 +547,12 @@ static enum q3n_status open_index(struct q3n_safetensors *set, const char *dir, 
     }
     int k = 0;
     for (const cJSON *e = map->child; e; e = e->next) {
+        if (has_control(e->string) || (cJSON_IsString(e) && has_control(e->valuestring))) {
+            char q[96];
+            st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: weight_map entry '%s' holds control characters", index_path,
+                               quoted(e->string, q, sizeof q));
+            goto cleanup;
+        }
         if (!cJSON_IsString(e)) {
             st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: weight_map[%s] is not a file name", index_path, e->string);
             goto cleanup;

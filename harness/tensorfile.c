@@ -530,6 +530,35 @@ static enum q3n_status open_attr(struct q3n_tensorfile *tf, const char *object, 
     return Q3N_OK;
 }
 
+/* Variable-length reads of datasets go through this allocator: nothing larger than the
+ * file itself can be a genuine string of it. */
+struct vlen_cap {
+    size_t limit;
+};
+
+static void *capped_alloc(size_t size, void *info)
+{
+    const struct vlen_cap *cap = info;
+    return size <= cap->limit ? malloc(size ? size : 1) : NULL;
+}
+
+static void capped_free(void *mem, void *info)
+{
+    (void)info;
+    free(mem);
+}
+
+static size_t vlen_limit(hid_t obj)
+{
+    hsize_t size = 0;
+    hid_t f = H5Iget_file_id(obj);
+    if (f >= 0) {
+        if (H5Fget_filesize(f, &size) < 0) size = 0;
+        H5Fclose(f);
+    }
+    return (size_t)size + 1;
+}
+
 /* Reads a scalar (or 1-element) string from an attribute (is_attr) or dataset into a
  * malloc'd, NUL-terminated buffer. Handles variable-length and fixed-size strings. */
 static enum q3n_status read_string(hid_t h, int is_attr, const char *file, const char *what, char **out,
@@ -561,13 +590,30 @@ static enum q3n_status read_string(hid_t h, int is_attr, const char *file, const
     }
     if (H5Tis_variable_str(type) > 0) {
         char *vs = NULL;
-        if (H5Tset_size(mtype, H5T_VARIABLE) < 0 || H5Tset_cset(mtype, H5Tget_cset(type)) < 0 ||
-            (is_attr ? H5Aread(h, mtype, &vs) : H5Dread(h, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, &vs)) < 0) {
-            st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: %s: cannot read string", file, what);
+        herr_t rc = -1;
+        if (H5Tset_size(mtype, H5T_VARIABLE) < 0 || H5Tset_cset(mtype, H5Tget_cset(type)) < 0) {
+            st = q3n_error_set(err, Q3N_ERR_IO, "%s: %s: cannot make string type", file, what);
+            goto cleanup;
+        }
+        if (is_attr) {
+            rc = H5Aread(h, mtype, &vs);
+        } else {
+            /* A corrupt file can claim any length: allocate through a capped allocator so a
+             * length beyond the file's size fails the read instead of allocating it. */
+            struct vlen_cap cap = {vlen_limit(h)};
+            hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+            if (dxpl >= 0 && H5Pset_vlen_mem_manager(dxpl, capped_alloc, &cap, capped_free, NULL) >= 0)
+                rc = H5Dread(h, mtype, H5S_ALL, H5S_ALL, dxpl, &vs);
+            if (dxpl >= 0) H5Pclose(dxpl);
+        }
+        if (rc < 0) {
+            st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: %s: cannot read string (corrupt or longer than the file)",
+                               file, what);
             goto cleanup;
         }
         buf = strdup(vs ? vs : "");
-        if (vs) H5free_memory(vs);
+        if (vs && is_attr) H5free_memory(vs);
+        if (vs && !is_attr) free(vs);
     } else {
         size_t n = H5Tget_size(type);
         if (n == 0 || n > (size_t)1 << 30) {

@@ -237,6 +237,26 @@ static void test_absurd_sizes_and_broken_json_are_refused(void **state)
     assert_non_null(strstr(err.msg, "no_such.json"));
 }
 
+/* Found by the config fuzzer: a raw newline inside a JSON string must not reach the message. */
+static void test_quoted_input_text_never_breaks_the_message_line(void **state)
+{
+    (void)state;
+    struct q3n_config cfg;
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_config_load(&cfg, "harness/testdata/bad/config_message_newline_from_input.json", &err),
+                     Q3N_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "layer_types[1]"));
+    const char *bin = "{\"model_type\": \"ll\\u0001ama\\u00e9\"}";
+    assert_int_equal(q3n_config_parse(&cfg, bin, strlen(bin), "bin.json", &err), Q3N_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "model_type 'll?ama"));
+    struct q3n_error e2 = {0};
+    assert_int_equal(q3n_config_load(&cfg, "harness/testdata/bad/config_message_newline_from_input.json", &e2),
+                     Q3N_ERR_CONFIG);
+    for (const struct q3n_error *e = &err; e; e = e == &err ? &e2 : NULL)
+        for (const unsigned char *p = (const unsigned char *)e->msg; *p; p++)
+            if (*p < 0x20 || *p >= 0x7f) fail_msg("unprintable byte 0x%02x in '%s'", *p, e->msg);
+}
+
 static void test_validate_catches_a_hand_built_config_out_of_range(void **state)
 {
     (void)state;
@@ -300,6 +320,7 @@ int main(void)
         cmocka_unit_test(test_defaults_follow_transformers_when_fields_are_absent),
         cmocka_unit_test(test_every_bad_field_is_refused_by_name),
         cmocka_unit_test(test_absurd_sizes_and_broken_json_are_refused),
+        cmocka_unit_test(test_quoted_input_text_never_breaks_the_message_line),
         cmocka_unit_test(test_validate_catches_a_hand_built_config_out_of_range),
         cmocka_unit_test(test_the_writer_round_trips_through_the_parser),
     };

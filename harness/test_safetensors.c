@@ -233,6 +233,25 @@ static void test_pickle_names_and_missing_files_are_refused(void **state)
     assert_null(st);
 }
 
+/* Inputs the parser fuzzer found (fuzz/fuzz_safetensors.c, kept in harness/testdata/bad/): a
+ * tensor name with binary bytes, and a header with no tensors over a non-empty data area. */
+static void test_fuzzer_findings_give_one_printable_line(void **state)
+{
+    (void)state;
+    const char *files[] = {"harness/testdata/bad/st_message_binary_tensor_name.safetensors",
+                           "harness/testdata/bad/st_ub_null_tensors_memcpy.safetensors"};
+    const char *why[] = {"holds control characters", "the tensors cover 0"};
+    for (int i = 0; i < 2; i++) {
+        struct q3n_safetensors *st = NULL;
+        struct q3n_error err = {0};
+        assert_int_equal(q3n_safetensors_open(&st, files[i], &err), Q3N_ERR_FORMAT);
+        assert_null(st);
+        assert_non_null(strstr(err.msg, why[i]));
+        for (const unsigned char *p = (const unsigned char *)err.msg; *p; p++)
+            if (*p < 0x20 || *p >= 0x7f) fail_msg("unprintable byte 0x%02x in '%s'", *p, err.msg);
+    }
+}
+
 static void test_scalar_conversions_handle_subnormals_nan_and_rounding_ties(void **state)
 {
     (void)state;
@@ -256,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_the_writer_round_trips_every_stored_dtype),
         cmocka_unit_test(test_every_truncation_of_a_valid_file_is_refused_cleanly),
         cmocka_unit_test(test_pickle_names_and_missing_files_are_refused),
+        cmocka_unit_test(test_fuzzer_findings_give_one_printable_line),
         cmocka_unit_test(test_scalar_conversions_handle_subnormals_nan_and_rounding_ties),
     };
     return cmocka_run_group_tests_name("harness_safetensors", tests, NULL, NULL);
