@@ -15,5 +15,6 @@ int q3n_cmd_blame(int argc, char **argv);
 int q3n_cmd_bisect_precision(int argc, char **argv);
 int q3n_cmd_bisect_layers(int argc, char **argv);
 int q3n_cmd_determinism(int argc, char **argv);
+int q3n_cmd_baseline(int argc, char **argv);
 
 #endif

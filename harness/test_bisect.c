@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "baseline.h"
 #include "bisect.h"
 #include "tensorfile.h"
 #include "testfake.h"
@@ -194,6 +195,51 @@ static void bisect_layers_names_the_first_diverging_tap_and_where_error_grows(vo
     rmdir(dir);
 }
 
+static void add_tensor(struct q3n_result *r, const char *name, double rel_l2, double noise, enum q3n_verdict v)
+{
+    struct q3n_tensor_result *t;
+    struct q3n_error err;
+    assert_int_equal(q3n_result_add(r, name, &t, &err), Q3N_OK);
+    t->m.rel_l2 = rel_l2;
+    t->noise_rel_l2 = noise;
+    t->verdict = v;
+    t->tol.kind = Q3N_KIND_FLOAT;
+}
+
+static void baseline_fails_slow_drift_inside_the_tolerance_but_not_noise(void **state)
+{
+    (void)state;
+    struct q3n_result *o, *n;
+    struct q3n_error err;
+    assert_int_equal(q3n_result_create(&o, &err), Q3N_OK);
+    assert_int_equal(q3n_result_create(&n, &err), Q3N_OK);
+    /* a: drifts x3 while passing; b: grows x4 below the noise floor; c: stable; d: disappears */
+    add_tensor(o, "a", 1e-5, 1e-7, Q3N_VERDICT_PASS);
+    add_tensor(n, "a", 3e-5, 1e-7, Q3N_VERDICT_PASS);
+    add_tensor(o, "b", 2e-8, 1e-7, Q3N_VERDICT_PASS);
+    add_tensor(n, "b", 8e-8, 1e-7, Q3N_VERDICT_PASS);
+    add_tensor(o, "c", 2e-6, NAN, Q3N_VERDICT_PASS);
+    add_tensor(n, "c", 2.5e-6, NAN, Q3N_VERDICT_PASS);
+    add_tensor(o, "d", 2e-6, NAN, Q3N_VERDICT_PASS);
+    struct q3n_drift_report rep;
+    assert_int_equal(q3n_baseline_compare(&rep, o, n, 2.0, 1e-9, &err), Q3N_OK);
+    assert_int_equal(rep.n, 4);
+    assert_true(rep.items[0].fail && fabs(rep.items[0].growth - 3.0) < 1e-9);
+    assert_false(rep.items[1].fail);
+    assert_false(rep.items[2].fail);
+    assert_true(rep.items[3].fail && rep.items[3].missing);
+    assert_int_equal(rep.n_fail, 2);
+    assert_int_equal(rep.worst, 0);
+    q3n_drift_report_free(&rep);
+    /* a result against itself never drifts */
+    assert_int_equal(q3n_baseline_compare(&rep, o, o, 1.0, 1e-9, &err), Q3N_OK);
+    assert_int_equal(rep.n_fail, 0);
+    q3n_drift_report_free(&rep);
+    assert_int_equal(q3n_baseline_compare(&rep, o, n, 0.5, 1e-9, &err), Q3N_ERR_USAGE);
+    q3n_result_free(o);
+    q3n_result_free(n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -201,6 +247,7 @@ int main(void)
         cmocka_unit_test(bisect_precision_by_kind_names_the_weak_ops_kind),
         cmocka_unit_test(an_unreachable_threshold_is_reported_not_bisected),
         cmocka_unit_test(bisect_layers_names_the_first_diverging_tap_and_where_error_grows),
+        cmocka_unit_test(baseline_fails_slow_drift_inside_the_tolerance_but_not_noise),
     };
     return cmocka_run_group_tests_name("harness_bisect", tests, setup, teardown);
 }
