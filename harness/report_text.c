@@ -308,10 +308,10 @@ static void text_growth(FILE *out, const struct q3n_result *r)
     fprintf(out, "first divergence: %s (layer %d)\n", fd->name, fd->layer);
     double before = q3n_report_max_rel_l2(r, 0, r->first_divergence, &at);
     q3n_report_num(mt, sizeof mt, before);
-    fprintf(out, "  largest rel_l2 before it: %s%s%s\n", mt, at >= 0 ? " at " : "", at >= 0 ? r->tensors[at].name : "");
+    if (at >= 0) fprintf(out, "  largest rel_l2 before it: %s at %s\n", mt, r->tensors[at].name);
     double after = q3n_report_max_rel_l2(r, r->first_divergence + 1, r->n_tensors, &at);
     q3n_report_num(mt, sizeof mt, after);
-    fprintf(out, "  largest rel_l2 after it:  %s%s%s\n", mt, at >= 0 ? " at " : "", at >= 0 ? r->tensors[at].name : "");
+    if (at >= 0) fprintf(out, "  largest rel_l2 after it:  %s at %s\n", mt, r->tensors[at].name);
     fprintf(out, "  error growth around it (rel_l2, tolerance use):\n");
     for (int64_t i = lo; i < hi; i++) {
         const struct q3n_tensor_result *t = &r->tensors[i];
@@ -334,8 +334,14 @@ enum q3n_status q3n_report_text(FILE *out, const struct q3n_result *r, const str
         for (int64_t i = 0; i < r->n_tensors; i++) text_tensor_line(out, &r->tensors[i], color);
         fputc('\n', out);
     }
-    for (int64_t i = 0; !quiet && i < r->n_only_a; i++) fprintf(out, "only in candidate: %s\n", r->only_a[i]);
-    for (int64_t i = 0; !quiet && i < r->n_only_b; i++) fprintf(out, "only in reference: %s\n", r->only_b[i]);
+    for (int side = 0; side < 2 && !quiet; side++) {
+        int64_t n = side ? r->n_only_b : r->n_only_a;
+        char **l = side ? r->only_b : r->only_a;
+        const char *what = side ? "reference" : "candidate";
+        for (int64_t i = 0; i < n && i < 8; i++) fprintf(out, "only in %s: %s\n", what, l[i]);
+        if (n > 8) fprintf(out, "only in %s: ... and %lld more (all of them in --format json or md)\n", what,
+                           (long long)(n - 8));
+    }
     int64_t worst = -1;
     double worst_h = -1;
     for (int64_t i = 0; i < r->n_tensors; i++) {

@@ -164,12 +164,14 @@ static int ends_with(const char *s, const char *suffix)
 
 /* The dataset carrying a tensor's audit attributes (noise_rel_l2, lowp_rel_l2): /tensors/<name>
  * for taps (also in oracle mode, where the data comes from /oracle/<name>), else the dataset. */
-static void attr_object(char *buf, size_t cap, const char *name, const char *ref_ds)
+static void attr_object(struct q3n_tensorfile *ref, char *buf, size_t cap, const char *name, const char *ref_ds)
 {
-    if (strncmp(ref_ds, "/oracle/", 8) == 0)
-        snprintf(buf, cap, "/tensors/%s", name);
-    else
+    if (strncmp(ref_ds, "/oracle/", 8) != 0) {
         snprintf(buf, cap, "%s", ref_ds);
+        return;
+    }
+    snprintf(buf, cap, "/tensors/%s", name);
+    if (!q3n_tensorfile_exists(ref, buf)) snprintf(buf, cap, "%s", ref_ds + 7); /* /oracle/logits -> /logits */
 }
 
 /* ---- float tensors ----------------------------------------------------------------------- */
@@ -235,7 +237,7 @@ static enum q3n_status judge_float(struct engine *e, struct q3n_tensor_result *t
         double lowp = NAN;
         char obj[Q3N_TAP_NAME_MAX + 16];
         struct q3n_error e2;
-        attr_object(obj, sizeof obj, t->name, ref_ds);
+        attr_object(e->ref, obj, sizeof obj, t->name, ref_ds);
         if (q3n_tensorfile_get_attr_f64(e->ref, obj, "lowp_rel_l2", &lowp, &e2) != Q3N_OK &&
             q3n_tensorfile_get_attr_f64(e->ref, obj, "noise_rel_l2", &lowp, &e2) != Q3N_OK &&
             !(strcmp(t->name, "logits") == 0 &&
@@ -445,7 +447,7 @@ static enum q3n_status judge_tensor(struct engine *e, const char *name, const st
         char obj[Q3N_TAP_NAME_MAX + 16];
         struct q3n_error e2;
         double noise;
-        attr_object(obj, sizeof obj, name, ref_ds);
+        attr_object(e->ref, obj, sizeof obj, name, ref_ds);
         if (q3n_tensorfile_exists(e->ref, obj) &&
             q3n_tensorfile_get_attr_f64(e->ref, obj, "noise_rel_l2", &noise, &e2) == Q3N_OK)
             t->noise_rel_l2 = noise;
@@ -483,6 +485,40 @@ static enum q3n_status ref_dataset(struct engine *e, char *buf, size_t cap, cons
     else
         n = snprintf(buf, cap, "/tensors/%s", name);
     if (n < 0 || (size_t)n >= cap) return q3n_error_set(err, Q3N_ERR_FORMAT, "tap name too long: %s", name);
+    return Q3N_OK;
+}
+
+/* Reference of an extra dataset (/logits, /mtp_logits, /decode/logits) in oracle mode: its
+ * /oracle/<name> twin, or the dataset itself in a float64 golden. Returns 0 when the golden has
+ * no float64 reference for it (then the tensor is an ERROR, never a silent low-precision pass). */
+static int extra_ref(struct engine *e, char *buf, size_t cap, const char *ds)
+{
+    if (!e->oracle) {
+        snprintf(buf, cap, "%s", ds);
+        return 1;
+    }
+    snprintf(buf, cap, "/oracle%s", ds);
+    if (q3n_tensorfile_exists(e->ref, buf)) return 1;
+    snprintf(buf, cap, "%s", ds);
+    return e->ref_is_f64;
+}
+
+/* Judges an extra dataset against its reference, or records why it cannot be. */
+static enum q3n_status judge_extra(struct engine *e, const char *name, const char *ds, const struct cand *c,
+                                   struct q3n_error *err)
+{
+    char ref[Q3N_TAP_NAME_MAX + 16];
+    if (extra_ref(e, ref, sizeof ref, ds)) return judge_tensor(e, name, c, ref, err);
+    struct q3n_tensor_result *t;
+    enum q3n_status st = q3n_policy_lookup(e->policy, name, e->dtype, &(struct q3n_tolerance){0}, err);
+    if (st != Q3N_OK) return st;
+    st = q3n_result_add(e->r, name, &t, err);
+    if (st != Q3N_OK) return st;
+    t->rank = c->rank;
+    memcpy(t->dims, c->dims, sizeof t->dims);
+    t->verdict = Q3N_VERDICT_ERROR;
+    snprintf(t->note, sizeof t->note, "oracle mode: the golden has no float64 reference for %s (no /oracle%s)", ds,
+             ds);
     return Q3N_OK;
 }
 
@@ -605,7 +641,7 @@ static enum q3n_status judge_mem(struct engine *e, const char *name, const char 
 {
     struct cand c = {.data = data, .dtype = Q3N_DTYPE_F32, .rank = rank};
     for (int i = 0; i < rank; i++) c.dims[i] = dims[i];
-    return judge_tensor(e, name, &c, ref_ds, err);
+    return judge_extra(e, name, ref_ds, &c, err);
 }
 
 static void dirname_of(char *out, size_t cap, const char *path)
@@ -692,6 +728,7 @@ enum q3n_status q3n_verify_model(struct q3n_result **result, const char *golden_
     struct q3n_run_options ro;
     q3n_run_options_default(&ro);
     ro.dtype = opt->dtype;
+    ro.test_bug = opt->test_bug;
     if (ro.max_tokens < T + 1) ro.max_tokens = T + 1;
     st = impl->open(&session, model, &ro, err);
     if (st != Q3N_OK) goto done;
@@ -761,13 +798,14 @@ done:
 /* ---- compare ------------------------------------------------------------------------------- */
 
 static enum q3n_status compare_dataset(struct engine *e, struct q3n_tensorfile *a, const char *name,
-                                       const char *a_ds, const char *ref_ds, struct q3n_error *err)
+                                       const char *a_ds, const char *ref_ds, int extra, struct q3n_error *err)
 {
     struct q3n_tensor_info ai;
     enum q3n_status st = q3n_tensorfile_info(a, a_ds, &ai, err);
     if (st != Q3N_OK) return st;
     struct cand c = {.tf = a, .dataset = a_ds, .dtype = ai.dtype, .rank = ai.rank};
     memcpy(c.dims, ai.dims, sizeof c.dims);
+    if (extra) return judge_extra(e, name, ref_ds, &c, err);
     return judge_tensor(e, name, &c, ref_ds, err);
 }
 
@@ -821,7 +859,7 @@ enum q3n_status q3n_compare_files(struct q3n_result **result, const char *a_path
         if (!q3n_tensorfile_exists(b, plain) || !q3n_tensorfile_exists(b, ref_ds))
             st = q3n_result_add_only(r, 1, la.names[i], err);
         else
-            st = compare_dataset(&e, a, la.names[i], a_ds, ref_ds, err);
+            st = compare_dataset(&e, a, la.names[i], a_ds, ref_ds, 0, err);
         if (st != Q3N_OK) goto done;
     }
     /* delta-rule case files: /delta_rule/case_<n>/<dataset>, named "delta_rule/case_<n>/<dataset>" */
@@ -841,7 +879,7 @@ enum q3n_status q3n_compare_files(struct q3n_result **result, const char *a_path
             char ds[Q3N_TAP_NAME_MAX + 16];
             snprintf(ds, sizeof ds, "%s/%s", group, lc.names[i]);
             if (q3n_tensorfile_exists(b, ds))
-                st = compare_dataset(&e, a, ds + 1, ds, ds, err);
+                st = compare_dataset(&e, a, ds + 1, ds, ds, 0, err);
             else
                 st = q3n_result_add_only(r, 1, ds + 1, err);
         }
@@ -853,7 +891,7 @@ enum q3n_status q3n_compare_files(struct q3n_result **result, const char *a_path
     for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
         int in_a = q3n_tensorfile_exists(a, extra[i][1]), in_b = q3n_tensorfile_exists(b, extra[i][1]);
         if (in_a && in_b)
-            st = compare_dataset(&e, a, extra[i][0], extra[i][1], extra[i][1], err);
+            st = compare_dataset(&e, a, extra[i][0], extra[i][1], extra[i][1], 1, err);
         else if (in_a || in_b)
             st = q3n_result_add_only(r, in_a, extra[i][0], err);
         if (st != Q3N_OK) goto done;

@@ -39,6 +39,7 @@ struct q3n_verify_options {
     const char *policy_path;       /* for the report header */
     int oracle;                    /* 1: oracle mode */
     int skip_decode, skip_mtp;     /* 1: do not check /decode/logits or /mtp_logits */
+    const char *test_bug;          /* test-only planted bug passed to the implementation (impl.h) */
 };
 
 /* The golden's checkpoint folder: its root "checkpoint" attribute, relative to the file's folder. */
