@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../ref/model.h"
 #include "checkpoint.h"
 #include "cmds.h"
 #include "fuzz_cases.h"
@@ -285,8 +286,8 @@ int q3n_cmd_fuzz(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (!q3n_impl_find(a.impl) || !q3n_impl_find("ref")) {
-        fprintf(stderr, "q3n fuzz: implementation '%s' (or ref) is not built into this binary\n", a.impl);
+    if (!q3n_impl_find(a.impl) || !q3n_impl_find(ref_impl.name)) {
+        fprintf(stderr, "q3n fuzz: implementation '%s' (or %s) is not built into this binary\n", a.impl, ref_impl.name);
         return 2;
     }
     if (q3n_policy_load(&policy, a.policy_path, &err) != Q3N_OK) {
@@ -319,8 +320,8 @@ int q3n_cmd_fuzz(int argc, char **argv)
     struct q3n_fuzz_delta_forms forms;
     q3n_fuzz_delta_ref_forms(&forms);
 
-    printf("q3n fuzz: seed %llu, %lld cases, impl %s vs ref, policy %s%s%s\n", (unsigned long long)a.seed,
-           (long long)(a.have_case_seed ? 1 : a.cases), a.impl, a.policy_path, a.test_bug ? ", planted bug " : "",
+    printf("q3n fuzz: seed %llu, %lld cases, impl %s vs %s, policy %s%s%s\n", (unsigned long long)a.seed,
+           (long long)(a.have_case_seed ? 1 : a.cases), a.impl, ref_impl.name, a.policy_path, a.test_bug ? ", planted bug " : "",
            a.test_bug ? a.test_bug : "");
     double t0 = now_s();
     int64_t n = a.have_case_seed ? 1 : (a.cases > a.delta_cases ? a.cases : a.delta_cases);

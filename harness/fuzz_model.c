@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../ref/model.h"
 #include "dump.h"
 #include "fuzz_cases.h"
 #include "impl.h"
@@ -91,7 +92,7 @@ enum q3n_status q3n_fuzz_write_dump(const char *path, const struct q3n_model *mo
         goto cleanup;
 
     struct q3n_dump_info info = {.generator = "q3n fuzz",
-                                 .dtype = "float32",
+                                 .dtype = strcmp(impl->name, "ref64") == 0 ? "float64" : "float32",
                                  .impl = impl->name,
                                  .kernels = impl->describe ? impl->describe(session) : NULL,
                                  .checkpoint = ".",
@@ -356,7 +357,7 @@ static enum q3n_status cross_check(const struct q3n_fuzz_case *c, const struct q
     enum q3n_status st;
     snprintf(golden, sizeof golden, "%s/golden.h5", opt->work_dir);
     snprintf(cand, sizeof cand, "%s/candidate.h5", opt->work_dir);
-    if ((st = q3n_fuzz_write_dump(golden, model, c, "ref", NULL, err)) != Q3N_OK) return st;
+    if ((st = q3n_fuzz_write_dump(golden, model, c, ref_impl.name, NULL, err)) != Q3N_OK) return st;
     if ((st = q3n_fuzz_write_dump(cand, model, c, opt->impl, opt->test_bug, err)) != Q3N_OK) return st;
     struct q3n_compare_options co = {.policy = opt->policy, .policy_path = opt->policy_path, .dtype = "float32"};
     if ((st = q3n_compare_files(&result, cand, golden, &co, err)) != Q3N_OK) return st;
@@ -366,15 +367,15 @@ static enum q3n_status cross_check(const struct q3n_fuzz_case *c, const struct q
         if (t->verdict == Q3N_VERDICT_EXPLAINED || t->verdict == Q3N_VERDICT_REPORTED) res->explained = 1;
         if (q3n_verdict_is_failure(t->verdict) && !res->failed) {
             res->failed = 1;
-            snprintf(res->what, sizeof res->what, "ref vs %s: %.160s %s rel_l2=%.3g max_abs=%.3g (%.250s)", opt->impl,
+            snprintf(res->what, sizeof res->what, "%s vs %s: %.160s %s rel_l2=%.3g max_abs=%.3g (%.250s)", ref_impl.name, opt->impl,
                      t->name, q3n_verdict_name(t->verdict), t->m.rel_l2, t->m.max_abs, t->note);
         }
     }
     if (!res->failed && (result->n_only_a > 0 || result->n_only_b > 0)) {
         res->failed = 1;
-        snprintf(res->what, sizeof res->what, "ref vs %s: tap sets differ (%s only in %s)", opt->impl,
+        snprintf(res->what, sizeof res->what, "%s vs %s: tap sets differ (%s only in %s)", ref_impl.name, opt->impl,
                  result->n_only_a > 0 ? result->only_a[0] : result->only_b[0],
-                 result->n_only_a > 0 ? opt->impl : "ref");
+                 result->n_only_a > 0 ? opt->impl : ref_impl.name);
     }
     q3n_result_free(result);
     return Q3N_OK;

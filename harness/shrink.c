@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../ref/model.h"
 #include "checkpoint.h"
 #include "config.h"
 #include "synth.h"
@@ -158,7 +159,7 @@ enum q3n_status q3n_shrink_write_repro(const char *dir, const struct q3n_fuzz_ca
     struct q3n_checkpoint_layout layout = {.dtype = Q3N_ST_F32, .fused_experts = 0, .shards = 1};
     if ((st = q3n_checkpoint_write(dir, model, &layout, err)) != Q3N_OK) goto cleanup;
     snprintf(path, sizeof path, "%s/golden.h5", dir);
-    if ((st = q3n_fuzz_write_dump(path, model, c, "ref", NULL, err)) != Q3N_OK) goto cleanup;
+    if ((st = q3n_fuzz_write_dump(path, model, c, ref_impl.name, NULL, err)) != Q3N_OK) goto cleanup;
     snprintf(path, sizeof path, "%s/candidate.h5", dir);
     if ((st = q3n_fuzz_write_dump(path, model, c, impl, test_bug, err)) != Q3N_OK) goto cleanup;
     q3n_fuzz_case_describe(c, desc, sizeof desc);
