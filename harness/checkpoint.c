@@ -469,7 +469,7 @@ static void remove_tree(const char *dir)
 {
     DIR *d = opendir(dir);
     if (d) {
-        char path[4200];
+        char path[4600];
         for (struct dirent *e = readdir(d); e; e = readdir(d)) {
             if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
