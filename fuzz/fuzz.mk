@@ -77,18 +77,20 @@ endif
 # Runs each target for SECONDS; new inputs go to $(FUZZ_DIR)/corpus/<t> (the committed
 # fuzz/corpus/<t> is read as seeds, never written), crashes to $(FUZZ_DIR)/artifacts/<t>/.
 # Prints libFuzzer's last status line (cov:, ft:, exec/s) per target; fails on any finding.
+# The CI run fixes libFuzzer's seed (-seed=FUZZ_SEED) so the gate is repeatable; the long runs
+# draw a fresh one each time.
 fuzz-run-one = \
 	mkdir -p $(FUZZ_DIR)/corpus/$(1) $(FUZZ_DIR)/artifacts/$(1) fuzz/corpus/$(1); \
 	echo "fuzz: $(1) for $(2) s"; \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=fuzz/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 \
 	$(FUZZ_DIR)/fuzz_$(1) -max_total_time=$(2) -print_final_stats=1 -timeout=10 -rss_limit_mb=1536 \
-	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$(1)/ $(FUZZ_DICT_$(1)) $(FUZZ_OPTS_$(1)) \
+	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$(1)/ $(FUZZ_DICT_$(1)) $(FUZZ_OPTS_$(1)) $(3) \
 	    $(FUZZ_DIR)/corpus/$(1) fuzz/corpus/$(1) >$(FUZZ_DIR)/fuzz_$(1).log 2>&1; rc=$$?; \
 	grep -E '^\#[0-9]+' $(FUZZ_DIR)/fuzz_$(1).log | tail -n 1; \
 	grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec' $(FUZZ_DIR)/fuzz_$(1).log; \
 	if [ $$rc -ne 0 ]; then fail=1; tail -n 30 $(FUZZ_DIR)/fuzz_$(1).log; \
 	    echo "fuzz: $(1) FOUND A PROBLEM (exit $$rc): $(FUZZ_DIR)/fuzz_$(1).log, $(FUZZ_DIR)/artifacts/$(1)/"; fi;
-fuzz-run-parsers = fail=0; $(foreach t,$(2),$(call fuzz-run-one,$(t),$(1))) exit $$fail
+fuzz-run-parsers = fail=0; $(foreach t,$(2),$(call fuzz-run-one,$(t),$(1),$(3))) exit $$fail
 
 fuzz-parsers: fuzz-build
 	@$(call fuzz-run-parsers,$(FUZZ_SECONDS),$(FUZZ_TARGETS))
@@ -104,7 +106,7 @@ FUZZ_CI_TARGETS := $(filter-out $(FUZZ_CI_OPEN),$(FUZZ_TARGETS))
 
 fuzz-ci-parsers: fuzz-build
 	$(if $(filter $(FUZZ_CI_OPEN),$(FUZZ_TARGETS)),@echo "fuzz: NOT in the CI gate (open findings, docs/fuzzing.md): $(filter $(FUZZ_CI_OPEN),$(FUZZ_TARGETS))")
-	@$(call fuzz-run-parsers,$(FUZZ_CI_SECONDS),$(FUZZ_CI_TARGETS))
+	@$(call fuzz-run-parsers,$(FUZZ_CI_SECONDS),$(FUZZ_CI_TARGETS),-seed=$(FUZZ_SEED))
 
 # Seeded shape fuzz on a time budget (2 cores, no GPU).
 fuzz-ci-shapes: all
