@@ -8,11 +8,11 @@
 #include <string.h>
 
 #define W 1300.0
-#define H 460.0
+#define H 480.0
 #define ML 70.0
 #define MR 20.0
 #define MT 30.0
-#define MB 70.0
+#define MB 80.0
 
 static int plotted(const struct q3n_tensor_result *t)
 {
@@ -109,7 +109,7 @@ static void svg_plot(FILE *out, const struct q3n_result *r)
             0.5 * (MT + H - MB), 0.5 * (MT + H - MB));
     fprintf(out, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\" fill=\"#333\">taps in execution order (bands: "
                  "layers)</text>\n",
-            0.5 * (ML + W - MR), H - MB + 36);
+            0.5 * (ML + W - MR), H - MB + 34);
     /* tolerance line */
     fputs("<polyline fill=\"none\" stroke=\"#e08a00\" stroke-width=\"1.5\" stroke-dasharray=\"5,3\" points=\"", out);
     for (int64_t i = 0; i < r->n_tensors; i++)
@@ -156,18 +156,23 @@ static void svg_plot(FILE *out, const struct q3n_result *r)
         fprintf(out, "<line x1=\"%.1f\" y1=\"%g\" x2=\"%.1f\" y2=\"%g\" stroke=\"#8b0000\" stroke-dasharray=\"2,2\"/>\n",
                 x, MT, x, H - MB);
     }
-    /* legend */
-    double lx = W - MR - 330, ly = MT + 12;
-    fprintf(out, "<rect x=\"%g\" y=\"%g\" width=\"325\" height=\"58\" fill=\"#fff\" stroke=\"#ccc\"/>\n", lx - 6, ly - 12);
+    /* legend, in one row under the axis title */
+    double ly = H - 14, lx = ML;
     fprintf(out, "<circle cx=\"%g\" cy=\"%g\" r=\"3.2\" fill=\"#3b6fd8\"/><text x=\"%g\" y=\"%g\">rel_l2 "
-                 "(red: FAIL, yellow: explained by a router flip)</text>\n",
-            lx + 4, ly - 3, lx + 14, ly + 1);
+                 "(red: FAIL, yellow: explained by a router flip or reported)</text>\n",
+            lx + 4, ly - 4, lx + 12, ly);
+    lx += 400;
     fprintf(out, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#e08a00\" stroke-width=\"1.5\" "
                  "stroke-dasharray=\"5,3\"/><text x=\"%g\" y=\"%g\">tolerance (rel_l2 allowed)</text>\n",
-            lx, ly + 14, lx + 10, ly + 14, lx + 14, ly + 18);
+            lx, ly - 4, lx + 16, ly - 4, lx + 20, ly);
+    lx += 200;
     fprintf(out, "<circle cx=\"%g\" cy=\"%g\" r=\"2\" fill=\"#aaa\"/><text x=\"%g\" y=\"%g\">golden noise floor "
-                 "(float32 vs float64)</text>\n",
-            lx + 4, ly + 31, lx + 14, ly + 35);
+                 "(transformers float32 vs float64)</text>\n",
+            lx + 4, ly - 4, lx + 12, ly);
+    lx += 290;
+    fprintf(out, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#d62728\" stroke-width=\"2\"/>"
+                 "<text x=\"%g\" y=\"%g\">first divergence</text>\n",
+            lx + 4, ly - 10, lx + 4, ly + 2, lx + 10, ly);
     fputs("</svg>\n", out);
 }
 
