@@ -374,6 +374,77 @@ static void every_golden_format_tap_is_emitted_with_its_shape(void **state)
     q3n_model_close(m);
 }
 
+/* ---- forced routing --------------------------------------------------------------------- */
+
+struct routing_capture {
+    int64_t idx[4][64 * 8];
+    float weight[4][64 * 8];
+};
+
+static enum q3n_status capture_routing(void *user, const struct q3n_tap *tap, struct q3n_error *err)
+{
+    (void)err;
+    struct routing_capture *rc = user;
+    int layer = -1;
+    char point[64];
+    if (sscanf(tap->name, "model.layers.%d.mlp.gate.%63s", &layer, point) != 2 || layer < 0 || layer >= 4)
+        return Q3N_OK;
+    int64_t n = q3n_tap_numel(tap);
+    if (strcmp(point, "topk_idx") == 0)
+        memcpy(rc->idx[layer], tap->data, (size_t)n * sizeof(int64_t));
+    else if (strcmp(point, "topk_weight") == 0)
+        for (int64_t i = 0; i < n; i++) rc->weight[layer][i] = (float)((const ref_real *)tap->data)[i];
+    return Q3N_OK;
+}
+
+/* Forcing the router's own choice changes nothing; forcing another expert set is what runs. */
+static void forced_routing_replaces_the_routers_choice(void **state)
+{
+    (void)state;
+    struct q3n_model *m = make_model("tiny", 21);
+    int64_t T = 9, V = m->config.vocab_size, K = m->config.num_experts_per_tok, E = m->config.num_experts;
+    int64_t tok[9];
+    random_tokens(tok, T, V, 22);
+    float *a = malloc((size_t)(T * V) * sizeof(float)), *b = malloc((size_t)(T * V) * sizeof(float));
+    struct routing_capture *rc = calloc(1, sizeof *rc), *rc2 = calloc(1, sizeof *rc2);
+    assert_true(a && b && rc && rc2);
+    struct q3n_tap_sink sink = {.fn = capture_routing, .user = rc};
+    struct q3n_error err = {0};
+    void *s = open_session(m, 64, T, NULL);
+    assert_int_equal(ref_impl.forward(s, a, tok, T, &sink, &err), Q3N_OK);
+    ref_impl.close(s);
+
+    const int64_t *idx[4] = {rc->idx[0], rc->idx[1], rc->idx[2], rc->idx[3]};
+    const float *w[4] = {rc->weight[0], rc->weight[1], rc->weight[2], rc->weight[3]};
+    struct q3n_forced_routing fr = {.topk_idx = idx, .topk_weight = w, .tokens = T};
+    struct q3n_run_options opt;
+    q3n_run_options_default(&opt);
+    opt.max_tokens = T;
+    opt.forced_routing = &fr;
+    assert_int_equal(ref_impl.open(&s, m, &opt, &err), Q3N_OK);
+    assert_int_equal(ref_impl.forward(s, b, tok, T, NULL, &err), Q3N_OK);
+    assert_rel_l2_within_f32("logits, forced = natural routing", b, a, T * V, SPLIT_TOL);
+    ref_impl.close(s);
+
+    /* layer 0, token 4: swap in an expert the router did not pick */
+    int64_t other = 0;
+    while (other == rc->idx[0][4 * K] || other == rc->idx[0][4 * K + 1]) other++;
+    assert_true(other < E);
+    rc->idx[0][4 * K + 1] = other;
+    sink.user = rc2;
+    assert_int_equal(ref_impl.open(&s, m, &opt, &err), Q3N_OK);
+    assert_int_equal(ref_impl.forward(s, b, tok, T, &sink, &err), Q3N_OK);
+    assert_int_equal(rc2->idx[0][4 * K + 1], other);
+    assert_int_equal(memcmp(a, b, (size_t)(4 * V) * sizeof(float)), 0); /* earlier positions untouched */
+    assert_true(testkit_rel_l2_f32(b + 4 * V, a + 4 * V, V) > 1e-4);
+    ref_impl.close(s);
+    free(a);
+    free(b);
+    free(rc);
+    free(rc2);
+    q3n_model_close(m);
+}
+
 /* ---- MTP ------------------------------------------------------------------------------ */
 
 /* Row t of the MTP logits sees tokens[0..t+1] only: changing tokens[j] leaves rows < j-1 alone
@@ -425,6 +496,7 @@ int main(void)
         cmocka_unit_test(unknown_test_bug_is_refused),
         cmocka_unit_test(every_golden_format_tap_is_emitted_with_its_shape),
         cmocka_unit_test(mtp_rows_are_causal_in_the_next_token),
+        cmocka_unit_test(forced_routing_replaces_the_routers_choice),
     };
     return cmocka_run_group_tests_name("ref_model", tests, NULL, NULL);
 }
