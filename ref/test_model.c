@@ -423,7 +423,8 @@ static void forced_routing_replaces_the_routers_choice(void **state)
     opt.forced_routing = &fr;
     assert_int_equal(ref_impl.open(&s, m, &opt, &err), Q3N_OK);
     assert_int_equal(ref_impl.forward(s, b, tok, T, NULL, &err), Q3N_OK);
-    assert_rel_l2_within_f32("logits, forced = natural routing", b, a, T * V, SPLIT_TOL);
+    /* forced weights are float (q3n_forced_routing), so ref64 sees them rounded: 1e-6, not 1e-10 */
+    assert_rel_l2_within_f32("logits, forced = natural routing", b, a, T * V, 1e-6);
     ref_impl.close(s);
 
     /* layer 0, token 4: swap in an expert the router did not pick */
