@@ -259,6 +259,31 @@ def router_margin(taps: dict[str, torch.Tensor]) -> float:
     return worst
 
 
+def caches_vs_full(cache: dict[str, torch.Tensor], taps: dict[str, torch.Tensor], config: Qwen3NextConfig) -> tuple[float, str]:
+    """The cache after the last decode step against what the full forward implies: recurrent state
+    = the full forward's final_state, KV cache = k_rope / v_proj of every token, conv state = the
+    last Kc pre-conv columns (q, k, v) zero-padded on the left. Worst rel_l2 and its cache name."""
+    worst, worst_name = 0.0, ""
+    kc = config.linear_conv_kernel_dim
+    for i, kind in enumerate(config.layer_types):
+        if kind == "linear_attention":
+            p = f"model.layers.{i}.linear_attn"
+            n_tok = taps[p + ".q"].shape[0]
+            mixed = torch.cat([taps[p + "." + x].reshape(n_tok, -1) for x in ("q", "k", "v")], -1).T
+            if n_tok < kc:
+                mixed = torch.nn.functional.pad(mixed, (kc - n_tok, 0))
+            pairs = [(p + ".recurrent_state", taps[p + ".final_state"]), (p + ".conv_state", mixed[:, -kc:])]
+        else:
+            p = f"model.layers.{i}.self_attn"
+            v = taps[p + ".v_proj.out"].reshape(taps[p + ".k_rope"].shape)
+            pairs = [(p + ".key_cache", taps[p + ".k_rope"]), (p + ".value_cache", v)]
+        for name, ref in pairs:
+            e = rel_l2(cache[name], ref)
+            if e >= worst:
+                worst, worst_name = e, name
+    return worst, worst_name
+
+
 def chunked_vs_recurrent(calls: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
     """Re-runs transformers' recurrent delta rule on each captured chunked call's inputs."""
     worst = 0.0
@@ -486,8 +511,8 @@ def run_main(args: argparse.Namespace) -> int:
     golden = {"float32": r32, "float64": r64}.get(args.dtype)
     audit_dtype = "float64" if args.dtype == "float64" else "float32"
     in_dtype(DTYPES[audit_dtype])
-    audit_dec_logits, dec_caches = decode_run(model, ids, prefill)
-    dec_logits = audit_dec_logits
+    audit_dec_logits, audit_caches = decode_run(model, ids, prefill)
+    dec_logits, dec_caches = audit_dec_logits, audit_caches
     if args.dtype == "bfloat16":
         in_dtype(torch.bfloat16)
         golden = full_forward(model, mtp, ids)
@@ -499,6 +524,7 @@ def run_main(args: argparse.Namespace) -> int:
     audit_run = r64 if audit_dtype == "float64" else r32
     f32_f64 = rel_l2(r32.logits, r64.logits)
     dec_full = rel_l2(audit_dec_logits, audit_run.logits)
+    cache_full, cache_name = caches_vs_full(audit_caches[list(audit_caches)[-1]], audit_run.taps, config)
     cvr, cvr_per = chunked_vs_recurrent(golden.delta_calls)
     fla = fla_vs_torch(golden.delta_calls) if args.kernels == "torch" else None
     state = dict(master)
@@ -515,6 +541,8 @@ def run_main(args: argparse.Namespace) -> int:
     band_dec = BAND_DECODE_VS_FULL[audit_dtype]
     if not dec_full <= band_dec:
         problems.append(f"prefill({prefill})+decode vs full forward logits rel_l2 {dec_full:.3e} > {band_dec:.0e}")
+    if not cache_full <= band_dec:
+        problems.append(f"cache after the last decode step vs full forward: {cache_name} rel_l2 {cache_full:.3e} > {band_dec:.0e}")
     if not cvr <= BAND_CHUNKED_VS_RECURRENT:
         problems.append(f"chunked vs recurrent delta rule rel_l2 {cvr:.3e} > {BAND_CHUNKED_VS_RECURRENT:.0e} ({cvr_per})")
     if not ident <= BAND_TAP_IDENTITIES:
@@ -527,7 +555,7 @@ def run_main(args: argparse.Namespace) -> int:
         problems.append(f"{routing_flips} tokens route to different experts in float32 and float64")
     consistent = not problems
     print(f"generate.py: {preset} {args.dtype} T={n_tok}: f32 vs f64 logits rel_l2 {f32_f64:.3e}; "
-          f"prefill {prefill} + decode vs full ({audit_dtype}) {dec_full:.3e}; chunked vs recurrent {cvr:.3e}; "
+          f"prefill {prefill} + decode vs full ({audit_dtype}) {dec_full:.3e}, caches {cache_full:.3e}; chunked vs recurrent {cvr:.3e}; "
           f"routing flips f32/f64 {routing_flips}; tap identities {ident:.3e} ({ident_name})", file=sys.stderr)
     if problems:
         for p in problems:
@@ -543,6 +571,7 @@ def run_main(args: argparse.Namespace) -> int:
                  audit_f32_vs_f64_logits_rel_l2=f32_f64, audit_decode_vs_full_rel_l2=dec_full,
                  audit_decode_dtype=audit_dtype,
                  audit_decode_prefill_tokens=prefill,
+                 audit_decode_cache_vs_full_rel_l2=cache_full, audit_decode_cache_worst=cache_name,
                  audit_chunked_vs_recurrent_rel_l2=cvr, audit_routing_flips_f32_vs_f64=routing_flips,
                  audit_bands=json.dumps({"f32_vs_f64_logits": BAND_F32_VS_F64_LOGITS, "decode_vs_full": band_dec,
                                          "chunked_vs_recurrent": BAND_CHUNKED_VS_RECURRENT, "routing_flips": 0,
