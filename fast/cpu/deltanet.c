@@ -198,9 +198,12 @@ static void chunk_step(float *o, float *S, const float *q, const float *k, const
     }
     cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasUnit, (blasint)n, (blasint)ldx, 1.0f, L,
                 (blasint)C, X, (blasint)ldx);
+    for (int64_t i = 0; i < n * ldx; i++) X[i] = ftz(X[i]); /* W, U are GEMM operands next */
     /* V' = U - W S, in place of U */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n, (blasint)DV, (blasint)DK, -1.0f, X + DV,
                 (blasint)ldx, S, (blasint)DV, 1.0f, X, (blasint)ldx);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < DV; j++) X[i * ldx + j] = ftz(X[i * ldx + j]); /* V' */
     /* O = (exp(G) o Q) S + P V' */
     for (int64_t i = 0; i < n; i++) {
         float eg = ftz(expf(G[i]));
@@ -222,6 +225,7 @@ static void chunk_step(float *o, float *S, const float *q, const float *k, const
     if (n_upd > 0)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)DK, (blasint)DV, (blasint)n_upd, 1.0f, E,
                     (blasint)DK, X, (blasint)ldx, 1.0f, S, (blasint)DV);
+    for (int64_t i = 0; i < DK * DV; i++) S[i] = ftz(S[i]); /* the next chunk's GEMM operand */
 }
 
 static void chunked_impl(float *o, float *state, const float *q, const float *k, const float *v, const float *g,
