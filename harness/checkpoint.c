@@ -211,6 +211,18 @@ void q3n_model_close(struct q3n_model *model)
     free(model);
 }
 
+static enum q3n_status open_checkpoint(struct q3n_model **out, const char *dir, int convert, struct q3n_error *err);
+
+enum q3n_status q3n_model_open(struct q3n_model **out, const char *dir, struct q3n_error *err)
+{
+    return open_checkpoint(out, dir, 1, err);
+}
+
+enum q3n_status q3n_checkpoint_check(struct q3n_model **out, const char *dir, struct q3n_error *err)
+{
+    return open_checkpoint(out, dir, 0, err);
+}
+
 const struct q3n_safetensors *q3n_model_tensors(const struct q3n_model *model)
 {
     if (!model || model->release != checkpoint_release || !model->owner) return NULL;
@@ -336,7 +348,27 @@ static int has_tensor(const struct q3n_safetensors *st, const char *fmt, int64_t
     return q3n_safetensors_find(st, name) != NULL;
 }
 
-enum q3n_status q3n_model_open(struct q3n_model **out, const char *dir, struct q3n_error *err)
+/* Every F64 tensor must hold float32 values exactly (checked without converting anything). */
+static enum q3n_status check_f64_exact(const struct plan *p, const struct q3n_safetensors *st, struct q3n_error *err)
+{
+    for (int64_t i = 0; i < p->n; i++) {
+        const struct q3n_st_tensor *t = p->e[i].t;
+        if (t->dtype != Q3N_ST_F64) continue;
+        const unsigned char *b = t->data;
+        for (int64_t k = 0; k < t->numel; k++) {
+            double d;
+            memcpy(&d, b + 8 * k, sizeof d);
+            if ((double)(float)d != d && d == d)
+                return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "%s: tensor %s: F64 value %.17g at index %lld is not "
+                                     "exactly a float32; q3n will not narrow weights silently",
+                                     q3n_safetensors_shard_path(st, t->shard), t->name, d, (long long)k);
+        }
+    }
+    return Q3N_OK;
+}
+
+/* Opens and checks a checkpoint; converts the weights only when `convert`. */
+static enum q3n_status open_checkpoint(struct q3n_model **out, const char *dir, int convert, struct q3n_error *err)
 {
     enum q3n_status st = Q3N_OK;
     struct plan plan = {0};
@@ -404,6 +436,16 @@ enum q3n_status q3n_model_open(struct q3n_model **out, const char *dir, struct q
     }
     st = match_plan(&plan, o->st, dir, err);
     if (st != Q3N_OK) goto cleanup;
+    if (!convert) {
+        st = check_f64_exact(&plan, o->st, err);
+        if (st != Q3N_OK) goto cleanup;
+        /* no weight is valid: leave every pointer NULL rather than half-filled */
+        free(model->weights.layers);
+        model->weights.layers = NULL;
+        memset(&model->weights.mtp, 0, sizeof model->weights.mtp);
+        model->weights.mtp.layer_is_sparse = mtp_sparse;
+        goto cleanup;
+    }
 
     /* Convert what cannot be used in place, into one buffer. */
     size_t total = 0;

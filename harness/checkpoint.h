@@ -40,6 +40,14 @@ struct q3n_checkpoint_layout {
 enum q3n_status q3n_checkpoint_write(const char *dir, const struct q3n_model *model,
                                      const struct q3n_checkpoint_layout *layout, struct q3n_error *err);
 
+/* Everything q3n_model_open checks (config, safetensors headers, FP8 refusal, every tensor's
+ * name, shape and dtype against the config, F64 exactness) without converting or copying any
+ * weight: for `q3n inspect` on checkpoints too large to convert (the 80B release in BF16 would
+ * need 320 GB as float32). The returned model has config, dir and q3n_model_tensors, but
+ * weights.layers is NULL and every weight pointer is NULL: do not run it. Close with
+ * q3n_model_close. */
+enum q3n_status q3n_checkpoint_check(struct q3n_model **model, const char *dir, struct q3n_error *err);
+
 /* For `q3n inspect`: the mapped tensors of an opened checkpoint (NULL for synthetic models).
  * Lives as long as the model. */
 const struct q3n_safetensors *q3n_model_tensors(const struct q3n_model *model);

@@ -1,6 +1,7 @@
-/* cmd_inspect.c — `q3n inspect --model DIR`: open a checkpoint folder exactly as every other
- * command does (config.json validated, every tensor matched against the config, weights
- * converted), then print the config summary and the tensor inventory.
+/* cmd_inspect.c — `q3n inspect --model DIR`: check a checkpoint folder as every other command
+ * does when it opens one (config.json validated, safetensors headers, every tensor matched
+ * against the config, F64 exactness) but without converting weights, so it also works on
+ * checkpoints larger than memory; then print the config summary and the tensor inventory.
  * Exit 0 when the checkpoint is usable; 2 with one line on stderr on any problem. */
 #include <stdio.h>
 #include <string.h>
@@ -114,7 +115,7 @@ int q3n_cmd_inspect(int argc, char **argv)
     }
     struct q3n_model *model = NULL;
     struct q3n_error err = {0};
-    if (q3n_model_open(&model, dir, &err) != Q3N_OK) {
+    if (q3n_checkpoint_check(&model, dir, &err) != Q3N_OK) {
         for (char *p = err.msg; *p; p++) /* names from files may hold control characters: keep one line */
             if ((unsigned char)*p < 0x20) *p = '?';
         fprintf(stderr, "q3n inspect: %s error: %s\n", q3n_status_name(err.status), err.msg);

@@ -302,6 +302,103 @@ static void test_a_failed_write_leaves_nothing_behind(void **state)
     q3n_model_close(m);
 }
 
+/* Rewrites DIR/model.safetensors with model.norm.weight stored as F64 (its float values, and
+ * 0.1 at index 1 when `inexact`), every other tensor copied as it is. */
+static void rewrite_norm_as_f64(const char *dir, int inexact)
+{
+    char path[256], tmp[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(tmp, sizeof tmp, "%s/new.safetensors", dir);
+    struct q3n_safetensors *st = NULL;
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_safetensors_open(&st, path, &err), Q3N_OK);
+    int64_t n = q3n_safetensors_count(st);
+    /* header: every tensor in file order, norm as F64 */
+    char *hdr = malloc(1 << 20);
+    assert_non_null(hdr);
+    size_t len = (size_t)snprintf(hdr, 1 << 20, "{");
+    uint64_t off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const struct q3n_st_tensor *t = q3n_safetensors_at(st, i);
+        int is_norm = strcmp(t->name, "model.norm.weight") == 0;
+        uint64_t bytes = is_norm ? (uint64_t)t->numel * 8 : t->nbytes;
+        len += (size_t)snprintf(hdr + len, (1 << 20) - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "",
+                                t->name, is_norm ? "F64" : q3n_st_dtype_name(t->dtype));
+        for (int d = 0; d < t->rank; d++)
+            len += (size_t)snprintf(hdr + len, (1 << 20) - len, "%s%lld", d ? "," : "", (long long)t->dims[d]);
+        len += (size_t)snprintf(hdr + len, (1 << 20) - len, "],\"data_offsets\":[%llu,%llu]}",
+                                (unsigned long long)off, (unsigned long long)(off + bytes));
+        off += bytes;
+    }
+    len += (size_t)snprintf(hdr + len, (1 << 20) - len, "}");
+    while (len % 8) hdr[len++] = ' ';
+    FILE *f = fopen(tmp, "wb");
+    assert_non_null(f);
+    uint64_t hl = len;
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(hl >> (8 * i));
+    fwrite(le, 1, 8, f);
+    fwrite(hdr, 1, len, f);
+    for (int64_t i = 0; i < n; i++) {
+        const struct q3n_st_tensor *t = q3n_safetensors_at(st, i);
+        if (strcmp(t->name, "model.norm.weight") != 0) {
+            fwrite(t->data, 1, t->nbytes, f);
+            continue;
+        }
+        const float *x = t->data;
+        for (int64_t k = 0; k < t->numel; k++) {
+            double d = (inexact && k == 1) ? 0.1 : (double)x[k];
+            fwrite(&d, sizeof d, 1, f);
+        }
+    }
+    fclose(f);
+    free(hdr);
+    q3n_safetensors_close(st);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+static void test_f64_weights_load_only_when_exact(void **state)
+{
+    struct fixture *fx = *state;
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/f64", fx->dir);
+    struct q3n_model *m = synth("tiny", 8), *back = NULL;
+    struct q3n_checkpoint_layout layout = {Q3N_ST_F32, 0, 1};
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_checkpoint_write(dir, m, &layout, &err), Q3N_OK);
+    rewrite_norm_as_f64(dir, 0);
+    if (q3n_model_open(&back, dir, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    cmp_models(m, back, 0); /* exact float values survive the F64 detour */
+    q3n_model_close(back);
+    rewrite_norm_as_f64(dir, 1);
+    for (int check_only = 0; check_only < 2; check_only++) {
+        enum q3n_status st = check_only ? q3n_checkpoint_check(&back, dir, &err) : q3n_model_open(&back, dir, &err);
+        assert_int_equal(st, Q3N_ERR_UNSUPPORTED);
+        assert_null(back);
+        assert_non_null(strstr(err.msg, "model.norm.weight: F64 value 0.10000000000000001 at index 1"));
+    }
+    q3n_model_close(m);
+}
+
+static void test_checking_a_checkpoint_converts_nothing(void **state)
+{
+    struct fixture *fx = *state;
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/chk", fx->dir);
+    struct q3n_model *m = synth("odd", 8), *back = NULL;
+    struct q3n_checkpoint_layout layout = {Q3N_ST_BF16, 1, 2};
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_checkpoint_write(dir, m, &layout, &err), Q3N_OK);
+    if (q3n_checkpoint_check(&back, dir, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_memory_equal(&back->config, &m->config, sizeof m->config);
+    assert_null(back->weights.layers);
+    assert_null(back->weights.embed_tokens);
+    assert_null(back->weights.mtp.fc);
+    assert_non_null(q3n_model_tensors(back));
+    q3n_model_close(back);
+    q3n_model_close(m);
+}
+
 /* ---- the bad-input corpus ---------------------------------------------------------------------------- */
 
 #define BAD_DIR "harness/testdata/bad"
@@ -437,6 +534,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_mtp_tensors_switch_the_mtp_head_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mismatches_are_all_listed_in_one_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_write_leaves_nothing_behind, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_f64_weights_load_only_when_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checking_a_checkpoint_converts_nothing, setup, teardown),
         cmocka_unit_test(test_every_bad_checkpoint_is_refused_with_its_status_and_a_named_cause),
         cmocka_unit_test(test_inspect_exits_2_with_one_line_on_every_bad_checkpoint),
         cmocka_unit_test_setup_teardown(test_inspect_prints_the_summary_and_inventory_of_good_checkpoints, setup,
