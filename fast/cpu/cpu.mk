@@ -8,3 +8,19 @@ BENCH_ARGS ?=
 
 bench: $(BUILD)/q3n
 	$(BUILD)/q3n bench --impl cpu --preset bench-1k --tokens 1024 --decode 16 --repeat 3 --versus ref $(BENCH_ARGS)
+
+# `make verify-cpu` (in CHECK_EXTRA, ~1 s): `q3n verify --impl cpu` on every committed model golden
+# under the default policy, prefill + decode + MTP where the golden has them; bfloat16 goldens
+# (a bf16 run of transformers) are judged in --oracle mode against their float64 oracle.
+# VERIFY_CPU_BF16= (empty) judges the bf16 goldens directly, which fails: a way to see the gate fail.
+VERIFY_CPU_BF16 ?= --oracle
+.PHONY: verify-cpu
+verify-cpu: $(BUILD)/q3n
+	@fail=0; for g in $(filter-out %/delta_rule.h5,$(wildcard golden/data/*.h5)); do \
+	  case $$g in *bf16*) o=$(VERIFY_CPU_BF16);; *) o=;; esac; \
+	  echo "$(BUILD)/q3n verify $$g --impl cpu $$o"; \
+	  out=$$($(BUILD)/q3n verify $$g --impl cpu $$o --quiet 2>&1); rc=$$?; \
+	  echo "$$out" | tail -n 1; \
+	  if [ $$rc -ne 0 ]; then echo "verify-cpu: FAILED (exit $$rc): $$g"; fail=1; fi; \
+	done; test $$fail -eq 0
+CHECK_EXTRA += verify-cpu
