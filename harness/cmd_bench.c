@@ -14,7 +14,9 @@
  * then runs one prefill of the same prompt on the same model with IMPL in the same process,
  * prints its time, the speedup, and how far the two logits are apart (rel L2, max |diff|,
  * argmax agreement); it fails (exit 1) when rel L2 exceeds 1e-4, the float32 logits bound used
- * here. */
+ * here. --checkpoint f32|bf16 writes the synthetic model as a safetensors checkpoint of that
+ * dtype into a temporary folder and benchmarks the model q3n_model_open loads from it (bf16
+ * weights are converted to float32 once, at open: the open time and RSS show that cost). */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,7 +24,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <dirent.h>
+#include <unistd.h>
+
 #include "../fast/cpu/model.h"
+#include "checkpoint.h"
 #include "cmds.h"
 #include "impl.h"
 #include "synth.h"
@@ -50,7 +56,24 @@ static double peak_rss_mib(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: q3n bench --impl cpu|ref|cuda [--preset NAME] [--tokens T] [--decode N] [--threads N]\n"
-                    "                 [--repeat R] [--layers L] [--seed S] [--versus IMPL]\n");
+                    "                 [--repeat R] [--layers L] [--seed S] [--versus IMPL] [--checkpoint f32|bf16]\n");
+}
+
+/* Removes the files of a flat folder, then the folder (the temporary checkpoint). */
+static void remove_flat_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[4096];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
 }
 
 static int parse_i64(const char *s, long long lo, long long *out)
@@ -105,7 +128,7 @@ done:
 
 int q3n_cmd_bench(int argc, char **argv)
 {
-    const char *impl_name = NULL, *preset = "bench-1k", *versus = NULL;
+    const char *impl_name = NULL, *preset = "bench-1k", *versus = NULL, *ckpt = NULL;
     long long T = 1024, N = 16, threads = 0, repeat = 3, layers = 0, seed = 1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -117,6 +140,8 @@ int q3n_cmd_bench(int argc, char **argv)
             preset = v;
         else if (strcmp(a, "--versus") == 0 && v)
             versus = v;
+        else if (strcmp(a, "--checkpoint") == 0 && v && (strcmp(v, "f32") == 0 || strcmp(v, "bf16") == 0))
+            ckpt = v;
         else if (strcmp(a, "--tokens") == 0 && v)
             ok = parse_i64(v, 1, &T);
         else if (strcmp(a, "--decode") == 0 && v)
@@ -176,6 +201,42 @@ int q3n_cmd_bench(int argc, char **argv)
         goto done;
     }
     t_make = now_s() - t_make;
+    char ckdir[4096] = "";
+    double t_write = 0.0, t_open = 0.0, rss_before_open = 0.0;
+    if (ckpt) {
+        const char *tmp = getenv("TMPDIR");
+        char base[2048];
+        snprintf(base, sizeof base, "%s/q3n-bench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(base)) {
+            fprintf(stderr, "q3n bench: cannot create a temporary folder under %s\n", tmp && *tmp ? tmp : "/tmp");
+            goto done;
+        }
+        snprintf(ckdir, sizeof ckdir, "%s/ckpt", base);
+        struct q3n_checkpoint_layout lay = {.dtype = strcmp(ckpt, "bf16") == 0 ? Q3N_ST_BF16 : Q3N_ST_F32,
+                                            .fused_experts = 0, .shards = 1};
+        double t0 = now_s();
+        enum q3n_status wst = q3n_checkpoint_write(ckdir, model, &lay, &err);
+        t_write = now_s() - t0;
+        q3n_model_close(model);
+        model = NULL;
+        if (wst != Q3N_OK) {
+            fprintf(stderr, "q3n bench: writing the %s checkpoint: %s\n", ckpt, err.msg);
+            rmdir(base);
+            goto done;
+        }
+        rss_before_open = peak_rss_mib();
+        t0 = now_s();
+        enum q3n_status ost = q3n_model_open(&model, ckdir, &err);
+        t_open = now_s() - t0;
+        if (ost != Q3N_OK) {
+            fprintf(stderr, "q3n bench: opening the %s checkpoint: %s\n", ckpt, err.msg);
+            remove_flat_dir(ckdir);
+            rmdir(base);
+            goto done;
+        }
+        remove_flat_dir(ckdir); /* the open model keeps what it needs (mapped or converted) */
+        rmdir(base);
+    }
 
     struct q3n_run_options opt;
     q3n_run_options_default(&opt);
@@ -205,6 +266,11 @@ int q3n_cmd_bench(int argc, char **argv)
            seed);
     printf("  model: %.1f s to generate %.0f MiB of float weights\n", t_make,
            (double)q3n_config_param_count(&cfg) * 4.0 / 1048576.0);
+    if (ckpt)
+        printf("  checkpoint: %s safetensors written in %.1f s; q3n_model_open took %.2f s (%s); peak RSS before "
+               "the open %.0f MiB\n",
+               ckpt, t_write, t_open,
+               strcmp(ckpt, "bf16") == 0 ? "bf16 -> float32 conversion once" : "float32 mapped in place", rss_before_open);
 
     double best = -1.0, best_phase[CPU_PHASE_COUNT] = {0};
     for (long long r = 0; r < repeat; r++) {
