@@ -338,6 +338,32 @@ static void test_truncated_and_non_hdf5_files_are_refused(void **state)
     assert_int_equal(q3n_tensorfile_open(&tf, fx->dir, &err), Q3N_ERR_IO);
 }
 
+/* harness/testdata/bad/h5_wrong_schema.h5 (make_h5.py): a golden with the wrong schema. Read
+ * the way the golden schema says, every dataset is refused with file and dataset named. */
+static void test_a_golden_with_the_wrong_schema_is_refused_dataset_by_dataset(void **state)
+{
+    (void)state;
+    const char *path = "harness/testdata/bad/h5_wrong_schema.h5";
+    struct q3n_tensorfile *tf = NULL;
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_tensorfile_open(&tf, path, &err), Q3N_OK);
+    char *text = NULL;
+    assert_int_equal(q3n_tensorfile_read_str(tf, "/config", &text, &err), Q3N_ERR_SHAPE);
+    assert_msg_names(&err, path, "/config: expected a string");
+    int64_t ids[16];
+    struct q3n_tensor_info want_ids = {.dtype = Q3N_DTYPE_I64, .rank = 1, .dims = {6}};
+    assert_int_equal(q3n_tensorfile_read(tf, "/inputs/input_ids", Q3N_DTYPE_I64, ids, 16, &want_ids, &err),
+                     Q3N_ERR_SHAPE);
+    assert_msg_names(&err, path, "/inputs/input_ids: shape [1,2,3], expected [6]");
+    float x[16];
+    assert_int_equal(q3n_tensorfile_read(tf, "/logits", Q3N_DTYPE_F32, x, 16, NULL, &err), Q3N_ERR_SHAPE);
+    assert_msg_names(&err, path, "/logits: unsupported element type");
+    struct q3n_tensor_info info;
+    assert_int_equal(q3n_tensorfile_info(tf, "/tensors/model.embed_tokens.out", &info, &err), Q3N_ERR_SHAPE);
+    assert_msg_names(&err, path, "dtype='bfloat16' on a dataset that is not 16-bit integers");
+    q3n_tensorfile_close(tf);
+}
+
 static void test_nothing_appears_at_the_path_until_commit(void **state)
 {
     struct fixture *fx = *state;
@@ -377,6 +403,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_wrong_rank_dims_dtype_or_capacity_is_a_shape_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_and_non_hdf5_files_are_refused, setup, teardown),
+        cmocka_unit_test(test_a_golden_with_the_wrong_schema_is_refused_dataset_by_dataset),
         cmocka_unit_test_setup_teardown(test_nothing_appears_at_the_path_until_commit, setup, teardown),
     };
     return cmocka_run_group_tests_name("harness_tensorfile", tests, NULL, NULL);
