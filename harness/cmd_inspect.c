@@ -23,7 +23,13 @@ static void usage(FILE *out)
 
 static void print_count(const char *label, int64_t n)
 {
-    printf("%s%lld (%.3f B)\n", label, (long long)n, (double)n / 1e9);
+    double x = (double)n;
+    if (x >= 1e9)
+        printf("%s%lld (%.2f B)\n", label, (long long)n, x / 1e9);
+    else if (x >= 1e6)
+        printf("%s%lld (%.2f M)\n", label, (long long)n, x / 1e6);
+    else
+        printf("%s%lld\n", label, (long long)n);
 }
 
 static void print_summary(const struct q3n_model *m)
