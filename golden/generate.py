@@ -8,15 +8,17 @@
 
 The model is transformers' Qwen3NextForCausalLM (eager attention, eager experts, torch delta
 rule, on CPU), weights random and seeded (golden/randomize.py) or read from --checkpoint. Before
-writing, the generator audits transformers against itself (float32 vs float64 tap by tap,
-prefill + decode vs full forward, chunked vs recurrent delta rule) and stops when a check is out
-of its band, unless --allow-inconsistent.
+writing, the generator audits transformers against itself and stops when a check is out of its
+band, unless --allow-inconsistent: float32 vs float64 tap by tap (stored per tap as the noise
+floor), prefill + decode vs full forward (logits and caches), chunked vs recurrent delta rule on
+the captured inputs, float32/float64 routing agreement, every tap against a numpy float64
+recomputation from its inputs (golden/identities.py), fla vs torch where fla runs, and
+transformers' from_pretrained reading the written checkpoint back into the same weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import importlib.util
 import json
