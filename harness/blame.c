@@ -278,3 +278,128 @@ enum q3n_status q3n_blame_write(FILE *out, const struct q3n_blame_result *res, c
     if (ferror(out)) return q3n_error_set(err, Q3N_ERR_IO, "blame: write error");
     return Q3N_OK;
 }
+
+/* ---- chained vs isolated ------------------------------------------------------------- */
+
+void q3n_isolation_free(struct q3n_isolation *iso)
+{
+    if (!iso) return;
+    free(iso->rows);
+    memset(iso, 0, sizeof *iso);
+}
+
+enum q3n_status q3n_isolation_run(struct q3n_isolation *iso, const struct q3n_tool_run *r, struct q3n_error *err)
+{
+    memset(iso, 0, sizeof *iso);
+    iso->worst = -1;
+    if (!r->golden) return q3n_error_set(err, Q3N_ERR_USAGE, "isolate: a golden with taps is required");
+    float *logits = NULL;
+    struct q3n_intervene ch, is;
+    memset(&ch, 0, sizeof ch);
+    memset(&is, 0, sizeof is);
+    enum q3n_status st = alloc_logits(&logits, r, err);
+    if (st != Q3N_OK) return st;
+    struct q3n_intervene_opts oc = {.record = 1}, oi = {.record = 1, .isolate = 1};
+    st = q3n_tool_forward(r, &oc, &ch, 0, logits, &iso->logits_chained, err);
+    if (st == Q3N_OK) st = q3n_tool_forward(r, &oi, &is, 0, logits, &iso->logits_isolated, err);
+    if (st != Q3N_OK) goto done;
+    iso->rows = calloc(ch.n_records ? ch.n_records : 1, sizeof *iso->rows);
+    if (!iso->rows) {
+        st = q3n_error_set(err, Q3N_ERR_NOMEM, "isolate: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < ch.n_records; i++) {
+        struct q3n_isolation_row *row = &iso->rows[iso->n++];
+        const struct q3n_tap_record *c = &ch.records[i];
+        const struct q3n_tap_record *x = q3n_intervene_find(&is, c->name);
+        snprintf(row->name, sizeof row->name, "%s", c->name);
+        row->chained = c->in_golden ? c->rel_l2 : NAN;
+        row->isolated = x && x->in_golden ? x->rel_l2 : NAN;
+        row->live = x && x->replaced;
+        iso->not_live += !c->live;
+        if (!isnan(row->isolated) && (iso->worst < 0 || row->isolated > iso->rows[iso->worst].isolated))
+            iso->worst = (long)(iso->n - 1);
+    }
+done:
+    q3n_intervene_free(&ch);
+    q3n_intervene_free(&is);
+    free(logits);
+    if (st != Q3N_OK) q3n_isolation_free(iso);
+    return st;
+}
+
+static void iso_svg(FILE *out, const struct q3n_isolation *iso)
+{
+    const int W = 900, H = 320, L = 60, B = 30, T = 20;
+    double lo = -9, hi = 0;
+    for (size_t i = 0; i < iso->n; i++) {
+        double v[2] = {iso->rows[i].chained, iso->rows[i].isolated};
+        for (int k = 0; k < 2; k++)
+            if (v[k] > 0 && log10(v[k]) > hi) hi = ceil(log10(v[k]));
+    }
+    fprintf(out, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"monospace\" "
+                 "font-size=\"11\">\n",
+            W, H);
+    for (int e = (int)lo; e <= (int)hi; e++) {
+        double y = T + (H - T - B) * (hi - e) / (hi - lo);
+        fprintf(out, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"4\" y=\"%.1f\">1e%d</text>\n", L,
+                W - 10, y, y, y + 4, e);
+    }
+    const char *color[2] = {"#2e86c1", "#c0392b"}, *label[2] = {"chained", "isolated"};
+    for (int k = 0; k < 2; k++) {
+        fprintf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", color[k]);
+        for (size_t i = 0; i < iso->n; i++) {
+            double v = k == 0 ? iso->rows[i].chained : iso->rows[i].isolated;
+            if (isnan(v)) continue;
+            double lv = v > 0 ? log10(v) : lo;
+            if (lv < lo) lv = lo;
+            double x = L + (W - L - 10) * (iso->n > 1 ? (double)i / (double)(iso->n - 1) : 0.5);
+            double y = T + (H - T - B) * (hi - lv) / (hi - lo);
+            fprintf(out, "%.1f,%.1f ", x, y);
+        }
+        fprintf(out, "\"/><text x=\"%d\" y=\"%d\" fill=\"%s\">%s</text>\n", L + 10 + 90 * k, H - 8, color[k], label[k]);
+    }
+    fprintf(out, "<text x=\"%d\" y=\"%d\">rel_l2 per tap, execution order (%zu taps; zero drawn at 1e%d)</text>\n</svg>\n",
+            L + 200, H - 8, iso->n, (int)lo);
+}
+
+enum q3n_status q3n_isolation_write(FILE *out, const struct q3n_isolation *iso, const char *format, int top,
+                                    struct q3n_error *err)
+{
+    int md = strcmp(format, "md") == 0, html = strcmp(format, "html") == 0, text = strcmp(format, "text") == 0;
+    if (!md && !html && !text)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "isolate: unknown format '%s' (text, md or html)", format);
+    const struct q3n_isolation_row *w = iso->worst >= 0 ? &iso->rows[iso->worst] : NULL;
+    if (html) fprintf(out, "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>q3n isolate</title></head><body>\n<h1>chained vs isolated</h1>\n<p>");
+    if (md) fprintf(out, "## chained vs isolated\n\n");
+    if (w)
+        fprintf(out, "largest isolated error (the module to look at first): %s%s%s  isolated rel_l2 %.4g, chained %.4g\n",
+                md ? "`" : "", w->name, md ? "`" : "", w->isolated, w->chained);
+    fprintf(out, "%slogits: chained rel_l2 %.4g, isolated %.4g\n", html ? "<br>" : md ? "\n" : "", iso->logits_chained,
+            iso->logits_isolated);
+    if (iso->not_live)
+        fprintf(out, "%s%zu taps were not emitted live: their consumers ran on the implementation's values\n",
+                html ? "<br>" : md ? "\n" : "", iso->not_live);
+    if (html) {
+        fprintf(out, "</p>\n");
+        iso_svg(out, iso);
+        fprintf(out, "<table border=\"1\" cellpadding=\"3\"><tr><th>tap</th><th>chained rel_l2</th><th>isolated rel_l2</th></tr>\n");
+    } else if (md) {
+        fprintf(out, "\n| tap | chained rel_l2 | isolated rel_l2 |\n|---|---|---|\n");
+    } else {
+        fprintf(out, "  %-60s %14s %14s\n", "tap", "chained", "isolated");
+    }
+    size_t shown = 0;
+    for (size_t i = 0; i < iso->n; i++) {
+        const struct q3n_isolation_row *row = &iso->rows[i];
+        if (top > 0 && shown >= (size_t)top && (long)i != iso->worst) continue;
+        shown++;
+        const char *mark = (long)i == iso->worst ? " <==" : "";
+        if (html) fprintf(out, "<tr><td>%s%s</td><td>%.4g</td><td>%.4g</td></tr>\n", row->name, mark, row->chained, row->isolated);
+        else if (md) fprintf(out, "| `%s`%s | %.4g | %.4g |\n", row->name, mark, row->chained, row->isolated);
+        else fprintf(out, "  %-60s %14.4g %14.4g%s\n", row->name, row->chained, row->isolated, mark);
+    }
+    if (html) fprintf(out, "</table>\n</body></html>\n");
+    if (ferror(out)) return q3n_error_set(err, Q3N_ERR_IO, "isolate: write error");
+    return Q3N_OK;
+}

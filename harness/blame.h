@@ -74,4 +74,30 @@ enum q3n_status q3n_blame_write(FILE *out, const struct q3n_blame_result *res, c
 /* The SVG bar plot alone (horizontal bars, one per layer, ranked). */
 void q3n_blame_svg(FILE *out, const struct q3n_blame_result *res);
 
+/* ---- chained and isolated errors side by side (`q3n isolate`, `verify --isolated`) ----------
+ * Chained: the implementation runs on its own outputs (how error grows). Isolated: every live
+ * tap the golden holds is compared and then replaced by the golden's value, so each operation
+ * runs on golden inputs (which module is wrong). `worst` is the tap with the largest isolated
+ * error relative to its chained error's floor: the module to look at first. */
+struct q3n_isolation_row {
+    char name[Q3N_TAP_NAME_MAX];
+    double chained;   /* rel_l2, NaN when the golden lacks the tap */
+    double isolated;  /* rel_l2 on golden inputs; NaN when not compared */
+    int live;         /* replaced in the isolated run (its consumers ran on golden values) */
+};
+
+struct q3n_isolation {
+    size_t n;
+    struct q3n_isolation_row *rows; /* execution order */
+    long worst;                     /* index of the largest isolated rel_l2, -1 if none */
+    double logits_chained, logits_isolated;
+    size_t not_live;                /* taps emitted without a writable buffer */
+};
+
+enum q3n_status q3n_isolation_run(struct q3n_isolation *iso, const struct q3n_tool_run *r, struct q3n_error *err);
+void q3n_isolation_free(struct q3n_isolation *iso); /* accepts NULL */
+/* format "text", "md" or "html" (html draws both curves, log10 rel_l2 per tap, as SVG). */
+enum q3n_status q3n_isolation_write(FILE *out, const struct q3n_isolation *iso, const char *format, int top,
+                                    struct q3n_error *err);
+
 #endif

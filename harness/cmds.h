@@ -16,5 +16,6 @@ int q3n_cmd_bisect_precision(int argc, char **argv);
 int q3n_cmd_bisect_layers(int argc, char **argv);
 int q3n_cmd_determinism(int argc, char **argv);
 int q3n_cmd_baseline(int argc, char **argv);
+int q3n_cmd_isolate(int argc, char **argv);
 
 #endif

@@ -139,6 +139,33 @@ static void reports_list_the_culprit_first_in_every_format(void **state)
     q3n_blame_free(&res);
 }
 
+static void isolation_names_the_wrong_module_and_keeps_both_errors(void **state)
+{
+    struct fixture *fx = *state;
+    struct q3n_tool_run r = fake_run(fx, "fake_mixer_layer1");
+    struct q3n_isolation iso;
+    struct q3n_error err;
+    if (q3n_isolation_run(&iso, &r, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    assert_true(iso.worst >= 0);
+    assert_string_equal(iso.rows[iso.worst].name, "model.layers.1.linear_attn.out");
+    assert_int_equal(iso.not_live, 0);
+    int later = 0;
+    for (size_t i = (size_t)iso.worst + 1; i < iso.n; i++) {
+        assert_true(iso.rows[i].isolated == 0.0); /* ran on golden inputs */
+        later += iso.rows[i].chained > 0;           /* the chained run carries the error on */
+    }
+    assert_true(later > 5);
+    assert_true(iso.logits_isolated == 0.0 && iso.logits_chained > 1e-4);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_int_equal(q3n_isolation_write(f, &iso, "html", 0, &err), Q3N_OK);
+    fclose(f);
+    assert_non_null(strstr(buf, "<polyline"));
+    free(buf);
+    q3n_isolation_free(&iso);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -146,6 +173,7 @@ int main(void)
         cmocka_unit_test(blame_ranks_a_weak_op_layer_first_under_emulated_bf16),
         cmocka_unit_test(forcing_the_golden_routing_removes_a_flips_error),
         cmocka_unit_test(reports_list_the_culprit_first_in_every_format),
+        cmocka_unit_test(isolation_names_the_wrong_module_and_keeps_both_errors),
     };
     return cmocka_run_group_tests_name("harness_blame", tests, setup, teardown);
 }
