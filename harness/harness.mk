@@ -8,3 +8,5 @@ DEMO_ARGS   ?=
 
 demo: $(BUILD)/q3n
 	$(BUILD)/q3n verify $(DEMO_GOLDEN) --impl $(DEMO_IMPL) $(DEMO_ARGS)
+
+CHECK_EXTRA += demo

@@ -21,6 +21,7 @@
 #include "tensorfile.h"
 #include "testkit.h"
 #include "verify.h"
+#include "weights.h"
 
 enum { T = 8, D = 16, NV = 2, DK = 4, DV = 4, E = 8, K = 2, V = 32, LAYERS = 2 };
 #define NEAR_TOKEN 3  /* layer 1: experts k and k+1 within 1e-6 in probability */
@@ -515,6 +516,104 @@ static void oracle_mode_judges_against_k_times_the_recorded_low_precision_error(
     unlink(g64);
 }
 
+/* ---- the committed goldens, with the reference implementation ---- */
+
+static struct q3n_result *verify_golden(const char *golden, const struct q3n_verify_options *opt)
+{
+    char ckpt[4096];
+    struct q3n_model *model = NULL;
+    struct q3n_result *r = NULL;
+    struct q3n_error err = {0};
+    check(q3n_verify_checkpoint(ckpt, sizeof ckpt, golden, &err), &err);
+    check(q3n_model_open(&model, ckpt, &err), &err);
+    check(q3n_verify_model(&r, golden, model, opt, &err), &err);
+    q3n_model_close(model);
+    return r;
+}
+
+static struct q3n_policy *default_policy(void)
+{
+    struct q3n_policy *p = NULL;
+    struct q3n_error err = {0};
+    check(q3n_policy_load(&p, "harness/policy/default.policy", &err), &err);
+    return p;
+}
+
+static enum q3n_status count_one(void *user, const char *name, struct q3n_error *err)
+{
+    (void)name;
+    (void)err;
+    (*(int64_t *)user)++;
+    return Q3N_OK;
+}
+
+static void verify_ref_passes_on_every_committed_golden(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *golden;
+        int oracle, extras; /* extras: logits, mtp_logits, decode/logits */
+    } cases[] = {
+        {"golden/data/tiny_f32.h5", 0, 1},    {"golden/data/tiny_decode.h5", 0, 2},
+        {"golden/data/odd_f32.h5", 0, 2},     {"golden/data/odd_decode.h5", 0, 3},
+        {"golden/data/long_f32.h5", 0, 1},    {"golden/data/tiny_f64.h5", 0, 1},
+        {"golden/data/tiny_bf16.h5", 1, 1},   {"golden/data/tiny_f64.h5", 1, 1},
+    };
+    struct q3n_policy *p = default_policy();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct q3n_verify_options o = {.impl = "ref", .dtype = Q3N_COMPUTE_F32, .policy = p, .oracle = cases[i].oracle};
+        struct q3n_result *r = verify_golden(cases[i].golden, &o);
+        struct q3n_tensorfile *tf;
+        struct q3n_error err = {0};
+        int64_t taps = 0;
+        check(q3n_tensorfile_open(&tf, cases[i].golden, &err), &err);
+        check(q3n_tensorfile_list(tf, "/tensors", count_one, &taps, &err), &err);
+        q3n_tensorfile_close(tf);
+        if (q3n_result_exit_code(r) != 0 || r->n_only_a || r->n_only_b || r->n_tensors != taps + cases[i].extras) {
+            char *buf = NULL;
+            size_t len = 0;
+            FILE *out = open_memstream(&buf, &len);
+            q3n_report_text(out, r, NULL, &err);
+            fclose(out);
+            fputs(buf, stderr);
+            free(buf);
+            fail_msg("%s (oracle %d): exit %d, %lld tensors for %lld taps + %d extras, %lld/%lld on one side",
+                     cases[i].golden, cases[i].oracle, q3n_result_exit_code(r), (long long)r->n_tensors,
+                     (long long)taps, cases[i].extras, (long long)r->n_only_a, (long long)r->n_only_b);
+        }
+        assert_string_equal(r->mode, cases[i].oracle ? "oracle" : "tolerance");
+        assert_non_null(strstr(r->kernels, "ref"));
+        q3n_result_free(r);
+    }
+    q3n_policy_free(p);
+}
+
+static void planted_bugs_are_named_as_the_first_divergence(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *bug, *golden, *first;
+    } cases[] = {
+        {"norm_no_offset", "golden/data/tiny_f32.h5", "model.layers.0.input_layernorm.out"},
+        {"rope_wrong_half", "golden/data/tiny_f32.h5", "model.layers.1.self_attn.q_rope"},
+        {"chunk_off_by_one", "golden/data/tiny_f32.h5", "model.layers.0.linear_attn.final_state"},
+        {"chunk_off_by_one", "golden/data/odd_f32.h5", "model.layers.1.linear_attn.core_out"},
+        {"router_flip_layer0", "golden/data/tiny_f32.h5", "model.layers.0.mlp.gate.topk_idx"},
+        {"weak_gated_norm_layer1", "golden/data/odd_f32.h5", "model.layers.1.linear_attn.norm.out"},
+    };
+    struct q3n_policy *p = default_policy();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct q3n_verify_options o = {.impl = "ref", .dtype = Q3N_COMPUTE_F32, .policy = p, .test_bug = cases[i].bug};
+        struct q3n_result *r = verify_golden(cases[i].golden, &o);
+        if (r->first_divergence < 0 || strcmp(r->tensors[r->first_divergence].name, cases[i].first) != 0)
+            fail_msg("%s on %s: first divergence %s, expected %s", cases[i].bug, cases[i].golden,
+                     r->first_divergence < 0 ? "none" : r->tensors[r->first_divergence].name, cases[i].first);
+        assert_int_equal(q3n_result_exit_code(r), 1);
+        q3n_result_free(r);
+    }
+    q3n_policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +625,8 @@ int main(void)
         cmocka_unit_test(names_on_one_side_are_listed_not_fatal),
         cmocka_unit_test(a_missing_file_is_an_input_error_naming_it),
         cmocka_unit_test(oracle_mode_judges_against_k_times_the_recorded_low_precision_error),
+        cmocka_unit_test(verify_ref_passes_on_every_committed_golden),
+        cmocka_unit_test(planted_bugs_are_named_as_the_first_divergence),
     };
     return cmocka_run_group_tests_name("harness_verify", tests, setup, teardown);
 }

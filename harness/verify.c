@@ -174,6 +174,14 @@ static void attr_object(struct q3n_tensorfile *ref, char *buf, size_t cap, const
     if (!q3n_tensorfile_exists(ref, buf)) snprintf(buf, cap, "%s", ref_ds + 7); /* /oracle/logits -> /logits */
 }
 
+/* 1 if a tensor judged so far (the last entry is the one being judged) failed. */
+static int failed_before(const struct q3n_result *r)
+{
+    for (int64_t i = 0; i + 1 < r->n_tensors; i++)
+        if (q3n_verdict_is_failure(r->tensors[i].verdict)) return 1;
+    return 0;
+}
+
 /* ---- float tensors ----------------------------------------------------------------------- */
 
 static enum q3n_status judge_float(struct engine *e, struct q3n_tensor_result *t, const struct cand *c,
@@ -271,6 +279,14 @@ static enum q3n_status judge_float(struct engine *e, struct q3n_tensor_result *t
         if (t->rank >= 1) snprintf(where, sizeof where, "row %lld", (long long)c2[0]);
         snprintf(t->note, sizeof t->note, "%lld NaN/Inf where the reference is finite (first at %s)",
                  (long long)t->m.nonfinite_bad, where);
+    } else if (e->flip_from >= 0 && marked_all && failed_before(e->r)) {
+        /* a whole-sequence tensor (a state) after a flip, with a real failure upstream: the flip
+         * cannot be told apart from that failure, so it explains nothing */
+        t->verdict = Q3N_VERDICT_FAIL;
+        snprintf(t->note, sizeof t->note,
+                 "rel_l2 %.2e > allowed %.2e; depends on every token, so the router flip at %s cannot explain it "
+                 "while earlier tensors fail",
+                 t->m.rel_l2, t->tol.rel_l2, e->flip_at);
     } else if (e->flip_from >= 0) {
         double h;
         int clean_pass = q3n_judge_metrics(&t->clean, &t->tol, budget, &h);
