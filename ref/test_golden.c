@@ -141,9 +141,17 @@ static double logits_rel_l2(struct q3n_tensorfile *tf, const char *dataset, cons
     return e;
 }
 
+static enum q3n_status count_dataset(void *user, const char *name, struct q3n_error *err)
+{
+    (void)name;
+    (void)err;
+    (*(int *)user)++;
+    return Q3N_OK;
+}
+
 struct full_result {
     double logits, mtp_logits; /* rel L2; mtp -1 when the golden has none */
-    int tap_failures, taps;
+    int tap_failures, taps, golden_taps;
     double worst_ratio;
     char worst[Q3N_TAP_NAME_MAX], first_fail[Q3N_TAP_NAME_MAX + 64];
 };
@@ -174,6 +182,8 @@ static void run_full(const char *file, const char *bug, struct full_result *r)
         if (ref_impl.forward_mtp(s, logits, tok, T, &sink, &err) != Q3N_OK) fail_msg("%s", err.msg);
         r->mtp_logits = logits_rel_l2(tf, "/mtp_logits", logits, (T - 1) * V);
     }
+    r->golden_taps = 0;
+    if (q3n_tensorfile_list(tf, "/tensors", count_dataset, &r->golden_taps, &err) != Q3N_OK) fail_msg("%s", err.msg);
     r->tap_failures = g.failures;
     r->taps = g.seen;
     r->worst_ratio = g.worst_ratio;
@@ -199,6 +209,7 @@ static void expect_full_pass(const char *file)
     if (r.mtp_logits >= 0 && !(r.mtp_logits <= LOGITS_TOL))
         fail_msg("%s: mtp_logits rel_l2 %.3g > %.0e", file, r.mtp_logits, LOGITS_TOL);
     if (r.tap_failures) fail_msg("%s: %d taps outside their bound, first %s", file, r.tap_failures, r.first_fail);
+    if (r.taps != r.golden_taps) fail_msg("%s: ref emitted %d of the golden's %d taps", file, r.taps, r.golden_taps);
     assert_true(r.taps > 20);
 }
 
