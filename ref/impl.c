@@ -150,6 +150,7 @@ static void ref_reset(void *session)
     s->cache.mtp_len = 0;
     s->cache.has_previous_state = 0;
     s->last_T = 0;
+    s->broken = 0;
     s->last_pos0 = 0;
     snprintf(s->describe, sizeof s->describe, "%s: no forward yet", ref_impl.name);
 }

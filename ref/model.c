@@ -309,9 +309,12 @@ enum q3n_status ref_model_forward(struct ref_session *s, float *logits, const in
     if (pos0 + T > s->cache.max_tokens)
         return q3n_error_set(err, Q3N_ERR_USAGE, "ref: %lld tokens after %lld exceed max_tokens = %lld", (long long)T,
                              (long long)pos0, (long long)s->cache.max_tokens);
+    if (s->broken)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "ref: a previous forward failed half-way; reset the session");
     TRY(check_tokens(s, tokens, T, pos0, err));
     int recurrent = (T == 1 && s->cache.has_previous_state);
-    /* A failed forward leaves the caches half-updated: the session must be reset. */
+    /* Until this forward completes the caches are half-updated (a tap sink may stop it). */
+    s->broken = 1;
     s->last_T = 0;
 
     ref_embed_forward(b->h, tokens, w->embed_tokens, T, D);
@@ -328,6 +331,7 @@ enum q3n_status ref_model_forward(struct ref_session *s, float *logits, const in
 
     s->cache.len += T;
     s->cache.has_previous_state = 1;
+    s->broken = 0;
     s->last_T = T;
     s->last_pos0 = pos0;
     char path[48];

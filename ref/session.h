@@ -40,6 +40,7 @@ struct ref_session {
     struct ref_cache cache;
     struct ref_scratch s;
     int64_t last_T, last_pos0;             /* the last forward, for forward_mtp */
+    int broken;                            /* a forward failed half-way: caches need a reset */
     char describe[256];
     void *block;                           /* the one allocation */
 };

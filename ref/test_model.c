@@ -232,6 +232,37 @@ static void token_out_of_range_is_a_usage_error_naming_its_position(void **state
     q3n_model_close(m);
 }
 
+static enum q3n_status stop_at_layer_1(void *user, const struct q3n_tap *tap, struct q3n_error *err)
+{
+    (void)user;
+    if (strcmp(tap->name, "model.layers.1.in") == 0) return q3n_error_set(err, Q3N_ERR_IO, "sink: disk full");
+    return Q3N_OK;
+}
+
+/* A sink error stops the forward with the sink's status; the half-updated session then refuses
+ * to continue until reset, after which it equals a fresh one. */
+static void a_failed_forward_requires_a_reset(void **state)
+{
+    (void)state;
+    struct q3n_model *m = make_model("tiny", 1);
+    int64_t tok[6] = {1, 2, 3, 4, 5, 6}, V = m->config.vocab_size;
+    float a[6 * 128], b[6 * 128];
+    struct q3n_tap_sink sink = {.fn = stop_at_layer_1};
+    struct q3n_error err = {0};
+    void *s = open_session(m, 64, 6, NULL), *fresh = open_session(m, 64, 6, NULL);
+    assert_int_equal(ref_impl.forward(s, a, tok, 6, &sink, &err), Q3N_ERR_IO);
+    assert_non_null(strstr(err.msg, "disk full"));
+    assert_int_equal(ref_impl.forward(s, a, tok, 6, NULL, &err), Q3N_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "reset"));
+    ref_impl.reset(s);
+    assert_int_equal(ref_impl.forward(s, a, tok, 6, NULL, &err), Q3N_OK);
+    assert_int_equal(ref_impl.forward(fresh, b, tok, 6, NULL, &err), Q3N_OK);
+    assert_int_equal(memcmp(a, b, (size_t)(6 * V) * sizeof(float)), 0);
+    ref_impl.close(s);
+    ref_impl.close(fresh);
+    q3n_model_close(m);
+}
+
 static void unknown_test_bug_is_refused(void **state)
 {
     (void)state;
@@ -495,6 +526,7 @@ int main(void)
         cmocka_unit_test(chunk_size_does_not_change_the_logits),
         cmocka_unit_test(reset_session_equals_a_fresh_one),
         cmocka_unit_test(token_out_of_range_is_a_usage_error_naming_its_position),
+        cmocka_unit_test(a_failed_forward_requires_a_reset),
         cmocka_unit_test(unknown_test_bug_is_refused),
         cmocka_unit_test(every_golden_format_tap_is_emitted_with_its_shape),
         cmocka_unit_test(mtp_rows_are_causal_in_the_next_token),
