@@ -10,19 +10,22 @@
 #include "dump.h"
 #include "impl.h"
 #include "synth.h"
+#include "tensorfile.h"
 #include "tokens.h"
 #include "weights.h"
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: q3n run (--model DIR | --synth PRESET [--seed N]) --tokens 1,2,3 [--prefill P]\n"
+            "usage: q3n run (--model DIR | --synth PRESET [--seed N]) (--tokens 1,2,3 | --tokens-from F.h5)\n"
+            "               [--prefill P]"
             "               [--impl NAME] [--dump OUT.h5] [--chunk C] [--dtype f32|bf16|f64] [--test-bug NAME]\n"
             "\n"
             "Runs the model on the tokens and prints the argmax token per position.\n"
             "  --model DIR      Hugging Face checkpoint folder (config.json + safetensors)\n"
             "  --synth PRESET   a synthetic model instead (tiny, odd, bench-1k, real-1l, real-4l), weights from --seed\n"
             "  --tokens LIST    comma-separated token ids\n"
+            "  --tokens-from F  the tokens of a golden or dump (its /inputs/input_ids)\n"
             "  --prefill P      run the first P tokens in one forward, the rest one token at a time\n"
             "                   (default: all tokens in one forward)\n"
             "  --impl NAME      implementation (default: the reference)\n"
@@ -81,6 +84,34 @@ cleanup:
     return st;
 }
 
+/* The /inputs/input_ids [T] of a golden or dump, as a malloc'd array. */
+static enum q3n_status read_input_ids(const char *path, int64_t **out, int64_t *n, struct q3n_error *err)
+{
+    struct q3n_tensorfile *tf = NULL;
+    struct q3n_tensor_info info;
+    int64_t *ids = NULL;
+    *out = NULL;
+    *n = 0;
+    enum q3n_status st = q3n_tensorfile_open(&tf, path, err);
+    if (st == Q3N_OK) st = q3n_tensorfile_info(tf, "/inputs/input_ids", &info, err);
+    if (st == Q3N_OK && (info.rank != 1 || info.numel < 1))
+        st = q3n_error_set(err, Q3N_ERR_SHAPE, "%s: /inputs/input_ids has rank %d and %lld elements, want [T >= 1]",
+                           path, info.rank, (long long)info.numel);
+    if (st == Q3N_OK) {
+        ids = malloc((size_t)info.numel * sizeof *ids);
+        if (!ids) st = q3n_error_set(err, Q3N_ERR_NOMEM, "%s: out of memory for %lld tokens", path, (long long)info.numel);
+    }
+    if (st == Q3N_OK) st = q3n_tensorfile_read(tf, "/inputs/input_ids", Q3N_DTYPE_I64, ids, info.numel, NULL, err);
+    if (st == Q3N_OK) {
+        *out = ids;
+        *n = info.numel;
+        ids = NULL;
+    }
+    free(ids);
+    q3n_tensorfile_close(tf);
+    return st;
+}
+
 static const char *dtype_name(enum q3n_compute_dtype d)
 {
     switch (d) {
@@ -92,7 +123,7 @@ static const char *dtype_name(enum q3n_compute_dtype d)
 }
 
 struct run_args {
-    const char *model_dir, *synth, *tokens, *impl, *dump, *test_bug, *dtype;
+    const char *model_dir, *synth, *tokens, *tokens_from, *impl, *dump, *test_bug, *dtype;
     int64_t prefill, chunk, seed;
     int help;
 };
@@ -116,6 +147,7 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         if (strcmp(o, "--model") == 0) a->model_dir = v;
         else if (strcmp(o, "--synth") == 0) a->synth = v;
         else if (strcmp(o, "--tokens") == 0) a->tokens = v;
+        else if (strcmp(o, "--tokens-from") == 0) a->tokens_from = v;
         else if (strcmp(o, "--impl") == 0) a->impl = v;
         else if (strcmp(o, "--dump") == 0) a->dump = v;
         else if (strcmp(o, "--test-bug") == 0) a->test_bug = v;
@@ -138,8 +170,8 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         fprintf(stderr, "q3n run: give exactly one of --model DIR or --synth PRESET\n");
         return 0;
     }
-    if (!a->tokens) {
-        fprintf(stderr, "q3n run: --tokens is required\n");
+    if (!a->tokens == !a->tokens_from) {
+        fprintf(stderr, "q3n run: give exactly one of --tokens LIST or --tokens-from FILE.h5\n");
         return 0;
     }
     return 1;
@@ -166,7 +198,8 @@ int q3n_cmd_run(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (q3n_parse_tokens(a.tokens, &tokens, &T, &err) != Q3N_OK) goto fail;
+    if (a.tokens && q3n_parse_tokens(a.tokens, &tokens, &T, &err) != Q3N_OK) goto fail;
+    if (a.tokens_from && read_input_ids(a.tokens_from, &tokens, &T, &err) != Q3N_OK) goto fail;
     if (a.prefill < 0) a.prefill = T;
     if (a.prefill < 1 || a.prefill > T) {
         q3n_error_set(&err, Q3N_ERR_USAGE, "--prefill %lld is outside [1, %lld] (the number of tokens)",
