@@ -399,6 +399,44 @@ static void test_checking_a_checkpoint_converts_nothing(void **state)
     q3n_model_close(m);
 }
 
+/* harness/testdata/hf_tiny_bf16 was saved by transformers 5.17 itself (make_hf.py): the hub's
+ * key names, 12 BF16 shards, tied, a dense layer. Weights must equal torch's own float32
+ * conversion (hf_tiny_bf16_expect.safetensors; the expert row taken from transformers' fused
+ * in-memory gate_up_proj, so the gate-rows-first split is checked too). */
+static void test_a_checkpoint_saved_by_transformers_opens_with_torchs_values(void **state)
+{
+    (void)state;
+    struct q3n_model *m = NULL;
+    struct q3n_error err = {0};
+    if (q3n_model_open(&m, "harness/testdata/hf_tiny_bf16", &err) != Q3N_OK) fail_msg("%s", err.msg);
+    const struct q3n_safetensors *st = q3n_model_tensors(m);
+    assert_int_equal(q3n_safetensors_shard_count(st), 12);
+    int64_t total = 0;
+    for (int64_t i = 0; i < q3n_safetensors_count(st); i++) total += q3n_safetensors_at(st, i)->numel;
+    assert_int_equal(total, q3n_config_param_count(&m->config));
+    assert_ptr_equal(m->weights.lm_head, m->weights.embed_tokens);
+    struct q3n_safetensors *want = NULL;
+    assert_int_equal(q3n_safetensors_open(&want, "harness/testdata/hf_tiny_bf16_expect.safetensors", &err), Q3N_OK);
+    const struct q3n_weights *w = &m->weights;
+    const struct {
+        const char *name;
+        const float *got;
+    } pairs[] = {
+        {"model.embed_tokens.weight", w->embed_tokens},
+        {"model.layers.0.mlp.experts.5.up_proj.weight", w->layers[0].moe.experts[5].up_proj},
+        {"model.layers.0.linear_attn.conv1d.weight", w->layers[0].linear_attn.conv1d},
+        {"model.layers.2.mlp.down_proj.weight", w->layers[2].mlp.down_proj},
+        {"model.layers.4.self_attn.q_proj.weight", w->layers[4].self_attn.q_proj},
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        const struct q3n_st_tensor *t = q3n_safetensors_find(want, pairs[i].name);
+        if (!t || t->dtype != Q3N_ST_F32) fail_msg("%s not in the expect file", pairs[i].name);
+        if (memcmp(pairs[i].got, t->data, t->nbytes) != 0) fail_msg("%s differs from torch's float32", pairs[i].name);
+    }
+    q3n_safetensors_close(want);
+    q3n_model_close(m);
+}
+
 /* ---- the bad-input corpus ---------------------------------------------------------------------------- */
 
 #define BAD_DIR "harness/testdata/bad"
@@ -536,6 +574,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_a_failed_write_leaves_nothing_behind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_f64_weights_load_only_when_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checking_a_checkpoint_converts_nothing, setup, teardown),
+        cmocka_unit_test(test_a_checkpoint_saved_by_transformers_opens_with_torchs_values),
         cmocka_unit_test(test_every_bad_checkpoint_is_refused_with_its_status_and_a_named_cause),
         cmocka_unit_test(test_inspect_exits_2_with_one_line_on_every_bad_checkpoint),
         cmocka_unit_test_setup_teardown(test_inspect_prints_the_summary_and_inventory_of_good_checkpoints, setup,
