@@ -23,6 +23,7 @@ static const struct command commands[] = {
     {"bisect-layers", q3n_cmd_bisect_layers, "first diverging tap of two dumps and where error grows"},
     {"determinism", q3n_cmd_determinism, "taps on/off and run-to-run bitwise ledger of an implementation"},
     {"isolate", q3n_cmd_isolate, "chained and isolated (golden inputs per op) errors per tap, side by side"},
+    {"calibrate", q3n_cmd_calibrate, "derive tolerances from measured noise (goldens, thread/chunk variants, seeds)"},
     {"baseline", q3n_cmd_baseline, "fail when any tensor's error grew by more than F times vs a saved result"},
 };
 

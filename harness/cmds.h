@@ -17,5 +17,6 @@ int q3n_cmd_bisect_layers(int argc, char **argv);
 int q3n_cmd_determinism(int argc, char **argv);
 int q3n_cmd_baseline(int argc, char **argv);
 int q3n_cmd_isolate(int argc, char **argv);
+int q3n_cmd_calibrate(int argc, char **argv);
 
 #endif

@@ -241,9 +241,11 @@ static double value_at(const void *p, enum q3n_dtype dt, int64_t i)
     }
 }
 
-static void tap_error(double *rel_l2, double *max_abs, const void *x, const void *g, enum q3n_dtype dt, int64_t n)
+static void tap_error(double *rel_l2, double *max_abs, double *max_rel, double small, const void *x, const void *g,
+                      enum q3n_dtype dt, int64_t n)
 {
-    double num = 0.0, den = 0.0, mx = 0.0;
+    double num = 0.0, den = 0.0, mx = 0.0, mr = 0.0;
+    *max_rel = NAN;
     if (dt == Q3N_DTYPE_I64) {
         int64_t differ = 0;
         for (int64_t i = 0; i < n; i++) differ += ((const int64_t *)x)[i] != ((const int64_t *)g)[i];
@@ -258,8 +260,12 @@ static void tap_error(double *rel_l2, double *max_abs, const void *x, const void
         den += b * b;
         if (isnan(d)) mx = NAN;
         else if (!isnan(mx) && fabs(d) > mx) mx = fabs(d);
+        double r = fabs(d) / (fabs(b) > small ? fabs(b) : small);
+        if (isnan(r)) mr = NAN;
+        else if (!isnan(mr) && r > mr) mr = r;
     }
     *max_abs = mx;
+    *max_rel = mr;
     if (isnan(num) || isnan(den)) *rel_l2 = NAN;
     else if (den == 0.0) *rel_l2 = num == 0.0 ? 0.0 : INFINITY;
     else *rel_l2 = sqrt(num / den);
@@ -412,7 +418,10 @@ static enum q3n_status iv_tap(void *user, const struct q3n_tap *tap, struct q3n_
         r->rounded = rounded;
         r->rel_l2 = NAN;
         r->max_abs = NAN;
-        if (in_golden) tap_error(&r->rel_l2, &r->max_abs, tap->data, iv->scratch, tap->dtype, n);
+        r->max_rel = NAN;
+        if (in_golden)
+            tap_error(&r->rel_l2, &r->max_abs, &r->max_rel, o->rel_small > 0 ? o->rel_small : 0.1, tap->data,
+                      iv->scratch, tap->dtype, n);
         r->hash = q3n_fnv1a(tap->data, (size_t)n * esz);
         r->replaced = want_replace && in_golden;
     }

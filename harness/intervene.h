@@ -77,6 +77,7 @@ struct q3n_tap_record {
     int rounded;        /* emulate-bf16 or weak-op rounded it */
     double rel_l2;      /* ||x - g|| / ||g||; for int64 taps the fraction of differing elements */
     double max_abs;
+    double max_rel;     /* max |x - g| / max(|g|, rel_small): the smallest rtol that passes at atol 0 */
     uint64_t hash;      /* FNV-1a 64 over the tap's bytes as observed */
 };
 
@@ -107,6 +108,7 @@ struct q3n_intervene_opts {
                                    bf16's 7 (unless they match fp32 under emulate_bf16) */
     int weak_bits;              /* default 4 when 0 */
     const struct q3n_tap_sink *inner; /* observes the (rounded) taps before replacement; may be NULL */
+    double rel_small;           /* the |g| floor of q3n_tap_record.max_rel (0: 0.1, the policy's default small) */
 };
 
 struct q3n_intervene {

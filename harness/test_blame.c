@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "blame.h"
+#include "calibrate.h"
+#include "policy.h"
 #include "testfake.h"
 #include "testkit.h"
 
@@ -166,6 +168,51 @@ static void isolation_names_the_wrong_module_and_keeps_both_errors(void **state)
     q3n_isolation_free(&iso);
 }
 
+static void calibrated_policy_parses_and_reproduces_itself_but_not_a_loose_one(void **state)
+{
+    struct fixture *fx = *state;
+    struct q3n_calib c;
+    struct q3n_error err;
+    q3n_calib_init(&c, 1.0, 10.0, 0.1);
+    /* benign variants of the fake: bf16 rounding of one op at a time, against the golden */
+    const char *ops[] = {"model.layers.0.linear_attn.out", "model.layers.1.mlp.out", "model.layers.2.out"};
+    for (int i = 0; i < 3; i++) {
+        struct q3n_tool_run r = fake_run(fx, NULL);
+        r.weak_op = ops[i];
+        r.weak_bits = 20;
+        assert_int_equal(q3n_calib_add_run(&c, &r, ops[i], &err), Q3N_OK);
+    }
+    assert_int_equal(c.runs, 3);
+    assert_string_equal(c.pools[0].kind, "*");
+    double qr, qm, tr, tt;
+    q3n_calib_pool_numbers(&c, &c.pools[0], &qr, &qm, &tr, &tt);
+    assert_true(qr > 0 && tr >= 2 * qr * 10 && tr <= 2 * 2.5 * qr * 10); /* a 1-2-5 step above */
+    assert_true(q3n_step125(3.1e-5) == 5e-5 && q3n_step125(1e-4) == 1e-4 && q3n_step125(1.1e-4) == 2e-4);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    q3n_calib_write_policy(f, &c, "test provenance", 1);
+    fclose(f);
+    assert_non_null(strstr(buf, "# test provenance"));
+    struct q3n_policy *pol = NULL;
+    if (q3n_policy_parse(&pol, buf, len, "calibrated", &err) != Q3N_OK) fail_msg("%s\n%s", err.msg, buf);
+    int ok = 0;
+    FILE *devnull = fopen("/dev/null", "w");
+    assert_int_equal(q3n_calib_check(devnull, &c, pol, 1, &ok, &err), Q3N_OK);
+    assert_true(ok);
+    q3n_policy_free(pol);
+    /* a committed policy 100x looser than the evidence is not reproduced */
+    char loose[256];
+    snprintf(loose, sizeof loose, "* float32 rtol=%g atol=0 small=0.1 rel_l2=%g\n", tt, tr * 100);
+    assert_int_equal(q3n_policy_parse(&pol, loose, strlen(loose), "loose", &err), Q3N_OK);
+    assert_int_equal(q3n_calib_check(devnull, &c, pol, 0, &ok, &err), Q3N_OK);
+    assert_false(ok);
+    fclose(devnull);
+    q3n_policy_free(pol);
+    free(buf);
+    q3n_calib_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +221,7 @@ int main(void)
         cmocka_unit_test(forcing_the_golden_routing_removes_a_flips_error),
         cmocka_unit_test(reports_list_the_culprit_first_in_every_format),
         cmocka_unit_test(isolation_names_the_wrong_module_and_keeps_both_errors),
+        cmocka_unit_test(calibrated_policy_parses_and_reproduces_itself_but_not_a_loose_one),
     };
     return cmocka_run_group_tests_name("harness_blame", tests, setup, teardown);
 }

@@ -1,0 +1,194 @@
+/* cmd_calibrate.c — `q3n calibrate`: derive float32 tolerances from measured noise
+ * (harness/calibrate.h) and write them, with provenance, as a policy file. */
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+
+#include "calibrate.h"
+#include "cmds.h"
+#include "goldenrun.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: q3n calibrate [--goldens 'G.h5 ...'] [--impls ref,cpu] [--threads 1,2] [--chunks 4,16,64]\n"
+            "                     [--seeds N] [--synth-preset tiny] [--quantile Q] [--margin M] [--small S]\n"
+            "                     [--per-kind] [--out POLICY] [--check COMMITTED.policy]\n"
+            "Measures the float32 noise floor and derives tolerances from it:\n"
+            "  - every implementation against every float32/float64 golden (default golden/data/*_f32.h5 and\n"
+            "    *_f64.h5), cpu also at each thread count and chunk size;\n"
+            "  - on N synthetic models (seeds 1..N, default 3), cpu variants against the ref run.\n"
+            "rel_l2 and rtol = next 1-2-5 value >= 2 x Q-quantile (default 1: the maximum) x margin\n"
+            "(default 10), the rule harness/policy/default.policy states. --out writes the policy with its\n"
+            "provenance; --check compares with a committed policy (exit 1 when a number is outside the margin).\n"
+            "Exit: 0 ok, 1 --check not reproduced, 2 usage or input error.\n");
+}
+
+/* splits "a,b,c" into up to max items (pointers into a copy) */
+static int split(char *s, char **items, int max)
+{
+    int n = 0;
+    for (char *tok = strtok(s, ", "); tok && n < max; tok = strtok(NULL, ", ")) items[n++] = tok;
+    return n;
+}
+
+int q3n_cmd_calibrate(int argc, char **argv)
+{
+    char goldens_arg[4096] = "", impls_arg[256] = "ref,cpu", threads_arg[256] = "1,2", chunks_arg[256] = "4,16,64";
+    const char *out_path = NULL, *check_path = NULL, *preset = "tiny";
+    double q = 1.0, margin = 10.0, small = 0.1;
+    int seeds = 3, per_kind = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--goldens") && more) snprintf(goldens_arg, sizeof goldens_arg, "%s", argv[++i]);
+        else if (!strcmp(a, "--impls") && more) snprintf(impls_arg, sizeof impls_arg, "%s", argv[++i]);
+        else if (!strcmp(a, "--threads") && more) snprintf(threads_arg, sizeof threads_arg, "%s", argv[++i]);
+        else if (!strcmp(a, "--chunks") && more) snprintf(chunks_arg, sizeof chunks_arg, "%s", argv[++i]);
+        else if (!strcmp(a, "--seeds") && more) seeds = atoi(argv[++i]);
+        else if (!strcmp(a, "--synth-preset") && more) preset = argv[++i];
+        else if (!strcmp(a, "--quantile") && more) q = strtod(argv[++i], NULL);
+        else if (!strcmp(a, "--margin") && more) margin = strtod(argv[++i], NULL);
+        else if (!strcmp(a, "--small") && more) small = strtod(argv[++i], NULL);
+        else if (!strcmp(a, "--per-kind")) per_kind = 1;
+        else if (!strcmp(a, "--out") && more) out_path = argv[++i];
+        else if (!strcmp(a, "--check") && more) check_path = argv[++i];
+        else {
+            fprintf(stderr, "q3n calibrate: bad argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!(q > 0 && q <= 1) || !(margin >= 1) || !(small > 0)) {
+        fprintf(stderr, "q3n calibrate: need 0 < --quantile <= 1, --margin >= 1, --small > 0\n");
+        return 2;
+    }
+    struct q3n_error err;
+    q3n_error_clear(&err);
+    struct q3n_calib c;
+    q3n_calib_init(&c, q, margin, small);
+    struct q3n_policy *committed = NULL;
+    glob_t gl;
+    memset(&gl, 0, sizeof gl);
+    int rc = 2;
+    char impls_copy[256];
+    snprintf(impls_copy, sizeof impls_copy, "%s", impls_arg);
+    char *impls[8], *threads[8], *chunks[8];
+    int n_impls = split(impls_arg, impls, 8), n_threads = split(threads_arg, threads, 8),
+        n_chunks = split(chunks_arg, chunks, 8);
+    char versions[256] = "", impls_given[256];
+    snprintf(impls_given, sizeof impls_given, "%s", impls_arg);
+
+    if (goldens_arg[0]) {
+        char *g[64];
+        int n = split(goldens_arg, g, 64);
+        for (int i = 0; i < n; i++) glob(g[i], i ? GLOB_APPEND : 0, NULL, &gl);
+    } else {
+        glob("golden/data/*_f32.h5", 0, NULL, &gl);
+        glob("golden/data/*_f64.h5", GLOB_APPEND, NULL, &gl);
+    }
+    for (size_t gi = 0; gi < gl.gl_pathc; gi++) {
+        const char *path = gl.gl_pathv[gi];
+        struct q3n_golden_run *g = NULL;
+        if (q3n_golden_run_open(&g, path, NULL, &err) != Q3N_OK) goto fail;
+        if (!versions[0]) {
+            char tv[64] = "?", pv[64] = "?";
+            struct q3n_error e2;
+            q3n_tensorfile_get_attr_str(g->tf, "/", "transformers_version", tv, sizeof tv, &e2);
+            q3n_tensorfile_get_attr_str(g->tf, "/", "torch_version", pv, sizeof pv, &e2);
+            snprintf(versions, sizeof versions, "goldens from transformers %s, torch %s", tv, pv);
+        }
+        for (int ii = 0; ii < n_impls; ii++) {
+            const struct q3n_impl *impl = q3n_impl_find(impls[ii]);
+            if (!impl) continue;
+            int is_cpu = !strcmp(impl->name, "cpu");
+            int nv = is_cpu ? n_threads * n_chunks : 1;
+            for (int v = 0; v < nv; v++) {
+                struct q3n_tool_run r;
+                q3n_golden_run_tool(&r, g, impl);
+                char src[512];
+                if (is_cpu) {
+                    r.opt.n_threads = atoi(threads[v / n_chunks]);
+                    r.opt.chunk_size = atoi(chunks[v % n_chunks]);
+                    snprintf(src, sizeof src, "%s vs %s (threads=%d chunk=%lld)", impl->name, path, r.opt.n_threads,
+                             (long long)r.opt.chunk_size);
+                } else {
+                    snprintf(src, sizeof src, "%s vs %s", impl->name, path);
+                }
+                if (q3n_calib_add_run(&c, &r, src, &err) != Q3N_OK) {
+                    q3n_golden_run_close(g);
+                    goto fail;
+                }
+            }
+        }
+        q3n_golden_run_close(g);
+    }
+    const struct q3n_impl *ref = q3n_impl_find("ref"), *cpu = q3n_impl_find("cpu");
+    for (int s = 1; s <= seeds && ref && cpu; s++) {
+        for (int v = 0; v < n_threads * n_chunks; v++) {
+            struct q3n_run_options o;
+            q3n_run_options_default(&o);
+            o.n_threads = atoi(threads[v / n_chunks]);
+            o.chunk_size = atoi(chunks[v % n_chunks]);
+            char src[256];
+            snprintf(src, sizeof src, "cpu (threads=%d chunk=%lld) vs ref on synthetic '%s' seed %d, T=24", o.n_threads,
+                     (long long)o.chunk_size, preset, s);
+            if (q3n_calib_add_synth(&c, ref, cpu, &o, preset, (uint64_t)s, 24, src, &err) != Q3N_OK) goto fail;
+        }
+    }
+    if (c.runs == 0) {
+        q3n_error_set(&err, Q3N_ERR_USAGE, "no evidence: no golden matched and no synthetic run was possible");
+        goto fail;
+    }
+
+    char prov[2048], commit[64] = "unknown", host[300] = "?", machine[80] = "?", date[32] = "?";
+    FILE *git = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+    if (git) {
+        if (fgets(commit, sizeof commit, git)) commit[strcspn(commit, "\n")] = '\0';
+        if (!commit[0]) snprintf(commit, sizeof commit, "unknown");
+        pclose(git);
+    }
+    struct utsname u;
+    if (uname(&u) == 0) {
+        snprintf(host, sizeof host, "%.64s %.200s", u.sysname, u.release);
+        snprintf(machine, sizeof machine, "%.64s", u.machine);
+    }
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    snprintf(prov, sizeof prov,
+             "calibrated: date=%s q3n=%s machine=%s (%s) compiler=gcc %s\n%s\ncommand: q3n calibrate --impls %s "
+             "--seeds %d --quantile %g --margin %g --small %g",
+             date, commit, machine, host, __VERSION__, versions[0] ? versions : "no goldens", impls_copy, seeds, q,
+             margin, small);
+    FILE *out = stdout;
+    if (out_path && !(out = fopen(out_path, "w"))) {
+        q3n_error_set(&err, Q3N_ERR_IO, "%s: cannot open for writing", out_path);
+        goto fail;
+    }
+    if (out_path || !check_path) q3n_calib_write_policy(out, &c, prov, per_kind);
+    if (out != stdout) fclose(out);
+    rc = 0;
+    if (check_path) {
+        int ok = 0;
+        if (q3n_policy_load(&committed, check_path, &err) != Q3N_OK ||
+            q3n_calib_check(stdout, &c, committed, per_kind, &ok, &err) != Q3N_OK) {
+            rc = 2;
+            goto fail;
+        }
+        rc = ok ? 0 : 1;
+    }
+    goto done;
+fail:
+    fprintf(stderr, "q3n calibrate: %s\n", err.msg);
+done:
+    q3n_policy_free(committed);
+    globfree(&gl);
+    q3n_calib_free(&c);
+    return rc;
+}
