@@ -700,10 +700,9 @@ enum q3n_status q3n_safetensors_write(const char *path, const struct q3n_st_writ
     enum q3n_status st = Q3N_OK;
     FILE *f = NULL;
     char *hdr_text = NULL;
-    cJSON *hdr = cJSON_CreateObject(), *meta = cJSON_CreateObject();
-    int ok = hdr && meta && cJSON_AddItemToObject(hdr, "__metadata__", meta);
-    if (!ok) cJSON_Delete(meta);
-    ok = ok && cJSON_AddStringToObject(meta, "format", "pt");
+    cJSON *hdr = cJSON_CreateObject();
+    cJSON *meta = hdr ? cJSON_AddObjectToObject(hdr, "__metadata__") : NULL;
+    int ok = meta && cJSON_AddStringToObject(meta, "format", "pt");
     uint64_t off = 0;
     for (int64_t i = 0; ok && i < n; i++) {
         const struct q3n_st_write_tensor *t = &tensors[i];
@@ -716,25 +715,17 @@ enum q3n_status q3n_safetensors_write(const char *path, const struct q3n_st_writ
             st = q3n_error_set(err, Q3N_ERR_USAGE, "%s: tensor %s written twice", path, t->name);
             goto cleanup;
         }
-        size_t numel = 1, bytes;
-        cJSON *e = cJSON_CreateObject(), *shape = cJSON_CreateArray(), *offs = cJSON_CreateArray();
-        ok = e && shape && offs && cJSON_AddItemToObject(hdr, t->name, e);
-        if (!ok) {
-            cJSON_Delete(e);
-            cJSON_Delete(shape);
-            cJSON_Delete(offs);
-            break;
-        }
-        ok = cJSON_AddStringToObject(e, "dtype", q3n_st_dtype_name(t->dtype)) && cJSON_AddItemToObject(e, "shape", shape);
-        if (!ok) cJSON_Delete(shape);
-        for (int d = 0; ok && d < t->rank; d++) {
+        size_t numel = 1, bytes = 0;
+        cJSON *e = cJSON_AddObjectToObject(hdr, t->name); /* owned by hdr from here on */
+        ok = e && cJSON_AddStringToObject(e, "dtype", q3n_st_dtype_name(t->dtype));
+        cJSON *shape = ok ? cJSON_AddArrayToObject(e, "shape") : NULL;
+        cJSON *offs = shape ? cJSON_AddArrayToObject(e, "data_offsets") : NULL;
+        ok = offs != NULL;
+        for (int d = 0; ok && d < t->rank; d++)
             ok = q3n_mul_size(&numel, numel, (size_t)t->dims[d]) &&
                  cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->dims[d]));
-        }
         ok = ok && q3n_mul_size(&bytes, numel, q3n_st_dtype_size(t->dtype));
-        ok = ok && cJSON_AddItemToObject(e, "data_offsets", offs);
-        if (!ok) break;
-        ok = cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off)) &&
+        ok = ok && cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off)) &&
              cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + bytes)));
         off += bytes;
     }
