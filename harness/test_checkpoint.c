@@ -303,8 +303,9 @@ static void test_a_failed_write_leaves_nothing_behind(void **state)
 }
 
 /* Rewrites DIR/model.safetensors with model.norm.weight stored as F64 (its float values, and
- * 0.1 at index 1 when `inexact`), every other tensor copied as it is. */
-static void rewrite_norm_as_f64(const char *dir, int inexact)
+ * 0.1 at index 1 when `inexact`), every other tensor copied as it is; `misalign` pads the
+ * header so the data area starts 2 bytes off a 4-byte boundary. */
+static void rewrite_norm_as_f64(const char *dir, int inexact, int misalign)
 {
     char path[256], tmp[256];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -332,6 +333,10 @@ static void rewrite_norm_as_f64(const char *dir, int inexact)
     }
     len += (size_t)snprintf(hdr + len, (1 << 20) - len, "}");
     while (len % 8) hdr[len++] = ' ';
+    if (misalign) {
+        hdr[len++] = ' ';
+        hdr[len++] = ' ';
+    }
     FILE *f = fopen(tmp, "wb");
     assert_non_null(f);
     uint64_t hl = len;
@@ -345,9 +350,13 @@ static void rewrite_norm_as_f64(const char *dir, int inexact)
             fwrite(t->data, 1, t->nbytes, f);
             continue;
         }
-        const float *x = t->data;
-        for (int64_t k = 0; k < t->numel; k++) {
-            double d = (inexact && k == 1) ? 0.1 : (double)x[k];
+        for (int64_t k = 0; k < t->numel; k++) { /* the norm may be F64 already from an earlier rewrite */
+            double d;
+            if (t->dtype == Q3N_ST_F64)
+                memcpy(&d, (const char *)t->data + 8 * k, sizeof d);
+            else
+                d = (double)((const float *)t->data)[k];
+            if (inexact && k == 1) d = 0.1;
             fwrite(&d, sizeof d, 1, f);
         }
     }
@@ -357,7 +366,7 @@ static void rewrite_norm_as_f64(const char *dir, int inexact)
     assert_int_equal(rename(tmp, path), 0);
 }
 
-static void test_f64_weights_load_only_when_exact(void **state)
+static void test_f64_and_misaligned_weights_load_only_when_exact(void **state)
 {
     struct fixture *fx = *state;
     char dir[128];
@@ -366,11 +375,20 @@ static void test_f64_weights_load_only_when_exact(void **state)
     struct q3n_checkpoint_layout layout = {Q3N_ST_F32, 0, 1};
     struct q3n_error err = {0};
     assert_int_equal(q3n_checkpoint_write(dir, m, &layout, &err), Q3N_OK);
-    rewrite_norm_as_f64(dir, 0);
+    rewrite_norm_as_f64(dir, 0, 0);
     if (q3n_model_open(&back, dir, &err) != Q3N_OK) fail_msg("%s", err.msg);
     cmp_models(m, back, 0); /* exact float values survive the F64 detour */
+    const struct q3n_st_tensor *emb = q3n_safetensors_find(q3n_model_tensors(back), "model.embed_tokens.weight");
+    assert_ptr_equal(back->weights.embed_tokens, emb->data); /* aligned F32: used in place */
     q3n_model_close(back);
-    rewrite_norm_as_f64(dir, 1);
+    rewrite_norm_as_f64(dir, 0, 1); /* every F32 tensor now 2 bytes off alignment: copied */
+    if (q3n_model_open(&back, dir, &err) != Q3N_OK) fail_msg("%s", err.msg);
+    cmp_models(m, back, 0);
+    emb = q3n_safetensors_find(q3n_model_tensors(back), "model.embed_tokens.weight");
+    assert_true((uintptr_t)emb->data % 4 == 2);
+    assert_true(back->weights.embed_tokens != emb->data);
+    q3n_model_close(back);
+    rewrite_norm_as_f64(dir, 1, 0);
     for (int check_only = 0; check_only < 2; check_only++) {
         enum q3n_status st = check_only ? q3n_checkpoint_check(&back, dir, &err) : q3n_model_open(&back, dir, &err);
         assert_int_equal(st, Q3N_ERR_UNSUPPORTED);
@@ -572,7 +590,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_mtp_tensors_switch_the_mtp_head_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mismatches_are_all_listed_in_one_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_write_leaves_nothing_behind, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_f64_weights_load_only_when_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_f64_and_misaligned_weights_load_only_when_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checking_a_checkpoint_converts_nothing, setup, teardown),
         cmocka_unit_test(test_a_checkpoint_saved_by_transformers_opens_with_torchs_values),
         cmocka_unit_test(test_every_bad_checkpoint_is_refused_with_its_status_and_a_named_cause),
