@@ -53,31 +53,42 @@ void cpu_rope_forward(float *x, int64_t T, int64_t N, int64_t HD, int64_t rot, i
     }
 }
 
+/* One worker's block workspace: scores [QB,KB], accumulator [QB,HD], row max and sum [QB]. */
+static int64_t block_scratch(int64_t HD)
+{
+    return ((int64_t)QB * KB + (int64_t)QB * HD + 2 * QB + 15) / 16 * 16;
+}
+
 int64_t cpu_attention_scratch(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD)
 {
     (void)T;
     (void)pos0;
     (void)NH;
     (void)NKV;
-    return (int64_t)QB * KB + (int64_t)QB * HD + 2 * QB;
+    return block_scratch(HD) * CPU_MAX_WORKERS;
 }
 
-/* out[t,h,:] = sum_{s <= pos0+t} softmax_s(q_t . k_s / sqrt(HD)) v_s
- * out,q [T,NH,HD]; kc,vc [S,NKV,HD], S = pos0 + T; scratch cpu_attention_scratch(). */
-void cpu_attention_forward(float *out, const float *q, const float *kc, const float *vc, float *scratch, int64_t T,
-                           int64_t pos0, int64_t NH, int64_t NKV, int64_t HD)
+struct attn_job {
+    float *out, *scratch;
+    const float *q, *kc, *vc;
+    int64_t T, pos0, NH, NKV, HD;
+};
+
+/* Query heads [h0, h1) on one worker's workspace. */
+static void attn_heads(void *ctx, int64_t h0, int64_t h1, int worker)
 {
-    Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0);
-    float *Sb = scratch;
+    const struct attn_job *jb = ctx;
+    int64_t T = jb->T, pos0 = jb->pos0, NH = jb->NH, NKV = jb->NKV, HD = jb->HD;
+    float *Sb = jb->scratch + (int64_t)worker * block_scratch(HD);
     float *A = Sb + QB * KB;
     float *m = A + QB * HD;
     float *l = m + QB;
     int64_t rep = NH / NKV;
     int64_t ldq = NH * HD, ldk = NKV * HD;
     float scale = (float)(1.0 / sqrt((double)HD));
-    for (int64_t h = 0; h < NH; h++) {
-        const float *kh = kc + (h / rep) * HD;
-        const float *vh = vc + (h / rep) * HD;
+    for (int64_t h = h0; h < h1; h++) {
+        const float *kh = jb->kc + (h / rep) * HD;
+        const float *vh = jb->vc + (h / rep) * HD;
         for (int64_t t0 = 0; t0 < T; t0 += QB) {
             int64_t nq = T - t0 < QB ? T - t0 : QB;
             int64_t last = pos0 + t0 + nq; /* keys 0 .. last-1 are visible to some query */
@@ -89,7 +100,7 @@ void cpu_attention_forward(float *out, const float *q, const float *kc, const fl
             for (int64_t s0 = 0; s0 < last; s0 += KB) {
                 int64_t nk = last - s0 < KB ? last - s0 : KB;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nq, (blasint)nk, (blasint)HD, scale,
-                            q + (t0 * NH + h) * HD, (blasint)ldq, kh + s0 * ldk, (blasint)ldk, 0.0f, Sb,
+                            jb->q + (t0 * NH + h) * HD, (blasint)ldq, kh + s0 * ldk, (blasint)ldk, 0.0f, Sb,
                             (blasint)KB);
                 for (int64_t i = 0; i < nq; i++) {
                     float *row = Sb + i * KB;
@@ -118,11 +129,22 @@ void cpu_attention_forward(float *out, const float *q, const float *kc, const fl
             }
             for (int64_t i = 0; i < nq; i++) {
                 float inv = 1.0f / l[i];
-                float *o = out + ((t0 + i) * NH + h) * HD;
+                float *o = jb->out + ((t0 + i) * NH + h) * HD;
                 for (int64_t d = 0; d < HD; d++) o[d] = A[i * HD + d] * inv;
             }
         }
     }
+}
+
+/* out[t,h,:] = sum_{s <= pos0+t} softmax_s(q_t . k_s / sqrt(HD)) v_s
+ * out,q [T,NH,HD]; kc,vc [S,NKV,HD], S = pos0 + T; scratch cpu_attention_scratch(). */
+void cpu_attention_forward(float *out, const float *q, const float *kc, const float *vc, float *scratch, int64_t T,
+                           int64_t pos0, int64_t NH, int64_t NKV, int64_t HD)
+{
+    Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0);
+    struct attn_job jb = {.out = out, .scratch = scratch, .q = q, .kc = kc, .vc = vc, .T = T, .pos0 = pos0,
+                          .NH = NH, .NKV = NKV, .HD = HD};
+    cpu_parallel_for(NH, attn_heads, &jb);
 }
 
 /* out = x * sigmoid(gate), n elements. */

@@ -143,10 +143,16 @@ void cpu_delta_rule_recurrent(float *o, float *state, const float *q, const floa
     }
 }
 
+/* One worker's chunk workspace: G [C], L [C,C], P [C,C], X = [U|W] [C, DV+DK], decayed Q or K
+ * [C,DK], rounded up to 64 bytes. */
+static int64_t chunk_scratch(int64_t C, int64_t DK, int64_t DV)
+{
+    return (C + 2 * C * C + C * (DV + DK) + C * DK + 15) / 16 * 16;
+}
+
 int64_t cpu_delta_rule_chunked_scratch(int64_t C, int64_t DK, int64_t DV)
 {
-    /* G [C], L [C,C], P [C,C], X = [U|W] [C, DV+DK], decayed Q or K [C,DK] */
-    return C + 2 * C * C + C * (DV + DK) + C * DK;
+    return chunk_scratch(C, DK, DV) * CPU_MAX_WORKERS;
 }
 
 /* x, or 0 when |x| < FLT_MIN (a subnormal): see the file comment. */
@@ -228,21 +234,39 @@ static void chunk_step(float *o, float *S, const float *q, const float *k, const
     for (int64_t i = 0; i < DK * DV; i++) S[i] = ftz(S[i]); /* the next chunk's GEMM operand */
 }
 
+struct chunked_job {
+    float *o, *state, *scratch;
+    const float *q, *k, *v, *g, *beta;
+    int64_t T, NK, NV, DK, DV, C;
+    int drop_last;
+};
+
+/* Value heads [h0, h1), chunk by chunk in order, on one worker's workspace. */
+static void chunked_heads(void *ctx, int64_t h0, int64_t h1, int worker)
+{
+    const struct chunked_job *j = ctx;
+    int64_t NK = j->NK, NV = j->NV, DK = j->DK, DV = j->DV, C = j->C, r = NV / NK;
+    float *scratch = j->scratch + (int64_t)worker * chunk_scratch(C, DK, DV);
+    for (int64_t h = h0; h < h1; h++) {
+        int64_t kh = h / r;
+        for (int64_t t0 = 0; t0 < j->T; t0 += C) {
+            int64_t n = j->T - t0 < C ? j->T - t0 : C;
+            chunk_step(j->o + (t0 * NV + h) * DV, j->state + h * DK * DV, j->q + (t0 * NK + kh) * DK,
+                       j->k + (t0 * NK + kh) * DK, j->v + (t0 * NV + h) * DV, j->g + t0 * NV + h,
+                       j->beta + t0 * NV + h, scratch, n, NK, NV, DK, DV, C, j->drop_last);
+        }
+    }
+}
+
 static void chunked_impl(float *o, float *state, const float *q, const float *k, const float *v, const float *g,
                          const float *beta, float *scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
                          int64_t DV, int64_t C, int drop_last)
 {
     Q3N_REQUIRE(NK > 0 && NV % NK == 0 && DK > 0 && DV > 0 && T >= 0 && C > 0);
-    int64_t r = NV / NK;
-    for (int64_t h = 0; h < NV; h++) {
-        int64_t kh = h / r;
-        for (int64_t t0 = 0; t0 < T; t0 += C) {
-            int64_t n = T - t0 < C ? T - t0 : C;
-            chunk_step(o + (t0 * NV + h) * DV, state + h * DK * DV, q + (t0 * NK + kh) * DK,
-                       k + (t0 * NK + kh) * DK, v + (t0 * NV + h) * DV, g + t0 * NV + h, beta + t0 * NV + h,
-                       scratch, n, NK, NV, DK, DV, C, drop_last);
-        }
-    }
+    struct chunked_job j = {.o = o, .state = state, .scratch = scratch, .q = q, .k = k, .v = v, .g = g,
+                            .beta = beta, .T = T, .NK = NK, .NV = NV, .DK = DK, .DV = DV, .C = C,
+                            .drop_last = drop_last};
+    cpu_parallel_for(NV, chunked_heads, &j);
 }
 
 void cpu_delta_rule_chunked(float *o, float *state, const float *q, const float *k, const float *v, const float *g,

@@ -14,6 +14,15 @@
 
 #include "../../harness/weights.h"
 
+/* ---- par.c ---- */
+/* Runs fn(ctx, begin, end, worker) over a static split of [0, n) on up to CPU_MAX_WORKERS
+ * threads (OpenBLAS's thread count), OpenBLAS single-threaded meanwhile; see par.c. Scratch
+ * of the ops that use it is sized per worker, for CPU_MAX_WORKERS workers. */
+#define CPU_MAX_WORKERS 64
+typedef void (*cpu_par_fn)(void *ctx, int64_t begin, int64_t end, int worker);
+void cpu_parallel_for(int64_t n, cpu_par_fn fn, void *ctx);
+int cpu_parallel_workers(void);
+
 /* ---- linear.c ---- */
 void cpu_embed_forward(float *out, const int64_t *tokens, const float *embed, int64_t T, int64_t D);
 /* out = x W^T (+ bias) through cblas_sgemm.  out [T,N], x [T,Kin], W [N,Kin]. */
@@ -48,7 +57,8 @@ void cpu_deltanet_gates_forward(float *g, float *beta, const float *a, const flo
 void cpu_delta_rule_recurrent(float *o, float *state, const float *q, const float *k, const float *v,
                               const float *g, const float *beta, int64_t T, int64_t NK, int64_t NV, int64_t DK,
                               int64_t DV);
-/* Chunked WY/UT form as blocked matrix products per chunk (see deltanet.c). */
+/* Chunked WY/UT form as blocked matrix products per chunk (see deltanet.c), value heads
+ * spread over cpu_parallel_for workers; the scratch holds one chunk workspace per worker. */
 int64_t cpu_delta_rule_chunked_scratch(int64_t C, int64_t DK, int64_t DV);
 void cpu_delta_rule_chunked(float *o, float *state, const float *q, const float *k, const float *v, const float *g,
                             const float *beta, float *scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
@@ -63,7 +73,8 @@ void cpu_delta_rule_chunked_bug_drop_last(float *o, float *state, const float *q
 /* ---- attention.c ---- */
 void cpu_attn_split_qgate(float *q, float *gate, const float *qg, int64_t T, int64_t NH, int64_t HD);
 void cpu_rope_forward(float *x, int64_t T, int64_t N, int64_t HD, int64_t rot, int64_t pos0, double theta);
-/* Blocked causal GQA attention with an online softmax over key blocks (flash-style). */
+/* Blocked causal GQA attention with an online softmax over key blocks (flash-style), query
+ * heads spread over cpu_parallel_for workers; the scratch holds one block workspace per worker. */
 int64_t cpu_attention_scratch(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD);
 void cpu_attention_forward(float *out, const float *q, const float *kc, const float *vc, float *scratch, int64_t T,
                            int64_t pos0, int64_t NH, int64_t NKV, int64_t HD);
