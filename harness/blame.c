@@ -69,6 +69,16 @@ enum q3n_status q3n_routing_analyze(struct q3n_blame_result *res, const struct q
     res->forced_applied = (int)fv.n_replaced;
     q3n_intervene_free(&fv);
     if (st != Q3N_OK) goto done;
+    if (res->forced_applied == 0 && r->golden_routing && !r->opt.forced_routing) {
+        /* the top-k taps are not live (e.g. cuda): force through run_options.forced_routing,
+         * the documented switch of every implementation; per-flip runs need live taps */
+        struct q3n_tool_run ro = *r;
+        ro.opt.forced_routing = r->golden_routing;
+        st = q3n_tool_forward(&ro, NULL, NULL, 0, logits, &res->err_forced_all, err);
+        if (st != Q3N_OK) goto done;
+        res->forced_by_options = 1;
+        goto done;
+    }
     for (size_t i = 0; i < res->n_flips && (int)i < max_flip_runs; i++) {
         struct q3n_flip_effect *f = &res->flips[i];
         struct q3n_intervene_opts one = {.force_routing = 1, .force_prefix = f->flip.prefix,
@@ -195,6 +205,13 @@ static void write_flips(FILE *out, const struct q3n_blame_result *res, int md)
         fprintf(out, "%sno token chose a different expert set than the golden.\n", md ? "" : "  ");
         return;
     }
+    if (res->forced_by_options)
+        fprintf(out, "%sthe top-k taps are not live: routing forced through run_options.forced_routing (all layers);"
+                     " per-flip effects not measured\n",
+                md ? "" : "  ");
+    else if (res->forced_applied == 0)
+        fprintf(out, "%sWARNING: the routing could not be forced (top-k taps not live, no golden routing)\n",
+                md ? "" : "  ");
     fprintf(out,
             "%sforcing the golden's routing everywhere: logits rel_l2 %.4g -> %.4g (%s)\n",
             md ? "" : "  ", res->e0, res->err_forced_all,

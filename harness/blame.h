@@ -50,6 +50,7 @@ struct q3n_blame_result {
     struct q3n_flip_effect *flips;
     double err_forced_all;          /* all routing forced (NaN when there were no flips) */
     int forced_applied;             /* routing taps the sink replaced in that run */
+    int forced_by_options;          /* forced through run_options.forced_routing instead (taps not live) */
 };
 
 /* Runs the baseline, one replacement per layer (num_hidden_layers of r->model, or n_layers

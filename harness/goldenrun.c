@@ -41,6 +41,10 @@ void q3n_golden_run_close(struct q3n_golden_run *g)
     q3n_model_close(g->model);
     free(g->tokens);
     free(g->logits);
+    for (int i = 0; i < Q3N_MAX_LAYERS; i++) {
+        free(g->routing_idx[i]);
+        free(g->routing_w[i]);
+    }
     free(g);
 }
 
@@ -93,6 +97,26 @@ enum q3n_status q3n_golden_run_open(struct q3n_golden_run **out, const char *gol
     st = q3n_tensorfile_read(g->tf, "/logits", Q3N_DTYPE_F32, g->logits, li.numel, NULL, err);
     if (st != Q3N_OK) goto fail;
     q3n_golden_src_tensorfile(&g->src, g->tf);
+    for (int64_t l = 0; l < g->model->config.num_hidden_layers && l < Q3N_MAX_LAYERS; l++) {
+        char ni[96], nw[96];
+        snprintf(ni, sizeof ni, "model.layers.%lld.mlp.gate.topk_idx", (long long)l);
+        snprintf(nw, sizeof nw, "model.layers.%lld.mlp.gate.topk_weight", (long long)l);
+        int64_t n = tf_numel(g->tf, ni);
+        if (n <= 0 || tf_numel(g->tf, nw) != n) continue;
+        g->routing_idx[l] = malloc((size_t)n * sizeof(int64_t));
+        g->routing_w[l] = malloc((size_t)n * sizeof(float));
+        if (!g->routing_idx[l] || !g->routing_w[l]) {
+            st = q3n_error_set(err, Q3N_ERR_NOMEM, "%s: out of memory for routing", golden_path);
+            goto fail;
+        }
+        st = tf_read(g->tf, ni, Q3N_DTYPE_I64, g->routing_idx[l], n, err);
+        if (st == Q3N_OK) st = tf_read(g->tf, nw, Q3N_DTYPE_F32, g->routing_w[l], n, err);
+        if (st != Q3N_OK) goto fail;
+        g->routing_layers++;
+    }
+    g->routing.topk_idx = (const int64_t *const *)g->routing_idx;
+    g->routing.topk_weight = (const float *const *)g->routing_w;
+    g->routing.tokens = g->T;
     *out = g;
     return Q3N_OK;
 fail:
@@ -112,4 +136,5 @@ void q3n_golden_run_tool(struct q3n_tool_run *r, const struct q3n_golden_run *g,
     r->V = g->V;
     r->golden_logits = g->logits;
     r->golden = &g->src;
+    r->golden_routing = g->routing_layers ? &g->routing : NULL;
 }

@@ -21,6 +21,13 @@ struct q3n_golden_run {
     int64_t V;
     char dtype[32]; /* the golden's root "dtype" attribute ("float32" when absent) */
     struct q3n_golden_src src;
+    /* the golden's routing as run_options.forced_routing (every sparse layer the golden has
+     * mlp.gate.topk_idx/topk_weight for; NULL entries elsewhere), for implementations that do
+     * not emit the top-k taps live (cuda) */
+    struct q3n_forced_routing routing;
+    int64_t *routing_idx[Q3N_MAX_LAYERS];
+    float *routing_w[Q3N_MAX_LAYERS];
+    int routing_layers; /* layers with golden routing */
 };
 
 enum q3n_status q3n_golden_run_open(struct q3n_golden_run **g, const char *golden_path, const char *model_dir,
@@ -30,7 +37,7 @@ void q3n_golden_run_close(struct q3n_golden_run *g); /* accepts NULL */
 /* A golden source over any open tensor file's /tensors group (no model needed). */
 void q3n_golden_src_tensorfile(struct q3n_golden_src *src, struct q3n_tensorfile *tf);
 
-/* Fills r (impl, model, tokens, logits, golden) from g, with default run options. */
+/* Fills r (impl, model, tokens, logits, golden, golden_routing) from g, with default run options. */
 void q3n_golden_run_tool(struct q3n_tool_run *r, const struct q3n_golden_run *g, const struct q3n_impl *impl);
 
 #endif

@@ -166,6 +166,9 @@ struct q3n_tool_run {
     const char *fp32;                    /* fp32 patterns under emulate_bf16 */
     const char *weak_op;                 /* test-only weak op (see q3n_intervene_opts) */
     int weak_bits;
+    /* the golden's routing as run_options.forced_routing, used by the routing analysis for
+     * implementations whose top-k taps are not live (NULL: none) */
+    const struct q3n_forced_routing *golden_routing;
 };
 
 /* Opens a fresh session of r->impl, forwards r->tokens once with an intervening sink

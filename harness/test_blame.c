@@ -213,6 +213,40 @@ static void calibrated_policy_parses_and_reproduces_itself_but_not_a_loose_one(v
     q3n_calib_free(&c);
 }
 
+static void routing_is_forced_through_run_options_when_topk_taps_are_not_live(void **state)
+{
+    struct fixture *fx = *state;
+    /* the golden's routing as run_options.forced_routing, from the in-memory golden */
+    const int64_t *idx[FK_L];
+    const float *w[FK_L];
+    for (int l = 0; l < FK_L; l++) {
+        char ni[64], nw[64];
+        snprintf(ni, sizeof ni, "model.layers.%d.mlp.gate.topk_idx", l);
+        snprintf(nw, sizeof nw, "model.layers.%d.mlp.gate.topk_weight", l);
+        idx[l] = fg_find(&fx->g, ni)->data;
+        w[l] = fg_find(&fx->g, nw)->data;
+    }
+    struct q3n_forced_routing fr = {.topk_idx = idx, .topk_weight = w, .tokens = 6};
+    struct q3n_tool_run r = fake_run(fx, "fake_flip_layer0");
+    r.golden_routing = &fr;
+    struct q3n_blame_result res;
+    memset(&res, 0, sizeof res);
+    struct q3n_error err;
+    /* live taps: the sink forces, options untouched */
+    assert_int_equal(q3n_routing_analyze(&res, &r, 4, &err), Q3N_OK);
+    assert_true(res.forced_applied > 0 && !res.forced_by_options);
+    q3n_blame_free(&res);
+    /* the same flip with taps that are not live */
+    r.opt.test_bug = "fake_flip_layer0,fake_not_live";
+    memset(&res, 0, sizeof res);
+    assert_int_equal(q3n_routing_analyze(&res, &r, 4, &err), Q3N_OK);
+    assert_int_equal(res.n_flips, 1);
+    assert_int_equal(res.forced_applied, 0);
+    assert_true(res.forced_by_options);
+    assert_true(res.e0 > 1e-4 && res.err_forced_all == 0.0);
+    q3n_blame_free(&res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -222,6 +256,7 @@ int main(void)
         cmocka_unit_test(reports_list_the_culprit_first_in_every_format),
         cmocka_unit_test(isolation_names_the_wrong_module_and_keeps_both_errors),
         cmocka_unit_test(calibrated_policy_parses_and_reproduces_itself_but_not_a_loose_one),
+        cmocka_unit_test(routing_is_forced_through_run_options_when_topk_taps_are_not_live),
     };
     return cmocka_run_group_tests_name("harness_blame", tests, setup, teardown);
 }

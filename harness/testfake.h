@@ -14,8 +14,9 @@
  *   logits = x Wv^T  (not a tap)
  * Planted bugs (run_options.test_bug): "fake_mixer_layer1" scales layer 1's linear_attn.out
  * by 1.02; "fake_flip_layer0" swaps the second chosen expert of token 0 in layer 0 for the
- * best unchosen one (a routing flip, nothing else wrong). Taps may be emitted with
- * q3n_tap_emit (no writable) instead, with "fake_not_live". Determinism bugs below. */
+ * best unchosen one (a routing flip, nothing else wrong). run_options.forced_routing is honoured. Taps may be emitted with
+ * q3n_tap_emit (no writable) instead, with "fake_not_live". Determinism bugs below. Bugs
+ * combine: test_bug is searched for each name ("fake_flip_layer0,fake_not_live"). */
 #ifndef Q3N_TESTFAKE_H
 #define Q3N_TESTFAKE_H
 
@@ -35,6 +36,7 @@
 
 struct fake_session {
     const char *bug;
+    const struct q3n_forced_routing *fr; /* run_options.forced_routing (rows = tokens) */
 };
 
 /* "fake_nondeterministic": layer 2's mlp.out gets a small wobble that changes from run
@@ -54,6 +56,7 @@ static enum q3n_status fk_open(void **session, const struct q3n_model *model, co
     struct fake_session *s = calloc(1, sizeof *s);
     if (!s) return q3n_error_set(err, Q3N_ERR_NOMEM, "fake: oom");
     s->bug = opt && opt->test_bug ? opt->test_bug : "";
+    s->fr = opt ? opt->forced_routing : NULL;
     *session = s;
     return Q3N_OK;
 }
@@ -81,7 +84,7 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
 {
     struct fake_session *s = session;
     if (T > FK_TMAX) return q3n_error_set(err, Q3N_ERR_USAGE, "fake: T too large");
-    int live = strcmp(s->bug, "fake_not_live") != 0;
+    int live = strstr(s->bug, "fake_not_live") == NULL;
     float x[FK_TMAX][FK_D], n[FK_TMAX][FK_D], a[FK_TMAX][FK_D], p[FK_TMAX][FK_E], wt[FK_TMAX][FK_K];
     int64_t idx[FK_TMAX][FK_K];
     int64_t dTD[2] = {T, FK_D}, dTE[2] = {T, FK_E}, dTK[2] = {T, FK_K};
@@ -104,7 +107,7 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
                 float acc = 0;
                 for (int j = 0; j < FK_D; j++) acc += fk_w(l, i, j, 0.5f) * n[t][j];
                 a[t][i] = tanhf(acc);
-                if (l == 1 && strcmp(s->bug, "fake_mixer_layer1") == 0) a[t][i] *= 1.02f;
+                if (l == 1 && strstr(s->bug, "fake_mixer_layer1") != NULL) a[t][i] *= 1.02f;
             }
         snprintf(name, sizeof name, "model.layers.%d.linear_attn.out", l);
         if ((st = fk_emit(taps, live, Q3N_DTYPE_F32, a, 2, dTD, err, name))) return st;
@@ -134,7 +137,7 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
                 used[best] = 1;
                 idx[t][j] = best;
             }
-            if (l == 0 && t == 0 && strcmp(s->bug, "fake_flip_layer0") == 0) {
+            if (l == 0 && t == 0 && strstr(s->bug, "fake_flip_layer0") != NULL) {
                 int best = -1;
                 for (int e = 0; e < FK_E; e++)
                     if (!used[e] && (best < 0 || p[t][e] > p[t][best])) best = e;
@@ -143,6 +146,11 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
             float ws = 0;
             for (int j = 0; j < FK_K; j++) ws += wt[t][j] = p[t][idx[t][j]];
             for (int j = 0; j < FK_K; j++) wt[t][j] /= ws;
+            if (s->fr && s->fr->topk_idx[l] && t < s->fr->tokens)
+                for (int j = 0; j < FK_K; j++) {
+                    idx[t][j] = s->fr->topk_idx[l][t * FK_K + j];
+                    wt[t][j] = s->fr->topk_weight[l][t * FK_K + j];
+                }
         }
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate.topk_idx", l);
         if ((st = fk_emit(taps, live, Q3N_DTYPE_I64, idx, 2, dTK, err, name))) return st;
@@ -155,7 +163,7 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
                     m += wt[t][j] * tanhf((0.3f + 0.4f * (float)idx[t][j]) * x[t][d] + 0.1f * (float)d);
                 a[t][d] = m;
             }
-        if (l == 2 && strcmp(s->bug, "fake_nondeterministic") == 0) {
+        if (l == 2 && strstr(s->bug, "fake_nondeterministic") != NULL) {
             fake_run_counter++;
             a[0][0] += (fake_run_counter & 1) ? 1e-4f : -1e-4f;
         }
@@ -163,7 +171,7 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
         if ((st = fk_emit(taps, live, Q3N_DTYPE_F32, a, 2, dTD, err, name))) return st;
         for (int64_t t = 0; t < T; t++)
             for (int d = 0; d < FK_D; d++) x[t][d] += a[t][d];
-        if (l == 0 && taps && taps->fn && strcmp(s->bug, "fake_tap_side_effect") == 0)
+        if (l == 0 && taps && taps->fn && strstr(s->bug, "fake_tap_side_effect") != NULL)
             x[0][0] = nextafterf(x[0][0], INFINITY);
         snprintf(name, sizeof name, "model.layers.%d.out", l);
         if ((st = fk_emit(taps, live, Q3N_DTYPE_F32, x, 2, dTD, err, name))) return st;
