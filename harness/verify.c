@@ -279,13 +279,13 @@ static enum q3n_status judge_float(struct engine *e, struct q3n_tensor_result *t
         if (t->rank >= 1) snprintf(where, sizeof where, "row %lld", (long long)c2[0]);
         snprintf(t->note, sizeof t->note, "%lld NaN/Inf where the reference is finite (first at %s)",
                  (long long)t->m.nonfinite_bad, where);
-    } else if (e->flip_from >= 0 && marked_all && failed_before(e->r)) {
-        /* a whole-sequence tensor (a state) after a flip, with a real failure upstream: the flip
-         * cannot be told apart from that failure, so it explains nothing */
+    } else if (e->flip_from >= 0 && (marked_all || t->clean.numel == 0) && failed_before(e->r)) {
+        /* no unmarked element to check against (a whole-sequence tensor, or a flip at token 0)
+         * and a real failure upstream: the flip cannot be told apart from that failure */
         t->verdict = Q3N_VERDICT_FAIL;
         snprintf(t->note, sizeof t->note,
-                 "rel_l2 %.2e > allowed %.2e; depends on every token, so the router flip at %s cannot explain it "
-                 "while earlier tensors fail",
+                 "rel_l2 %.2e > allowed %.2e; every element depends on the router flip at %s, which cannot "
+                 "explain it while earlier tensors fail",
                  t->m.rel_l2, t->tol.rel_l2, e->flip_at);
     } else if (e->flip_from >= 0) {
         double h;
@@ -293,8 +293,9 @@ static enum q3n_status judge_float(struct engine *e, struct q3n_tensor_result *t
         snprintf(l2, sizeof l2, "%.2e", t->clean.rel_l2);
         if (clean_pass) {
             t->verdict = Q3N_VERDICT_EXPLAINED;
-            if (marked_all)
-                snprintf(t->note, sizeof t->note, "explained by the router flip at %s (whole tensor depends on it)",
+            if (marked_all || t->clean.numel == 0)
+                snprintf(t->note, sizeof t->note,
+                         "explained by the router flip at %s (every element depends on it; nothing failed before)",
                          e->flip_at);
             else
                 snprintf(t->note, sizeof t->note,
