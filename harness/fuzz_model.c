@@ -26,9 +26,13 @@ enum q3n_status q3n_fuzz_model_build(struct q3n_model **model, const struct q3n_
     return q3n_synth_model_create(model, &c->cfg, c->weight_seed, err);
 }
 
-static void case_options(struct q3n_run_options *ro, const struct q3n_fuzz_case *c, const char *test_bug)
+/* Run options of a case. The reference keeps its build's dtype (float, or double in ref64);
+ * every other implementation runs float32 (cpu offers nothing else; cuda's default). */
+static void case_options(struct q3n_run_options *ro, const struct q3n_fuzz_case *c, const char *test_bug,
+                         const char *impl_name)
 {
     q3n_run_options_default(ro);
+    if (strcmp(impl_name, ref_impl.name) != 0) ro->dtype = Q3N_COMPUTE_F32;
     ro->chunk_size = c->chunk_size;
     ro->max_tokens = c->T + 8;
     ro->n_threads = 1; /* deterministic and polite on a shared 2-core machine */
@@ -63,7 +67,7 @@ enum q3n_status q3n_fuzz_write_dump(const char *path, const struct q3n_model *mo
         goto cleanup;
     }
     q3n_fuzz_case_tokens(c, tokens);
-    case_options(&ro, c, test_bug);
+    case_options(&ro, c, test_bug, impl_name);
     if ((st = q3n_synth_config_json(config_json, 65536, &c->cfg, err)) != Q3N_OK) goto cleanup;
     if ((st = q3n_dump_create(&dump, path, err)) != Q3N_OK) goto cleanup;
     if ((st = impl->open(&session, model, &ro, err)) != Q3N_OK) goto cleanup;
@@ -255,7 +259,7 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
     }
     q3n_fuzz_case_tokens(c, tok);
     for (int64_t t = 0; t < Tb; t++) tokb[t] = q3n_rng_int(&r, 0, V - 1);
-    case_options(&ro, c, opt->test_bug);
+    case_options(&ro, c, opt->test_bug, opt->impl);
     ro.max_tokens = (T > Tb ? T : Tb) + 8;
     if ((st = impl->open(&s1, model, &ro, err)) != Q3N_OK) goto cleanup;
     if ((st = impl->open(&s2, model, &ro, err)) != Q3N_OK) goto cleanup;
