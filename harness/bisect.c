@@ -345,6 +345,7 @@ static enum q3n_status visit(void *user, const char *name, struct q3n_error *err
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
     d->layer = q3n_tap_layer_index(name);
+    d->discrete = as == Q3N_DTYPE_I64;
     double num = 0, den = 0, mx = 0;
     int differ = 0;
     for (int64_t i = 0; i < ia.numel; i++) {
@@ -394,6 +395,14 @@ static int diverges(const struct q3n_tap_diff *d, double threshold)
     return !(d->rel_l2 <= threshold);
 }
 
+/* a before b: larger growth; among equal growth (inf where the layer received an exact input),
+ * larger rel_l2 */
+static int grows_more(const struct q3n_tap_diff *a, const struct q3n_tap_diff *b)
+{
+    if (a->growth != b->growth) return a->growth > b->growth;
+    return a->rel_l2 > b->rel_l2;
+}
+
 enum q3n_status q3n_bisect_layers(struct q3n_layer_bisect *res, struct q3n_tensorfile *a, struct q3n_tensorfile *b,
                                   double threshold, struct q3n_error *err)
 {
@@ -421,24 +430,25 @@ enum q3n_status q3n_bisect_layers(struct q3n_layer_bisect *res, struct q3n_tenso
             res->logits_rel_l2 = den > 0 ? sqrt(num / den) : (num == 0 ? 0 : INFINITY);
         }
     }
-    /* the error each tap's layer received: model.layers.{i}.in if present, else the previous
-     * layer's .out, else the embedding; outside layers, the previous tap's error */
-    double carried = 0.0;
+    /* the error a tap received: the largest error already present when it ran - its layer's
+     * input (model.layers.{i}.in, else the previous layer's output) and every earlier tap of
+     * the same layer; outside layers, the previous tap's error. Growth > 1 means this op made
+     * the error larger than anything it could have inherited. */
+    double carried = 0.0, seen = 0.0;
     int cur_layer = -2;
-    double layer_in = 0.0;
     for (size_t i = 0; i < res->n; i++) {
         struct q3n_tap_diff *d = &res->taps[i];
+        const char *pt = strrchr(d->name, '.');
+        int is_layer_io = d->layer >= 0 && pt && strchr(d->name + 13, '.') == pt;
         if (d->layer != cur_layer) {
             cur_layer = d->layer;
-            layer_in = carried;
+            seen = carried;
         }
-        const char *pt = strrchr(d->name, '.');
-        if (d->layer >= 0 && pt && !strcmp(pt, ".in") && q3n_tap_layer_index(d->name) == d->layer &&
-            strchr(d->name + 13, '.') == pt)
-            layer_in = d->rel_l2; /* model.layers.{i}.in itself */
-        d->input_rel_l2 = layer_in;
-        d->growth = layer_in > 0 ? d->rel_l2 / layer_in : (d->rel_l2 > 0 ? INFINITY : 0);
-        if (d->layer < 0 || (pt && !strcmp(pt, ".out") && strchr(d->name + 13, '.') == pt)) carried = d->rel_l2;
+        d->input_rel_l2 = seen;
+        d->growth = seen > 0 ? d->rel_l2 / seen : (d->rel_l2 > 0 ? INFINITY : 0);
+        if (d->discrete) d->growth = NAN; /* a flip count is not an error that grows */
+        else if (!isnan(d->rel_l2) && d->rel_l2 > seen) seen = d->rel_l2;
+        if (d->layer < 0 || (is_layer_io && !strcmp(pt, ".out"))) carried = d->rel_l2;
         if (res->first_diverging < 0 && diverges(d, threshold)) res->first_diverging = (long)i;
     }
     res->rank = calloc(res->n ? res->n : 1, sizeof *res->rank);
@@ -447,10 +457,10 @@ enum q3n_status q3n_bisect_layers(struct q3n_layer_bisect *res, struct q3n_tenso
         goto done;
     }
     for (size_t i = 0; i < res->n; i++) {
-        if (!diverges(&res->taps[i], threshold)) continue;
+        if (!diverges(&res->taps[i], threshold) || res->taps[i].discrete) continue;
         size_t j = res->n_ranked++;
         res->rank[j] = (int)i;
-        while (j > 0 && res->taps[res->rank[j]].growth > res->taps[res->rank[j - 1]].growth) {
+        while (j > 0 && grows_more(&res->taps[res->rank[j]], &res->taps[res->rank[j - 1]])) {
             int t = res->rank[j];
             res->rank[j] = res->rank[j - 1];
             res->rank[j - 1] = t;
@@ -480,7 +490,7 @@ void q3n_layer_bisect_write(FILE *out, const struct q3n_layer_bisect *res, const
             res->threshold > 0 ? "rel_l2 above the threshold" : "first bit difference", f->name, f->rel_l2,
             f->max_abs);
     fprintf(out, "final logits rel_l2: %.4g\n", res->logits_rel_l2);
-    fprintf(out, "%swhere error grows most (rel_l2 / rel_l2 the layer received):\n", md ? "\n" : "");
+    fprintf(out, "%swhere error grows most (rel_l2 / the largest error already present in its layer):\n", md ? "\n" : "");
     if (md) fprintf(out, "\n| rank | tap | rel_l2 | received | growth |\n|---|---|---|---|---|\n");
     for (size_t k = 0; k < res->n_ranked && (int)k < top; k++) {
         const struct q3n_tap_diff *d = &res->taps[res->rank[k]];

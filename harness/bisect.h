@@ -20,8 +20,9 @@
  *
  * Layer bisection (q3n bisect-layers A.h5 B.h5): walks A's /tensors in execution order against
  * B; names the first tap whose rel_l2 exceeds a threshold (0: any bit differs) and ranks taps by
- * error growth = rel_l2(tap) / rel_l2(the layer's input: model.layers.{i}.in, or the previous
- * layer's output), the places where error is created rather than carried. */
+ * error growth = rel_l2(tap) / (the largest error already present when it ran: its layer's
+ * input and every earlier tap of the layer), the places where error is created rather than
+ * carried (ties, e.g. inf where the input was exact, by rel_l2). */
 #ifndef Q3N_BISECT_H
 #define Q3N_BISECT_H
 
@@ -75,8 +76,9 @@ struct q3n_tap_diff {
     double rel_l2;   /* A against B */
     double max_abs;
     int bitwise_equal;
-    double input_rel_l2; /* the error this tap's layer received */
-    double growth;   /* rel_l2 / input_rel_l2 (inf when the input was exact and this is not) */
+    int discrete;    /* integer tap (top-k indices): rel_l2 is the fraction of differing elements */
+    double input_rel_l2; /* the largest error present before it in its layer (its input included) */
+    double growth;   /* rel_l2 / input_rel_l2 (inf when that was exact and this is not) */
 };
 
 struct q3n_layer_bisect {
