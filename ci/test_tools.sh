@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# ci/test_tools.sh — the root-cause tools on committed goldens with planted bugs (the issue 9/10
+# "done when" list, docs/debugging.md), checked end to end through the q3n binary:
+#   isolate           names model.layers.1.linear_attn.norm.out for the planted weak gated norm
+#   blame             ranks model.layers.1 first for the same bug
+#   forced routing    removes the error of the planted near-tie router flip (layer 0, token 0)
+#   bisect-precision  names the deliberately weak op of an emulated bf16 run
+#   calibrate         reproduces the committed default policy within its margin
+#   determinism       ref and cpu: taps neutral, every tap reproducible
+# Usage: ci/test_tools.sh [BUILD]  (default build). About a second. Exit 0 pass, 1 fail.
+set -u
+cd "$(dirname "$0")/.."
+Q=${1:-build}/q3n
+fails=0
+check() { # name, command output, grep pattern
+    if echo "$2" | grep -qE -- "$3"; then echo "test_tools: ok   $1"
+    else echo "test_tools: FAIL $1: no match for /$3/ in:"; echo "$2" | head -n 12; fails=$((fails + 1)); fi
+}
+[ -x "$Q" ] || { echo "test_tools: $Q is not built"; exit 1; }
+G=golden/data/odd_f32.h5
+T=golden/data/tiny_f32.h5
+for impl in ref cpu; do
+    out=$("$Q" isolate "$G" --impl $impl --test-bug weak_gated_norm_layer1 --top 1 2>&1)
+    check "isolate $impl names the planted module" "$out" '^largest isolated error .*: model\.layers\.1\.linear_attn\.norm\.out '
+    out=$("$Q" blame "$G" --impl $impl --test-bug weak_gated_norm_layer1 --no-routing 2>&1)
+    check "blame $impl ranks the planted layer first" "$out" '^ +1 model\.layers\.1 '
+    out=$("$Q" blame "$G" --impl $impl --test-bug router_flip_layer0 --max-flip-runs 1 2>&1)
+    check "forced routing $impl explains the planted flip" "$out" 'the flips explain the error'
+    check "the planted flip $impl is listed first" "$out" '^ +model\.layers\.0 +0 '
+    out=$("$Q" bisect-precision "$T" --impl $impl --max 0.01 --test-weak-op model.layers.0.linear_attn.norm.out 2>&1)
+    check "bisect-precision $impl names the weak op" "$out" '^fp32 patterns:$'
+    check "bisect-precision $impl keeps only the weak op" "$out" 'smallest set kept in float32: 1 op\(s\)'
+    check "bisect-precision $impl kept set" "$(echo "$out" | sed -n '/^fp32 patterns:/{n;p}')" '^model\.layers\.0\.linear_attn\.norm\.out$'
+    out=$("$Q" determinism "$T" --impl $impl --runs 2 2>&1)
+    check "determinism $impl: taps neutral" "$out" 'taps on vs off, logits bitwise equal: yes'
+done
+out=$("$Q" calibrate --seeds 1 --check harness/policy/default.policy 2>&1)
+check "calibrate reproduces the committed policy" "$out" '^REPRODUCED'
+if [ $fails -ne 0 ]; then echo "test_tools: $fails check(s) failed"; exit 1; fi
+echo "test_tools: all checks passed"
