@@ -190,7 +190,11 @@ static int shrink_and_write(const struct fuzz_args *a, const struct q3n_fuzz_mod
         if (q3n_fuzz_model_check(&small, opt, &res, &err) == Q3N_OK && res.failed)
             printf("  shrunk case fails: %s\n", res.what);
     }
+    /* a folder that exists (an earlier run) is never overwritten: the next free suffix is used */
+    struct stat sb;
     snprintf(dir, sizeof dir, "%s/case-%016llx", a->out, (unsigned long long)c->seed);
+    for (int k = 2; stat(dir, &sb) == 0 && k < 1000; k++)
+        snprintf(dir, sizeof dir, "%s/case-%016llx-%d", a->out, (unsigned long long)c->seed, k);
     if (q3n_shrink_write_repro(dir, &small, a->impl, a->test_bug, cmd, &err) != Q3N_OK) {
         fprintf(stderr, "q3n fuzz: could not write the repro: %s\n", err.msg);
         return 0;
