@@ -225,6 +225,9 @@ static enum q3n_status ref_open(void **session, const struct q3n_model *model, c
     l = (struct layout){.base = s->block};
     ref_layout(&l, s);
     Q3N_REQUIRE(l.used == total && !l.overflow);
+    /* Scratch (everything after the caches) starts as NaN, so an op that reads a buffer before
+     * anything wrote it shows up in the logits instead of passing as zeros. */
+    memset(s->s.h, 0xFF, total - (size_t)((char *)s->s.h - (char *)s->block));
     ref_reset(s);
     *session = s;
     s = NULL;
