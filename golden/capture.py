@@ -28,6 +28,7 @@ PATCHED_FUNCTIONS = (
     "torch_chunk_gated_delta_rule",
     "torch_recurrent_gated_delta_rule",
     "causal_conv1d_fn",
+    "causal_conv1d_update",
     "apply_rotary_pos_emb",
     "eager_attention_forward",
 )
@@ -124,6 +125,17 @@ class Capture:
         orig = {n: getattr(qn, n) for n in PATCHED_FUNCTIONS}
         self.saved = orig
 
+        def delta_taps(p: str, query, key, g, beta, out, state) -> None:
+            n_rep = query.shape[2] // rec_heads(p)
+            q_k = query[:, :, ::n_rep].to(torch.float32)
+            k_k = key[:, :, ::n_rep].to(torch.float32)
+            rec.put(f"{p}.q_l2", per_token(qn.l2norm(q_k, dim=-1, eps=1e-6)))
+            rec.put(f"{p}.k_l2", per_token(qn.l2norm(k_k, dim=-1, eps=1e-6)))
+            rec.put(f"{p}.g", per_token(g))
+            rec.put(f"{p}.beta", per_token(beta))
+            rec.put(f"{p}.core_out", per_token(out))
+            rec.put(f"{p}.final_state", per_token(state))
+
         def chunk(query, key, value, g, beta, chunk_size=64, initial_state=None, output_final_state=False,
                   use_qk_l2norm_in_kernel=False, **kw):
             out, state = orig["torch_chunk_gated_delta_rule"](
@@ -131,21 +143,28 @@ class Capture:
                 output_final_state=True, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **kw)
             if rec.on and rec.scope is not None:
                 p = rec.scope
-                n_rep = query.shape[2] // rec_heads(p)
-                q_k = query[:, :, ::n_rep].to(torch.float32)
-                k_k = key[:, :, ::n_rep].to(torch.float32)
-                rec.put(f"{p}.q_l2", per_token(qn.l2norm(q_k, dim=-1, eps=1e-6)))
-                rec.put(f"{p}.k_l2", per_token(qn.l2norm(k_k, dim=-1, eps=1e-6)))
-                rec.put(f"{p}.g", per_token(g))
-                rec.put(f"{p}.beta", per_token(beta))
-                rec.put(f"{p}.core_out", per_token(out))
-                rec.put(f"{p}.final_state", per_token(state))
+                delta_taps(p, query, key, g, beta, out, state)
                 rec.delta_calls.append(dict(name=p, query=query.detach().clone(), key=key.detach().clone(),
                                             value=value.detach().clone(), g=g.detach().clone(),
                                             beta=beta.detach().clone(), chunk_size=chunk_size,
                                             initial_state=None if initial_state is None else initial_state.detach().clone(),
                                             out=out.detach().clone(), state=state.detach().clone()))
             return out, (state if output_final_state else None)
+
+        def recurrent(query, key, value, g, beta, initial_state=None, output_final_state=False,
+                      use_qk_l2norm_in_kernel=False, **kw):
+            out, state = orig["torch_recurrent_gated_delta_rule"](
+                query, key, value, g=g, beta=beta, initial_state=initial_state,
+                output_final_state=True, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **kw)
+            if rec.on and rec.scope is not None:
+                delta_taps(rec.scope, query, key, g, beta, out, state)
+            return out, (state if output_final_state else None)
+
+        def conv_update(hidden_states, conv_state, weight, bias=None, activation=None):
+            out = orig["causal_conv1d_update"](hidden_states, conv_state, weight, bias, activation)
+            if rec.on and rec.scope is not None:
+                rec.put(f"{rec.scope}.conv1d.out", out[0].transpose(0, 1))
+            return out
 
         heads: dict[str, int] = {}
         for prefix, module in self.modules:
@@ -177,6 +196,8 @@ class Capture:
             return out, weights
 
         qn.torch_chunk_gated_delta_rule = chunk
+        qn.torch_recurrent_gated_delta_rule = recurrent
+        qn.causal_conv1d_update = conv_update
         qn.causal_conv1d_fn = conv
         qn.apply_rotary_pos_emb = rope
         qn.eager_attention_forward = eager

@@ -231,20 +231,30 @@ def snapshot_cache(cache: DynamicCache, config: Qwen3NextConfig) -> dict[str, to
 
 
 @torch.no_grad()
-def decode_run(model: Qwen3NextForCausalLM, ids: torch.Tensor, prefill: int) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+def decode_run(model: Qwen3NextForCausalLM, ids: torch.Tensor, prefill: int, record: bool = False
+               ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]], dict[str, dict[str, torch.Tensor]]]:
     """Prefill `prefill` tokens through a DynamicCache, then one token at a time (transformers'
-    own cache; no offloading). Returns logits [T, V] and cache snapshots."""
+    own cache; no offloading). Returns logits [T, V], cache snapshots and, when `record`, the
+    taps of every one-token step."""
     cache = DynamicCache(config=model.config)
     rows: list[torch.Tensor] = []
     caches: dict[str, dict[str, torch.Tensor]] = {}
+    step_taps: dict[str, dict[str, torch.Tensor]] = {}
     out = model(input_ids=ids[:, :prefill], past_key_values=cache, use_cache=True)
     rows.append(out.logits[0])
     caches["prefill"] = snapshot_cache(cache, model.config)
     for s, t in enumerate(range(prefill, ids.shape[1])):
-        out = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+        step = f"step_{s:03d}"
+        if record:
+            rec = Recorder()
+            with Capture(rec, [("", model)]):
+                out = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            step_taps[step] = rec.taps
+        else:
+            out = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
         rows.append(out.logits[0])
-        caches[f"step_{s:03d}"] = snapshot_cache(cache, model.config)
-    return torch.cat(rows, 0), caches
+        caches[step] = snapshot_cache(cache, model.config)
+    return torch.cat(rows, 0), caches, step_taps
 
 
 def router_margin(taps: dict[str, torch.Tensor]) -> float:
@@ -259,6 +269,33 @@ def router_margin(taps: dict[str, torch.Tensor]) -> float:
                 srt = torch.sort(logits, -1, descending=True).values
                 worst = min(worst, (srt[:, k - 1] - srt[:, k]).min().item())
     return worst
+
+
+def decode_taps_vs_full(steps: dict[str, dict[str, torch.Tensor]], taps: dict[str, torch.Tensor], prefill: int
+                        ) -> tuple[float, str]:
+    """Each tap of the one-token decode steps, stacked over the steps, against the full forward's
+    rows prefill..T-1 (final_state: the last step's against the full forward's). Worst rel_l2."""
+    if not steps:
+        return 0.0, ""
+    worst, worst_name = 0.0, ""
+    order = sorted(steps)
+    for name in steps[order[0]]:
+        if name.endswith(".final_state"):
+            a, ref = steps[order[-1]][name], taps[name]
+        elif not taps[name].is_floating_point():
+            a = torch.cat([steps[s][name] for s in order], 0)
+            ref = taps[name][prefill:]
+            e = float((torch.sort(a, -1).values != torch.sort(ref, -1).values).any(-1).double().mean())
+            if e >= worst:
+                worst, worst_name = e, name
+            continue
+        else:
+            a = torch.cat([steps[s][name] for s in order], 0)
+            ref = taps[name][prefill:]
+        e = rel_l2(a, ref)
+        if e >= worst:
+            worst, worst_name = e, name
+    return worst, worst_name
 
 
 def caches_vs_full(cache: dict[str, torch.Tensor], taps: dict[str, torch.Tensor], config: Qwen3NextConfig) -> tuple[float, str]:
@@ -513,13 +550,14 @@ def run_main(args: argparse.Namespace) -> int:
     golden = {"float32": r32, "float64": r64}.get(args.dtype)
     audit_dtype = "float64" if args.dtype == "float64" else "float32"
     in_dtype(DTYPES[audit_dtype])
-    audit_dec_logits, audit_caches = decode_run(model, ids, prefill)
+    record_steps = args.mode == "decode" and args.dtype != "bfloat16"
+    audit_dec_logits, audit_caches, dec_steps = decode_run(model, ids, prefill, record=record_steps)
     dec_logits, dec_caches = audit_dec_logits, audit_caches
     if args.dtype == "bfloat16":
         in_dtype(torch.bfloat16)
         golden = full_forward(model, mtp, ids)
         if args.mode == "decode":
-            dec_logits, dec_caches = decode_run(model, ids, prefill)
+            dec_logits, dec_caches, dec_steps = decode_run(model, ids, prefill, record=True)
     assert golden is not None
 
     # -- audits (decode vs full in float32 for bf16 goldens: the audit checks transformers, not bf16)
@@ -527,6 +565,7 @@ def run_main(args: argparse.Namespace) -> int:
     f32_f64 = rel_l2(r32.logits, r64.logits)
     dec_full = rel_l2(audit_dec_logits, audit_run.logits)
     cache_full, cache_name = caches_vs_full(audit_caches[list(audit_caches)[-1]], audit_run.taps, config)
+    steps_full, steps_name = decode_taps_vs_full(dec_steps, golden.taps, prefill) if record_steps else (0.0, "")
     cvr, cvr_per = chunked_vs_recurrent(golden.delta_calls)
     fla = fla_vs_torch(golden.delta_calls) if args.kernels == "torch" else None
     state = dict(master)
@@ -545,6 +584,8 @@ def run_main(args: argparse.Namespace) -> int:
         problems.append(f"prefill({prefill})+decode vs full forward logits rel_l2 {dec_full:.3e} > {band_dec:.0e}")
     if not cache_full <= band_dec:
         problems.append(f"cache after the last decode step vs full forward: {cache_name} rel_l2 {cache_full:.3e} > {band_dec:.0e}")
+    if not steps_full <= band_dec:
+        problems.append(f"decode-step taps vs full forward rows: {steps_name} rel_l2 {steps_full:.3e} > {band_dec:.0e}")
     if not cvr <= BAND_CHUNKED_VS_RECURRENT:
         problems.append(f"chunked vs recurrent delta rule rel_l2 {cvr:.3e} > {BAND_CHUNKED_VS_RECURRENT:.0e} ({cvr_per})")
     if not ident <= BAND_TAP_IDENTITIES:
@@ -585,6 +626,9 @@ def run_main(args: argparse.Namespace) -> int:
                  audit_tap_identities_rel_l2=ident, audit_tap_identities_worst=ident_name)
     if fla is not None:
         attrs["audit_fla_vs_torch_rel_l2"] = fla
+    if record_steps:
+        attrs["audit_decode_taps_vs_full_rel_l2"] = steps_full
+        attrs["audit_decode_taps_worst"] = steps_name
     if args.dtype == "bfloat16":
         attrs["weights_rounded_to"] = "bfloat16"
     tmp = args.out + ".tmp"
@@ -632,6 +676,11 @@ def run_main(args: argparse.Namespace) -> int:
             for step, snap in dec_caches.items():
                 sg = cg.create_group(step, track_order=True)
                 for name, t in snap.items():
+                    put(sg, name, stored(t, store))
+            tgd = dg.create_group("tensors", track_order=True)
+            for step, step_taps in dec_steps.items():
+                sg = tgd.create_group(step, track_order=True)
+                for name, t in step_taps.items():
                     put(sg, name, stored(t, store))
     rename_onto(tmp, args.out)
     print(f"generate.py: wrote {args.out} ({len(golden.taps)} taps, checkpoint {attrs['checkpoint']}, "
