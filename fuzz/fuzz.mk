@@ -6,8 +6,8 @@
 #   make fuzz-ci         (in CHECK_EXTRA) seeded shape fuzz on a time budget, the planted-bug check,
 #                        and each parser target for FUZZ_CI_SECONDS (30) seconds
 #
-# libFuzzer targets fuzz/fuzz_<name>.c are linked against a copy of the library built with
-# clang and -fsanitize=fuzzer-no-link,address,undefined under $(BUILD)/fuzz/lib. A target is
+# libFuzzer targets fuzz/fuzz_<name>.c are linked against $(BUILD)/fuzz/libq3n_fuzz.a, the
+# harness/ sources compiled with clang -fsanitize=fuzzer-no-link,address,undefined. A target is
 # only built when the parser it drives exists in the tree (FUZZ_NEED_<name>).
 
 FUZZ_CC         ?= clang
