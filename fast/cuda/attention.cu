@@ -2,9 +2,10 @@
  * softmax attention, and the sigmoid output gate (cuda twins of ref/attention.c).
  *
  * Two attention kernels; cuda_attention_kernel() names the one that runs:
- *  - flash_mma_bf16_v1 (bf16, T > 1): FlashAttention-2 style, one warp per 16 query rows,
+ *  - flash_mma_bf16_v2 (bf16, T > 1): FlashAttention-2 style, one warp per 16 query rows,
  *    64-key tiles in shared memory, QK^T and PV on bf16 tensor cores (mma.sync m16n8k16) with
- *    float32 accumulators, online softmax in float32 registers. HD padded to 64/128/256.
+ *    float32 accumulators, online softmax in float32 registers, V fragments by ldmatrix.trans
+ *    (v1 gathered them with 16-bit loads). HD padded to 64/128/256.
  *  - rows_v1 (f32 mode, and bf16 decode T = 1): one block per (query, head, key split), warp-per-key
  *    dot products, online softmax in float32; decode splits the keys over blocks and a combine
  *    kernel merges the partial (max, sum, acc) in split order. Deterministic: no atomics. */
@@ -298,20 +299,23 @@ __global__ void __launch_bounds__(128) flash_bf16_kernel(bf16 *out, const bf16 *
             o[i][2] *= alpha[1];
             o[i][3] *= alpha[1];
         }
-        /* O += P V */
+        /* O += P V; V's B fragments by ldmatrix.trans (two 8-dim n-tiles per instruction) */
 #pragma unroll
         for (int j = 0; j < FL_BC / 16; j++) {
             const uint32_t a0 = pack_bf16(s[2 * j][0], s[2 * j][1]);
             const uint32_t a1 = pack_bf16(s[2 * j][2], s[2 * j][3]);
             const uint32_t a2 = pack_bf16(s[2 * j + 1][0], s[2 * j + 1][1]);
             const uint32_t a3 = pack_bf16(s[2 * j + 1][2], s[2 * j + 1][3]);
-            const bf16 *v0 = Vs + (16 * j + 2 * tq) * LD + g;
+            const bf16 *vrow = Vs + (16 * j + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
 #pragma unroll
-            for (int i = 0; i < HDP / 8; i++) {
-                const bf16 *vp = v0 + i * 8;
-                const uint32_t b0 = pack_raw(vp[0], vp[LD]);
-                const uint32_t b1 = pack_raw(vp[8 * LD], vp[9 * LD]);
+            for (int i = 0; i < HDP / 8; i += 2) {
+                uint32_t b0, b1, b2, b3;
+                const uint32_t addr = (uint32_t)__cvta_generic_to_shared(vrow + i * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                             : "r"(addr));
                 mma_bf16(o[i], a0, a1, a2, a3, b0, b1);
+                mma_bf16(o[i + 1], a0, a1, a2, a3, b2, b3);
             }
         }
     }
@@ -346,7 +350,7 @@ static cudaError_t launch_flash(void *out, const void *q, const void *kc, const 
 
 extern "C" const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v1";
+    if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v2";
     return T == 1 ? "rows_v1(split-K decode)" : "rows_v1";
 }
 

@@ -26,6 +26,12 @@ enum q3n_status cuda_session_open_random(void **session, const struct q3n_config
 enum q3n_status cuda_session_forward_last(void *session, float *logits, const int64_t *tokens, int64_t T,
                                           struct q3n_error *err);
 
+/* Per-phase device time (CUDA events, no extra syncs inside the layers): on != 0 starts recording;
+ * ms4 (may be NULL) receives the milliseconds accumulated since the last call in the deltanet
+ * mixers, the attention mixers, the MoE/MLP blocks and everything else (embed, norms, residuals,
+ * lm_head not included), then the counters restart. */
+enum q3n_status cuda_session_profile(void *session, int on, double *ms4, struct q3n_error *err);
+
 /* Waits for the session's stream (benchmarks time with host clocks around it). */
 enum q3n_status cuda_session_sync(void *session, struct q3n_error *err);
 

@@ -154,6 +154,18 @@ enum q3n_status cuda_swiglu_forward(void *d_out, const void *d_gu, int64_t rows,
 enum q3n_status cuda_moe_experts_gemv(void *d_out, const void *d_x, const int32_t *d_idx, const void *d_W,
                                       int64_t rows, int64_t div, int64_t N, int64_t Kin, enum q3n_compute_dtype dt,
                                       cudaStream_t stream, struct q3n_error *err);
+/* Grouped expert GEMM on bf16 tensor cores over the permuted rows, all experts in one launch,
+ * counts/offsets read on the device (no host round trip): out[p,:] = x[p,:] W[e]^T for the rows
+ * p of expert e; x [rows, Kin], W [E, N, Kin], out [rows, N]. Usable when
+ * cuda_moe_grouped_gemm_ok(N, Kin, dt) (bf16, N % 128 == 0, Kin % 32 == 0). tiles: scratch of
+ * cuda_moe_grouped_tiles(rows, E) int32. */
+int cuda_moe_grouped_gemm_ok(int64_t N, int64_t Kin, enum q3n_compute_dtype dt);
+int64_t cuda_moe_grouped_tiles(int64_t rows, int64_t E);
+enum q3n_status cuda_moe_grouped_gemm(void *d_out, const void *d_x, const void *d_W, const int32_t *d_counts,
+                                      const int32_t *d_offsets, int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
+                                      int64_t Kin, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                      struct q3n_error *err);
+
 /* Weighted un-permute and shared-expert combine, per token t (d_pos NULL = identity):
  * experts_out[t] = T(sum_j weight[t,j] * y[pos[t*K+j]]) (j ascending, float32),
  * mlp_out[t] = T(experts_out[t] + T(T(sigmoid(sg[t])) * shared[t])) (shared NULL: = experts_out). */

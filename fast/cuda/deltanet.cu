@@ -184,175 +184,270 @@ int64_t cuda_delta_rule_chunked_scratch(int64_t T, int64_t NV, int64_t DK, int64
 
 extern "C" const char *cuda_delta_rule_chunked_kernel(void)
 {
-    return "chunk_v1(prep||chunks + scan/32-col tiles, fp32 SIMT)";
+    return "chunk_v3(prep||chunks + pipelined scan/32-col tiles, fp32 SIMT)";
 }
 
-__global__ void __launch_bounds__(256) chunk_prep_kernel(float *scratch, const float *q, const float *k,
-                                                         const float *v, const float *g, const float *beta,
-                                                         int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
-                                                         int64_t C)
+/* Register-staged tile loads: a [C x ncol] float32 tile, row i at base + i*rs (rows >= nvalid
+ * read as zero), as float4 (ncol % 4 == 0), thread tid taking float4 f = tid + 256 j. Issuing all
+ * loads before any store keeps up to 16 loads in flight per thread (the kernels below are
+ * latency-bound, not bandwidth-bound). */
+#define TL_MAX 16
+struct tile_regs {
+    float4 v[TL_MAX];
+};
+__device__ __forceinline__ void tile_fetch(tile_regs &r, const float *base, size_t rs, int nvalid, int C, int ncol)
+{
+    const int q4 = ncol >> 2, nf = C * q4;
+#pragma unroll
+    for (int j = 0; j < TL_MAX; j++) {
+        const int f = threadIdx.x + 256 * j;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (f < nf) {
+            const int i = f / q4, c = (f - i * q4) * 4;
+            if (i < nvalid) x = *reinterpret_cast<const float4 *>(base + (size_t)i * rs + c);
+        }
+        r.v[j] = x;
+    }
+}
+/* Stores the staged tile to smem dst[i*ld + c] * scale[i] (scale NULL: 1). */
+__device__ __forceinline__ void tile_store(float *dst, int ld, const tile_regs &r, const float *scale, int C, int ncol)
+{
+    const int q4 = ncol >> 2, nf = C * q4;
+#pragma unroll
+    for (int j = 0; j < TL_MAX; j++) {
+        const int f = threadIdx.x + 256 * j;
+        if (f < nf) {
+            const int i = f / q4, c = (f - i * q4) * 4;
+            const float sc = scale ? scale[i] : 1.0f;
+            float *d = dst + i * ld + c;
+            d[0] = r.v[j].x * sc;
+            d[1] = r.v[j].y * sc;
+            d[2] = r.v[j].z * sc;
+            d[3] = r.v[j].w * sc;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(256, 2) chunk_prep_kernel(float *scratch, const float *q, const float *k,
+                                                         const float *v, const float *g, const float *beta, int T,
+                                                         int NK, int NV, int DK, int DV, int C)
 {
     extern __shared__ float sm[];
-    const int64_t n = blockIdx.x, h = blockIdx.y, kh = h / (NV / NK), nc = gridDim.x;
-    const int64_t ldk = DK + 1, ldv = DV + 1, ldm = C + 1;
-    float *Ks = sm, *Qs = Ks + C * ldk, *Vs = Qs + C * ldk, *M = Vs + C * ldv, *G = M + C * ldm, *B = G + C;
-    const int64_t t0 = n * C;
-    for (int64_t idx = threadIdx.x; idx < C * DK; idx += blockDim.x) {
-        const int64_t i = idx / DK, d = idx % DK, t = t0 + i;
-        Ks[i * ldk + d] = t < T ? k[(t * NK + kh) * DK + d] : 0.0f;
-        Qs[i * ldk + d] = t < T ? q[(t * NK + kh) * DK + d] : 0.0f;
+    const int n = blockIdx.x, h = blockIdx.y, kh = h / (NV / NK), nc = gridDim.x;
+    const int ldk = DK + 1, ldv = DV + 1, ldm = C + 1, ldqv = (DK > DV ? DK : DV) + 1;
+    /* Qs holds q until K K^T / Q K^T are done, then v (ld ldv): 2 blocks per SM at DK = DV = 128. */
+    float *Ks = sm, *Qs = Ks + C * ldk, *Vs = Qs, *M = Qs + C * ldqv, *G = M + C * ldm, *B = G + C, *EG = B + C;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int t0 = n * C, nvalid = T - t0 < C ? T - t0 : C;
+    {
+        tile_regs r;
+        tile_fetch(r, k + ((size_t)t0 * NK + kh) * DK, (size_t)NK * DK, nvalid, C, DK);
+        tile_store(Ks, ldk, r, NULL, C, DK);
+        tile_fetch(r, q + ((size_t)t0 * NK + kh) * DK, (size_t)NK * DK, nvalid, C, DK);
+        tile_store(Qs, ldk, r, NULL, C, DK);
     }
-    for (int64_t idx = threadIdx.x; idx < C * DV; idx += blockDim.x) {
-        const int64_t i = idx / DV, d = idx % DV, t = t0 + i;
-        Vs[i * ldv + d] = t < T ? v[(t * NV + h) * DV + d] : 0.0f;
-    }
-    if (threadIdx.x == 0) {
+    if (tid == 0) {
         float acc = 0.0f;
-        for (int64_t i = 0; i < C; i++) {
-            const int64_t t = t0 + i;
-            acc += t < T ? g[t * NV + h] : 0.0f;
+        for (int i = 0; i < C; i++) {
+            const int t = t0 + i;
+            acc += t < T ? g[(size_t)t * NV + h] : 0.0f;
             G[i] = acc;
-            B[i] = t < T ? beta[t * NV + h] : 0.0f;
+            B[i] = t < T ? beta[(size_t)t * NV + h] : 0.0f;
         }
     }
     __syncthreads();
-    float *Wg = scratch + (n * NV + h) * C * DK;
-    float *Ug = scratch + nc * NV * C * DK + (n * NV + h) * C * DV;
-    float *Ag = scratch + nc * NV * C * (DK + DV) + (n * NV + h) * C * C;
-    float *Gg = scratch + nc * NV * C * (DK + DV + C) + (n * NV + h) * C;
-    for (int64_t idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
-        const int64_t i = idx / C, j = idx % C;
-        float l = 0.0f, a = 0.0f;
-        if (j <= i) {
-            const float dec = expf(G[i] - G[j]);
-            float kk = 0.0f, qk = 0.0f;
-            for (int64_t d = 0; d < DK; d++) {
-                const float kj = Ks[j * ldk + d];
-                qk += Qs[i * ldk + d] * kj;
-                if (j < i) kk += Ks[i * ldk + d] * kj;
+    if (tid < C) EG[tid] = expf(G[tid]);
+    float *Wg = scratch + ((size_t)n * NV + h) * C * DK;
+    float *Ug = scratch + (size_t)nc * NV * C * DK + ((size_t)n * NV + h) * C * DV;
+    float *Ag = scratch + (size_t)nc * NV * C * (DK + DV) + ((size_t)n * NV + h) * C * C;
+    float *Gg = scratch + (size_t)nc * NV * C * (DK + DV + C) + ((size_t)n * NV + h) * C;
+    /* 4x4 register tile per thread: rows i = ti + 16 r, cols j = tj + 16 c (C <= 64). */
+    {
+        const int ti = tid >> 4, tj = tid & 15;
+        float kk[4][4], qk[4][4];
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 4; c++) kk[r][c] = qk[r][c] = 0.0f;
+        int ri[4], cj[4];
+        for (int r = 0; r < 4; r++) {
+            ri[r] = min(ti + 16 * r, C - 1);
+            cj[r] = min(tj + 16 * r, C - 1);
+        }
+        for (int d = 0; d < DK; d++) {
+            float qi[4], ki[4], kj[4];
+            for (int r = 0; r < 4; r++) {
+                qi[r] = Qs[ri[r] * ldk + d];
+                ki[r] = Ks[ri[r] * ldk + d];
+                kj[r] = Ks[cj[r] * ldk + d];
             }
-            a = qk * dec;
-            if (j < i) l = B[i] * kk * dec;
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 4; c++) {
+                    kk[r][c] += ki[r] * kj[c];
+                    qk[r][c] += qi[r] * kj[c];
+                }
         }
-        M[i * ldm + j] = l;
-        Ag[i * C + j] = a;
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 4; c++) {
+                const int i = ti + 16 * r, j = tj + 16 * c;
+                if (i >= C || j >= C) continue;
+                const float dec = j <= i ? expf(G[i] - G[j]) : 0.0f;
+                M[i * ldm + j] = j < i ? B[i] * kk[r][c] * dec : 0.0f;
+                Ag[i * C + j] = j <= i ? qk[r][c] * dec : 0.0f;
+            }
+    }
+    __syncthreads(); /* Qs free: v goes there */
+    {
+        tile_regs r;
+        tile_fetch(r, v + ((size_t)t0 * NV + h) * DV, (size_t)NV * DV, nvalid, C, DV);
+        tile_store(Vs, ldv, r, NULL, C, DV);
     }
     __syncthreads();
-    /* Forward substitution, column col of [beta k exp(G) | beta v], in place. */
-    for (int64_t col = threadIdx.x; col < DK + DV; col += blockDim.x) {
+    /* Forward substitution, column col of [beta k exp(G) | beta v], in place; one thread per column. */
+    for (int col = tid; col < DK + DV; col += blockDim.x) {
         float *X;
-        int64_t ld, cc;
-        int isk;
-        if (col < DK) {
-            X = Ks, ld = ldk, cc = col, isk = 1;
+        int ld, cc;
+        const bool isk = col < DK;
+        if (isk) {
+            X = Ks, ld = ldk, cc = col;
         } else {
-            X = Vs, ld = ldv, cc = col - DK, isk = 0;
+            X = Vs, ld = ldv, cc = col - DK;
         }
-        for (int64_t i = 0; i < C; i++) {
-            float x = B[i] * X[i * ld + cc] * (isk ? expf(G[i]) : 1.0f);
-            for (int64_t j = 0; j < i; j++) x -= M[i * ldm + j] * X[j * ld + cc];
-            X[i * ld + cc] = x;
+        for (int i = 0; i < C; i++) {
+            float x0 = B[i] * X[i * ld + cc] * (isk ? EG[i] : 1.0f), x1 = 0.0f;
+            const float *mr = M + i * ldm;
+            int j = 0;
+            for (; j + 1 < i; j += 2) {
+                x0 -= mr[j] * X[j * ld + cc];
+                x1 -= mr[j + 1] * X[(j + 1) * ld + cc];
+            }
+            if (j < i) x0 -= mr[j] * X[j * ld + cc];
+            X[i * ld + cc] = x0 + x1;
         }
     }
     __syncthreads();
-    for (int64_t idx = threadIdx.x; idx < C * DK; idx += blockDim.x) Wg[idx] = Ks[(idx / DK) * ldk + idx % DK];
-    for (int64_t idx = threadIdx.x; idx < C * DV; idx += blockDim.x) Ug[idx] = Vs[(idx / DV) * ldv + idx % DV];
-    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) Gg[i] = G[i];
+    for (int i = warp; i < C; i += 8) {
+        for (int d = lane; d < DK; d += 32) Wg[i * DK + d] = Ks[i * ldk + d];
+        for (int d = lane; d < DV; d += 32) Ug[i * DV + d] = Vs[i * ldv + d];
+    }
+    if (tid < C) Gg[tid] = G[tid];
 }
 
 /* Rows past C (C < 64) are clamped for reads; their results are discarded. */
-__device__ __forceinline__ int64_t row_of(int64_t i, int64_t C) { return i < C ? i : C - 1; }
+__device__ __forceinline__ int row_of(int i, int C) { return i < C ? i : C - 1; }
 
 /* Thread layout: ty = tid / 8 (0..31), tx = tid % 8. V'/O tile [C x 32]: rows ty + 32 m (m < 2),
- * cols tx + 8 c (c < 4). S tile [DK x 32]: rows ty + 32 p (p < DK/32 <= 8), same cols. */
+ * cols tx + 8 c (c < 4). S tile [DK x 32]: rows ty + 32 p (p < DK/32 <= 8), same cols.
+ * Software pipeline: while one phase computes, the next phase's tile (Q, then K, then the next
+ * chunk's W, Aqk, U, G) is in flight into registers. */
 template <typename T>
 __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, const float *scratch, const float *q,
-                                                         const float *k, int64_t T_, int64_t NK, int64_t NV,
-                                                         int64_t DK, int64_t DV, int64_t C, int64_t nc)
+                                                         const float *k, int T_, int NK, int NV, int DK, int DV, int C,
+                                                         int nc)
 {
     extern __shared__ float sm[];
-    const int64_t h = blockIdx.x, kh = h / (NV / NK), c0 = (int64_t)blockIdx.y * SCAN_BV;
-    const int64_t ldx = DK + 1;
-    float *S = sm, *X = S + DK * SCAN_BV, *Vn = X + C * ldx, *Aq = Vn + C * SCAN_BV, *Gs = Aq + C * C;
-    const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;
-    float *Sg = state + h * DK * DV;
-    for (int64_t idx = tid; idx < DK * SCAN_BV; idx += blockDim.x) {
-        const int64_t kk = idx / SCAN_BV, c = c0 + idx % SCAN_BV;
-        S[idx] = c < DV ? Sg[kk * DV + c] : 0.0f;
-    }
-    const int64_t nkp = (DK + 31) / 32;
-    for (int64_t n = 0; n < nc; n++) {
-        const float *Wg = scratch + (n * NV + h) * C * DK;
-        const float *Ug = scratch + nc * NV * C * DK + (n * NV + h) * C * DV;
-        const float *Ag = scratch + nc * NV * C * (DK + DV) + (n * NV + h) * C * C;
-        const float *Gg = scratch + nc * NV * C * (DK + DV + C) + (n * NV + h) * C;
-        __syncthreads(); /* previous chunk's S update done before X is reloaded */
-        for (int64_t idx = tid; idx < C * DK; idx += blockDim.x) X[(idx / DK) * ldx + idx % DK] = Wg[idx];
-        for (int64_t idx = tid; idx < C * C; idx += blockDim.x) Aq[idx] = Ag[idx];
-        for (int64_t i = tid; i < C; i += blockDim.x) Gs[i] = Gg[i];
+    const int h = blockIdx.x, kh = h / (NV / NK), c0 = blockIdx.y * SCAN_BV;
+    const int ldx = DK + 1, lda = C + 1;
+    float *S = sm, *X = S + DK * SCAN_BV, *Vn = X + C * ldx, *Aq = Vn + C * SCAN_BV, *Gs = Aq + C * lda, *E1 = Gs + C,
+          *E2 = E1 + C;
+    const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7, lane = tid & 31, warp = tid >> 5;
+    float *Sg = state + (size_t)h * DK * DV;
+    for (int kk = warp; kk < DK; kk += 8) S[kk * SCAN_BV + lane] = c0 + lane < DV ? Sg[kk * DV + c0 + lane] : 0.0f;
+    const int nkp = (DK + 31) / 32;
+    const size_t offU = (size_t)nc * NV * C * DK, offA = offU + (size_t)nc * NV * C * DV,
+                 offG = offA + (size_t)nc * NV * C * C;
+    tile_regs rx;
+    float ra[16], ru[2][4], rg = 0.0f;
+    /* prologue: chunk 0's W, Aqk, U, G */
+    auto fetch_chunk = [&](int n) {
+        const size_t hb = (size_t)n * NV + h;
+        tile_fetch(rx, scratch + hb * C * DK, (size_t)DK, C, C, DK);
+        const float *Ag = scratch + offA + hb * C * C;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int f = tid + 256 * j;
+            ra[j] = f < C * C ? Ag[f] : 0.0f;
+        }
+        const float *Ug = scratch + offU + hb * C * DV;
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int cq = 0; cq < 4; cq++) {
+                const int i = ty + 32 * m, c = c0 + tx + 8 * cq;
+                ru[m][cq] = (i < C && c < DV) ? Ug[i * DV + c] : 0.0f;
+            }
+        rg = tid < C ? scratch[offG + hb * C + tid] : 0.0f;
+    };
+    fetch_chunk(0);
+    for (int n = 0; n < nc; n++) {
+        __syncthreads(); /* previous chunk's S update done: X, Aq, Gs free */
+        tile_store(X, ldx, rx, NULL, C, DK);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int f = tid + 256 * j;
+            if (f < C * C) Aq[(f / C) * lda + f % C] = ra[j];
+        }
+        if (tid < C) {
+            Gs[tid] = rg;
+            E1[tid] = expf(rg);
+        }
         __syncthreads();
+        if (tid < C) E2[tid] = expf(Gs[C - 1] - Gs[tid]);
+        const int t0 = n * C, nvalid = T_ - t0 < C ? T_ - t0 : C;
+        tile_fetch(rx, q + ((size_t)t0 * NK + kh) * DK, (size_t)NK * DK, nvalid, C, DK); /* Q in flight */
         float vn[2][4], oi[2][4];
         for (int m = 0; m < 2; m++)
             for (int cq = 0; cq < 4; cq++) vn[m][cq] = oi[m][cq] = 0.0f;
-        /* W S */
-        for (int64_t kk = 0; kk < DK; kk++) {
-            float s[4];
-            for (int cq = 0; cq < 4; cq++) s[cq] = S[kk * SCAN_BV + tx + 8 * cq];
-            for (int m = 0; m < 2; m++) {
-                const float wv = X[row_of(ty + 32 * m, C) * ldx + kk];
-                for (int cq = 0; cq < 4; cq++) vn[m][cq] += wv * s[cq];
-            }
-        }
-        for (int m = 0; m < 2; m++) {
-            const int64_t i = ty + 32 * m;
-            if (i >= C) continue;
+        const int r0 = row_of(ty, C), r1 = row_of(ty + 32, C);
+        /* V' = U - W S */
+        for (int kk = 0; kk < DK; kk++) {
+            float sv[4];
+            for (int cq = 0; cq < 4; cq++) sv[cq] = S[kk * SCAN_BV + tx + 8 * cq];
+            const float w0 = X[r0 * ldx + kk], w1 = X[r1 * ldx + kk];
             for (int cq = 0; cq < 4; cq++) {
-                const int64_t c = c0 + tx + 8 * cq;
-                const float u = c < DV ? Ug[i * DV + c] : 0.0f;
-                Vn[i * SCAN_BV + tx + 8 * cq] = u - vn[m][cq];
+                vn[0][cq] += w0 * sv[cq];
+                vn[1][cq] += w1 * sv[cq];
             }
         }
-        __syncthreads();
-        /* (q exp(G)) S */
-        for (int64_t idx = tid; idx < C * DK; idx += blockDim.x) {
-            const int64_t i = idx / DK, d = idx % DK, t = n * C + i;
-            X[i * ldx + d] = t < T_ ? q[(t * NK + kh) * DK + d] * expf(Gs[i]) : 0.0f;
-        }
-        __syncthreads();
-        for (int64_t kk = 0; kk < DK; kk++) {
-            float s[4];
-            for (int cq = 0; cq < 4; cq++) s[cq] = S[kk * SCAN_BV + tx + 8 * cq];
-            for (int m = 0; m < 2; m++) {
-                const float qv = X[row_of(ty + 32 * m, C) * ldx + kk];
-                for (int cq = 0; cq < 4; cq++) oi[m][cq] += qv * s[cq];
-            }
-        }
-        /* + Aqk V', write O */
         for (int m = 0; m < 2; m++) {
-            const int64_t i = ty + 32 * m, t = n * C + i;
+            const int i = ty + 32 * m;
+            if (i >= C) continue;
+            for (int cq = 0; cq < 4; cq++) Vn[i * SCAN_BV + tx + 8 * cq] = ru[m][cq] - vn[m][cq];
+        }
+        __syncthreads();
+        tile_store(X, ldx, rx, E1, C, DK); /* q exp(G) */
+        tile_fetch(rx, k + ((size_t)t0 * NK + kh) * DK, (size_t)NK * DK, nvalid, C, DK); /* K in flight */
+        __syncthreads();
+        for (int kk = 0; kk < DK; kk++) {
+            float sv[4];
+            for (int cq = 0; cq < 4; cq++) sv[cq] = S[kk * SCAN_BV + tx + 8 * cq];
+            const float q0 = X[r0 * ldx + kk], q1 = X[r1 * ldx + kk];
+            for (int cq = 0; cq < 4; cq++) {
+                oi[0][cq] += q0 * sv[cq];
+                oi[1][cq] += q1 * sv[cq];
+            }
+        }
+        /* O = (q exp(G)) S + Aqk V' */
+        for (int m = 0; m < 2; m++) {
+            const int i = ty + 32 * m, t = t0 + i;
             if (i >= C) continue;
             for (int cq = 0; cq < 4; cq++) {
                 float acc = oi[m][cq];
-                for (int64_t j = 0; j <= i; j++) acc += Aq[i * C + j] * Vn[j * SCAN_BV + tx + 8 * cq];
-                const int64_t c = c0 + tx + 8 * cq;
-                if (t < T_ && c < DV) st(o + (t * NV + h) * DV + c, acc);
+                for (int j = 0; j <= i; j++) acc += Aq[i * lda + j] * Vn[j * SCAN_BV + tx + 8 * cq];
+                const int c = c0 + tx + 8 * cq;
+                if (t < T_ && c < DV) st(o + ((size_t)t * NV + h) * DV + c, acc);
             }
         }
         __syncthreads();
-        /* S <- exp(G_C) S + (k exp(G_C - G))^T V' */
-        const float gC = Gs[C - 1];
-        for (int64_t idx = tid; idx < C * DK; idx += blockDim.x) {
-            const int64_t i = idx / DK, d = idx % DK, t = n * C + i;
-            X[i * ldx + d] = t < T_ ? k[(t * NK + kh) * DK + d] * expf(gC - Gs[i]) : 0.0f;
-        }
+        tile_store(X, ldx, rx, E2, C, DK); /* k exp(G_C - G) */
+        const float eC = E1[C - 1];
+        if (n + 1 < nc) fetch_chunk(n + 1); /* next chunk in flight */
         __syncthreads();
-        const float eC = expf(gC);
-        for (int64_t p = 0; p < nkp; p++) {
-            const int64_t kk = ty + 32 * p;
+        /* S <- exp(G_C) S + (k exp(G_C - G))^T V' */
+        for (int p = 0; p < nkp; p++) {
+            const int kk = ty + 32 * p;
             if (kk >= DK) break;
             float acc[4];
             for (int cq = 0; cq < 4; cq++) acc[cq] = 0.0f;
-            for (int64_t i = 0; i < C; i++) {
+            for (int i = 0; i < C; i++) {
                 const float kv = X[i * ldx + kk];
                 for (int cq = 0; cq < 4; cq++) acc[cq] += kv * Vn[i * SCAN_BV + tx + 8 * cq];
             }
@@ -363,10 +458,8 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
         }
     }
     __syncthreads();
-    for (int64_t idx = tid; idx < DK * SCAN_BV; idx += blockDim.x) {
-        const int64_t kk = idx / SCAN_BV, c = c0 + idx % SCAN_BV;
-        if (c < DV) Sg[kk * DV + c] = S[idx];
-    }
+    for (int kk = warp; kk < DK; kk += 8)
+        if (c0 + lane < DV) Sg[kk * DV + c0 + lane] = S[kk * SCAN_BV + lane];
 }
 
 extern "C" enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, const float *d_q, const float *d_k,
@@ -377,26 +470,30 @@ extern "C" enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, co
 {
     Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0 && DK > 0 && DK <= 256 && DV > 0 && DV <= 256);
     Q3N_REQUIRE(C >= 1 && C <= 64);
+    if (DK % 4 != 0 || DV % 4 != 0 || C * DK > 4 * 256 * TL_MAX || C * DV > 4 * 256 * TL_MAX)
+        return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda delta rule: DK=%lld DV=%lld must be multiples of 4",
+                             (long long)DK, (long long)DV);
     if (T == 0) return Q3N_OK;
     const int64_t nc = (T + C - 1) / C;
-    Q3N_REQUIRE(nc <= INT32_MAX && NV <= 65535);
-    const size_t prep_smem = sizeof(float) * (size_t)(2 * C * (DK + 1) + C * (DV + 1) + C * (C + 1) + 2 * C);
+    Q3N_REQUIRE(T <= INT32_MAX / 4 && NV <= 65535 && (size_t)nc * NV * C * (DK + DV + C + 1) < ((size_t)1 << 40));
+    const size_t prep_smem =
+        sizeof(float) * (size_t)(C * (DK + 1) + C * ((DK > DV ? DK : DV) + 1) + C * (C + 1) + 3 * C);
     CU_CHECK(cudaFuncSetAttribute(chunk_prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)prep_smem));
     chunk_prep_kernel<<<dim3((unsigned)nc, (unsigned)NV), 256, prep_smem, stream>>>(d_scratch, d_q, d_k, d_v, d_g,
-                                                                                     d_beta, T, NK, NV, DK, DV, C);
+                                                                                     d_beta, (int)T, (int)NK, (int)NV, (int)DK, (int)DV, (int)C);
     CU_LAUNCHED("delta_rule chunk_prep_kernel");
-    const size_t scan_smem = sizeof(float) * (size_t)(DK * SCAN_BV + C * (DK + 1) + C * SCAN_BV + C * C + C);
+    const size_t scan_smem = sizeof(float) * (size_t)(DK * SCAN_BV + C * (DK + 1) + C * SCAN_BV + C * (C + 1) + 3 * C);
     const dim3 grid((unsigned)NV, cdiv(DV, SCAN_BV));
     if (dt == Q3N_COMPUTE_BF16) {
         CU_CHECK(cudaFuncSetAttribute(chunk_scan_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)scan_smem));
-        chunk_scan_kernel<<<grid, 256, scan_smem, stream>>>((bf16 *)d_o, d_state, d_scratch, d_q, d_k, T, NK, NV, DK,
-                                                            DV, C, nc);
+        chunk_scan_kernel<<<grid, 256, scan_smem, stream>>>((bf16 *)d_o, d_state, d_scratch, d_q, d_k, (int)T, (int)NK, (int)NV,
+                                                            (int)DK, (int)DV, (int)C, (int)nc);
     } else {
         CU_CHECK(cudaFuncSetAttribute(chunk_scan_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)scan_smem));
-        chunk_scan_kernel<<<grid, 256, scan_smem, stream>>>((float *)d_o, d_state, d_scratch, d_q, d_k, T, NK, NV,
-                                                            DK, DV, C, nc);
+        chunk_scan_kernel<<<grid, 256, scan_smem, stream>>>((float *)d_o, d_state, d_scratch, d_q, d_k, (int)T, (int)NK, (int)NV,
+                                                            (int)DK, (int)DV, (int)C, (int)nc);
     }
     CU_LAUNCHED("delta_rule chunk_scan_kernel");
     return Q3N_OK;

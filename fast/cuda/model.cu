@@ -54,7 +54,7 @@ struct work {
     float *ascratch;
     void *rlogits, *eo, *sout, *sg, *smid;
     float *probs, *topw;
-    int32_t *topi, *perm, *pos, *counts, *offsets;
+    int32_t *topi, *perm, *pos, *counts, *offsets, *tiles;
     void *xperm, *gu, *hmid, *ey;
     void *lbuf;
     float *lbuf32;
@@ -84,8 +84,12 @@ struct cuda_session {
     int64_t host_i32_cap;
     int32_t *host_counts, *host_offsets;
     /* what ran since the last reset */
-    int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv;
+    int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv, ran_moe_grouped;
     char desc[512];
+    /* optional per-phase timing (cuda_session_profile): events around each block */
+    int profile;
+    cudaEvent_t ev[2 * 4 * 64 + 2];
+    double prof_ms[4]; /* deltanet mixer, attention mixer, MoE/MLP, everything else */
 };
 
 /* ---- allocation ---------------------------------------------------------------------- */
@@ -285,6 +289,7 @@ static enum q3n_status alloc_work(struct cuda_session *s, struct q3n_error *err)
     DALLOC(w->pos, Tm * K * 4);
     DALLOC(w->counts, E * 4);
     DALLOC(w->offsets, E * 4);
+    DALLOC(w->tiles, cuda_moe_grouped_tiles(Tm * K, E) * 4);
     DALLOC(w->eo, Tm * D * as);
     DALLOC(w->sout, Tm * D * as);
     DALLOC(w->sg, Tm * as);
@@ -328,7 +333,7 @@ static enum q3n_status reset_caches(struct cuda_session *s, struct q3n_error *er
     }
     s->cache_len = 0;
     s->has_prev = 0;
-    s->ran_chunked = s->ran_recurrent = s->ran_flash = s->ran_rows = s->ran_moe_gemm = s->ran_moe_gemv = 0;
+    s->ran_chunked = s->ran_recurrent = s->ran_flash = s->ran_rows = s->ran_moe_gemm = s->ran_moe_gemv = s->ran_moe_grouped = 0;
     return Q3N_OK;
 }
 
@@ -522,14 +527,16 @@ extern "C" enum q3n_status cuda_session_open_random(void **session, const struct
 
 /* ---- taps ------------------------------------------------------------------------------- */
 
-/* Copies a device tensor (activation dtype when isact, else float32; rows of `ldr` elements, 0 =
- * contiguous) to the host as float32 and hands it to the sink. Contiguous taps are live: an
+/* Copies a device tensor (activation dtype when isact, else float32) to the host: contiguous when
+ * ldr == 0, else numel/rcols rows of rcols elements, ldr elements apart. Then as float32 and hands it to the sink. Contiguous taps are live: an
  * intervening sink's changes are copied back to the device. */
 static enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink *taps, int isact, void *d,
-                               int64_t ldr, int rank, const int64_t *dims, struct q3n_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 9, 10)));
+                               int64_t ldr, int64_t rcols, int rank, const int64_t *dims, struct q3n_error *err,
+                               const char *fmt, ...)
+    __attribute__((format(printf, 10, 11)));
 static enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink *taps, int isact, void *d,
-                               int64_t ldr, int rank, const int64_t *dims, struct q3n_error *err, const char *fmt, ...)
+                               int64_t ldr, int64_t rcols, int rank, const int64_t *dims, struct q3n_error *err,
+                               const char *fmt, ...)
 {
     if (!taps || !taps->fn) return Q3N_OK;
     char name[Q3N_TAP_NAME_MAX];
@@ -539,11 +546,13 @@ static enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink
     va_end(ap);
     int64_t n = 1;
     for (int i = 0; i < rank; i++) n *= dims[i];
-    const int64_t rows = dims[0], cols = rows ? n / rows : 0;
+    const int64_t cols = ldr ? rcols : (dims[0] ? n / dims[0] : 0), rows = cols ? n / cols : 0;
     const int contiguous = ldr == 0 || ldr == cols;
     if (n > s->tap_cap) {
         free(s->tap_host);
         if (s->tap_dev) cudaFree(s->tap_dev);
+    if (s->profile)
+        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++) cudaEventDestroy(s->ev[i]);
         s->tap_dev = NULL;
         s->tap_cap = 0;
         s->tap_host = (float *)malloc(sizeof(float) * (size_t)n);
@@ -580,28 +589,28 @@ static enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink
 #define TAPA2(d, a, b, ...)                                                                                       \
     do {                                                                                                          \
         const int64_t dims_[2] = {(a), (b)};                                                                      \
-        Q3N_TRY(tap_dev(s, taps, 1, (void *)(d), 0, 2, dims_, err, __VA_ARGS__));                                  \
+        Q3N_TRY(tap_dev(s, taps, 1, (void *)(d), 0, 0, 2, dims_, err, __VA_ARGS__));                                  \
     } while (0)
 #define TAPA3(d, a, b, c_, ...)                                                                                   \
     do {                                                                                                          \
         const int64_t dims_[3] = {(a), (b), (c_)};                                                                \
-        Q3N_TRY(tap_dev(s, taps, 1, (void *)(d), 0, 3, dims_, err, __VA_ARGS__));                                  \
+        Q3N_TRY(tap_dev(s, taps, 1, (void *)(d), 0, 0, 3, dims_, err, __VA_ARGS__));                                  \
     } while (0)
 #define TAPF2(d, a, b, ...)                                                                                       \
     do {                                                                                                          \
         const int64_t dims_[2] = {(a), (b)};                                                                      \
-        Q3N_TRY(tap_dev(s, taps, 0, (void *)(d), 0, 2, dims_, err, __VA_ARGS__));                                  \
+        Q3N_TRY(tap_dev(s, taps, 0, (void *)(d), 0, 0, 2, dims_, err, __VA_ARGS__));                                  \
     } while (0)
 #define TAPF3(d, a, b, c_, ...)                                                                                   \
     do {                                                                                                          \
         const int64_t dims_[3] = {(a), (b), (c_)};                                                                \
-        Q3N_TRY(tap_dev(s, taps, 0, (void *)(d), 0, 3, dims_, err, __VA_ARGS__));                                  \
+        Q3N_TRY(tap_dev(s, taps, 0, (void *)(d), 0, 0, 3, dims_, err, __VA_ARGS__));                                  \
     } while (0)
-/* A strided slice: T rows of `cols` elements, `ld` apart, shaped [a, b, c_] with a*b*c_ = T*cols. */
-#define TAPS3(d, ldr, a, b, c_, ...)                                                                              \
+/* A strided slice: rows of `rc` elements, `ldr` apart, shaped [a, b, c_]. */
+#define TAPS3(d, ldr, rc, a, b, c_, ...)                                                                          \
     do {                                                                                                          \
         const int64_t dims_[3] = {(a), (b), (c_)};                                                                \
-        Q3N_TRY(tap_dev(s, taps, 1, (void *)(d), (ldr), 3, dims_, err, __VA_ARGS__));                              \
+        Q3N_TRY(tap_dev(s, taps, 1, (void *)(d), (ldr), (rc), 3, dims_, err, __VA_ARGS__));                        \
     } while (0)
 
 #define ACT(p, off) ((void *)((char *)(p) + s->as * (size_t)(off)))
@@ -628,9 +637,9 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, int6
     TAPA2(w->ba, T, 2 * NV, "%s.%d.linear_attn.in_proj_ba.out", p, li);
     Q3N_TRY(cuda_deltanet_split_forward(w->mixed, w->z, w->b, w->a, w->big, w->ba, T, NK, NV, DK, DV, dt, s->stream,
                                         err));
-    TAPS3(w->mixed, Cc, T, NK, DK, "%s.%d.linear_attn.q", p, li);
-    TAPS3(ACT(w->mixed, NK * DK), Cc, T, NK, DK, "%s.%d.linear_attn.k", p, li);
-    TAPS3(ACT(w->mixed, 2 * NK * DK), Cc, T, NV, DV, "%s.%d.linear_attn.v", p, li);
+    TAPS3(w->mixed, Cc, NK * DK, T, NK, DK, "%s.%d.linear_attn.q", p, li);
+    TAPS3(ACT(w->mixed, NK * DK), Cc, NK * DK, T, NK, DK, "%s.%d.linear_attn.k", p, li);
+    TAPS3(ACT(w->mixed, 2 * NK * DK), Cc, NV * DV, T, NV, DV, "%s.%d.linear_attn.v", p, li);
     TAPA3(w->z, T, NV, DV, "%s.%d.linear_attn.z", p, li);
     TAPF2(w->b, T, NV, "%s.%d.linear_attn.b", p, li);
     TAPF2(w->a, T, NV, "%s.%d.linear_attn.a", p, li);
@@ -696,7 +705,7 @@ static enum q3n_status attn_block(struct cuda_session *s, int64_t l, int64_t T, 
     TAPA2(vp, T, NKV * HD, "%s.%d.self_attn.v_proj.out", p, li);
     {
         const int64_t dims[3] = {T, NH, HD};
-        Q3N_TRY(tap_dev(s, taps, 1, ACT(qg, HD), 2 * HD, 3, dims, err, "%s.%d.self_attn.gate", p, li));
+        Q3N_TRY(tap_dev(s, taps, 1, ACT(qg, HD), 2 * HD, HD, 3, dims, err, "%s.%d.self_attn.gate", p, li));
     }
     Q3N_TRY(cuda_attn_qk_prep(w->q, w->qn, L->kc, L->vc, w->kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
                               c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
@@ -727,6 +736,16 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     const int64_t D = c->hidden_size, E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
     Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
     Q3N_TRY(cuda_gather_rows(w->xperm, w->xn, w->perm, T * K, K, D, dt, s->stream, err));
+    if (cuda_moe_grouped_gemm_ok(2 * I, D, dt) && cuda_moe_grouped_gemm_ok(D, I, dt) &&
+        T * K / 64 + E + 1 <= 65535) {
+        Q3N_TRY(cuda_moe_grouped_gemm(w->gu, w->xperm, L->experts_gu, w->counts, w->offsets, w->tiles, T * K, E,
+                                      2 * I, D, dt, s->stream, err));
+        Q3N_TRY(cuda_swiglu_forward(w->hmid, w->gu, T * K, I, dt, s->stream, err));
+        Q3N_TRY(cuda_moe_grouped_gemm(w->ey, w->hmid, L->experts_dn, w->counts, w->offsets, w->tiles, T * K, E, D,
+                                      I, dt, s->stream, err));
+        s->ran_moe_grouped = 1;
+        return Q3N_OK;
+    }
     CU_CHECK(cudaMemcpyAsync(s->host_counts, w->counts, sizeof(int32_t) * (size_t)E, cudaMemcpyDeviceToHost,
                              s->stream));
     CU_CHECK(cudaMemcpyAsync(s->host_offsets, w->offsets, sizeof(int32_t) * (size_t)E, cudaMemcpyDeviceToHost,
@@ -873,11 +892,16 @@ static void describe_build(struct cuda_session *s)
     if (s->ran_recurrent)
         snprintf(dr + strlen(dr), sizeof dr - strlen(dr), "%srecurrent(recurrent_v1)", s->ran_chunked ? "+" : "");
     char at[96] = "";
-    if (s->ran_flash) snprintf(at, sizeof at, "flash_mma_bf16_v1");
+    if (s->ran_flash) snprintf(at, sizeof at, "flash_mma_bf16_v2");
     if (s->ran_rows) snprintf(at + strlen(at), sizeof at - strlen(at), "%srows_v1", s->ran_flash ? "+" : "");
     char moe[96] = "";
-    if (s->ran_moe_gemm) snprintf(moe, sizeof moe, "permute+cublas_per_expert");
-    if (s->ran_moe_gemv) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v1", s->ran_moe_gemm ? "+" : "");
+    if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "permute+grouped_mma_bf16_v1");
+    if (s->ran_moe_gemm)
+        snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%spermute+cublas_per_expert",
+                 s->ran_moe_grouped ? "+" : "");
+    if (s->ran_moe_gemv)
+        snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v1",
+                 s->ran_moe_gemm || s->ran_moe_grouped ? "+" : "");
     snprintf(s->desc, sizeof s->desc,
              "cuda dtype=%s gemm=cublas(COMPUTE_32F, DEFAULT_MATH: no TF32%s) deltanet=%s conv=conv1d_v1 attn=%s "
              "moe=%s norms=fused_v1",
@@ -902,6 +926,8 @@ static enum q3n_status forward_body(struct cuda_session *s, const int64_t *token
             return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: token %lld at %lld outside vocab %lld",
                                  (long long)tokens[t], (long long)t, (long long)c->vocab_size);
     CU_CHECK(cudaMemcpyAsync(w->tokens, tokens, sizeof(int64_t) * (size_t)T, cudaMemcpyHostToDevice, s->stream));
+    const int prof = s->profile && c->num_hidden_layers <= 64;
+    if (prof) CU_CHECK(cudaEventRecord(s->ev[2 * 4 * 64], s->stream));
     Q3N_TRY(cuda_embed_forward(w->h, w->tokens, s->embed, T, D, dt, s->stream, err));
     TAPA2(w->h, T, D, "model.embed_tokens.out");
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
@@ -910,19 +936,39 @@ static enum q3n_status forward_body(struct cuda_session *s, const int64_t *token
         TAPA2(w->h, T, D, "model.layers.%d.in", li);
         Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, L->in_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
         TAPA2(w->xn, T, D, "model.layers.%d.input_layernorm.out", li);
+        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 0], s->stream));
         if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION)
             Q3N_TRY(attn_block(s, l, T, pos0, taps, err));
         else
             Q3N_TRY(linear_attn_block(s, l, T, taps, err));
+        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 1], s->stream));
         Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, w->y, L->post_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
         TAPA2(w->h, T, D, "model.layers.%d.post_attention_layernorm.in", li);
         TAPA2(w->xn, T, D, "model.layers.%d.post_attention_layernorm.out", li);
+        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 2], s->stream));
         Q3N_TRY(mlp_block(s, l, T, pos0, taps, err));
+        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 3], s->stream));
         Q3N_TRY(cuda_add_inplace(w->h, w->y, T * D, dt, s->stream, err));
         TAPA2(w->h, T, D, "model.layers.%d.out", li);
     }
     Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, s->final_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
     TAPA2(w->xn, T, D, "model.norm.out");
+    if (prof) {
+        CU_CHECK(cudaEventRecord(s->ev[2 * 4 * 64 + 1], s->stream));
+        CU_CHECK(cudaEventSynchronize(s->ev[2 * 4 * 64 + 1]));
+        float total = 0, ms = 0;
+        CU_CHECK(cudaEventElapsedTime(&total, s->ev[2 * 4 * 64], s->ev[2 * 4 * 64 + 1]));
+        double parts = 0;
+        for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+            CU_CHECK(cudaEventElapsedTime(&ms, s->ev[8 * l], s->ev[8 * l + 1]));
+            s->prof_ms[c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION ? 1 : 0] += ms;
+            parts += ms;
+            CU_CHECK(cudaEventElapsedTime(&ms, s->ev[8 * l + 2], s->ev[8 * l + 3]));
+            s->prof_ms[2] += ms;
+            parts += ms;
+        }
+        s->prof_ms[3] += total - parts;
+    }
     s->cache_len += T;
     s->has_prev = 1;
     describe_build(s);
@@ -962,6 +1008,19 @@ extern "C" enum q3n_status cuda_session_forward_last(void *session, float *logit
     return lm_head_rows(s, logits, T - 1, 1, err);
 }
 
+extern "C" enum q3n_status cuda_session_profile(void *session, int on, double *ms4, struct q3n_error *err)
+{
+    struct cuda_session *s = (struct cuda_session *)session;
+    if (on && !s->profile) {
+        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++) CU_CHECK(cudaEventCreate(&s->ev[i]));
+        s->profile = 1;
+    }
+    if (ms4)
+        for (int i = 0; i < 4; i++) ms4[i] = s->prof_ms[i];
+    for (int i = 0; i < 4; i++) s->prof_ms[i] = 0;
+    return Q3N_OK;
+}
+
 extern "C" enum q3n_status cuda_session_sync(void *session, struct q3n_error *err)
 {
     struct cuda_session *s = (struct cuda_session *)session;
@@ -990,6 +1049,8 @@ static void cuda_close(void *session)
     if (s->stream) cudaStreamSynchronize(s->stream);
     for (int i = 0; i < s->nallocs; i++) cudaFree(s->allocs[i]);
     if (s->tap_dev) cudaFree(s->tap_dev);
+    if (s->profile)
+        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++) cudaEventDestroy(s->ev[i]);
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s->tap_host);

@@ -298,3 +298,138 @@ extern "C" enum q3n_status cuda_moe_combine(void *d_experts_out, void *d_mlp_out
     CU_LAUNCHED("moe combine_kernel");
     return Q3N_OK;
 }
+
+/* ---- grouped expert GEMM (bf16 tensor cores; prefill) ----
+ * out[p, n] = sum_k X[p, k] W[e][n, k] for the rows p of each expert e (offsets/counts on the
+ * device, as cuda_moe_permute leaves them): one launch for every expert, no host round trip.
+ * Tile 64 rows x 128 outputs x 32 k, 8 warps (2 x 4), warp tile 32 x 32 of mma.sync m16n8k16
+ * with float32 accumulators; the next k-tile is prefetched into registers while the current one
+ * is multiplied. A tile table (expert, first row) is built on the device first. */
+#define GG_BM 64
+#define GG_BN 128
+#define GG_BK 32
+#define GG_LD (GG_BK + 8)
+
+__global__ void gg_tiles_kernel(int32_t *tiles, const int32_t *counts, const int32_t *offsets, int64_t E)
+{
+    if (threadIdx.x != 0) return;
+    int32_t nt = 0;
+    for (int64_t e = 0; e < E; e++)
+        for (int32_t r = 0; r < counts[e]; r += GG_BM) {
+            tiles[1 + 2 * nt] = (int32_t)e;
+            tiles[2 + 2 * nt] = offsets[e] + r;
+            nt++;
+        }
+    tiles[0] = nt;
+}
+
+__device__ __forceinline__ void gg_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__global__ void __launch_bounds__(256) grouped_gemm_bf16_kernel(bf16 *out, const bf16 *X, const bf16 *W,
+                                                                const int32_t *tiles, const int32_t *counts,
+                                                                const int32_t *offsets, int N, int Kin)
+{
+    __shared__ __align__(16) bf16 Xs[GG_BM * GG_LD];
+    __shared__ __align__(16) bf16 Ws[GG_BN * GG_LD];
+    const int tile = blockIdx.y;
+    if (tile >= tiles[0]) return;
+    const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
+    const int rend = offsets[e] + counts[e]; /* rows [r0, min(r0+64, rend)) */
+    const int n0 = blockIdx.x * GG_BN;
+    const bf16 *We = W + (size_t)e * N * Kin;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
+    const int g = lane >> 2, tq = lane & 3;
+    /* loader mapping: X 64 rows x 4 uint4 (1 per thread); W 128 rows x 4 uint4 (2 per thread) */
+    const int xr = tid >> 2, xc = (tid & 3) * 8;
+    const bool xin = r0 + xr < rend;
+    const bf16 *xsrc = X + (size_t)(r0 + xr) * Kin + xc;
+    const int wr0 = tid >> 2, wr1 = wr0 + 64, wc = (tid & 3) * 8;
+    const bf16 *wsrc0 = We + (size_t)(n0 + wr0) * Kin + wc, *wsrc1 = We + (size_t)(n0 + wr1) * Kin + wc;
+    float acc[2][4][4];
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 4; b++) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.0f;
+    uint4 px = xin ? *reinterpret_cast<const uint4 *>(xsrc) : make_uint4(0, 0, 0, 0);
+    uint4 pw0 = *reinterpret_cast<const uint4 *>(wsrc0), pw1 = *reinterpret_cast<const uint4 *>(wsrc1);
+    for (int k0 = 0; k0 < Kin; k0 += GG_BK) {
+        __syncthreads();
+        *reinterpret_cast<uint4 *>(&Xs[xr * GG_LD + xc]) = px;
+        *reinterpret_cast<uint4 *>(&Ws[wr0 * GG_LD + wc]) = pw0;
+        *reinterpret_cast<uint4 *>(&Ws[wr1 * GG_LD + wc]) = pw1;
+        __syncthreads();
+        if (k0 + GG_BK < Kin) {
+            px = xin ? *reinterpret_cast<const uint4 *>(xsrc + k0 + GG_BK) : make_uint4(0, 0, 0, 0);
+            pw0 = *reinterpret_cast<const uint4 *>(wsrc0 + k0 + GG_BK);
+            pw1 = *reinterpret_cast<const uint4 *>(wsrc1 + k0 + GG_BK);
+        }
+#pragma unroll
+        for (int ks = 0; ks < GG_BK / 16; ks++) {
+            const int c = ks * 16 + 2 * tq;
+            uint32_t a[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const bf16 *ar = Xs + (wm * 32 + mt * 16 + g) * GG_LD + c;
+                a[mt][0] = *reinterpret_cast<const uint32_t *>(ar);
+                a[mt][1] = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD);
+                a[mt][2] = *reinterpret_cast<const uint32_t *>(ar + 8);
+                a[mt][3] = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const bf16 *br = Ws + (wn * 32 + nt * 8 + g) * GG_LD + c;
+                const uint32_t b0 = *reinterpret_cast<const uint32_t *>(br);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t *>(br + 8);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) gg_mma(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            const int row = r0 + wm * 32 + mt * 16 + g, col = n0 + wn * 32 + nt * 8 + 2 * tq;
+            if (row < rend)
+                *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * N + col) =
+                    __floats2bfloat162_rn(acc[mt][nt][0], acc[mt][nt][1]);
+            if (row + 8 < rend)
+                *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)(row + 8) * N + col) =
+                    __floats2bfloat162_rn(acc[mt][nt][2], acc[mt][nt][3]);
+        }
+}
+
+extern "C" int64_t cuda_moe_grouped_tiles(int64_t rows, int64_t E)
+{
+    return 1 + 2 * (rows / GG_BM + E + 1);
+}
+
+extern "C" int cuda_moe_grouped_gemm_ok(int64_t N, int64_t Kin, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && N % GG_BN == 0 && Kin % GG_BK == 0 && N <= INT32_MAX && Kin <= INT32_MAX;
+}
+
+extern "C" enum q3n_status cuda_moe_grouped_gemm(void *d_out, const void *d_x, const void *d_W,
+                                                 const int32_t *d_counts, const int32_t *d_offsets, int32_t *d_tiles,
+                                                 int64_t rows, int64_t E, int64_t N, int64_t Kin,
+                                                 enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                 struct q3n_error *err)
+{
+    Q3N_REQUIRE(cuda_moe_grouped_gemm_ok(N, Kin, dt));
+    Q3N_REQUIRE(rows >= 0 && E > 0 && rows / GG_BM + E + 1 <= 65535);
+    if (rows == 0) return Q3N_OK;
+    gg_tiles_kernel<<<1, 32, 0, stream>>>(d_tiles, d_counts, d_offsets, E);
+    CU_LAUNCHED("moe gg_tiles_kernel");
+    const dim3 grid((unsigned)(N / GG_BN), (unsigned)(rows / GG_BM + E + 1));
+    grouped_gemm_bf16_kernel<<<grid, 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x, (const bf16 *)d_W, d_tiles,
+                                                       d_counts, d_offsets, (int)N, (int)Kin);
+    CU_LAUNCHED("moe grouped_gemm_bf16_kernel");
+    return Q3N_OK;
+}

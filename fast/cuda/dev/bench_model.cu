@@ -56,7 +56,7 @@ int main(int argc, char **argv)
     }
     struct q3n_config cfg;
     TRY(q3n_synth_config(&cfg, "real-4l", &err));
-    int64_t Ts[8], nT = 0, Tmax = dprompt + dsteps;
+    int64_t Ts[8], nT = 0, Tmax = dprompt + dsteps + 1;
     for (const char *p = prefill; *p && nT < 8;) {
         Ts[nT] = atoll(p);
         if (Ts[nT] > Tmax) Tmax = Ts[nT];
@@ -98,6 +98,14 @@ int main(int argc, char **argv)
             sum += dt;
             if (dt < best) best = dt;
         }
+        double ms4[4];
+        TRY(cuda_session_profile(s, 1, NULL, &err));
+        cuda_impl.reset(s);
+        TRY(cuda_session_forward_last(s, logits, tok, T, &err));
+        TRY(cuda_session_profile(s, 1, ms4, &err));
+        printf("PROFILE prefill T=%lld (one extra run, CUDA events): deltanet mixers %.2f ms, attention mixer %.2f ms, "
+               "MoE blocks %.2f ms, other (embed, norms, residuals) %.2f ms\n",
+               (long long)T, ms4[0], ms4[1], ms4[2], ms4[3]);
         int finite = 1;
         for (int64_t v = 0; v < cfg.vocab_size; v++) finite &= isfinite(logits[v]) != 0;
         printf("RESULT cuda prefill T=%lld dtype=%s: best %.2f ms (%.0f tokens/s), mean %.2f ms over %d; logits "
@@ -113,6 +121,13 @@ int main(int argc, char **argv)
         const double a = now_s();
         for (int64_t i = 1; i < dsteps; i++) TRY(cuda_session_forward_last(s, logits, tok + dprompt + i, 1, &err));
         const double dt = (now_s() - a) / (double)(dsteps - 1);
+        double ms4[4];
+        TRY(cuda_session_profile(s, 1, NULL, &err));
+        TRY(cuda_session_forward_last(s, logits, tok + dprompt + dsteps, 1, &err));
+        TRY(cuda_session_profile(s, 1, ms4, &err));
+        printf("PROFILE decode step (CUDA events): deltanet mixers %.3f ms, attention mixer %.3f ms, MoE blocks %.3f "
+               "ms, other %.3f ms (device time; the wall time above includes launch overhead and the lm_head)\n",
+               ms4[0], ms4[1], ms4[2], ms4[3]);
         int finite = 1;
         for (int64_t v = 0; v < cfg.vocab_size; v++) finite &= isfinite(logits[v]) != 0;
         printf("RESULT cuda decode after %lld-token prompt dtype=%s: %.3f ms/token (mean of %lld steps); logits "

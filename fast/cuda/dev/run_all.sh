@@ -46,8 +46,14 @@ for stage in "$@"; do
     bench)
         log "bench_model" >>"$OUT/bench.log"
         $B/test_kernels --bench-delta 16384 16 32 128 >>"$OUT/bench.log" 2>&1
-        $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --long 32768 >>"$OUT/bench.log" 2>&1
+        $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 ${LONG:---long 32768} >>"$OUT/bench.log" 2>&1
         echo "exit $?" >>"$OUT/bench.log" ;;
+    ncu)
+        log "ncu kernel durations" >>"$OUT/bench.log"
+        timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'chunk|grouped|flash' --launch-skip 2 --launch-count 6 \
+            $B/test_kernels --bench-delta 16384 16 32 128 2>&1 | grep -E "chunk_|gpu__time|grouped|flash" >>"$OUT/bench.log"
+        timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'grouped|flash|chunk_|recurrent|gemv|router|place' --launch-skip 40 --launch-count 14 \
+            $B/bench_model --prefill 4096 --decode-steps 0 --reps 1 2>&1 | grep -E "_kernel|gpu__time" >>"$OUT/bench.log" ;;
     tf)
         log "transformers" >>"$OUT/bench.log"
         timeout 420 python3 fast/cuda/dev/bench_transformers.py >>"$OUT/bench.log" 2>&1; echo "exit $?" >>"$OUT/bench.log" ;;

@@ -218,7 +218,7 @@ static void case_rmsnorm(int64_t rows, int64_t n, int bf)
     RUN(cuda_l2norm_forward((float *)o2.p, dx.p, rows, 1, n, n, 1e-6, 1.0f, 0, DT(bf), g_stream, E));
     CK(cudaStreamSynchronize(g_stream));
     snprintf(name, sizeof name, "l2norm rows=%lld n=%lld %s", (long long)rows, (long long)n, dtn(bf));
-    check(name, down(o2, rows * n, 0), want2, 1e-6, 1, &o2);
+    check(name, down(o2, rows * n, 0), want2, 4e-6, 1, &o2); /* sum of n squares in tree order */
     dfree(dx), dfree(dz), dfree(dw), dfree(dwg), dfree(o), dfree(o2);
 }
 
@@ -494,8 +494,23 @@ static void case_moe(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int
     dbuf gu = dnew(T * K * 2 * I * as), hm = dnew(T * K * I * as), ey = dnew(T * K * D * as), eo = dnew(T * D * as),
          mo = dnew(T * D * as);
     dbuf perm = dnew(T * K * 4), pos = dnew(T * K * 4), cnt = dnew(Ex * 4), off = dnew(Ex * 4), xp = dnew(T * K * D * as);
-    for (int path = 0; path < 2; path++) {
-        if (path == 0) {
+    dbuf tiles = dnew((size_t)cuda_moe_grouped_tiles(T * K, Ex) * 4);
+    for (int path = 0; path < 3; path++) {
+        if (path == 2 && !(cuda_moe_grouped_gemm_ok(2 * I, D, DT(bf)) && cuda_moe_grouped_gemm_ok(D, I, DT(bf))))
+            continue;
+        if (path == 2) {
+            poison(gu), poison(hm), poison(ey), poison(eo);
+            RUN(cuda_moe_permute((int32_t *)perm.p, (int32_t *)pos.p, (int32_t *)cnt.p, (int32_t *)off.p,
+                                 (int32_t *)di.p, T, Ex, K, g_stream, E));
+            RUN(cuda_gather_rows(xp.p, dx.p, (int32_t *)perm.p, T * K, K, D, DT(bf), g_stream, E));
+            RUN(cuda_moe_grouped_gemm(gu.p, xp.p, dgu.p, (int32_t *)cnt.p, (int32_t *)off.p, (int32_t *)tiles.p, T * K,
+                                      Ex, 2 * I, D, DT(bf), g_stream, E));
+            RUN(cuda_swiglu_forward(hm.p, gu.p, T * K, I, DT(bf), g_stream, E));
+            RUN(cuda_moe_grouped_gemm(ey.p, hm.p, ddn.p, (int32_t *)cnt.p, (int32_t *)off.p, (int32_t *)tiles.p, T * K,
+                                      Ex, D, I, DT(bf), g_stream, E));
+            RUN(cuda_moe_combine(eo.p, mo.p, ey.p, (int32_t *)pos.p, (float *)dw.p, NULL, NULL, T, D, K, DT(bf),
+                                 g_stream, E));
+        } else if (path == 0) {
             RUN(cuda_moe_experts_gemv(gu.p, dx.p, (int32_t *)di.p, dgu.p, T * K, K, 2 * I, D, DT(bf), g_stream, E));
             RUN(cuda_swiglu_forward(hm.p, gu.p, T * K, I, DT(bf), g_stream, E));
             RUN(cuda_moe_experts_gemv(ey.p, hm.p, (int32_t *)di.p, ddn.p, T * K, 1, D, I, DT(bf), g_stream, E));
@@ -523,7 +538,7 @@ static void case_moe(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int
         }
         CK(cudaStreamSynchronize(g_stream));
         snprintf(name, sizeof name, "moe_experts[%s] T=%lld D=%lld E=%lld K=%lld I=%lld %s",
-                 path ? "permute+cublas" : "gemv", (long long)T, (long long)D, (long long)Ex, (long long)K,
+                 path == 2 ? "permute+grouped_mma" : path ? "permute+cublas" : "gemv", (long long)T, (long long)D, (long long)Ex, (long long)K,
                  (long long)I, dtn(bf));
         check(name, down(eo, T * D, bf), want, bf ? 2e-2 : 2e-6, 1, &eo);
     }
@@ -533,13 +548,13 @@ static void case_moe(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int
     auto eo_h = down(eo, T * D, bf);
     std::vector<float> wantc((size_t)(T * D));
     ref_moe_combine_forward(wantc.data(), eo_h.data(), sh.data(), sgl.data(), T, D);
-    dbuf dsh = up(sh, bf), dsg = up(sgl, bf);
-    RUN(cuda_moe_combine(NULL, mo.p, eo.p, NULL, (float *)dw.p, dsh.p, dsg.p, T, D, 1, DT(bf), g_stream, E));
+    dbuf dsh = up(sh, bf), dsg = up(sgl, bf), ones = up(std::vector<float>((size_t)T, 1.0f), 0);
+    RUN(cuda_moe_combine(NULL, mo.p, eo.p, NULL, (float *)ones.p, dsh.p, dsg.p, T, D, 1, DT(bf), g_stream, E));
     CK(cudaStreamSynchronize(g_stream));
     snprintf(name, sizeof name, "moe_combine(shared) T=%lld D=%lld %s", (long long)T, (long long)D, dtn(bf));
     check(name, down(mo, T * D, bf), wantc, bf ? 1e-2 : 1e-6, 1, &mo);
     dfree(dl), dfree(dp), dfree(di), dfree(dw), dfree(dx), dfree(dgu), dfree(ddn), dfree(gu), dfree(hm), dfree(ey),
-        dfree(eo), dfree(mo), dfree(perm), dfree(pos), dfree(cnt), dfree(off), dfree(xp), dfree(dsh), dfree(dsg);
+        dfree(eo), dfree(mo), dfree(perm), dfree(pos), dfree(cnt), dfree(off), dfree(xp), dfree(dsh), dfree(dsg), dfree(ones), dfree(tiles);
 }
 
 /* ---- timing of the chunked delta rule alone (inputs float32 as the model feeds them) ---- */
@@ -678,6 +693,7 @@ int main(int argc, char **argv)
         case_attention(5, 3, 4, 2, 60, 0);
         case_attention(1, 300, 4, 2, 64, 1);
         case_moe(40, 64, 8, 2, 32, 0);
+        case_moe(100, 128, 16, 4, 64, 1);
     } else {
         for (int bf = 0; bf < 2; bf++) {
             case_rmsnorm(7, 2048, bf);
@@ -712,6 +728,8 @@ int main(int argc, char **argv)
         case_moe(3, 128, 16, 4, 64, 0);
         case_moe(50, 128, 16, 4, 64, 0);
         case_moe(50, 256, 64, 10, 64, 1);
+        case_moe(300, 256, 32, 4, 128, 1); /* several 64-row tiles per expert */
+        case_moe(7, 128, 512, 10, 64, 1);  /* many empty experts */
     }
     printf("%d cases, %d failed\n", g_cases, g_fail);
     if (g_fail) return 1;
