@@ -15,7 +15,10 @@
 # 2 on a usage error.
 #
 # Options:
-#   --out DIR            output folder (default build/gate; emptied first)
+#   --out DIR            output folder (default build/gate; what a previous gate wrote there is removed)
+# Paths given to --out, --goldens, --compare and --policy are taken relative to the directory the
+# gate was called from (it runs from its own checkout, e.g. a submodule); --build is relative to
+# the q3n checkout.
 #   --build DIR          build folder (default build)
 #   --impls "A B"        implementations to verify (default: ref cpu, plus cuda when the build
 #                        has CUDA and nvidia-smi sees a GPU)
@@ -26,9 +29,11 @@
 #   --no-build --no-unit --no-verify --no-determinism --no-fuzz   skip a part
 #   --jobs N             make -j (default: number of cores)
 set -u
+caller=$(pwd)
+abspath() { case "$1" in /*) echo "$1" ;; *) echo "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 
-out=build/gate
+out=$PWD/build/gate
 build=build
 impls=
 goldens=
@@ -41,12 +46,12 @@ jobs=$(nproc 2>/dev/null || echo 2)
 usage() { sed -n '2,/^set -u/p' "$0" | sed 's/^# \{0,1\}//;/^set -u/d'; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out) out=$2; shift 2 ;;
+        --out) out=$(abspath "$2"); shift 2 ;;
         --build) build=$2; shift 2 ;;
         --impls) impls=$2; shift 2 ;;
-        --goldens) goldens=$2; shift 2 ;;
-        --compare) compares+=("$2"); shift 2 ;;
-        --policy) policy=$2; shift 2 ;;
+        --goldens) goldens=$(for g in $2; do abspath "$g"; done); shift 2 ;;
+        --compare) compares+=("$(abspath "${2%%=*}")=$(abspath "${2#*=}")"); shift 2 ;;
+        --policy) policy=$(abspath "$2"); shift 2 ;;
         --ref64) ref64=1; shift ;;
         --no-build) do_build=0; shift ;;
         --no-unit) do_unit=0; shift ;;
@@ -60,7 +65,8 @@ while [ $# -gt 0 ]; do
 done
 
 Q=$build/q3n
-rm -rf "$out"
+# clear only what a previous gate wrote (never the folder itself: --out may be a shared path)
+rm -rf "$out/junit" "$out/verify" "$out/logs" "$out/junit.xml" "$out/summary.md" "$out"/determinism-*.json
 mkdir -p "$out/junit" "$out/verify" "$out/logs"
 cases=$out/logs/cases.tsv # step \t status \t seconds \t message
 : >"$cases"
