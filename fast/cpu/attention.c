@@ -144,7 +144,7 @@ void cpu_attention_forward(float *out, const float *q, const float *kc, const fl
     Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0);
     struct attn_job jb = {.out = out, .scratch = scratch, .q = q, .kc = kc, .vc = vc, .T = T, .pos0 = pos0,
                           .NH = NH, .NKV = NKV, .HD = HD};
-    cpu_parallel_for(NH, attn_heads, &jb);
+    cpu_parallel_for(NH, 4.0 * (double)NH * (double)T * (double)(pos0 + T) * (double)HD, attn_heads, &jb);
 }
 
 /* out = x * sigmoid(gate), n elements. */

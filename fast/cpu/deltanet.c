@@ -266,7 +266,7 @@ static void chunked_impl(float *o, float *state, const float *q, const float *k,
     struct chunked_job j = {.o = o, .state = state, .scratch = scratch, .q = q, .k = k, .v = v, .g = g,
                             .beta = beta, .T = T, .NK = NK, .NV = NV, .DK = DK, .DV = DV, .C = C,
                             .drop_last = drop_last};
-    cpu_parallel_for(NV, chunked_heads, &j);
+    cpu_parallel_for(NV, 8.0 * (double)NV * (double)T * (double)DK * (double)DV, chunked_heads, &j);
 }
 
 void cpu_delta_rule_chunked(float *o, float *state, const float *q, const float *k, const float *v, const float *g,

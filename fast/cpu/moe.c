@@ -93,8 +93,9 @@ void cpu_mlp_forward(float *out, const float *x, const struct q3n_mlp_weights *w
 int64_t cpu_moe_experts_scratch(int64_t T, int64_t D, int64_t Iw, int64_t K)
 {
     int64_t P = T * K;
-    /* order int64 [P] (2 floats each), Xe [P,D], H [P,2I], Y [P,D] */
-    return 2 * P + P * D + P * 2 * Iw + P * D;
+    /* order int64 [P], group starts int64 [P+1] (2 floats per entry, padded to 64 bytes);
+     * Xe [P,D], H [P,2I], Y [P,D] */
+    return (4 * P + 2 + 15) / 16 * 16 + P * D + P * 2 * Iw + P * D;
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -103,29 +104,29 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-void cpu_moe_experts_forward(float *out, const float *x, const int64_t *idx, const float *weight,
-                             const struct q3n_mlp_weights *experts, float *scratch, int64_t T, int64_t D, int64_t Iw,
-                             int64_t K)
+struct experts_job {
+    float *out, *Xe, *H, *Y;
+    const float *x, *weight;
+    const int64_t *idx, *order, *start; /* start[g] .. start[g+1]: the pairs of active expert g */
+    const struct q3n_mlp_weights *experts;
+    int64_t T, D, Iw, K, P;
+    int64_t rows_per_worker; /* > 0: worker w reuses rows w*rows_per_worker.. of Xe / H (cache-warm);
+                              * 0: expert g uses rows start[g].. (always fits) */
+};
+
+/* Active experts [g0, g1): each gathers its tokens into its own rows of Xe / H (rows
+ * start[g] ..), runs its three GEMMs and scatters the results to the pairs' rows of Y. */
+static void experts_range(void *ctx, int64_t g0, int64_t g1, int worker)
 {
-    Q3N_REQUIRE(T >= 0 && D > 0 && Iw > 0 && K > 0);
-    int64_t P = T * K;
-    if (P == 0) return;
-    int64_t *order = (int64_t *)(void *)scratch;
-    float *Xe = scratch + 2 * P;
-    float *H = Xe + P * D;
-    float *Y = H + P * 2 * Iw;
-    /* key = expert * P + pair: sorting groups pairs by expert, pairs ascending inside */
-    for (int64_t p = 0; p < P; p++) {
-        Q3N_REQUIRE(idx[p] >= 0);
-        order[p] = idx[p] * P + p;
-    }
-    qsort(order, (size_t)P, sizeof *order, cmp_i64);
-    for (int64_t s = 0; s < P;) {
-        int64_t e = order[s] / P, n = 0;
-        while (s + n < P && order[s + n] / P == e) n++;
+    const struct experts_job *j = ctx;
+    int64_t D = j->D, Iw = j->Iw, K = j->K, P = j->P;
+    for (int64_t g = g0; g < g1; g++) {
+        int64_t s = j->start[g], n = j->start[g + 1] - s, e = j->order[s] / P;
+        int64_t row = j->rows_per_worker > 0 ? (int64_t)worker * j->rows_per_worker : s;
+        float *Xe = j->Xe + row * D, *H = j->H + row * 2 * Iw;
         for (int64_t i = 0; i < n; i++)
-            memcpy(Xe + i * D, x + ((order[s + i] % P) / K) * D, (size_t)D * sizeof(float));
-        const struct q3n_mlp_weights *w = &experts[e];
+            memcpy(Xe + i * D, j->x + ((j->order[s + i] % P) / K) * D, (size_t)D * sizeof(float));
+        const struct q3n_mlp_weights *w = &j->experts[e];
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)Iw, (blasint)D, 1.0f, Xe,
                     (blasint)D, w->gate_proj, (blasint)D, 0.0f, H, (blasint)(2 * Iw));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)Iw, (blasint)D, 1.0f, Xe,
@@ -134,30 +135,73 @@ void cpu_moe_experts_forward(float *out, const float *x, const int64_t *idx, con
         /* down projection into Xe's rows (free now), then scatter to the pairs' rows of Y */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)D, (blasint)Iw, 1.0f, H,
                     (blasint)(2 * Iw), w->down_proj, (blasint)Iw, 0.0f, Xe, (blasint)D);
-        for (int64_t i = 0; i < n; i++) memcpy(Y + (order[s + i] % P) * D, Xe + i * D, (size_t)D * sizeof(float));
-        s += n;
+        for (int64_t i = 0; i < n; i++)
+            memcpy(j->Y + (j->order[s + i] % P) * D, Xe + i * D, (size_t)D * sizeof(float));
     }
-    for (int64_t t = 0; t < T; t++) {
-        /* this token's slots in ascending (expert, slot) order, the order ref (and the eager
-         * transformers loop over hit experts) adds them in */
+}
+
+/* Tokens [t0, t1): out[t] = sum of its slots' rows of Y times their weights, in ascending
+ * (expert, slot) order, the order ref (and the eager transformers loop over hit experts) adds
+ * them in. */
+static void combine_range(void *ctx, int64_t t0, int64_t t1, int worker)
+{
+    (void)worker;
+    const struct experts_job *j = ctx;
+    int64_t D = j->D, K = j->K;
+    for (int64_t t = t0; t < t1; t++) {
         int64_t ord[K];
-        for (int64_t j = 0; j < K; j++) {
-            int64_t m = j;
-            while (m > 0 && idx[t * K + ord[m - 1]] > idx[t * K + j]) {
+        for (int64_t jj = 0; jj < K; jj++) {
+            int64_t m = jj;
+            while (m > 0 && j->idx[t * K + ord[m - 1]] > j->idx[t * K + jj]) {
                 ord[m] = ord[m - 1];
                 m--;
             }
-            ord[m] = j;
+            ord[m] = jj;
         }
-        float *o = out + t * D;
+        float *o = j->out + t * D;
         for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
         for (int64_t n = 0; n < K; n++) {
-            int64_t j = ord[n];
-            float wj = weight[t * K + j];
-            const float *y = Y + (t * K + j) * D;
+            int64_t slot = ord[n];
+            float wj = j->weight[t * K + slot];
+            const float *y = j->Y + (t * K + slot) * D;
             for (int64_t d = 0; d < D; d++) o[d] += y[d] * wj;
         }
     }
+}
+
+/* Active experts are spread over cpu_parallel_for workers (each expert's GEMMs run in one
+ * thread), then tokens for the weighted sum; no result depends on the worker count. */
+void cpu_moe_experts_forward(float *out, const float *x, const int64_t *idx, const float *weight,
+                             const struct q3n_mlp_weights *experts, float *scratch, int64_t T, int64_t D, int64_t Iw,
+                             int64_t K)
+{
+    Q3N_REQUIRE(T >= 0 && D > 0 && Iw > 0 && K > 0);
+    int64_t P = T * K;
+    if (P == 0) return;
+    int64_t *order = (int64_t *)(void *)scratch;
+    int64_t *start = order + P;
+    float *Xe = scratch + (4 * P + 2 + 15) / 16 * 16;
+    float *H = Xe + P * D;
+    float *Y = H + P * 2 * Iw;
+    /* key = expert * P + pair: sorting groups pairs by expert, pairs ascending inside */
+    for (int64_t p = 0; p < P; p++) {
+        Q3N_REQUIRE(idx[p] >= 0);
+        order[p] = idx[p] * P + p;
+    }
+    qsort(order, (size_t)P, sizeof *order, cmp_i64);
+    int64_t groups = 0, n_max = 0;
+    for (int64_t s = 0; s < P; s++)
+        if (s == 0 || order[s] / P != order[s - 1] / P) start[groups++] = s;
+    start[groups] = P; /* groups <= P: start has P + 1 entries */
+    for (int64_t g = 0; g < groups; g++)
+        if (start[g + 1] - start[g] > n_max) n_max = start[g + 1] - start[g];
+    int64_t workers = cpu_parallel_workers();
+    if (workers > groups) workers = groups;
+    struct experts_job j = {.out = out, .Xe = Xe, .H = H, .Y = Y, .x = x, .weight = weight, .idx = idx,
+                            .order = order, .start = start, .experts = experts, .T = T, .D = D, .Iw = Iw,
+                            .K = K, .P = P, .rows_per_worker = workers * n_max <= P ? n_max : 0};
+    cpu_parallel_for(groups, 6.0 * (double)P * (double)D * (double)Iw, experts_range, &j);
+    cpu_parallel_for(T, 2.0 * (double)P * (double)D, combine_range, &j);
 }
 
 /* out = experts_out + sigmoid(shared_gate_logit) * shared_out (shared_out NULL: experts_out).

@@ -7,7 +7,8 @@
  * ranges run, OpenBLAS is set to one thread, so the small GEMMs inside each range run in
  * their own thread; the count is restored afterwards. Each item is computed entirely by one
  * thread with the same code, so results do not depend on the worker count. A thread that
- * cannot be created leaves its range to the calling thread. */
+ * cannot be created leaves its range to the calling thread. Jobs whose estimated cost (about
+ * the flop count) is below CPU_PAR_MIN_COST run on the calling thread alone. */
 #include <cblas.h>
 #include <pthread.h>
 
@@ -34,12 +35,13 @@ int cpu_parallel_workers(void)
     return n > CPU_MAX_WORKERS ? CPU_MAX_WORKERS : n;
 }
 
-void cpu_parallel_for(int64_t n, cpu_par_fn fn, void *ctx)
+void cpu_parallel_for(int64_t n, double cost, cpu_par_fn fn, void *ctx)
 {
     if (n <= 0) return;
     int blas_threads = openblas_get_num_threads();
     int64_t w = cpu_parallel_workers();
     if (w > n) w = n;
+    if (cost < CPU_PAR_MIN_COST) w = 1; /* thread start-up (~20 us each) would dominate */
     if (w <= 1) {
         fn(ctx, 0, n, 0);
         return;
