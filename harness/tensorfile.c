@@ -999,6 +999,7 @@ struct name_list {
     char **names;
     size_t n, cap;
     int failed;
+    int bad_name;
 };
 
 static herr_t collect_dataset(hid_t group, const char *name, const H5L_info_t *linfo, void *user)
@@ -1006,6 +1007,11 @@ static herr_t collect_dataset(hid_t group, const char *name, const H5L_info_t *l
     (void)linfo;
     struct name_list *list = user;
     if (!is_dataset(group, name)) return 0; /* a group, a named type or a dangling link */
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        if (*c < 0x20 || *c == 0x7f) {
+            list->bad_name = 1; /* refused by the caller: names end up in one-line messages */
+            return 0;
+        }
     if (list->n == list->cap) {
         size_t cap = list->cap ? list->cap * 2 : 64;
         char **grown = realloc(list->names, cap * sizeof *grown);
@@ -1052,6 +1058,11 @@ enum q3n_status q3n_tensorfile_list(struct q3n_tensorfile *tf, const char *group
     }
     if (rc < 0) {
         st = q3n_error_set(err, list.failed ? Q3N_ERR_NOMEM : Q3N_ERR_FORMAT, "%s: cannot list group %s", tf->path,
+                           group);
+        goto cleanup;
+    }
+    if (list.bad_name) {
+        st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: group %s holds a dataset name with control characters", tf->path,
                            group);
         goto cleanup;
     }

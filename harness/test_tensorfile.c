@@ -364,6 +364,20 @@ static void test_a_golden_with_the_wrong_schema_is_refused_dataset_by_dataset(vo
     q3n_tensorfile_close(tf);
 }
 
+static void test_a_dataset_name_with_control_characters_is_refused_when_listing(void **state)
+{
+    (void)state;
+    const char *path = "harness/testdata/bad/h5_control_char_name.h5";
+    struct q3n_tensorfile *tf = NULL;
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_tensorfile_open(&tf, path, &err), Q3N_OK);
+    struct names nm = {0};
+    assert_int_equal(q3n_tensorfile_list(tf, "/tensors", collect, &nm, &err), Q3N_ERR_FORMAT);
+    assert_msg_names(&err, path, "control characters");
+    assert_int_equal(nm.n, 0);
+    q3n_tensorfile_close(tf);
+}
+
 static void test_nothing_appears_at_the_path_until_commit(void **state)
 {
     struct fixture *fx = *state;
@@ -404,6 +418,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrong_rank_dims_dtype_or_capacity_is_a_shape_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_and_non_hdf5_files_are_refused, setup, teardown),
         cmocka_unit_test(test_a_golden_with_the_wrong_schema_is_refused_dataset_by_dataset),
+        cmocka_unit_test(test_a_dataset_name_with_control_characters_is_refused_when_listing),
         cmocka_unit_test_setup_teardown(test_nothing_appears_at_the_path_until_commit, setup, teardown),
     };
     return cmocka_run_group_tests_name("harness_tensorfile", tests, NULL, NULL);

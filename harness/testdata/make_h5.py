@@ -28,6 +28,10 @@ def main() -> None:
         g = f.create_group("tensors", track_order=False)
         for name in ["model.norm.out", "model.layers.10.out", "model.layers.2.out", "model.layers.1.out"]:
             g[name] = np.zeros((2, 3), dtype=np.float32)
+    # a tap name holding a newline: listing /tensors must refuse it (names reach one-line messages)
+    with h5py.File(out / "bad" / "h5_control_char_name.h5", "w") as f:
+        f["tensors/model.norm.out"] = np.zeros(2, dtype=np.float32)
+        f["tensors/model.layers.0.out\nFAKE: injected line"] = np.zeros(2, dtype=np.float32)
     # wrong schema: logits stored as int32, a 3-D input_ids, a float32 tap marked bfloat16,
     # /config as a float dataset.
     with h5py.File(out / "bad" / "h5_wrong_schema.h5", "w") as f:
