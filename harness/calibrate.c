@@ -100,9 +100,12 @@ enum q3n_status q3n_calib_add(struct q3n_calib *c, const struct q3n_intervene *i
 enum q3n_status q3n_calib_add_run(struct q3n_calib *c, const struct q3n_tool_run *r, const char *source,
                                   struct q3n_error *err)
 {
-    size_t nl = (size_t)(r->T * r->V);
-    float *logits = malloc(nl * sizeof *logits);
-    if (!logits) return q3n_error_set(err, Q3N_ERR_NOMEM, "calibrate: out of memory for logits");
+    size_t nl;
+    float *logits = NULL;
+    if (!q3n_mul_size(&nl, (size_t)r->T, (size_t)r->V) || !q3n_mul_size(&nl, nl, sizeof *logits) ||
+        !(logits = malloc(nl ? nl : 1)))
+        return q3n_error_set(err, Q3N_ERR_NOMEM, "calibrate: out of memory for logits (T=%lld V=%lld)",
+                             (long long)r->T, (long long)r->V);
     struct q3n_intervene iv;
     struct q3n_intervene_opts o = {.record = 1, .rel_small = c->small};
     enum q3n_status st = q3n_tool_forward(r, &o, &iv, 0, logits, NULL, err);
@@ -316,8 +319,10 @@ enum q3n_status q3n_calib_add_synth(struct q3n_calib *c, const struct q3n_impl *
     enum q3n_status st = q3n_synth_config(&cfg, preset, err);
     if (st == Q3N_OK) st = q3n_synth_model_create(&model, &cfg, seed, err);
     if (st != Q3N_OK) goto done;
+    size_t nl;
     tokens = malloc((size_t)T * sizeof *tokens);
-    logits = malloc((size_t)(T * cfg.vocab_size) * sizeof *logits);
+    if (q3n_mul_size(&nl, (size_t)T, (size_t)cfg.vocab_size) && q3n_mul_size(&nl, nl, sizeof *logits))
+        logits = malloc(nl);
     if (!tokens || !logits) {
         st = q3n_error_set(err, Q3N_ERR_NOMEM, "calibrate: out of memory");
         goto done;

@@ -94,9 +94,11 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
     else r.emulate_bf16 = 1;
     const char *given = file_patterns ? file_patterns : fp32;
     if (given) {
-        size_t nl = (size_t)(r.T * r.V);
-        float *logits = malloc(nl * sizeof *logits);
+        size_t nl;
+        float *logits = NULL;
         double e = 0;
+        if (q3n_mul_size(&nl, (size_t)r.T, (size_t)r.V) && q3n_mul_size(&nl, nl, sizeof *logits))
+            logits = malloc(nl);
         if (!logits) {
             q3n_error_set(&err, Q3N_ERR_NOMEM, "out of memory");
             goto fail;
