@@ -486,6 +486,7 @@ def run_main(args: argparse.Namespace) -> int:
         n_mtp = 1  # released checkpoints carry mtp.* without a config field (vLLM then assumes 1)
     config = make_config(cfg)
     model, mtp = build(config, n_mtp)
+    rounded = False
     if hub is None:
         shapes = hub_shapes(model)
         if mtp is not None:
@@ -493,6 +494,7 @@ def run_main(args: argparse.Namespace) -> int:
         hub = random_hub_weights(shapes, args.seed, config.tie_word_embeddings)
         if args.dtype == "bfloat16":  # bf16-exact weights: the float64 oracle sees the same values
             hub = {k: torch.from_numpy(v).to(torch.bfloat16).to(torch.float32).numpy() for k, v in hub.items()}
+            rounded = True
         name = args.ckpt_name or (preset + ("-bf16w" if args.dtype == "bfloat16" else ""))
         ckpt_dir = os.path.join(out_dir, name)
         write_checkpoint(ckpt_dir, config_json(config, n_mtp), hub, args.fused_experts, config.num_experts)
@@ -523,6 +525,7 @@ def run_main(args: argparse.Namespace) -> int:
         (0.1 if args.dtype == "bfloat16" else 0.0)
     in_dtype(torch.float64)
     draws = 0
+    best = -math.inf
     while True:
         if args.tokens:
             ids_list = [int(x) for x in args.tokens.split(",") if x.strip()]
@@ -535,11 +538,12 @@ def run_main(args: argparse.Namespace) -> int:
         ids = torch.tensor([ids_list], dtype=torch.int64)
         r64 = full_forward(model, mtp, ids)
         margin = router_margin(r64.taps)
+        best = max(best, margin)
         if margin >= margin_needed or args.tokens:
             break
         if draws >= 200:
             raise SystemExit(f"generate.py: no token draw in 200 gives router margins >= {margin_needed} "
-                             f"(best so far {margin:.3g}); lower --min-router-margin")
+                             f"(best {best:.3g}); lower --min-router-margin")
     n_tok = ids.shape[1]
     prefill = args.prefill if args.prefill is not None else max(1, n_tok // 2)
     if not 1 <= prefill <= n_tok:
@@ -630,7 +634,7 @@ def run_main(args: argparse.Namespace) -> int:
     if record_steps:
         attrs["audit_decode_taps_vs_full_rel_l2"] = steps_full
         attrs["audit_decode_taps_where"] = steps_name
-    if args.dtype == "bfloat16":
+    if rounded:
         attrs["weights_rounded_to"] = "bfloat16"
     tmp = args.out + ".tmp"
     store = "float64" if args.dtype == "float64" else "float32"
