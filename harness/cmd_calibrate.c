@@ -6,21 +6,25 @@
 #include <string.h>
 #include <sys/utsname.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "calibrate.h"
 #include "cmds.h"
 #include "goldenrun.h"
+#include "verify.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: q3n calibrate [--goldens 'G.h5 ...'] [--impls ref,cpu] [--threads 1,2] [--chunks 4,16,64]\n"
             "                     [--seeds N] [--synth-preset tiny] [--quantile Q] [--margin M] [--small S]\n"
-            "                     [--per-kind] [--out POLICY] [--check COMMITTED.policy]\n"
+            "                     [--per-kind] [--ref64 BUILD/ref64/q3n] [--out POLICY] [--check COMMITTED.policy]\n"
             "Measures the float32 noise floor and derives tolerances from it:\n"
             "  - every implementation against every float32/float64 golden (default golden/data/*_f32.h5 and\n"
             "    *_f64.h5), cpu also at each thread count and chunk size;\n"
-            "  - on N synthetic models (seeds 1..N, default 3), cpu variants against the ref run.\n"
+            "  - on N synthetic models (seeds 1..N, default 3), cpu variants against the ref run;\n"
+            "  - with --ref64 (the float64 reference binary, `make ref64`): every variant also against the\n"
+            "    float64 reference's dump of each golden's inputs (q3n's own oracle).\n"
             "rel_l2 and rtol = next 1-2-5 value >= 2 x Q-quantile (default 1: the maximum) x margin\n"
             "(default 10), the rule harness/policy/default.policy states. --out writes the policy with its\n"
             "provenance; --check compares with a committed policy (exit 1 when a number is outside the margin).\n"
@@ -38,7 +42,7 @@ static int split(char *s, char **items, int max)
 int q3n_cmd_calibrate(int argc, char **argv)
 {
     char goldens_arg[4096] = "", impls_arg[256] = "ref,cpu", threads_arg[256] = "1,2", chunks_arg[256] = "4,16,64";
-    const char *out_path = NULL, *check_path = NULL, *preset = "tiny";
+    const char *out_path = NULL, *check_path = NULL, *preset = "tiny", *ref64 = NULL;
     double q = 1.0, margin = 10.0, small = 0.1;
     int seeds = 3, per_kind = 0;
     for (int i = 1; i < argc; i++) {
@@ -57,6 +61,7 @@ int q3n_cmd_calibrate(int argc, char **argv)
         else if (!strcmp(a, "--margin") && more) margin = strtod(argv[++i], NULL);
         else if (!strcmp(a, "--small") && more) small = strtod(argv[++i], NULL);
         else if (!strcmp(a, "--per-kind")) per_kind = 1;
+        else if (!strcmp(a, "--ref64") && more) ref64 = argv[++i];
         else if (!strcmp(a, "--out") && more) out_path = argv[++i];
         else if (!strcmp(a, "--check") && more) check_path = argv[++i];
         else {
@@ -104,29 +109,58 @@ int q3n_cmd_calibrate(int argc, char **argv)
             q3n_tensorfile_get_attr_str(g->tf, "/", "torch_version", pv, sizeof pv, &e2);
             snprintf(versions, sizeof versions, "goldens from transformers %s, torch %s", tv, pv);
         }
+        /* the float64 reference's dump of the same inputs, as a second reference */
+        struct q3n_tensorfile *oracle_tf = NULL;
+        struct q3n_golden_src oracle;
+        char dump[512] = "";
+        if (ref64) {
+            char ckpt[4096], cmd[8192];
+            snprintf(dump, sizeof dump, "/tmp/q3n_calibrate_ref64_%ld_%zu.h5", (long)getpid(), gi);
+            if (q3n_verify_checkpoint(ckpt, sizeof ckpt, path, &err) != Q3N_OK) {
+                q3n_golden_run_close(g);
+                goto fail;
+            }
+            snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --tokens-from '%s' --impl ref64 --dump '%s' >/dev/null",
+                     ref64, ckpt, path, dump);
+            if (system(cmd) != 0 || q3n_tensorfile_open(&oracle_tf, dump, &err) != Q3N_OK) {
+                if (!err.msg[0]) q3n_error_set(&err, Q3N_ERR_IO, "%s: the ref64 dump failed: %s", path, cmd);
+                q3n_golden_run_close(g);
+                unlink(dump);
+                goto fail;
+            }
+            q3n_golden_src_tensorfile(&oracle, oracle_tf);
+        }
         for (int ii = 0; ii < n_impls; ii++) {
             const struct q3n_impl *impl = q3n_impl_find(impls[ii]);
             if (!impl) continue;
             int is_cpu = !strcmp(impl->name, "cpu");
-            int nv = is_cpu ? n_threads * n_chunks : 1;
+            int nv = (is_cpu ? n_threads * n_chunks : 1) * (oracle_tf ? 2 : 1);
             for (int v = 0; v < nv; v++) {
+                int vo = oracle_tf ? v / 2 : v;
+                int against_ref64 = oracle_tf && (v % 2);
                 struct q3n_tool_run r;
                 q3n_golden_run_tool(&r, g, impl);
+                if (against_ref64) r.golden = &oracle;
                 char src[512];
+                const char *vs = against_ref64 ? "the ref64 dump of " : "";
                 if (is_cpu) {
-                    r.opt.n_threads = atoi(threads[v / n_chunks]);
-                    r.opt.chunk_size = atoi(chunks[v % n_chunks]);
-                    snprintf(src, sizeof src, "%s vs %s (threads=%d chunk=%lld)", impl->name, path, r.opt.n_threads,
-                             (long long)r.opt.chunk_size);
+                    r.opt.n_threads = atoi(threads[vo / n_chunks]);
+                    r.opt.chunk_size = atoi(chunks[vo % n_chunks]);
+                    snprintf(src, sizeof src, "%s vs %s%s (threads=%d chunk=%lld)", impl->name, vs, path,
+                             r.opt.n_threads, (long long)r.opt.chunk_size);
                 } else {
-                    snprintf(src, sizeof src, "%s vs %s", impl->name, path);
+                    snprintf(src, sizeof src, "%s vs %s%s", impl->name, vs, path);
                 }
                 if (q3n_calib_add_run(&c, &r, src, &err) != Q3N_OK) {
+                    q3n_tensorfile_close(oracle_tf);
+                    if (dump[0]) unlink(dump);
                     q3n_golden_run_close(g);
                     goto fail;
                 }
             }
         }
+        q3n_tensorfile_close(oracle_tf);
+        if (dump[0]) unlink(dump);
         q3n_golden_run_close(g);
     }
     const struct q3n_impl *ref = q3n_impl_find("ref"), *cpu = q3n_impl_find("cpu");
@@ -163,9 +197,9 @@ int q3n_cmd_calibrate(int argc, char **argv)
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     snprintf(prov, sizeof prov,
              "calibrated: date=%s q3n=%s machine=%s (%s) compiler=gcc %s\n%s\ncommand: q3n calibrate --impls %s "
-             "--seeds %d --quantile %g --margin %g --small %g",
+             "--seeds %d --quantile %g --margin %g --small %g%s%s",
              date, commit, machine, host, __VERSION__, versions[0] ? versions : "no goldens", impls_copy, seeds, q,
-             margin, small);
+             margin, small, ref64 ? " --ref64 " : "", ref64 ? ref64 : "");
     FILE *out = stdout;
     if (out_path && !(out = fopen(out_path, "w"))) {
         q3n_error_set(&err, Q3N_ERR_IO, "%s: cannot open for writing", out_path);
