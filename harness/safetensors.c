@@ -715,6 +715,17 @@ enum q3n_status q3n_safetensors_write(const char *path, const struct q3n_st_writ
     enum q3n_status st = Q3N_OK;
     FILE *f = NULL;
     char *hdr_text = NULL;
+    const char **names = malloc((size_t)(n > 0 ? n : 1) * sizeof *names);
+    if (!names) return q3n_error_set(err, Q3N_ERR_NOMEM, "%s: out of memory", path);
+    for (int64_t i = 0; i < n; i++) names[i] = tensors[i].name;
+    qsort(names, (size_t)n, sizeof *names, cmp_str); /* duplicates found in n log n */
+    for (int64_t i = 1; i < n; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) {
+            st = q3n_error_set(err, Q3N_ERR_USAGE, "%s: tensor %s written twice", path, names[i]);
+            free(names);
+            return st;
+        }
+    free(names);
     cJSON *hdr = cJSON_CreateObject();
     cJSON *meta = hdr ? cJSON_AddObjectToObject(hdr, "__metadata__") : NULL;
     int ok = meta && cJSON_AddStringToObject(meta, "format", "pt");
@@ -724,10 +735,6 @@ enum q3n_status q3n_safetensors_write(const char *path, const struct q3n_st_writ
         if (t->dtype != Q3N_ST_F32 && t->dtype != Q3N_ST_BF16 && t->dtype != Q3N_ST_F16) {
             st = q3n_error_set(err, Q3N_ERR_USAGE, "%s: tensor %s: the writer stores F32, BF16 or F16 only", path,
                                t->name);
-            goto cleanup;
-        }
-        if (cJSON_GetObjectItemCaseSensitive(hdr, t->name)) {
-            st = q3n_error_set(err, Q3N_ERR_USAGE, "%s: tensor %s written twice", path, t->name);
             goto cleanup;
         }
         size_t numel = 1, bytes = 0;
