@@ -597,8 +597,13 @@ static enum q3n_status open_index(struct q3n_safetensors *set, const char *dir, 
             goto cleanup;
         }
     }
+    /* shard -> weight_map, by binary search over the sorted keys (the 80B index has ~75k) */
+    k = 0;
+    for (const cJSON *e = map->child; e; e = e->next) names[k++] = e->string;
+    qsort(names, (size_t)k, sizeof *names, cmp_str);
     for (int64_t i = 0; i < set->n; i++) {
-        if (!cJSON_GetObjectItemCaseSensitive(map, set->tensors[i].name)) {
+        const char *key = set->tensors[i].name;
+        if (!bsearch(&key, names, (size_t)k, sizeof *names, cmp_str)) {
             st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: tensor %s is not in the weight_map of %s",
                                set->shards[set->tensors[i].shard].path, set->tensors[i].name, index_path);
             goto cleanup;
