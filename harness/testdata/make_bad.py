@@ -117,11 +117,10 @@ def main() -> None:
     case("config_topk_above_experts", "config", "num_experts_per_tok (100)", {"model.safetensors": shard},
          config=json.dumps(cfg))
 
-    if out.exists():
-        for child in out.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
     out.mkdir(parents=True, exist_ok=True)
+    for name, _, _, _ in cases:  # only this script's folders: the loose files are the fuzzer's
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
     lines = ["# case\tstatus\tmessage fragment (written by make_bad.py)"]
     for name, status, fragment, files in cases:
         d = out / name
