@@ -29,7 +29,12 @@ fail() {
 t0=$(date +%s)
 
 mkdir -p "$repo"
-git ls-files -z | (cd "$src" && xargs -0 cp --parents -t "$repo") || fail "cannot copy the tracked files"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z | (cd "$src" && xargs -0 cp --parents -t "$repo") || fail "cannot copy the tracked files"
+else # a source tarball: everything but build outputs and local environments
+    tar --exclude=./build --exclude=./golden/.venv --exclude=./.git -cf - . | tar -xf - -C "$repo" ||
+        fail "cannot copy the source tree"
+fi
 cp "$src/ci/bisect-run.sh" "$repo/ci/bisect-run.sh" # the version under test, tracked or not
 cd "$repo" || fail "no repo"
 git init -q . && git config user.name q3n-test && git config user.email q3n-test@localhost &&
