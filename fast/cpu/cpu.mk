@@ -1,4 +1,5 @@
-# fast/cpu/cpu.mk — the CPU benchmarks (issue 6), not part of `make check`.
+# fast/cpu/cpu.mk — the CPU benchmark (`make bench`, issue 6, not part of `make check`) and the
+# cpu golden gate (`make verify-cpu`, in CHECK_EXTRA). docs/benchmarks.md has the figures.
 # `make bench`: bench-1k (D=1024, 4 layers, E=32 top-4) with a 1024-token prompt (16 delta-rule
 # chunks) on the cpu implementation (best of 3 prefills, 16 decode steps, phase times and the
 # bare-cblas_sgemm ratio of the GEMM-bound phases), then the same prompt on ref in the same
