@@ -30,16 +30,18 @@ double q3n_ulp_distance(double a, double b, enum q3n_ulp_kind kind)
     return kind == Q3N_ULP_BF16 ? d / 65536.0 : d;
 }
 
+/* Histogram bin of a distance d > 0: the binary exponent e of d (d in [2^e, 2^(e+1))) and the top
+ * three mantissa bits m select [2^e (1 + m/8), 2^e (1 + (m+1)/8)), read straight from the bits. */
 static int ulp_bin(double d)
 {
     if (d == 0.0) return 0;
-    int e;
-    double f = frexp(d, &e); /* d = f * 2^e, f in [0.5, 1) */
-    double l2 = (double)(e - 1) + log2(f * 2.0);
-    double pos = (l2 - Q3N_ULP_MIN_EXP) * Q3N_ULP_SUB;
-    if (pos < 0) return 1;
-    if (pos >= (double)(Q3N_ULP_SUB * Q3N_ULP_OCTAVES)) return Q3N_ULP_BINS - 1;
-    return 1 + (int)pos;
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    int e = (int)((u >> 52) & 0x7ff) - 1023;
+    int m = (int)((u >> 49) & 7);
+    if (e < Q3N_ULP_MIN_EXP) return 1;
+    if (e >= Q3N_ULP_MIN_EXP + Q3N_ULP_OCTAVES) return Q3N_ULP_BINS - 1;
+    return 1 + (e - Q3N_ULP_MIN_EXP) * Q3N_ULP_SUB + m;
 }
 
 /* Upper edge of a histogram bin. */
@@ -47,7 +49,8 @@ static double ulp_bin_upper(int bin)
 {
     if (bin == 0) return 0.0;
     if (bin == Q3N_ULP_BINS - 1) return INFINITY;
-    return exp2((double)Q3N_ULP_MIN_EXP + (double)bin / Q3N_ULP_SUB);
+    int e = (bin - 1) / Q3N_ULP_SUB + Q3N_ULP_MIN_EXP, m = (bin - 1) % Q3N_ULP_SUB;
+    return ldexp(1.0 + (double)(m + 1) / Q3N_ULP_SUB, e);
 }
 
 void q3n_cmp_init(struct q3n_cmp_acc *acc, const struct q3n_tolerance *tol, enum q3n_ulp_kind ulp_kind)
@@ -97,19 +100,25 @@ void q3n_cmp_feed(struct q3n_cmp_acc *acc, const double *a, const double *b, int
             m->a_at_max = x;
             m->b_at_max = y;
         }
-        double rel = denom > 0 ? err / denom : (err > 0 ? INFINITY : 0.0);
-        if (m->max_rel_index < 0 || rel > m->max_rel) {
-            m->max_rel = rel;
-            m->max_rel_index = idx;
+        /* Divisions only for candidates: x/y > M  <=>  x > M*y for y > 0 (an infinite M is never
+         * exceeded; y == 0 gives 0 or +inf). */
+        if (m->max_rel_index < 0 || err > m->max_rel * denom) {
+            double rel = denom > 0 ? err / denom : (err > 0 ? INFINITY : 0.0);
+            if (m->max_rel_index < 0 || rel > m->max_rel) {
+                m->max_rel = rel;
+                m->max_rel_index = idx;
+            }
         }
-        double ratio = bound > 0 ? err / bound : (err > 0 ? INFINITY : 0.0);
-        if (m->bound_ratio_index < 0 || ratio > m->bound_ratio) {
-            m->bound_ratio = ratio;
-            m->bound_ratio_index = idx;
+        if (m->bound_ratio_index < 0 || err > m->bound_ratio * bound) {
+            double ratio = bound > 0 ? err / bound : (err > 0 ? INFINITY : 0.0);
+            if (m->bound_ratio_index < 0 || ratio > m->bound_ratio) {
+                m->bound_ratio = ratio;
+                m->bound_ratio_index = idx;
+            }
         }
         if (!(err <= bound)) m->outside++;
         double need = err - acc->atol;
-        if (need > 0) {
+        if (need > 0 && need > m->min_rtol * denom) {
             double r = denom > 0 ? need / denom : INFINITY;
             if (r > m->min_rtol) m->min_rtol = r;
         }

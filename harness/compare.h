@@ -20,9 +20,10 @@
 #include "policy.h"
 #include "tap.h"
 
-/* ULP histogram: bin 0 holds distance 0, then Q3N_ULP_SUB bins per octave from 2^Q3N_ULP_MIN_EXP
- * up to 2^(Q3N_ULP_MIN_EXP + Q3N_ULP_OCTAVES), then one overflow bin. p99 is the upper edge of
- * the bin holding the 99th percentile (within 2^(1/8) = 9 % above the true value), capped at max. */
+/* ULP histogram: bin 0 holds distance 0, then Q3N_ULP_SUB bins per octave (equal widths, read
+ * from the top mantissa bits) from 2^Q3N_ULP_MIN_EXP up to 2^(Q3N_ULP_MIN_EXP + Q3N_ULP_OCTAVES),
+ * then one overflow bin. p99 is the upper edge of the bin holding the 99th percentile (at most
+ * 1/8 = 12.5 % above the true value), capped at max. */
 #define Q3N_ULP_SUB 8
 #define Q3N_ULP_MIN_EXP (-16)
 #define Q3N_ULP_OCTAVES 80
