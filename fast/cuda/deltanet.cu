@@ -184,7 +184,7 @@ int64_t cuda_delta_rule_chunked_scratch(int64_t T, int64_t NV, int64_t DK, int64
 
 extern "C" const char *cuda_delta_rule_chunked_kernel(void)
 {
-    return "chunk_v3(prep||chunks + pipelined scan/32-col tiles, fp32 SIMT)";
+    return "chunk_v4(prep||chunks + pipelined scan/32-col tiles, float4 smem, fp32 SIMT)";
 }
 
 /* Register-staged tile loads: a [C x ncol] float32 tile, row i at base + i*rs (rows >= nvalid
@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(256, 2) chunk_prep_kernel(float *scratch, cons
 __device__ __forceinline__ int row_of(int i, int C) { return i < C ? i : C - 1; }
 
 /* Thread layout: ty = tid / 8 (0..31), tx = tid % 8. V'/O tile [C x 32]: rows ty + 32 m (m < 2),
- * cols tx + 8 c (c < 4). S tile [DK x 32]: rows ty + 32 p (p < DK/32 <= 8), same cols.
+ * cols 4 tx + c (c < 4, one float4). S tile [DK x 32]: rows ty + 32 p (p < DK/32 <= 8), same cols.
  * Software pipeline: while one phase computes, the next phase's tile (Q, then K, then the next
  * chunk's W, Aqk, U, G) is in flight into registers. */
 template <typename T>
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
     extern __shared__ float sm[];
     const int h = blockIdx.x, kh = h / (NV / NK), c0 = blockIdx.y * SCAN_BV;
     const int ldx = DK + 1, lda = C + 1;
-    float *S = sm, *X = S + DK * SCAN_BV, *Vn = X + C * ldx, *Aq = Vn + C * SCAN_BV, *Gs = Aq + C * lda, *E1 = Gs + C,
+    float *S = sm, *X = S + DK * SCAN_BV, *Vn = X + ((C * ldx + 3) & ~3), *Aq = Vn + C * SCAN_BV, *Gs = Aq + C * lda, *E1 = Gs + C,
           *E2 = E1 + C;
     const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7, lane = tid & 31, warp = tid >> 5;
     float *Sg = state + (size_t)h * DK * DV;
@@ -371,7 +371,7 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
         for (int m = 0; m < 2; m++)
 #pragma unroll
             for (int cq = 0; cq < 4; cq++) {
-                const int i = ty + 32 * m, c = c0 + tx + 8 * cq;
+                const int i = ty + 32 * m, c = c0 + tx * 4 + cq;
                 ru[m][cq] = (i < C && c < DV) ? Ug[i * DV + c] : 0.0f;
             }
         rg = tid < C ? scratch[offG + hb * C + tid] : 0.0f;
@@ -399,8 +399,8 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
         const int r0 = row_of(ty, C), r1 = row_of(ty + 32, C);
         /* V' = U - W S */
         for (int kk = 0; kk < DK; kk++) {
-            float sv[4];
-            for (int cq = 0; cq < 4; cq++) sv[cq] = S[kk * SCAN_BV + tx + 8 * cq];
+            const float4 s4 = *reinterpret_cast<const float4 *>(&S[kk * SCAN_BV + tx * 4]);
+            const float sv[4] = {s4.x, s4.y, s4.z, s4.w};
             const float w0 = X[r0 * ldx + kk], w1 = X[r1 * ldx + kk];
             for (int cq = 0; cq < 4; cq++) {
                 vn[0][cq] += w0 * sv[cq];
@@ -410,15 +410,16 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
         for (int m = 0; m < 2; m++) {
             const int i = ty + 32 * m;
             if (i >= C) continue;
-            for (int cq = 0; cq < 4; cq++) Vn[i * SCAN_BV + tx + 8 * cq] = ru[m][cq] - vn[m][cq];
+            *reinterpret_cast<float4 *>(&Vn[i * SCAN_BV + tx * 4]) =
+                make_float4(ru[m][0] - vn[m][0], ru[m][1] - vn[m][1], ru[m][2] - vn[m][2], ru[m][3] - vn[m][3]);
         }
         __syncthreads();
         tile_store(X, ldx, rx, E1, C, DK); /* q exp(G) */
         tile_fetch(rx, k + ((size_t)t0 * NK + kh) * DK, (size_t)NK * DK, nvalid, C, DK); /* K in flight */
         __syncthreads();
         for (int kk = 0; kk < DK; kk++) {
-            float sv[4];
-            for (int cq = 0; cq < 4; cq++) sv[cq] = S[kk * SCAN_BV + tx + 8 * cq];
+            const float4 s4 = *reinterpret_cast<const float4 *>(&S[kk * SCAN_BV + tx * 4]);
+            const float sv[4] = {s4.x, s4.y, s4.z, s4.w};
             const float q0 = X[r0 * ldx + kk], q1 = X[r1 * ldx + kk];
             for (int cq = 0; cq < 4; cq++) {
                 oi[0][cq] += q0 * sv[cq];
@@ -429,11 +430,18 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
         for (int m = 0; m < 2; m++) {
             const int i = ty + 32 * m, t = t0 + i;
             if (i >= C) continue;
+            float acc[4] = {oi[m][0], oi[m][1], oi[m][2], oi[m][3]};
+            for (int j = 0; j <= i; j++) {
+                const float aq = Aq[i * lda + j];
+                const float4 v4 = *reinterpret_cast<const float4 *>(&Vn[j * SCAN_BV + tx * 4]);
+                acc[0] += aq * v4.x;
+                acc[1] += aq * v4.y;
+                acc[2] += aq * v4.z;
+                acc[3] += aq * v4.w;
+            }
             for (int cq = 0; cq < 4; cq++) {
-                float acc = oi[m][cq];
-                for (int j = 0; j <= i; j++) acc += Aq[i * lda + j] * Vn[j * SCAN_BV + tx + 8 * cq];
-                const int c = c0 + tx + 8 * cq;
-                if (t < T_ && c < DV) st(o + ((size_t)t * NV + h) * DV + c, acc);
+                const int c = c0 + tx * 4 + cq;
+                if (t < T_ && c < DV) st(o + ((size_t)t * NV + h) * DV + c, acc[cq]);
             }
         }
         __syncthreads();
@@ -449,12 +457,19 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
             for (int cq = 0; cq < 4; cq++) acc[cq] = 0.0f;
             for (int i = 0; i < C; i++) {
                 const float kv = X[i * ldx + kk];
-                for (int cq = 0; cq < 4; cq++) acc[cq] += kv * Vn[i * SCAN_BV + tx + 8 * cq];
+                const float4 v4 = *reinterpret_cast<const float4 *>(&Vn[i * SCAN_BV + tx * 4]);
+                acc[0] += kv * v4.x;
+                acc[1] += kv * v4.y;
+                acc[2] += kv * v4.z;
+                acc[3] += kv * v4.w;
             }
-            for (int cq = 0; cq < 4; cq++) {
-                float *sp = &S[kk * SCAN_BV + tx + 8 * cq];
-                *sp = eC * *sp + acc[cq];
-            }
+            float4 *sp = reinterpret_cast<float4 *>(&S[kk * SCAN_BV + tx * 4]);
+            float4 sv = *sp;
+            sv.x = eC * sv.x + acc[0];
+            sv.y = eC * sv.y + acc[1];
+            sv.z = eC * sv.z + acc[2];
+            sv.w = eC * sv.w + acc[3];
+            *sp = sv;
         }
     }
     __syncthreads();
@@ -482,7 +497,8 @@ extern "C" enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, co
     chunk_prep_kernel<<<dim3((unsigned)nc, (unsigned)NV), 256, prep_smem, stream>>>(d_scratch, d_q, d_k, d_v, d_g,
                                                                                      d_beta, (int)T, (int)NK, (int)NV, (int)DK, (int)DV, (int)C);
     CU_LAUNCHED("delta_rule chunk_prep_kernel");
-    const size_t scan_smem = sizeof(float) * (size_t)(DK * SCAN_BV + C * (DK + 1) + C * SCAN_BV + C * (C + 1) + 3 * C);
+    const size_t scan_smem =
+        sizeof(float) * (size_t)(DK * SCAN_BV + ((C * (DK + 1) + 3) & ~3) + C * SCAN_BV + C * (C + 1) + 3 * C);
     const dim3 grid((unsigned)NV, cdiv(DV, SCAN_BV));
     if (dt == Q3N_COMPUTE_BF16) {
         CU_CHECK(cudaFuncSetAttribute(chunk_scan_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -711,6 +711,7 @@ int main(int argc, char **argv)
         case_delta_chunked(129, 1, 3, 60, 100, 64, -5.0, 0);   /* GQA 3, odd dims */
         case_delta_chunked(70, 2, 2, 256, 256, 64, -20.0, 0);  /* dims 256 */
         case_delta_chunked(90, 2, 4, 128, 128, 32, -1.0, 0);   /* C=32 */
+        case_delta_chunked(40, 1, 2, 24, 40, 17, -1.0, 0);     /* odd C, the "odd" preset's dims */
         case_delta_chunked(300, 2, 4, 128, 128, 64, -0.05, 0); /* weak decay, 5 chunks */
         case_delta_chunked(130, 2, 4, 128, 128, 64, -20.0, 1); /* bf16 output */
         case_delta_recurrent(1, 2, 4, 128, 128);
