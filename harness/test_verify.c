@@ -337,6 +337,43 @@ static void a_perturbed_tap_is_the_first_divergence_in_every_format(void **state
     q3n_result_free(r);
 }
 
+static void perturb_q_rope(const char *name, int rank, const int64_t *dims, void *data, int is_int)
+{
+    (void)rank;
+    (void)dims;
+    if (!is_int && strcmp(name, "model.layers.1.self_attn.q_rope") == 0) ((double *)data)[5] *= 1.01;
+}
+
+static void a_copy_of_a_committed_golden_with_one_tap_perturbed_is_named_in_every_format(void **state)
+{
+    struct fixture *f = *state;
+    write_candidate("golden/data/tiny_f32.h5", f->cand, perturb_q_rope, NULL, NULL);
+    struct q3n_compare_options o = {.policy = f->policy};
+    struct q3n_result *r = NULL;
+    struct q3n_error err = {0};
+    check(q3n_compare_files(&r, f->cand, "golden/data/tiny_f32.h5", &o, &err), &err);
+    assert_int_equal(q3n_result_exit_code(r), 1);
+    int64_t c[6];
+    q3n_result_counts(r, c);
+    assert_int_equal(c[Q3N_VERDICT_FAIL], 1);
+    const char *name = "model.layers.1.self_attn.q_rope";
+    assert_string_equal(r->tensors[r->first_divergence].name, name);
+    for (int fmt = Q3N_REPORT_TEXT; fmt <= Q3N_REPORT_JSON; fmt++) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *out = open_memstream(&buf, &len);
+        check(q3n_report_write(out, r, (enum q3n_report_format)fmt, NULL, &err), &err);
+        fclose(out);
+        static const char *const pre[] = {"first divergence: ", "### First divergence: `", "first divergence: ",
+                                          "name=\"first_divergence\" value=\"", "\"first_divergence\":\t\""};
+        char marker[256];
+        snprintf(marker, sizeof marker, "%s%s", pre[fmt], name);
+        if (!strstr(buf, marker)) fail_msg("format %d lacks '%s'", fmt, marker);
+        free(buf);
+    }
+    q3n_result_free(r);
+}
+
 static int flip_token;
 static int64_t flip_expert;
 
@@ -674,6 +711,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(a_faithful_copy_passes_with_nothing_on_one_side),
         cmocka_unit_test(a_perturbed_tap_is_the_first_divergence_in_every_format),
+        cmocka_unit_test(a_copy_of_a_committed_golden_with_one_tap_perturbed_is_named_in_every_format),
         cmocka_unit_test(a_router_flip_at_a_near_tie_is_reported_and_explains_downstream_errors),
         cmocka_unit_test(a_router_flip_at_a_clear_margin_fails),
         cmocka_unit_test(nan_injected_into_one_tap_is_named_as_the_origin),
