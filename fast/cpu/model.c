@@ -707,14 +707,17 @@ static void cpu_reset(void *session)
 static const char *cpu_describe(void *session)
 {
     struct cpu_session *s = session;
-    const char *dn = s->used_chunked && s->used_recurrent ? "chunked-wy-sgemm-strsm+recurrent"
+    const char *dn = s->used_chunked && s->used_recurrent ? "chunked-wy+recurrent"
                      : s->used_recurrent                  ? "recurrent"
-                     : s->used_chunked                    ? "chunked-wy-sgemm-strsm"
+                     : s->used_chunked                    ? "chunked-wy"
                                                           : "none";
+    /* compact (verify appends "; decode: <this>" into a 256-byte field): chunked-wy = the WY/UT
+     * chunked delta rule by sgemm + strsm; flash(QBxKB) = blocked attention with an online
+     * softmax; moe=grouped-sgemm = per-expert gathered GEMMs. */
     snprintf(s->desc, sizeof s->desc,
-             "cpu: deltanet=%s(C=%lld) attn=%s moe=grouped-sgemm linear=sgemm/sgemv blas=openblas(%s,threads=%lld)%s%s",
-             dn, (long long)s->opt.chunk_size, s->used_attn ? "blocked-online-softmax(QB=64,KB=256)" : "none",
-             openblas_get_corename(), (long long)s->threads, s->test_bug[0] ? " test_bug=" : "", s->test_bug);
+             "cpu: deltanet=%s(C=%lld) attn=%s moe=grouped-sgemm blas=openblas-%s threads=%lld%s%s", dn,
+             (long long)s->opt.chunk_size, s->used_attn ? "flash(64x256)" : "none", openblas_get_corename(),
+             (long long)s->threads, s->test_bug[0] ? " test_bug=" : "", s->test_bug);
     return s->desc;
 }
 
