@@ -451,7 +451,12 @@ static enum q3n_status iv_tap(void *user, const struct q3n_tap *tap, struct q3n_
 
 struct q3n_tap_sink q3n_intervene_sink(struct q3n_intervene *iv)
 {
-    struct q3n_tap_sink s = {.fn = iv_tap, .user = iv, .intervene = 1};
+    /* only a sink that may write asks for live buffers: a device implementation then copies each
+     * tap back, which an observing sink (determinism, records) must not make it do */
+    const struct q3n_intervene_opts *o = &iv->opt;
+    int writes = o->isolate || o->replace || o->force_routing || o->emulate_bf16 || o->weak_op ||
+                 (o->inner && o->inner->intervene);
+    struct q3n_tap_sink s = {.fn = iv_tap, .user = iv, .intervene = writes};
     return s;
 }
 

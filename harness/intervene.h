@@ -131,7 +131,9 @@ void q3n_intervene_init(struct q3n_intervene *iv, const struct q3n_intervene_opt
 void q3n_intervene_clear(struct q3n_intervene *iv);
 void q3n_intervene_free(struct q3n_intervene *iv); /* accepts NULL */
 
-/* The sink to pass to forward(): fn/user bound to iv, intervene = 1. */
+/* The sink to pass to forward(): fn/user bound to iv; intervene = 1 only when the options can
+ * write (isolate, replace, force_routing, emulate_bf16, weak_op, or an intervening inner sink),
+ * so a record-only sink observes the implementation exactly as verify's sink does. */
 struct q3n_tap_sink q3n_intervene_sink(struct q3n_intervene *iv);
 
 /* The record for tap `name`, or NULL. */
