@@ -113,6 +113,9 @@ void q3n_det_ledger_write_text(FILE *out, const struct q3n_det_ledger *led)
                                                                      : "unknown (logits not reproducible)");
     fprintf(out, "  logits bitwise reproducible: %s\n", led->logits_reproducible ? "yes" : "no");
     fprintf(out, "  taps bitwise reproducible: %zu of %zu\n", led->n - led->n_nonrepro, led->n);
+    size_t held = 0;
+    for (size_t i = 0; i < led->n; i++) held += led->taps[i].expected == 1;
+    if (held) fprintf(out, "  held to bitwise equality by the expected ledger: %zu taps, %zu regressed\n", held, led->n_regressed);
     if (led->n_missing) fprintf(out, "  FAIL: the taps emitted changed between runs (%zu differences)\n", led->n_missing);
     for (size_t i = 0; i < led->n; i++) {
         const struct q3n_det_tap *t = &led->taps[i];
