@@ -56,7 +56,7 @@ struct work {
     float *probs, *topw;
     int32_t *topi, *perm, *pos, *counts, *offsets, *tiles;
     void *xperm, *gu, *hmid, *ey;
-    void *lbuf;
+    void *lbuf, *cat;
     float *lbuf32;
     int64_t *tokens;
 };
@@ -76,6 +76,12 @@ struct cuda_session {
     struct work w;
     int64_t Tmax, cache_len;
     int has_prev;
+    /* MTP: the MTP layer is layers[num_hidden_layers] (cfg.layer_type/layer_is_sparse set for it) */
+    int has_mtp;
+    float *mtp_norm_e, *mtp_norm_h, *mtp_norm;
+    void *mtp_fc;      /* [D, 2D] */
+    void *last_hidden; /* [max_tokens, D] final-normed hidden of every position seen */
+    int64_t last_T, last_pos0, mtp_len;
     /* tap staging */
     float *tap_host;
     float *tap_dev;
@@ -301,7 +307,11 @@ static enum q3n_status alloc_work(struct cuda_session *s, struct q3n_error *err)
     DALLOC(w->lbuf, LM_CHUNK * c->vocab_size * as);
     DALLOC(w->lbuf32, LM_CHUNK * c->vocab_size * 4);
     DALLOC(w->tokens, Tm * 8);
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+    if (s->has_mtp) {
+        DALLOC(s->last_hidden, s->opt.max_tokens * D * as);
+        DALLOC(w->cat, Tm * 2 * D * as);
+    }
+    for (int64_t l = 0; l < c->num_hidden_layers + (s->has_mtp ? 1 : 0); l++) {
         struct dev_layer *L = &s->layers[l];
         if (c->layer_type[l] == Q3N_LAYER_LINEAR_ATTENTION) {
             DALLOC(L->conv_state, Cc * c->linear_conv_kernel_dim * 4);
@@ -333,6 +343,7 @@ static enum q3n_status reset_caches(struct cuda_session *s, struct q3n_error *er
     }
     s->cache_len = 0;
     s->has_prev = 0;
+    s->last_T = s->last_pos0 = s->mtp_len = 0;
     s->ran_chunked = s->ran_recurrent = s->ran_flash = s->ran_rows = s->ran_moe_gemm = s->ran_moe_gemv = s->ran_moe_grouped = 0;
     return Q3N_OK;
 }
@@ -354,7 +365,7 @@ static enum q3n_status session_new(struct cuda_session **out, const struct q3n_c
     s->dt = o.dtype;
     s->as = cuda_act_size(s->dt);
     s->Tmax = o.max_tokens;
-    s->layers = (struct dev_layer *)calloc((size_t)cfg->num_hidden_layers, sizeof(struct dev_layer));
+    s->layers = (struct dev_layer *)calloc((size_t)cfg->num_hidden_layers + 1, sizeof(struct dev_layer));
     if (!s->layers) return q3n_error_set(err, Q3N_ERR_NOMEM, "cuda: layers");
     CU_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&s->blas));
@@ -433,6 +444,18 @@ static enum q3n_status cuda_open(void **session, const struct q3n_model *model, 
     st = new_vec(s, &s->final_norm, model->weights.norm, c->hidden_size, err);
     for (int64_t l = 0; st == Q3N_OK && l < c->num_hidden_layers; l++)
         st = upload_layer(s, l, &model->weights.layers[l], err);
+    if (st == Q3N_OK && c->num_mtp_layers > 0 && c->num_hidden_layers < Q3N_MAX_LAYERS) {
+        const struct q3n_mtp_weights *mw = &model->weights.mtp;
+        const int64_t Lm = c->num_hidden_layers, D = c->hidden_size;
+        s->has_mtp = 1;
+        s->cfg.layer_type[Lm] = Q3N_LAYER_FULL_ATTENTION;
+        s->cfg.layer_is_sparse[Lm] = (uint8_t)(mw->layer_is_sparse ? 1 : 0);
+        st = upload_layer(s, Lm, &mw->layer, err);
+        if (st == Q3N_OK) st = new_vec(s, &s->mtp_norm_e, mw->pre_fc_norm_embedding, D, err);
+        if (st == Q3N_OK) st = new_vec(s, &s->mtp_norm_h, mw->pre_fc_norm_hidden, D, err);
+        if (st == Q3N_OK) st = new_vec(s, &s->mtp_norm, mw->norm, D, err);
+        if (st == Q3N_OK) st = new_mat(s, &s->mtp_fc, mw->fc, D * 2 * D, err);
+    }
     if (st == Q3N_OK) st = alloc_work(s, err);
     if (st == Q3N_OK) st = reset_caches(s, err);
     if (st != Q3N_OK) goto fail;
@@ -617,7 +640,7 @@ static enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink
 
 /* ---- blocks ------------------------------------------------------------------------------ */
 
-static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, int64_t T,
+static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char *p, int64_t T,
                                          const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
@@ -628,39 +651,37 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, int6
     const int64_t DK = c->linear_key_head_dim, DV = c->linear_value_head_dim, Kc = c->linear_conv_kernel_dim;
     const int64_t Cc = q3n_config_conv_dim(c), Q = q3n_config_qkvz_dim(c);
     const int chunked = T > 1 || !s->has_prev;
-    const char *p = "model.layers";
-    const int li = (int)l;
 
     Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, T, Q, D, dt, s->blas, s->stream, err));
-    TAPA2(w->big, T, Q, "%s.%d.linear_attn.in_proj_qkvz.out", p, li);
+    TAPA2(w->big, T, Q, "%s.linear_attn.in_proj_qkvz.out", p);
     Q3N_TRY(cuda_linear_forward(w->ba, w->xn, L->ba, NULL, T, 2 * NV, D, dt, s->blas, s->stream, err));
-    TAPA2(w->ba, T, 2 * NV, "%s.%d.linear_attn.in_proj_ba.out", p, li);
+    TAPA2(w->ba, T, 2 * NV, "%s.linear_attn.in_proj_ba.out", p);
     Q3N_TRY(cuda_deltanet_split_forward(w->mixed, w->z, w->b, w->a, w->big, w->ba, T, NK, NV, DK, DV, dt, s->stream,
                                         err));
-    TAPS3(w->mixed, Cc, NK * DK, T, NK, DK, "%s.%d.linear_attn.q", p, li);
-    TAPS3(ACT(w->mixed, NK * DK), Cc, NK * DK, T, NK, DK, "%s.%d.linear_attn.k", p, li);
-    TAPS3(ACT(w->mixed, 2 * NK * DK), Cc, NV * DV, T, NV, DV, "%s.%d.linear_attn.v", p, li);
-    TAPA3(w->z, T, NV, DV, "%s.%d.linear_attn.z", p, li);
-    TAPF2(w->b, T, NV, "%s.%d.linear_attn.b", p, li);
-    TAPF2(w->a, T, NV, "%s.%d.linear_attn.a", p, li);
+    TAPS3(w->mixed, Cc, NK * DK, T, NK, DK, "%s.linear_attn.q", p);
+    TAPS3(ACT(w->mixed, NK * DK), Cc, NK * DK, T, NK, DK, "%s.linear_attn.k", p);
+    TAPS3(ACT(w->mixed, 2 * NK * DK), Cc, NV * DV, T, NV, DV, "%s.linear_attn.v", p);
+    TAPA3(w->z, T, NV, DV, "%s.linear_attn.z", p);
+    TAPF2(w->b, T, NV, "%s.linear_attn.b", p);
+    TAPF2(w->a, T, NV, "%s.linear_attn.a", p);
 
     Q3N_TRY(cuda_conv1d_causal_forward(w->conv, w->mixed, L->conv_w, L->conv_state, T, Cc, Kc, dt, s->stream, err));
     Q3N_TRY(cuda_conv1d_state_update(L->conv_state, w->mixed, T, Cc, Kc, dt, s->stream, err));
-    TAPA2(w->conv, T, Cc, "%s.%d.linear_attn.conv1d.out", p, li);
+    TAPA2(w->conv, T, Cc, "%s.linear_attn.conv1d.out", p);
 
     if (taps && taps->fn) {
         Q3N_TRY(cuda_l2norm_forward(w->qf, w->conv, T, NK, DK, Cc, 1e-6, 1.0f, 0, dt, s->stream, err));
-        TAPF3(w->qf, T, NK, DK, "%s.%d.linear_attn.q_l2", p, li);
+        TAPF3(w->qf, T, NK, DK, "%s.linear_attn.q_l2", p);
     }
     const float qscale = chunked ? (float)pow((double)DK, -0.5) : (float)sqrt((double)DK);
     Q3N_TRY(cuda_l2norm_forward(w->qf, w->conv, T, NK, DK, Cc, 1e-6, qscale, !chunked, dt, s->stream, err));
     Q3N_TRY(cuda_l2norm_forward(w->kf, ACT(w->conv, NK * DK), T, NK, DK, Cc, 1e-6, 1.0f, 0, dt, s->stream, err));
-    TAPF3(w->kf, T, NK, DK, "%s.%d.linear_attn.k_l2", p, li);
+    TAPF3(w->kf, T, NK, DK, "%s.linear_attn.k_l2", p);
     Q3N_TRY(cuda_to_f32(w->vf, ACT(w->conv, 2 * NK * DK), T, NV * DV, Cc, dt, s->stream, err));
 
     Q3N_TRY(cuda_deltanet_gates_forward(w->g, w->beta, w->a, w->b, L->A_log, L->dt_bias, T, NV, dt, s->stream, err));
-    TAPF2(w->g, T, NV, "%s.%d.linear_attn.g", p, li);
-    TAPF2(w->beta, T, NV, "%s.%d.linear_attn.beta", p, li);
+    TAPF2(w->g, T, NV, "%s.linear_attn.g", p);
+    TAPF2(w->beta, T, NV, "%s.linear_attn.beta", p);
 
     if (chunked) {
         Q3N_TRY(cuda_delta_rule_chunked(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs, T, NK, NV,
@@ -671,17 +692,17 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, int6
                                           DV, dt, s->stream, err));
         s->ran_recurrent = 1;
     }
-    TAPA3(w->core, T, NV, DV, "%s.%d.linear_attn.core_out", p, li);
-    TAPF3(L->rec_state, NV, DK, DV, "%s.%d.linear_attn.final_state", p, li);
+    TAPA3(w->core, T, NV, DV, "%s.linear_attn.core_out", p);
+    TAPF3(L->rec_state, NV, DK, DV, "%s.linear_attn.final_state", p);
     Q3N_TRY(cuda_rmsnorm_gated_forward(w->gn, w->core, w->z, L->gnorm, T * NV, DV, c->rms_norm_eps, dt, s->stream,
                                        err));
-    TAPA3(w->gn, T, NV, DV, "%s.%d.linear_attn.norm.out", p, li);
+    TAPA3(w->gn, T, NV, DV, "%s.linear_attn.norm.out", p);
     Q3N_TRY(cuda_linear_forward(w->y, w->gn, L->out_proj, NULL, T, D, NV * DV, dt, s->blas, s->stream, err));
-    TAPA2(w->y, T, D, "%s.%d.linear_attn.out", p, li);
+    TAPA2(w->y, T, D, "%s.linear_attn.out", p);
     return Q3N_OK;
 }
 
-static enum q3n_status attn_block(struct cuda_session *s, int64_t l, int64_t T, int64_t pos0,
+static enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
                                   const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
@@ -689,8 +710,6 @@ static enum q3n_status attn_block(struct cuda_session *s, int64_t l, int64_t T, 
     struct work *w = &s->w;
     const enum q3n_compute_dtype dt = s->dt;
     const int64_t D = c->hidden_size, NH = c->num_attention_heads, NKV = c->num_key_value_heads, HD = c->head_dim;
-    const char *p = "model.layers";
-    const int li = (int)l;
     void *qg = w->big, *kp = w->mixed, *vp = w->conv; /* reuse: [T, NH*2*HD], [T, NKV*HD] x2 */
     if (NKV * HD > q3n_config_conv_dim(c)) {
         kp = w->xperm;
@@ -698,32 +717,32 @@ static enum q3n_status attn_block(struct cuda_session *s, int64_t l, int64_t T, 
     }
 
     Q3N_TRY(cuda_linear_forward(qg, w->xn, L->q_proj, L->q_bias, T, NH * 2 * HD, D, dt, s->blas, s->stream, err));
-    TAPA2(qg, T, NH * 2 * HD, "%s.%d.self_attn.q_proj.out", p, li);
+    TAPA2(qg, T, NH * 2 * HD, "%s.self_attn.q_proj.out", p);
     Q3N_TRY(cuda_linear_forward(kp, w->xn, L->k_proj, L->k_bias, T, NKV * HD, D, dt, s->blas, s->stream, err));
-    TAPA2(kp, T, NKV * HD, "%s.%d.self_attn.k_proj.out", p, li);
+    TAPA2(kp, T, NKV * HD, "%s.self_attn.k_proj.out", p);
     Q3N_TRY(cuda_linear_forward(vp, w->xn, L->v_proj, L->v_bias, T, NKV * HD, D, dt, s->blas, s->stream, err));
-    TAPA2(vp, T, NKV * HD, "%s.%d.self_attn.v_proj.out", p, li);
+    TAPA2(vp, T, NKV * HD, "%s.self_attn.v_proj.out", p);
     {
         const int64_t dims[3] = {T, NH, HD};
-        Q3N_TRY(tap_dev(s, taps, 1, ACT(qg, HD), 2 * HD, HD, 3, dims, err, "%s.%d.self_attn.gate", p, li));
+        Q3N_TRY(tap_dev(s, taps, 1, ACT(qg, HD), 2 * HD, HD, 3, dims, err, "%s.self_attn.gate", p));
     }
     Q3N_TRY(cuda_attn_qk_prep(w->q, w->qn, L->kc, L->vc, w->kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
                               c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
-    TAPA3(w->qn, T, NH, HD, "%s.%d.self_attn.q_norm.out", p, li);
-    TAPA3(w->kn, T, NKV, HD, "%s.%d.self_attn.k_norm.out", p, li);
-    TAPA3(w->q, T, NH, HD, "%s.%d.self_attn.q_rope", p, li);
-    TAPA3(ACT(L->kc, pos0 * NKV * HD), T, NKV, HD, "%s.%d.self_attn.k_rope", p, li);
+    TAPA3(w->qn, T, NH, HD, "%s.self_attn.q_norm.out", p);
+    TAPA3(w->kn, T, NKV, HD, "%s.self_attn.k_norm.out", p);
+    TAPA3(w->q, T, NH, HD, "%s.self_attn.q_rope", p);
+    TAPA3(ACT(L->kc, pos0 * NKV * HD), T, NKV, HD, "%s.self_attn.k_rope", p);
     Q3N_TRY(cuda_attention_forward(w->attn, w->q, L->kc, L->vc, w->ascratch, T, pos0, NH, NKV, HD, dt, s->stream,
                                    err));
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256)
         s->ran_flash = 1;
     else
         s->ran_rows = 1;
-    TAPA3(w->attn, T, NH, HD, "%s.%d.self_attn.attn_out", p, li);
+    TAPA3(w->attn, T, NH, HD, "%s.self_attn.attn_out", p);
     Q3N_TRY(cuda_sigmoid_gate_forward(w->gated, w->attn, ACT(qg, HD), T, NH, HD, 2 * HD, dt, s->stream, err));
-    TAPA2(w->gated, T, NH * HD, "%s.%d.self_attn.gated_out", p, li);
+    TAPA2(w->gated, T, NH * HD, "%s.self_attn.gated_out", p);
     Q3N_TRY(cuda_linear_forward(w->y, w->gated, L->o_proj, L->o_bias, T, D, NH * HD, dt, s->blas, s->stream, err));
-    TAPA2(w->y, T, D, "%s.%d.self_attn.out", p, li);
+    TAPA2(w->y, T, D, "%s.self_attn.out", p);
     return Q3N_OK;
 }
 
@@ -782,7 +801,7 @@ static enum q3n_status apply_forced_routing(struct cuda_session *s, int64_t l, i
                                             struct q3n_error *err)
 {
     const struct q3n_forced_routing *fr = s->opt.forced_routing;
-    if (!fr || !fr->topk_idx || !fr->topk_idx[l] || !fr->topk_weight || !fr->topk_weight[l]) return Q3N_OK;
+    if (!fr || l >= s->cfg.num_hidden_layers || !fr->topk_idx || !fr->topk_idx[l] || !fr->topk_weight || !fr->topk_weight[l]) return Q3N_OK;
     const int64_t K = s->cfg.num_experts_per_tok, E = s->cfg.num_experts, n = T * K;
     int32_t *hi = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
     float *hw = (float *)malloc(sizeof(float) * (size_t)n);
@@ -817,7 +836,7 @@ done:
     return st;
 }
 
-static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, int64_t T, int64_t pos0,
+static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
                                  const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
@@ -825,20 +844,18 @@ static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, int64_t T, i
     struct work *w = &s->w;
     const enum q3n_compute_dtype dt = s->dt;
     const int64_t D = c->hidden_size;
-    const char *p = "model.layers";
-    const int li = (int)l;
     if (!c->layer_is_sparse[l]) {
         Q3N_TRY(dense_mlp(s, w->y, w->smid, &L->mlp, T, err));
-        TAPA2(w->y, T, D, "%s.%d.mlp.out", p, li);
+        TAPA2(w->y, T, D, "%s.mlp.out", p);
         return Q3N_OK;
     }
     const int64_t E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
     Q3N_TRY(cuda_linear_forward(w->rlogits, w->xn, L->router, NULL, T, E, D, dt, s->blas, s->stream, err));
-    TAPA2(w->rlogits, T, E, "%s.%d.mlp.gate.logits", p, li);
+    TAPA2(w->rlogits, T, E, "%s.mlp.gate.logits", p);
     const int tapping = taps && taps->fn;
     Q3N_TRY(cuda_router_topk_forward(tapping ? w->probs : NULL, w->topi, w->topw, w->rlogits, T, E, K,
                                      c->norm_topk_prob, dt, s->stream, err));
-    TAPF2(w->probs, T, E, "%s.%d.mlp.gate.probs", p, li);
+    TAPF2(w->probs, T, E, "%s.mlp.gate.probs", p);
     Q3N_TRY(apply_forced_routing(s, l, T, pos0, err));
     if (tapping) {
         const int64_t n = T * K;
@@ -854,9 +871,9 @@ static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, int64_t T, i
         CU_CHECK(cudaStreamSynchronize(s->stream));
         for (int64_t i = 0; i < n; i++) i64[i] = s->host_i32[i];
         const int64_t dims[2] = {T, K};
-        Q3N_TRY(q3n_tap_emit(taps, Q3N_DTYPE_I64, i64, 2, dims, err, "%s.%d.mlp.gate.topk_idx", p, li));
+        Q3N_TRY(q3n_tap_emit(taps, Q3N_DTYPE_I64, i64, 2, dims, err, "%s.mlp.gate.topk_idx", p));
     }
-    TAPF2(w->topw, T, K, "%s.%d.mlp.gate.topk_weight", p, li);
+    TAPF2(w->topw, T, K, "%s.mlp.gate.topk_weight", p);
     const int32_t *pos = NULL;
     if (T * K <= GEMV_MAX_ROWS) {
         Q3N_TRY(cuda_moe_experts_gemv(w->gu, w->xn, w->topi, L->experts_gu, T * K, K, 2 * I, D, dt, s->stream, err));
@@ -870,43 +887,66 @@ static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, int64_t T, i
     const void *shared = NULL, *sg = NULL;
     if (L->shared.gate_up) {
         Q3N_TRY(dense_mlp(s, w->sout, w->smid, &L->shared, T, err));
-        TAPA2(w->sout, T, D, "%s.%d.mlp.shared_expert.out", p, li);
+        TAPA2(w->sout, T, D, "%s.mlp.shared_expert.out", p);
         Q3N_TRY(cuda_linear_forward(w->sg, w->xn, L->shared_gate, NULL, T, 1, D, dt, s->blas, s->stream, err));
-        TAPA2(w->sg, T, 1, "%s.%d.mlp.shared_expert_gate.out", p, li);
+        TAPA2(w->sg, T, 1, "%s.mlp.shared_expert_gate.out", p);
         shared = w->sout;
         sg = w->sg;
     }
     Q3N_TRY(cuda_moe_combine(w->eo, w->y, w->ey, pos, w->topw, shared, sg, T, D, K, dt, s->stream, err));
-    TAPA2(w->eo, T, D, "%s.%d.mlp.experts.out", p, li);
-    TAPA2(w->y, T, D, "%s.%d.mlp.out", p, li);
+    TAPA2(w->eo, T, D, "%s.mlp.experts.out", p);
+    TAPA2(w->y, T, D, "%s.mlp.out", p);
     return Q3N_OK;
 }
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
+/* Compact (verify stores "<prefill>; decode: <decode>" in 256 bytes). Names: dn = delta rule
+ * (chunk_v4 = cuda_delta_rule_chunked_kernel(), rec_v1 = recurrent step), attn flash_v2 =
+ * flash_mma_bf16_v2, rows_v1 = row/split-K kernel, moe grouped_v1 = grouped bf16 mma GEMM,
+ * cublas = per-expert cuBLAS GEMMs, gemv_v1 = decode expert GEMV; gemm = cuBLAS, COMPUTE_32F,
+ * default math (no TF32). */
 static void describe_build(struct cuda_session *s)
 {
-    char dr[160] = "";
-    if (s->ran_chunked) snprintf(dr, sizeof dr, "chunked(C=%lld %s)", (long long)s->opt.chunk_size,
-                                 cuda_delta_rule_chunked_kernel());
-    if (s->ran_recurrent)
-        snprintf(dr + strlen(dr), sizeof dr - strlen(dr), "%srecurrent(recurrent_v1)", s->ran_chunked ? "+" : "");
-    char at[96] = "";
-    if (s->ran_flash) snprintf(at, sizeof at, "flash_mma_bf16_v2");
-    if (s->ran_rows) snprintf(at + strlen(at), sizeof at - strlen(at), "%srows_v1", s->ran_flash ? "+" : "");
-    char moe[96] = "";
-    if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "permute+grouped_mma_bf16_v1");
-    if (s->ran_moe_gemm)
-        snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%spermute+cublas_per_expert",
-                 s->ran_moe_grouped ? "+" : "");
-    if (s->ran_moe_gemv)
-        snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v1",
-                 s->ran_moe_gemm || s->ran_moe_grouped ? "+" : "");
-    snprintf(s->desc, sizeof s->desc,
-             "cuda dtype=%s gemm=cublas(COMPUTE_32F, DEFAULT_MATH: no TF32%s) deltanet=%s conv=conv1d_v1 attn=%s "
-             "moe=%s norms=fused_v1",
-             s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", s->dt == Q3N_COMPUTE_BF16 ? ", bf16 in/out" : "",
-             dr[0] ? dr : "-", at[0] ? at : "-", moe[0] ? moe : "-");
+    char dn[48] = "", at[32] = "", moe[48] = "";
+    if (s->ran_chunked) snprintf(dn, sizeof dn, "chunk_v4/C%lld", (long long)s->opt.chunk_size);
+    if (s->ran_recurrent) snprintf(dn + strlen(dn), sizeof dn - strlen(dn), "%srec_v1", dn[0] ? "+" : "");
+    if (s->ran_flash) snprintf(at, sizeof at, "flash_v2");
+    if (s->ran_rows) snprintf(at + strlen(at), sizeof at - strlen(at), "%srows_v1", at[0] ? "+" : "");
+    if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "grouped_v1");
+    if (s->ran_moe_gemm) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%scublas", moe[0] ? "+" : "");
+    if (s->ran_moe_gemv) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v1", moe[0] ? "+" : "");
+    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32) dn=%s attn=%s moe=%s",
+             s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", dn[0] ? dn : "-", at[0] ? at : "-", moe[0] ? moe : "-");
+}
+
+/* One decoder layer on w.h (in place), taps under prefix p ("model.layers.3", "mtp.layers.0"). */
+static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
+                                     int prof, const struct q3n_tap_sink *taps, struct q3n_error *err)
+{
+    const struct q3n_config *c = &s->cfg;
+    struct work *w = &s->w;
+    const enum q3n_compute_dtype dt = s->dt;
+    const int64_t D = c->hidden_size;
+    struct dev_layer *L = &s->layers[l];
+    TAPA2(w->h, T, D, "%s.in", p);
+    Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, L->in_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
+    TAPA2(w->xn, T, D, "%s.input_layernorm.out", p);
+    if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 0], s->stream));
+    if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION)
+        Q3N_TRY(attn_block(s, l, p, T, pos0, taps, err));
+    else
+        Q3N_TRY(linear_attn_block(s, l, p, T, taps, err));
+    if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 1], s->stream));
+    Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, w->y, L->post_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
+    TAPA2(w->h, T, D, "%s.post_attention_layernorm.in", p);
+    TAPA2(w->xn, T, D, "%s.post_attention_layernorm.out", p);
+    if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 2], s->stream));
+    Q3N_TRY(mlp_block(s, l, p, T, pos0, taps, err));
+    if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 3], s->stream));
+    Q3N_TRY(cuda_add_inplace(w->h, w->y, T * D, dt, s->stream, err));
+    TAPA2(w->h, T, D, "%s.out", p);
+    return Q3N_OK;
 }
 
 /* Runs the T tokens through every layer; leaves the final-normed hidden state in w.xn. */
@@ -931,28 +971,17 @@ static enum q3n_status forward_body(struct cuda_session *s, const int64_t *token
     Q3N_TRY(cuda_embed_forward(w->h, w->tokens, s->embed, T, D, dt, s->stream, err));
     TAPA2(w->h, T, D, "model.embed_tokens.out");
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        struct dev_layer *L = &s->layers[l];
-        const int li = (int)l;
-        TAPA2(w->h, T, D, "model.layers.%d.in", li);
-        Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, L->in_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
-        TAPA2(w->xn, T, D, "model.layers.%d.input_layernorm.out", li);
-        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 0], s->stream));
-        if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION)
-            Q3N_TRY(attn_block(s, l, T, pos0, taps, err));
-        else
-            Q3N_TRY(linear_attn_block(s, l, T, taps, err));
-        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 1], s->stream));
-        Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, w->y, L->post_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
-        TAPA2(w->h, T, D, "model.layers.%d.post_attention_layernorm.in", li);
-        TAPA2(w->xn, T, D, "model.layers.%d.post_attention_layernorm.out", li);
-        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 2], s->stream));
-        Q3N_TRY(mlp_block(s, l, T, pos0, taps, err));
-        if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 3], s->stream));
-        Q3N_TRY(cuda_add_inplace(w->h, w->y, T * D, dt, s->stream, err));
-        TAPA2(w->h, T, D, "model.layers.%d.out", li);
+        char p[48];
+        snprintf(p, sizeof p, "model.layers.%d", (int)l);
+        Q3N_TRY(decoder_layer(s, l, p, T, pos0, prof, taps, err));
     }
     Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, s->final_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
     TAPA2(w->xn, T, D, "model.norm.out");
+    if (s->last_hidden)
+        CU_CHECK(cudaMemcpyAsync(ACT(s->last_hidden, pos0 * D), w->xn, s->as * (size_t)(T * D),
+                                 cudaMemcpyDeviceToDevice, s->stream));
+    s->last_T = T;
+    s->last_pos0 = pos0;
     if (prof) {
         CU_CHECK(cudaEventRecord(s->ev[2 * 4 * 64 + 1], s->stream));
         CU_CHECK(cudaEventSynchronize(s->ev[2 * 4 * 64 + 1]));
@@ -1028,6 +1057,51 @@ extern "C" enum q3n_status cuda_session_sync(void *session, struct q3n_error *er
     return Q3N_OK;
 }
 
+/* MTP head on the last forward's positions pos0 .. pos0+T-2 (as fast/cpu and ref): row t joins
+ * norm_e(embed(tokens[t+1])) and norm_h(final hidden of pos0+t), fc, the MTP decoder layer at RoPE
+ * positions pos0+t with its own KV cache, norm, lm_head. mtp_logits [T-1, V]. */
+static enum q3n_status cuda_forward_mtp(void *session, float *mtp_logits, const int64_t *tokens, int64_t T,
+                                        const struct q3n_tap_sink *taps, struct q3n_error *err)
+{
+    struct cuda_session *s = (struct cuda_session *)session;
+    const struct q3n_config *c = &s->cfg;
+    struct work *w = &s->w;
+    const enum q3n_compute_dtype dt = s->dt;
+    const int64_t D = c->hidden_size, Lm = c->num_hidden_layers;
+    if (!s->has_mtp) return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda: the model has no MTP layer");
+    if (s->last_T < 1 || T != s->last_T)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: forward_mtp needs the %lld tokens of the last forward (got %lld)",
+                             (long long)s->last_T, (long long)T);
+    if (s->mtp_len != s->last_pos0)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: the MTP cache holds %lld positions, the last forward began at %lld",
+                             (long long)s->mtp_len, (long long)s->last_pos0);
+    for (int64_t t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: token %lld at %lld outside vocab %lld",
+                                 (long long)tokens[t], (long long)t, (long long)c->vocab_size);
+    if (T == 1) return Q3N_OK;
+    const int64_t n = T - 1, pos0 = s->last_pos0;
+    CU_CHECK(cudaMemcpyAsync(w->tokens, tokens + 1, sizeof(int64_t) * (size_t)n, cudaMemcpyHostToDevice, s->stream));
+    Q3N_TRY(cuda_embed_forward(w->y, w->tokens, s->embed, n, D, dt, s->stream, err));
+    Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->y, s->mtp_norm_e, n, D, c->rms_norm_eps, dt, s->stream, err));
+    TAPA2(w->xn, n, D, "mtp.pre_fc_norm_embedding.out");
+    Q3N_TRY(cuda_rmsnorm_forward(w->eo, ACT(s->last_hidden, pos0 * D), s->mtp_norm_h, n, D, c->rms_norm_eps, dt,
+                                 s->stream, err));
+    TAPA2(w->eo, n, D, "mtp.pre_fc_norm_hidden.out");
+    /* cat [n, 2D] = [embedding | hidden] */
+    CU_CHECK(cudaMemcpy2DAsync(w->cat, 2 * D * s->as, w->xn, D * s->as, D * s->as, (size_t)n,
+                               cudaMemcpyDeviceToDevice, s->stream));
+    CU_CHECK(cudaMemcpy2DAsync(ACT(w->cat, D), 2 * D * s->as, w->eo, D * s->as, D * s->as, (size_t)n,
+                               cudaMemcpyDeviceToDevice, s->stream));
+    Q3N_TRY(cuda_linear_forward(w->h, w->cat, s->mtp_fc, NULL, n, D, 2 * D, dt, s->blas, s->stream, err));
+    TAPA2(w->h, n, D, "mtp.fc.out");
+    Q3N_TRY(decoder_layer(s, Lm, "mtp.layers.0", n, pos0, 0, taps, err));
+    s->mtp_len += n;
+    Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, s->mtp_norm, n, D, c->rms_norm_eps, dt, s->stream, err));
+    TAPA2(w->xn, n, D, "mtp.norm.out");
+    return lm_head_rows(s, mtp_logits, 0, n, err);
+}
+
 static void cuda_reset(void *session)
 {
     struct cuda_session *s = (struct cuda_session *)session;
@@ -1061,5 +1135,5 @@ static void cuda_close(void *session)
 }
 
 extern "C" const struct q3n_impl cuda_impl = {
-    "cuda", cuda_open, cuda_forward, NULL, cuda_reset, cuda_describe, cuda_close,
+    "cuda", cuda_open, cuda_forward, cuda_forward_mtp, cuda_reset, cuda_describe, cuda_close,
 };
