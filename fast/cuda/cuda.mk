@@ -14,6 +14,9 @@ $(BUILD)/cuda-dev/%: fast/cuda/dev/%.cu $(BUILD)/libq3n.a $(CU_LIB)
 
 cuda-dev: $(CUDA_DEV_BIN)
 
+# CI has nvcc but no GPU: `make check` compiles the dev programs (about a minute) so they cannot rot.
+CHECK_EXTRA += cuda-dev
+
 check-cuda: $(BUILD)/q3n cuda-dev
 	$(BUILD)/cuda-dev/test_kernels
 
