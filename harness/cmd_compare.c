@@ -43,7 +43,17 @@ int q3n_cmd_compare(int argc, char **argv)
             policy_path = argv[i + 1];
             i += 2;
         } else if (strcmp(a, "--dtype") == 0 && i + 1 < argc) {
-            co.dtype = argv[i + 1];
+            static const char *const names[][2] = {{"f32", "float32"},  {"float32", "float32"}, {"bf16", "bfloat16"},
+                                                   {"bfloat16", "bfloat16"}, {"f64", "float64"}, {"float64", "float64"},
+                                                   {"f16", "float16"},  {"float16", "float16"}};
+            co.dtype = NULL;
+            for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+                if (strcmp(argv[i + 1], names[k][0]) == 0) co.dtype = names[k][1];
+            if (!co.dtype) {
+                q3n_error_set(&err, Q3N_ERR_USAGE, "--dtype: unknown '%s' (float32, bfloat16, float16, float64)",
+                              argv[i + 1]);
+                goto bad;
+            }
             i += 2;
         } else if (strcmp(a, "--oracle") == 0) {
             co.oracle = 1;

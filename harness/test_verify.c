@@ -480,15 +480,13 @@ static void a_router_flip_at_a_clear_margin_fails(void **state)
 
 static void nan_into_mlp_out(const char *name, int rank, const int64_t *dims, void *data, int is_int)
 {
-    (void)rank;
-    (void)dims;
     if (is_int) return;
     double *x = data;
+    int64_t n = 1;
+    for (int i = 0; i < rank; i++) n *= dims[i];
     if (strcmp(name, "model.layers.0.mlp.out") == 0) x[D + 5] = NAN;
     /* everything downstream is poisoned too, as in a real run */
-    if (strcmp(name, "model.layers.0.out") == 0 || layer_at_or_after(name, 1)) {
-        if (!strstr(name, "topk_idx")) x[D + 5] = NAN;
-    }
+    if ((strcmp(name, "model.layers.0.out") == 0 || layer_at_or_after(name, 1)) && n > D + 5) x[D + 5] = NAN;
 }
 
 static void nan_injected_into_one_tap_is_named_as_the_origin(void **state)

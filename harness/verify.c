@@ -32,7 +32,7 @@ struct engine {
     int ref_is_f64;                /* golden dtype float64 */
     int64_t T;                     /* tokens (-1 unknown) */
     int64_t flip_from;             /* first token marked by a router flip (-1: none) */
-    char flip_at[Q3N_TAP_NAME_MAX];
+    char flip_at[Q3N_TAP_NAME_MAX + 32];
     /* the last top-k tap: both sides' choices, for topk_weight */
     char topk_prefix[Q3N_TAP_NAME_MAX];
     int64_t *topk_a, *topk_b;
