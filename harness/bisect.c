@@ -98,7 +98,7 @@ static enum q3n_status reduce(struct prec_ctx *c, const size_t *cand, size_t n, 
 static enum q3n_status discover(struct prec_ctx *c, int by_kind, struct q3n_error *err)
 {
     struct q3n_intervene iv;
-    struct q3n_intervene_opts o = {.record = 1};
+    struct q3n_intervene_opts o = {.record = 1, .ask_live = 1}; /* device impls emit live only when asked */
     struct q3n_tool_run plain = c->run;
     plain.golden = NULL;
     plain.emulate_bf16 = 0;

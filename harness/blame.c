@@ -333,7 +333,7 @@ enum q3n_status q3n_isolation_run(struct q3n_isolation *iso, const struct q3n_to
         row->chained = c->in_golden ? c->rel_l2 : NAN;
         row->isolated = x && x->in_golden ? x->rel_l2 : NAN;
         row->live = x && x->replaced;
-        iso->not_live += !c->live;
+        iso->not_live += !(x && x->live); /* live as the isolated (intervening) run saw it */
         if (!isnan(row->isolated) && (iso->worst < 0 || row->isolated > iso->rows[iso->worst].isolated))
             iso->worst = (long)(iso->n - 1);
     }

@@ -454,7 +454,7 @@ struct q3n_tap_sink q3n_intervene_sink(struct q3n_intervene *iv)
     /* only a sink that may write asks for live buffers: a device implementation then copies each
      * tap back, which an observing sink (determinism, records) must not make it do */
     const struct q3n_intervene_opts *o = &iv->opt;
-    int writes = o->isolate || o->replace || o->force_routing || o->emulate_bf16 || o->weak_op ||
+    int writes = o->isolate || o->replace || o->force_routing || o->emulate_bf16 || o->weak_op || o->ask_live ||
                  (o->inner && o->inner->intervene);
     struct q3n_tap_sink s = {.fn = iv_tap, .user = iv, .intervene = writes};
     return s;

@@ -109,6 +109,7 @@ struct q3n_intervene_opts {
     int weak_bits;              /* default 4 when 0 */
     const struct q3n_tap_sink *inner; /* observes the (rounded) taps before replacement; may be NULL */
     double rel_small;           /* the |g| floor of q3n_tap_record.max_rel (0: 0.1, the policy's default small) */
+    int ask_live;               /* ask for live buffers even without writing (which taps are live?) */
 };
 
 struct q3n_intervene {
@@ -132,7 +133,7 @@ void q3n_intervene_clear(struct q3n_intervene *iv);
 void q3n_intervene_free(struct q3n_intervene *iv); /* accepts NULL */
 
 /* The sink to pass to forward(): fn/user bound to iv; intervene = 1 only when the options can
- * write (isolate, replace, force_routing, emulate_bf16, weak_op, or an intervening inner sink),
+ * write (isolate, replace, force_routing, emulate_bf16, weak_op, an intervening inner sink) or ask_live,
  * so a record-only sink observes the implementation exactly as verify's sink does. */
 struct q3n_tap_sink q3n_intervene_sink(struct q3n_intervene *iv);
 

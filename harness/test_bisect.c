@@ -125,6 +125,11 @@ static void an_unreachable_threshold_is_reported_not_bisected(void **state)
     assert_false(res.err_all_fp32 <= 1e-6);
     assert_int_equal(res.n_keep, 0);
     q3n_prec_result_free(&res);
+    /* an implementation that emits live buffers only to an intervening sink (cuda) is bisected */
+    r.opt.test_bug = "fake_live_on_request";
+    assert_int_equal(q3n_bisect_precision(&res, &r, 1e-2, 0, 0, &err), Q3N_OK);
+    assert_true(res.n_ops > 20);
+    q3n_prec_result_free(&res);
     /* and an implementation without live taps cannot be bisected */
     r.opt.test_bug = "fake_not_live";
     assert_int_equal(q3n_bisect_precision(&res, &r, 1e-2, 0, 0, &err), Q3N_ERR_UNSUPPORTED);

@@ -85,6 +85,8 @@ static enum q3n_status fk_forward(void *session, float *logits, const int64_t *t
     struct fake_session *s = session;
     if (T > FK_TMAX) return q3n_error_set(err, Q3N_ERR_USAGE, "fake: T too large");
     int live = strstr(s->bug, "fake_not_live") == NULL;
+    /* "fake_live_on_request": live buffers only for an intervening sink, as a device impl does */
+    if (strstr(s->bug, "fake_live_on_request")) live = taps && taps->intervene;
     float x[FK_TMAX][FK_D], n[FK_TMAX][FK_D], a[FK_TMAX][FK_D], p[FK_TMAX][FK_E], wt[FK_TMAX][FK_K];
     int64_t idx[FK_TMAX][FK_K];
     int64_t dTD[2] = {T, FK_D}, dTE[2] = {T, FK_E}, dTK[2] = {T, FK_K};
