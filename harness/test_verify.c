@@ -24,7 +24,7 @@
 #include "weights.h"
 
 enum { T = 8, D = 16, NV = 2, DK = 4, DV = 4, E = 8, K = 2, V = 32, LAYERS = 2 };
-#define NEAR_TOKEN 3  /* layer 1: experts k and k+1 within 1e-6 in probability */
+#define NEAR_TOKEN 3  /* layer 1: experts k and k+1 within 1e-6 in probability (token 0 too) */
 #define CLEAR_TOKEN 5 /* layer 1: a clear margin */
 
 static const char *policy_text =
@@ -70,7 +70,7 @@ static void router(struct q3n_rng *g, int layer, double *probs, int64_t *idx, do
         double sum = 0;
         for (int r = 0; r < E; r++) {
             double level = 1.0 / (1.0 + 0.25 * r);
-            if (layer == 1 && t == NEAR_TOKEN && r == K) level = 1.0 / (1.0 + 0.25 * (K - 1)) - 1e-6;
+            if (layer == 1 && (t == NEAR_TOKEN || t == 0) && r == K) level = 1.0 / (1.0 + 0.25 * (K - 1)) - 1e-6;
             p[perm[r]] = level;
             sum += level;
         }
@@ -461,6 +461,38 @@ static void a_router_flip_at_a_near_tie_is_reported_and_explains_downstream_erro
     q3n_result_free(r);
 }
 
+static int break_upstream;
+
+/* flip_router, plus (when break_upstream) a real error in layer 0 before the flip. */
+static void flip_router_maybe_broken(const char *name, int rank, const int64_t *dims, void *data, int is_int)
+{
+    flip_router(name, rank, dims, data, is_int);
+    if (break_upstream && !is_int && strcmp(name, "model.layers.0.mlp.out") == 0) ((double *)data)[3] += 0.5;
+}
+
+static void a_flip_at_token_0_explains_downstream_only_while_nothing_failed_before(void **state)
+{
+    struct fixture *f = *state;
+    flip_token = 0;
+    flip_expert = next_expert(f->golden, 0);
+    for (break_upstream = 0; break_upstream <= 1; break_upstream++) {
+        write_candidate(f->golden, f->cand, flip_router_maybe_broken, NULL, NULL);
+        struct q3n_result *r = compare(f, 0);
+        assert_int_equal(find(r, "model.layers.1.mlp.gate.topk_idx")->verdict, Q3N_VERDICT_REPORTED);
+        const struct q3n_tensor_result *mo = find(r, "model.layers.1.mlp.out");
+        assert_int_equal(mo->clean.numel, 0); /* no token before the flip to check against */
+        if (!break_upstream) {
+            assert_int_equal(mo->verdict, Q3N_VERDICT_EXPLAINED);
+            assert_int_equal(q3n_result_exit_code(r), 0);
+        } else {
+            assert_int_equal(mo->verdict, Q3N_VERDICT_FAIL);
+            assert_non_null(strstr(mo->note, "cannot explain it while earlier tensors fail"));
+            assert_string_equal(r->tensors[r->first_divergence].name, "model.layers.0.mlp.out");
+        }
+        q3n_result_free(r);
+    }
+}
+
 static void a_router_flip_at_a_clear_margin_fails(void **state)
 {
     struct fixture *f = *state;
@@ -712,6 +744,7 @@ int main(void)
         cmocka_unit_test(a_copy_of_a_committed_golden_with_one_tap_perturbed_is_named_in_every_format),
         cmocka_unit_test(a_router_flip_at_a_near_tie_is_reported_and_explains_downstream_errors),
         cmocka_unit_test(a_router_flip_at_a_clear_margin_fails),
+        cmocka_unit_test(a_flip_at_token_0_explains_downstream_only_while_nothing_failed_before),
         cmocka_unit_test(nan_injected_into_one_tap_is_named_as_the_origin),
         cmocka_unit_test(names_on_one_side_are_listed_not_fatal),
         cmocka_unit_test(a_missing_file_is_an_input_error_naming_it),
