@@ -14,6 +14,7 @@ void q3n_calib_init(struct q3n_calib *c, double quantile, double margin, double 
     c->quantile = quantile;
     c->margin = margin;
     c->small = small;
+    snprintf(c->dtype, sizeof c->dtype, "float32");
 }
 
 void q3n_calib_free(struct q3n_calib *c)
@@ -107,7 +108,9 @@ enum q3n_status q3n_calib_add_run(struct q3n_calib *c, const struct q3n_tool_run
         return q3n_error_set(err, Q3N_ERR_NOMEM, "calibrate: out of memory for logits (T=%lld V=%lld)",
                              (long long)r->T, (long long)r->V);
     struct q3n_intervene iv;
-    struct q3n_intervene_opts o = {.record = 1, .rel_small = c->small};
+    /* low-precision runs take the reference's routing: a near-tie flip is a discrete event (the
+     * policy's topk rule judges it), not a rounding error to size a tolerance on */
+    struct q3n_intervene_opts o = {.record = 1, .rel_small = c->small, .force_routing = r->emulate_bf16};
     enum q3n_status st = q3n_tool_forward(r, &o, &iv, 0, logits, NULL, err);
     if (st == Q3N_OK) st = q3n_calib_add(c, &iv, source, err);
     q3n_intervene_free(&iv);
@@ -161,7 +164,8 @@ void q3n_calib_pool_numbers(const struct q3n_calib *c, const struct q3n_calib_po
 
 void q3n_calib_write_policy(FILE *out, const struct q3n_calib *c, const char *provenance, int per_kind)
 {
-    fprintf(out, "# q3n calibrated tolerance policy (float32) - written by `q3n calibrate`; format: harness/policy.h\n");
+    fprintf(out, "# q3n calibrated tolerance policy (%s) - written by `q3n calibrate`; format: harness/policy.h\n",
+            c->dtype);
     fprintf(out, "# rule: tol = next 1-2-5 value >= 2 x Q%g(samples) x margin %g; elementwise |b| floored at small %g\n",
             c->quantile, c->margin, c->small);
     if (provenance) {
@@ -185,15 +189,15 @@ void q3n_calib_write_policy(FILE *out, const struct q3n_calib *c, const char *pr
     if (c->n_pools == 0) return;
     double qr, qm, tr, tt;
     q3n_calib_pool_numbers(c, &c->pools[0], &qr, &qm, &tr, &tt);
-    fprintf(out, "*  float32  rtol=%.0e atol=0 small=%g rel_l2=%.0e  # all taps: Q%g rel_l2 %.3g, max_rel %.3g over %zu samples\n",
-            tt, c->small, tr, c->quantile, qr, qm, c->pools[0].n);
+    fprintf(out, "*  %s  rtol=%.0e atol=0 small=%g rel_l2=%.0e  # all taps: Q%g rel_l2 %.3g, max_rel %.3g over %zu samples\n",
+            c->dtype, tt, c->small, tr, c->quantile, qr, qm, c->pools[0].n);
     fprintf(out, "*.mlp.gate.topk_idx  *  kind=topk margin=2e-4 near_tie=report  # not calibrated here (router margins)\n");
     if (!per_kind) return;
     for (size_t i = 1; i < c->n_pools; i++) {
         const struct q3n_calib_pool *k = &c->pools[i];
         q3n_calib_pool_numbers(c, k, &qr, &qm, &tr, &tt);
-        fprintf(out, "%-56s float32  rtol=%.0e rel_l2=%.0e  # Q%g rel_l2 %.3g, max_rel %.3g, %zu samples\n", k->kind,
-                tt, tr, c->quantile, qr, qm, k->n);
+        fprintf(out, "%-56s %s  rtol=%.0e rel_l2=%.0e  # Q%g rel_l2 %.3g, max_rel %.3g, %zu samples\n", k->kind,
+                c->dtype, tt, tr, c->quantile, qr, qm, k->n);
     }
 }
 
@@ -206,7 +210,7 @@ enum q3n_status q3n_calib_check(FILE *out, const struct q3n_calib *c, const stru
                                 int per_kind, int *reproduced, struct q3n_error *err)
 {
     *reproduced = 1;
-    fprintf(out, "check against %s (float32), within a factor %g either way:\n", q3n_policy_source(committed),
+    fprintf(out, "check against %s (%s), within a factor %g either way:\n", q3n_policy_source(committed), c->dtype,
             c->margin);
     fprintf(out, "  %-50s %9s %11s %11s %11s  %s\n", "kind", "samples", "measured", "calibrated", "committed",
             "rel_l2 / rtol");
@@ -221,7 +225,7 @@ enum q3n_status q3n_calib_check(FILE *out, const struct q3n_calib *c, const stru
         else if (star) snprintf(name, sizeof name, "%.*s0%s", (int)(star - k->kind), k->kind, star + 1);
         else snprintf(name, sizeof name, "%s", k->kind);
         struct q3n_tolerance tol;
-        enum q3n_status st = q3n_policy_lookup(committed, name, "float32", &tol, err);
+        enum q3n_status st = q3n_policy_lookup(committed, name, c->dtype, &tol, err);
         if (st != Q3N_OK) return st;
         if (tol.kind != Q3N_KIND_FLOAT) {
             fprintf(out, "  %-50s %9zu  committed kind=%s (not a float bound): not compared\n", k->kind, k->n,
@@ -306,8 +310,8 @@ static enum q3n_status mem_read(void *user, const char *name, enum q3n_dtype as,
 }
 
 enum q3n_status q3n_calib_add_synth(struct q3n_calib *c, const struct q3n_impl *ref, const struct q3n_impl *variant,
-                                    const struct q3n_run_options *variant_opt, const char *preset, uint64_t seed,
-                                    int64_t T, const char *source, struct q3n_error *err)
+                                    const struct q3n_run_options *variant_opt, int emulate_bf16, const char *preset,
+                                    uint64_t seed, int64_t T, const char *source, struct q3n_error *err)
 {
     struct q3n_config cfg;
     struct q3n_model *model = NULL;
@@ -349,6 +353,7 @@ enum q3n_status q3n_calib_add_synth(struct q3n_calib *c, const struct q3n_impl *
     r.T = T;
     r.V = cfg.vocab_size;
     r.golden = &src;
+    r.emulate_bf16 = emulate_bf16;
     st = q3n_calib_add_run(c, &r, source, err);
 done:
     for (size_t i = 0; i < g.n; i++) free(g.taps[i].data);

@@ -1,7 +1,8 @@
 /* calibrate.h — tolerances from a measured noise floor (issue 9, `q3n calibrate`).
  *
  * Evidence is a pool of per-tap error samples, each the error of one benign run against a
- * reference that should agree up to float rounding:
+ * reference that should agree up to float rounding (or, for the bfloat16 column, up to bf16
+ * rounding: the same runs with every live tap rounded to bf16, q3n_tool_run.emulate_bf16):
  *   - an implementation (ref, cpu at several thread counts and chunk sizes) against a float32
  *     or float64 golden from transformers;
  *   - on synthetic models (harness/synth.h, several seeds), cpu variants against the ref run
@@ -34,6 +35,7 @@ struct q3n_calib_pool {
 
 struct q3n_calib {
     double quantile, margin, small;
+    char dtype[16];               /* the policy column written and checked ("float32" by default) */
     size_t n_pools;
     struct q3n_calib_pool *pools; /* pools[0] is "*" */
     size_t runs;                  /* runs whose records were added */
@@ -54,10 +56,10 @@ enum q3n_status q3n_calib_add_run(struct q3n_calib *c, const struct q3n_tool_run
 
 /* One benign variant on a synthetic model: builds `preset` with `seed` (harness/synth.h), draws
  * T tokens from the same seed, records every tap of `ref` as the reference and adds the errors of
- * `variant` run with `variant_opt` against it. */
+ * `variant` run with `variant_opt` (its live taps rounded to bf16 when emulate_bf16) against it. */
 enum q3n_status q3n_calib_add_synth(struct q3n_calib *c, const struct q3n_impl *ref, const struct q3n_impl *variant,
-                                    const struct q3n_run_options *variant_opt, const char *preset, uint64_t seed,
-                                    int64_t T, const char *source, struct q3n_error *err);
+                                    const struct q3n_run_options *variant_opt, int emulate_bf16, const char *preset,
+                                    uint64_t seed, int64_t T, const char *source, struct q3n_error *err);
 
 /* Derived numbers of a pool (NaN when empty). */
 void q3n_calib_pool_numbers(const struct q3n_calib *c, const struct q3n_calib_pool *p, double *q_rel_l2,
@@ -70,7 +72,7 @@ double q3n_step125(double x);
  * versions, date, command), the global float32 rule, per-kind rules when per_kind, the topk rule. */
 void q3n_calib_write_policy(FILE *out, const struct q3n_calib *c, const char *provenance, int per_kind);
 
-/* Compares with a committed policy at dtype float32: for the global pool and (per_kind) every
+/* Compares with a committed policy at dtype c->dtype: for the global pool and (per_kind) every
  * kind, looks up the committed tolerance of a representative tap and prints calibrated,
  * committed and their ratio. *reproduced = 1 when every number is within the margin. */
 enum q3n_status q3n_calib_check(FILE *out, const struct q3n_calib *c, const struct q3n_policy *committed,

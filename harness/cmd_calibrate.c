@@ -18,7 +18,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: q3n calibrate [--goldens 'G.h5 ...'] [--impls ref,cpu] [--threads 1,2] [--chunks 4,16,64]\n"
             "                     [--seeds N] [--synth-preset tiny] [--quantile Q] [--margin M] [--small S]\n"
-            "                     [--per-kind] [--ref64 BUILD/ref64/q3n] [--out POLICY] [--check COMMITTED.policy]\n"
+            "                     [--per-kind] [--ref64 BUILD/ref64/q3n] [--dtype f32|bf16] [--out POLICY]\n"
+            "                     [--check COMMITTED.policy]\n"
             "Measures the float32 noise floor and derives tolerances from it:\n"
             "  - every implementation against every float32/float64 golden (default golden/data/*_f32.h5 and\n"
             "    *_f64.h5), cpu also at each thread count and chunk size;\n"
@@ -26,7 +27,9 @@ static void usage(FILE *f)
             "  - with --ref64 (the float64 reference binary, `make ref64`): every variant also against the\n"
             "    float64 reference's dump of each golden's inputs (q3n's own oracle).\n"
             "rel_l2 and rtol = next 1-2-5 value >= 2 x Q-quantile (default 1: the maximum) x margin\n"
-            "(default 10), the rule harness/policy/default.policy states. --out writes the policy with its\n"
+            "(default 10), the rule harness/policy/default.policy states. --dtype bf16 calibrates the bfloat16\n"
+            "column from the same runs with every live tap rounded to bf16 (emulated; the committed bf16 rule\n"
+            "uses --margin 2 --small 1). --out writes the policy with its\n"
             "provenance; --check compares with a committed policy (exit 1 when a number is outside the margin).\n"
             "Exit: 0 ok, 1 --check not reproduced, 2 usage or input error.\n");
 }
@@ -44,7 +47,7 @@ int q3n_cmd_calibrate(int argc, char **argv)
     char goldens_arg[4096] = "", impls_arg[256] = "ref,cpu", threads_arg[256] = "1,2", chunks_arg[256] = "4,16,64";
     const char *out_path = NULL, *check_path = NULL, *preset = "tiny", *ref64 = NULL;
     double q = 1.0, margin = 10.0, small = 0.1;
-    int seeds = 3, per_kind = 0;
+    int seeds = 3, per_kind = 0, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int more = i + 1 < argc;
@@ -62,6 +65,14 @@ int q3n_cmd_calibrate(int argc, char **argv)
         else if (!strcmp(a, "--small") && more) small = strtod(argv[++i], NULL);
         else if (!strcmp(a, "--per-kind")) per_kind = 1;
         else if (!strcmp(a, "--ref64") && more) ref64 = argv[++i];
+        else if (!strcmp(a, "--dtype") && more) {
+            const char *d = argv[++i];
+            if (!strcmp(d, "bf16") || !strcmp(d, "bfloat16")) bf16 = 1;
+            else if (strcmp(d, "f32") && strcmp(d, "float32")) {
+                fprintf(stderr, "q3n calibrate: --dtype must be f32 or bf16\n");
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--out") && more) out_path = argv[++i];
         else if (!strcmp(a, "--check") && more) check_path = argv[++i];
         else {
@@ -78,6 +89,7 @@ int q3n_cmd_calibrate(int argc, char **argv)
     q3n_error_clear(&err);
     struct q3n_calib c;
     q3n_calib_init(&c, q, margin, small);
+    if (bf16) snprintf(c.dtype, sizeof c.dtype, "bfloat16");
     struct q3n_policy *committed = NULL;
     glob_t gl;
     memset(&gl, 0, sizeof gl);
@@ -141,6 +153,7 @@ int q3n_cmd_calibrate(int argc, char **argv)
                 struct q3n_tool_run r;
                 q3n_golden_run_tool(&r, g, impl);
                 if (against_ref64) r.golden = &oracle;
+                r.emulate_bf16 = bf16;
                 char src[512];
                 const char *vs = against_ref64 ? "the ref64 dump of " : "";
                 if (is_cpu) {
@@ -173,7 +186,7 @@ int q3n_cmd_calibrate(int argc, char **argv)
             char src[256];
             snprintf(src, sizeof src, "cpu (threads=%d chunk=%lld) vs ref on synthetic '%s' seed %d, T=24", o.n_threads,
                      (long long)o.chunk_size, preset, s);
-            if (q3n_calib_add_synth(&c, ref, cpu, &o, preset, (uint64_t)s, 24, src, &err) != Q3N_OK) goto fail;
+            if (q3n_calib_add_synth(&c, ref, cpu, &o, bf16, preset, (uint64_t)s, 24, src, &err) != Q3N_OK) goto fail;
         }
     }
     if (c.runs == 0) {
