@@ -302,20 +302,20 @@ extern "C" enum q3n_status cuda_moe_combine(void *d_experts_out, void *d_mlp_out
 /* ---- grouped expert GEMM (bf16 tensor cores; prefill) ----
  * out[p, n] = sum_k X[p, k] W[e][n, k] for the rows p of each expert e (offsets/counts on the
  * device, as cuda_moe_permute leaves them): one launch for every expert, no host round trip.
- * Tile 64 rows x 128 outputs x 32 k, 8 warps (2 x 4), warp tile 32 x 32 of mma.sync m16n8k16
+ * Tile 64 or 128 rows x 128 outputs x 32 k, 8 warps (2 x 4), warp tiles of mma.sync m16n8k16
  * with float32 accumulators; the next k-tile is prefetched into registers while the current one
  * is multiplied. A tile table (expert, first row) is built on the device first. */
-#define GG_BM 64
+#define GG_BM 64 /* smallest row tile; the tile table is sized for it */
 #define GG_BN 128
 #define GG_BK 32
 #define GG_LD (GG_BK + 8)
 
-__global__ void gg_tiles_kernel(int32_t *tiles, const int32_t *counts, const int32_t *offsets, int64_t E)
+__global__ void gg_tiles_kernel(int32_t *tiles, const int32_t *counts, const int32_t *offsets, int64_t E, int bm)
 {
     if (threadIdx.x != 0) return;
     int32_t nt = 0;
     for (int64_t e = 0; e < E; e++)
-        for (int32_t r = 0; r < counts[e]; r += GG_BM) {
+        for (int32_t r = 0; r < counts[e]; r += bm) {
             tiles[1 + 2 * nt] = (int32_t)e;
             tiles[2 + 2 * nt] = offsets[e] + r;
             nt++;
@@ -334,69 +334,78 @@ __device__ __forceinline__ void gg_mma(float *c, uint32_t a0, uint32_t a1, uint3
 #endif
 }
 
+/* BM rows (64 or 128) x 128 outputs per block; 8 warps as 2 (rows) x 4 (cols), warp tile
+ * (BM/2) x 32 = MT m-tiles x 4 n-tiles. BM = 128 halves the weight re-reads when experts get
+ * more than 64 rows. */
+template <int BM>
 __global__ void __launch_bounds__(256) grouped_gemm_bf16_kernel(bf16 *out, const bf16 *X, const bf16 *W,
                                                                 const int32_t *tiles, const int32_t *counts,
                                                                 const int32_t *offsets, int N, int Kin)
 {
-    __shared__ __align__(16) bf16 Xs[GG_BM * GG_LD];
+    constexpr int MT = BM / 32, XL = BM / 64;
+    __shared__ __align__(16) bf16 Xs[BM * GG_LD];
     __shared__ __align__(16) bf16 Ws[GG_BN * GG_LD];
     const int tile = blockIdx.y;
     if (tile >= tiles[0]) return;
     const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
-    const int rend = offsets[e] + counts[e]; /* rows [r0, min(r0+64, rend)) */
+    const int rend = offsets[e] + counts[e]; /* rows [r0, min(r0+BM, rend)) */
     const int n0 = blockIdx.x * GG_BN;
     const bf16 *We = W + (size_t)e * N * Kin;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
     const int g = lane >> 2, tq = lane & 3;
-    /* loader mapping: X 64 rows x 4 uint4 (1 per thread); W 128 rows x 4 uint4 (2 per thread) */
-    const int xr = tid >> 2, xc = (tid & 3) * 8;
-    const bool xin = r0 + xr < rend;
-    const bf16 *xsrc = X + (size_t)(r0 + xr) * Kin + xc;
-    const int wr0 = tid >> 2, wr1 = wr0 + 64, wc = (tid & 3) * 8;
-    const bf16 *wsrc0 = We + (size_t)(n0 + wr0) * Kin + wc, *wsrc1 = We + (size_t)(n0 + wr1) * Kin + wc;
-    float acc[2][4][4];
-    for (int a = 0; a < 2; a++)
+    const int lr = tid >> 2, lc = (tid & 3) * 8; /* loader: row lr + 64 i, 8 bf16 at column lc */
+    bool xin[XL];
+    const bf16 *xsrc[XL];
+    for (int i = 0; i < XL; i++) {
+        xin[i] = r0 + lr + 64 * i < rend;
+        xsrc[i] = X + (size_t)(r0 + lr + 64 * i) * Kin + lc;
+    }
+    const bf16 *wsrc0 = We + (size_t)(n0 + lr) * Kin + lc, *wsrc1 = We + (size_t)(n0 + lr + 64) * Kin + lc;
+    float acc[MT][4][4];
+    for (int a = 0; a < MT; a++)
         for (int b = 0; b < 4; b++) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.0f;
-    uint4 px = xin ? *reinterpret_cast<const uint4 *>(xsrc) : make_uint4(0, 0, 0, 0);
+    uint4 px[XL];
+    for (int i = 0; i < XL; i++) px[i] = xin[i] ? *reinterpret_cast<const uint4 *>(xsrc[i]) : make_uint4(0, 0, 0, 0);
     uint4 pw0 = *reinterpret_cast<const uint4 *>(wsrc0), pw1 = *reinterpret_cast<const uint4 *>(wsrc1);
     for (int k0 = 0; k0 < Kin; k0 += GG_BK) {
         __syncthreads();
-        *reinterpret_cast<uint4 *>(&Xs[xr * GG_LD + xc]) = px;
-        *reinterpret_cast<uint4 *>(&Ws[wr0 * GG_LD + wc]) = pw0;
-        *reinterpret_cast<uint4 *>(&Ws[wr1 * GG_LD + wc]) = pw1;
+        for (int i = 0; i < XL; i++) *reinterpret_cast<uint4 *>(&Xs[(lr + 64 * i) * GG_LD + lc]) = px[i];
+        *reinterpret_cast<uint4 *>(&Ws[lr * GG_LD + lc]) = pw0;
+        *reinterpret_cast<uint4 *>(&Ws[(lr + 64) * GG_LD + lc]) = pw1;
         __syncthreads();
         if (k0 + GG_BK < Kin) {
-            px = xin ? *reinterpret_cast<const uint4 *>(xsrc + k0 + GG_BK) : make_uint4(0, 0, 0, 0);
+            for (int i = 0; i < XL; i++)
+                px[i] = xin[i] ? *reinterpret_cast<const uint4 *>(xsrc[i] + k0 + GG_BK) : make_uint4(0, 0, 0, 0);
             pw0 = *reinterpret_cast<const uint4 *>(wsrc0 + k0 + GG_BK);
             pw1 = *reinterpret_cast<const uint4 *>(wsrc1 + k0 + GG_BK);
         }
 #pragma unroll
         for (int ks = 0; ks < GG_BK / 16; ks++) {
             const int c = ks * 16 + 2 * tq;
-            uint32_t a[2][4];
-#pragma unroll
-            for (int mt = 0; mt < 2; mt++) {
-                const bf16 *ar = Xs + (wm * 32 + mt * 16 + g) * GG_LD + c;
-                a[mt][0] = *reinterpret_cast<const uint32_t *>(ar);
-                a[mt][1] = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD);
-                a[mt][2] = *reinterpret_cast<const uint32_t *>(ar + 8);
-                a[mt][3] = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD + 8);
-            }
+            uint32_t b[4][2];
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
                 const bf16 *br = Ws + (wn * 32 + nt * 8 + g) * GG_LD + c;
-                const uint32_t b0 = *reinterpret_cast<const uint32_t *>(br);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t *>(br + 8);
+                b[nt][0] = *reinterpret_cast<const uint32_t *>(br);
+                b[nt][1] = *reinterpret_cast<const uint32_t *>(br + 8);
+            }
 #pragma unroll
-                for (int mt = 0; mt < 2; mt++) gg_mma(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b0, b1);
+            for (int mt = 0; mt < MT; mt++) {
+                const bf16 *ar = Xs + (wm * (BM / 2) + mt * 16 + g) * GG_LD + c;
+                const uint32_t a0 = *reinterpret_cast<const uint32_t *>(ar);
+                const uint32_t a1 = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD);
+                const uint32_t a2 = *reinterpret_cast<const uint32_t *>(ar + 8);
+                const uint32_t a3 = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD + 8);
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) gg_mma(acc[mt][nt], a0, a1, a2, a3, b[nt][0], b[nt][1]);
             }
         }
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) {
-            const int row = r0 + wm * 32 + mt * 16 + g, col = n0 + wn * 32 + nt * 8 + 2 * tq;
+            const int row = r0 + wm * (BM / 2) + mt * 16 + g, col = n0 + wn * 32 + nt * 8 + 2 * tq;
             if (row < rend)
                 *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * N + col) =
                     __floats2bfloat162_rn(acc[mt][nt][0], acc[mt][nt][1]);
@@ -425,11 +434,17 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm(void *d_out, const void *d_x, c
     Q3N_REQUIRE(cuda_moe_grouped_gemm_ok(N, Kin, dt));
     Q3N_REQUIRE(rows >= 0 && E > 0 && rows / GG_BM + E + 1 <= 65535);
     if (rows == 0) return Q3N_OK;
-    gg_tiles_kernel<<<1, 32, 0, stream>>>(d_tiles, d_counts, d_offsets, E);
+    /* 128-row tiles once experts average more than 64 rows (T*K/E): the weights are read once. */
+    const int bm = rows > 64 * E ? 128 : 64;
+    gg_tiles_kernel<<<1, 32, 0, stream>>>(d_tiles, d_counts, d_offsets, E, bm);
     CU_LAUNCHED("moe gg_tiles_kernel");
-    const dim3 grid((unsigned)(N / GG_BN), (unsigned)(rows / GG_BM + E + 1));
-    grouped_gemm_bf16_kernel<<<grid, 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x, (const bf16 *)d_W, d_tiles,
-                                                       d_counts, d_offsets, (int)N, (int)Kin);
+    const dim3 grid((unsigned)(N / GG_BN), (unsigned)(rows / bm + E + 1));
+    if (bm == 128)
+        grouped_gemm_bf16_kernel<128><<<grid, 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x, (const bf16 *)d_W,
+                                                                d_tiles, d_counts, d_offsets, (int)N, (int)Kin);
+    else
+        grouped_gemm_bf16_kernel<64><<<grid, 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x, (const bf16 *)d_W,
+                                                               d_tiles, d_counts, d_offsets, (int)N, (int)Kin);
     CU_LAUNCHED("moe grouped_gemm_bf16_kernel");
     return Q3N_OK;
 }

@@ -731,6 +731,7 @@ int main(int argc, char **argv)
         case_moe(50, 256, 64, 10, 64, 1);
         case_moe(300, 256, 32, 4, 128, 1); /* several 64-row tiles per expert */
         case_moe(7, 128, 512, 10, 64, 1);  /* many empty experts */
+        case_moe(600, 128, 8, 2, 64, 1);   /* ~150 rows per expert: 128-row tiles */
     }
     printf("%d cases, %d failed\n", g_cases, g_fail);
     if (g_fail) return 1;
