@@ -1,5 +1,6 @@
 # fast/cuda/cuda.mk — CUDA dev programs and the GPU targets (included by the top Makefile).
-#   make check-cuda   build + run every kernel test (needs a GPU; CI only compiles)
+#   make check-cuda   build + run every kernel test, the long-context run and q3n verify --impl cuda
+#                     on every committed golden (needs a GPU; CI only compiles)
 #   make bench-cuda   the real-dims model benchmark (needs a GPU with ~40 GB free)
 # The kernels themselves (fast/cuda/*.cu) are compiled by the top Makefile into libq3n_cuda.a.
 .PHONY: cuda-dev check-cuda bench-cuda
@@ -19,6 +20,10 @@ CHECK_EXTRA += cuda-dev
 
 check-cuda: $(BUILD)/q3n cuda-dev
 	$(BUILD)/cuda-dev/test_kernels
+	$(BUILD)/cuda-dev/test_kernels --long 32768
+	@set -e; for g in golden/data/*.h5; do case $$g in *delta_rule*) continue;; esac; \
+	  if echo $$g | grep -q bf16; then a="--dtype bf16 --oracle"; else a="--dtype f32"; fi; \
+	  echo "$(BUILD)/q3n verify $$g --impl cuda $$a"; $(BUILD)/q3n verify $$g --impl cuda $$a --quiet; done
 
 bench-cuda: cuda-dev
 	$(BUILD)/cuda-dev/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32
