@@ -458,6 +458,10 @@ static enum q3n_status cuda_open(void **session, const struct q3n_model *model, 
     }
     if (st == Q3N_OK) st = alloc_work(s, err);
     if (st == Q3N_OK) st = reset_caches(s, err);
+    /* weights went up with cudaMemcpy on the legacy stream; the session's stream does not order
+     * against it, so wait for every copy before the first launch */
+    if (st == Q3N_OK && cudaDeviceSynchronize() != cudaSuccess)
+        st = q3n_error_set(err, Q3N_ERR_DEVICE, "cuda: weight upload: %s", cudaGetErrorString(cudaGetLastError()));
     if (st != Q3N_OK) goto fail;
     *session = s;
     return Q3N_OK;
@@ -827,9 +831,11 @@ static enum q3n_status apply_forced_routing(struct cuda_session *s, int64_t l, i
             hi[t * K + j] = (int32_t)e;
             hw[t * K + j] = fr->topk_weight[l][(pos0 + t) * K + j];
         }
-    if (cudaMemcpy(s->w.topi, hi, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice) != cudaSuccess ||
-        cudaMemcpy(s->w.topw, hw, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice) != cudaSuccess)
-        st = q3n_error_set(err, Q3N_ERR_DEVICE, "cuda: forced routing upload");
+    /* on the session's (non-blocking) stream, and waited for before hi/hw are freed */
+    if (cudaMemcpyAsync(s->w.topi, hi, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, s->stream) != cudaSuccess ||
+        cudaMemcpyAsync(s->w.topw, hw, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice, s->stream) != cudaSuccess ||
+        cudaStreamSynchronize(s->stream) != cudaSuccess)
+        st = q3n_error_set(err, Q3N_ERR_DEVICE, "cuda: forced routing upload: %s", cudaGetErrorString(cudaGetLastError()));
 done:
     free(hi);
     free(hw);
