@@ -438,6 +438,9 @@ static void a_router_flip_at_a_near_tie_is_reported_and_explains_downstream_erro
     assert_int_equal(t->topk.near_tie_tokens, 1);
     assert_int_equal(t->topk.first_flip_token, NEAR_TOKEN);
     assert_true(t->topk.max_near_tie_margin <= 1e-4);
+    char flip[96];
+    snprintf(flip, sizeof flip, " -> %lld, margin ", (long long)flip_expert); /* the expert taken instead */
+    if (!strstr(t->note, "[t=3: expert ") || !strstr(t->note, flip)) fail_msg("note: %s", t->note);
     assert_true(t->headroom_pct <= 100.0);
     assert_int_equal(find(r, "model.layers.1.mlp.gate.topk_weight")->verdict, Q3N_VERDICT_PASS);
     const struct q3n_tensor_result *mo = find(r, "model.layers.1.mlp.out");

@@ -434,6 +434,41 @@ static enum q3n_status judge_topk(struct engine *e, struct q3n_tensor_result *t,
     } else {
         t->verdict = Q3N_VERDICT_PASS;
     }
+    /* the first flips one by one: which expert was dropped for which, at what margin */
+    size_t used = strlen(t->note);
+    int listed = 0;
+    for (int64_t row = 0; row < rows && listed < 4 && full.flipped_tokens > 0; row++) {
+        if (!e->topk_flipped[row]) continue;
+        const int64_t *a = e->topk_a + row * K, *b = e->topk_b + row * K;
+        int64_t dropped = -1, added = -1;
+        for (int64_t j = 0; j < K; j++) {
+            int in_a = 0, in_b = 0;
+            for (int64_t i = 0; i < K; i++) {
+                in_a |= a[i] == b[j];
+                in_b |= b[i] == a[j];
+            }
+            if (!in_a && dropped < 0) dropped = b[j];
+            if (!in_b && added < 0) added = a[j];
+        }
+        char margin[48] = "";
+        if (have_probs && dropped >= 0 && added >= 0 && dropped < E && added < E) {
+            st = q3n_tensorfile_read_rows(e->ref, probs_ds, Q3N_DTYPE_F64, row, 1, e->p, E, err);
+            if (st != Q3N_OK) return st;
+            snprintf(margin, sizeof margin, ", margin %.2e", e->p[dropped] - e->p[added]);
+        }
+        int n = snprintf(t->note + used, sizeof t->note - used, "%st=%lld: expert %lld -> %lld%s",
+                         listed ? "; " : " [", (long long)row, (long long)dropped, (long long)added, margin);
+        if (n < 0 || (size_t)n >= sizeof t->note - used) break;
+        used += (size_t)n;
+        listed++;
+    }
+    if (listed && used + 2 < sizeof t->note) {
+        if (full.flipped_tokens > listed) {
+            int n = snprintf(t->note + used, sizeof t->note - used, "; ...");
+            if (n > 0 && (size_t)n < sizeof t->note - used) used += (size_t)n;
+        }
+        if (used + 2 < sizeof t->note) strcat(t->note, "]");
+    }
     if (full.first_flip_token >= 0 && (e->flip_from < 0 || full.first_flip_token < e->flip_from)) {
         e->flip_from = full.first_flip_token;
         snprintf(e->flip_at, sizeof e->flip_at, "%s token %lld", t->name, (long long)full.first_flip_token);
