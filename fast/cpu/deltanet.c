@@ -4,14 +4,14 @@
  * Chunked form, per value head h (key head h/(NV/NK)) and chunk of n <= C tokens, with
  * G = cumsum(g) inside the chunk and D_ij = exp(G_i - G_j):
  *   L = strict_tril(diag(beta) K K^T o D)                  (sgemm n x n x DK, then masked)
- *   [U | W] = (I + L)^-1 [beta o V | beta o exp(G) o K]   (one unit-lower strsm, n x (DV+DK))
+ *   [U | W] = (I + L)^-1 [beta o V | beta o exp(G) o K]   (forward substitution, n x (DV+DK))
  *   V' = U - W S                                           (sgemm n x DV x DK)
  *   O  = (exp(G) o Q) S + (tril(Q K^T o D)) V'             (two sgemm)
  *   S <- exp(G_n) S + (exp(G_n - G) o K)^T V'              (sgemm DK x DV x n)
  * A short last chunk is processed at its length n: the zero padding transformers adds has
  * k = 0, beta = 0, g = 0 and changes neither the outputs nor the state.
- * Summation order: the GEMMs and the triangular solve are blocked by OpenBLAS with FMA where
- * ref loops in index order; the solve is the same forward substitution. Expected cost:
+ * Summation order: the GEMMs are blocked by OpenBLAS with FMA where ref loops in index order;
+ * the solve is ref's forward substitution in ref's order (no FMA: -std=c11). Expected cost:
  * a few ULP per product, growing with the conditioning of (I + L) (in-distribution inputs:
  * rel L2 ~1e-7 .. 1e-6 on o and S).
  * Denormals: strong decays (G down to -100s over a chunk) make exp(G), exp(G_i - G_j) and the
@@ -202,9 +202,20 @@ static void chunk_step(float *o, float *S, const float *q, const float *k, const
         for (int64_t j = 0; j < DV; j++) X[i * ldx + j] = ftz(bi * v[i * ldv + j]);
         for (int64_t j = 0; j < DK; j++) X[i * ldx + DV + j] = ftz(bi * k[i * ldq + j] * eg);
     }
-    cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasUnit, (blasint)n, (blasint)ldx, 1.0f, L,
-                (blasint)C, X, (blasint)ldx);
-    for (int64_t i = 0; i < n * ldx; i++) X[i] = ftz(X[i]); /* W, U are GEMM operands next */
+    /* forward substitution, row by row: X_i -= L_ij X_j for j < i in ascending j, the order ref
+     * sums in (an axpy over the DV+DK columns, vectorised). Ill-conditioned chunks (DK tiny,
+     * beta ~ 1, no decay) grow (I + L)^-1 like 2^n; keeping ref's order keeps cpu's rounding
+     * there as close to ref's as the GEMM-built L allows. */
+    for (int64_t i = 0; i < n; i++) {
+        float *xi = X + i * ldx;
+        for (int64_t j = 0; j < i; j++) {
+            float lij = L[i * C + j];
+            if (lij == 0.0f) continue;
+            const float *xj = X + j * ldx;
+            for (int64_t c = 0; c < ldx; c++) xi[c] -= lij * xj[c];
+        }
+        for (int64_t c = 0; c < ldx; c++) xi[c] = ftz(xi[c]); /* W, U are GEMM operands next */
+    }
     /* V' = U - W S, in place of U */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n, (blasint)DV, (blasint)DK, -1.0f, X + DV,
                 (blasint)ldx, S, (blasint)DV, 1.0f, X, (blasint)ldx);

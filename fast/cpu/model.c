@@ -712,7 +712,7 @@ static const char *cpu_describe(void *session)
                      : s->used_chunked                    ? "chunked-wy"
                                                           : "none";
     /* compact (verify appends "; decode: <this>" into a 256-byte field): chunked-wy = the WY/UT
-     * chunked delta rule by sgemm + strsm; flash(QBxKB) = blocked attention with an online
+     * chunked delta rule (sgemm + forward substitution); flash(QBxKB) = blocked attention with an online
      * softmax; moe=grouped-sgemm = per-expert gathered GEMMs. */
     snprintf(s->desc, sizeof s->desc,
              "cpu: deltanet=%s(C=%lld) attn=%s moe=grouped-sgemm blas=openblas-%s threads=%lld%s%s", dn,
