@@ -17,11 +17,15 @@ static void usage(FILE *out)
             "                   [--format text|md|html|junit|json] [--out FILE] [--json RESULT.json] [--quiet]\n"
             "A is the candidate (the port's dump), B the reference (the golden); relative errors are taken\n"
             "against B. --dtype picks the policy column (default: A's root 'dtype' attribute, else float32).\n"
+            "       q3n compare --baseline OLD.json NEW.json [--max-growth F] ...  (see q3n baseline --help)\n"
             "Exit codes: 0 pass, 1 numerical failure, 2 usage or input error.\n");
 }
 
 int q3n_cmd_compare(int argc, char **argv)
 {
+    /* Drift check of two saved results (issue 10) lives in cmd_baseline.c, which reads
+     * "--baseline OLD.json NEW.json" itself. */
+    if (argc > 1 && strcmp(argv[1], "--baseline") == 0) return q3n_cmd_baseline(argc, argv);
     const char *paths[2] = {NULL, NULL}, *policy_path = NULL;
     int npaths = 0;
     struct q3n_compare_options co = {0};

@@ -16,11 +16,14 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: q3n verify GOLDEN.h5 --impl ref|cpu|cuda [--dtype f32|bf16|f64] [--policy FILE] [--oracle]\n"
             "                  [--no-decode] [--no-mtp] [--format text|md|html|junit|json] [--out FILE]\n"
-            "                  [--json RESULT.json] [--quiet] [--test-bug NAME]\n"
+            "                  [--json RESULT.json] [--quiet] [--test-bug NAME] [--isolated]\n"
             "Runs the implementation on the golden's checkpoint and inputs and compares every tap, then\n"
             "/logits, /mtp_logits and /decode/logits when the golden has them, under the tolerance policy\n"
             "(default harness/policy/default.policy). --oracle judges against the golden's float64 oracle.\n"
             "--test-bug plants a known bug in the implementation (test-only; see ref/impl.c) to see it caught.\n"
+            "--isolated judges each operation on the golden's own inputs: every live tap is compared, then\n"
+            "replaced by the golden's value before downstream operations read it (q3n isolate prints the\n"
+            "chained and isolated errors side by side).\n"
             "Exit codes: 0 pass, 1 numerical failure, 2 usage or input error.\n");
 }
 
@@ -74,6 +77,9 @@ int q3n_cmd_verify(int argc, char **argv)
         } else if (strcmp(a, "--test-bug") == 0 && i + 1 < argc) {
             vo.test_bug = argv[i + 1];
             i += 2;
+        } else if (strcmp(a, "--isolated") == 0) {
+            vo.isolated = 1;
+            i++;
         } else if (strcmp(a, "--no-mtp") == 0) {
             vo.skip_mtp = 1;
             i++;

@@ -20,6 +20,7 @@
 #include "rng.h"
 #include "tensorfile.h"
 #include "testkit.h"
+#include "../ref/model.h"
 #include "verify.h"
 #include "weights.h"
 
@@ -37,6 +38,9 @@ struct fixture {
     char golden[128], cand[128];
     struct q3n_policy *policy;
 };
+
+/* The reference's registered name: "ref", or "ref64" in the float64 build. */
+#define REF_NAME (ref_impl.name)
 
 static void check(enum q3n_status st, const struct q3n_error *err)
 {
@@ -686,7 +690,7 @@ static void verify_ref_passes_on_every_committed_golden(void **state)
     };
     struct q3n_policy *p = default_policy();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct q3n_verify_options o = {.impl = "ref", .dtype = Q3N_COMPUTE_F32, .policy = p, .oracle = cases[i].oracle};
+        struct q3n_verify_options o = {.impl = REF_NAME, .dtype = Q3N_COMPUTE_F32, .policy = p, .oracle = cases[i].oracle};
         struct q3n_result *r = verify_golden(cases[i].golden, &o);
         struct q3n_tensorfile *tf;
         struct q3n_error err = {0};
@@ -728,7 +732,7 @@ static void planted_bugs_are_named_as_the_first_divergence(void **state)
     };
     struct q3n_policy *p = default_policy();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct q3n_verify_options o = {.impl = "ref", .dtype = Q3N_COMPUTE_F32, .policy = p, .test_bug = cases[i].bug};
+        struct q3n_verify_options o = {.impl = REF_NAME, .dtype = Q3N_COMPUTE_F32, .policy = p, .test_bug = cases[i].bug};
         struct q3n_result *r = verify_golden(cases[i].golden, &o);
         if (r->first_divergence < 0 || strcmp(r->tensors[r->first_divergence].name, cases[i].first) != 0)
             fail_msg("%s on %s: first divergence %s, expected %s", cases[i].bug, cases[i].golden,
@@ -736,6 +740,38 @@ static void planted_bugs_are_named_as_the_first_divergence(void **state)
         assert_int_equal(q3n_result_exit_code(r), 1);
         q3n_result_free(r);
     }
+    q3n_policy_free(p);
+}
+
+static int64_t count_failures(const struct q3n_result *r)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < r->n_tensors; i++) n += q3n_verdict_is_failure(r->tensors[i].verdict);
+    return n;
+}
+
+/* Isolated mode (issue 9): with one operation planted wrong, the chained run fails everything
+ * downstream of it, while the isolated run, which feeds every operation the golden's inputs,
+ * fails that operation alone and passes the logits. */
+static void isolated_verify_fails_only_the_planted_operation(void **state)
+{
+    (void)state;
+    struct q3n_policy *p = default_policy();
+    struct q3n_verify_options chained = {.impl = REF_NAME, .dtype = Q3N_COMPUTE_F32, .policy = p,
+                                         .test_bug = "weak_gated_norm_layer1"};
+    struct q3n_verify_options isolated = chained;
+    isolated.isolated = 1;
+    struct q3n_result *rc = verify_golden("golden/data/odd_f32.h5", &chained);
+    struct q3n_result *ri = verify_golden("golden/data/odd_f32.h5", &isolated);
+    const char *planted = "model.layers.1.linear_attn.norm.out";
+    assert_true(count_failures(rc) > 10);
+    if (count_failures(ri) != 1 || ri->first_divergence < 0 ||
+        strcmp(ri->tensors[ri->first_divergence].name, planted) != 0)
+        fail_msg("isolated: %lld failures, first %s; expected only %s", (long long)count_failures(ri),
+                 ri->first_divergence < 0 ? "none" : ri->tensors[ri->first_divergence].name, planted);
+    assert_non_null(strstr(ri->kernels, "isolated"));
+    q3n_result_free(rc);
+    q3n_result_free(ri);
     q3n_policy_free(p);
 }
 
@@ -755,6 +791,7 @@ int main(void)
         cmocka_unit_test(tensors_larger_than_a_block_are_streamed_row_by_row),
         cmocka_unit_test(verify_ref_passes_on_every_committed_golden),
         cmocka_unit_test(planted_bugs_are_named_as_the_first_divergence),
+        cmocka_unit_test(isolated_verify_fails_only_the_planted_operation),
     };
     return cmocka_run_group_tests_name("harness_verify", tests, setup, teardown);
 }

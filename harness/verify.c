@@ -1,6 +1,9 @@
 /* verify.c — the streaming engine of `q3n verify` and `q3n compare`; see verify.h. */
 #include "verify.h"
 
+#include "goldenrun.h"
+#include "intervene.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -786,9 +789,30 @@ enum q3n_status q3n_verify_model(struct q3n_result **result, const char *golden_
     if (st != Q3N_OK) goto done;
     struct tap_ctx ctx = {.e = &e};
     struct q3n_tap_sink sink = {.fn = on_tap, .user = &ctx, .intervene = 0};
-    st = impl->forward(session, logits, tokens, T, &sink, err);
-    if (st != Q3N_OK) goto done;
-    if (impl->describe) snprintf(r->kernels, sizeof r->kernels, "%s", impl->describe(session));
+    if (opt->isolated) {
+        /* Isolated mode: the compare sink sees each tap as computed from golden inputs, then the
+         * intervening sink overwrites it with the golden's value before downstream ops read it. */
+        struct q3n_golden_src src;
+        q3n_golden_src_tensorfile(&src, tf);
+        struct q3n_intervene_opts io = {.golden = &src, .isolate = 1, .inner = &sink};
+        struct q3n_intervene iv;
+        q3n_intervene_init(&iv, &io);
+        struct q3n_tap_sink isink = q3n_intervene_sink(&iv);
+        st = impl->forward(session, logits, tokens, T, &isink, err);
+        int64_t replaced = iv.n_replaced;
+        q3n_intervene_free(&iv);
+        if (st != Q3N_OK) goto done;
+        if (replaced == 0) {
+            st = q3n_error_set(err, Q3N_ERR_UNSUPPORTED,
+                               "--isolated: implementation '%s' emitted no live taps to replace", impl->name);
+            goto done;
+        }
+    } else {
+        st = impl->forward(session, logits, tokens, T, &sink, err);
+        if (st != Q3N_OK) goto done;
+    }
+    if (impl->describe) snprintf(r->kernels, sizeof r->kernels, "%s%s", impl->describe(session),
+                                 opt->isolated ? " [isolated: every live tap replaced by the golden's]" : "");
     int64_t ldims[2] = {T, V};
     if (q3n_tensorfile_exists(tf, "/logits")) {
         st = judge_mem(&e, "logits", "/logits", logits, 2, ldims, err);

@@ -38,6 +38,8 @@ struct q3n_verify_options {
     const struct q3n_policy *policy;
     const char *policy_path;       /* for the report header */
     int oracle;                    /* 1: oracle mode */
+    int isolated;                  /* 1: every live tap is judged, then replaced by the golden's, so each
+                                      operation runs on golden inputs (harness/intervene.h) */
     int skip_decode, skip_mtp;     /* 1: do not check /decode/logits or /mtp_logits */
     const char *test_bug;          /* test-only planted bug passed to the implementation (impl.h) */
 };
