@@ -41,6 +41,11 @@ struct fixture {
 
 /* The reference's registered name: "ref", or "ref64" in the float64 build. */
 #define REF_NAME (ref_impl.name)
+#ifdef Q3N_REF64
+#define REF_DTYPE Q3N_COMPUTE_F64
+#else
+#define REF_DTYPE Q3N_COMPUTE_F32
+#endif
 
 static void check(enum q3n_status st, const struct q3n_error *err)
 {
@@ -690,7 +695,7 @@ static void verify_ref_passes_on_every_committed_golden(void **state)
     };
     struct q3n_policy *p = default_policy();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct q3n_verify_options o = {.impl = REF_NAME, .dtype = Q3N_COMPUTE_F32, .policy = p, .oracle = cases[i].oracle};
+        struct q3n_verify_options o = {.impl = REF_NAME, .dtype = REF_DTYPE, .policy = p, .oracle = cases[i].oracle};
         struct q3n_result *r = verify_golden(cases[i].golden, &o);
         struct q3n_tensorfile *tf;
         struct q3n_error err = {0};
@@ -732,7 +737,7 @@ static void planted_bugs_are_named_as_the_first_divergence(void **state)
     };
     struct q3n_policy *p = default_policy();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct q3n_verify_options o = {.impl = REF_NAME, .dtype = Q3N_COMPUTE_F32, .policy = p, .test_bug = cases[i].bug};
+        struct q3n_verify_options o = {.impl = REF_NAME, .dtype = REF_DTYPE, .policy = p, .test_bug = cases[i].bug};
         struct q3n_result *r = verify_golden(cases[i].golden, &o);
         if (r->first_divergence < 0 || strcmp(r->tensors[r->first_divergence].name, cases[i].first) != 0)
             fail_msg("%s on %s: first divergence %s, expected %s", cases[i].bug, cases[i].golden,
@@ -757,7 +762,7 @@ static void isolated_verify_fails_only_the_planted_operation(void **state)
 {
     (void)state;
     struct q3n_policy *p = default_policy();
-    struct q3n_verify_options chained = {.impl = REF_NAME, .dtype = Q3N_COMPUTE_F32, .policy = p,
+    struct q3n_verify_options chained = {.impl = REF_NAME, .dtype = REF_DTYPE, .policy = p,
                                          .test_bug = "weak_gated_norm_layer1"};
     struct q3n_verify_options isolated = chained;
     isolated.isolated = 1;
