@@ -5,10 +5,18 @@
 # bare-cblas_sgemm ratio of the GEMM-bound phases), then the same prompt on ref in the same
 # process: speedup and logits agreement (exit 1 beyond rel L2 1e-4). ref takes ~1 min here.
 # BENCH_ARGS adds flags (e.g. BENCH_ARGS="--threads 1").
+# OpenBLAS 0.3.21 does not know Zen 4/5 (nor some newer Xeons) and falls back to its AVX2 (Haswell)
+# or even SSE3 kernels there (and the dev machine's environment pins OPENBLAS_CORETYPE=Haswell);
+# on a CPU with AVX-512 its SkylakeX kernels ran 1.4x (dev, Zen 5) to 2-3x (xeon) faster
+# (docs/benchmarks.md). So the bench runs with OPENBLAS_CORETYPE=SkylakeX when /proc/cpuinfo
+# lists avx512f, overriding the environment; BENCH_CORETYPE=Haswell (or any OpenBLAS core name)
+# picks another, BENCH_CORETYPE= (empty) leaves the environment alone. The kernel that ran is
+# printed as `blas=openblas-<core>`.
 BENCH_ARGS ?=
+BENCH_CORETYPE ?= $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo SkylakeX)
 
 bench: $(BUILD)/q3n
-	$(BUILD)/q3n bench --impl cpu --preset bench-1k --tokens 1024 --decode 16 --repeat 3 --versus ref $(BENCH_ARGS)
+	$(if $(BENCH_CORETYPE),OPENBLAS_CORETYPE=$(BENCH_CORETYPE) )$(BUILD)/q3n bench --impl cpu --preset bench-1k --tokens 1024 --decode 16 --repeat 3 --versus ref $(BENCH_ARGS)
 
 # `make verify-cpu` (in CHECK_EXTRA, ~1 s): `q3n verify --impl cpu` on every committed model golden
 # under the default policy, prefill + decode + MTP where the golden has them; bfloat16 goldens
