@@ -81,13 +81,10 @@ void cpu_mlp_forward(float *out, const float *x, const struct q3n_mlp_weights *w
 {
     Q3N_REQUIRE(T >= 0 && D > 0 && W > 0);
     if (T == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)W, (blasint)D, 1.0f, x, (blasint)D,
-                w->gate_proj, (blasint)D, 0.0f, scratch, (blasint)(2 * W));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)W, (blasint)D, 1.0f, x, (blasint)D,
-                w->up_proj, (blasint)D, 0.0f, scratch + W, (blasint)(2 * W));
+    cpu_gemm_nt(scratch, 2 * W, x, D, w->gate_proj, T, W, D);
+    cpu_gemm_nt(scratch + W, 2 * W, x, D, w->up_proj, T, W, D);
     swiglu_rows(scratch, T, W, 2 * W);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)D, (blasint)W, 1.0f, scratch,
-                (blasint)(2 * W), w->down_proj, (blasint)W, 0.0f, out, (blasint)D);
+    cpu_gemm_nt(out, D, scratch, 2 * W, w->down_proj, T, D, W);
 }
 
 int64_t cpu_moe_experts_scratch(int64_t T, int64_t D, int64_t Iw, int64_t K)

@@ -25,8 +25,12 @@ void cpu_parallel_for(int64_t n, double cost, cpu_par_fn fn, void *ctx);
 int cpu_parallel_workers(void);
 
 /* ---- linear.c ---- */
+/* out[t,0:N] (row stride ldo) = x[t,0:K] (row stride ldx) W^T, W [N,K]: column blocks of one
+ * single-threaded sgemm each, spread over cpu_parallel_for workers (sgemv for T = 1). */
+void cpu_gemm_nt(float *out, int64_t ldo, const float *x, int64_t ldx, const float *W, int64_t T, int64_t N,
+                 int64_t K);
 void cpu_embed_forward(float *out, const int64_t *tokens, const float *embed, int64_t T, int64_t D);
-/* out = x W^T (+ bias) through cblas_sgemm.  out [T,N], x [T,Kin], W [N,Kin]. */
+/* out = x W^T (+ bias) through cpu_gemm_nt.  out [T,N], x [T,Kin], W [N,Kin]. */
 void cpu_linear_forward(float *out, const float *x, const float *W, const float *bias, int64_t T, int64_t N,
                         int64_t Kin);
 void cpu_add_inplace(float *x, const float *y, int64_t n);
