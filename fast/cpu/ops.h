@@ -19,7 +19,7 @@
  * threads (OpenBLAS's thread count), OpenBLAS single-threaded meanwhile; see par.c. Scratch
  * of the ops that use it is sized per worker, for CPU_MAX_WORKERS workers. */
 #define CPU_MAX_WORKERS 64
-#define CPU_PAR_MIN_COST 2.0e6 /* below about this many flops a job runs on the calling thread */
+#define CPU_PAR_MIN_COST 2.0e6 /* about this many flops per worker at least (else fewer workers) */
 typedef void (*cpu_par_fn)(void *ctx, int64_t begin, int64_t end, int worker);
 void cpu_parallel_for(int64_t n, double cost, cpu_par_fn fn, void *ctx);
 int cpu_parallel_workers(void);

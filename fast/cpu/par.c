@@ -8,7 +8,8 @@
  * their own thread; the count is restored afterwards. Each item is computed entirely by one
  * thread with the same code, so results do not depend on the worker count. A thread that
  * cannot be created leaves its range to the calling thread. Jobs whose estimated cost (about
- * the flop count) is below CPU_PAR_MIN_COST run on the calling thread alone, OpenBLAS still
+ * the flop count) is below CPU_PAR_MIN_COST per worker use fewer workers (below it in all: the
+ * calling thread alone), OpenBLAS still
  * single-threaded: every fast/cpu GEMM runs through here, so OpenBLAS's own worker threads
  * are never handed work (and never spin in sched_yield next to ours); the thread count set by
  * the session is only where this file reads the worker count from. */
@@ -44,7 +45,9 @@ void cpu_parallel_for(int64_t n, double cost, cpu_par_fn fn, void *ctx)
     int blas_threads = openblas_get_num_threads();
     int64_t w = cpu_parallel_workers();
     if (w > n) w = n;
-    if (cost < CPU_PAR_MIN_COST) w = 1; /* thread start-up (~20 us each) would dominate */
+    /* each worker costs a thread start (~20-50 us): give each at least CPU_PAR_MIN_COST */
+    if ((double)w * CPU_PAR_MIN_COST > cost) w = (int64_t)(cost / CPU_PAR_MIN_COST);
+    if (w < 1) w = 1;
     if (w <= 1) {
         if (blas_threads > 1) openblas_set_num_threads(1);
         fn(ctx, 0, n, 0);

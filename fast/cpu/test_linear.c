@@ -67,14 +67,14 @@ static void embed_and_residual_add_match_ref(void **state)
 static void conv_and_state_update_match_ref_fresh_and_continued(void **state)
 {
     (void)state;
-    const int64_t Ts[] = {1, 2, 3, 5, 64, 300}; /* T=300: above CPU_PAR_MIN_COST, rows on threads */
+    const int64_t Ts[] = {1, 2, 3, 5, 64, 600}; /* T=600: over 2 x CPU_PAR_MIN_COST, rows on threads */
     const int64_t Ks[] = {3, 4};
     struct q3n_rng rng;
     q3n_rng_seed(&rng, 5);
     for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
         for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++)
             for (int fresh = 0; fresh < 2; fresh++) {
-                int64_t T = Ts[a], K = Ks[b], Cc = T >= 300 ? 2056 : 88;
+                int64_t T = Ts[a], K = Ks[b], Cc = T >= 600 ? 2056 : 88;
                 float *x = gbuf(T * Cc), *w = gbuf(Cc * K), *st = gbuf(Cc * K);
                 float *got = gbuf(T * Cc), *want = gbuf(T * Cc), *sg = gbuf(Cc * K), *sw = gbuf(Cc * K);
                 fill_normal(x, T * Cc, &rng, 1.0);
