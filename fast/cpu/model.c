@@ -4,8 +4,9 @@
  * through the same names; every op is the cpu_ twin of the ref_ op (fast/cpu/ops.h).
  * Activations and caches are float32; weights are the float views of harness/weights.h
  * (bf16 checkpoints are converted once at load by harness/checkpoint.c). Work is spread over
- * the cores by OpenBLAS's threads (run_options.n_threads, 0 = OpenBLAS's default); a fixed
- * count gives identical results run to run.
+ * the cores by fast/cpu/par.c (run_options.n_threads, 0 = all cores; stored as OpenBLAS's thread
+ * count, while OpenBLAS itself only ever runs single-threaded inside fast/cpu's threads); a
+ * fixed count gives bitwise identical results run to run.
  *
  * Caches, as ref's: per linear layer the conv state [Cc,Kc] and the recurrent state
  * [NV,DK,DV]; per full layer the KV cache [max_tokens,NKV,HD]; the MTP layer its own KV cache.
