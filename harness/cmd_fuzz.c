@@ -283,7 +283,8 @@ int q3n_cmd_fuzz(int argc, char **argv)
     struct q3n_error err;
     char work[4096] = "", desc[1024], cmd[512];
     int rc = 0, made_work = 0;
-    int64_t model_cases = 0, delta_cases = 0, failures = 0, explained = 0, by_family[Q3N_FUZZ_FAMILY_COUNT] = {0};
+    int64_t model_cases = 0, delta_cases = 0, failures = 0, explained = 0, near_ties = 0;
+    int64_t by_family[Q3N_FUZZ_FAMILY_COUNT] = {0};
     int64_t delta_checks = 0, model_checks = 0, ref64_cases = 0;
     double worst_delta = 0.0, worst_self = 0.0, worst_ref64 = 0.0;
 
@@ -379,6 +380,7 @@ int q3n_cmd_fuzz(int argc, char **argv)
             by_family[c.family]++;
             model_checks += mr.checks;
             explained += mr.explained;
+            near_ties += mr.near_tie;
             if (mr.worst_self_rel_l2 > worst_self) worst_self = mr.worst_self_rel_l2;
             if (!mr.failed && a.ref64 && i % a.ref64_every == 0) {
                 char what[512];
@@ -416,11 +418,11 @@ int q3n_cmd_fuzz(int argc, char **argv)
     if (a.ref64)
         snprintf(oracle, sizeof oracle, "; %lld judged against ref64 (worst tap rel_l2 %.3g)", (long long)ref64_cases,
                  worst_ref64);
-    printf("q3n fuzz: %lld model cases (%lld small, %lld odd, %lld real-heads; %lld checks, %lld with a near-tie "
-           "router flip explained), %lld delta-rule cases (%lld checks, worst %.0f%% of tolerance), worst "
+    printf("q3n fuzz: %lld model cases (%lld small, %lld odd, %lld real-heads; %lld checks; %lld with a router "
+           "near-tie, %lld with a difference it explains), %lld delta-rule cases (%lld checks, worst %.0f%% of tolerance), worst "
            "self-consistency rel_l2 %.3g%s; %lld failed; %.1f s\n",
            (long long)model_cases, (long long)by_family[Q3N_FUZZ_SMALL], (long long)by_family[Q3N_FUZZ_ODD],
-           (long long)by_family[Q3N_FUZZ_REAL_HEADS], (long long)model_checks, (long long)explained,
+           (long long)by_family[Q3N_FUZZ_REAL_HEADS], (long long)model_checks, (long long)near_ties, (long long)explained,
            (long long)delta_cases, (long long)delta_checks, 100.0 * worst_delta, worst_self, oracle,
            (long long)failures, dt);
     if (made_work) {

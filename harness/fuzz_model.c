@@ -18,7 +18,7 @@
 #include "verify.h"
 #include "weights.h"
 
-#define DEFAULT_SELF_REL_L2 1e-4
+#define DEFAULT_SELF_REL_L2 3e-4 /* worst seen over 1500 bug-free cases (seed 7): 9.7e-5 */
 #define MAX_STATES 64 /* final-state taps captured per run (one per linear layer; L <= 4 in the fuzzer) */
 
 enum q3n_status q3n_fuzz_model_build(struct q3n_model **model, const struct q3n_fuzz_case *c, struct q3n_error *err)
@@ -113,6 +113,54 @@ cleanup:
     free(tokens);
     free(logits);
     free(config_json);
+    return st;
+}
+
+/* ---- router near-ties ----------------------------------------------------------------------- */
+
+#define NEAR_TIE_MARGIN 1e-4 /* as fuzz/fuzz.policy's topk margin */
+
+/* The first token at which some MoE layer of ref's full forward (golden.h5) has its k-th and
+ * (k+1)-th router probabilities within NEAR_TIE_MARGIN, or -1. Two float paths (chunked prefill
+ * vs decode, ref vs cpu) may legitimately pick different experts there, and every later token
+ * then differs too: rows from that token on are not judged by logits alone. */
+static enum q3n_status first_near_tie(int64_t *first, const char *golden, const struct q3n_fuzz_case *c,
+                                      struct q3n_error *err)
+{
+    const struct q3n_config *g = &c->cfg;
+    const int64_t T = c->T, E = g->num_experts, K = g->num_experts_per_tok;
+    struct q3n_tensorfile *tf = NULL;
+    double *p = NULL;
+    enum q3n_status st = Q3N_OK;
+    *first = -1;
+    if (E <= 0 || K >= E) return Q3N_OK;
+    if ((st = q3n_tensorfile_open(&tf, golden, err)) != Q3N_OK) return st;
+    p = malloc((size_t)(T * E) * sizeof *p);
+    if (!p) {
+        st = q3n_error_set(err, Q3N_ERR_NOMEM, "fuzz: out of memory for router probabilities");
+        goto cleanup;
+    }
+    for (int64_t l = 0; l < g->num_hidden_layers; l++) {
+        char name[96];
+        snprintf(name, sizeof name, "/tensors/model.layers.%lld.mlp.gate.probs", (long long)l);
+        if (!q3n_tensorfile_exists(tf, name)) continue; /* a dense layer */
+        if ((st = q3n_tensorfile_read(tf, name, Q3N_DTYPE_F64, p, T * E, NULL, err)) != Q3N_OK) goto cleanup;
+        for (int64_t t = 0; t < T; t++) {
+            /* the k-th and (k+1)-th largest of row t: selection sort of its first K+1 places */
+            double *row = p + t * E;
+            for (int64_t r = 0; r <= K; r++)
+                for (int64_t e = r + 1; e < E; e++)
+                    if (row[e] > row[r]) {
+                        double tmp = row[r];
+                        row[r] = row[e];
+                        row[e] = tmp;
+                    }
+            if (row[K - 1] - row[K] <= NEAR_TIE_MARGIN && (*first < 0 || t < *first)) *first = t;
+        }
+    }
+cleanup:
+    free(p);
+    q3n_tensorfile_close(tf);
     return st;
 }
 
@@ -233,8 +281,8 @@ static void judge_states(struct self_check *sc, const struct states *a, const st
 
 /* The lifecycle checks on one implementation. */
 static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q3n_model *model,
-                                   const struct q3n_fuzz_model_options *opt, struct q3n_fuzz_model_result *res,
-                                   struct q3n_error *err)
+                                   const struct q3n_fuzz_model_options *opt, int64_t first_tie,
+                                   struct q3n_fuzz_model_result *res, struct q3n_error *err)
 {
     const int64_t T = c->T, V = c->cfg.vocab_size, K = c->cfg.linear_conv_kernel_dim;
     const struct q3n_impl *impl = find_impl(opt->impl, err);
@@ -246,6 +294,11 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
     enum q3n_status st = Q3N_OK;
     char detail[160];
     if (!impl) return err->status;
+    /* Logits rows from the first router near-tie on are not judged against the full forward
+     * (the two paths may pick different experts there), nor are final states after it. */
+    const int64_t Tj = first_tie >= 0 && first_tie < T ? first_tie : T;
+    const int judge_st = first_tie < 0;
+    if (first_tie >= 0) res->near_tie = 1;
 
     /* a second sequence of another length, for the reuse and interleaving checks */
     q3n_rng_seed(&r, c->seed ^ 0x6f74686572ull);
@@ -253,7 +306,8 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
     int64_t *tok = malloc((size_t)T * sizeof *tok), *tokb = malloc((size_t)Tb * sizeof *tokb);
     float *full = malloc((size_t)(T * V) * sizeof *full), *got = malloc((size_t)(T * V) * sizeof *got);
     float *fullb = malloc((size_t)(Tb * V) * sizeof *fullb), *gotb = malloc((size_t)(Tb * V) * sizeof *gotb);
-    if (!tok || !tokb || !full || !got || !fullb || !gotb) {
+    float *alone = malloc((size_t)(T * V) * sizeof *alone), *aloneb = malloc((size_t)(Tb * V) * sizeof *aloneb);
+    if (!tok || !tokb || !full || !got || !fullb || !gotb || !alone || !aloneb) {
         st = q3n_error_set(err, Q3N_ERR_NOMEM, "fuzz: out of memory for the self checks");
         goto cleanup;
     }
@@ -274,17 +328,18 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
     impl->reset(s1);
     int64_t pd[1] = {c->prefill};
     if ((st = run_pieces(impl, s1, got, tok, T, V, pd, 1, &other_st, err)) != Q3N_OK) goto cleanup;
+    memcpy(alone, got, (size_t)(T * V) * sizeof *alone); /* the schedule the interleaved run repeats */
     snprintf(detail, sizeof detail, "prefill %lld + decode vs full", (long long)c->prefill);
-    judge(&sc, rel_l2_f32(got, full, T * V), "%s: logits rel_l2=%.3g > %.3g", detail);
-    judge_states(&sc, &other_st, &full_st, detail);
+    judge(&sc, rel_l2_f32(got, full, Tj * V), "%s: logits rel_l2=%.3g > %.3g", detail);
+    if (judge_st) judge_states(&sc, &other_st, &full_st, detail);
 
     impl->reset(s1);
     int64_t split[2] = {c->split1, c->split2};
     if ((st = run_pieces(impl, s1, got, tok, T, V, split, 2, &other_st, err)) != Q3N_OK) goto cleanup;
     snprintf(detail, sizeof detail, "split prefill %lld+%lld+singles vs full", (long long)c->split1,
              (long long)c->split2);
-    judge(&sc, rel_l2_f32(got, full, T * V), "%s: logits rel_l2=%.3g > %.3g", detail);
-    judge_states(&sc, &other_st, &full_st, detail);
+    judge(&sc, rel_l2_f32(got, full, Tj * V), "%s: logits rel_l2=%.3g > %.3g", detail);
+    if (judge_st) judge_states(&sc, &other_st, &full_st, detail);
 
     /* state after a prefix: P tokens in one forward (chunked) vs P single steps (recurrent) */
     if (c->prefill >= 2) {
@@ -295,7 +350,7 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
         impl->reset(s1);
         if (st == Q3N_OK) st = run_pieces(impl, s1, got, tok, c->prefill, V, none, 1, &b, err);
         snprintf(detail, sizeof detail, "state after prefix %lld: one forward vs single steps", (long long)c->prefill);
-        if (st == Q3N_OK) judge_states(&sc, &a, &b, detail);
+        if (st == Q3N_OK && (first_tie < 0 || first_tie >= c->prefill)) judge_states(&sc, &a, &b, detail);
         states_clear(&a);
         states_clear(&b);
         if (st != Q3N_OK) goto cleanup;
@@ -309,7 +364,7 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
         if ((st = run_pieces(impl, s1, got, tok, n, V, pp, 1, NULL, err)) != Q3N_OK) goto cleanup;
         snprintf(detail, sizeof detail, "prompt of %lld tokens (conv kernel %lld) + decode vs full", (long long)p,
                  (long long)K);
-        judge(&sc, rel_l2_f32(got, full, n * V), "%s: logits rel_l2=%.3g > %.3g", detail);
+        judge(&sc, rel_l2_f32(got, full, (n < Tj ? n : Tj) * V), "%s: logits rel_l2=%.3g > %.3g", detail);
     }
 
     /* a session reused after the other sequence, reset, must equal the fresh one */
@@ -321,12 +376,16 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
           "session reused after another sequence and reset vs fresh");
 
     /* batch emulation: both sequences interleaved through their own sessions, prompt then
-     * alternating single tokens, each compared with its run alone */
-    impl->reset(s1);
-    impl->reset(s2);
+     * alternating single tokens, each compared with the same schedule run alone (same kernels,
+     * so no router near-tie can differ: any difference is state leaking between sessions) */
     {
         int64_t d1 = c->prefill, d2 = Tb < c->split1 ? Tb : c->split1;
+        int64_t pb[1] = {d2};
         struct q3n_tap_sink off = {0};
+        impl->reset(s2);
+        if ((st = run_pieces(impl, s2, aloneb, tokb, Tb, V, pb, 1, NULL, err)) != Q3N_OK) goto cleanup;
+        impl->reset(s1);
+        impl->reset(s2);
         if ((st = impl->forward(s1, got, tok, d1, &off, err)) != Q3N_OK) goto cleanup;
         if ((st = impl->forward(s2, gotb, tokb, d2, &off, err)) != Q3N_OK) goto cleanup;
         while (d1 < T || d2 < Tb) {
@@ -336,9 +395,9 @@ static enum q3n_status self_checks(const struct q3n_fuzz_case *c, const struct q
             if (d2 < Tb) d2++;
         }
         snprintf(detail, sizeof detail, "interleaved with a sequence of %lld tokens vs alone", (long long)Tb);
-        judge(&sc, rel_l2_f32(got, full, T * V), "%s: logits rel_l2=%.3g > %.3g", detail);
+        judge(&sc, rel_l2_f32(got, alone, T * V), "%s: logits rel_l2=%.3g > %.3g", detail);
         snprintf(detail, sizeof detail, "second sequence (%lld tokens) interleaved vs alone", (long long)Tb);
-        judge(&sc, rel_l2_f32(gotb, fullb, Tb * V), "%s: logits rel_l2=%.3g > %.3g", detail);
+        judge(&sc, rel_l2_f32(gotb, aloneb, Tb * V), "%s: logits rel_l2=%.3g > %.3g", detail);
     }
 
 cleanup:
@@ -346,15 +405,45 @@ cleanup:
     if (s2) impl->close(s2);
     states_clear(&full_st);
     states_clear(&other_st);
-    free(tok), free(tokb), free(full), free(got), free(fullb), free(gotb);
+    free(tok), free(tokb), free(full), free(got), free(fullb), free(gotb), free(alone), free(aloneb);
     return st;
 }
 
 /* ---- ref vs the implementation under test ------------------------------------------------ */
 
+/* decode/logits rows [0, rows) of both files re-judged by rel_l2 against `bound`: 1 if within. */
+static enum q3n_status decode_rows_within(int *within, double *rel, const char *cand, const char *golden,
+                                          int64_t rows, int64_t V, double bound, struct q3n_error *err)
+{
+    struct q3n_tensorfile *a = NULL, *b = NULL;
+    float *x = malloc((size_t)(rows * V + 1) * sizeof *x), *y = malloc((size_t)(rows * V + 1) * sizeof *y);
+    enum q3n_status st = Q3N_OK;
+    *within = 0;
+    if (!x || !y) {
+        st = q3n_error_set(err, Q3N_ERR_NOMEM, "fuzz: out of memory re-judging decode/logits");
+        goto cleanup;
+    }
+    if (rows > 0) {
+        if ((st = q3n_tensorfile_open(&a, cand, err)) != Q3N_OK) goto cleanup;
+        if ((st = q3n_tensorfile_open(&b, golden, err)) != Q3N_OK) goto cleanup;
+        if ((st = q3n_tensorfile_read_rows(a, "/decode/logits", Q3N_DTYPE_F32, 0, rows, x, rows * V, err)) != Q3N_OK)
+            goto cleanup;
+        if ((st = q3n_tensorfile_read_rows(b, "/decode/logits", Q3N_DTYPE_F32, 0, rows, y, rows * V, err)) != Q3N_OK)
+            goto cleanup;
+    }
+    *rel = rows > 0 ? rel_l2_f32(x, y, rows * V) : 0.0;
+    *within = *rel <= bound;
+cleanup:
+    q3n_tensorfile_close(a);
+    q3n_tensorfile_close(b);
+    free(x);
+    free(y);
+    return st;
+}
+
 static enum q3n_status cross_check(const struct q3n_fuzz_case *c, const struct q3n_model *model,
-                                   const struct q3n_fuzz_model_options *opt, struct q3n_fuzz_model_result *res,
-                                   struct q3n_error *err)
+                                   const struct q3n_fuzz_model_options *opt, int64_t *first_tie,
+                                   struct q3n_fuzz_model_result *res, struct q3n_error *err)
 {
     char golden[4096], cand[4096];
     struct q3n_result *result = NULL;
@@ -363,12 +452,28 @@ static enum q3n_status cross_check(const struct q3n_fuzz_case *c, const struct q
     snprintf(cand, sizeof cand, "%s/candidate.h5", opt->work_dir);
     if ((st = q3n_fuzz_write_dump(golden, model, c, ref_impl.name, NULL, err)) != Q3N_OK) return st;
     if ((st = q3n_fuzz_write_dump(cand, model, c, opt->impl, opt->test_bug, err)) != Q3N_OK) return st;
+    if ((st = first_near_tie(first_tie, golden, c, err)) != Q3N_OK) return st;
     struct q3n_compare_options co = {.policy = opt->policy, .policy_path = opt->policy_path, .dtype = "float32"};
     if ((st = q3n_compare_files(&result, cand, golden, &co, err)) != Q3N_OK) return st;
     res->checks += (int)result->n_tensors;
     for (int64_t i = 0; i < result->n_tensors; i++) {
         const struct q3n_tensor_result *t = &result->tensors[i];
         if (t->verdict == Q3N_VERDICT_EXPLAINED || t->verdict == Q3N_VERDICT_REPORTED) res->explained = 1;
+        /* decode/logits has no taps to mark router flips with: rows from the first near-tie
+         * token on are dropped and the rest judged by the same rel_l2 bound */
+        if (q3n_verdict_is_failure(t->verdict) && *first_tie >= 0 && strcmp(t->name, "decode/logits") == 0) {
+            int within = 0;
+            double rel = 0.0;
+            st = decode_rows_within(&within, &rel, cand, golden, *first_tie, c->cfg.vocab_size, t->tol.rel_l2, err);
+            if (st != Q3N_OK) {
+                q3n_result_free(result);
+                return st;
+            }
+            if (within) {
+                res->explained = 1;
+                continue;
+            }
+        }
         if (q3n_verdict_is_failure(t->verdict) && !res->failed) {
             res->failed = 1;
             snprintf(res->what, sizeof res->what, "%s vs %s: %.160s %s rel_l2=%.3g max_abs=%.3g (%.250s)", ref_impl.name, opt->impl,
@@ -390,10 +495,11 @@ enum q3n_status q3n_fuzz_model_check(const struct q3n_fuzz_case *c, const struct
 {
     struct q3n_model *model = NULL;
     enum q3n_status st;
+    int64_t first_tie = -1;
     memset(res, 0, sizeof *res);
     if ((st = q3n_fuzz_model_build(&model, c, err)) != Q3N_OK) return st;
-    st = cross_check(c, model, opt, res, err);
-    if (st == Q3N_OK) st = self_checks(c, model, opt, res, err);
+    st = cross_check(c, model, opt, &first_tie, res, err);
+    if (st == Q3N_OK) st = self_checks(c, model, opt, first_tie, res, err);
     q3n_model_close(model);
     return st;
 }
