@@ -27,6 +27,62 @@ static void usage(FILE *out)
             "Exit codes: 0 pass, 1 numerical failure, 2 usage or input error.\n");
 }
 
+/* Runs a git command (no shell metacharacters are passed: the caller rejects paths with quotes)
+ * and returns its first output line in out ("" when git fails or prints nothing). */
+static void git_line(char *out, size_t cap, const char *cmd)
+{
+    out[0] = '\0';
+    FILE *p = popen(cmd, "r");
+    if (!p) return;
+    if (!fgets(out, (int)cap, p)) out[0] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+    pclose(p);
+}
+
+/* Issue 9: warn when the policy is older than the code it judges. The policy's basis is the commit
+ * named by a "q3n=<sha>" in its "calibrated:" or "checked:" provenance line (q3n calibrate writes
+ * one), else the last commit that changed the policy file. If ref/ or fast/ changed after that
+ * basis, print one warning line on stderr. Silent outside a git checkout; never changes the
+ * exit code. */
+static void warn_if_policy_older_than_code(const char *policy_path)
+{
+    if (strchr(policy_path, '\'') || strchr(policy_path, '\n')) return;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", policy_path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    char basis[64] = "", line[1024], cmd[9000];
+    FILE *f = fopen(policy_path, "r");
+    while (f && fgets(line, sizeof line, f)) {
+        const char *q = strstr(line, "q3n=");
+        if (q && (strstr(line, "calibrated:") || strstr(line, "checked:"))) {
+            size_t n = strspn(q + 4, "0123456789abcdef");
+            if (n >= 7 && n < sizeof basis) {
+                memcpy(basis, q + 4, n);
+                basis[n] = '\0';
+            }
+        }
+    }
+    if (f) fclose(f);
+    if (!basis[0]) {
+        snprintf(cmd, sizeof cmd, "git -C '%s' log -1 --format=%%h -- '%s' 2>/dev/null", dir,
+                 slash ? slash + 1 : policy_path);
+        git_line(basis, sizeof basis, cmd);
+        if (!basis[0]) return;
+    }
+    char count[64];
+    snprintf(cmd, sizeof cmd, "git -C '%s' rev-list --count %s..HEAD -- ':/ref' ':/fast' 2>/dev/null", dir, basis);
+    git_line(count, sizeof count, cmd);
+    if (count[0] && strcmp(count, "0") != 0)
+        fprintf(stderr,
+                "q3n verify: warning: policy %s was calibrated against commit %s; %s later commit(s) changed "
+                "ref/ or fast/ (re-check with `q3n calibrate --check %s`)\n",
+                policy_path, basis, count, policy_path);
+}
+
 int q3n_cmd_verify(int argc, char **argv)
 {
     const char *golden = NULL, *policy_path = NULL;
@@ -103,6 +159,7 @@ int q3n_cmd_verify(int argc, char **argv)
         policy_path = default_policy;
     }
     if (q3n_policy_load(&policy, policy_path, &err) != Q3N_OK) goto fail;
+    warn_if_policy_older_than_code(policy_path);
     vo.policy = policy;
     vo.policy_path = policy_path;
     if (q3n_verify_checkpoint(ckpt, sizeof ckpt, golden, &err) != Q3N_OK) goto fail;
