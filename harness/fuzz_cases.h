@@ -78,7 +78,7 @@ struct q3n_fuzz_model_options {
 struct q3n_fuzz_model_result {
     int failed;                       /* some check failed */
     int explained;                    /* ref vs impl differed only after a near-tie router flip (not failed) */
-    int near_tie;                     /* some token has a router near-tie (k-th vs (k+1)-th prob <= 1e-4 in
+    int near_tie;                     /* some token has a router near-tie (k-th vs (k+1)-th prob <= 1e-5 in
                                        * ref): logits after it are not compared across paths */
     int checks;                       /* checks made */
     double worst_self_rel_l2;         /* largest rel_l2 of the self-consistency checks */
@@ -105,7 +105,7 @@ enum q3n_status q3n_fuzz_write_dump(const char *path, const struct q3n_model *mo
  *     interleaved ≡ each alone with the same schedule (the batch emulation: impl.h sessions are
  *     single-sequence).
  * Router near-ties: from the first token where ref's k-th and (k+1)-th router probabilities are
- * within 1e-4 (any MoE layer), logits rows are not compared across different paths (prefill vs
+ * within 1e-5 (any MoE layer), logits rows are not compared across different paths (prefill vs
  * decode, ref vs impl decode) and final states after it are skipped: the paths may pick
  * different experts there legitimately. Counted in res->near_tie / res->explained.
  * Non-OK only for errors that are not findings (out of memory, an unwritable work_dir). */

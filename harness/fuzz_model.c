@@ -18,7 +18,7 @@
 #include "verify.h"
 #include "weights.h"
 
-#define DEFAULT_SELF_REL_L2 3e-4 /* worst seen over 1500 bug-free cases (seed 7): 9.7e-5 */
+#define DEFAULT_SELF_REL_L2 3e-4 /* worst seen over 1500 bug-free cases (seed 7): 1.2e-4 */
 #define MAX_STATES 64 /* final-state taps captured per run (one per linear layer; L <= 4 in the fuzzer) */
 
 enum q3n_status q3n_fuzz_model_build(struct q3n_model **model, const struct q3n_fuzz_case *c, struct q3n_error *err)
@@ -118,7 +118,7 @@ cleanup:
 
 /* ---- router near-ties ----------------------------------------------------------------------- */
 
-#define NEAR_TIE_MARGIN 1e-4 /* as fuzz/fuzz.policy's topk margin */
+#define NEAR_TIE_MARGIN 1e-5 /* 100x the float noise of router probabilities; the genuine flip seen had 6.5e-6 */
 
 /* The first token at which some MoE layer of ref's full forward (golden.h5) has its k-th and
  * (k+1)-th router probabilities within NEAR_TIE_MARGIN, or -1. Two float paths (chunked prefill
