@@ -107,7 +107,7 @@ FUZZ_CI_TARGETS := $(filter-out $(FUZZ_CI_OPEN),$(FUZZ_TARGETS))
 
 fuzz-ci-parsers: fuzz-build
 	$(if $(filter $(FUZZ_CI_OPEN),$(FUZZ_TARGETS)),@echo "fuzz: NOT in the CI gate (open findings, docs/fuzzing.md): $(filter $(FUZZ_CI_OPEN),$(FUZZ_TARGETS))")
-	@$(call fuzz-run-parsers,$(FUZZ_CI_SECONDS),$(FUZZ_CI_TARGETS),-seed=$(FUZZ_SEED))
+	@export Q3N_FUZZ_STRICT_MSG=1; $(call fuzz-run-parsers,$(FUZZ_CI_SECONDS),$(FUZZ_CI_TARGETS),-seed=$(FUZZ_SEED))
 
 # Seeded shape fuzz on a time budget (2 cores, no GPU).
 fuzz-ci-shapes: all

@@ -211,7 +211,7 @@ static int shrink_and_write(const struct fuzz_args *a, const struct q3n_fuzz_mod
 static int ref64_check(const struct fuzz_args *a, const struct q3n_fuzz_case *c, const struct q3n_policy *policy,
                        const char *work, char *what, size_t cap, double *worst_rel_l2)
 {
-    char ckpt[1024], dump[1024], golden[1024], chunk[32], cmd[2200];
+    char ckpt[4200], dump[4200], golden[4200], chunk[32], cmd[8500];
     struct q3n_model *model = NULL;
     struct q3n_result *result = NULL;
     struct q3n_error err;
@@ -426,7 +426,7 @@ int q3n_cmd_fuzz(int argc, char **argv)
            (long long)delta_cases, (long long)delta_checks, 100.0 * worst_delta, worst_self, oracle,
            (long long)failures, dt);
     if (made_work) {
-        char path[4200];
+        char path[8300];
         snprintf(path, sizeof path, "%s/golden.h5", work);
         unlink(path);
         snprintf(path, sizeof path, "%s/candidate.h5", work);

@@ -13,6 +13,9 @@ enum q3n_status q3n_error_set(struct q3n_error *err, enum q3n_status status, con
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        /* Messages quote outside input (keys, names, tokens): keep them one printable line. */
+        for (char *c = err->msg; *c; c++)
+            if ((unsigned char)*c < 0x20 || (unsigned char)*c == 0x7f) *c = '?';
         err->status = status;
     }
     return status;

@@ -31,7 +31,8 @@ struct q3n_error {
     char msg[Q3N_ERROR_MSG_MAX];
 };
 
-/* Sets err (if non-NULL) to status and a printf-formatted one-line message; returns status,
+/* Sets err (if non-NULL) to status and a printf-formatted one-line message (control characters,
+ * newlines included, become '?', since messages quote outside input); returns status,
  * so callers can write `return q3n_error_set(err, Q3N_ERR_IO, "%s: ...", path);`. */
 enum q3n_status q3n_error_set(struct q3n_error *err, enum q3n_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
