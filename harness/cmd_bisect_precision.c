@@ -70,11 +70,6 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
         fprintf(stderr, "q3n bisect-precision: only --dtype bf16 is supported\n");
         return 2;
     }
-    const struct q3n_impl *impl = q3n_impl_find(impl_name);
-    if (!impl) {
-        fprintf(stderr, "q3n bisect-precision: no implementation '%s' in this build\n", impl_name);
-        return 2;
-    }
     struct q3n_error err;
     q3n_error_clear(&err);
     struct q3n_golden_run *g = NULL;
@@ -83,14 +78,11 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
     char *file_patterns = NULL;
     int rc = 2;
     if (fp32_file && q3n_patterns_load(&file_patterns, fp32_file, &err) != Q3N_OK) goto fail;
-    if (q3n_golden_run_open(&g, golden, model_dir, &err) != Q3N_OK) goto fail;
     struct q3n_tool_run r;
-    q3n_golden_run_tool(&r, g, impl);
-    r.opt.n_threads = threads;
-    r.opt.test_bug = test_bug;
+    if (q3n_golden_run_tool_open(&g, &r, golden, model_dir, impl_name, threads, test_bug, &err) != Q3N_OK) goto fail;
     r.weak_op = weak;
     r.weak_bits = weak_bits;
-    if (!strcmp(impl->name, "cuda")) r.opt.dtype = Q3N_COMPUTE_BF16;
+    if (!strcmp(r.impl->name, "cuda")) r.opt.dtype = Q3N_COMPUTE_BF16;
     else r.emulate_bf16 = 1;
     const char *given = file_patterns ? file_patterns : fp32;
     if (given) {
@@ -116,7 +108,7 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
         goto done;
     }
     if (q3n_bisect_precision(&res, &r, max, by_kind, force_routing, &err) != Q3N_OK) goto fail;
-    if (!strcmp(impl->name, "cuda"))
+    if (!strcmp(r.impl->name, "cuda"))
         printf("note: cuda runs in bf16 and receives the float32 set as run_options.fp32_patterns; whether it\n"
                "honours them is up to the implementation (an impl that ignores them shows no change at all)\n");
     q3n_prec_result_write(stdout, &res, !strcmp(format, "md"));

@@ -60,11 +60,6 @@ int q3n_cmd_blame(int argc, char **argv)
         fprintf(stderr, "q3n blame: --dtype must be f32 or bf16\n");
         return 2;
     }
-    const struct q3n_impl *impl = q3n_impl_find(impl_name);
-    if (!impl) {
-        fprintf(stderr, "q3n blame: no implementation '%s' in this build\n", impl_name);
-        return 2;
-    }
     struct q3n_error err;
     q3n_error_clear(&err);
     struct q3n_golden_run *g = NULL;
@@ -72,13 +67,10 @@ int q3n_cmd_blame(int argc, char **argv)
     memset(&res, 0, sizeof res);
     FILE *out = stdout;
     int rc = 2;
-    if (q3n_golden_run_open(&g, golden, model_dir, &err) != Q3N_OK) goto fail;
     struct q3n_tool_run r;
-    q3n_golden_run_tool(&r, g, impl);
-    r.opt.n_threads = threads;
-    r.opt.test_bug = test_bug;
+    if (q3n_golden_run_tool_open(&g, &r, golden, model_dir, impl_name, threads, test_bug, &err) != Q3N_OK) goto fail;
     r.weak_op = weak;
-    if (bf16 && !strcmp(impl->name, "cuda")) r.opt.dtype = Q3N_COMPUTE_BF16;
+    if (bf16 && !strcmp(r.impl->name, "cuda")) r.opt.dtype = Q3N_COMPUTE_BF16;
     else if (bf16) r.emulate_bf16 = 1;
     if (q3n_blame_run(&res, &r, 0, routing, max_flip_runs, &err) != Q3N_OK) goto fail;
     if (out_path) {

@@ -49,11 +49,6 @@ int q3n_cmd_determinism(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    const struct q3n_impl *impl = q3n_impl_find(impl_name);
-    if (!impl) {
-        fprintf(stderr, "q3n determinism: no implementation '%s' in this build\n", impl_name);
-        return 2;
-    }
     struct q3n_error err;
     q3n_error_clear(&err);
     struct q3n_golden_run *g = NULL;
@@ -62,11 +57,9 @@ int q3n_cmd_determinism(int argc, char **argv)
     memset(&expect, 0, sizeof expect);
     int rc = 2;
     if (expect_path && q3n_det_ledger_read(&expect, expect_path, &err) != Q3N_OK) goto fail;
-    if (q3n_golden_run_open(&g, golden, model_dir, &err) != Q3N_OK) goto fail;
     struct q3n_tool_run r;
-    q3n_golden_run_tool(&r, g, impl);
-    r.opt.n_threads = threads;
-    if (!strcmp(dtype, "bf16") && !strcmp(impl->name, "cuda")) r.opt.dtype = Q3N_COMPUTE_BF16;
+    if (q3n_golden_run_tool_open(&g, &r, golden, model_dir, impl_name, threads, NULL, &err) != Q3N_OK) goto fail;
+    if (!strcmp(dtype, "bf16") && !strcmp(r.impl->name, "cuda")) r.opt.dtype = Q3N_COMPUTE_BF16;
     if (q3n_determinism_run(&led, &r, runs, expect_path ? &expect : NULL, &err) != Q3N_OK) goto fail;
     q3n_det_ledger_write_text(stdout, &led);
     if (ledger && q3n_det_ledger_write_json(&led, ledger, &err) != Q3N_OK) goto fail;

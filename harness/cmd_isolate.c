@@ -49,11 +49,6 @@ int q3n_cmd_isolate(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    const struct q3n_impl *impl = q3n_impl_find(impl_name);
-    if (!impl) {
-        fprintf(stderr, "q3n isolate: no implementation '%s' in this build\n", impl_name);
-        return 2;
-    }
     struct q3n_error err;
     q3n_error_clear(&err);
     struct q3n_golden_run *g = NULL;
@@ -61,11 +56,8 @@ int q3n_cmd_isolate(int argc, char **argv)
     memset(&iso, 0, sizeof iso);
     FILE *out = stdout;
     int rc = 2;
-    if (q3n_golden_run_open(&g, golden, model_dir, &err) != Q3N_OK) goto fail;
     struct q3n_tool_run r;
-    q3n_golden_run_tool(&r, g, impl);
-    r.opt.n_threads = threads;
-    r.opt.test_bug = test_bug;
+    if (q3n_golden_run_tool_open(&g, &r, golden, model_dir, impl_name, threads, test_bug, &err) != Q3N_OK) goto fail;
     if (q3n_isolation_run(&iso, &r, &err) != Q3N_OK) goto fail;
     if (out_path && !(out = fopen(out_path, "w"))) {
         q3n_error_set(&err, Q3N_ERR_IO, "%s: cannot open for writing", out_path);

@@ -138,3 +138,18 @@ void q3n_golden_run_tool(struct q3n_tool_run *r, const struct q3n_golden_run *g,
     r->golden = &g->src;
     r->golden_routing = g->routing_layers ? &g->routing : NULL;
 }
+
+enum q3n_status q3n_golden_run_tool_open(struct q3n_golden_run **g, struct q3n_tool_run *r, const char *golden_path,
+                                         const char *model_dir, const char *impl_name, int n_threads,
+                                         const char *test_bug, struct q3n_error *err)
+{
+    *g = NULL;
+    const struct q3n_impl *impl = q3n_impl_find(impl_name);
+    if (!impl) return q3n_error_set(err, Q3N_ERR_USAGE, "no implementation '%s' in this build", impl_name);
+    enum q3n_status st = q3n_golden_run_open(g, golden_path, model_dir, err);
+    if (st != Q3N_OK) return st;
+    q3n_golden_run_tool(r, *g, impl);
+    r->opt.n_threads = n_threads;
+    r->opt.test_bug = test_bug;
+    return Q3N_OK;
+}

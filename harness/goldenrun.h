@@ -37,6 +37,14 @@ void q3n_golden_run_close(struct q3n_golden_run *g); /* accepts NULL */
 /* A golden source over any open tensor file's /tensors group (no model needed). */
 void q3n_golden_src_tensorfile(struct q3n_golden_src *src, struct q3n_tensorfile *tf);
 
+/* The set-up every tool command repeats: finds implementation `impl_name` (Q3N_ERR_USAGE naming it
+ * when it is not built in), opens the golden (its checkpoint, or model_dir when non-NULL) into *g and
+ * fills r from it (q3n_golden_run_tool) with n_threads and test_bug. *g is the caller's to close,
+ * also on failure (it may be NULL). */
+enum q3n_status q3n_golden_run_tool_open(struct q3n_golden_run **g, struct q3n_tool_run *r, const char *golden_path,
+                                         const char *model_dir, const char *impl_name, int n_threads,
+                                         const char *test_bug, struct q3n_error *err);
+
 /* Fills r (impl, model, tokens, logits, golden, golden_routing) from g, with default run options. */
 void q3n_golden_run_tool(struct q3n_tool_run *r, const struct q3n_golden_run *g, const struct q3n_impl *impl);
 
