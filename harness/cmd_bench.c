@@ -1,7 +1,8 @@
 /* cmd_bench.c — `q3n bench`: prefill and decode speed of one implementation on a synthetic
  * model (harness/synth.h presets), with peak memory and the kernel path that ran.
  *
- *   q3n bench --impl cpu|ref|cuda [--preset bench-1k] [--tokens 1024] [--decode 16]
+ *   q3n bench --impl cpu|ref [--preset bench-1k] [--tokens 1024] [--decode 16]
+ *   (--impl cuda has its own options: cmd_bench_cuda.c)
  *             [--threads N] [--repeat 3] [--layers L] [--seed 1] [--versus IMPL]
  *
  * Prints prefill tokens/s (best of --repeat prompts, each from a reset session), decode
@@ -128,6 +129,8 @@ done:
 
 int q3n_cmd_bench(int argc, char **argv)
 {
+    for (int i = 0; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--impl") == 0 && strcmp(argv[i + 1], "cuda") == 0) return q3n_cmd_bench_cuda(argc, argv);
     const char *impl_name = NULL, *preset = "bench-1k", *versus = NULL, *ckpt = NULL;
     long long T = 1024, N = 16, threads = 0, repeat = 3, layers = 0, seed = 1;
     for (int i = 0; i < argc; i++) {

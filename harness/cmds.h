@@ -10,6 +10,7 @@ int q3n_cmd_verify(int argc, char **argv);
 int q3n_cmd_compare(int argc, char **argv);
 int q3n_cmd_report(int argc, char **argv);
 int q3n_cmd_bench(int argc, char **argv);
+int q3n_cmd_bench_cuda(int argc, char **argv); /* `q3n bench --impl cuda` (cmd_bench_cuda.c) */
 int q3n_cmd_fuzz(int argc, char **argv);
 int q3n_cmd_blame(int argc, char **argv);
 int q3n_cmd_bisect_precision(int argc, char **argv);

@@ -1,0 +1,313 @@
+/* cmd_bench_cuda.c — `q3n bench --impl cuda`: prefill and decode speed of the CUDA port at the
+ * real dims, its roofline, and (--versus-transformers) transformers' own speed in the same run.
+ *
+ *   q3n bench --impl cuda [--preset real-4l] [--dtype bf16|f32] [--tokens 4096,16384]
+ *             [--decode 32] [--decode-prompt 4096] [--repeat 3] [--seed 1]
+ *             [--peak-bw 3.35e12] [--peak-flops 989e12]
+ *             [--versus-transformers] [--python python3] [--tf-script fast/cuda/dev/bench_transformers.py]
+ *
+ * Weights are drawn on the device (cuda_session_open_random: no 13 GB host copy at the real dims).
+ * Prefill: one forward of T tokens from an empty cache, logits of the last token (as generation
+ * does), host clock around the synchronised call, best of --repeat after a warm-up; then one more
+ * run with CUDA events per phase. Decode: ms/token over --decode one-token steps after a
+ * --decode-prompt prompt (the first step is a warm-up), logits copied to the host every step.
+ * Each figure is printed beside its roofline (harness/roofline.h) for the peak bandwidth and
+ * FLOP rate given (defaults: H100 SXM datasheet, bf16 dense). --versus-transformers runs the
+ * transformers script on the same GPU after q3n has released it, relays its RESULT lines and
+ * prints q3n's speed-up over each transformers path. Exit: 0, 1 when transformers failed, 2 on
+ * bad arguments or a CUDA error. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cmds.h"
+#include "impl.h"
+#include "roofline.h"
+#include "synth.h"
+#ifdef HAVE_CUDA
+#include "../fast/cuda/cuda_model.h"
+#endif
+
+#define MAX_TS 8
+
+struct cuda_bench_args {
+    const char *preset, *dtype, *python, *tf_script;
+    int64_t Ts[MAX_TS];
+    int nT;
+    long long decode, prompt, repeat, seed;
+    double peak_bw, peak_flops;
+    int versus_tf;
+};
+
+struct measured {
+    double prefill_ms[MAX_TS];
+    double decode_ms;
+};
+
+#ifdef HAVE_CUDA
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#endif
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: q3n bench --impl cuda [--preset real-4l] [--dtype bf16|f32] [--tokens T[,T...]] [--decode N]\n"
+                    "                 [--decode-prompt P] [--repeat R] [--seed S] [--peak-bw B/s] [--peak-flops F/s]\n"
+                    "                 [--versus-transformers] [--python PY] [--tf-script PATH]\n");
+}
+
+static int parse_ll(const char *s, long long lo, long long *out)
+{
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (!end || end == s || *end || v < lo) return 0;
+    *out = v;
+    return 1;
+}
+
+static int parse_pos_double(const char *s, double *out)
+{
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (!end || end == s || *end || !(v > 0) || !isfinite(v)) return 0;
+    *out = v;
+    return 1;
+}
+
+/* "4096,16384" -> Ts; every entry >= 1, at most MAX_TS. */
+static int parse_tokens(const char *s, struct cuda_bench_args *a)
+{
+    a->nT = 0;
+    while (*s) {
+        char *end = NULL;
+        long long v = strtoll(s, &end, 10);
+        if (end == s || v < 1 || a->nT == MAX_TS || (*end && *end != ',')) return 0;
+        a->Ts[a->nT++] = v;
+        s = *end ? end + 1 : end;
+    }
+    return a->nT > 0;
+}
+
+static int parse_args(int argc, char **argv, struct cuda_bench_args *a)
+{
+    *a = (struct cuda_bench_args){.preset = "real-4l", .dtype = "bf16", .python = "python3",
+                                  .tf_script = "fast/cuda/dev/bench_transformers.py", .Ts = {4096, 16384}, .nT = 2,
+                                  .decode = 32, .prompt = 4096, .repeat = 3, .seed = 1, .peak_bw = 3.35e12,
+                                  .peak_flops = 989e12};
+    for (int i = 0; i < argc; i++) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1, flag = 0;
+        if (strcmp(k, "bench") == 0 && i == 0) continue;
+        if (strcmp(k, "--versus-transformers") == 0) a->versus_tf = flag = 1;
+        else if (!v) ok = 0;
+        else if (strcmp(k, "--impl") == 0) ok = strcmp(v, "cuda") == 0;
+        else if (strcmp(k, "--preset") == 0) a->preset = v;
+        else if (strcmp(k, "--dtype") == 0) ok = (strcmp(v, "bf16") == 0 || strcmp(v, "f32") == 0) && (a->dtype = v);
+        else if (strcmp(k, "--tokens") == 0) ok = parse_tokens(v, a);
+        else if (strcmp(k, "--decode") == 0) ok = parse_ll(v, 0, &a->decode) && a->decode != 1;
+        else if (strcmp(k, "--decode-prompt") == 0) ok = parse_ll(v, 1, &a->prompt);
+        else if (strcmp(k, "--repeat") == 0) ok = parse_ll(v, 1, &a->repeat);
+        else if (strcmp(k, "--seed") == 0) ok = parse_ll(v, 0, &a->seed);
+        else if (strcmp(k, "--peak-bw") == 0) ok = parse_pos_double(v, &a->peak_bw);
+        else if (strcmp(k, "--peak-flops") == 0) ok = parse_pos_double(v, &a->peak_flops);
+        else if (strcmp(k, "--python") == 0) a->python = v;
+        else if (strcmp(k, "--tf-script") == 0) a->tf_script = v;
+        else ok = 0;
+        if (!ok) {
+            fprintf(stderr, "q3n bench: bad argument '%s'%s%s\n", k, v && !flag ? " " : "", v && !flag ? v : "");
+            usage();
+            return 0;
+        }
+        if (!flag) i++;
+    }
+    if (strchr(a->python, '\'') || strchr(a->tf_script, '\'')) {
+        fprintf(stderr, "q3n bench: --python / --tf-script must not contain a single quote\n");
+        return 0;
+    }
+    return 1;
+}
+
+#ifdef HAVE_CUDA
+static void print_floor(const char *what, const struct q3n_roofline *r, double ms, const struct cuda_bench_args *a)
+{
+    printf("  roofline %s: %.3f ms (%s-bound: %.2f GB at %.2f TB/s, %.2f TFLOP at %.0f TFLOP/s); measured / floor = "
+           "%.2fx (%.1f %% of the roofline)\n",
+           what, 1e3 * r->seconds, r->bytes_bound ? "bandwidth" : "compute", 1e-9 * (r->weight_bytes + r->other_bytes),
+           1e-12 * a->peak_bw, 1e-12 * r->flops, 1e-12 * a->peak_flops, ms / (1e3 * r->seconds),
+           100.0 * 1e3 * r->seconds / ms);
+}
+
+#define CTRY(call)                                                                                                     \
+    do {                                                                                                               \
+        if ((call) != Q3N_OK) {                                                                                        \
+            fprintf(stderr, "q3n bench: %s\n", err.msg);                                                               \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+
+/* Runs the q3n side; fills m. Returns 0, or 2 after printing the error. */
+static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args *a, struct measured *m)
+{
+    struct q3n_error err = {0};
+    struct q3n_run_options opt;
+    q3n_run_options_default(&opt);
+    opt.dtype = strcmp(a->dtype, "f32") == 0 ? Q3N_COMPUTE_F32 : Q3N_COMPUTE_BF16;
+    int64_t Tmax = a->prompt + a->decode + 1;
+    for (int i = 0; i < a->nT; i++) Tmax = a->Ts[i] > Tmax ? a->Ts[i] : Tmax;
+    opt.max_tokens = Tmax;
+    const double wbytes = opt.dtype == Q3N_COMPUTE_F32 ? 4.0 : 2.0;
+    void *s = NULL;
+    int64_t *tok = malloc(sizeof(int64_t) * (size_t)Tmax);
+    float *logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
+    if (!tok || !logits) {
+        fprintf(stderr, "q3n bench: out of memory for %lld tokens\n", (long long)Tmax);
+        goto fail;
+    }
+    for (int64_t i = 0; i < Tmax; i++) tok[i] = (int64_t)(((uint64_t)i * 2654435761ull + (uint64_t)a->seed) % (uint64_t)cfg->vocab_size);
+    double t0 = now_s();
+    CTRY(cuda_session_open_random(&s, cfg, (uint64_t)a->seed, &opt, &err));
+    printf("  session: weights drawn on the device in %.1f s\n", now_s() - t0);
+    cuda_impl.reset(s);
+    CTRY(cuda_session_forward_last(s, logits, tok, a->Ts[0] < 1024 ? a->Ts[0] : 1024, &err)); /* warm-up */
+    for (int i = 0; i < a->nT; i++) {
+        const int64_t T = a->Ts[i];
+        double best = 1e30;
+        for (long long r = 0; r < a->repeat; r++) {
+            cuda_impl.reset(s);
+            CTRY(cuda_session_sync(s, &err));
+            const double t = now_s();
+            CTRY(cuda_session_forward_last(s, logits, tok, T, &err));
+            const double dt = now_s() - t;
+            best = dt < best ? dt : best;
+        }
+        double ms4[4];
+        CTRY(cuda_session_profile(s, 1, NULL, &err));
+        cuda_impl.reset(s);
+        CTRY(cuda_session_forward_last(s, logits, tok, T, &err));
+        CTRY(cuda_session_profile(s, 1, ms4, &err));
+        int64_t bad = 0;
+        for (int64_t v = 0; v < cfg->vocab_size; v++) bad += !isfinite(logits[v]);
+        m->prefill_ms[i] = 1e3 * best;
+        printf("prefill T=%lld: %.2f ms = %.0f tokens/s (best of %lld)%s\n", (long long)T, 1e3 * best, (double)T / best,
+               a->repeat, bad ? " NON-FINITE LOGITS" : "");
+        printf("  phases (CUDA events, one more run): delta-rule mixers %.2f ms, attention mixers %.2f ms, MoE/MLP "
+               "%.2f ms, other %.2f ms\n",
+               ms4[0], ms4[1], ms4[2], ms4[3]);
+        struct q3n_roofline r;
+        q3n_roofline_prefill(cfg, T, wbytes, a->peak_bw, a->peak_flops, &r);
+        print_floor("prefill", &r, 1e3 * best, a);
+        if (bad) goto fail;
+    }
+    if (a->decode > 0) {
+        cuda_impl.reset(s);
+        CTRY(cuda_session_forward_last(s, logits, tok, a->prompt, &err));
+        CTRY(cuda_session_forward_last(s, logits, tok + a->prompt, 1, &err)); /* warm step */
+        const double t = now_s();
+        for (long long i = 1; i < a->decode; i++) CTRY(cuda_session_forward_last(s, logits, tok + a->prompt + i, 1, &err));
+        const double ms = 1e3 * (now_s() - t) / (double)(a->decode - 1);
+        double ms4[4];
+        CTRY(cuda_session_profile(s, 1, NULL, &err));
+        CTRY(cuda_session_forward_last(s, logits, tok + a->prompt + a->decode, 1, &err));
+        CTRY(cuda_session_profile(s, 1, ms4, &err));
+        m->decode_ms = ms;
+        printf("decode after a %lld-token prompt: %.3f ms/token (mean of %lld steps)\n", a->prompt, ms, a->decode - 1);
+        printf("  phases of one more step (CUDA events, eager): delta-rule mixers %.3f ms, attention mixers %.3f ms, "
+               "MoE/MLP %.3f ms, other %.3f ms\n",
+               ms4[0], ms4[1], ms4[2], ms4[3]);
+        struct q3n_roofline r;
+        q3n_roofline_decode(cfg, a->prompt + 1, wbytes, a->peak_bw, a->peak_flops, &r);
+        print_floor("decode", &r, ms, a);
+    }
+    printf("kernels: %s\n", cuda_impl.describe(s));
+    cuda_impl.close(s);
+    free(tok);
+    free(logits);
+    return 0;
+fail:
+    if (s) cuda_impl.close(s);
+    free(tok);
+    free(logits);
+    return 2;
+}
+#endif
+
+/* Runs the transformers script, relays its lines, prints q3n's speed-up over each of its
+ * RESULT figures. Returns 0, or 1 when the script failed or printed no RESULT. */
+static int versus_transformers(const struct cuda_bench_args *a, const struct measured *m)
+{
+    char toks[256] = "", cmd[2048];
+    size_t used = 0;
+    for (int i = 0; i < a->nT; i++)
+        used += (size_t)snprintf(toks + used, sizeof toks - used, "%s%lld", i ? "," : "", (long long)a->Ts[i]);
+    long long steps = a->decode > 8 ? 8 : (a->decode > 1 ? a->decode : 2);
+    snprintf(cmd, sizeof cmd, "'%s' '%s' --prefill %s --decode-prompt %lld --decode-steps %lld 2>&1", a->python,
+             a->tf_script, toks, a->prompt, steps);
+    printf("transformers, same GPU, same run: %s\n", cmd);
+    fflush(stdout);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        fprintf(stderr, "q3n bench: cannot start %s\n", a->python);
+        return 1;
+    }
+    char line[1024];
+    int results = 0;
+    while (fgets(line, sizeof line, p)) {
+        if (strncmp(line, "RESULT", 6) != 0 && strncmp(line, "torch ", 6) != 0) continue;
+        fputs("  ", stdout);
+        fputs(line, stdout);
+        const char *at;
+        long long T;
+        double ms;
+        if ((at = strstr(line, "prefill T=")) && sscanf(at, "prefill T=%lld: best %lf ms", &T, &ms) == 2) {
+            results++;
+            for (int i = 0; i < a->nT; i++)
+                if (a->Ts[i] == T && m->prefill_ms[i] > 0)
+                    printf("    q3n is %.1fx faster than this at T=%lld\n", ms / m->prefill_ms[i], T);
+        } else if ((at = strstr(line, "prompt: ")) && sscanf(at, "prompt: %lf ms/token", &ms) == 1) {
+            results++;
+            if (m->decode_ms > 0) printf("    q3n decode is %.1fx faster than this\n", ms / m->decode_ms);
+        }
+    }
+    int st = pclose(p);
+    if (st != 0 || results == 0) {
+        fprintf(stderr, "q3n bench: transformers run failed (status %d, %d results): run the command above to see why\n",
+                st, results);
+        return 1;
+    }
+    return 0;
+}
+
+int q3n_cmd_bench_cuda(int argc, char **argv)
+{
+    struct cuda_bench_args a;
+    if (!parse_args(argc, argv, &a)) return 2;
+#ifndef HAVE_CUDA
+    fprintf(stderr, "q3n bench: this q3n was built without CUDA (no nvcc at build time)\n");
+    return 2;
+#endif
+    struct q3n_config cfg;
+    struct q3n_error err = {0};
+    if (q3n_synth_config(&cfg, a.preset, &err) != Q3N_OK) {
+        fprintf(stderr, "q3n bench: %s\n", err.msg);
+        return 2;
+    }
+    printf("q3n bench: impl=cuda preset=%s dtype=%s layers=%lld D=%lld E=%lld top-%lld V=%lld seed=%lld\n", a.preset,
+           a.dtype, (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size, (long long)cfg.num_experts,
+           (long long)cfg.num_experts_per_tok, (long long)cfg.vocab_size, a.seed);
+    struct measured m = {{0}, 0};
+#ifdef HAVE_CUDA
+    int rc = bench_q3n(&cfg, &a, &m);
+    if (rc != 0) return rc;
+#endif
+    if (a.versus_tf && strcmp(a.preset, "real-4l") != 0) {
+        fprintf(stderr, "q3n bench: --versus-transformers builds the real-4l stack: use --preset real-4l\n");
+        return 2;
+    }
+    return a.versus_tf ? versus_transformers(&a, &m) : 0;
+}

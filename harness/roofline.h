@@ -1,0 +1,37 @@
+/* roofline.h — the least a phase of a Qwen3-Next forward must cost on a given machine.
+ *
+ * For one batch-1 sequence, from the config alone: the fewest bytes a phase must move through
+ * device memory (every weight it uses read once, caches read/written once, the hidden state in
+ * and out of each block) and the FLOPs it must do (2 per multiply-add of every matrix product,
+ * the causal attention scores and values, the delta rule's state products). The floor is
+ * max(bytes / bandwidth, flops / peak): no implementation of the phase runs much faster, and
+ * measured time / floor is how far a port is from its machine. `q3n bench --impl cuda` prints it
+ * beside each measured phase (docs/benchmarks.md explains the counts). */
+#ifndef Q3N_ROOFLINE_H
+#define Q3N_ROOFLINE_H
+
+#include <stdint.h>
+
+#include "config.h"
+
+struct q3n_roofline {
+    double weight_bytes; /* weights read (experts: those expected to be routed to) */
+    double other_bytes;  /* caches, states, hidden states in and out of the blocks */
+    double flops;
+    double seconds;      /* max((weight_bytes + other_bytes) / bw, flops / peak) */
+    int bytes_bound;     /* 1 when the bandwidth term is the larger */
+};
+
+/* Prefill of T tokens from an empty cache, logits of the last token only (as generation does).
+ * Experts: the expected number of distinct experts hit by T*K uniformly spread choices,
+ * E * (1 - (1 - K/E)^T), each read once. wbytes = bytes per weight (2 for bf16), bw in bytes/s,
+ * peak in FLOP/s. */
+void q3n_roofline_prefill(const struct q3n_config *c, int64_t T, double wbytes, double bw, double peak,
+                          struct q3n_roofline *out);
+
+/* One decode token with S tokens already cached: K experts per sparse layer, the full lm_head,
+ * the KV caches of the S + 1 positions, the delta-rule and conv states read and written. */
+void q3n_roofline_decode(const struct q3n_config *c, int64_t S, double wbytes, double bw, double peak,
+                         struct q3n_roofline *out);
+
+#endif
