@@ -18,7 +18,8 @@ static void usage(FILE *f)
             "Finds, by bisection over operations (the live taps the implementation emits), the smallest set\n"
             "that must stay in float32 for the final logits' rel_l2 against the golden to be <= --max, and\n"
             "the error each contributes. ref/cpu: bf16 is emulated (each op's output rounded to bf16, round\n"
-            "to nearest even, unless kept in float32); cuda: runs in bf16 with run_options.fp32_patterns.\n"
+            "to nearest even, unless kept in float32); an impl that runs bf16 natively must honour\n"
+            "run_options.fp32_patterns (fast/cuda does not: it refuses them, so bisect with --impl cpu).\n"
             "--by-kind bisects op kinds (model.layers.*.mlp.out) instead of op instances.\n"
             "Every run takes the golden's routing (top-k experts) unless --no-force-routing: a near-tie router\n"
             "flip makes the error jump and would send the bisection after whichever op tips the tie\n"
@@ -108,9 +109,6 @@ int q3n_cmd_bisect_precision(int argc, char **argv)
         goto done;
     }
     if (q3n_bisect_precision(&res, &r, max, by_kind, force_routing, &err) != Q3N_OK) goto fail;
-    if (!strcmp(r.impl->name, "cuda"))
-        printf("note: cuda runs in bf16 and receives the float32 set as run_options.fp32_patterns; whether it\n"
-               "honours them is up to the implementation (an impl that ignores them shows no change at all)\n");
     q3n_prec_result_write(stdout, &res, !strcmp(format, "md"));
     rc = res.reachable ? 0 : 1;
     goto done;
