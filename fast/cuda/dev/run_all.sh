@@ -1,6 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
-#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench tf fla build
+#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench qbench tf fla ncu build
+#   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built here with `make BUILD=build/cudadev cuda-dev build/cudadev/q3n` (nvcc 13.0,
 # sm_90a + sm_80) and carried in .cudadev/bin with the host libraries q3n links (.cudadev/libs.tar.xz),
 # because the GPU image has nvcc but not the HDF5/OpenBLAS/cJSON/cmocka development packages; the
@@ -25,7 +26,12 @@ for stage in "$@"; do
         grep -E "OK$|FAIL$" "$OUT/tests2.tmp" | sed 's/ (got.*//' >/tmp/b.txt
         if cmp -s /tmp/a.txt /tmp/b.txt; then echo "second process: identical metrics on every case" >>"$OUT/tests.log";
         else echo "second process: metrics DIFFER" >>"$OUT/tests.log"; diff /tmp/a.txt /tmp/b.txt | head >>"$OUT/tests.log"; fi
-        rm -f "$OUT/tests2.tmp" ;;
+        rm -f "$OUT/tests2.tmp"
+        for t in $B/test_*; do   # the per-kernel programs next to test_kernels (test_delta_tc, ...)
+            [ "$t" = "$B/test_kernels" ] && continue
+            log "$(basename $t)" >>"$OUT/tests.log"
+            timeout 300 "$t" >>"$OUT/tests.log" 2>&1; echo "$(basename $t) exit $?" >>"$OUT/tests.log"
+        done ;;
     sanitize)
         log "compute-sanitizer" >>"$OUT/tests.log"
         for tool in memcheck racecheck synccheck initcheck; do
@@ -54,6 +60,10 @@ for stage in "$@"; do
             $B/test_kernels --bench-delta 16384 16 32 128 2>&1 | grep -E "chunk_|gpu__time|grouped|flash" >>"$OUT/bench.log"
         timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'grouped|flash|chunk_|recurrent|gemv|router|place' --launch-skip 40 --launch-count 14 \
             $B/bench_model --prefill 4096 --decode-steps 0 --reps 1 2>&1 | grep -E "_kernel|gpu__time" >>"$OUT/bench.log" ;;
+    qbench)
+        log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
+        timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \
+            >>"$OUT/qbench.log" 2>&1; echo "exit $?" >>"$OUT/qbench.log" ;;
     tf)
         log "transformers" >>"$OUT/bench.log"
         timeout 420 python3 fast/cuda/dev/bench_transformers.py >>"$OUT/bench.log" 2>&1; echo "exit $?" >>"$OUT/bench.log" ;;
