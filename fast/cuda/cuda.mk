@@ -1,7 +1,8 @@
 # fast/cuda/cuda.mk — CUDA dev programs and the GPU targets (included by the top Makefile).
 #   make check-cuda   build + run every kernel test, the long-context run and q3n verify --impl cuda
 #                     on every committed golden (needs a GPU; CI only compiles)
-#   make bench-cuda   the real-dims model benchmark (needs a GPU with ~40 GB free)
+#   make bench-cuda   q3n bench --impl cuda on the real-dims stack, with transformers in the same run,
+#                     and the delta rule alone (needs a GPU with ~40 GB free and torch + transformers)
 # The kernels themselves (fast/cuda/*.cu) are compiled by the top Makefile into libq3n_cuda.a.
 .PHONY: cuda-dev check-cuda bench-cuda
 
@@ -25,8 +26,9 @@ check-cuda: $(BUILD)/q3n cuda-dev
 	  if echo $$g | grep -q bf16; then a="--dtype bf16 --oracle"; else a="--dtype f32"; fi; \
 	  echo "$(BUILD)/q3n verify $$g --impl cuda $$a"; $(BUILD)/q3n verify $$g --impl cuda $$a --quiet; done
 
-bench-cuda: cuda-dev
-	$(BUILD)/cuda-dev/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32
+bench-cuda: cuda-dev $(BUILD)/q3n
+	$(BUILD)/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers
+	$(BUILD)/cuda-dev/test_kernels --bench-delta 16384 16 32 128
 else
 cuda-dev check-cuda bench-cuda:
 	@echo "q3n: CUDA off (no nvcc): $@ skipped"; exit 1
