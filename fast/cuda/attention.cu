@@ -14,9 +14,10 @@
 /* ---- q/k norm + partial RoPE + cache write ---- */
 template <typename T>
 __global__ void qk_prep_kernel(T *qo, T *qn, T *kc, T *vc, T *kn, const T *qg, const T *k, const T *v,
-                               const float *qw, const float *kw, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD,
-                               int64_t rot, float theta, float eps)
+                               const float *qw, const float *kw, int64_t pos0, const int64_t *dpos, int64_t NH,
+                               int64_t NKV, int64_t HD, int64_t rot, float theta, float eps)
 {
+    if (dpos) pos0 = *dpos; /* graph decode: the position lives on the device */
     extern __shared__ float xs[]; /* [HD] normed row */
     __shared__ float red[32];
     const int64_t t = blockIdx.x / (NH + NKV), slot = blockIdx.x % (NH + NKV);
@@ -57,12 +58,12 @@ __global__ void qk_prep_kernel(T *qo, T *qn, T *kc, T *vc, T *kn, const T *qg, c
             vc[(pos * NKV + hh) * HD + d] = v[(t * NKV + hh) * HD + d];
 }
 
-extern "C" enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn,
-                                             const void *d_qg, const void *d_k, const void *d_v,
-                                             const float *d_qnorm_w, const float *d_knorm_w, int64_t T, int64_t pos0,
-                                             int64_t NH, int64_t NKV, int64_t HD, int64_t rot, double theta,
-                                             double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
-                                             struct q3n_error *err)
+/* d_pos NULL: positions pos0..; else one token (T = 1) at position *d_pos. */
+static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
+                                      const void *d_k, const void *d_v, const float *d_qnorm_w,
+                                      const float *d_knorm_w, int64_t T, int64_t pos0, const int64_t *d_pos,
+                                      int64_t NH, int64_t NKV, int64_t HD, int64_t rot, double theta, double eps,
+                                      enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && rot >= 0 && rot <= HD);
     Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX);
@@ -72,15 +73,38 @@ extern "C" enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, 
     if (dt == Q3N_COMPUTE_BF16)
         qk_prep_kernel<<<grid, 128, smem, stream>>>((bf16 *)d_q, (bf16 *)d_qn, (bf16 *)d_kc, (bf16 *)d_vc,
                                                    (bf16 *)d_kn, (const bf16 *)d_qg, (const bf16 *)d_k,
-                                                   (const bf16 *)d_v, d_qnorm_w, d_knorm_w, pos0, NH, NKV, HD, rot,
+                                                   (const bf16 *)d_v, d_qnorm_w, d_knorm_w, pos0, d_pos, NH, NKV, HD, rot,
                                                    (float)theta, (float)eps);
     else
         qk_prep_kernel<<<grid, 128, smem, stream>>>((float *)d_q, (float *)d_qn, (float *)d_kc, (float *)d_vc,
                                                    (float *)d_kn, (const float *)d_qg, (const float *)d_k,
-                                                   (const float *)d_v, d_qnorm_w, d_knorm_w, pos0, NH, NKV, HD, rot,
+                                                   (const float *)d_v, d_qnorm_w, d_knorm_w, pos0, d_pos, NH, NKV, HD, rot,
                                                    (float)theta, (float)eps);
     CU_LAUNCHED("attention qk_prep_kernel");
     return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn,
+                                             const void *d_qg, const void *d_k, const void *d_v,
+                                             const float *d_qnorm_w, const float *d_knorm_w, int64_t T, int64_t pos0,
+                                             int64_t NH, int64_t NKV, int64_t HD, int64_t rot, double theta,
+                                             double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                             struct q3n_error *err)
+{
+    return qk_prep_launch(d_q, d_qn, d_kc, d_vc, d_kn, d_qg, d_k, d_v, d_qnorm_w, d_knorm_w, T, pos0, NULL, NH, NKV,
+                          HD, rot, theta, eps, dt, stream, err);
+}
+
+extern "C" enum q3n_status cuda_attn_qk_prep_dpos(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn,
+                                                  const void *d_qg, const void *d_k, const void *d_v,
+                                                  const float *d_qnorm_w, const float *d_knorm_w,
+                                                  const int64_t *d_pos, int64_t NH, int64_t NKV, int64_t HD,
+                                                  int64_t rot, double theta, double eps, enum q3n_compute_dtype dt,
+                                                  cudaStream_t stream, struct q3n_error *err)
+{
+    Q3N_REQUIRE(d_pos != NULL);
+    return qk_prep_launch(d_q, d_qn, d_kc, d_vc, d_kn, d_qg, d_k, d_v, d_qnorm_w, d_knorm_w, 1, 0, d_pos, NH, NKV,
+                          HD, rot, theta, eps, dt, stream, err);
 }
 
 /* ---- rows_v1 ---- */
@@ -90,9 +114,10 @@ extern "C" enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, 
 
 template <typename T>
 __global__ void __launch_bounds__(128) attn_rows_kernel(T *out, float *part, const T *q, const T *kc, const T *vc,
-                                                        int64_t pos0, int64_t NH, int64_t NKV, int64_t HD,
-                                                        float scale, int64_t L)
+                                                        int64_t pos0, const int64_t *dpos, int64_t NH,
+                                                        int64_t NKV, int64_t HD, float scale, int64_t L)
 {
+    if (dpos) pos0 = *dpos; /* graph decode; splits past the position find no keys (l = 0) */
     extern __shared__ float qs[]; /* [HD] */
     __shared__ float sc[ROWS_TILE];
     const int64_t row = blockIdx.x, t = row / NH, h = row % NH, kh = h / (NH / NKV);
@@ -348,6 +373,38 @@ static cudaError_t launch_flash(void *out, const void *q, const void *kc, const 
     return cudaSuccess;
 }
 
+/* rows_v1 launch: T queries at positions pos0.. (or one at *d_pos), S keys in the cache (decode: S sizes
+ * the split count only; splits past the position contribute nothing). */
+static enum q3n_status rows_launch(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+                                   float *d_scratch, int64_t T, int64_t pos0, const int64_t *d_pos, int64_t S,
+                                   int64_t NH, int64_t NKV, int64_t HD, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                   struct q3n_error *err)
+{
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int64_t nsplit = T == 1 ? (S + ROWS_SPLIT - 1) / ROWS_SPLIT : 1;
+    const int64_t L = T == 1 ? ROWS_SPLIT : S;
+    Q3N_REQUIRE(nsplit == 1 || d_scratch != NULL);
+    Q3N_REQUIRE(nsplit <= 65535);
+    const dim3 grid((unsigned)(T * NH), (unsigned)nsplit);
+    const size_t smem = sizeof(float) * (size_t)HD;
+    if (dt == Q3N_COMPUTE_BF16) {
+        attn_rows_kernel<<<grid, 128, smem, stream>>>((bf16 *)d_out, d_scratch, (const bf16 *)d_q,
+                                                      (const bf16 *)d_kc, (const bf16 *)d_vc, pos0, d_pos, NH, NKV,
+                                                      HD, scale, L);
+        CU_LAUNCHED("attn_rows_kernel");
+        if (nsplit > 1) attn_combine_kernel<<<(unsigned)(T * NH), 128, 0, stream>>>((bf16 *)d_out, d_scratch, HD, nsplit);
+    } else {
+        attn_rows_kernel<<<grid, 128, smem, stream>>>((float *)d_out, d_scratch, (const float *)d_q,
+                                                      (const float *)d_kc, (const float *)d_vc, pos0, d_pos, NH, NKV,
+                                                      HD, scale, L);
+        CU_LAUNCHED("attn_rows_kernel");
+        if (nsplit > 1)
+            attn_combine_kernel<<<(unsigned)(T * NH), 128, 0, stream>>>((float *)d_out, d_scratch, HD, nsplit);
+    }
+    CU_LAUNCHED("attn_combine_kernel");
+    return Q3N_OK;
+}
+
 extern "C" const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v2";
@@ -365,6 +422,16 @@ extern "C" enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, 
                                                   int64_t HD, enum q3n_compute_dtype dt, cudaStream_t stream,
                                                   struct q3n_error *err)
 {
+    return cuda_attention_forward_ver(d_out, d_q, d_kc, d_vc, d_scratch, T, pos0, NH, NKV, HD, 0, dt, stream, err);
+}
+
+extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d_q, const void *d_kc,
+                                                      const void *d_vc, float *d_scratch, int64_t T, int64_t pos0,
+                                                      int64_t NH, int64_t NKV, int64_t HD, int old,
+                                                      enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                      struct q3n_error *err)
+{
+    (void)old;
     Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && HD <= 128 * ROWS_MAXD);
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
@@ -381,28 +448,17 @@ extern "C" enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, 
         CU_LAUNCHED("flash_bf16_kernel");
         return Q3N_OK;
     }
-    const int64_t S = pos0 + T;
-    const int64_t nsplit = T == 1 ? (S + ROWS_SPLIT - 1) / ROWS_SPLIT : 1;
-    const int64_t L = T == 1 ? ROWS_SPLIT : S;
-    Q3N_REQUIRE(nsplit == 1 || d_scratch != NULL);
-    const dim3 grid((unsigned)(T * NH), (unsigned)nsplit);
-    const size_t smem = sizeof(float) * (size_t)HD;
-    if (dt == Q3N_COMPUTE_BF16) {
-        attn_rows_kernel<<<grid, 128, smem, stream>>>((bf16 *)d_out, d_scratch, (const bf16 *)d_q,
-                                                      (const bf16 *)d_kc, (const bf16 *)d_vc, pos0, NH, NKV, HD,
-                                                      scale, L);
-        CU_LAUNCHED("attn_rows_kernel");
-        if (nsplit > 1) attn_combine_kernel<<<(unsigned)(T * NH), 128, 0, stream>>>((bf16 *)d_out, d_scratch, HD, nsplit);
-    } else {
-        attn_rows_kernel<<<grid, 128, smem, stream>>>((float *)d_out, d_scratch, (const float *)d_q,
-                                                      (const float *)d_kc, (const float *)d_vc, pos0, NH, NKV, HD,
-                                                      scale, L);
-        CU_LAUNCHED("attn_rows_kernel");
-        if (nsplit > 1)
-            attn_combine_kernel<<<(unsigned)(T * NH), 128, 0, stream>>>((float *)d_out, d_scratch, HD, nsplit);
-    }
-    CU_LAUNCHED("attn_combine_kernel");
-    return Q3N_OK;
+    return rows_launch(d_out, d_q, d_kc, d_vc, d_scratch, T, pos0, NULL, pos0 + T, NH, NKV, HD, dt, stream, err);
+}
+
+extern "C" enum q3n_status cuda_attention_decode_dpos(void *d_out, const void *d_q, const void *d_kc,
+                                                      const void *d_vc, float *d_scratch, const int64_t *d_pos,
+                                                      int64_t S_max, int64_t NH, int64_t NKV, int64_t HD,
+                                                      enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                      struct q3n_error *err)
+{
+    Q3N_REQUIRE(d_pos != NULL && S_max > 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && HD <= 128 * ROWS_MAXD);
+    return rows_launch(d_out, d_q, d_kc, d_vc, d_scratch, 1, 0, d_pos, S_max, NH, NKV, HD, dt, stream, err);
 }
 
 /* ---- sigmoid output gate ---- */

@@ -122,8 +122,29 @@ enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, const void 
                                        float *d_scratch, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
                                        int64_t HD, enum q3n_compute_dtype dt, cudaStream_t stream,
                                        struct q3n_error *err);
+/* Dev/test twin: old = 0 runs what cuda_attention_forward runs; old = 1 the previous kernel of that
+ * path (flash_mma_bf16_v2 for bf16 prefill, rows_v1 for decode), kept for comparison and timing. */
+enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+                                           float *d_scratch, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
+                                           int64_t HD, int old, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                           struct q3n_error *err);
 /* Names the attention kernel cuda_attention_forward picks for these arguments. */
 const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
+/* CUDA-graph decode twins (one captured graph serves every step): as cuda_attn_qk_prep with T = 1
+ * and cuda_attention_forward with T = 1, but the position pos0 = *d_pos is read on the device.
+ * qk_prep_dpos writes q, and k/v into the caches at row *d_pos. attention_decode_dpos attends one
+ * query against keys 0..*d_pos; S_max (the cache capacity, > *d_pos) sizes the split count and
+ * splits past *d_pos do nothing; scratch: cuda_attention_scratch(1, NH, HD, S_max) floats.
+ * Results are bitwise those of the pos0 launchers at pos0 = *d_pos. */
+enum q3n_status cuda_attn_qk_prep_dpos(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
+                                       const void *d_k, const void *d_v, const float *d_qnorm_w,
+                                       const float *d_knorm_w, const int64_t *d_pos, int64_t NH, int64_t NKV,
+                                       int64_t HD, int64_t rot, double theta, double eps, enum q3n_compute_dtype dt,
+                                       cudaStream_t stream, struct q3n_error *err);
+enum q3n_status cuda_attention_decode_dpos(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+                                           float *d_scratch, const int64_t *d_pos, int64_t S_max, int64_t NH,
+                                           int64_t NKV, int64_t HD, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                           struct q3n_error *err);
 /* out[t, h*HD + d] = x[t,h,d] * sigmoid(gate[t*NH*ldg... ]): gate row t, head h at
  * d_gate + (t*NH + h)*ldg (ldg = 2*HD when the gate sits inside q_proj's output). */
 enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,

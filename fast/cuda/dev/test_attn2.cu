@@ -1,0 +1,401 @@
+/* test_attn2.cu — the attention kernels of session 2: device-position decode launchers (CUDA graph
+ * decode), flash prefill v3 and the split-K decode kernel, each validated against ref_attention_forward
+ * (linked from libq3n.a) and against the previous kernel before it is timed.
+ *
+ * Inputs are bf16-rounded random normals; outputs are NaN-poisoned with a sentinel guard; every case
+ * runs REPEAT times and must be bitwise identical. One line per case; exit status 1 on any failure.
+ *
+ *   test_attn2            all cases, then timings (old vs new) at T=4096/16384 and decode at S=4096
+ *   test_attn2 --quick    cases only */
+#include <algorithm>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#include "../cuda_ops.h"
+
+extern "C" {
+#include "../../../harness/compare.h"
+#include "../../../harness/rng.h"
+#include "../../../ref/ops.h"
+}
+
+#define REPEAT 3
+#define GUARD 64
+static int g_fail = 0, g_cases = 0;
+static cudaStream_t g_stream;
+
+#define CK(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));           \
+            exit(2);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+/* Launchers take `err` by name: */
+static struct q3n_error g_err;
+#define E (&g_err)
+#define RUN(call)                                                                                            \
+    do {                                                                                                     \
+        if ((call) != Q3N_OK) {                                                                              \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, g_err.msg);                                   \
+            exit(2);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+
+static struct q3n_rng g_rng;
+static std::vector<float> randn(int64_t n, double std)
+{
+    std::vector<float> v((size_t)n);
+    for (auto &x : v) x = (float)(q3n_rng_normal(&g_rng) * std);
+    return v;
+}
+static std::vector<float> randu(int64_t n, double lo, double hi)
+{
+    std::vector<float> v((size_t)n);
+    for (auto &x : v) x = (float)q3n_rng_range(&g_rng, lo, hi);
+    return v;
+}
+static float bf16_round(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static std::vector<float> rounded(std::vector<float> v)
+{
+    for (auto &x : v) x = bf16_round(x);
+    return v;
+}
+
+/* Device buffer with NaN poison and a guard of GUARD sentinel bytes after it. */
+struct dbuf {
+    void *p = nullptr;
+    size_t bytes = 0;
+};
+static dbuf dnew(size_t bytes)
+{
+    dbuf b;
+    b.bytes = bytes;
+    CK(cudaMalloc(&b.p, bytes + GUARD));
+    CK(cudaMemset(b.p, 0xff, bytes)); /* 0xffffffff is a NaN in float32 and bfloat16 */
+    CK(cudaMemset((char *)b.p + bytes, 0x5a, GUARD));
+    return b;
+}
+static int guard_ok(const dbuf &b)
+{
+    unsigned char g[GUARD];
+    CK(cudaMemcpy(g, (char *)b.p + b.bytes, GUARD, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < GUARD; i++)
+        if (g[i] != 0x5a) return 0;
+    return 1;
+}
+static void poison(const dbuf &b) { CK(cudaMemset(b.p, 0xff, b.bytes)); }
+static void dfree(dbuf &b) { CK(cudaFree(b.p)); }
+
+/* Upload as f32 or bf16 */
+static dbuf up(const std::vector<float> &v, int bf)
+{
+    dbuf b = dnew(v.size() * (bf ? 2 : 4));
+    if (!bf) {
+        CK(cudaMemcpy(b.p, v.data(), b.bytes, cudaMemcpyHostToDevice));
+    } else {
+        std::vector<uint16_t> h(v.size());
+        for (size_t i = 0; i < v.size(); i++) {
+            float r = bf16_round(v[i]);
+            uint32_t u;
+            memcpy(&u, &r, 4);
+            h[i] = (uint16_t)(u >> 16);
+        }
+        CK(cudaMemcpy(b.p, h.data(), b.bytes, cudaMemcpyHostToDevice));
+    }
+    return b;
+}
+static std::vector<float> down(const dbuf &b, int64_t n, int bf)
+{
+    std::vector<float> v((size_t)n);
+    if (!bf) {
+        CK(cudaMemcpy(v.data(), b.p, 4 * (size_t)n, cudaMemcpyDeviceToHost));
+    } else {
+        std::vector<uint16_t> h((size_t)n);
+        CK(cudaMemcpy(h.data(), b.p, 2 * (size_t)n, cudaMemcpyDeviceToHost));
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)h[i] << 16;
+            memcpy(&v[i], &u, 4);
+        }
+    }
+    return v;
+}
+
+/* Compares got against want; prints one line; returns 1 on pass. */
+static int check(const char *what, const std::vector<float> &got, const std::vector<float> &want, double max_rel_l2,
+                 int deterministic, const dbuf *guard)
+{
+    g_cases++;
+    std::vector<double> a(got.begin(), got.end()), b(want.begin(), want.end());
+    struct q3n_tolerance tol;
+    memset(&tol, 0, sizeof tol);
+    tol.rtol = 0;
+    tol.atol = 0;
+    tol.small = 1e-30;
+    tol.rel_l2 = max_rel_l2;
+    struct q3n_metrics m;
+    q3n_compare_f64(&m, a.data(), b.data(), (int64_t)a.size(), &tol, Q3N_ULP_F32);
+    const int gok = guard ? guard_ok(*guard) : 1;
+    const int pass = m.nonfinite_bad == 0 && m.nan_a == 0 && m.inf_a == 0 && m.rel_l2 <= max_rel_l2 &&
+                     deterministic && gok && got.size() == want.size();
+    printf("%-62s rel_l2=%.2e max_abs=%.2e at %lld (got %.6g want %.6g) ulp_max=%.0f nonfinite=%lld det=%s guard=%s "
+           "tol=%.0e %s\n",
+           what, m.rel_l2, m.max_abs, (long long)m.max_abs_index, m.a_at_max, m.b_at_max, m.ulp_max,
+           (long long)(m.nan_a + m.inf_a), deterministic ? "yes" : "NO", gok ? "ok" : "BROKEN", max_rel_l2,
+           pass ? "OK" : "FAIL");
+    if (!pass) g_fail++;
+    return pass;
+}
+
+static int same_bits(const std::vector<float> &a, const std::vector<float> &b)
+{
+    return a.size() == b.size() && memcmp(a.data(), b.data(), 4 * a.size()) == 0;
+}
+
+static const char *dtn(int bf) { return bf ? "bf16" : "f32"; }
+static enum q3n_compute_dtype DT(int bf) { return bf ? Q3N_COMPUTE_BF16 : Q3N_COMPUTE_F32; }
+
+static std::vector<float> randb(int64_t n, int bf)
+{
+    auto v = randn(n, 1.0);
+    return bf ? rounded(v) : v;
+}
+
+/* ---- prefill / forward: new kernel vs ref_attention_forward and vs the previous kernel ---- */
+static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int bf)
+{
+    const int64_t S = pos0 + T, n = T * NH * HD;
+    auto q = randb(n, bf), kc = randb(S * NKV * HD, bf), vc = randb(S * NKV * HD, bf);
+    std::vector<float> want((size_t)n), scr((size_t)S);
+    ref_attention_forward(want.data(), q.data(), kc.data(), vc.data(), scr.data(), T, pos0, NH, NKV, HD);
+    const size_t as = bf ? 2 : 4;
+    dbuf dq = up(q, bf), dk = up(kc, bf), dv = up(vc, bf), o = dnew(n * as), o1 = dnew(n * as);
+    dbuf scratch = dnew((size_t)(cuda_attention_scratch(T, NH, HD, S) + 1) * 4);
+    std::vector<float> first, old;
+    int det = 1, det1 = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        poison(o), poison(o1);
+        RUN(cuda_attention_forward(o.p, dq.p, dk.p, dv.p, (float *)scratch.p, T, pos0, NH, NKV, HD, DT(bf), g_stream,
+                                   E));
+        RUN(cuda_attention_forward_ver(o1.p, dq.p, dk.p, dv.p, (float *)scratch.p, T, pos0, NH, NKV, HD, 1, DT(bf),
+                                       g_stream, E));
+        CK(cudaStreamSynchronize(g_stream));
+        auto got = down(o, n, bf), got1 = down(o1, n, bf);
+        if (r == 0) first = got, old = got1;
+        else det &= same_bits(first, got), det1 &= same_bits(old, got1);
+    }
+    char name[200];
+    snprintf(name, sizeof name, "attention[%s] T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld %s",
+             cuda_attention_kernel(T, HD, DT(bf)), (long long)T, (long long)pos0, (long long)NH, (long long)NKV,
+             (long long)HD, dtn(bf));
+    check(name, first, want, bf ? 2e-2 : 2e-6, det, &o);
+    snprintf(name, sizeof name, "  old kernel (ver 1) T=%lld pos0=%lld HD=%lld %s", (long long)T, (long long)pos0,
+             (long long)HD, dtn(bf));
+    check(name, old, want, bf ? 2e-2 : 2e-6, det1, &o1);
+    snprintf(name, sizeof name, "  new vs old T=%lld pos0=%lld HD=%lld %s", (long long)T, (long long)pos0,
+             (long long)HD, dtn(bf));
+    check(name, first, old, bf ? 2e-2 : 2e-6, 1, NULL);
+    dfree(dq), dfree(dk), dfree(dv), dfree(o), dfree(o1), dfree(scratch);
+}
+
+/* ---- device-position decode, captured once in a CUDA graph and replayed at several positions, against
+ * the pos0 launchers (bitwise: q, both caches, attention output) and against ref_attention_forward ---- */
+static void case_dpos(int64_t S_max, int64_t NH, int64_t NKV, int64_t HD, int bf, const std::vector<int64_t> &positions)
+{
+    const int64_t rot = (HD / 4) & ~(int64_t)1, nq = NH * HD, nc = S_max * NKV * HD;
+    const size_t as = bf ? 2 : 4;
+    auto qg = randb(2 * nq, bf), kp = randb(NKV * HD, bf), vp = randb(NKV * HD, bf), kc0 = randb(nc, bf),
+         vc0 = randb(nc, bf);
+    auto qw = randu(HD, -0.5, 0.5), kw = randu(HD, -0.5, 0.5);
+    dbuf dqg = up(qg, bf), dkp = up(kp, bf), dvp = up(vp, bf), dqw = up(qw, 0), dkw = up(kw, 0);
+    dbuf kinit = up(kc0, bf), vinit = up(vc0, bf);
+    dbuf kA = dnew(nc * as), vA = dnew(nc * as), qA = dnew(nq * as), oA = dnew(nq * as);
+    dbuf kB = dnew(nc * as), vB = dnew(nc * as), qB = dnew(nq * as), oB = dnew(nq * as);
+    dbuf sA = dnew((size_t)(cuda_attention_scratch(1, NH, HD, S_max) + 1) * 4);
+    dbuf sB = dnew((size_t)(cuda_attention_scratch(1, NH, HD, S_max) + 1) * 4);
+    dbuf dpos = dnew(sizeof(int64_t));
+    /* capture once */
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
+    RUN(cuda_attn_qk_prep_dpos(qB.p, NULL, kB.p, vB.p, NULL, dqg.p, dkp.p, dvp.p, (float *)dqw.p, (float *)dkw.p,
+                               (const int64_t *)dpos.p, NH, NKV, HD, rot, 1e7, 1e-6, DT(bf), g_stream, E));
+    RUN(cuda_attention_decode_dpos(oB.p, qB.p, kB.p, vB.p, (float *)sB.p, (const int64_t *)dpos.p, S_max, NH, NKV, HD,
+                                   DT(bf), g_stream, E));
+    CK(cudaStreamEndCapture(g_stream, &graph));
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int64_t pos : positions) {
+        std::vector<float> first;
+        int det = 1, same = 1;
+        for (int r = 0; r < REPEAT; r++) {
+            for (dbuf *b : {&qA, &oA, &qB, &oB}) poison(*b);
+            CK(cudaMemcpy(kA.p, kinit.p, kinit.bytes, cudaMemcpyDeviceToDevice));
+            CK(cudaMemcpy(vA.p, vinit.p, vinit.bytes, cudaMemcpyDeviceToDevice));
+            CK(cudaMemcpy(kB.p, kinit.p, kinit.bytes, cudaMemcpyDeviceToDevice));
+            CK(cudaMemcpy(vB.p, vinit.p, vinit.bytes, cudaMemcpyDeviceToDevice));
+            CK(cudaMemcpy(dpos.p, &pos, sizeof pos, cudaMemcpyHostToDevice));
+            RUN(cuda_attn_qk_prep(qA.p, NULL, kA.p, vA.p, NULL, dqg.p, dkp.p, dvp.p, (float *)dqw.p, (float *)dkw.p, 1,
+                                  pos, NH, NKV, HD, rot, 1e7, 1e-6, DT(bf), g_stream, E));
+            RUN(cuda_attention_forward(oA.p, qA.p, kA.p, vA.p, (float *)sA.p, 1, pos, NH, NKV, HD, DT(bf), g_stream,
+                                       E));
+            CK(cudaGraphLaunch(exec, g_stream));
+            CK(cudaStreamSynchronize(g_stream));
+            auto a = down(oA, nq, bf), b = down(oB, nq, bf);
+            same &= same_bits(a, b) && same_bits(down(qA, nq, bf), down(qB, nq, bf)) &&
+                    same_bits(down(kA, nc, bf), down(kB, nc, bf)) && same_bits(down(vA, nc, bf), down(vB, nc, bf));
+            if (r == 0) first = b; else det &= same_bits(first, b);
+        }
+        /* reference on the caches the pos0 path produced (qk_prep itself is checked by test_kernels) */
+        auto q = down(qA, nq, bf), kc = down(kA, (pos + 1) * NKV * HD, bf), vc = down(vA, (pos + 1) * NKV * HD, bf);
+        std::vector<float> want((size_t)nq), scr((size_t)(pos + 1));
+        ref_attention_forward(want.data(), q.data(), kc.data(), vc.data(), scr.data(), 1, pos, NH, NKV, HD);
+        char name[200];
+        snprintf(name, sizeof name, "decode_dpos(graph)[%s] pos=%lld S_max=%lld NH=%lld NKV=%lld HD=%lld %s",
+                 cuda_attention_kernel(1, HD, DT(bf)), (long long)pos, (long long)S_max, (long long)NH, (long long)NKV,
+                 (long long)HD, dtn(bf));
+        check(name, first, want, bf ? 2e-2 : 2e-6, det, &oB);
+        snprintf(name, sizeof name, "  dpos == pos0 launchers bitwise (q, kc, vc, out) pos=%lld", (long long)pos);
+        check(name, first, first, 0.0, same, &kB);
+    }
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    for (dbuf *b : {&dqg, &dkp, &dvp, &dqw, &dkw, &kinit, &vinit, &kA, &vA, &qA, &oA, &kB, &vB, &qB, &oB, &sA, &sB,
+                    &dpos})
+        dfree(*b);
+}
+
+/* ---- timings: CUDA events around each call, median of N after a warm-up ---- */
+static float time_calls(int N, void (*fn)(void *), void *arg)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    fn(arg);
+    fn(arg);
+    std::vector<float> ms;
+    for (int r = 0; r < N; r++) {
+        CK(cudaEventRecord(a, g_stream));
+        fn(arg);
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        float t;
+        CK(cudaEventElapsedTime(&t, a, b));
+        ms.push_back(t);
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+}
+
+struct fwd_args {
+    void *o, *q, *k, *v;
+    float *scratch;
+    int64_t T, pos0, NH, NKV, HD;
+    int old;
+    cudaGraphExec_t exec;
+};
+static void fwd_call(void *p)
+{
+    fwd_args *a = (fwd_args *)p;
+    RUN(cuda_attention_forward_ver(a->o, a->q, a->k, a->v, a->scratch, a->T, a->pos0, a->NH, a->NKV, a->HD, a->old,
+                                   Q3N_COMPUTE_BF16, g_stream, E));
+}
+static void graph_call(void *p) { CK(cudaGraphLaunch(((fwd_args *)p)->exec, g_stream)); }
+
+static void bench_prefill(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
+{
+    const size_t n = (size_t)(T * NH * HD), nk = (size_t)(T * NKV * HD);
+    auto hq = randb((int64_t)n, 1), hk = randb((int64_t)nk, 1), hv = randb((int64_t)nk, 1);
+    dbuf q = up(hq, 1), kc = up(hk, 1), vc = up(hv, 1), o = dnew(n * 2);
+    const double flops = 4.0 * NH * HD * (double)T * (T + 1) / 2.0;
+    for (int old = 1; old >= 0; old--) {
+        fwd_args a = {o.p, q.p, kc.p, vc.p, NULL, T, 0, NH, NKV, HD, old, NULL};
+        const float ms = time_calls(10, fwd_call, &a);
+        printf("BENCH attention prefill[%s] T=%lld NH=%lld NKV=%lld HD=%lld causal bf16: %.3f ms (median of 10), "
+               "%.0f TFLOP/s\n",
+               old ? "old: flash_mma_bf16_v2" : cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), (long long)T,
+               (long long)NH, (long long)NKV, (long long)HD, ms, flops / (ms * 1e-3) / 1e12);
+    }
+    dfree(q), dfree(kc), dfree(vc), dfree(o);
+}
+
+static void bench_decode(int64_t S, int64_t NH, int64_t NKV, int64_t HD)
+{
+    const size_t nk = (size_t)(S * NKV * HD);
+    auto hq = randb(NH * HD, 1), hk = randb((int64_t)nk, 1), hv = randb((int64_t)nk, 1);
+    dbuf q = up(hq, 1), kc = up(hk, 1), vc = up(hv, 1), o = dnew(NH * HD * 2);
+    dbuf scratch = dnew((size_t)cuda_attention_scratch(1, NH, HD, S) * 4), dpos = dnew(8);
+    const int64_t pos = S - 1;
+    CK(cudaMemcpy(dpos.p, &pos, 8, cudaMemcpyHostToDevice));
+    for (int old = 1; old >= 0; old--) {
+        fwd_args a = {o.p, q.p, kc.p, vc.p, (float *)scratch.p, 1, S - 1, NH, NKV, HD, old, NULL};
+        const float ms = time_calls(50, fwd_call, &a);
+        printf("BENCH attention decode[%s] S=%lld NH=%lld NKV=%lld HD=%lld bf16: %.2f us (median of 50, launch incl.)\n",
+               old ? "old: rows_v1(split-K decode)" : cuda_attention_kernel(1, HD, Q3N_COMPUTE_BF16), (long long)S,
+               (long long)NH, (long long)NKV, (long long)HD, ms * 1e3);
+    }
+    /* the graph-decode form: 20 decode_dpos calls in one graph, per-call device time */
+    fwd_args a = {o.p, q.p, kc.p, vc.p, (float *)scratch.p, 1, S - 1, NH, NKV, HD, 0, NULL};
+    cudaGraph_t graph;
+    CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < 20; i++)
+        RUN(cuda_attention_decode_dpos(o.p, q.p, kc.p, vc.p, (float *)scratch.p, (const int64_t *)dpos.p, S, NH, NKV,
+                                       HD, Q3N_COMPUTE_BF16, g_stream, E));
+    CK(cudaStreamEndCapture(g_stream, &graph));
+    CK(cudaGraphInstantiate(&a.exec, graph, 0));
+    const float ms = time_calls(20, graph_call, &a);
+    printf("BENCH attention decode_dpos in a graph [%s] S=%lld: %.2f us per call (20 calls per graph, median of 20)\n",
+           cuda_attention_kernel(1, HD, Q3N_COMPUTE_BF16), (long long)S, ms * 1e3 / 20);
+    CK(cudaGraphExecDestroy(a.exec));
+    CK(cudaGraphDestroy(graph));
+    dfree(q), dfree(kc), dfree(vc), dfree(o), dfree(scratch), dfree(dpos);
+}
+
+int main(int argc, char **argv)
+{
+    q3n_rng_seed(&g_rng, 20261123);
+    CK(cudaStreamCreate(&g_stream));
+    const int quick = argc >= 2 && strcmp(argv[1], "--quick") == 0;
+    /* device-position decode (graph) vs the pos0 launchers */
+    for (int bf = 1; bf >= 0; bf--) {
+        case_dpos(300, 4, 2, 64, bf, {0, 1, 255, 256, 299});
+        case_dpos(1000, 16, 2, 256, bf, {5, 511, 512, 999});
+        case_dpos(700, 8, 1, 128, bf, {0, 640, 699});
+    }
+    /* forward: T in {1, 63, 64, 65, 130, 300, 1000, 4096}, continuations, HD 256/128, GQA 8 */
+    const int64_t Ts[] = {1, 63, 64, 65, 130, 300, 1000, 4096};
+    for (int64_t T : Ts) case_forward(T, 0, 16, 2, 256, 1);
+    for (int64_t T : Ts)
+        if (T <= 1000) case_forward(T, 0, 8, 1, 128, 1);
+    case_forward(65, 100, 16, 2, 256, 1);
+    case_forward(130, 700, 16, 2, 256, 1);
+    case_forward(1, 4095, 16, 2, 256, 1);
+    case_forward(1, 777, 8, 1, 128, 1);
+    case_forward(63, 1, 4, 2, 128, 1);
+    case_forward(300, 64, 4, 1, 256, 1);
+    case_forward(70, 3, 4, 2, 64, 1);
+    case_forward(33, 40, 8, 2, 100, 1);
+    case_forward(65, 0, 16, 2, 256, 0);
+    case_forward(1, 700, 16, 2, 256, 0);
+    printf("%d cases, %d failed\n", g_cases, g_fail);
+    if (g_fail) return 1;
+    if (!quick) {
+        bench_decode(4096, 16, 2, 256);
+        bench_prefill(4096, 16, 2, 256);
+        bench_prefill(16384, 16, 2, 256);
+    }
+    return 0;
+}
