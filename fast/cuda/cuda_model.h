@@ -26,11 +26,19 @@ enum q3n_status cuda_session_open_random(void **session, const struct q3n_config
 enum q3n_status cuda_session_forward_last(void *session, float *logits, const int64_t *tokens, int64_t T,
                                           struct q3n_error *err);
 
-/* Per-phase device time (CUDA events, no extra syncs inside the layers): on != 0 starts recording;
- * ms4 (may be NULL) receives the milliseconds accumulated since the last call in the deltanet
- * mixers, the attention mixers, the MoE/MLP blocks and everything else (embed, norms, residuals,
- * lm_head not included), then the counters restart. */
+/* Per-phase device time (CUDA events, no extra syncs inside the layers): a call with on != 0 and
+ * ms4 == NULL starts recording; a call with ms4 != NULL (or on == 0) stops it, and ms4 receives
+ * the milliseconds accumulated since the last call in the deltanet mixers, the attention mixers,
+ * the MoE/MLP blocks and everything else (embed, norms, residuals, lm_head not included), then
+ * the counters restart. While recording, decode steps run eagerly (events cannot sit inside the
+ * CUDA graph). */
 enum q3n_status cuda_session_profile(void *session, int on, double *ms4, struct q3n_error *err);
+
+/* Decode steps (one token after a prefill, taps off) replay a CUDA graph captured on the first
+ * such step; on == 0 runs them eagerly (the same launches, bitwise the same logits). */
+enum q3n_status cuda_session_decode_graph(void *session, int on, struct q3n_error *err);
+/* "captured", "not captured yet", or why the capture failed (the session then stays eager). */
+const char *cuda_session_graph_status(void *session);
 
 /* Waits for the session's stream (benchmarks time with host clocks around it). */
 enum q3n_status cuda_session_sync(void *session, struct q3n_error *err);

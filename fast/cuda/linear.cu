@@ -3,7 +3,8 @@
  * Row-major out [T,N] = x [T,Kin] W[N,Kin]^T is, in cuBLAS's column-major view,
  * out^T (N x T) = W^T (N x Kin, stored as Kin x N) * x^T (Kin x T). CUBLAS_COMPUTE_32F with the
  * handle in CUBLAS_DEFAULT_MATH: true float32 in f32 mode (TF32 is never enabled), bf16 tensor
- * cores with float32 accumulation in bf16 mode. */
+ * cores with float32 accumulation in bf16 mode. One bf16 row (T == 1: decode, the lm_head of the last
+ * token) goes through gemv_bf16_kernel instead, which streams W at close to HBM bandwidth. */
 #include "common.cuh"
 
 template <typename T>
@@ -14,6 +15,93 @@ __global__ void add_bias_kernel(T *out, const float *bias, int64_t T_, int64_t N
         st(out + i, ld(out + i) + bias[i % N]);
 }
 
+/* ---- one-row GEMV (decode, bf16) ----
+ * out[n] = T(sum_k W[n,k] x[k]) (+ bias[n] after the rounding, as add_bias_kernel does):
+ * one warp per output row at a time (grid-stride over rows), x staged in shared memory, W read
+ * in 16-byte chunks (8 bf16): lane l takes chunks l, l+32, ... of the row, GEMV_UNR chunks in
+ * flight before their FMAs, float32 accumulation in a fixed order, then a fixed xor-tree over
+ * the warp. Memory-bound: every byte of W is read once; x comes from shared memory. */
+#define GEMV_UNR 8
+#define GEMV_WARPS 8
+#define GEMV_BLOCKS_PER_SM 4 /* <= 64 registers: 8 chunks of 16 bytes in flight per lane */
+
+__device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+__device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
+{
+    acc = fmaf(bf_lo(w.x), bf_lo(x.x), acc);
+    acc = fmaf(bf_hi(w.x), bf_hi(x.x), acc);
+    acc = fmaf(bf_lo(w.y), bf_lo(x.y), acc);
+    acc = fmaf(bf_hi(w.y), bf_hi(x.y), acc);
+    acc = fmaf(bf_lo(w.z), bf_lo(x.z), acc);
+    acc = fmaf(bf_hi(w.z), bf_hi(x.z), acc);
+    acc = fmaf(bf_lo(w.w), bf_lo(x.w), acc);
+    acc = fmaf(bf_hi(w.w), bf_hi(x.w), acc);
+    return acc;
+}
+
+/* Streamed weights: read-only path, not kept in L1. */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_BLOCKS_PER_SM) gemv_bf16_kernel(bf16 *out, const uint4 *x, const uint4 *W,
+                                                                    const float *bias, int N, int nc)
+{
+    extern __shared__ uint4 xs[]; /* [nc] */
+    for (int c = threadIdx.x; c < nc; c += blockDim.x) xs[c] = x[c];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int warps = gridDim.x * GEMV_WARPS;
+    for (int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5); n < N; n += warps) {
+        const uint4 *wr = W + (int64_t)n * nc;
+        float acc = 0.0f;
+        for (int c0 = lane; c0 < nc; c0 += 32 * GEMV_UNR) {
+            uint4 wv[GEMV_UNR] = {};
+#pragma unroll
+            for (int u = 0; u < GEMV_UNR; u++)
+                if (c0 + 32 * u < nc) wv[u] = ld_stream(wr + c0 + 32 * u);
+#pragma unroll
+            for (int u = 0; u < GEMV_UNR; u++)
+                if (c0 + 32 * u < nc) acc = dot8(wv[u], xs[c0 + 32 * u], acc);
+        }
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) {
+            float v = __bfloat162float(__float2bfloat16_rn(acc));
+            if (bias) v += bias[n];
+            out[n] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+/* The GEMV takes bf16, one row, Kin a multiple of 8, 16-byte aligned x and W, x in 48 KB. */
+static int gemv_ok(const void *x, const void *W, int64_t T, int64_t Kin, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && T == 1 && Kin % 8 == 0 && Kin * 2 <= 48 * 1024 &&
+           ((uintptr_t)x % 16) == 0 && ((uintptr_t)W % 16) == 0;
+}
+
+static enum q3n_status gemv_launch(void *d_out, const void *d_x, const void *d_W, const float *d_bias, int64_t N,
+                                   int64_t Kin, cudaStream_t stream, struct q3n_error *err)
+{
+    int dev = 0, sms = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t need = (N + GEMV_WARPS - 1) / GEMV_WARPS, cap = (int64_t)sms * GEMV_BLOCKS_PER_SM;
+    const unsigned grid = (unsigned)(need < cap ? need : cap);
+    const int nc = (int)(Kin / 8);
+    gemv_bf16_kernel<<<grid, 32 * GEMV_WARPS, sizeof(uint4) * (size_t)nc, stream>>>(
+        (bf16 *)d_out, (const uint4 *)d_x, (const uint4 *)d_W, d_bias, (int)N, nc);
+    CU_LAUNCHED("gemv_bf16_kernel");
+    return Q3N_OK;
+}
+
 extern "C" enum q3n_status cuda_linear_forward(void *d_out, const void *d_x, const void *d_W, const float *d_bias,
                                                int64_t T, int64_t N, int64_t Kin, enum q3n_compute_dtype dt,
                                                cublasHandle_t blas, cudaStream_t stream, struct q3n_error *err)
@@ -21,6 +109,7 @@ extern "C" enum q3n_status cuda_linear_forward(void *d_out, const void *d_x, con
     Q3N_REQUIRE(T >= 0 && N > 0 && Kin > 0);
     Q3N_REQUIRE(T <= INT32_MAX && N <= INT32_MAX && Kin <= INT32_MAX);
     if (T == 0) return Q3N_OK;
+    if (gemv_ok(d_x, d_W, T, Kin, dt)) return gemv_launch(d_out, d_x, d_W, d_bias, N, Kin, stream, err);
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t ty = dt == Q3N_COMPUTE_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     CUBLAS_CHECK(cublasSetStream(blas, stream));

@@ -7,7 +7,13 @@
  * g, beta, the delta rule (q, k, v, state) and the conv state stay float32. Prefill (T > 1 or
  * no previous state) runs the chunked delta rule, decode the recurrent step. A decode step
  * (T*K <= 64 MoE rows, taps off) launches every layer without waiting on the host; prefill waits
- * once per MoE layer for the per-expert row counts that size its GEMMs. */
+ * once per MoE layer for the per-expert row counts that size its GEMMs.
+ *
+ * Decode (one token after a prefill) reads its token id and position from the device (step_dev,
+ * filled by one copy from pinned host memory), so the step is the same launch list at every
+ * position: with taps off, no forced routing and no profile it is captured once per session as
+ * a CUDA graph (embed .. final norm .. lm_head .. float32 logits) and replayed per token. The
+ * eager T == 1 path runs the very same launches, so both give bitwise the same logits. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +25,7 @@
 #define MAX_ALLOCS 8192
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
+#define BLAS_WS_BYTES ((size_t)32 << 20)
 
 struct dev_mlp {
     void *gate_up; /* [2W, D]: gate rows then up rows */
@@ -91,7 +98,18 @@ struct cuda_session {
     int32_t *host_counts, *host_offsets;
     /* what ran since the last reset */
     int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv, ran_moe_grouped;
+    int ran_decode_graph, ran_decode_eager;
     char desc[512];
+    /* decode step: [token id, position] on the device and its pinned host staging; the captured
+     * graph (graph_state 0 = not tried, 1 = ready, -1 = capture failed: eager, graph_why says why);
+     * graph_ran = the ran_* flags the captured step sets, replayed with it; graph_off forces eager */
+    int64_t *step_dev, *step_host;
+    void *blas_ws;
+    cudaGraph_t graph;
+    cudaGraphExec_t graph_exec;
+    int graph_state, graph_off;
+    uint64_t graph_ran;
+    char graph_why[96];
     /* optional per-phase timing (cuda_session_profile): events around each block */
     int profile;
     cudaEvent_t ev[2 * 4 * 64 + 2];
@@ -307,6 +325,10 @@ static enum q3n_status alloc_work(struct cuda_session *s, struct q3n_error *err)
     DALLOC(w->lbuf, LM_CHUNK * c->vocab_size * as);
     DALLOC(w->lbuf32, LM_CHUNK * c->vocab_size * 4);
     DALLOC(w->tokens, Tm * 8);
+    DALLOC(s->step_dev, 2 * sizeof(int64_t));
+    /* cuBLAS must not allocate while a graph is being captured: a fixed workspace */
+    DALLOC(s->blas_ws, BLAS_WS_BYTES);
+    CUBLAS_CHECK(cublasSetWorkspace(s->blas, s->blas_ws, BLAS_WS_BYTES));
     if (s->has_mtp) {
         DALLOC(s->last_hidden, s->opt.max_tokens * D * as);
         DALLOC(w->cat, Tm * 2 * D * as);
@@ -345,6 +367,7 @@ static enum q3n_status reset_caches(struct cuda_session *s, struct q3n_error *er
     s->has_prev = 0;
     s->last_T = s->last_pos0 = s->mtp_len = 0;
     s->ran_chunked = s->ran_recurrent = s->ran_flash = s->ran_rows = s->ran_moe_gemm = s->ran_moe_gemv = s->ran_moe_grouped = 0;
+    s->ran_decode_graph = s->ran_decode_eager = 0;
     return Q3N_OK;
 }
 
@@ -371,6 +394,7 @@ static enum q3n_status session_new(struct cuda_session **out, const struct q3n_c
     CUBLAS_CHECK(cublasCreate(&s->blas));
     CUBLAS_CHECK(cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH)); /* no TF32 */
     CUBLAS_CHECK(cublasSetStream(s->blas, s->stream));
+    CU_CHECK(cudaMallocHost((void **)&s->step_host, 2 * sizeof(int64_t)));
     return Q3N_OK;
 }
 
@@ -578,8 +602,6 @@ static enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink
     if (n > s->tap_cap) {
         free(s->tap_host);
         if (s->tap_dev) cudaFree(s->tap_dev);
-    if (s->profile)
-        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++) cudaEventDestroy(s->ev[i]);
         s->tap_dev = NULL;
         s->tap_cap = 0;
         s->tap_host = (float *)malloc(sizeof(float) * (size_t)n);
@@ -706,8 +728,9 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, cons
     return Q3N_OK;
 }
 
+/* dpos != NULL (one decode token): the position is read on the device (*dpos == pos0). */
 static enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
-                                  const struct q3n_tap_sink *taps, struct q3n_error *err)
+                                  const int64_t *dpos, const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
     struct dev_layer *L = &s->layers[l];
@@ -730,14 +753,24 @@ static enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char 
         const int64_t dims[3] = {T, NH, HD};
         Q3N_TRY(tap_dev(s, taps, 1, ACT(qg, HD), 2 * HD, HD, 3, dims, err, "%s.self_attn.gate", p));
     }
-    Q3N_TRY(cuda_attn_qk_prep(w->q, w->qn, L->kc, L->vc, w->kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
-                              c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
+    const int tapping = taps && taps->fn;
+    void *qn = tapping ? w->qn : NULL, *kn = tapping ? w->kn : NULL;
+    if (dpos)
+        Q3N_TRY(cuda_attn_qk_prep_dpos(w->q, qn, L->kc, L->vc, kn, qg, kp, vp, L->q_norm, L->k_norm, dpos, NH, NKV, HD,
+                                       c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
+    else
+        Q3N_TRY(cuda_attn_qk_prep(w->q, qn, L->kc, L->vc, kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
+                                  c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
     TAPA3(w->qn, T, NH, HD, "%s.self_attn.q_norm.out", p);
     TAPA3(w->kn, T, NKV, HD, "%s.self_attn.k_norm.out", p);
     TAPA3(w->q, T, NH, HD, "%s.self_attn.q_rope", p);
     TAPA3(ACT(L->kc, pos0 * NKV * HD), T, NKV, HD, "%s.self_attn.k_rope", p);
-    Q3N_TRY(cuda_attention_forward(w->attn, w->q, L->kc, L->vc, w->ascratch, T, pos0, NH, NKV, HD, dt, s->stream,
-                                   err));
+    if (dpos)
+        Q3N_TRY(cuda_attention_decode_dpos(w->attn, w->q, L->kc, L->vc, w->ascratch, dpos, s->opt.max_tokens, NH, NKV,
+                                           HD, dt, s->stream, err));
+    else
+        Q3N_TRY(cuda_attention_forward(w->attn, w->q, L->kc, L->vc, w->ascratch, T, pos0, NH, NKV, HD, dt, s->stream,
+                                       err));
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256)
         s->ran_flash = 1;
     else
@@ -911,10 +944,12 @@ static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *
  * (chunk_v4 = cuda_delta_rule_chunked_kernel(), rec_v1 = recurrent step), attn flash_v2 =
  * flash_mma_bf16_v2, rows_v1 = row/split-K kernel, moe grouped_v1 = grouped bf16 mma GEMM,
  * cublas = per-expert cuBLAS GEMMs, gemv_v1 = decode expert GEMV; gemm = cuBLAS, COMPUTE_32F,
- * default math (no TF32). */
+ * default math (no TF32), +gemv1 = one-row bf16 projections by linear.cu's GEMV; decode=graph:
+ * the one-token step replayed from its CUDA graph, decode=eager: launched op by op
+ * ("(nocapture)": the capture failed, "(off)": graph switched off). */
 static void describe_build(struct cuda_session *s)
 {
-    char dn[48] = "", at[32] = "", moe[48] = "";
+    char dn[48] = "", at[32] = "", moe[48] = "", dec[32] = "";
     if (s->ran_chunked) snprintf(dn, sizeof dn, "chunk_v4/C%lld", (long long)s->opt.chunk_size);
     if (s->ran_recurrent) snprintf(dn + strlen(dn), sizeof dn - strlen(dn), "%srec_v1", dn[0] ? "+" : "");
     if (s->ran_flash) snprintf(at, sizeof at, "flash_v2");
@@ -922,25 +957,72 @@ static void describe_build(struct cuda_session *s)
     if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "grouped_v1");
     if (s->ran_moe_gemm) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%scublas", moe[0] ? "+" : "");
     if (s->ran_moe_gemv) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v1", moe[0] ? "+" : "");
-    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32) dn=%s attn=%s moe=%s",
-             s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", dn[0] ? dn : "-", at[0] ? at : "-", moe[0] ? moe : "-");
+    if (s->ran_decode_graph)
+        snprintf(dec, sizeof dec, " decode=graph");
+    else if (s->ran_decode_eager)
+        snprintf(dec, sizeof dec, " decode=eager%s", s->graph_state < 0 ? "(nocapture)" : s->graph_off ? "(off)" : "");
+    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s",
+             s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", s->dt == Q3N_COMPUTE_BF16 ? "+gemv1" : "", dn[0] ? dn : "-",
+             at[0] ? at : "-", moe[0] ? moe : "-", dec);
 }
 
-/* One decoder layer on w.h (in place), taps under prefix p ("model.layers.3", "mtp.layers.0"). */
-static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
-                                     int prof, const struct q3n_tap_sink *taps, struct q3n_error *err)
+/* The ran_* flags packed 8 bits each (a captured step's flags are replayed with the graph). */
+static uint64_t ran_mask(const struct cuda_session *s)
+{
+    const int f[7] = {s->ran_chunked, s->ran_recurrent, s->ran_flash, s->ran_rows, s->ran_moe_gemm, s->ran_moe_gemv,
+                      s->ran_moe_grouped};
+    uint64_t m = 0;
+    for (int i = 0; i < 7; i++) m |= (uint64_t)(f[i] & 0xff) << (8 * i);
+    return m;
+}
+
+static void ran_set(struct cuda_session *s, uint64_t m)
+{
+    int *f[7] = {&s->ran_chunked, &s->ran_recurrent, &s->ran_flash, &s->ran_rows, &s->ran_moe_gemm, &s->ran_moe_gemv,
+                 &s->ran_moe_grouped};
+    for (int i = 0; i < 7; i++) *f[i] = (int)(m >> (8 * i) & 0xff);
+}
+
+/* The flags of a and b together, each the larger (the versions are ordered). */
+static uint64_t ran_or(uint64_t a, uint64_t b)
+{
+    uint64_t m = 0;
+    for (int i = 0; i < 7; i++) {
+        const uint64_t x = a >> (8 * i) & 0xff, y = b >> (8 * i) & 0xff;
+        m |= (x > y ? x : y) << (8 * i);
+    }
+    return m;
+}
+
+/* How a forward runs its layers: T tokens from position pos0; dpos = that position on the
+ * device (a decode token) or NULL; prof = per-phase events; fuse = each residual add folded
+ * into the next norm (taps off only: no tap may see h between the add and the norm). */
+struct pass {
+    int64_t T, pos0;
+    const int64_t *dpos;
+    int prof, fuse;
+};
+
+/* One decoder layer on w.h (in place), taps under prefix p ("model.layers.3", "mtp.layers.0").
+ * pending: the previous layer's h += y is still to do; it is done by this layer's input norm
+ * (h = T(h + y), xn = rmsnorm(h): one launch, the same roundings as add then norm). With
+ * ps->fuse this layer's own h += y is left pending in w.y. */
+static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const char *p, const struct pass *ps,
+                                     int pending, const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
     struct work *w = &s->w;
     const enum q3n_compute_dtype dt = s->dt;
-    const int64_t D = c->hidden_size;
+    const int64_t D = c->hidden_size, T = ps->T, pos0 = ps->pos0;
+    const int prof = ps->prof;
     struct dev_layer *L = &s->layers[l];
     TAPA2(w->h, T, D, "%s.in", p);
-    Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, L->in_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
+    Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, pending ? w->y : NULL, L->in_norm, T, D, c->rms_norm_eps, dt,
+                                     s->stream, err));
     TAPA2(w->xn, T, D, "%s.input_layernorm.out", p);
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 0], s->stream));
     if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION)
-        Q3N_TRY(attn_block(s, l, p, T, pos0, taps, err));
+        Q3N_TRY(attn_block(s, l, p, T, pos0, ps->dpos, taps, err));
     else
         Q3N_TRY(linear_attn_block(s, l, p, T, taps, err));
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 1], s->stream));
@@ -950,8 +1032,71 @@ static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const ch
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 2], s->stream));
     Q3N_TRY(mlp_block(s, l, p, T, pos0, taps, err));
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 3], s->stream));
-    Q3N_TRY(cuda_add_inplace(w->h, w->y, T * D, dt, s->stream, err));
+    if (!ps->fuse) Q3N_TRY(cuda_add_inplace(w->h, w->y, T * D, dt, s->stream, err));
     TAPA2(w->h, T, D, "%s.out", p);
+    return Q3N_OK;
+}
+
+/* Device work of a forward: embed the tokens at d_tokens, every layer, the final norm into w.xn. */
+static enum q3n_status forward_layers(struct cuda_session *s, const int64_t *d_tokens, const struct pass *ps,
+                                      const struct q3n_tap_sink *taps, struct q3n_error *err)
+{
+    const struct q3n_config *c = &s->cfg;
+    struct work *w = &s->w;
+    const int64_t D = c->hidden_size, T = ps->T;
+    Q3N_TRY(cuda_embed_forward(w->h, d_tokens, s->embed, T, D, s->dt, s->stream, err));
+    TAPA2(w->h, T, D, "model.embed_tokens.out");
+    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+        char p[48];
+        snprintf(p, sizeof p, "model.layers.%d", (int)l);
+        Q3N_TRY(decoder_layer(s, l, p, ps, ps->fuse && l > 0, taps, err));
+    }
+    const void *pending = ps->fuse && c->num_hidden_layers > 0 ? w->y : NULL;
+    Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, pending, s->final_norm, T, D, c->rms_norm_eps, s->dt, s->stream,
+                                     err));
+    TAPA2(w->xn, T, D, "model.norm.out");
+    return Q3N_OK;
+}
+
+static enum q3n_status check_tokens(const struct cuda_session *s, const int64_t *tokens, int64_t T,
+                                    struct q3n_error *err)
+{
+    const struct q3n_config *c = &s->cfg;
+    const int64_t pos0 = s->cache_len;
+    if (T < 1) return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: forward of %lld tokens", (long long)T);
+    if (T > s->Tmax || pos0 + T > s->opt.max_tokens)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: %lld + %lld tokens exceed max_tokens %lld", (long long)pos0,
+                             (long long)T, (long long)s->opt.max_tokens);
+    for (int64_t t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: token %lld at %lld outside vocab %lld",
+                                 (long long)tokens[t], (long long)t, (long long)c->vocab_size);
+    return Q3N_OK;
+}
+
+/* A decode step (one token after a prefill) reads its token and position from step_dev. */
+static int is_decode_step(const struct cuda_session *s, int64_t T) { return T == 1 && s->has_prev; }
+
+static enum q3n_status upload_step(struct cuda_session *s, int64_t token, struct q3n_error *err)
+{
+    /* step_host is free again: every forward ends with a stream synchronisation */
+    s->step_host[0] = token;
+    s->step_host[1] = s->cache_len;
+    CU_CHECK(cudaMemcpyAsync(s->step_dev, s->step_host, 2 * sizeof(int64_t), cudaMemcpyHostToDevice, s->stream));
+    return Q3N_OK;
+}
+
+/* After the device work of T tokens at pos0: the MTP's copy of the final hidden, positions. */
+static enum q3n_status forward_done(struct cuda_session *s, int64_t T, int64_t pos0, struct q3n_error *err)
+{
+    const int64_t D = s->cfg.hidden_size;
+    if (s->last_hidden)
+        CU_CHECK(cudaMemcpyAsync(ACT(s->last_hidden, pos0 * D), s->w.xn, s->as * (size_t)(T * D),
+                                 cudaMemcpyDeviceToDevice, s->stream));
+    s->last_T = T;
+    s->last_pos0 = pos0;
+    s->cache_len += T;
+    s->has_prev = 1;
     return Q3N_OK;
 }
 
@@ -961,33 +1106,19 @@ static enum q3n_status forward_body(struct cuda_session *s, const int64_t *token
 {
     const struct q3n_config *c = &s->cfg;
     struct work *w = &s->w;
-    const enum q3n_compute_dtype dt = s->dt;
-    const int64_t D = c->hidden_size, pos0 = s->cache_len;
-    if (T < 1) return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: forward of %lld tokens", (long long)T);
-    if (T > s->Tmax || pos0 + T > s->opt.max_tokens)
-        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: %lld + %lld tokens exceed max_tokens %lld", (long long)pos0,
-                             (long long)T, (long long)s->opt.max_tokens);
-    for (int64_t t = 0; t < T; t++)
-        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
-            return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: token %lld at %lld outside vocab %lld",
-                                 (long long)tokens[t], (long long)t, (long long)c->vocab_size);
-    CU_CHECK(cudaMemcpyAsync(w->tokens, tokens, sizeof(int64_t) * (size_t)T, cudaMemcpyHostToDevice, s->stream));
-    const int prof = s->profile && c->num_hidden_layers <= 64;
-    if (prof) CU_CHECK(cudaEventRecord(s->ev[2 * 4 * 64], s->stream));
-    Q3N_TRY(cuda_embed_forward(w->h, w->tokens, s->embed, T, D, dt, s->stream, err));
-    TAPA2(w->h, T, D, "model.embed_tokens.out");
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        char p[48];
-        snprintf(p, sizeof p, "model.layers.%d", (int)l);
-        Q3N_TRY(decoder_layer(s, l, p, T, pos0, prof, taps, err));
+    const int64_t pos0 = s->cache_len;
+    Q3N_TRY(check_tokens(s, tokens, T, err));
+    const int decode = is_decode_step(s, T);
+    if (decode) {
+        Q3N_TRY(upload_step(s, tokens[0], err));
+        s->ran_decode_eager = 1;
+    } else {
+        CU_CHECK(cudaMemcpyAsync(w->tokens, tokens, sizeof(int64_t) * (size_t)T, cudaMemcpyHostToDevice, s->stream));
     }
-    Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, s->final_norm, T, D, c->rms_norm_eps, dt, s->stream, err));
-    TAPA2(w->xn, T, D, "model.norm.out");
-    if (s->last_hidden)
-        CU_CHECK(cudaMemcpyAsync(ACT(s->last_hidden, pos0 * D), w->xn, s->as * (size_t)(T * D),
-                                 cudaMemcpyDeviceToDevice, s->stream));
-    s->last_T = T;
-    s->last_pos0 = pos0;
+    const int prof = s->profile && c->num_hidden_layers <= 64;
+    const struct pass ps = {T, pos0, decode ? s->step_dev + 1 : NULL, prof, !(taps && taps->fn)};
+    if (prof) CU_CHECK(cudaEventRecord(s->ev[2 * 4 * 64], s->stream));
+    Q3N_TRY(forward_layers(s, decode ? s->step_dev : w->tokens, &ps, taps, err));
     if (prof) {
         CU_CHECK(cudaEventRecord(s->ev[2 * 4 * 64 + 1], s->stream));
         CU_CHECK(cudaEventSynchronize(s->ev[2 * 4 * 64 + 1]));
@@ -1004,22 +1135,28 @@ static enum q3n_status forward_body(struct cuda_session *s, const int64_t *token
         }
         s->prof_ms[3] += total - parts;
     }
-    s->cache_len += T;
-    s->has_prev = 1;
+    Q3N_TRY(forward_done(s, T, pos0, err));
     describe_build(s);
     return Q3N_OK;
+}
+
+/* lbuf32 [n, V] = float32(lm_head(rows r0..r0+n-1 of w.xn)), n <= LM_CHUNK (n == 1: the GEMV). */
+static enum q3n_status lm_head_chunk(struct cuda_session *s, int64_t r0, int64_t n, struct q3n_error *err)
+{
+    const int64_t D = s->cfg.hidden_size, V = s->cfg.vocab_size;
+    Q3N_TRY(cuda_linear_forward(s->w.lbuf, ACT(s->w.xn, r0 * D), s->lm_head, NULL, n, V, D, s->dt, s->blas, s->stream,
+                                err));
+    return cuda_to_f32(s->w.lbuf32, s->w.lbuf, n, V, V, s->dt, s->stream, err);
 }
 
 /* logits [rows, V] float32 on the host for rows r0.. of w.xn. */
 static enum q3n_status lm_head_rows(struct cuda_session *s, float *logits, int64_t r0, int64_t rows,
                                     struct q3n_error *err)
 {
-    const int64_t D = s->cfg.hidden_size, V = s->cfg.vocab_size;
+    const int64_t V = s->cfg.vocab_size;
     for (int64_t r = 0; r < rows; r += LM_CHUNK) {
         const int64_t n = rows - r < LM_CHUNK ? rows - r : LM_CHUNK;
-        Q3N_TRY(cuda_linear_forward(s->w.lbuf, ACT(s->w.xn, (r0 + r) * D), s->lm_head, NULL, n, V, D, s->dt, s->blas,
-                                    s->stream, err));
-        Q3N_TRY(cuda_to_f32(s->w.lbuf32, s->w.lbuf, n, V, V, s->dt, s->stream, err));
+        Q3N_TRY(lm_head_chunk(s, r0 + r, n, err));
         CU_CHECK(cudaMemcpyAsync(logits + r * V, s->w.lbuf32, sizeof(float) * (size_t)(n * V), cudaMemcpyDeviceToHost,
                                  s->stream));
     }
@@ -1027,10 +1164,82 @@ static enum q3n_status lm_head_rows(struct cuda_session *s, float *logits, int64
     return Q3N_OK;
 }
 
+/* ---- the decode step as a CUDA graph ---- */
+
+/* The graph serves a decode step with taps off, no forced routing and no profile (its events
+ * cannot sit inside a graph), unless switched off or its capture failed. */
+static int graph_eligible(const struct cuda_session *s, int64_t T, const struct q3n_tap_sink *taps)
+{
+    return is_decode_step(s, T) && !s->graph_off && s->graph_state >= 0 && !(taps && taps->fn) &&
+           !s->opt.forced_routing && !s->profile;
+}
+
+/* The device work of one decode step, token and position read from step_dev: exactly the
+ * launches of the eager T == 1 forward (forward_body + lm_head_rows), minus the host copies. */
+static enum q3n_status step_device(struct cuda_session *s, struct q3n_error *err)
+{
+    const struct pass ps = {1, s->cache_len, s->step_dev + 1, 0, 1};
+    Q3N_TRY(forward_layers(s, s->step_dev, &ps, NULL, err));
+    return lm_head_chunk(s, 0, 1, err);
+}
+
+/* Captures step_device once (graph_state 1); on failure notes why in graph_why and sets
+ * graph_state -1, so the session stays eager. Nothing of a capture runs on the device. */
+static void capture_step(struct cuda_session *s)
+{
+    struct q3n_error e = {};
+    const uint64_t saved = ran_mask(s);
+    ran_set(s, 0);
+    cudaGraph_t g = NULL;
+    enum q3n_status st = Q3N_OK;
+    cudaError_t ce = cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal);
+    if (ce == cudaSuccess) {
+        st = step_device(s, &e);
+        ce = cudaStreamEndCapture(s->stream, &g); /* always ends the capture */
+    }
+    s->graph_ran = ran_mask(s);
+    ran_set(s, saved);
+    if (ce == cudaSuccess && st == Q3N_OK) ce = cudaGraphInstantiate(&s->graph_exec, g, 0);
+    if (ce == cudaSuccess && st == Q3N_OK) {
+        s->graph = g;
+        s->graph_state = 1;
+        return;
+    }
+    snprintf(s->graph_why, sizeof s->graph_why, "%.90s", st != Q3N_OK ? e.msg : cudaGetErrorString(ce));
+    (void)cudaGetLastError();
+    if (g) cudaGraphDestroy(g);
+    s->graph_exec = NULL;
+    s->graph_state = -1;
+}
+
+/* One decode step through the graph (captured on first use): copy the token and position in,
+ * replay, copy the logits out. */
+static enum q3n_status graph_step(struct cuda_session *s, float *logits, const int64_t *tokens, struct q3n_error *err)
+{
+    const int64_t pos0 = s->cache_len, V = s->cfg.vocab_size;
+    Q3N_TRY(check_tokens(s, tokens, 1, err));
+    Q3N_TRY(upload_step(s, tokens[0], err));
+    if (s->graph_state == 0) capture_step(s);
+    if (s->graph_state == 1) {
+        CU_CHECK(cudaGraphLaunch(s->graph_exec, s->stream));
+        ran_set(s, ran_or(ran_mask(s), s->graph_ran));
+        s->ran_decode_graph = 1;
+    } else {
+        Q3N_TRY(step_device(s, err));
+        s->ran_decode_eager = 1;
+    }
+    Q3N_TRY(forward_done(s, 1, pos0, err));
+    CU_CHECK(cudaMemcpyAsync(logits, s->w.lbuf32, sizeof(float) * (size_t)V, cudaMemcpyDeviceToHost, s->stream));
+    CU_CHECK(cudaStreamSynchronize(s->stream));
+    describe_build(s);
+    return Q3N_OK;
+}
+
 static enum q3n_status cuda_forward(void *session, float *logits, const int64_t *tokens, int64_t T,
                                     const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     struct cuda_session *s = (struct cuda_session *)session;
+    if (graph_eligible(s, T, taps)) return graph_step(s, logits, tokens, err);
     Q3N_TRY(forward_body(s, tokens, T, taps, err));
     return lm_head_rows(s, logits, 0, T, err);
 }
@@ -1039,17 +1248,34 @@ extern "C" enum q3n_status cuda_session_forward_last(void *session, float *logit
                                                      struct q3n_error *err)
 {
     struct cuda_session *s = (struct cuda_session *)session;
+    if (graph_eligible(s, T, NULL)) return graph_step(s, logits, tokens, err);
     Q3N_TRY(forward_body(s, tokens, T, NULL, err));
     return lm_head_rows(s, logits, T - 1, 1, err);
+}
+
+extern "C" enum q3n_status cuda_session_decode_graph(void *session, int on, struct q3n_error *err)
+{
+    struct cuda_session *s = (struct cuda_session *)session;
+    (void)err;
+    s->graph_off = !on;
+    return Q3N_OK;
+}
+
+extern "C" const char *cuda_session_graph_status(void *session)
+{
+    struct cuda_session *s = (struct cuda_session *)session;
+    return s->graph_state > 0 ? "captured" : s->graph_state < 0 ? s->graph_why : "not captured yet";
 }
 
 extern "C" enum q3n_status cuda_session_profile(void *session, int on, double *ms4, struct q3n_error *err)
 {
     struct cuda_session *s = (struct cuda_session *)session;
-    if (on && !s->profile) {
-        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++) CU_CHECK(cudaEventCreate(&s->ev[i]));
+    if (on && !ms4 && !s->profile) {
+        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++)
+            if (!s->ev[i]) CU_CHECK(cudaEventCreate(&s->ev[i]));
         s->profile = 1;
     }
+    if (!on || ms4) s->profile = 0;
     if (ms4)
         for (int i = 0; i < 4; i++) ms4[i] = s->prof_ms[i];
     for (int i = 0; i < 4; i++) s->prof_ms[i] = 0;
@@ -1101,7 +1327,8 @@ static enum q3n_status cuda_forward_mtp(void *session, float *mtp_logits, const 
                                cudaMemcpyDeviceToDevice, s->stream));
     Q3N_TRY(cuda_linear_forward(w->h, w->cat, s->mtp_fc, NULL, n, D, 2 * D, dt, s->blas, s->stream, err));
     TAPA2(w->h, n, D, "mtp.fc.out");
-    Q3N_TRY(decoder_layer(s, Lm, "mtp.layers.0", n, pos0, 0, taps, err));
+    const struct pass ps = {n, pos0, NULL, 0, 0};
+    Q3N_TRY(decoder_layer(s, Lm, "mtp.layers.0", &ps, 0, taps, err));
     s->mtp_len += n;
     Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, s->mtp_norm, n, D, c->rms_norm_eps, dt, s->stream, err));
     TAPA2(w->xn, n, D, "mtp.norm.out");
@@ -1129,8 +1356,11 @@ static void cuda_close(void *session)
     if (s->stream) cudaStreamSynchronize(s->stream);
     for (int i = 0; i < s->nallocs; i++) cudaFree(s->allocs[i]);
     if (s->tap_dev) cudaFree(s->tap_dev);
-    if (s->profile)
-        for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++) cudaEventDestroy(s->ev[i]);
+    for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++)
+        if (s->ev[i]) cudaEventDestroy(s->ev[i]);
+    if (s->graph_exec) cudaGraphExecDestroy(s->graph_exec);
+    if (s->graph) cudaGraphDestroy(s->graph);
+    if (s->step_host) cudaFreeHost(s->step_host);
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s->tap_host);

@@ -6,7 +6,9 @@
  *
  * Prefill: tokens/s of one forward of T tokens from an empty cache, lm_head on the last token
  * only (as generation does), host wall clock around the synchronised call; best and mean of
- * `reps`. Decode: ms/token of one-token forwards after a prompt (lm_head + logits copy included).
+ * `reps`. Decode: ms/token of one-token forwards after a prompt (lm_head + logits copy included),
+ * eagerly and replayed from the CUDA graph; the per-phase split comes from an eager step. Then
+ * --graph-check N steps run both ways after the same prompt must give bitwise equal logits.
  * Long: one prefill of --long tokens, then checks the last logits are finite. */
 #include <math.h>
 #include <stdio.h>
@@ -39,7 +41,7 @@ int main(int argc, char **argv)
 {
     struct q3n_error err = {};
     const char *dtype = "bf16", *prefill = "4096,16384";
-    int64_t dprompt = 4096, dsteps = 32, longT = 0;
+    int64_t dprompt = 4096, dsteps = 32, longT = 0, gcheck = 8;
     int reps = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
@@ -48,15 +50,16 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--decode-steps") && i + 1 < argc) dsteps = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--long") && i + 1 < argc) longT = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--graph-check") && i + 1 < argc) gcheck = atoll(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_model [--dtype bf16|f32] [--prefill T,T] [--decode-prompt P] "
-                            "[--decode-steps N] [--long T] [--reps R]\n");
+                            "[--decode-steps N] [--long T] [--reps R] [--graph-check N]\n");
             return 2;
         }
     }
     struct q3n_config cfg;
     TRY(q3n_synth_config(&cfg, "real-4l", &err));
-    int64_t Ts[8], nT = 0, Tmax = dprompt + dsteps + 1;
+    int64_t Ts[8], nT = 0, Tmax = dprompt + (dsteps > gcheck ? dsteps : gcheck) + 1;
     for (const char *p = prefill; *p && nT < 8;) {
         Ts[nT] = atoll(p);
         if (Ts[nT] > Tmax) Tmax = Ts[nT];
@@ -102,7 +105,7 @@ int main(int argc, char **argv)
         TRY(cuda_session_profile(s, 1, NULL, &err));
         cuda_impl.reset(s);
         TRY(cuda_session_forward_last(s, logits, tok, T, &err));
-        TRY(cuda_session_profile(s, 1, ms4, &err));
+        TRY(cuda_session_profile(s, 0, ms4, &err));
         printf("PROFILE prefill T=%lld (one extra run, CUDA events): deltanet mixers %.2f ms, attention mixer %.2f ms, "
                "MoE blocks %.2f ms, other (embed, norms, residuals) %.2f ms\n",
                (long long)T, ms4[0], ms4[1], ms4[2], ms4[3]);
@@ -114,26 +117,62 @@ int main(int argc, char **argv)
                cuda_impl.describe(s));
         fflush(stdout);
     }
-    if (dsteps > 0) {
+    for (int graph = 0; graph < 2 && dsteps > 1; graph++) {
+        TRY(cuda_session_decode_graph(s, graph, &err));
         cuda_impl.reset(s);
         TRY(cuda_session_forward_last(s, logits, tok, dprompt, &err));
-        TRY(cuda_session_forward_last(s, logits, tok + dprompt, 1, &err)); /* first decode step: warm */
+        TRY(cuda_session_forward_last(s, logits, tok + dprompt, 1, &err)); /* first decode step: warm (capture) */
+        double best = 1e30;
         const double a = now_s();
-        for (int64_t i = 1; i < dsteps; i++) TRY(cuda_session_forward_last(s, logits, tok + dprompt + i, 1, &err));
+        for (int64_t i = 1; i < dsteps; i++) {
+            const double b = now_s();
+            TRY(cuda_session_forward_last(s, logits, tok + dprompt + i, 1, &err));
+            const double e = now_s() - b;
+            if (e < best) best = e;
+        }
         const double dt = (now_s() - a) / (double)(dsteps - 1);
-        double ms4[4];
-        TRY(cuda_session_profile(s, 1, NULL, &err));
-        TRY(cuda_session_forward_last(s, logits, tok + dprompt + dsteps, 1, &err));
-        TRY(cuda_session_profile(s, 1, ms4, &err));
-        printf("PROFILE decode step (CUDA events): deltanet mixers %.3f ms, attention mixer %.3f ms, MoE blocks %.3f "
-               "ms, other %.3f ms (device time; the wall time above includes launch overhead and the lm_head)\n",
-               ms4[0], ms4[1], ms4[2], ms4[3]);
         int finite = 1;
         for (int64_t v = 0; v < cfg.vocab_size; v++) finite &= isfinite(logits[v]) != 0;
-        printf("RESULT cuda decode after %lld-token prompt dtype=%s: %.3f ms/token (mean of %lld steps); logits "
-               "finite=%d; kernels: %s\n",
-               (long long)dprompt, dtype, dt * 1e3, (long long)(dsteps - 1), finite, cuda_impl.describe(s));
+        printf("RESULT cuda decode (%s) after %lld-token prompt dtype=%s: %.3f ms/token (mean of %lld steps, best "
+               "%.3f); logits finite=%d; graph: %s; kernels: %s\n",
+               graph ? "graph" : "eager", (long long)dprompt, dtype, dt * 1e3, (long long)(dsteps - 1), best * 1e3,
+               finite, cuda_session_graph_status(s), cuda_impl.describe(s));
+        if (!graph) {
+            double ms4[4];
+            TRY(cuda_session_profile(s, 1, NULL, &err));
+            TRY(cuda_session_forward_last(s, logits, tok + dprompt + dsteps, 1, &err));
+            TRY(cuda_session_profile(s, 0, ms4, &err));
+            printf("PROFILE decode step (eager, CUDA events): deltanet mixers %.3f ms, attention mixer %.3f ms, MoE "
+                   "blocks %.3f ms, other %.3f ms, sum %.3f ms (device time without the lm_head)\n",
+                   ms4[0], ms4[1], ms4[2], ms4[3], ms4[0] + ms4[1] + ms4[2] + ms4[3]);
+        }
         fflush(stdout);
+    }
+    if (gcheck > 0) {
+        const int64_t V = cfg.vocab_size;
+        float *ref = (float *)malloc(sizeof(float) * (size_t)(V * gcheck));
+        int64_t ndiff = 0, first = -1;
+        for (int graph = 0; graph < 2; graph++) {
+            TRY(cuda_session_decode_graph(s, graph, &err));
+            cuda_impl.reset(s);
+            TRY(cuda_session_forward_last(s, logits, tok, dprompt, &err));
+            for (int64_t i = 0; i < gcheck; i++) {
+                TRY(cuda_session_forward_last(s, graph ? logits : ref + i * V, tok + dprompt + i, 1, &err));
+                if (graph)
+                    for (int64_t v = 0; v < V; v++)
+                        if (memcmp(&logits[v], &ref[i * V + v], sizeof(float)) != 0) {
+                            ndiff++;
+                            if (first < 0) first = i;
+                        }
+            }
+        }
+        printf("CHECK decode graph vs eager, %lld steps after a %lld-token prompt: %s (%lld logits differ, first "
+               "step %lld); kernels: %s\n",
+               (long long)gcheck, (long long)dprompt, ndiff == 0 ? "bitwise equal" : "DIFFERENT", (long long)ndiff,
+               (long long)first, cuda_impl.describe(s));
+        free(ref);
+        fflush(stdout);
+        if (ndiff) return 1;
     }
     if (longT > 0) {
         cuda_impl.reset(s);

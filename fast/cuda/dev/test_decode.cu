@@ -1,0 +1,200 @@
+/* test_decode.cu — the one-row bf16 GEMV of cuda_linear_forward (T == 1) against a float64
+ * reference on the same bf16 inputs, then its bandwidth beside cuBLAS's GEMM at T = 1 on the
+ * real-80B-A3B decode shapes.
+ *
+ *   test_decode            correctness (NaN-poisoned outputs, bias, 3 runs bitwise equal) + timings
+ *
+ * Exit status 0 when every check passes. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "../cuda_ops.h"
+
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float from_bf16(uint16_t b)
+{
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float urand(void) /* U(-1, 1) */
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+#define CK(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));                      \
+            exit(2);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+
+/* One shape: W [N, K], x [K], bias optional; returns 1 when it passes. */
+static int check_shape(int64_t N, int64_t K, int with_bias, cublasHandle_t blas, cudaStream_t st)
+{
+    uint16_t *hW = (uint16_t *)malloc(2 * (size_t)(N * K)), *hx = (uint16_t *)malloc(2 * (size_t)K);
+    uint16_t *hy = (uint16_t *)malloc(2 * (size_t)N), *hy2 = (uint16_t *)malloc(2 * (size_t)N);
+    float *hb = (float *)malloc(4 * (size_t)N);
+    for (int64_t i = 0; i < N * K; i++) hW[i] = to_bf16(urand() / sqrtf((float)K) * 1.7f);
+    for (int64_t i = 0; i < K; i++) hx[i] = to_bf16(urand());
+    for (int64_t i = 0; i < N; i++) hb[i] = urand() * 0.1f;
+    void *dW, *dx, *dy;
+    float *db;
+    CK(cudaMalloc(&dW, 2 * (size_t)(N * K)));
+    CK(cudaMalloc(&dx, 2 * (size_t)K));
+    CK(cudaMalloc(&dy, 2 * (size_t)N));
+    CK(cudaMalloc(&db, 4 * (size_t)N));
+    CK(cudaMemcpy(dW, hW, 2 * (size_t)(N * K), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dx, hx, 2 * (size_t)K, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, hb, 4 * (size_t)N, cudaMemcpyHostToDevice));
+    struct q3n_error err = {};
+    int ok = 1;
+    for (int rep = 0; rep < 3 && ok; rep++) {
+        CK(cudaMemset(dy, 0xff, 2 * (size_t)N)); /* NaN poison */
+        if (cuda_linear_forward(dy, dx, dW, with_bias ? db : NULL, 1, N, K, Q3N_COMPUTE_BF16, blas, st, &err) !=
+            Q3N_OK) {
+            fprintf(stderr, "cuda_linear_forward: %s\n", err.msg);
+            return 0;
+        }
+        CK(cudaStreamSynchronize(st));
+        CK(cudaMemcpy(rep ? hy2 : hy, dy, 2 * (size_t)N, cudaMemcpyDeviceToHost));
+        if (rep && memcmp(hy, hy2, 2 * (size_t)N) != 0) {
+            printf("FAIL gemv N=%lld K=%lld: run %d differs bitwise from run 0\n", (long long)N, (long long)K, rep);
+            ok = 0;
+        }
+    }
+    double num = 0, den = 0, maxrel = 0;
+    int64_t bad = 0;
+    for (int64_t n = 0; n < N && ok; n++) {
+        double acc = 0, mag = 0;
+        for (int64_t k = 0; k < K; k++) {
+            const double p = (double)from_bf16(hW[n * K + k]) * (double)from_bf16(hx[k]);
+            acc += p;
+            mag += fabs(p);
+        }
+        /* the GEMV rounds the dot to bf16, adds the bias in float32, rounds again */
+        const double want = with_bias ? acc + hb[n] : acc, got = from_bf16(hy[n]);
+        if (!isfinite(got)) bad++;
+        num += (got - want) * (got - want);
+        den += want * want;
+        /* per element: two bf16 roundings (<= 2^-9 relative each, of the dot and of the sum with the bias)
+         * + float32 accumulation of K terms */
+        const double e = fabs(got - want) / (4e-3 * (fabs(acc) + fabs(want)) + mag * 1e-5 + 1e-30);
+        if (e > maxrel) maxrel = e;
+    }
+    const double rel = sqrt(num / (den + 1e-300));
+    if (ok && (bad || rel > 4e-3 || maxrel > 1.0)) ok = 0;
+    printf("%s gemv N=%lld K=%lld bias=%d: rel_l2 %.2e (bound 4e-3), worst element %.2f of its bound, nonfinite %lld, "
+           "3 runs bitwise equal\n",
+           ok ? "ok  " : "FAIL", (long long)N, (long long)K, with_bias, rel, maxrel, (long long)bad);
+    cudaFree(dW);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(db);
+    free(hW);
+    free(hx);
+    free(hy);
+    free(hy2);
+    free(hb);
+    return ok;
+}
+
+/* Median time of 20 launches (after 3 warm-ups) of the GEMV and of cuBLAS's GEMM at T = 1. */
+static void time_shape(const char *name, int64_t N, int64_t K, cublasHandle_t blas, cudaStream_t st)
+{
+    void *dW, *dx, *dy;
+    CK(cudaMalloc(&dW, 2 * (size_t)(N * K)));
+    CK(cudaMalloc(&dx, 2 * (size_t)K));
+    CK(cudaMalloc(&dy, 2 * (size_t)N));
+    CK(cudaMemset(dW, 0x3c, 2 * (size_t)(N * K)));
+    CK(cudaMemset(dx, 0x3c, 2 * (size_t)K));
+    /* a 256 MB buffer written between runs so that small W do not stay in the 50 MB L2 */
+    void *flush;
+    CK(cudaMalloc(&flush, (size_t)256 << 20));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    struct q3n_error err = {};
+    const float alpha = 1.0f, beta = 0.0f;
+    double med[2];
+    for (int which = 0; which < 2; which++) {
+        float ms[20];
+        for (int r = 0; r < 23; r++) {
+            CK(cudaMemsetAsync(flush, r, (size_t)256 << 20, st));
+            CK(cudaEventRecord(a, st));
+            if (which == 0)
+                cuda_linear_forward(dy, dx, dW, NULL, 1, N, K, Q3N_COMPUTE_BF16, blas, st, &err);
+            else
+                cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, 1, (int)K, &alpha, dW, CUDA_R_16BF, (int)K, dx,
+                             CUDA_R_16BF, (int)K, &beta, dy, CUDA_R_16BF, (int)N, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT);
+            CK(cudaEventRecord(b, st));
+            CK(cudaEventSynchronize(b));
+            if (r >= 3) CK(cudaEventElapsedTime(&ms[r - 3], a, b));
+        }
+        for (int i = 0; i < 20; i++)
+            for (int j = i + 1; j < 20; j++)
+                if (ms[j] < ms[i]) {
+                    const float t = ms[i];
+                    ms[i] = ms[j];
+                    ms[j] = t;
+                }
+        med[which] = 0.5 * (ms[9] + ms[10]);
+    }
+    const double bytes = 2.0 * (double)N * (double)K;
+    printf("TIME %-22s N=%6lld K=%5lld (%6.1f MB): gemv %8.2f us = %5.2f TB/s | cuBLAS GEMM T=1 %8.2f us = %5.2f TB/s\n",
+           name, (long long)N, (long long)K, bytes / 1e6, med[0] * 1e3, bytes / (med[0] * 1e-3) / 1e12, med[1] * 1e3,
+           bytes / (med[1] * 1e-3) / 1e12);
+    cudaFree(dW);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(flush);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+}
+
+int main(void)
+{
+    cudaStream_t st;
+    cublasHandle_t blas;
+    CK(cudaStreamCreate(&st));
+    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) return 2;
+    cublasSetStream(blas, st);
+    int ok = 1;
+    const int64_t shapes[][3] = {{1, 8, 0},     {7, 24, 1},     {64, 2048, 0},  {512, 2048, 1}, {1000, 520, 0},
+                                 {2048, 4096, 0}, {12288, 2048, 0}, {8192, 2048, 1}, {151936, 2048, 0}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        ok &= check_shape(shapes[i][0], shapes[i][1], (int)shapes[i][2], blas, st);
+    time_shape("lm_head", 151936, 2048, blas, st);
+    time_shape("in_proj_qkvz", 12288, 2048, blas, st);
+    time_shape("q_proj", 8192, 2048, blas, st);
+    time_shape("out_proj/o_proj", 2048, 4096, blas, st);
+    time_shape("shared gate_up", 1024, 2048, blas, st);
+    time_shape("router", 512, 2048, blas, st);
+    time_shape("k_proj", 512, 2048, blas, st);
+    time_shape("in_proj_ba", 64, 2048, blas, st);
+    printf("%s\n", ok ? "ALL OK" : "FAILED");
+    cublasDestroy(blas);
+    cudaStreamDestroy(st);
+    return ok ? 0 : 1;
+}
