@@ -101,8 +101,27 @@ enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, const float *
                                         const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
                                         int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,
                                         enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
-/* Kernel version string of the chunked form ("chunk_v1 prep+scan fp32 SIMT"). */
+/* Kernel version string of the chunked form: names both paths (bf16 tensor cores, fp32 SIMT);
+ * _for names the one that runs for these dims and dtype. */
 const char *cuda_delta_rule_chunked_kernel(void);
+const char *cuda_delta_rule_chunked_kernel_for(int64_t DK, int64_t DV, int64_t C, enum q3n_compute_dtype dt);
+/* The two paths cuda_delta_rule_chunked dispatches to (same arguments and scratch):
+ * _simt = chunk_v4, fp32 SIMT, any dims (the f32 mode's path; bf16 mode for other dims);
+ * _tc = bf16 mma.sync (deltanet_tc.cu), bf16 o only, DK = DV = 128 and C = 64 only
+ * (_tc_supported), scan_warps in {0 (auto), 1, 2, 4, 8} warps of 16 value columns per scan block
+ * (-1: the prep kernel alone, for timing). */
+enum q3n_status cuda_delta_rule_chunked_simt(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                             const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
+                                             int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,
+                                             enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+int cuda_delta_rule_chunked_tc_supported(int64_t DK, int64_t DV, int64_t C);
+int64_t cuda_delta_rule_chunked_tc_scratch(int64_t T, int64_t NV, int64_t DK, int64_t DV, int64_t C);
+enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                           const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
+                                           int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,
+                                           int scan_warps, cudaStream_t stream, struct q3n_error *err);
+const char *cuda_delta_rule_chunked_simt_kernel(void);
+const char *cuda_delta_rule_chunked_tc_kernel(void);
 
 /* ---- attention.cu ---- */
 /* Splits q_proj output qg [T, NH*2*HD] (per head: HD query, HD gate), applies q_norm (1+w) per

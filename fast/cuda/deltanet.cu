@@ -176,15 +176,28 @@ extern "C" enum q3n_status cuda_delta_rule_recurrent(void *d_o, float *d_state, 
  * (q, k, v, beta, g = 0), exactly transformers' padding. */
 #define SCAN_BV 32
 
+/* Scratch for either path (the bf16 tensor-core path of deltanet_tc.cu lays out its own). */
 int64_t cuda_delta_rule_chunked_scratch(int64_t T, int64_t NV, int64_t DK, int64_t DV, int64_t C)
 {
-    const int64_t nc = (T + C - 1) / C;
-    return nc * NV * (C * DK + C * DV + C * C + C);
+    const int64_t nc = (T + C - 1) / C, simt = nc * NV * (C * DK + C * DV + C * C + C);
+    const int64_t tc = cuda_delta_rule_chunked_tc_supported(DK, DV, C) ? cuda_delta_rule_chunked_tc_scratch(T, NV, DK, DV, C) : 0;
+    return simt > tc ? simt : tc;
+}
+
+extern "C" const char *cuda_delta_rule_chunked_simt_kernel(void)
+{
+    return "chunk_v4(prep||chunks + pipelined scan/32-col tiles, float4 smem, fp32 SIMT)";
+}
+
+extern "C" const char *cuda_delta_rule_chunked_kernel_for(int64_t DK, int64_t DV, int64_t C, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && cuda_delta_rule_chunked_tc_supported(DK, DV, C) ? cuda_delta_rule_chunked_tc_kernel()
+                                                                                     : cuda_delta_rule_chunked_simt_kernel();
 }
 
 extern "C" const char *cuda_delta_rule_chunked_kernel(void)
 {
-    return "chunk_v4(prep||chunks + pipelined scan/32-col tiles, float4 smem, fp32 SIMT)";
+    return "bf16 DK=DV=128 C=64: chunk_tc_v1 (bf16 mma.sync); otherwise chunk_v4 (fp32 SIMT)";
 }
 
 /* Register-staged tile loads: a [C x ncol] float32 tile, row i at base + i*rs (rows >= nvalid
@@ -477,11 +490,11 @@ __global__ void __launch_bounds__(256) chunk_scan_kernel(T *o, float *state, con
         if (c0 + lane < DV) Sg[kk * DV + c0 + lane] = S[kk * SCAN_BV + lane];
 }
 
-extern "C" enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, const float *d_q, const float *d_k,
-                                                   const float *d_v, const float *d_g, const float *d_beta,
-                                                   float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
-                                                   int64_t DV, int64_t C, enum q3n_compute_dtype dt,
-                                                   cudaStream_t stream, struct q3n_error *err)
+extern "C" enum q3n_status cuda_delta_rule_chunked_simt(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                                        const float *d_v, const float *d_g, const float *d_beta,
+                                                        float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                                        int64_t DV, int64_t C, enum q3n_compute_dtype dt,
+                                                        cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0 && DK > 0 && DK <= 256 && DV > 0 && DV <= 256);
     Q3N_REQUIRE(C >= 1 && C <= 64);
@@ -513,4 +526,18 @@ extern "C" enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, co
     }
     CU_LAUNCHED("delta_rule chunk_scan_kernel");
     return Q3N_OK;
+}
+
+/* bf16 mode with DK = DV = 128, C = 64: the tensor-core path (deltanet_tc.cu); else chunk_v4. */
+extern "C" enum q3n_status cuda_delta_rule_chunked(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                                   const float *d_v, const float *d_g, const float *d_beta,
+                                                   float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                                   int64_t DV, int64_t C, enum q3n_compute_dtype dt,
+                                                   cudaStream_t stream, struct q3n_error *err)
+{
+    if (dt == Q3N_COMPUTE_BF16 && cuda_delta_rule_chunked_tc_supported(DK, DV, C))
+        return cuda_delta_rule_chunked_tc(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV, C, 0,
+                                          stream, err);
+    return cuda_delta_rule_chunked_simt(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV, C, dt,
+                                        stream, err);
 }

@@ -344,10 +344,10 @@ static void case_delta_chunked(int64_t T, int64_t NK, int64_t NV, int64_t DK, in
     snprintf(name, sizeof name, "delta_chunked(o) T=%lld NK=%lld NV=%lld DK=%lld DV=%lld C=%lld g>=%.0f %s",
              (long long)T, (long long)NK, (long long)NV, (long long)DK, (long long)DV, (long long)C, gmin,
              bf_out ? "bf16-out" : "f32");
-    check(name, fo, want, bf_out ? 8e-3 : 2e-5, det, &o);
+    check(name, fo, want, bf_out ? 1e-2 : 2e-5, det, &o); /* bf16: tensor-core path, bf16 operands */
     snprintf(name, sizeof name, "delta_chunked(state) T=%lld NK=%lld NV=%lld DK=%lld DV=%lld C=%lld", (long long)T,
              (long long)NK, (long long)NV, (long long)DK, (long long)DV, (long long)C);
-    check(name, fs, wst, 2e-5, det, &ds);
+    check(name, fs, wst, bf_out ? 5e-3 : 2e-5, det, &ds);
     dfree(dq), dfree(dk), dfree(dv), dfree(dg), dfree(db), dfree(ds), dfree(o), dfree(scratch);
 }
 

@@ -1,0 +1,255 @@
+/* test_delta_tc.cu — the bf16 tensor-core chunked delta rule (deltanet_tc.cu) against
+ * ref_delta_rule_chunked (libq3n.a, float32) on seeded random inputs, then timings against
+ * chunk_v4 (the fp32 SIMT path) in the same process.
+ *
+ * Each case: NaN-poisoned o and scratch, a guard after o, 3 runs that must be bitwise identical,
+ * rel L2 of o <= 1e-2 and of the final state <= 5e-3 (bf16 operands, float32 accumulation).
+ *
+ *   test_delta_tc            all cases, then timings at T=4096 and 16384 (NK=16 NV=32 DK=DV=128)
+ *   test_delta_tc --cases    cases only
+ *   test_delta_tc --bench    timings only */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../cuda_ops.h"
+
+extern "C" {
+#include "../../../harness/rng.h"
+#include "../../../ref/ops.h"
+}
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+static struct q3n_error g_err;
+#define RUN(call)                                                          \
+    do {                                                                   \
+        if ((call) != Q3N_OK) {                                            \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, g_err.msg); \
+            exit(2);                                                       \
+        }                                                                  \
+    } while (0)
+
+static struct q3n_rng g_rng;
+static cudaStream_t g_stream;
+static int g_fail = 0, g_cases = 0;
+static double g_worst_o = 0, g_worst_s = 0;
+
+struct inputs {
+    std::vector<float> q, k, v, g, beta, s0;
+};
+/* As test_kernels: L2-normalised q, k (q scaled by DK^-0.5), v ~ N(0,1), g in [gmin, -1e-4],
+ * beta in [0, 1], initial state ~ N(0, 0.5^2) or zero. */
+static inputs make_inputs(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, double gmin, int init)
+{
+    inputs in;
+    in.q.resize((size_t)(T * NK * DK));
+    in.k.resize(in.q.size());
+    for (auto &x : in.q) x = (float)q3n_rng_normal(&g_rng);
+    for (auto &x : in.k) x = (float)q3n_rng_normal(&g_rng);
+    for (int64_t r = 0; r < T * NK; r++) {
+        double sq = 0, sk = 0;
+        for (int64_t d = 0; d < DK; d++) sq += in.q[r * DK + d] * in.q[r * DK + d], sk += in.k[r * DK + d] * in.k[r * DK + d];
+        for (int64_t d = 0; d < DK; d++) {
+            in.q[r * DK + d] = (float)(in.q[r * DK + d] / sqrt(sq + 1e-6)) * (float)pow((double)DK, -0.5);
+            in.k[r * DK + d] = (float)(in.k[r * DK + d] / sqrt(sk + 1e-6));
+        }
+    }
+    in.v.resize((size_t)(T * NV * DV));
+    for (auto &x : in.v) x = (float)q3n_rng_normal(&g_rng);
+    in.g.resize((size_t)(T * NV));
+    in.beta.resize(in.g.size());
+    for (auto &x : in.g) x = (float)q3n_rng_range(&g_rng, gmin, -1e-4);
+    for (auto &x : in.beta) x = (float)q3n_rng_range(&g_rng, 0.0, 1.0);
+    in.s0.resize((size_t)(NV * DK * DV));
+    for (auto &x : in.s0) x = init ? (float)(q3n_rng_normal(&g_rng) * 0.5) : 0.0f;
+    return in;
+}
+
+static void *dup(const std::vector<float> &v)
+{
+    void *p;
+    CK(cudaMalloc(&p, v.size() * 4));
+    CK(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+    return p;
+}
+static float bf2f(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* rel L2 of got vs want; non-finite values count as failure (returns inf). */
+static double rel_l2(const std::vector<float> &got, const std::vector<float> &want)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        num += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+        den += (double)want[i] * want[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#define GUARD 64
+/* One case through cuda_delta_rule_chunked (the launcher the model calls) in bf16 mode. */
+static void run_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C, double gmin, int init)
+{
+    inputs in = make_inputs(T, NK, NV, DK, DV, gmin, init);
+    std::vector<float> want((size_t)(T * NV * DV)), wst = in.s0;
+    std::vector<float> scr((size_t)ref_delta_rule_chunked_scratch(C, DK, DV));
+    ref_delta_rule_chunked(want.data(), wst.data(), in.q.data(), in.k.data(), in.v.data(), in.g.data(),
+                           in.beta.data(), scr.data(), T, NK, NV, DK, DV, C);
+    float *dq = (float *)dup(in.q), *dk = (float *)dup(in.k), *dv = (float *)dup(in.v), *dg = (float *)dup(in.g),
+          *db = (float *)dup(in.beta), *ds;
+    CK(cudaMalloc(&ds, wst.size() * 4));
+    const size_t obytes = (size_t)(T * NV * DV) * 2, sbytes = (size_t)cuda_delta_rule_chunked_scratch(T, NV, DK, DV, C) * 4;
+    char *o, *dscr;
+    CK(cudaMalloc(&o, obytes + GUARD));
+    CK(cudaMalloc(&dscr, sbytes));
+    std::vector<uint16_t> o0, oc((size_t)(T * NV * DV));
+    std::vector<float> s0v, sc(wst.size());
+    int det = 1, guard = 1;
+    for (int rep = 0; rep < 3; rep++) {
+        CK(cudaMemset(o, 0xff, obytes));
+        CK(cudaMemset(o + obytes, 0x5a, GUARD));
+        CK(cudaMemset(dscr, 0xff, sbytes));
+        CK(cudaMemcpy(ds, in.s0.data(), wst.size() * 4, cudaMemcpyHostToDevice));
+        RUN(cuda_delta_rule_chunked(o, ds, dq, dk, dv, dg, db, (float *)dscr, T, NK, NV, DK, DV, C, Q3N_COMPUTE_BF16,
+                                    g_stream, &g_err));
+        CK(cudaStreamSynchronize(g_stream));
+        CK(cudaMemcpy(oc.data(), o, obytes, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(sc.data(), ds, wst.size() * 4, cudaMemcpyDeviceToHost));
+        unsigned char gb[GUARD];
+        CK(cudaMemcpy(gb, o + obytes, GUARD, cudaMemcpyDeviceToHost));
+        for (int i = 0; i < GUARD; i++) guard &= gb[i] == 0x5a;
+        if (rep == 0) o0 = oc, s0v = sc;
+        else det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
+    }
+    std::vector<float> of(o0.size());
+    for (size_t i = 0; i < of.size(); i++) of[i] = bf2f(o0[i]);
+    const double eo = rel_l2(of, want), es = rel_l2(s0v, wst);
+    const int ok = det && guard && eo <= 1e-2 && es <= 5e-3;
+    g_cases++;
+    g_fail += !ok;
+    if (cuda_delta_rule_chunked_tc_supported(DK, DV, C)) {
+        g_worst_o = std::max(g_worst_o, eo);
+        g_worst_s = std::max(g_worst_s, es);
+    }
+    printf("%s T=%-5lld NK=%-2lld NV=%-2lld DK=%lld DV=%lld C=%lld g>=%-5g s0=%d: rel_l2 o %.3e state %.3e det %d guard %d [%s]\n",
+           ok ? "ok  " : "FAIL", (long long)T, (long long)NK, (long long)NV, (long long)DK, (long long)DV, (long long)C,
+           gmin, init, eo, es, det, guard, cuda_delta_rule_chunked_kernel_for(DK, DV, C, Q3N_COMPUTE_BF16));
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o), cudaFree(dscr);
+}
+
+/* path: -2 = chunk_v4 (simt, bf16 out), -1 = tc prep only, 0.. = tc with that many scan warps (0 auto). */
+static void bench(int64_t T, int64_t NK, int64_t NV, int path)
+{
+    const int64_t D = 128, C = 64;
+    inputs in = make_inputs(T, NK, NV, D, D, -8.0, 1);
+    float *dq = (float *)dup(in.q), *dk = (float *)dup(in.k), *dv = (float *)dup(in.v), *dg = (float *)dup(in.g),
+          *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0), *dscr;
+    void *o;
+    CK(cudaMalloc(&o, (size_t)(T * NV * D) * 2));
+    CK(cudaMalloc(&dscr, (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4));
+    auto call = [&]() {
+        if (path == -2)
+            RUN(cuda_delta_rule_chunked_simt(o, ds, dq, dk, dv, dg, db, dscr, T, NK, NV, D, D, C, Q3N_COMPUTE_BF16,
+                                             g_stream, &g_err));
+        else
+            RUN(cuda_delta_rule_chunked_tc(o, ds, dq, dk, dv, dg, db, dscr, T, NK, NV, D, D, C, path, g_stream, &g_err));
+    };
+    for (int r = 0; r < 3; r++) call();
+    const int N = 20;
+    std::vector<float> ms(N);
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int r = 0; r < N; r++) {
+        CK(cudaEventRecord(a, g_stream));
+        call();
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms[r], a, b));
+    }
+    double mean = 0;
+    for (float x : ms) mean += x / N;
+    std::sort(ms.begin(), ms.end());
+    const char *name = path == -2 ? "chunk_v4 simt" : path == -1 ? "tc prep only" : "tc";
+    printf("BENCH %-13s scan_warps=%d T=%lld NK=%lld NV=%lld DK=DV=128 C=64: median %.3f ms, mean %.3f ms (%d calls)\n",
+           name, path, (long long)T, (long long)NK, (long long)NV, ms[N / 2], mean, N);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o), cudaFree(dscr);
+}
+
+/* One decode step (T=1) of the recurrent form, bf16 out: mean over 200 back-to-back launches. */
+static void bench_recurrent(int64_t NK, int64_t NV)
+{
+    const int64_t D = 128;
+    inputs in = make_inputs(1, NK, NV, D, D, -8.0, 1);
+    float *dq = (float *)dup(in.q), *dk = (float *)dup(in.k), *dv = (float *)dup(in.v), *dg = (float *)dup(in.g),
+          *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0);
+    void *o;
+    CK(cudaMalloc(&o, (size_t)(NV * D) * 2));
+    for (int r = 0; r < 10; r++)
+        RUN(cuda_delta_rule_recurrent(o, ds, dq, dk, dv, dg, db, 1, NK, NV, D, D, Q3N_COMPUTE_BF16, g_stream, &g_err));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    const int N = 200;
+    CK(cudaEventRecord(a, g_stream));
+    for (int r = 0; r < N; r++)
+        RUN(cuda_delta_rule_recurrent(o, ds, dq, dk, dv, dg, db, 1, NK, NV, D, D, Q3N_COMPUTE_BF16, g_stream, &g_err));
+    CK(cudaEventRecord(b, g_stream));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    const double us = ms * 1e3 / N, mb = 2.0 * NV * D * D * 4 / 1e6;
+    printf("BENCH recurrent step NK=%lld NV=%lld DK=DV=128: %.2f us/step (mean of %d), state r+w %.1f MB -> %.0f GB/s\n",
+           (long long)NK, (long long)NV, us, N, mb, mb * 1e6 / us / 1e3);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o);
+}
+
+int main(int argc, char **argv)
+{
+    q3n_rng_seed(&g_rng, 20261123);
+    CK(cudaStreamCreate(&g_stream));
+    const int cases = argc < 2 || strcmp(argv[1], "--cases") == 0, timing = argc < 2 || strcmp(argv[1], "--bench") == 0;
+    if (cases) {
+        const int64_t Ts[] = {1, 63, 64, 65, 130, 300, 1000};
+        const int64_t heads[][2] = {{1, 1}, {2, 4}, {16, 32}};
+        for (auto &hk : heads)
+            for (int64_t T : Ts)
+                for (int init = 0; init < 2; init++) {
+                    run_case(T, hk[0], hk[1], 128, 128, 64, -20.0, init); /* strong decay */
+                    run_case(T, hk[0], hk[1], 128, 128, 64, -0.05, init); /* weak decay */
+                }
+        run_case(4096, 1, 2, 128, 128, 64, -0.01, 1); /* long, very weak decay */
+        /* bf16 mode, dims the tc path does not take: falls back to chunk_v4 */
+        run_case(100, 1, 2, 64, 64, 64, -5.0, 1);
+        run_case(130, 2, 4, 128, 128, 32, -5.0, 1);
+        printf("%d cases, %d failed; worst tc rel_l2: o %.3e, state %.3e\n", g_cases, g_fail, g_worst_o, g_worst_s);
+        if (g_fail) return 1;
+    }
+    if (timing) {
+        bench_recurrent(16, 32);
+        const int64_t Ts[] = {4096, 16384};
+        for (int64_t T : Ts) {
+            bench(T, 16, 32, -2);
+            bench(T, 16, 32, -1);
+            const int nws[] = {1, 2, 4, 8};
+            for (int nw : nws) bench(T, 16, 32, nw);
+        }
+    }
+    return 0;
+}
