@@ -193,45 +193,81 @@ __global__ void attn_combine_kernel(T *out, const float *part, int64_t HD, int64
     }
 }
 
-/* ---- decode_split_bf16_v2: one query per head (T = 1), split-K over blocks ----
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+/* ---- decode_split_bf16_v3: one query per head (T = 1), split-K over blocks ----
  * Block (split sp, KV head kh, chunk of <= DEC_GC query heads of kh's group): keys
- * [sp*DEC_SPLIT, (sp+1)*DEC_SPLIT) ∩ [0, last], DEC_KPW keys per warp. Lane l holds dims
- * [l*DPL, (l+1)*DPL) of the q rows, K rows and V rows (one 8- or 16-byte load per row), so each K/V
- * row is loaded once for all the group's query heads. Per warp: all its K rows are loaded first (one
- * memory round trip), s_j,h = T(T(q_h . k_j) * scale) (the rows_v1 rounding) by warp butterflies, lane j
- * keeps key j's scores; m_h = max_j s, p = exp(s - m_h), l_h = sum_j p; then its V rows are loaded and
- * acc_h += p_j v_j. Warps merge in warp order through shared memory: M = max_w m_w,
- * acc = sum_w exp(m_w - M) acc_w, L likewise; the block writes (M, L, acc[HD]) to part[head][sp].
- * decode_combine_kernel merges the splits of one head in split order. Deterministic (no atomics);
- * splits past `last` (a device position) exit at once. */
+ * [sp*DEC_SPLIT, (sp+1)*DEC_SPLIT) ∩ [0, last], DEC_KPW keys per warp. Each warp cp.asyncs its K rows
+ * and V rows into shared memory at once (one memory round trip; V lands while the scores are computed).
+ * Lane l holds dims [l*DPL, (l+1)*DPL) of the q rows and reads the same slice of each K/V row, so each
+ * K/V row is read once for all the group's query heads. Per warp: s_j,h = T(T(q_h . k_j) * scale)
+ * (the rows_v1 rounding) by warp butterflies, lane j keeps key j's scores; m_h = max_j s,
+ * p = exp(s - m_h), l_h = sum_j p; acc_h = sum_j p_j v_j. Warps merge in warp order through shared
+ * memory: M = max_w m_w, acc = sum_w exp(m_w - M) acc_w, L likewise; the block writes (M, L, acc[HD])
+ * to part[head][sp]; decode_combine_kernel merges the splits in a fixed order. Deterministic (no
+ * atomics); splits past `last` (possibly a device position) exit at once.
+ * v2 (committed e926f05) loaded K then V into registers: two round trips, 22.8 us at S=4096. */
 #define DEC_SPLIT 128
 #define DEC_WARPS 8
 #define DEC_KPW (DEC_SPLIT / DEC_WARPS)
 #define DEC_GC 8
 
 template <int DPL>
-__device__ __forceinline__ void dec_unpack(float *x, const uint4 &u)
+__device__ __forceinline__ void dec_unpack(float *x, const bf16 *p)
 {
+    uint4 u;
+    if constexpr (DPL == 8) {
+        u = *reinterpret_cast<const uint4 *>(p);
+    } else {
+        const uint2 v = *reinterpret_cast<const uint2 *>(p);
+        u = make_uint4(v.x, v.y, 0, 0);
+    }
     const bf16 *b = reinterpret_cast<const bf16 *>(&u);
 #pragma unroll
     for (int i = 0; i < DPL; i++) x[i] = __bfloat162float(b[i]);
 }
+
+/* cp.async of n rows (row r at src + r*rs, 32*DPL bf16 each) into dst [n][32*DPL] by one warp. */
 template <int DPL>
-__device__ __forceinline__ uint4 dec_load(const bf16 *p)
+__device__ __forceinline__ void dec_rows_async(bf16 *dst, const bf16 *src, int64_t rs, int n, int lane)
 {
-    if constexpr (DPL == 8) return *reinterpret_cast<const uint4 *>(p);
-    const uint2 v = *reinterpret_cast<const uint2 *>(p);
-    return make_uint4(v.x, v.y, 0, 0);
+    constexpr int per = 32 * DPL / 8; /* 16-byte chunks per row */
+    for (int idx = lane; idx < n * per; idx += 32) {
+        const int r = idx / per, c = (idx % per) * 8;
+        cp_async16(dst + r * 32 * DPL + c, src + r * rs + c, 16);
+    }
 }
 
 template <int DPL>
-__global__ void __launch_bounds__(DEC_WARPS * 32) decode_v2_kernel(float *part, const bf16 *q, const bf16 *kc,
+__global__ void __launch_bounds__(DEC_WARPS * 32) decode_v3_kernel(float *part, const bf16 *q, const bf16 *kc,
                                                                    const bf16 *vc, int64_t pos0, const int64_t *dpos,
                                                                    int64_t S, int NH, int NKV, int nsplit, float scale)
 {
     constexpr int HD = 32 * DPL;
-    extern __shared__ float dsm[]; /* accs [DEC_WARPS][DEC_GC][HD], mw, lw [DEC_WARPS][DEC_GC] */
-    float *mw = dsm + DEC_WARPS * DEC_GC * HD, *lw = mw + DEC_WARPS * DEC_GC;
+    /* K rows [DEC_SPLIT][HD], V rows [DEC_SPLIT][HD] (bf16); after its PV a warp reuses its own 16 V rows
+     * (16*HD*2 bytes) for its scaled acc [DEC_GC][HD] (float, same size); mw, lw [DEC_WARPS][DEC_GC]. */
+    extern __shared__ __align__(16) unsigned char dec_smem[];
+    bf16 *Ksm = reinterpret_cast<bf16 *>(dec_smem), *Vsm = Ksm + DEC_SPLIT * HD;
+    float *mw = reinterpret_cast<float *>(Vsm + DEC_SPLIT * HD), *lw = mw + DEC_WARPS * DEC_GC;
     int64_t last = dpos ? *dpos : pos0;
     if (last > S - 1) last = S - 1; /* a position past the cache reads no row outside it */
     const int sp = blockIdx.x;
@@ -243,25 +279,26 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_v2_kernel(float *part, 
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int64_t k0 = s0 + w * DEC_KPW;
     const int nk = last + 1 - k0 < DEC_KPW ? (int)(last + 1 - k0) : DEC_KPW; /* may be <= 0 */
+    bf16 *Kw = Ksm + w * DEC_KPW * HD, *Vw = Vsm + w * DEC_KPW * HD;
+    if (nk > 0) {
+        dec_rows_async<DPL>(Kw, kc + (k0 * NKV + kh) * HD, NKV * HD, nk, lane);
+        cp_async_commit();
+        dec_rows_async<DPL>(Vw, vc + (k0 * NKV + kh) * HD, NKV * HD, nk, lane);
+        cp_async_commit();
+    }
     float sc[DEC_GC];
+#pragma unroll
+    for (int h = 0; h < DEC_GC; h++) sc[h] = -INFINITY;
     {
         float qr[DEC_GC][DPL];
 #pragma unroll
-        for (int h = 0; h < DEC_GC; h++) {
-            const uint4 u = dec_load<DPL>(q + (int64_t)(h0 + (h < gc ? h : 0)) * HD + lane * DPL);
-            dec_unpack<DPL>(qr[h], u);
-        }
-        uint4 kr[DEC_KPW];
-#pragma unroll
-        for (int j = 0; j < DEC_KPW; j++)
-            if (j < nk) kr[j] = dec_load<DPL>(kc + ((k0 + j) * NKV + kh) * HD + lane * DPL);
-#pragma unroll
-        for (int h = 0; h < DEC_GC; h++) sc[h] = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < DEC_KPW; j++) {
-            if (j >= nk) break;
+        for (int h = 0; h < DEC_GC; h++) dec_unpack<DPL>(qr[h], q + (int64_t)(h0 + (h < gc ? h : 0)) * HD + lane * DPL);
+        cp_async_wait<1>(); /* K rows */
+        __syncwarp();
+#pragma unroll 4
+        for (int j = 0; j < nk; j++) {
             float kf[DPL];
-            dec_unpack<DPL>(kf, kr[j]);
+            dec_unpack<DPL>(kf, Kw + j * HD + lane * DPL);
 #pragma unroll
             for (int h = 0; h < DEC_GC; h++) {
                 float d = 0.0f;
@@ -271,7 +308,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_v2_kernel(float *part, 
                 for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
                 const float sv = __bfloat162float(__float2bfloat16_rn(
                     __bfloat162float(__float2bfloat16_rn(d)) * scale));
-                if (lane == j) sc[h] = sv;
+                sc[h] = lane == j ? sv : sc[h];
             }
         }
     }
@@ -293,44 +330,42 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_v2_kernel(float *part, 
     for (int h = 0; h < DEC_GC; h++)
 #pragma unroll
         for (int i = 0; i < DPL; i++) acc[h][i] = 0.0f;
-    {
-        uint4 vr[DEC_KPW];
+    cp_async_wait<0>(); /* V rows */
+    __syncwarp();
+#pragma unroll 4
+    for (int j = 0; j < nk; j++) {
+        float vf[DPL];
+        dec_unpack<DPL>(vf, Vw + j * HD + lane * DPL);
 #pragma unroll
-        for (int j = 0; j < DEC_KPW; j++)
-            if (j < nk) vr[j] = dec_load<DPL>(vc + ((k0 + j) * NKV + kh) * HD + lane * DPL);
+        for (int h = 0; h < DEC_GC; h++) {
+            const float pj = __shfl_sync(0xffffffffu, p[h], j);
 #pragma unroll
-        for (int j = 0; j < DEC_KPW; j++) {
-            if (j >= nk) break;
-            float vf[DPL];
-            dec_unpack<DPL>(vf, vr[j]);
-#pragma unroll
-            for (int h = 0; h < DEC_GC; h++) {
-                const float pj = __shfl_sync(0xffffffffu, p[h], j);
-#pragma unroll
-                for (int i = 0; i < DPL; i++) acc[h][i] += pj * vf[i];
-            }
+            for (int i = 0; i < DPL; i++) acc[h][i] += pj * vf[i];
         }
     }
     if (lane == 0)
 #pragma unroll
         for (int h = 0; h < DEC_GC; h++) mw[w * DEC_GC + h] = m[h], lw[w * DEC_GC + h] = l[h];
     __syncthreads();
+    float *aw = reinterpret_cast<float *>(Vw); /* this warp's V rows are consumed */
 #pragma unroll
     for (int h = 0; h < DEC_GC; h++) {
         float M = -INFINITY;
         for (int u = 0; u < DEC_WARPS; u++) M = fmaxf(M, mw[u * DEC_GC + h]);
         const float f = m[h] == -INFINITY ? 0.0f : expf(m[h] - M);
 #pragma unroll
-        for (int i = 0; i < DPL; i++) dsm[(w * DEC_GC + h) * HD + lane * DPL + i] = acc[h][i] * f;
+        for (int i = 0; i < DPL; i++) aw[h * HD + i * 32 + lane] = acc[h][i] * f; /* dim lane*DPL+i, permuted */
     }
     __syncthreads();
     for (int idx = threadIdx.x; idx < gc * HD; idx += DEC_WARPS * 32) {
-        const int h = idx / HD, d = idx % HD;
+        const int h = idx / HD, e = idx % HD; /* e = i*32 + lane holds dim lane*DPL + i */
+        const int d = (e % 32) * DPL + e / 32;
         float a = 0.0f;
-        for (int u = 0; u < DEC_WARPS; u++) a += dsm[(u * DEC_GC + h) * HD + d];
+        for (int u = 0; u < DEC_WARPS; u++)
+            a += reinterpret_cast<const float *>(Vsm + u * DEC_KPW * HD)[h * HD + e];
         float *pp = part + ((int64_t)(h0 + h) * nsplit + sp) * (HD + 2);
         pp[2 + d] = a;
-        if (d == 0) {
+        if (e == 0) {
             float M = -INFINITY, L = 0.0f;
             for (int u = 0; u < DEC_WARPS; u++) M = fmaxf(M, mw[u * DEC_GC + h]);
             for (int u = 0; u < DEC_WARPS; u++)
@@ -341,60 +376,68 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_v2_kernel(float *part, 
     }
 }
 
-/* out[h] = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s over the nact = last/DEC_SPLIT + 1
- * splits that hold keys, M = max_s m_s; splits in order. One block per head. */
-__global__ void decode_combine_kernel(bf16 *out, const float *part, int64_t pos0, const int64_t *dpos, int64_t S,
-                                      int HD, int nsplit)
+/* out[h, d] = sum_s exp(m_s - M) acc_s[d] / sum_s exp(m_s - M) l_s over the nact = last/DEC_SPLIT + 1
+ * splits that hold keys, M = max_s m_s. Block (head, 32 dims), 8 warps: warp w sums splits w, w+8, ...
+ * in order, then the 8 warp sums are added in warp order (fixed order: deterministic). */
+__global__ void __launch_bounds__(256) decode_combine_kernel(bf16 *out, const float *part, int64_t pos0,
+                                                             const int64_t *dpos, int64_t S, int HD, int nsplit)
 {
-    __shared__ float red[32];
+    __shared__ float ra[8][32], rl[8];
     int64_t last = dpos ? *dpos : pos0;
     if (last > S - 1) last = S - 1;
     const int nact = (int)(last / DEC_SPLIT) + 1;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, d = blockIdx.y * 32 + lane;
     const float *pr = part + (int64_t)blockIdx.x * nsplit * (HD + 2);
     float M = -INFINITY;
-    for (int s = threadIdx.x; s < nact; s += blockDim.x) M = fmaxf(M, pr[(int64_t)s * (HD + 2)]);
-    M = block_max(M, red);
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float a = 0.0f, L = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < nact; s++) {
-            const float *ps = pr + (int64_t)s * (HD + 2);
-            const float f = expf(ps[0] - M);
-            L += f * ps[1];
-            a += f * ps[2 + d];
-        }
-        out[(int64_t)blockIdx.x * HD + d] = __float2bfloat16_rn(a / L);
+    for (int s = lane; s < nact; s += 32) M = fmaxf(M, pr[(int64_t)s * (HD + 2)]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float a = 0.0f, L = 0.0f;
+#pragma unroll 4
+    for (int s = w; s < nact; s += 8) {
+        const float *ps = pr + (int64_t)s * (HD + 2);
+        const float f = expf(ps[0] - M);
+        L += f * ps[1];
+        if (d < HD) a += f * ps[2 + d];
+    }
+    ra[w][lane] = a;
+    if (lane == 0) rl[w] = L;
+    __syncthreads();
+    if (w == 0 && d < HD) {
+        float at = 0.0f, lt = 0.0f;
+        for (int u = 0; u < 8; u++) at += ra[u][lane], lt += rl[u];
+        out[(int64_t)blockIdx.x * HD + d] = __float2bfloat16_rn(at / lt);
     }
 }
 
-static int decode_v2_ok(int64_t HD, enum q3n_compute_dtype dt)
+static int decode_v3_ok(int64_t HD, enum q3n_compute_dtype dt)
 {
     return dt == Q3N_COMPUTE_BF16 && (HD == 128 || HD == 256);
 }
 
-static enum q3n_status decode_v2_launch(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+static enum q3n_status decode_v3_launch(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
                                         float *d_scratch, int64_t pos0, const int64_t *d_pos, int64_t S, int64_t NH,
                                         int64_t NKV, int64_t HD, cudaStream_t stream, struct q3n_error *err)
 {
     const int64_t nsplit = (S + DEC_SPLIT - 1) / DEC_SPLIT, nchunk = (NH / NKV + DEC_GC - 1) / DEC_GC;
-    Q3N_REQUIRE(d_scratch != NULL && nsplit <= INT32_MAX && NKV * nchunk <= 65535);
+    Q3N_REQUIRE(d_scratch != NULL && nsplit <= INT32_MAX && NKV * nchunk <= 65535 && NH <= 65535);
     const float scale = 1.0f / sqrtf((float)HD);
     const dim3 grid((unsigned)nsplit, (unsigned)(NKV * nchunk));
-    const size_t smem = sizeof(float) * (size_t)DEC_WARPS * DEC_GC * (HD + 2);
+    const size_t smem = sizeof(bf16) * 2 * DEC_SPLIT * (size_t)HD + sizeof(float) * 2 * DEC_WARPS * DEC_GC;
     if (HD == 256) {
-        CU_CHECK(cudaFuncSetAttribute(decode_v2_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        decode_v2_kernel<8><<<grid, DEC_WARPS * 32, smem, stream>>>(d_scratch, (const bf16 *)d_q, (const bf16 *)d_kc,
+        CU_CHECK(cudaFuncSetAttribute(decode_v3_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        decode_v3_kernel<8><<<grid, DEC_WARPS * 32, smem, stream>>>(d_scratch, (const bf16 *)d_q, (const bf16 *)d_kc,
                                                                     (const bf16 *)d_vc, pos0, d_pos, S, (int)NH,
                                                                     (int)NKV, (int)nsplit, scale);
     } else {
-        CU_CHECK(cudaFuncSetAttribute(decode_v2_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        decode_v2_kernel<4><<<grid, DEC_WARPS * 32, smem, stream>>>(d_scratch, (const bf16 *)d_q, (const bf16 *)d_kc,
+        CU_CHECK(cudaFuncSetAttribute(decode_v3_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        decode_v3_kernel<4><<<grid, DEC_WARPS * 32, smem, stream>>>(d_scratch, (const bf16 *)d_q, (const bf16 *)d_kc,
                                                                     (const bf16 *)d_vc, pos0, d_pos, S, (int)NH,
                                                                     (int)NKV, (int)nsplit, scale);
     }
-    CU_LAUNCHED("decode_v2_kernel");
-    decode_combine_kernel<<<(unsigned)NH, (unsigned)HD, 0, stream>>>((bf16 *)d_out, d_scratch, pos0, d_pos, S, (int)HD,
-                                                                     (int)nsplit);
+    CU_LAUNCHED("decode_v3_kernel");
+    decode_combine_kernel<<<dim3((unsigned)NH, cdiv(HD, 32)), 256, 0, stream>>>((bf16 *)d_out, d_scratch, pos0, d_pos,
+                                                                              S, (int)HD, (int)nsplit);
     CU_LAUNCHED("decode_combine_kernel");
     return Q3N_OK;
 }
@@ -581,37 +624,15 @@ static cudaError_t launch_flash(void *out, const void *q, const void *kc, const 
 
 /* ---- flash_mma_bf16_v3 ----
  * One block per (query head h, 128-query block), 8 warps of 16 query rows; 64-key K/V tiles double
- * buffered in shared memory by cp.async (tile j+1 in flight while tile j is used; K and V in separate
- * groups so QK^T starts before V lands). Q, K (non-transposed) and V (transposed) mma fragments by
+ * buffered in shared memory by cp.async (tile j+1 in flight while tile j is used; one barrier per tile). Q, K (non-transposed) and V (transposed) mma fragments by
  * ldmatrix.x4. Per warp and tile: S = Q K^T (mma m16n8k16, fp32), x = S * scale * log2(e), keys past
  * a row's position masked to -inf, online softmax in base 2 (m = max x, p = 2^(x - m), l = sum p,
  * O *= 2^(m_old - m)), O += bf16(P) V. Causal: the block stops at its last row's key; a warp skips
  * tiles wholly past its rows and masks only tiles that cross its diagonal. Blocks are issued heaviest
  * (last query block) first, heads fastest. Rounding as v2 except exp2 vs exp (a few fp32 ULPs). */
-#define V3_BQ 128
+#define V3_BQ 128 /* default shape: 8 warps x 16 query rows, 64-key tiles */
 #define V3_BK 64
-#define V3_THREADS 256
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
-#endif
-}
-__device__ __forceinline__ void cp_async_commit()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
 __device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const bf16 *p)
 {
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
@@ -629,68 +650,61 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &
 
 /* cp.async of rows [r0, r0+ROWS) of a bf16 matrix (row r at base + r*rs, HD % 8 == 0) into smem
  * [ROWS][HDP+8]; rows >= nrows and columns >= HD are zero-filled (src-size 0). */
-template <int HDP, int ROWS>
+template <int HDP, int ROWS, int NT>
 __device__ __forceinline__ void v3_load(bf16 *dst, const bf16 *base, int64_t rs, int64_t r0, int64_t nrows, int HD)
 {
     constexpr int LD = HDP + 8, per = HDP / 8;
 #pragma unroll
-    for (int idx = threadIdx.x; idx < ROWS * per; idx += V3_THREADS) {
+    for (int idx = threadIdx.x; idx < ROWS * per; idx += NT) {
         const int r = idx / per, c = (idx % per) * 8;
         const bool ok = r0 + r < nrows && c < HD;
         cp_async16(dst + r * LD + c, ok ? base + (r0 + r) * rs + c : base, ok ? 16 : 0);
     }
 }
 
-template <int HDP>
-__global__ void __launch_bounds__(V3_THREADS, 1) flash_v3_kernel(bf16 *out, const bf16 *q, const bf16 *kc,
+template <int HDP, int NW, int BK>
+__global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, const bf16 *q, const bf16 *kc,
                                                                  const bf16 *vc, int64_t T, int64_t pos0, int64_t NH,
                                                                  int64_t NKV, int HD, float sl2)
 {
-    constexpr int LD = HDP + 8;
+    constexpr int LD = HDP + 8, BQ = NW * 16, NT = NW * 32;
     extern __shared__ __align__(16) unsigned char v3_smem[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(v3_smem), *Ks = Qs + V3_BQ * LD, *Vs = Ks + 2 * V3_BK * LD;
+    bf16 *Qs = reinterpret_cast<bf16 *>(v3_smem), *Ks = Qs + BQ * LD, *Vs = Ks + 2 * BK * LD;
     const int64_t h = blockIdx.x, kh = h / (NH / NKV);
-    const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * V3_BQ;
+    const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * BQ;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     const int64_t S = pos0 + T;
-    const int64_t qlast = qb + V3_BQ - 1 < T - 1 ? qb + V3_BQ - 1 : T - 1;
-    const int ntiles = (int)((pos0 + qlast + 1 + V3_BK - 1) / V3_BK);
+    const int64_t qlast = qb + BQ - 1 < T - 1 ? qb + BQ - 1 : T - 1;
+    const int ntiles = (int)((pos0 + qlast + 1 + BK - 1) / BK);
     const int64_t wq0 = pos0 + qb + w * 16; /* position of this warp's first row */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
 
-    v3_load<HDP, V3_BQ>(Qs, q + h * HD, NH * HD, qb, T, HD);
-    cp_async_commit();
-    v3_load<HDP, V3_BK>(Ks, kc + kh * HD, NKV * HD, 0, S, HD);
-    cp_async_commit();
-    v3_load<HDP, V3_BK>(Vs, vc + kh * HD, NKV * HD, 0, S, HD);
+    v3_load<HDP, BQ, NT>(Qs, q + h * HD, NH * HD, qb, T, HD);
+    v3_load<HDP, BK, NT>(Ks, kc + kh * HD, NKV * HD, 0, S, HD);
+    v3_load<HDP, BK, NT>(Vs, vc + kh * HD, NKV * HD, 0, S, HD);
     cp_async_commit();
 
     float o[HDP / 8][4];
 #pragma unroll
     for (int i = 0; i < HDP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-    float s[V3_BK / 8][4];
+    float s[BK / 8][4];
 
     for (int j = 0; j < ntiles; j++) {
-        const int64_t kb = (int64_t)j * V3_BK;
-        const bf16 *Kb = Ks + (j & 1) * V3_BK * LD, *Vb = Vs + (j & 1) * V3_BK * LD;
-        __syncthreads(); /* everyone is done with buffer (j+1)&1 (tile j-1) */
+        const int64_t kb = (int64_t)j * BK;
+        const bf16 *Kb = Ks + (j & 1) * BK * LD, *Vb = Vs + (j & 1) * BK * LD;
+        cp_async_wait<0>(); /* tile j (and Q) landed for this thread ... */
+        __syncthreads();    /* ... and for all; everyone is done with tile j-1, so its buffer is free */
         if (j + 1 < ntiles) {
-            v3_load<HDP, V3_BK>(Ks + ((j + 1) & 1) * V3_BK * LD, kc + kh * HD, NKV * HD, kb + V3_BK, S, HD);
-            cp_async_commit();
-            v3_load<HDP, V3_BK>(Vs + ((j + 1) & 1) * V3_BK * LD, vc + kh * HD, NKV * HD, kb + V3_BK, S, HD);
-            cp_async_commit();
-        } else {
-            cp_async_commit();
-            cp_async_commit();
+            v3_load<HDP, BK, NT>(Ks + ((j + 1) & 1) * BK * LD, kc + kh * HD, NKV * HD, kb + BK, S, HD);
+            v3_load<HDP, BK, NT>(Vs + ((j + 1) & 1) * BK * LD, vc + kh * HD, NKV * HD, kb + BK, S, HD);
         }
-        cp_async_wait<3>(); /* Q and K_j */
-        __syncthreads();
+        cp_async_commit();
         const bool active = kb <= wq0 + 15;           /* some key of the tile is visible to some row */
-        const bool diag = kb + V3_BK - 1 > wq0;       /* some key is past some row: mask */
+        const bool diag = kb + BK - 1 > wq0;       /* some key is past some row: mask */
         if (active) {
 #pragma unroll
-            for (int n = 0; n < V3_BK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            for (int n = 0; n < BK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
             const bf16 *qa = Qs + (w * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
             const bf16 *kbp = Kb + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
 #pragma unroll
@@ -698,42 +712,42 @@ __global__ void __launch_bounds__(V3_THREADS, 1) flash_v3_kernel(bf16 *out, cons
                 uint32_t a0, a1, a2, a3;
                 ldsm_x4(a0, a1, a2, a3, qa + ks * 16);
 #pragma unroll
-                for (int np = 0; np < V3_BK / 16; np++) {
+                for (int np = 0; np < BK / 16; np++) {
                     uint32_t b0, b1, b2, b3;
                     ldsm_x4(b0, b1, b2, b3, kbp + np * 16 * LD + ks * 16);
                     mma_bf16(s[2 * np], a0, a1, a2, a3, b0, b1);
                     mma_bf16(s[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
-            float mx[2] = {mrow[0], mrow[1]};
+            /* raw scores; masked ones -inf. max in raw units (sl2 > 0), then base-2 exponent by one FMA */
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int n = 0; n < V3_BK / 8; n++)
+            for (int n = 0; n < BK / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    float x = s[n][e] * sl2;
                     if (diag) {
                         const int64_t key = kb + n * 8 + 2 * tq + (e & 1);
-                        if (key > (e < 2 ? qpos0 : qpos1)) x = -INFINITY;
+                        if (key > (e < 2 ? qpos0 : qpos1)) s[n][e] = -INFINITY;
                     }
-                    s[n][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
                 }
             float alpha[2], rs[2] = {0.0f, 0.0f};
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                alpha[r] = mx[r] == -INFINITY ? 1.0f : exp2f(mrow[r] - mx[r]);
-                mrow[r] = mx[r];
+                const float mn = fmaxf(mrow[r], mx[r] * sl2);
+                alpha[r] = mn == -INFINITY ? 1.0f : exp2f(mrow[r] - mn);
+                mrow[r] = mn;
             }
+            const float nm0 = mrow[0] == -INFINITY ? 0.0f : -mrow[0], nm1 = mrow[1] == -INFINITY ? 0.0f : -mrow[1];
 #pragma unroll
-            for (int n = 0; n < V3_BK / 8; n++)
+            for (int n = 0; n < BK / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1;
-                    const float pv = mrow[r] == -INFINITY ? 0.0f : exp2f(s[n][e] - mrow[r]);
+                    const float pv = exp2f(fmaf(s[n][e], sl2, e < 2 ? nm0 : nm1));
                     s[n][e] = pv;
-                    rs[r] += pv;
+                    rs[e >> 1] += pv;
                 }
 #pragma unroll
             for (int r = 0; r < 2; r++) {
@@ -749,11 +763,9 @@ __global__ void __launch_bounds__(V3_THREADS, 1) flash_v3_kernel(bf16 *out, cons
                 o[i][3] *= alpha[1];
             }
         }
-        cp_async_wait<2>(); /* V_j */
-        __syncthreads();
         if (active) {
 #pragma unroll
-            for (int jj = 0; jj < V3_BK / 16; jj++) {
+            for (int jj = 0; jj < BK / 16; jj++) {
                 const uint32_t a0 = pack_bf16(s[2 * jj][0], s[2 * jj][1]);
                 const uint32_t a1 = pack_bf16(s[2 * jj][2], s[2 * jj][3]);
                 const uint32_t a2 = pack_bf16(s[2 * jj + 1][0], s[2 * jj + 1][1]);
@@ -785,19 +797,19 @@ __global__ void __launch_bounds__(V3_THREADS, 1) flash_v3_kernel(bf16 *out, cons
 
 static int flash_v3_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    return dt == Q3N_COMPUTE_BF16 && T > 1 && T <= (int64_t)65535 * V3_BQ && HD % 8 == 0 && HD <= 256;
+    return dt == Q3N_COMPUTE_BF16 && T > 1 && T <= (int64_t)65535 * 64 && HD % 8 == 0 && HD <= 256;
 }
 
-template <int HDP>
+template <int HDP, int NW, int BK>
 static cudaError_t launch_flash_v3(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    const size_t smem = sizeof(bf16) * (size_t)(V3_BQ + 4 * V3_BK) * (HDP + 8);
-    cudaError_t e = cudaFuncSetAttribute(flash_v3_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const size_t smem = sizeof(bf16) * (size_t)(NW * 16 + 4 * BK) * (HDP + 8);
+    cudaError_t e = cudaFuncSetAttribute(flash_v3_kernel<HDP, NW, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)smem);
     if (e != cudaSuccess) return e;
     const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v3_kernel<HDP><<<dim3((unsigned)NH, cdiv(T, V3_BQ)), V3_THREADS, smem, stream>>>(
+    flash_v3_kernel<HDP, NW, BK><<<dim3((unsigned)NH, cdiv(T, NW * 16)), NW * 32, smem, stream>>>(
         (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
     return cudaSuccess;
 }
@@ -838,11 +850,11 @@ extern "C" const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_com
 {
     if (flash_v3_ok(T, HD, dt)) return "flash_mma_bf16_v3";
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v2";
-    if (T == 1 && decode_v2_ok(HD, dt)) return "decode_split_bf16_v2";
+    if (T == 1 && decode_v3_ok(HD, dt)) return "decode_split_bf16_v3";
     return T == 1 ? "rows_v1(split-K decode)" : "rows_v1";
 }
 
-/* Partials of the decode split-K kernels: rows_v1 (256-key splits) or decode_v2 (128-key splits). */
+/* Partials of the decode split-K kernels: rows_v1 (256-key splits) or decode_v3 (128-key splits). */
 extern "C" int64_t cuda_attention_scratch(int64_t T, int64_t NH, int64_t HD, int64_t S)
 {
     if (T != 1) return 0;
@@ -869,14 +881,18 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
     const float scale = 1.0f / sqrtf((float)HD);
-    if (!old && flash_v3_ok(T, HD, dt)) {
+    if (old != 1 && flash_v3_ok(T, HD, dt)) {
         cudaError_t e;
         if (HD <= 64)
-            e = launch_flash_v3<64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
+            e = launch_flash_v3<64, 8, 64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
         else if (HD <= 128)
-            e = launch_flash_v3<128>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
+            e = launch_flash_v3<128, 8, 64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
+        else if (old == 2) /* dev variants, timed by test_attn2 */
+            e = launch_flash_v3<256, 4, 32>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
+        else if (old == 3)
+            e = launch_flash_v3<256, 8, 32>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
         else
-            e = launch_flash_v3<256>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
+            e = launch_flash_v3<256, 8, 64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
         CU_CHECK(e);
         CU_LAUNCHED("flash_v3_kernel");
         return Q3N_OK;
@@ -893,8 +909,8 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
         CU_LAUNCHED("flash_bf16_kernel");
         return Q3N_OK;
     }
-    if (T == 1 && !old && decode_v2_ok(HD, dt))
-        return decode_v2_launch(d_out, d_q, d_kc, d_vc, d_scratch, pos0, NULL, pos0 + 1, NH, NKV, HD, stream, err);
+    if (T == 1 && !old && decode_v3_ok(HD, dt))
+        return decode_v3_launch(d_out, d_q, d_kc, d_vc, d_scratch, pos0, NULL, pos0 + 1, NH, NKV, HD, stream, err);
     return rows_launch(d_out, d_q, d_kc, d_vc, d_scratch, T, pos0, NULL, pos0 + T, NH, NKV, HD, dt, stream, err);
 }
 
@@ -905,8 +921,8 @@ extern "C" enum q3n_status cuda_attention_decode_dpos(void *d_out, const void *d
                                                       struct q3n_error *err)
 {
     Q3N_REQUIRE(d_pos != NULL && S_max > 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && HD <= 128 * ROWS_MAXD);
-    if (decode_v2_ok(HD, dt))
-        return decode_v2_launch(d_out, d_q, d_kc, d_vc, d_scratch, 0, d_pos, S_max, NH, NKV, HD, stream, err);
+    if (decode_v3_ok(HD, dt))
+        return decode_v3_launch(d_out, d_q, d_kc, d_vc, d_scratch, 0, d_pos, S_max, NH, NKV, HD, stream, err);
     return rows_launch(d_out, d_q, d_kc, d_vc, d_scratch, 1, 0, d_pos, S_max, NH, NKV, HD, dt, stream, err);
 }
 

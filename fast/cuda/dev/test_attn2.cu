@@ -5,7 +5,7 @@
  * Inputs are bf16-rounded random normals; outputs are NaN-poisoned with a sentinel guard; every case
  * runs REPEAT times and must be bitwise identical. One line per case; exit status 1 on any failure.
  *
- *   test_attn2            all cases, then timings (old vs new) at T=4096/16384 and decode at S=4096
+ *   test_attn2            all cases, then timings (old vs new) at T=4096/16384 and decode at S=4096/32768
  *   test_attn2 --quick    cases only */
 #include <algorithm>
 #include <math.h>
@@ -174,7 +174,7 @@ static std::vector<float> randb(int64_t n, int bf)
 }
 
 /* ---- prefill / forward: new kernel vs ref_attention_forward and vs the previous kernel ---- */
-static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int bf)
+static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int bf, int ver = 0)
 {
     const int64_t S = pos0 + T, n = T * NH * HD;
     auto q = randb(n, bf), kc = randb(S * NKV * HD, bf), vc = randb(S * NKV * HD, bf);
@@ -187,8 +187,12 @@ static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64
     int det = 1, det1 = 1;
     for (int r = 0; r < REPEAT; r++) {
         poison(o), poison(o1);
-        RUN(cuda_attention_forward(o.p, dq.p, dk.p, dv.p, (float *)scratch.p, T, pos0, NH, NKV, HD, DT(bf), g_stream,
-                                   E));
+        if (ver == 0)
+            RUN(cuda_attention_forward(o.p, dq.p, dk.p, dv.p, (float *)scratch.p, T, pos0, NH, NKV, HD, DT(bf),
+                                       g_stream, E));
+        else
+            RUN(cuda_attention_forward_ver(o.p, dq.p, dk.p, dv.p, (float *)scratch.p, T, pos0, NH, NKV, HD, ver,
+                                           DT(bf), g_stream, E));
         RUN(cuda_attention_forward_ver(o1.p, dq.p, dk.p, dv.p, (float *)scratch.p, T, pos0, NH, NKV, HD, 1, DT(bf),
                                        g_stream, E));
         CK(cudaStreamSynchronize(g_stream));
@@ -197,8 +201,8 @@ static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64
         else det &= same_bits(first, got), det1 &= same_bits(old, got1);
     }
     char name[200];
-    snprintf(name, sizeof name, "attention[%s] T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld %s",
-             cuda_attention_kernel(T, HD, DT(bf)), (long long)T, (long long)pos0, (long long)NH, (long long)NKV,
+    snprintf(name, sizeof name, "attention[%s%s] T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld %s",
+             cuda_attention_kernel(T, HD, DT(bf)), ver == 2 ? " dev 4w/32k" : ver == 3 ? " dev 8w/32k" : "", (long long)T, (long long)pos0, (long long)NH, (long long)NKV,
              (long long)HD, dtn(bf));
     check(name, first, want, bf ? 2e-2 : 2e-6, det, &o);
     snprintf(name, sizeof name, "  old kernel (ver 1) T=%lld pos0=%lld HD=%lld %s", (long long)T, (long long)pos0,
@@ -321,22 +325,29 @@ static void bench_prefill(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
     auto hq = randb((int64_t)n, 1), hk = randb((int64_t)nk, 1), hv = randb((int64_t)nk, 1);
     dbuf q = up(hq, 1), kc = up(hk, 1), vc = up(hv, 1), o = dnew(n * 2);
     const double flops = 4.0 * NH * HD * (double)T * (T + 1) / 2.0;
-    std::vector<float> outs[2];
-    for (int old = 1; old >= 0; old--) {
-        fwd_args a = {o.p, q.p, kc.p, vc.p, NULL, T, 0, NH, NKV, HD, old, NULL};
+    /* ver 1 = flash_mma_bf16_v2, 0 = the default v3; 2, 3 = v3 dev shapes (4 warps/32-key tiles, 8 warps/32-key) */
+    const int vers[] = {1, 2, 3, 0};
+    const char *names[] = {"old: flash_mma_bf16_v2", "v3 variant 4 warps, 32-key tiles",
+                           "v3 variant 8 warps, 32-key tiles", cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16)};
+    std::vector<float> ref;
+    for (int vi = 0; vi < 4; vi++) {
+        fwd_args a = {o.p, q.p, kc.p, vc.p, NULL, T, 0, NH, NKV, HD, vers[vi], NULL};
         poison(o);
         fwd_call(&a);
         CK(cudaStreamSynchronize(g_stream));
-        outs[old] = down(o, (int64_t)n, 1);
+        auto got = down(o, (int64_t)n, 1);
         const float ms = time_calls(10, fwd_call, &a);
         printf("BENCH attention prefill[%s] T=%lld NH=%lld NKV=%lld HD=%lld causal bf16: %.3f ms (median of 10), "
                "%.0f TFLOP/s\n",
-               old ? "old: flash_mma_bf16_v2" : cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), (long long)T,
-               (long long)NH, (long long)NKV, (long long)HD, ms, flops / (ms * 1e-3) / 1e12);
+               names[vi], (long long)T, (long long)NH, (long long)NKV, (long long)HD, ms, flops / (ms * 1e-3) / 1e12);
+        if (vi == 0) {
+            ref = got;
+        } else {
+            char name[120];
+            snprintf(name, sizeof name, "  prefill ver %d vs v2 at T=%lld (full size)", vers[vi], (long long)T);
+            check(name, got, ref, 2e-2, 1, &o);
+        }
     }
-    char name[120];
-    snprintf(name, sizeof name, "  prefill new vs old at T=%lld (full size)", (long long)T);
-    check(name, outs[0], outs[1], 2e-2, 1, &o);
     dfree(q), dfree(kc), dfree(vc), dfree(o);
 }
 
@@ -399,12 +410,18 @@ int main(int argc, char **argv)
     case_forward(33, 40, 8, 2, 100, 1);
     case_forward(65, 0, 16, 2, 256, 0);
     case_forward(1, 700, 16, 2, 256, 0);
+    for (int ver = 2; ver <= 3; ver++) { /* the v3 dev shapes timed below */
+        case_forward(130, 700, 16, 2, 256, 1, ver);
+        case_forward(65, 0, 16, 2, 256, 1, ver);
+        case_forward(300, 64, 4, 1, 256, 1, ver);
+    }
     printf("%d cases, %d failed\n", g_cases, g_fail);
     if (g_fail) return 1;
     if (!quick) {
-        bench_decode(4096, 16, 2, 256);
-        bench_prefill(4096, 16, 2, 256);
+        bench_prefill(4096, 16, 2, 256); /* first: the clocks are up for the decode timings */
         bench_prefill(16384, 16, 2, 256);
+        bench_decode(4096, 16, 2, 256);
+        bench_decode(32768, 16, 2, 256);
     }
     return g_fail ? 1 : 0;
 }
