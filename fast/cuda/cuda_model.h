@@ -37,6 +37,10 @@ enum q3n_status cuda_session_profile(void *session, int on, double *ms4, struct 
 /* Decode steps (one token after a prefill, taps off) replay a CUDA graph captured on the first
  * such step; on == 0 runs them eagerly (the same launches, bitwise the same logits). */
 enum q3n_status cuda_session_decode_graph(void *session, int on, struct q3n_error *err);
+/* Mean per graph-replayed decode step since the last call: device time of the replay (CUDA events
+ * around it; it ends with the logits in pinned host memory) and host time of the copy from there
+ * to the caller's buffer; 0 when none ran. */
+enum q3n_status cuda_session_decode_times(void *session, double *graph_ms, double *copy_ms, struct q3n_error *err);
 /* "captured", "not captured yet", or why the capture failed (the session then stays eager). */
 const char *cuda_session_graph_status(void *session);
 

@@ -76,6 +76,14 @@ enum q3n_status cuda_conv1d_causal_forward(void *d_out, const void *d_x, const f
 /* state <- the last K columns of [state; x] (float32 [Cc,K]). */
 enum q3n_status cuda_conv1d_state_update(float *d_state, const void *d_x, int64_t T, int64_t Cc, int64_t K,
                                          enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Decode step (T = 1), one launch, bitwise the same as cuda_conv1d_causal_forward +
+ * cuda_conv1d_state_update + cuda_l2norm_forward (q: scale qscale, divide qdivide; k: scale 1) +
+ * cuda_to_f32 (v) on x [Cc = 2*NK*DK + NV*DV] = q|k|v: q [NK,DK], k [NK,DK], v [NV*DV] float32;
+ * state [Cc,K] updated in place. DK <= 256. */
+enum q3n_status cuda_conv1d_decode_qkv(float *d_q, float *d_k, float *d_v, float *d_state, const void *d_x,
+                                       const float *d_w, int64_t NK, int64_t DK, int64_t NV, int64_t DV, int64_t K,
+                                       double eps, float qscale, int qdivide, enum q3n_compute_dtype dt,
+                                       cudaStream_t stream, struct q3n_error *err);
 
 /* ---- deltanet.cu ---- */
 /* Head-grouped split (see ref_deltanet_split_forward) into mixed [T,Cc] = q|k|v (the conv's

@@ -18,12 +18,12 @@ __global__ void add_bias_kernel(T *out, const float *bias, int64_t T_, int64_t N
 /* ---- one-row GEMV (decode, bf16) ----
  * out[n] = T(sum_k W[n,k] x[k]) (+ bias[n] after the rounding, as add_bias_kernel does):
  * one warp per output row at a time (grid-stride over rows), x staged in shared memory, W read
- * in 16-byte chunks (8 bf16): lane l takes chunks l, l+32, ... of the row, GEMV_UNR chunks in
- * flight before their FMAs, float32 accumulation in a fixed order, then a fixed xor-tree over
- * the warp. Memory-bound: every byte of W is read once; x comes from shared memory. */
-#define GEMV_UNR 8
+ * in 16-byte chunks (8 bf16): lane l takes chunks l, l+32, ... of the row, UNR chunks in flight
+ * before their FMAs, float32 accumulation in chunk order, then a fixed xor-tree over the warp
+ * (the order does not depend on UNR). Memory-bound: every byte of W is read once. The first
+ * batch of a warp's next row is loaded before the current row's reduction (and the very first
+ * before x is staged), so no warp waits on a load without another in flight. */
 #define GEMV_WARPS 8
-#define GEMV_BLOCKS_PER_SM 4 /* <= 64 registers: 8 chunks of 16 bytes in flight per lane */
 
 __device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
@@ -51,26 +51,48 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
     return v;
 }
 
-__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_BLOCKS_PER_SM) gemv_bf16_kernel(bf16 *out, const uint4 *x, const uint4 *W,
-                                                                    const float *bias, int N, int nc)
+/* wv[u] = row[c + 32u] for the chunks that exist. */
+template <int UNR>
+__device__ __forceinline__ void gemv_load(uint4 *wv, const uint4 *row, int c, int nc)
+{
+#pragma unroll
+    for (int u = 0; u < UNR; u++)
+        if (c + 32 * u < nc) wv[u] = ld_stream(row + c + 32 * u);
+}
+
+template <int UNR>
+__device__ __forceinline__ float gemv_fma(const uint4 *wv, const uint4 *xs, int c, int nc, float acc)
+{
+#pragma unroll
+    for (int u = 0; u < UNR; u++)
+        if (c + 32 * u < nc) acc = dot8(wv[u], xs[c + 32 * u], acc);
+    return acc;
+}
+
+/* Resident blocks per SM for UNR (registers: UNR 16-byte buffers per lane). */
+#define GEMV_BLOCKS(UNR) ((UNR) <= 8 ? 4 : 2)
+
+template <int UNR>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_BLOCKS(UNR))
+    gemv_bf16_kernel(bf16 *out, const uint4 *x, const uint4 *W, const float *bias, int N, int nc)
 {
     extern __shared__ uint4 xs[]; /* [nc] */
+    const int lane = threadIdx.x & 31, warps = gridDim.x * GEMV_WARPS;
+    int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    uint4 wv[UNR] = {};
+    if (n < N) gemv_load<UNR>(wv, W + (int64_t)n * nc, lane, nc);
     for (int c = threadIdx.x; c < nc; c += blockDim.x) xs[c] = x[c];
     __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int warps = gridDim.x * GEMV_WARPS;
-    for (int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5); n < N; n += warps) {
+    for (; n < N; n += warps) {
         const uint4 *wr = W + (int64_t)n * nc;
         float acc = 0.0f;
-        for (int c0 = lane; c0 < nc; c0 += 32 * GEMV_UNR) {
-            uint4 wv[GEMV_UNR] = {};
-#pragma unroll
-            for (int u = 0; u < GEMV_UNR; u++)
-                if (c0 + 32 * u < nc) wv[u] = ld_stream(wr + c0 + 32 * u);
-#pragma unroll
-            for (int u = 0; u < GEMV_UNR; u++)
-                if (c0 + 32 * u < nc) acc = dot8(wv[u], xs[c0 + 32 * u], acc);
+        for (int base = 0;;) { /* wv holds chunks base + lane + 32u */
+            acc = gemv_fma<UNR>(wv, xs, base + lane, nc, acc);
+            base += 32 * UNR;
+            if (base >= nc) break;
+            gemv_load<UNR>(wv, wr, base + lane, nc);
         }
+        if (n + warps < N) gemv_load<UNR>(wv, W + (int64_t)(n + warps) * nc, lane, nc);
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (lane == 0) {
             float v = __bfloat162float(__float2bfloat16_rn(acc));
@@ -87,19 +109,28 @@ static int gemv_ok(const void *x, const void *W, int64_t T, int64_t Kin, enum q3
            ((uintptr_t)x % 16) == 0 && ((uintptr_t)W % 16) == 0;
 }
 
-static enum q3n_status gemv_launch(void *d_out, const void *d_x, const void *d_W, const float *d_bias, int64_t N,
-                                   int64_t Kin, cudaStream_t stream, struct q3n_error *err)
+template <int UNR>
+static enum q3n_status gemv_launch_unr(void *d_out, const void *d_x, const void *d_W, const float *d_bias, int64_t N,
+                                       int64_t Kin, cudaStream_t stream, struct q3n_error *err)
 {
     int dev = 0, sms = 0;
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int64_t need = (N + GEMV_WARPS - 1) / GEMV_WARPS, cap = (int64_t)sms * GEMV_BLOCKS_PER_SM;
+    const int64_t need = (N + GEMV_WARPS - 1) / GEMV_WARPS, cap = (int64_t)sms * GEMV_BLOCKS(UNR);
     const unsigned grid = (unsigned)(need < cap ? need : cap);
     const int nc = (int)(Kin / 8);
-    gemv_bf16_kernel<<<grid, 32 * GEMV_WARPS, sizeof(uint4) * (size_t)nc, stream>>>(
+    gemv_bf16_kernel<UNR><<<grid, 32 * GEMV_WARPS, sizeof(uint4) * (size_t)nc, stream>>>(
         (bf16 *)d_out, (const uint4 *)d_x, (const uint4 *)d_W, d_bias, (int)N, nc);
     CU_LAUNCHED("gemv_bf16_kernel");
     return Q3N_OK;
+}
+
+/* 16 chunks in flight per lane for rows of >= 4096 (one round trip per row), else 8. */
+static enum q3n_status gemv_launch(void *d_out, const void *d_x, const void *d_W, const float *d_bias, int64_t N,
+                                   int64_t Kin, cudaStream_t stream, struct q3n_error *err)
+{
+    if (Kin >= 4096) return gemv_launch_unr<16>(d_out, d_x, d_W, d_bias, N, Kin, stream, err);
+    return gemv_launch_unr<8>(d_out, d_x, d_W, d_bias, N, Kin, stream, err);
 }
 
 extern "C" enum q3n_status cuda_linear_forward(void *d_out, const void *d_x, const void *d_W, const float *d_bias,

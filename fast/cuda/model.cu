@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.cuh"
 #include "cuda_model.h"
@@ -26,6 +27,7 @@
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
 #define BLAS_WS_BYTES ((size_t)32 << 20)
+#define LM_SPLIT 4 /* row blocks of the decode lm_head: block i's logits go to the host during block i+1 */
 
 struct dev_mlp {
     void *gate_up; /* [2W, D]: gate rows then up rows */
@@ -82,6 +84,7 @@ struct cuda_session {
     struct dev_layer *layers;
     struct work w;
     int64_t Tmax, cache_len;
+    int64_t big_elems; /* capacity of w.big in elements */
     int has_prev;
     /* MTP: the MTP layer is layers[num_hidden_layers] (cfg.layer_type/layer_is_sparse set for it) */
     int has_mtp;
@@ -99,6 +102,7 @@ struct cuda_session {
     /* what ran since the last reset */
     int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv, ran_moe_grouped;
     int ran_decode_graph, ran_decode_eager;
+    const char *dn_kernel, *attn_prefill_kernel, *attn_decode_kernel; /* names from the launchers */
     char desc[512];
     /* decode step: [token id, position] on the device and its pinned host staging; the captured
      * graph (graph_state 0 = not tried, 1 = ready, -1 = capture failed: eager, graph_why says why);
@@ -110,6 +114,14 @@ struct cuda_session {
     int graph_state, graph_off;
     uint64_t graph_ran;
     char graph_why[96];
+    /* device time of the replays and of the logits copies since the last cuda_session_decode_times */
+    cudaEvent_t gev[3];
+    double gms[2];
+    int64_t gsteps;
+    /* the decode lm_head's copy stream, its fork/join events and the pinned logits */
+    cudaStream_t cstream;
+    cudaEvent_t lev[LM_SPLIT + 1];
+    float *logits_pin;
     /* optional per-phase timing (cuda_session_profile): events around each block */
     int profile;
     cudaEvent_t ev[2 * 4 * 64 + 2];
@@ -178,6 +190,38 @@ static enum q3n_status new_vec(struct cuda_session *s, float **dst, const float 
     Q3N_TRY(dalloc(s, (void **)dst, sizeof(float) * (size_t)n, err));
     CU_CHECK(cudaMemcpy(*dst, src, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
     return Q3N_OK;
+}
+
+/* Matrices that read the same input row, stacked in one buffer (in_proj_qkvz | in_proj_ba,
+ * q_proj | k_proj | v_proj): a decode token's one GEMV then covers them all (stacked()). Each
+ * dst[i] points at its own rows; when a src[i] is missing, each goes up on its own (new_mat). */
+static enum q3n_status new_stacked(struct cuda_session *s, void **dst[], const float *const src[], const int64_t n[],
+                                   int cnt, struct q3n_error *err)
+{
+    int64_t total = 0;
+    for (int i = 0; i < cnt; i++) {
+        if (src[i]) {
+            total += n[i];
+            continue;
+        }
+        for (int j = 0; j < cnt; j++) Q3N_TRY(new_mat(s, dst[j], src[j], n[j], err));
+        return Q3N_OK;
+    }
+    void *base = NULL;
+    Q3N_TRY(dalloc(s, &base, s->as * (size_t)total, err));
+    int64_t off = 0;
+    for (int i = 0; i < cnt; i++) {
+        *dst[i] = (char *)base + s->as * (size_t)off;
+        Q3N_TRY(upload_act(s, *dst[i], src[i], n[i], err));
+        off += n[i];
+    }
+    return Q3N_OK;
+}
+
+/* a and b (rows of D) adjacent in memory, a first: one GEMV may read both. */
+static int stacked(const struct cuda_session *s, const void *a, int64_t a_rows, const void *b, int64_t D)
+{
+    return a && b && (const char *)b == (const char *)a + s->as * (size_t)(a_rows * D);
 }
 
 /* Stacks gate and up [W, D] into [2W, D] at dst. */
@@ -285,6 +329,7 @@ static enum q3n_status alloc_work(struct cuda_session *s, struct q3n_error *err)
     DALLOC(w->xn, Tm * D * as);
     DALLOC(w->y, Tm * D * as);
     DALLOC(w->big, Tm * big * as);
+    s->big_elems = Tm * big;
     DALLOC(w->ba, Tm * 2 * NV * as);
     DALLOC(w->mixed, Tm * Cc * as);
     DALLOC(w->conv, Tm * Cc * as);
@@ -395,6 +440,9 @@ static enum q3n_status session_new(struct cuda_session **out, const struct q3n_c
     CUBLAS_CHECK(cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH)); /* no TF32 */
     CUBLAS_CHECK(cublasSetStream(s->blas, s->stream));
     CU_CHECK(cudaMallocHost((void **)&s->step_host, 2 * sizeof(int64_t)));
+    CU_CHECK(cudaStreamCreateWithFlags(&s->cstream, cudaStreamNonBlocking));
+    for (int i = 0; i <= LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->lev[i], cudaEventDisableTiming));
+    CU_CHECK(cudaMallocHost((void **)&s->logits_pin, sizeof(float) * (size_t)cfg->vocab_size));
     return Q3N_OK;
 }
 
@@ -410,8 +458,10 @@ static enum q3n_status upload_layer(struct cuda_session *s, int64_t l, const str
     Q3N_TRY(new_vec(s, &L->post_norm, lw->post_attention_layernorm, D, err));
     if (c->layer_type[l] == Q3N_LAYER_LINEAR_ATTENTION) {
         const struct q3n_linear_attn_weights *a = &lw->linear_attn;
-        Q3N_TRY(new_mat(s, &L->qkvz, a->in_proj_qkvz, q3n_config_qkvz_dim(c) * D, err));
-        Q3N_TRY(new_mat(s, &L->ba, a->in_proj_ba, 2 * NV * D, err));
+        void **dst[2] = {&L->qkvz, &L->ba};
+        const float *const src[2] = {a->in_proj_qkvz, a->in_proj_ba};
+        const int64_t n[2] = {q3n_config_qkvz_dim(c) * D, 2 * NV * D};
+        Q3N_TRY(new_stacked(s, dst, src, n, 2, err));
         Q3N_TRY(new_mat(s, &L->out_proj, a->out_proj, D * NV * DV, err));
         Q3N_TRY(new_vec(s, &L->conv_w, a->conv1d, q3n_config_conv_dim(c) * c->linear_conv_kernel_dim, err));
         Q3N_TRY(new_vec(s, &L->dt_bias, a->dt_bias, NV, err));
@@ -419,9 +469,10 @@ static enum q3n_status upload_layer(struct cuda_session *s, int64_t l, const str
         Q3N_TRY(new_vec(s, &L->gnorm, a->norm, DV, err));
     } else {
         const struct q3n_attn_weights *a = &lw->self_attn;
-        Q3N_TRY(new_mat(s, &L->q_proj, a->q_proj, NH * 2 * HD * D, err));
-        Q3N_TRY(new_mat(s, &L->k_proj, a->k_proj, NKV * HD * D, err));
-        Q3N_TRY(new_mat(s, &L->v_proj, a->v_proj, NKV * HD * D, err));
+        void **dst[3] = {&L->q_proj, &L->k_proj, &L->v_proj};
+        const float *const src[3] = {a->q_proj, a->k_proj, a->v_proj};
+        const int64_t n[3] = {NH * 2 * HD * D, NKV * HD * D, NKV * HD * D};
+        Q3N_TRY(new_stacked(s, dst, src, n, 3, err));
         Q3N_TRY(new_mat(s, &L->o_proj, a->o_proj, D * NH * HD, err));
         Q3N_TRY(new_vec(s, &L->q_norm, a->q_norm, HD, err));
         Q3N_TRY(new_vec(s, &L->k_norm, a->k_norm, HD, err));
@@ -520,8 +571,9 @@ static enum q3n_status open_random(struct cuda_session *s, uint64_t seed, struct
         RVEC(L->in_norm, D, 2, 0.1f, 0.5f);
         RVEC(L->post_norm, D, 2, 0.1f, 0.5f);
         if (c->layer_type[l] == Q3N_LAYER_LINEAR_ATTENTION) {
-            RMAT(L->qkvz, q3n_config_qkvz_dim(c) * D, D);
-            RMAT(L->ba, 2 * NV * D, D);
+            const int64_t nq = q3n_config_qkvz_dim(c) * D;
+            RMAT(L->qkvz, nq + 2 * NV * D, D); /* stacked: qkvz | ba */
+            L->ba = (char *)L->qkvz + s->as * (size_t)nq;
             RMAT(L->out_proj, D * NV * DV, NV * DV);
             DALLOC(L->conv_w, 4 * (size_t)(q3n_config_conv_dim(c) * Kc));
             RFILL(L->conv_w, q3n_config_conv_dim(c) * Kc, 0, 0, 1.0f / sqrtf((float)Kc), 0.0f);
@@ -529,9 +581,10 @@ static enum q3n_status open_random(struct cuda_session *s, uint64_t seed, struct
             RVEC(L->A_log, NV, 1, 0.0f, 2.77f); /* log(1) .. log(16) */
             RVEC(L->gnorm, DV, 1, 0.7f, 1.3f);
         } else {
-            RMAT(L->q_proj, NH * 2 * HD * D, D);
-            RMAT(L->k_proj, NKV * HD * D, D);
-            RMAT(L->v_proj, NKV * HD * D, D);
+            const int64_t nq = NH * 2 * HD * D, nk = NKV * HD * D;
+            RMAT(L->q_proj, nq + 2 * nk, D); /* stacked: q | k | v */
+            L->k_proj = (char *)L->q_proj + s->as * (size_t)nq;
+            L->v_proj = (char *)L->q_proj + s->as * (size_t)(nq + nk);
             RMAT(L->o_proj, D * NH * HD, NH * HD);
             RVEC(L->q_norm, HD, 2, 0.1f, 0.5f);
             RVEC(L->k_norm, HD, 2, 0.1f, 0.5f);
@@ -678,11 +731,18 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, cons
     const int64_t Cc = q3n_config_conv_dim(c), Q = q3n_config_qkvz_dim(c);
     const int chunked = T > 1 || !s->has_prev;
 
-    Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, T, Q, D, dt, s->blas, s->stream, err));
+    void *ba = w->ba;
+    if (T == 1 && dt == Q3N_COMPUTE_BF16 && stacked(s, L->qkvz, Q, L->ba, D) && Q + 2 * NV <= s->big_elems) {
+        /* one token, stacked weights: qkvz | ba by one GEMV (per-row sums, as two launches give) */
+        Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, 1, Q + 2 * NV, D, dt, s->blas, s->stream, err));
+        ba = ACT(w->big, Q);
+    } else {
+        Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, T, Q, D, dt, s->blas, s->stream, err));
+        Q3N_TRY(cuda_linear_forward(w->ba, w->xn, L->ba, NULL, T, 2 * NV, D, dt, s->blas, s->stream, err));
+    }
     TAPA2(w->big, T, Q, "%s.linear_attn.in_proj_qkvz.out", p);
-    Q3N_TRY(cuda_linear_forward(w->ba, w->xn, L->ba, NULL, T, 2 * NV, D, dt, s->blas, s->stream, err));
-    TAPA2(w->ba, T, 2 * NV, "%s.linear_attn.in_proj_ba.out", p);
-    Q3N_TRY(cuda_deltanet_split_forward(w->mixed, w->z, w->b, w->a, w->big, w->ba, T, NK, NV, DK, DV, dt, s->stream,
+    TAPA2(ba, T, 2 * NV, "%s.linear_attn.in_proj_ba.out", p);
+    Q3N_TRY(cuda_deltanet_split_forward(w->mixed, w->z, w->b, w->a, w->big, ba, T, NK, NV, DK, DV, dt, s->stream,
                                         err));
     TAPS3(w->mixed, Cc, NK * DK, T, NK, DK, "%s.linear_attn.q", p);
     TAPS3(ACT(w->mixed, NK * DK), Cc, NK * DK, T, NK, DK, "%s.linear_attn.k", p);
@@ -691,25 +751,31 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, cons
     TAPF2(w->b, T, NV, "%s.linear_attn.b", p);
     TAPF2(w->a, T, NV, "%s.linear_attn.a", p);
 
-    Q3N_TRY(cuda_conv1d_causal_forward(w->conv, w->mixed, L->conv_w, L->conv_state, T, Cc, Kc, dt, s->stream, err));
-    Q3N_TRY(cuda_conv1d_state_update(L->conv_state, w->mixed, T, Cc, Kc, dt, s->stream, err));
-    TAPA2(w->conv, T, Cc, "%s.linear_attn.conv1d.out", p);
-
-    if (taps && taps->fn) {
-        Q3N_TRY(cuda_l2norm_forward(w->qf, w->conv, T, NK, DK, Cc, 1e-6, 1.0f, 0, dt, s->stream, err));
-        TAPF3(w->qf, T, NK, DK, "%s.linear_attn.q_l2", p);
-    }
     const float qscale = chunked ? (float)pow((double)DK, -0.5) : (float)sqrt((double)DK);
-    Q3N_TRY(cuda_l2norm_forward(w->qf, w->conv, T, NK, DK, Cc, 1e-6, qscale, !chunked, dt, s->stream, err));
-    Q3N_TRY(cuda_l2norm_forward(w->kf, ACT(w->conv, NK * DK), T, NK, DK, Cc, 1e-6, 1.0f, 0, dt, s->stream, err));
-    TAPF3(w->kf, T, NK, DK, "%s.linear_attn.k_l2", p);
-    Q3N_TRY(cuda_to_f32(w->vf, ACT(w->conv, 2 * NK * DK), T, NV * DV, Cc, dt, s->stream, err));
+    if (!chunked && !(taps && taps->fn) && DK <= 256) {
+        /* decode: conv, its state, the q/k norms and v to float32 in one launch (bitwise the same) */
+        Q3N_TRY(cuda_conv1d_decode_qkv(w->qf, w->kf, w->vf, L->conv_state, w->mixed, L->conv_w, NK, DK, NV, DV, Kc,
+                                       1e-6, qscale, 1, dt, s->stream, err));
+    } else {
+        Q3N_TRY(cuda_conv1d_causal_forward(w->conv, w->mixed, L->conv_w, L->conv_state, T, Cc, Kc, dt, s->stream, err));
+        Q3N_TRY(cuda_conv1d_state_update(L->conv_state, w->mixed, T, Cc, Kc, dt, s->stream, err));
+        TAPA2(w->conv, T, Cc, "%s.linear_attn.conv1d.out", p);
+        if (taps && taps->fn) {
+            Q3N_TRY(cuda_l2norm_forward(w->qf, w->conv, T, NK, DK, Cc, 1e-6, 1.0f, 0, dt, s->stream, err));
+            TAPF3(w->qf, T, NK, DK, "%s.linear_attn.q_l2", p);
+        }
+        Q3N_TRY(cuda_l2norm_forward(w->qf, w->conv, T, NK, DK, Cc, 1e-6, qscale, !chunked, dt, s->stream, err));
+        Q3N_TRY(cuda_l2norm_forward(w->kf, ACT(w->conv, NK * DK), T, NK, DK, Cc, 1e-6, 1.0f, 0, dt, s->stream, err));
+        TAPF3(w->kf, T, NK, DK, "%s.linear_attn.k_l2", p);
+        Q3N_TRY(cuda_to_f32(w->vf, ACT(w->conv, 2 * NK * DK), T, NV * DV, Cc, dt, s->stream, err));
+    }
 
     Q3N_TRY(cuda_deltanet_gates_forward(w->g, w->beta, w->a, w->b, L->A_log, L->dt_bias, T, NV, dt, s->stream, err));
     TAPF2(w->g, T, NV, "%s.linear_attn.g", p);
     TAPF2(w->beta, T, NV, "%s.linear_attn.beta", p);
 
     if (chunked) {
+        s->dn_kernel = cuda_delta_rule_chunked_kernel_for(DK, DV, s->opt.chunk_size, dt);
         Q3N_TRY(cuda_delta_rule_chunked(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs, T, NK, NV,
                                         DK, DV, s->opt.chunk_size, dt, s->stream, err));
         s->ran_chunked = 1;
@@ -743,12 +809,22 @@ static enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char 
         vp = w->ey;
     }
 
-    Q3N_TRY(cuda_linear_forward(qg, w->xn, L->q_proj, L->q_bias, T, NH * 2 * HD, D, dt, s->blas, s->stream, err));
-    TAPA2(qg, T, NH * 2 * HD, "%s.self_attn.q_proj.out", p);
-    Q3N_TRY(cuda_linear_forward(kp, w->xn, L->k_proj, L->k_bias, T, NKV * HD, D, dt, s->blas, s->stream, err));
-    TAPA2(kp, T, NKV * HD, "%s.self_attn.k_proj.out", p);
-    Q3N_TRY(cuda_linear_forward(vp, w->xn, L->v_proj, L->v_bias, T, NKV * HD, D, dt, s->blas, s->stream, err));
-    TAPA2(vp, T, NKV * HD, "%s.self_attn.v_proj.out", p);
+    const int64_t NQ = NH * 2 * HD, NKH = NKV * HD;
+    if (T == 1 && dt == Q3N_COMPUTE_BF16 && !L->q_bias && !L->k_bias && !L->v_bias &&
+        stacked(s, L->q_proj, NQ, L->k_proj, D) && stacked(s, L->k_proj, NKH, L->v_proj, D) &&
+        NQ + 2 * NKH <= s->big_elems) {
+        /* one token, stacked weights: q | k | v by one GEMV */
+        Q3N_TRY(cuda_linear_forward(qg, w->xn, L->q_proj, NULL, 1, NQ + 2 * NKH, D, dt, s->blas, s->stream, err));
+        kp = ACT(qg, NQ);
+        vp = ACT(qg, NQ + NKH);
+    } else {
+        Q3N_TRY(cuda_linear_forward(qg, w->xn, L->q_proj, L->q_bias, T, NQ, D, dt, s->blas, s->stream, err));
+        Q3N_TRY(cuda_linear_forward(kp, w->xn, L->k_proj, L->k_bias, T, NKH, D, dt, s->blas, s->stream, err));
+        Q3N_TRY(cuda_linear_forward(vp, w->xn, L->v_proj, L->v_bias, T, NKH, D, dt, s->blas, s->stream, err));
+    }
+    TAPA2(qg, T, NQ, "%s.self_attn.q_proj.out", p);
+    TAPA2(kp, T, NKH, "%s.self_attn.k_proj.out", p);
+    TAPA2(vp, T, NKH, "%s.self_attn.v_proj.out", p);
     {
         const int64_t dims[3] = {T, NH, HD};
         Q3N_TRY(tap_dev(s, taps, 1, ACT(qg, HD), 2 * HD, HD, 3, dims, err, "%s.self_attn.gate", p));
@@ -771,10 +847,13 @@ static enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char 
     else
         Q3N_TRY(cuda_attention_forward(w->attn, w->q, L->kc, L->vc, w->ascratch, T, pos0, NH, NKV, HD, dt, s->stream,
                                        err));
-    if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256)
+    if (T > 1 && strncmp(cuda_attention_kernel(T, HD, dt), "flash", 5) == 0) {
         s->ran_flash = 1;
-    else
+        s->attn_prefill_kernel = cuda_attention_kernel(T, HD, dt);
+    } else {
         s->ran_rows = 1;
+        s->attn_decode_kernel = cuda_attention_kernel(T, HD, dt);
+    }
     TAPA3(w->attn, T, NH, HD, "%s.self_attn.attn_out", p);
     Q3N_TRY(cuda_sigmoid_gate_forward(w->gated, w->attn, ACT(qg, HD), T, NH, HD, 2 * HD, dt, s->stream, err));
     TAPA2(w->gated, T, NH * HD, "%s.self_attn.gated_out", p);
@@ -940,23 +1019,45 @@ static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
+/* "flash_mma_bf16_v3" -> "flash_v3", "rows_v1(split-K decode)" -> "rows_v1": the first word and
+ * the version of a launcher's kernel name. */
+static void short_name(char *out, size_t n, const char *name, const char *fallback)
+{
+    if (!name) name = fallback;
+    const size_t w = strcspn(name, "_( ");
+    const char *v = name;
+    while ((v = strstr(v, "_v")) && !(v[2] >= '0' && v[2] <= '9')) v += 2;
+    const size_t vl = v ? strspn(v + 2, "0123456789") + 1 : 0;
+    snprintf(out, n, "%.*s%s%.*s", (int)w, name, v ? "_" : "", (int)vl, v ? v + 1 : "");
+}
+
 /* Compact (verify stores "<prefill>; decode: <decode>" in 256 bytes). Names: dn = delta rule
- * (chunk_v4 = cuda_delta_rule_chunked_kernel(), rec_v1 = recurrent step), attn flash_v2 =
- * flash_mma_bf16_v2, rows_v1 = row/split-K kernel, moe grouped_v1 = grouped bf16 mma GEMM,
+ * (the first word of cuda_delta_rule_chunked_kernel_for(): chunk_v4, chunk_tc_v1; rec_v1 =
+ * recurrent step), attn = first word and version of cuda_attention_kernel() for the prefill and
+ * the decode (flash_v3 = flash_mma_bf16_v3, rows_v1 = row/split-K kernel, decode_v3 = its split
+ * decode kernel), moe grouped_v1 = grouped bf16 mma GEMM,
  * cublas = per-expert cuBLAS GEMMs, gemv_v1 = decode expert GEMV; gemm = cuBLAS, COMPUTE_32F,
  * default math (no TF32), +gemv1 = one-row bf16 projections by linear.cu's GEMV; decode=graph:
  * the one-token step replayed from its CUDA graph, decode=eager: launched op by op
  * ("(nocapture)": the capture failed, "(off)": graph switched off). */
 static void describe_build(struct cuda_session *s)
 {
-    char dn[48] = "", at[32] = "", moe[48] = "", dec[32] = "";
-    if (s->ran_chunked) snprintf(dn, sizeof dn, "chunk_v4/C%lld", (long long)s->opt.chunk_size);
+    char dn[48] = "", at[48] = "", moe[48] = "", dec[32] = "", nm[32];
+    if (s->ran_chunked) {
+        const char *k = s->dn_kernel ? s->dn_kernel : "chunk_v4";
+        snprintf(dn, sizeof dn, "%.*s/C%lld", (int)strcspn(k, "( "), k, (long long)s->opt.chunk_size);
+    }
     if (s->ran_recurrent) snprintf(dn + strlen(dn), sizeof dn - strlen(dn), "%srec_v1", dn[0] ? "+" : "");
-    if (s->ran_flash) snprintf(at, sizeof at, "flash_v2");
-    if (s->ran_rows) snprintf(at + strlen(at), sizeof at - strlen(at), "%srows_v1", at[0] ? "+" : "");
-    if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "grouped_v1");
+    if (s->ran_flash) short_name(at, sizeof at, s->attn_prefill_kernel, "flash_v2");
+    if (s->ran_rows) {
+        short_name(nm, sizeof nm, s->attn_decode_kernel, "rows_v1");
+        snprintf(at + strlen(at), sizeof at - strlen(at), "%s%s", at[0] ? "+" : "", nm);
+    }
+    /* ran_moe_grouped / ran_moe_gemv hold the version that ran (1, 2, 3 ..) */
+    if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "grouped_v%d", s->ran_moe_grouped);
     if (s->ran_moe_gemm) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%scublas", moe[0] ? "+" : "");
-    if (s->ran_moe_gemv) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v1", moe[0] ? "+" : "");
+    if (s->ran_moe_gemv)
+        snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v%d", moe[0] ? "+" : "", s->ran_moe_gemv);
     if (s->ran_decode_graph)
         snprintf(dec, sizeof dec, " decode=graph");
     else if (s->ran_decode_eager)
@@ -1174,13 +1275,39 @@ static int graph_eligible(const struct cuda_session *s, int64_t T, const struct 
            !s->opt.forced_routing && !s->profile;
 }
 
-/* The device work of one decode step, token and position read from step_dev: exactly the
- * launches of the eager T == 1 forward (forward_body + lm_head_rows), minus the host copies. */
+/* logits_pin [V] = float32 logits of w.xn row 0, in LM_SPLIT blocks of lm_head rows: block i's
+ * conversion and copy to the (pinned) host run on cstream while block i+1's GEMV runs on the
+ * session's stream, which waits for the last copy at the end. The one-row GEMV's sums do not
+ * depend on the block split, so the logits are bitwise those of lm_head_rows (f32 mode, where
+ * cuBLAS might choose by shape, keeps one block). */
+static enum q3n_status lm_head_to_host(struct cuda_session *s, struct q3n_error *err)
+{
+    const int64_t D = s->cfg.hidden_size, V = s->cfg.vocab_size;
+    const int nb = s->dt == Q3N_COMPUTE_BF16 ? LM_SPLIT : 1;
+    const int64_t rows = (V / nb + 7) / 8 * 8; /* 16-byte aligned blocks of W */
+    for (int i = 0; i < nb; i++) {
+        const int64_t r0 = i * rows, n = i == nb - 1 ? V - r0 : rows;
+        if (n <= 0) break;
+        Q3N_TRY(cuda_linear_forward(ACT(s->w.lbuf, r0), s->w.xn, ACT(s->lm_head, r0 * D), NULL, 1, n, D, s->dt, s->blas,
+                                    s->stream, err));
+        CU_CHECK(cudaEventRecord(s->lev[i], s->stream));
+        CU_CHECK(cudaStreamWaitEvent(s->cstream, s->lev[i], 0));
+        Q3N_TRY(cuda_to_f32(s->w.lbuf32 + r0, ACT(s->w.lbuf, r0), 1, n, n, s->dt, s->cstream, err));
+        CU_CHECK(cudaMemcpyAsync(s->logits_pin + r0, s->w.lbuf32 + r0, sizeof(float) * (size_t)n,
+                                 cudaMemcpyDeviceToHost, s->cstream));
+    }
+    CU_CHECK(cudaEventRecord(s->lev[LM_SPLIT], s->cstream));
+    CU_CHECK(cudaStreamWaitEvent(s->stream, s->lev[LM_SPLIT], 0));
+    return Q3N_OK;
+}
+
+/* The device work of one decode step, token and position read from step_dev: the launches of
+ * the eager T == 1 forward (forward_body), then the lm_head with its copy to logits_pin. */
 static enum q3n_status step_device(struct cuda_session *s, struct q3n_error *err)
 {
     const struct pass ps = {1, s->cache_len, s->step_dev + 1, 0, 1};
     Q3N_TRY(forward_layers(s, s->step_dev, &ps, NULL, err));
-    return lm_head_chunk(s, 0, 1, err);
+    return lm_head_to_host(s, err);
 }
 
 /* Captures step_device once (graph_state 1); on failure notes why in graph_why and sets
@@ -1212,8 +1339,15 @@ static void capture_step(struct cuda_session *s)
     s->graph_state = -1;
 }
 
+static double host_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
 /* One decode step through the graph (captured on first use): copy the token and position in,
- * replay, copy the logits out. */
+ * replay (its last nodes copy the logits to pinned memory), copy them to the caller. */
 static enum q3n_status graph_step(struct cuda_session *s, float *logits, const int64_t *tokens, struct q3n_error *err)
 {
     const int64_t pos0 = s->cache_len, V = s->cfg.vocab_size;
@@ -1221,7 +1355,11 @@ static enum q3n_status graph_step(struct cuda_session *s, float *logits, const i
     Q3N_TRY(upload_step(s, tokens[0], err));
     if (s->graph_state == 0) capture_step(s);
     if (s->graph_state == 1) {
+        for (int i = 0; i < 3; i++)
+            if (!s->gev[i]) CU_CHECK(cudaEventCreate(&s->gev[i]));
+        CU_CHECK(cudaEventRecord(s->gev[0], s->stream));
         CU_CHECK(cudaGraphLaunch(s->graph_exec, s->stream));
+        CU_CHECK(cudaEventRecord(s->gev[1], s->stream));
         ran_set(s, ran_or(ran_mask(s), s->graph_ran));
         s->ran_decode_graph = 1;
     } else {
@@ -1229,8 +1367,16 @@ static enum q3n_status graph_step(struct cuda_session *s, float *logits, const i
         s->ran_decode_eager = 1;
     }
     Q3N_TRY(forward_done(s, 1, pos0, err));
-    CU_CHECK(cudaMemcpyAsync(logits, s->w.lbuf32, sizeof(float) * (size_t)V, cudaMemcpyDeviceToHost, s->stream));
     CU_CHECK(cudaStreamSynchronize(s->stream));
+    const double t0 = host_ms();
+    memcpy(logits, s->logits_pin, sizeof(float) * (size_t)V);
+    if (s->graph_state == 1) {
+        float a = 0;
+        CU_CHECK(cudaEventElapsedTime(&a, s->gev[0], s->gev[1]));
+        s->gms[0] += a;
+        s->gms[1] += host_ms() - t0;
+        s->gsteps++;
+    }
     describe_build(s);
     return Q3N_OK;
 }
@@ -1258,6 +1404,19 @@ extern "C" enum q3n_status cuda_session_decode_graph(void *session, int on, stru
     struct cuda_session *s = (struct cuda_session *)session;
     (void)err;
     s->graph_off = !on;
+    return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_session_decode_times(void *session, double *graph_ms, double *copy_ms,
+                                                     struct q3n_error *err)
+{
+    struct cuda_session *s = (struct cuda_session *)session;
+    (void)err;
+    const double n = s->gsteps ? (double)s->gsteps : 1.0;
+    if (graph_ms) *graph_ms = s->gms[0] / n;
+    if (copy_ms) *copy_ms = s->gms[1] / n;
+    s->gms[0] = s->gms[1] = 0;
+    s->gsteps = 0;
     return Q3N_OK;
 }
 
@@ -1358,9 +1517,15 @@ static void cuda_close(void *session)
     if (s->tap_dev) cudaFree(s->tap_dev);
     for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++)
         if (s->ev[i]) cudaEventDestroy(s->ev[i]);
+    for (int i = 0; i < 3; i++)
+        if (s->gev[i]) cudaEventDestroy(s->gev[i]);
     if (s->graph_exec) cudaGraphExecDestroy(s->graph_exec);
     if (s->graph) cudaGraphDestroy(s->graph);
     if (s->step_host) cudaFreeHost(s->step_host);
+    if (s->logits_pin) cudaFreeHost(s->logits_pin);
+    for (int i = 0; i <= LM_SPLIT; i++)
+        if (s->lev[i]) cudaEventDestroy(s->lev[i]);
+    if (s->cstream) cudaStreamDestroy(s->cstream);
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s->tap_host);

@@ -1,6 +1,7 @@
 /* test_decode.cu — the one-row bf16 GEMV of cuda_linear_forward (T == 1) against a float64
  * reference on the same bf16 inputs, then its bandwidth beside cuBLAS's GEMM at T = 1 on the
- * real-80B-A3B decode shapes.
+ * real-80B-A3B decode shapes; and the fused decode conv (cuda_conv1d_decode_qkv) bitwise against
+ * the five launches it replaces.
  *
  *   test_decode            correctness (NaN-poisoned outputs, bias, 3 runs bitwise equal) + timings
  *
@@ -119,6 +120,82 @@ static int check_shape(int64_t N, int64_t K, int with_bias, cublasHandle_t blas,
     return ok;
 }
 
+/* cuda_conv1d_decode_qkv against the five launches it replaces: bitwise equal q, k, v, state. */
+static int check_conv_decode(int64_t NK, int64_t DK, int64_t NV, int64_t DV, int64_t K, enum q3n_compute_dtype dt,
+                             cudaStream_t st)
+{
+    const int64_t Cc = 2 * NK * DK + NV * DV;
+    const size_t as = cuda_act_size(dt);
+    float *hx = (float *)malloc(4 * (size_t)Cc), *hw = (float *)malloc(4 * (size_t)(Cc * K));
+    float *hs = (float *)malloc(4 * (size_t)(Cc * K));
+    uint16_t *hxb = (uint16_t *)malloc(2 * (size_t)Cc);
+    for (int64_t i = 0; i < Cc; i++) {
+        hx[i] = urand() * 2.0f;
+        hxb[i] = to_bf16(hx[i]);
+    }
+    for (int64_t i = 0; i < Cc * K; i++) hw[i] = urand();
+    for (int64_t i = 0; i < Cc * K; i++) hs[i] = urand();
+    void *dx, *dconv;
+    float *dw, *ds1, *ds2, *q1, *k1, *v1, *q2, *k2, *v2;
+    CK(cudaMalloc(&dx, as * (size_t)Cc));
+    CK(cudaMalloc(&dconv, as * (size_t)Cc));
+    CK(cudaMalloc(&dw, 4 * (size_t)(Cc * K)));
+    CK(cudaMalloc(&ds1, 4 * (size_t)(Cc * K)));
+    CK(cudaMalloc(&ds2, 4 * (size_t)(Cc * K)));
+    float **outs[6] = {&q1, &k1, &v1, &q2, &k2, &v2};
+    const int64_t sz[6] = {NK * DK, NK * DK, NV * DV, NK * DK, NK * DK, NV * DV};
+    for (int i = 0; i < 6; i++) {
+        CK(cudaMalloc(outs[i], 4 * (size_t)sz[i]));
+        CK(cudaMemset(*outs[i], 0xff, 4 * (size_t)sz[i])); /* NaN poison */
+    }
+    CK(cudaMemcpy(dx, dt == Q3N_COMPUTE_BF16 ? (void *)hxb : (void *)hx, as * (size_t)Cc, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dw, hw, 4 * (size_t)(Cc * K), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(ds1, hs, 4 * (size_t)(Cc * K), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(ds2, hs, 4 * (size_t)(Cc * K), cudaMemcpyHostToDevice));
+    struct q3n_error err = {};
+    const float qscale = sqrtf((float)DK);
+    int ok = cuda_conv1d_causal_forward(dconv, dx, dw, ds1, 1, Cc, K, dt, st, &err) == Q3N_OK &&
+             cuda_conv1d_state_update(ds1, dx, 1, Cc, K, dt, st, &err) == Q3N_OK &&
+             cuda_l2norm_forward(q1, dconv, 1, NK, DK, Cc, 1e-6, qscale, 1, dt, st, &err) == Q3N_OK &&
+             cuda_l2norm_forward(k1, (char *)dconv + as * (size_t)(NK * DK), 1, NK, DK, Cc, 1e-6, 1.0f, 0, dt, st,
+                                 &err) == Q3N_OK &&
+             cuda_to_f32(v1, (char *)dconv + as * (size_t)(2 * NK * DK), 1, NV * DV, Cc, dt, st, &err) == Q3N_OK &&
+             cuda_conv1d_decode_qkv(q2, k2, v2, ds2, dx, dw, NK, DK, NV, DV, K, 1e-6, qscale, 1, dt, st, &err) == Q3N_OK;
+    if (!ok) printf("FAIL conv decode: %s\n", err.msg);
+    CK(cudaStreamSynchronize(st));
+    const char *names[4] = {"q", "k", "v", "state"};
+    float *a[4] = {q1, k1, v1, ds1}, *b[4] = {q2, k2, v2, ds2};
+    const int64_t n[4] = {NK * DK, NK * DK, NV * DV, Cc * K};
+    for (int i = 0; i < 4 && ok; i++) {
+        float *ha = (float *)malloc(4 * (size_t)n[i]), *hb = (float *)malloc(4 * (size_t)n[i]);
+        CK(cudaMemcpy(ha, a[i], 4 * (size_t)n[i], cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hb, b[i], 4 * (size_t)n[i], cudaMemcpyDeviceToHost));
+        int64_t nf = 0;
+        for (int64_t j = 0; j < n[i]; j++) nf += !isfinite(hb[j]);
+        if (nf || memcmp(ha, hb, 4 * (size_t)n[i]) != 0) {
+            printf("FAIL conv decode %s differs from the separate launches (nonfinite %lld)\n", names[i], (long long)nf);
+            ok = 0;
+        }
+        free(ha);
+        free(hb);
+    }
+    printf("%s conv decode NK=%lld DK=%lld NV=%lld DV=%lld K=%lld %s: q, k, v, state bitwise equal to conv + state "
+           "update + 2 l2norm + to_f32\n",
+           ok ? "ok  " : "FAIL", (long long)NK, (long long)DK, (long long)NV, (long long)DV, (long long)K,
+           dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32");
+    cudaFree(dx);
+    cudaFree(dconv);
+    cudaFree(dw);
+    cudaFree(ds1);
+    cudaFree(ds2);
+    for (int i = 0; i < 6; i++) cudaFree(*outs[i]);
+    free(hx);
+    free(hw);
+    free(hs);
+    free(hxb);
+    return ok;
+}
+
 /* Median time of 20 launches (after 3 warm-ups) of the GEMV and of cuBLAS's GEMM at T = 1. */
 static void time_shape(const char *name, int64_t N, int64_t K, cublasHandle_t blas, cudaStream_t st)
 {
@@ -185,6 +262,10 @@ int main(void)
                                  {2048, 4096, 0}, {12288, 2048, 0}, {8192, 2048, 1}, {151936, 2048, 0}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         ok &= check_shape(shapes[i][0], shapes[i][1], (int)shapes[i][2], blas, st);
+    ok &= check_conv_decode(16, 128, 32, 128, 4, Q3N_COMPUTE_BF16, st);
+    ok &= check_conv_decode(16, 128, 32, 128, 4, Q3N_COMPUTE_F32, st);
+    ok &= check_conv_decode(2, 64, 4, 32, 3, Q3N_COMPUTE_BF16, st);
+    ok &= check_conv_decode(3, 256, 5, 96, 4, Q3N_COMPUTE_F32, st);
     time_shape("lm_head", 151936, 2048, blas, st);
     time_shape("in_proj_qkvz", 12288, 2048, blas, st);
     time_shape("q_proj", 8192, 2048, blas, st);
