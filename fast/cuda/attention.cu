@@ -1,14 +1,20 @@
 /* attention.cu — gated full attention: q/k norm + partial RoPE + cache write, causal GQA
  * softmax attention, and the sigmoid output gate (cuda twins of ref/attention.c).
  *
- * Two attention kernels; cuda_attention_kernel() names the one that runs:
- *  - flash_mma_bf16_v2 (bf16, T > 1): FlashAttention-2 style, one warp per 16 query rows,
- *    64-key tiles in shared memory, QK^T and PV on bf16 tensor cores (mma.sync m16n8k16) with
- *    float32 accumulators, online softmax in float32 registers, V fragments by ldmatrix.trans
- *    (v1 gathered them with 16-bit loads). HD padded to 64/128/256.
- *  - rows_v1 (f32 mode, and bf16 decode T = 1): one block per (query, head, key split), warp-per-key
- *    dot products, online softmax in float32; decode splits the keys over blocks and a combine
- *    kernel merges the partial (max, sum, acc) in split order. Deterministic: no atomics. */
+ * Attention kernels; cuda_attention_kernel() names the one that runs:
+ *  - flash_mma_bf16_v3 (bf16, T > 1, HD % 8 == 0, HD <= 256): 128 queries per block (8 warps of 16
+ *    rows), cp.async double-buffered 64-key K/V tiles, ldmatrix fragments, mma.sync m16n8k16 with
+ *    float32 accumulators, base-2 online softmax in float32, causal tile skipping per warp.
+ *  - flash_mma_bf16_v2 (other bf16 shapes with T > 1, and cuda_attention_forward_ver(old = 1)):
+ *    FlashAttention-2 style, 64 queries per block, 64-key tiles loaded synchronously, V fragments by
+ *    ldmatrix.trans. HD padded to 64/128/256.
+ *  - decode_split_bf16_v3 (bf16 T = 1, HD 128 or 256): split-K over 128-key blocks sharing each K/V
+ *    row between the query heads of a KV group, combine kernel in split order.
+ *  - rows_v1 (f32 mode, other bf16 decode shapes, old = 1): one block per (query, head, key split),
+ *    warp-per-key dot products, online softmax in float32; decode splits the keys over blocks and a
+ *    combine kernel merges the partial (max, sum, acc) in split order.
+ * All deterministic (no atomics). The *_dpos launchers read the decode position on the device (one
+ * CUDA graph serves every step) and run the same kernels as the pos0 launchers. */
 #include "common.cuh"
 
 /* ---- q/k norm + partial RoPE + cache write ---- */
@@ -797,7 +803,7 @@ __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, co
 
 static int flash_v3_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    return dt == Q3N_COMPUTE_BF16 && T > 1 && T <= (int64_t)65535 * 64 && HD % 8 == 0 && HD <= 256;
+    return dt == Q3N_COMPUTE_BF16 && T > 1 && T <= (int64_t)65535 * V3_BQ && HD % 8 == 0 && HD <= 256;
 }
 
 template <int HDP, int NW, int BK>
@@ -881,16 +887,12 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
     const float scale = 1.0f / sqrtf((float)HD);
-    if (old != 1 && flash_v3_ok(T, HD, dt)) {
+    if (!old && flash_v3_ok(T, HD, dt)) {
         cudaError_t e;
         if (HD <= 64)
             e = launch_flash_v3<64, 8, 64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
         else if (HD <= 128)
             e = launch_flash_v3<128, 8, 64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
-        else if (old == 2) /* dev variants, timed by test_attn2 */
-            e = launch_flash_v3<256, 4, 32>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
-        else if (old == 3)
-            e = launch_flash_v3<256, 8, 32>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
         else
             e = launch_flash_v3<256, 8, 64>(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream);
         CU_CHECK(e);
