@@ -214,6 +214,45 @@ enum q3n_status cuda_moe_grouped_gemm(void *d_out, const void *d_x, const void *
                                       int64_t Kin, enum q3n_compute_dtype dt, cudaStream_t stream,
                                       struct q3n_error *err);
 
+/* Grouped expert GEMM v3 (bf16; 128x128x64 tiles, 3-stage cp.async pipeline, ldmatrix, mma.sync):
+ * as cuda_moe_grouped_gemm, but A row p is x[rows[p] / div] when d_rows is given (gather fused;
+ * NULL: x is already permuted, [rows, Kin]), and with swiglu W is [E, N = 2W', Kin] (gate rows
+ * then up rows) and out [rows, W'] = T(T(silu(T(gate))) * T(up)) (cuda_swiglu_forward's
+ * rounding). Usable when cuda_moe_grouped_v3_ok (bf16, N % 8 == 0 (% 16 with swiglu),
+ * Kin % 8 == 0; other tails handled). Tile table: cuda_moe_grouped_tiles_v3 into scratch of
+ * cuda_moe_grouped_tiles(rows, E) int32, once per counts/offsets (both GEMMs of a layer share it). */
+int cuda_moe_grouped_v3_ok(int64_t N, int64_t Kin, int swiglu, enum q3n_compute_dtype dt);
+enum q3n_status cuda_moe_grouped_tiles_v3(int32_t *d_tiles, const int32_t *d_counts, const int32_t *d_offsets,
+                                          int64_t rows, int64_t E, cudaStream_t stream, struct q3n_error *err);
+enum q3n_status cuda_moe_grouped_gemm_v3(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                         const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                         const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
+                                         int swiglu, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                         struct q3n_error *err);
+/* The same with the k-tile depth chosen (bk 32: 4-stage pipeline; 64: 3 stages), for dev tests. */
+enum q3n_status cuda_moe_grouped_gemm_v3_bk(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                            const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                            const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
+                                            int swiglu, int bk, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                            struct q3n_error *err);
+/* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
+ * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]
+ * (Wsgu NULL: none); rounding as gate_up GEMV + cuda_swiglu_forward; with Wsg [1, D] also the
+ * shared-expert gate logit sg[t] = T(x[t] . Wsg) (Wsg NULL: none).
+ * down_combine: y_j = T(Wdn[idx] h_j), then as cuda_moe_combine (d_pos NULL) with the shared
+ * expert s = T(Wsdn hs[t]): eo [T,D] (may be NULL), mout [T,D], sout [T,D] = s (may be NULL).
+ * Usable when cuda_moe_gemv2_ok(D, I, Ws, K) (dims % 8 == 0, K <= 64). */
+int cuda_moe_gemv2_ok(int64_t D, int64_t I, int64_t Ws, int64_t K);
+enum q3n_status cuda_moe_gemv2_gate_up(void *d_h, void *d_hs, void *d_sg, const void *d_x, const int32_t *d_idx,
+                                       const void *d_Wgu, const void *d_Wsgu, const void *d_Wsg, int64_t T, int64_t K,
+                                       int64_t D, int64_t I, int64_t Ws, enum q3n_compute_dtype dt,
+                                       cudaStream_t stream, struct q3n_error *err);
+enum q3n_status cuda_moe_gemv2_down_combine(void *d_eo, void *d_mout, void *d_sout, const void *d_h, const void *d_hs,
+                                            const int32_t *d_idx, const float *d_weight, const void *d_Wdn,
+                                            const void *d_Wsdn, const void *d_sg, int64_t T, int64_t K, int64_t D,
+                                            int64_t I, int64_t Ws, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                            struct q3n_error *err);
+
 /* Weighted un-permute and shared-expert combine, per token t (d_pos NULL = identity):
  * experts_out[t] = T(sum_j weight[t,j] * y[pos[t*K+j]]) (j ascending, float32),
  * mlp_out[t] = T(experts_out[t] + T(T(sigmoid(sg[t])) * shared[t])) (shared NULL: = experts_out). */

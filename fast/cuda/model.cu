@@ -870,6 +870,16 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     const enum q3n_compute_dtype dt = s->dt;
     const int64_t D = c->hidden_size, E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
     Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
+    /* v3: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both */
+    if (cuda_moe_grouped_v3_ok(2 * I, D, 1, dt) && cuda_moe_grouped_v3_ok(D, I, 0, dt) && T * K / 128 + E + 1 <= 65535) {
+        Q3N_TRY(cuda_moe_grouped_tiles_v3(w->tiles, w->counts, w->offsets, T * K, E, s->stream, err));
+        Q3N_TRY(cuda_moe_grouped_gemm_v3(w->hmid, w->xn, w->perm, K, L->experts_gu, w->counts, w->offsets, w->tiles,
+                                         T * K, E, 2 * I, D, 1, dt, s->stream, err));
+        Q3N_TRY(cuda_moe_grouped_gemm_v3(w->ey, w->hmid, NULL, 1, L->experts_dn, w->counts, w->offsets, w->tiles,
+                                         T * K, E, D, I, 0, dt, s->stream, err));
+        s->ran_moe_grouped = 3; /* describe: grouped_v3 */
+        return Q3N_OK;
+    }
     Q3N_TRY(cuda_gather_rows(w->xperm, w->xn, w->perm, T * K, K, D, dt, s->stream, err));
     if (cuda_moe_grouped_gemm_ok(2 * I, D, dt) && cuda_moe_grouped_gemm_ok(D, I, dt) &&
         T * K / 64 + E + 1 <= 65535) {
@@ -993,6 +1003,23 @@ static enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *
     }
     TAPF2(w->topw, T, K, "%s.mlp.gate.topk_weight", p);
     const int32_t *pos = NULL;
+    const int64_t Ws = L->shared.gate_up ? L->shared.W : 0;
+    if (T * K <= GEMV_MAX_ROWS && cuda_moe_gemv2_ok(D, I, Ws, K)) {
+        /* gemv_v2: two launches for routed + shared experts, the combine fused into the down GEMV */
+        Q3N_TRY(cuda_moe_gemv2_gate_up(w->hmid, w->smid, w->sg, w->xn, w->topi, L->experts_gu,
+                                       Ws ? L->shared.gate_up : NULL, Ws ? L->shared_gate : NULL, T, K, D, I, Ws, dt,
+                                       s->stream, err));
+        Q3N_TRY(cuda_moe_gemv2_down_combine(w->eo, w->y, w->sout, w->hmid, w->smid, w->topi, w->topw, L->experts_dn,
+                                            Ws ? L->shared.down : NULL, w->sg, T, K, D, I, Ws, dt, s->stream, err));
+        s->ran_moe_gemv = 2; /* describe: gemv_v2 */
+        if (Ws) {
+            TAPA2(w->sout, T, D, "%s.mlp.shared_expert.out", p);
+            TAPA2(w->sg, T, 1, "%s.mlp.shared_expert_gate.out", p);
+        }
+        TAPA2(w->eo, T, D, "%s.mlp.experts.out", p);
+        TAPA2(w->y, T, D, "%s.mlp.out", p);
+        return Q3N_OK;
+    }
     if (T * K <= GEMV_MAX_ROWS) {
         Q3N_TRY(cuda_moe_experts_gemv(w->gu, w->xn, w->topi, L->experts_gu, T * K, K, 2 * I, D, dt, s->stream, err));
         Q3N_TRY(cuda_swiglu_forward(w->hmid, w->gu, T * K, I, dt, s->stream, err));
@@ -1286,7 +1313,7 @@ static enum q3n_status lm_head_to_host(struct cuda_session *s, struct q3n_error 
     const int nb = s->dt == Q3N_COMPUTE_BF16 ? LM_SPLIT : 1;
     const int64_t rows = (V / nb + 7) / 8 * 8; /* 16-byte aligned blocks of W */
     for (int i = 0; i < nb; i++) {
-        const int64_t r0 = i * rows, n = i == nb - 1 || rows > V - r0 ? V - r0 : rows;
+        const int64_t r0 = i * rows, n = i == nb - 1 ? V - r0 : rows;
         if (n <= 0) break;
         Q3N_TRY(cuda_linear_forward(ACT(s->w.lbuf, r0), s->w.xn, ACT(s->lm_head, r0 * D), NULL, 1, n, D, s->dt, s->blas,
                                     s->stream, err));

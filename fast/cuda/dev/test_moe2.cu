@@ -1,0 +1,643 @@
+/* test_moe2.cu — the MoE v3 kernels against the CPU reference, then old-vs-new timings.
+ *
+ * Checks (bf16 rel L2 <= 2e-2, f32 <= 2e-6 against ref_ ops on the same rounded inputs; outputs
+ * NaN-poisoned before every launch; 3 runs bitwise identical):
+ *  - prefill: cuda_moe_permute + grouped GEMM v3 (gather + SwiGLU fused) + v3 down + combine, vs
+ *    ref_moe_experts_forward, over T in {1..4096}, E in {8, 64, 512}, K in {1, 2, 10}, uneven loads
+ *    (half the experts empty, one hot expert), D and I that are not multiples of the tiles;
+ *  - decode: expert GEMV v2 (gate_up + SwiGLU, down + combine with the shared expert) vs
+ *    ref_moe_experts_forward + ref_mlp_forward + ref_moe_combine_forward, bf16 and f32;
+ *  - real dims (D=2048, E=512, K=10, I=512): v3 against v1 on the GPU, and against the CPU
+ *    reference on a few tokens (their experts copied back).
+ * Timings (CUDA events, 3 warm-ups, median of 10): MoE experts at T=4096 and 16384, old (gather +
+ * grouped v1 + swiglu + grouped v1) vs new (v3), and decode (T=1, shared expert) old vs new.
+ *
+ *   test_moe2            checks, then timings
+ *   test_moe2 --quick    checks only */
+#include <algorithm>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vector>
+
+#include "../cuda_ops.h"
+
+extern "C" {
+#include "../../../harness/rng.h"
+#include "../../../harness/weights.h"
+#include "../../../ref/ops.h"
+}
+
+#define REPEAT 3
+static int g_fail = 0, g_cases = 0;
+static cudaStream_t g_stream;
+static cublasHandle_t g_blas;
+static struct q3n_rng g_rng;
+static struct q3n_error g_err;
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+static double g_t0;
+#define E_ (&g_err)
+
+#define CK(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));           \
+            exit(2);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+#define RUN(call)                                                                                            \
+    do {                                                                                                     \
+        if ((call) != Q3N_OK) {                                                                              \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, g_err.msg);                                   \
+            exit(2);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+
+static float bf(float f) /* round to bfloat16, nearest-even */
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static std::vector<float> randn(int64_t n, double sd, int round)
+{
+    std::vector<float> v((size_t)n);
+    for (auto &x : v) {
+        x = (float)(q3n_rng_normal(&g_rng) * sd);
+        if (round) x = bf(x);
+    }
+    return v;
+}
+static void *dmalloc(size_t bytes)
+{
+    void *p;
+    CK(cudaMalloc(&p, bytes + 64));
+    CK(cudaMemset(p, 0xff, bytes + 64));
+    return p;
+}
+static void *upload(const std::vector<float> &v, int b16)
+{
+    void *p = dmalloc(v.size() * (b16 ? 2 : 4));
+    if (!b16) {
+        CK(cudaMemcpy(p, v.data(), 4 * v.size(), cudaMemcpyHostToDevice));
+    } else {
+        std::vector<uint16_t> h(v.size());
+        for (size_t i = 0; i < v.size(); i++) {
+            const float r = bf(v[i]);
+            uint32_t u;
+            memcpy(&u, &r, 4);
+            h[i] = (uint16_t)(u >> 16);
+        }
+        CK(cudaMemcpy(p, h.data(), 2 * h.size(), cudaMemcpyHostToDevice));
+    }
+    return p;
+}
+static std::vector<float> download(const void *p, int64_t n, int b16)
+{
+    std::vector<float> v((size_t)n);
+    if (!b16) {
+        CK(cudaMemcpy(v.data(), p, 4 * (size_t)n, cudaMemcpyDeviceToHost));
+    } else {
+        std::vector<uint16_t> h((size_t)n);
+        CK(cudaMemcpy(h.data(), p, 2 * (size_t)n, cudaMemcpyDeviceToHost));
+        for (int64_t i = 0; i < n; i++) {
+            const uint32_t u = (uint32_t)h[i] << 16;
+            memcpy(&v[i], &u, 4);
+        }
+    }
+    return v;
+}
+static int same_bits(const std::vector<float> &a, const std::vector<float> &b)
+{
+    return a.size() == b.size() && memcmp(a.data(), b.data(), 4 * a.size()) == 0;
+}
+/* rel L2 = |got - want| / |want|; non-finite got counts as a failure */
+static void check(const char *what, const std::vector<float> &got, const std::vector<float> &want, double tol, int det)
+{
+    double num = 0, den = 0;
+    int64_t bad = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        if (!isfinite(got[i])) bad++;
+        const double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    const double rel = sqrt(num / (den > 0 ? den : 1));
+    const int pass = bad == 0 && rel <= tol && det && got.size() == want.size();
+    g_cases++;
+    if (!pass) g_fail++;
+    printf("%-78s rel_l2=%.2e nonfinite=%lld det=%s tol=%.0e %s [%.1fs]\n", what, rel, (long long)bad,
+           det ? "yes" : "NO", tol, pass ? "OK" : "FAIL", now_s() - g_t0);
+}
+
+/* Routing: K distinct experts per token. skew: slot 0 is expert 0 for half the tokens and every
+ * other choice comes from the lower half of the experts (the upper half gets no rows). */
+static void routing(std::vector<int64_t> &idx, std::vector<float> &wt, int64_t T, int64_t Ex, int64_t K, int skew,
+                    int round)
+{
+    idx.assign((size_t)(T * K), 0);
+    wt.assign((size_t)(T * K), 0);
+    const int64_t pool = skew && Ex / 2 >= K + 1 ? Ex / 2 : Ex;
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t j = 0; j < K; j++) {
+            int64_t e;
+            for (;;) {
+                e = (skew && j == 0 && q3n_rng_uniform(&g_rng) < 0.5) ? 0 : q3n_rng_int(&g_rng, 0, pool - 1);
+                int dup = 0;
+                for (int64_t i = 0; i < j; i++) dup |= idx[t * K + i] == e;
+                if (!dup) break;
+            }
+            idx[t * K + j] = e;
+            float w = (float)q3n_rng_range(&g_rng, 0.02, 0.5);
+            wt[t * K + j] = round ? bf(w) : w;
+        }
+    }
+}
+
+struct moe_case {
+    int64_t T, D, Ex, K, I, Ws;
+    int b16;
+    std::vector<float> x, gu, dn, wt, sgu, sdn, sgw, sgl;
+    std::vector<int64_t> idx;
+    std::vector<struct q3n_mlp_weights> ew;
+    void *dx, *dgu, *ddn, *didx, *dwt, *dsgu, *dsdn, *dsgw;
+};
+
+static void make_case(moe_case &c, int skew)
+{
+    const int r = c.b16;
+    c.x = randn(c.T * c.D, 1.0, r);
+    c.gu = randn(c.Ex * 2 * c.I * c.D, 1.0 / sqrt((double)c.D), r);
+    c.dn = randn(c.Ex * c.D * c.I, 1.0 / sqrt((double)c.I), r);
+    routing(c.idx, c.wt, c.T, c.Ex, c.K, skew, r);
+    c.ew.resize((size_t)c.Ex);
+    for (int64_t e = 0; e < c.Ex; e++) {
+        c.ew[e].gate_proj = c.gu.data() + e * 2 * c.I * c.D;
+        c.ew[e].up_proj = c.gu.data() + e * 2 * c.I * c.D + c.I * c.D;
+        c.ew[e].down_proj = c.dn.data() + e * c.D * c.I;
+    }
+    c.dx = upload(c.x, r), c.dgu = upload(c.gu, r), c.ddn = upload(c.dn, r), c.dwt = upload(c.wt, 0);
+    std::vector<int32_t> i32(c.idx.begin(), c.idx.end());
+    c.didx = dmalloc(4 * i32.size());
+    CK(cudaMemcpy(c.didx, i32.data(), 4 * i32.size(), cudaMemcpyHostToDevice));
+    c.dsgu = c.dsdn = c.dsgw = NULL;
+    if (c.Ws) {
+        c.sgu = randn(2 * c.Ws * c.D, 1.0 / sqrt((double)c.D), r);
+        c.sdn = randn(c.D * c.Ws, 1.0 / sqrt((double)c.Ws), r);
+        c.sgw = randn(c.D, 1.0 / sqrt((double)c.D), r);
+        c.sgl.assign((size_t)c.T, 0.0f); /* the gate logit as the launcher computes it: T(x . w) */
+        for (int64_t t = 0; t < c.T; t++) {
+            double a = 0;
+            for (int64_t d = 0; d < c.D; d++) a += (double)c.x[t * c.D + d] * c.sgw[d];
+            c.sgl[t] = r ? bf((float)a) : (float)a;
+        }
+        c.dsgu = upload(c.sgu, r), c.dsdn = upload(c.sdn, r), c.dsgw = upload(c.sgw, r);
+    }
+}
+static void free_case(moe_case &c)
+{
+    void *ps[] = {c.dx, c.dgu, c.ddn, c.didx, c.dwt, c.dsgu, c.dsdn, c.dsgw};
+    for (void *p : ps)
+        if (p) CK(cudaFree(p));
+}
+
+static enum q3n_compute_dtype DT(int b16) { return b16 ? Q3N_COMPUTE_BF16 : Q3N_COMPUTE_F32; }
+
+/* Prefill: permute + v3 gate_up (gather, SwiGLU) + v3 down + combine vs ref_moe_experts_forward. */
+static void case_grouped_v3(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int skew)
+{
+    moe_case c;
+    c.T = T, c.D = D, c.Ex = Ex, c.K = K, c.I = I, c.Ws = 0, c.b16 = 1;
+    make_case(c, skew);
+    char name[200];
+    snprintf(name, sizeof name, "grouped_v3 T=%lld D=%lld E=%lld K=%lld I=%lld %s", (long long)T, (long long)D,
+             (long long)Ex, (long long)K, (long long)I, skew ? "skewed" : "uniform");
+    if (!cuda_moe_grouped_v3_ok(2 * I, D, 1, Q3N_COMPUTE_BF16) || !cuda_moe_grouped_v3_ok(D, I, 0, Q3N_COMPUTE_BF16)) {
+        printf("%-78s v3 not usable (falls back to v1/cuBLAS)\n", name);
+        free_case(c);
+        return;
+    }
+    std::vector<float> want((size_t)(T * D)), scr((size_t)(2 * I + D));
+    ref_moe_experts_forward(want.data(), c.x.data(), c.idx.data(), c.wt.data(), c.ew.data(), scr.data(), T, D, I, K);
+    const int64_t n = T * K;
+    int32_t *perm = (int32_t *)dmalloc(4 * n), *pos = (int32_t *)dmalloc(4 * n), *cnt = (int32_t *)dmalloc(4 * Ex),
+            *off = (int32_t *)dmalloc(4 * Ex), *tiles = (int32_t *)dmalloc(4 * cuda_moe_grouped_tiles(n, Ex));
+    void *h = dmalloc(2 * n * I), *ey = dmalloc(2 * n * D), *eo = dmalloc(2 * T * D), *mo = dmalloc(2 * T * D);
+    for (int bk = 32; bk <= 64; bk += 32) {
+    std::vector<float> first;
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        CK(cudaMemset(h, 0xff, 2 * n * I));
+        CK(cudaMemset(ey, 0xff, 2 * n * D));
+        CK(cudaMemset(eo, 0xff, 2 * T * D));
+        RUN(cuda_moe_permute(perm, pos, cnt, off, (int32_t *)c.didx, T, Ex, K, g_stream, E_));
+        RUN(cuda_moe_grouped_tiles_v3(tiles, cnt, off, n, Ex, g_stream, E_));
+        RUN(cuda_moe_grouped_gemm_v3_bk(h, c.dx, perm, K, c.dgu, cnt, off, tiles, n, Ex, 2 * I, D, 1, bk,
+                                        Q3N_COMPUTE_BF16, g_stream, E_));
+        RUN(cuda_moe_grouped_gemm_v3_bk(ey, h, NULL, 1, c.ddn, cnt, off, tiles, n, Ex, D, I, 0, bk, Q3N_COMPUTE_BF16,
+                                        g_stream, E_));
+        RUN(cuda_moe_combine(eo, mo, ey, pos, (float *)c.dwt, NULL, NULL, T, D, K, Q3N_COMPUTE_BF16, g_stream, E_));
+        CK(cudaStreamSynchronize(g_stream));
+        auto got = download(eo, T * D, 1);
+        if (r == 0)
+            first = got;
+        else
+            det &= same_bits(first, got);
+    }
+    char nb[240];
+    snprintf(nb, sizeof nb, "%s bk=%d", name, bk);
+    check(nb, first, want, 2e-2, det);
+    }
+    void *ps[] = {perm, pos, cnt, off, tiles, h, ey, eo, mo};
+    for (void *p : ps) CK(cudaFree(p));
+    free_case(c);
+}
+
+/* Decode: expert GEMV v2 (with the shared expert when Ws > 0) vs the ref ops. */
+static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int64_t Ws, int b16)
+{
+    moe_case c;
+    c.T = T, c.D = D, c.Ex = Ex, c.K = K, c.I = I, c.Ws = Ws, c.b16 = b16;
+    make_case(c, 0);
+    const size_t as = b16 ? 2 : 4;
+    std::vector<float> want((size_t)(T * D)), wantm((size_t)(T * D)), sh((size_t)(T * D)),
+        scr((size_t)(T * (2 * std::max(I, Ws) + D)));
+    ref_moe_experts_forward(want.data(), c.x.data(), c.idx.data(), c.wt.data(), c.ew.data(), scr.data(), T, D, I, K);
+    if (Ws) {
+        struct q3n_mlp_weights sw = {c.sgu.data(), c.sgu.data() + Ws * D, c.sdn.data()};
+        ref_mlp_forward(sh.data(), c.x.data(), &sw, scr.data(), T, D, Ws);
+    }
+    ref_moe_combine_forward(wantm.data(), want.data(), Ws ? sh.data() : NULL, Ws ? c.sgl.data() : NULL, T, D);
+    void *h = dmalloc(as * T * K * I), *hs = dmalloc(as * T * std::max(Ws, (int64_t)1)), *eo = dmalloc(as * T * D),
+         *mo = dmalloc(as * T * D), *so = dmalloc(as * T * D), *sg = dmalloc(as * T);
+    std::vector<float> f_eo, f_mo, f_so, f_sg;
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        CK(cudaMemset(h, 0xff, as * T * K * I));
+        CK(cudaMemset(eo, 0xff, as * T * D));
+        CK(cudaMemset(mo, 0xff, as * T * D));
+        CK(cudaMemset(so, 0xff, as * T * D));
+        CK(cudaMemset(sg, 0xff, as * T));
+        RUN(cuda_moe_gemv2_gate_up(h, hs, sg, c.dx, (int32_t *)c.didx, c.dgu, c.dsgu, c.dsgw, T, K, D, I, Ws, DT(b16),
+                                   g_stream, E_));
+        RUN(cuda_moe_gemv2_down_combine(eo, mo, Ws ? so : NULL, h, hs, (int32_t *)c.didx, (float *)c.dwt, c.ddn,
+                                        c.dsdn, sg, T, K, D, I, Ws, DT(b16), g_stream, E_));
+        CK(cudaStreamSynchronize(g_stream));
+        auto a = download(eo, T * D, b16), b = download(mo, T * D, b16), s = Ws ? download(so, T * D, b16) : a,
+             q = Ws ? download(sg, T, b16) : a;
+        if (r == 0)
+            f_eo = a, f_mo = b, f_so = s, f_sg = q;
+        else
+            det &= same_bits(a, f_eo) && same_bits(b, f_mo) && same_bits(s, f_so) && same_bits(q, f_sg);
+    }
+    char name[200];
+    const double tol = b16 ? 2e-2 : 2e-6;
+    snprintf(name, sizeof name, "gemv_v2 experts_out T=%lld D=%lld E=%lld K=%lld I=%lld %s", (long long)T,
+             (long long)D, (long long)Ex, (long long)K, (long long)I, b16 ? "bf16" : "f32");
+    check(name, f_eo, want, tol, det);
+    snprintf(name, sizeof name, "gemv_v2 mlp_out (shared Ws=%lld) T=%lld D=%lld %s", (long long)Ws, (long long)T,
+             (long long)D, b16 ? "bf16" : "f32");
+    check(name, f_mo, wantm, tol, det);
+    if (Ws) {
+        snprintf(name, sizeof name, "gemv_v2 shared_out T=%lld D=%lld Ws=%lld %s", (long long)T, (long long)D,
+                 (long long)Ws, b16 ? "bf16" : "f32");
+        check(name, f_so, sh, tol, det);
+        snprintf(name, sizeof name, "gemv_v2 shared gate logit T=%lld D=%lld %s", (long long)T, (long long)D,
+                 b16 ? "bf16" : "f32");
+        check(name, f_sg, c.sgl, b16 ? 1e-2 : 1e-6, det);
+    }
+    void *ps[] = {h, hs, eo, mo, so, sg};
+    for (void *p : ps) CK(cudaFree(p));
+    free_case(c);
+}
+
+/* Router: softmax + top-k vs ref_softmax_forward + ref_topk_forward (indices exact). */
+static void case_router(int64_t T, int64_t Ex, int64_t K, int b16)
+{
+    auto lg = randn(T * Ex, 2.0, b16);
+    std::vector<float> probs((size_t)(T * Ex)), tw((size_t)(T * K));
+    std::vector<int64_t> ti((size_t)(T * K));
+    ref_softmax_forward(probs.data(), lg.data(), T, Ex);
+    ref_topk_forward(ti.data(), tw.data(), probs.data(), T, Ex, K, 1);
+    if (b16)
+        for (auto &x : tw) x = bf(x);
+    void *dl = upload(lg, b16);
+    float *dp = (float *)dmalloc(4 * T * Ex), *dw = (float *)dmalloc(4 * T * K);
+    int32_t *di = (int32_t *)dmalloc(4 * T * K);
+    std::vector<float> fp, fw;
+    std::vector<int32_t> fi((size_t)(T * K)), gi((size_t)(T * K));
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        CK(cudaMemset(dp, 0xff, 4 * T * Ex));
+        CK(cudaMemset(dw, 0xff, 4 * T * K));
+        RUN(cuda_router_topk_forward(dp, di, dw, dl, T, Ex, K, 1, DT(b16), g_stream, E_));
+        CK(cudaStreamSynchronize(g_stream));
+        auto p = download(dp, T * Ex, 0), w = download(dw, T * K, 0);
+        CK(cudaMemcpy(gi.data(), di, 4 * T * K, cudaMemcpyDeviceToHost));
+        if (r == 0)
+            fp = p, fw = w, fi = gi;
+        else
+            det &= same_bits(p, fp) && same_bits(w, fw) && gi == fi;
+    }
+    int64_t bad = 0;
+    for (int64_t i = 0; i < T * K; i++) bad += fi[i] != ti[i];
+    char name[200];
+    snprintf(name, sizeof name, "router probs T=%lld E=%lld %s", (long long)T, (long long)Ex, b16 ? "bf16" : "f32");
+    check(name, fp, probs, 1e-6, det);
+    snprintf(name, sizeof name, "router topk weight T=%lld E=%lld K=%lld (idx mismatches %lld)", (long long)T,
+             (long long)Ex, (long long)K, (long long)bad);
+    check(name, fw, tw, b16 ? 1e-2 : 1e-6, det && bad == 0);
+    CK(cudaFree(dl));
+    CK(cudaFree(dp));
+    CK(cudaFree(dw));
+    CK(cudaFree(di));
+}
+
+/* ---- real dims: device-filled weights, v3 vs v1, CPU ref on a few tokens, timings ---- */
+__global__ void fill_kernel(__nv_bfloat16 *p, int64_t n, float amp, uint64_t seed)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t z = (uint64_t)i * 0x9E3779B97F4A7C15ull + seed;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        const float u = (float)(z >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
+        p[i] = __float2bfloat16_rn((2.0f * u - 1.0f) * amp);
+    }
+}
+static void *dfill(int64_t n, float amp, uint64_t seed)
+{
+    void *p = dmalloc(2 * n);
+    fill_kernel<<<4096, 256, 0, g_stream>>>((__nv_bfloat16 *)p, n, amp, seed);
+    CK(cudaGetLastError());
+    return p;
+}
+static float median(std::vector<float> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+template <typename F>
+static float time_ms(F f, int reps)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++) f(i);
+    std::vector<float> ts;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, g_stream));
+        f(i);
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        ts.push_back(ms);
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return median(ts);
+}
+
+static void real_prefill(int64_t T, int timing)
+{
+    const int64_t D = 2048, Ex = 512, K = 10, I = 512, n = T * K;
+    const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
+    void *gu = dfill(Ex * 2 * I * D, sqrtf(3.0f / D), 11), *dn = dfill(Ex * D * I, sqrtf(3.0f / I), 12),
+         *x = dfill(T * D, 1.7f, 13 + T);
+    std::vector<int64_t> idx;
+    std::vector<float> wt;
+    routing(idx, wt, T, Ex, K, 0, 1);
+    std::vector<int32_t> i32(idx.begin(), idx.end());
+    int32_t *di = (int32_t *)dmalloc(4 * n);
+    CK(cudaMemcpy(di, i32.data(), 4 * n, cudaMemcpyHostToDevice));
+    float *dw = (float *)upload(wt, 0);
+    int32_t *perm = (int32_t *)dmalloc(4 * n), *pos = (int32_t *)dmalloc(4 * n), *cnt = (int32_t *)dmalloc(4 * Ex),
+            *off = (int32_t *)dmalloc(4 * Ex), *tiles = (int32_t *)dmalloc(4 * cuda_moe_grouped_tiles(n, Ex));
+    void *xp = dmalloc(2 * n * D), *g2 = dmalloc(2 * n * 2 * I), *h = dmalloc(2 * n * I), *ey = dmalloc(2 * n * D),
+         *eo_old = dmalloc(2 * T * D), *eo_new = dmalloc(2 * T * D), *mo = dmalloc(2 * T * D);
+    auto old_gemms = [&]() {
+        RUN(cuda_moe_grouped_gemm(g2, xp, gu, cnt, off, tiles, n, Ex, 2 * I, D, dt, g_stream, E_));
+        RUN(cuda_swiglu_forward(h, g2, n, I, dt, g_stream, E_));
+        RUN(cuda_moe_grouped_gemm(ey, h, dn, cnt, off, tiles, n, Ex, D, I, dt, g_stream, E_));
+    };
+    auto old_path = [&](int) {
+        RUN(cuda_moe_permute(perm, pos, cnt, off, di, T, Ex, K, g_stream, E_));
+        RUN(cuda_gather_rows(xp, x, perm, n, K, D, dt, g_stream, E_));
+        old_gemms();
+        RUN(cuda_moe_combine(eo_old, mo, ey, pos, dw, NULL, NULL, T, D, K, dt, g_stream, E_));
+    };
+    int bk = 64;
+    auto new_gemms = [&]() {
+        RUN(cuda_moe_grouped_tiles_v3(tiles, cnt, off, n, Ex, g_stream, E_));
+        RUN(cuda_moe_grouped_gemm_v3_bk(h, x, perm, K, gu, cnt, off, tiles, n, Ex, 2 * I, D, 1, bk, dt, g_stream, E_));
+        RUN(cuda_moe_grouped_gemm_v3_bk(ey, h, NULL, 1, dn, cnt, off, tiles, n, Ex, D, I, 0, bk, dt, g_stream, E_));
+    };
+    auto new_path = [&](int) {
+        RUN(cuda_moe_permute(perm, pos, cnt, off, di, T, Ex, K, g_stream, E_));
+        new_gemms();
+        RUN(cuda_moe_combine(eo_new, mo, ey, pos, dw, NULL, NULL, T, D, K, dt, g_stream, E_));
+    };
+    old_path(0);
+    CK(cudaStreamSynchronize(g_stream));
+    auto b = download(eo_old, T * D, 1);
+    char name[200];
+    std::vector<float> a;
+    int det = 1;
+    for (bk = 32; bk <= 64; bk += 32) {
+        new_path(0);
+        CK(cudaStreamSynchronize(g_stream));
+        a = download(eo_new, T * D, 1);
+        CK(cudaMemset(eo_new, 0xff, 2 * T * D));
+        new_path(0);
+        CK(cudaStreamSynchronize(g_stream));
+        det = same_bits(a, download(eo_new, T * D, 1));
+        snprintf(name, sizeof name, "real dims T=%lld: grouped_v3 bk=%d vs grouped_v1 (GPU)", (long long)T, bk);
+        check(name, a, b, 2e-2, det);
+    }
+    bk = 64;
+    /* CPU reference on the first 4 tokens: copy their experts back */
+    const int64_t Tc = 4;
+    auto xs = download(x, Tc * D, 1);
+    std::vector<std::vector<float>> keep;
+    std::vector<struct q3n_mlp_weights> ew((size_t)Ex);
+    for (int64_t t = 0; t < Tc; t++)
+        for (int64_t j = 0; j < K; j++) {
+            const int64_t e = idx[t * K + j];
+            if (ew[e].gate_proj) continue;
+            keep.push_back(download((char *)gu + 2 * e * 2 * I * D, 2 * I * D, 1));
+            keep.push_back(download((char *)dn + 2 * e * D * I, D * I, 1));
+            ew[e].gate_proj = keep[keep.size() - 2].data();
+            ew[e].up_proj = keep[keep.size() - 2].data() + I * D;
+            ew[e].down_proj = keep.back().data();
+        }
+    std::vector<float> want((size_t)(Tc * D)), scr((size_t)(2 * I + D));
+    ref_moe_experts_forward(want.data(), xs.data(), idx.data(), wt.data(), ew.data(), scr.data(), Tc, D, I, K);
+    snprintf(name, sizeof name, "real dims T=%lld: grouped_v3 vs ref_moe_experts_forward (tokens 0..3)", (long long)T);
+    check(name, std::vector<float>(a.begin(), a.begin() + Tc * D), want, 2e-2, det);
+    if (timing) {
+        const double fl = (double)n * 6.0 * D * I;
+        for (bk = 32; bk <= 64; bk += 32) {
+        const float to = time_ms(old_path, 10), tn = time_ms(new_path, 10);
+        const float go = time_ms([&](int) { old_gemms(); }, 10), gn = time_ms([&](int) { new_gemms(); }, 10);
+        printf("TIME moe experts T=%lld bk=%d (permute..combine, 1 layer): old %.3f ms, new %.3f ms (%.2fx)\n",
+               (long long)T, bk, to, tn, to / tn);
+        printf("TIME expert GEMMs T=%lld bk=%d: old (v1 gu + swiglu + v1 dn) %.3f ms = %.0f TFLOP/s, new (v3 tiles + gu "
+               "+ dn) %.3f ms = %.0f TFLOP/s\n",
+               (long long)T, bk, go, fl / go * 1e-9, gn, fl / gn * 1e-9);
+        const float gu_only = time_ms(
+            [&](int) {
+                RUN(cuda_moe_grouped_gemm_v3(h, x, perm, K, gu, cnt, off, tiles, n, Ex, 2 * I, D, 1, dt, g_stream, E_));
+            },
+            10);
+        const float dn_only = time_ms(
+            [&](int) {
+                RUN(cuda_moe_grouped_gemm_v3(ey, h, NULL, 1, dn, cnt, off, tiles, n, Ex, D, I, 0, dt, g_stream, E_));
+            },
+            10);
+        printf("TIME v3 T=%lld bk=%d: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s)\n",
+               (long long)T, bk, gu_only, n * 4.0 * D * I / gu_only * 1e-9, dn_only, n * 2.0 * D * I / dn_only * 1e-9);
+        }
+        const float tp = time_ms([&](int) { RUN(cuda_moe_permute(perm, pos, cnt, off, di, T, Ex, K, g_stream, E_)); }, 10);
+        const float tt = time_ms([&](int) { RUN(cuda_moe_grouped_tiles_v3(tiles, cnt, off, n, Ex, g_stream, E_)); }, 10);
+        const float tc = time_ms(
+            [&](int) { RUN(cuda_moe_combine(eo_new, mo, ey, pos, dw, NULL, NULL, T, D, K, dt, g_stream, E_)); }, 10);
+        void *lg = dfill(T * Ex, 3.0f, 28);
+        const float tr = time_ms(
+            [&](int) { RUN(cuda_router_topk_forward(NULL, di, dw, lg, T, Ex, K, 1, dt, g_stream, E_)); }, 10);
+        CK(cudaFree(lg));
+        printf("TIME T=%lld: permute %.3f ms, v3 tile table %.3f ms, combine %.3f ms, router_topk %.3f ms\n",
+               (long long)T, tp, tt, tc, tr);
+    }
+    void *ps[] = {gu, dn, x, di, dw, perm, pos, cnt, off, tiles, xp, g2, h, ey, eo_old, eo_new, mo};
+    for (void *p : ps) CK(cudaFree(p));
+}
+
+/* Decode T=1 at real dims with the shared expert: old (gemv_v1 x2 + swiglu + cuBLAS shared MLP
+ * + combine) vs new (gemv_v2 x2); a different expert set each rep (weights not in L2). */
+static void real_decode(void)
+{
+    const int64_t D = 2048, Ex = 512, K = 10, I = 512, Ws = 512, T = 1, sets = 64;
+    const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
+    void *gu = dfill(Ex * 2 * I * D, sqrtf(3.0f / D), 21), *dn = dfill(Ex * D * I, sqrtf(3.0f / I), 22),
+         *sgu = dfill(2 * Ws * D, sqrtf(3.0f / D), 23), *sdn = dfill(D * Ws, sqrtf(3.0f / Ws), 24),
+         *sgw = dfill(D, sqrtf(3.0f / D), 25), *x = dfill(T * D, 1.7f, 26);
+    std::vector<int64_t> idx;
+    std::vector<float> wt;
+    routing(idx, wt, sets, Ex, K, 0, 1);
+    std::vector<int32_t> i32(idx.begin(), idx.end());
+    int32_t *di = (int32_t *)dmalloc(4 * sets * K);
+    CK(cudaMemcpy(di, i32.data(), 4 * sets * K, cudaMemcpyHostToDevice));
+    float *dw = (float *)upload(wt, 0);
+    void *g2 = dmalloc(2 * K * 2 * I), *h = dmalloc(2 * K * I), *ey = dmalloc(2 * K * D), *big = dmalloc(2 * 2 * Ws),
+         *smid = dmalloc(2 * Ws), *sout = dmalloc(2 * D), *sg = dmalloc(2 * 2), *eo = dmalloc(2 * D),
+         *mo_old = dmalloc(2 * D), *mo_new = dmalloc(2 * D);
+    auto old_path = [&](int i) {
+        const int32_t *ix = di + (i % sets) * K;
+        const float *w = dw + (i % sets) * K;
+        RUN(cuda_moe_experts_gemv(g2, x, ix, gu, K, K, 2 * I, D, dt, g_stream, E_));
+        RUN(cuda_swiglu_forward(h, g2, K, I, dt, g_stream, E_));
+        RUN(cuda_moe_experts_gemv(ey, h, ix, dn, K, 1, D, I, dt, g_stream, E_));
+        RUN(cuda_linear_forward(big, x, sgu, NULL, T, 2 * Ws, D, dt, g_blas, g_stream, E_));
+        RUN(cuda_swiglu_forward(smid, big, T, Ws, dt, g_stream, E_));
+        RUN(cuda_linear_forward(sout, smid, sdn, NULL, T, D, Ws, dt, g_blas, g_stream, E_));
+        RUN(cuda_linear_forward(sg, x, sgw, NULL, T, 1, D, dt, g_blas, g_stream, E_));
+        RUN(cuda_moe_combine(eo, mo_old, ey, NULL, w, sout, sg, T, D, K, dt, g_stream, E_));
+    };
+    auto new_path = [&](int i) {
+        const int32_t *ix = di + (i % sets) * K;
+        const float *w = dw + (i % sets) * K;
+        RUN(cuda_moe_gemv2_gate_up(h, smid, sg, x, ix, gu, sgu, sgw, T, K, D, I, Ws, dt, g_stream, E_));
+        RUN(cuda_moe_gemv2_down_combine(eo, mo_new, sout, h, smid, ix, w, dn, sdn, sg, T, K, D, I, Ws, dt, g_stream,
+                                        E_));
+    };
+    old_path(5);
+    new_path(5);
+    CK(cudaStreamSynchronize(g_stream));
+    check("real dims decode T=1: gemv_v2 mlp_out vs gemv_v1+cuBLAS shared+combine (GPU)", download(mo_new, D, 1),
+          download(mo_old, D, 1), 2e-2, 1);
+    const float to = time_ms(old_path, 50), tn = time_ms(new_path, 50);
+    const float g1 = time_ms(
+        [&](int i) {
+            RUN(cuda_moe_gemv2_gate_up(h, smid, sg, x, di + (i % sets) * K, gu, sgu, sgw, T, K, D, I, Ws, dt, g_stream,
+                                       E_));
+        },
+        50);
+    const float g2t = time_ms(
+        [&](int i) {
+            RUN(cuda_moe_gemv2_down_combine(eo, mo_new, sout, h, smid, di + (i % sets) * K, dw + (i % sets) * K, dn,
+                                            sdn, sg, T, K, D, I, Ws, dt, g_stream, E_));
+        },
+        50);
+    /* router for one token: logits [1, E] -> top-10 */
+    void *lg = dfill(Ex, 3.0f, 27);
+    float *pr = (float *)dmalloc(4 * Ex), *tw = (float *)dmalloc(4 * K);
+    int32_t *ti = (int32_t *)dmalloc(4 * K);
+    const float tr = time_ms(
+        [&](int) { RUN(cuda_router_topk_forward(NULL, ti, tw, lg, 1, Ex, K, 1, dt, g_stream, E_)); }, 50);
+    const double b1 = 2.0 * (K * 2 * I * D + 2 * Ws * D + D), b2 = 2.0 * (K * I * D + Ws * D);
+    printf("TIME decode MoE T=1 (routed K=10 + shared, 1 layer, median of 50): old %.1f us, new %.1f us (%.2fx); "
+           "gemv_v2 gate_up %.1f us (%.2f TB/s), down+combine %.1f us (%.2f TB/s); router_topk T=1 E=512 %.1f us\n",
+           to * 1e3, tn * 1e3, to / tn, g1 * 1e3, b1 / (g1 * 1e-3) * 1e-12, g2t * 1e3, b2 / (g2t * 1e-3) * 1e-12,
+           tr * 1e3);
+    CK(cudaFree(lg));
+    CK(cudaFree(pr));
+    CK(cudaFree(tw));
+    CK(cudaFree(ti));
+    void *ps[] = {gu, dn, sgu, sdn, sgw, x, di, dw, g2, h, ey, big, smid, sout, sg, eo, mo_old, mo_new};
+    for (void *p : ps) CK(cudaFree(p));
+}
+
+int main(int argc, char **argv)
+{
+    const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    setvbuf(stdout, NULL, _IONBF, 0);
+    g_t0 = now_s();
+    q3n_rng_seed(&g_rng, 1234);
+    CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+    if (cublasCreate(&g_blas) != CUBLAS_STATUS_SUCCESS) return 2;
+    cublasSetStream(g_blas, g_stream);
+    real_prefill(4096, !quick);
+    real_prefill(16384, !quick);
+    real_decode();
+    case_router(1, 512, 10, 1);
+    case_router(4096, 512, 10, 1);
+    case_router(1000, 64, 2, 0);
+    case_router(77, 1000, 10, 0);
+    case_router(50, 2048, 10, 1); /* E > 1024: the block-per-token kernel */
+    case_router(9, 8, 8, 0);
+    /* prefill v3: T, D, E, K, I, skew */
+    case_grouped_v3(1, 256, 8, 1, 128, 0);
+    case_grouped_v3(2, 256, 8, 2, 128, 0);
+    case_grouped_v3(7, 200, 64, 10, 72, 1);   /* D, I not tile multiples */
+    case_grouped_v3(63, 264, 64, 2, 136, 1);
+    case_grouped_v3(200, 256, 512, 10, 128, 0);
+    case_grouped_v3(200, 256, 512, 10, 128, 1);
+    case_grouped_v3(1000, 328, 64, 10, 96, 1);
+    case_grouped_v3(1000, 256, 8, 2, 64, 1);  /* ~250+ rows per expert, one hot */
+    case_grouped_v3(4096, 192, 512, 10, 64, 1);
+    case_grouped_v3(4096, 136, 8, 1, 40, 0);  /* many tiles per expert, N = 2I = 80 */
+    case_grouped_v3(300, 2048, 8, 2, 512, 0); /* real D, I */
+    case_grouped_v3(5, 100, 8, 2, 64, 0);     /* D % 8 != 0: not usable, falls back */
+    /* decode v2: T, D, E, K, I, Ws, bf16 */
+    case_gemv2(1, 2048, 32, 10, 512, 512, 1); /* real D, I, Ws (E = 512 at real dims below) */
+    case_gemv2(1, 256, 64, 10, 64, 96, 1);
+    case_gemv2(2, 264, 8, 2, 72, 40, 1);
+    case_gemv2(7, 200, 64, 1, 136, 0, 1);
+    case_gemv2(6, 256, 64, 10, 64, 64, 1);
+    case_gemv2(1, 256, 64, 10, 64, 96, 0);
+    case_gemv2(7, 200, 8, 2, 72, 40, 0);
+    printf("%d cases, %d failed\n", g_cases, g_fail);
+    return g_fail ? 1 : 0;
+}
