@@ -1313,7 +1313,7 @@ static enum q3n_status lm_head_to_host(struct cuda_session *s, struct q3n_error 
     const int nb = s->dt == Q3N_COMPUTE_BF16 ? LM_SPLIT : 1;
     const int64_t rows = (V / nb + 7) / 8 * 8; /* 16-byte aligned blocks of W */
     for (int i = 0; i < nb; i++) {
-        const int64_t r0 = i * rows, n = i == nb - 1 ? V - r0 : rows;
+        const int64_t r0 = i * rows, n = i == nb - 1 || rows > V - r0 ? V - r0 : rows;
         if (n <= 0) break;
         Q3N_TRY(cuda_linear_forward(ACT(s->w.lbuf, r0), s->w.xn, ACT(s->lm_head, r0 * D), NULL, 1, n, D, s->dt, s->blas,
                                     s->stream, err));
