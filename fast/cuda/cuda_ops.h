@@ -102,6 +102,9 @@ enum q3n_status cuda_delta_rule_recurrent(void *d_o, float *d_state, const float
                                           const float *d_v, const float *d_g, const float *d_beta, int64_t T,
                                           int64_t NK, int64_t NV, int64_t DK, int64_t DV,
                                           enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Kernel of the recurrent form for these dims and dtype: rec_v2 (bf16, DK <= 256, DV % 4 == 0;
+ * float4 rows in flight) or rec_v1 (f32 mode: unchanged). */
+const char *cuda_delta_rule_recurrent_kernel_for(int64_t DK, int64_t DV, enum q3n_compute_dtype dt);
 /* Chunked (WY/UT) form, chunk C <= 64, any T; the state is carried across chunks in float32.
  * Arguments as the recurrent form plus scratch of cuda_delta_rule_chunked_scratch floats. */
 int64_t cuda_delta_rule_chunked_scratch(int64_t T, int64_t NV, int64_t DK, int64_t DV, int64_t C);
@@ -115,9 +118,10 @@ const char *cuda_delta_rule_chunked_kernel(void);
 const char *cuda_delta_rule_chunked_kernel_for(int64_t DK, int64_t DV, int64_t C, enum q3n_compute_dtype dt);
 /* The two paths cuda_delta_rule_chunked dispatches to (same arguments and scratch):
  * _simt = chunk_v4, fp32 SIMT, any dims (the f32 mode's path; bf16 mode for other dims);
- * _tc = bf16 mma.sync (deltanet_tc.cu), bf16 o only, DK = DV = 128 and C = 64 only
- * (_tc_supported), scan_warps in {0 (auto), 1, 2, 4, 8} warps of 16 value columns per scan block
- * (-1: the prep kernel alone, for timing). */
+ * _tc = bf16 mma.sync (deltanet_tc.cu), bf16 o only, DK = DV = 128, C = 64 and a device with
+ * ~163 KB of opt-in shared memory per block only (_tc_supported); scan_warps in {0 (auto = 4),
+ * 2, 4, 8} warps per scan block, a pair per 16 value columns (-1: the prep kernel alone, for
+ * timing); all choices give the same bits. */
 enum q3n_status cuda_delta_rule_chunked_simt(void *d_o, float *d_state, const float *d_q, const float *d_k,
                                              const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
                                              int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,

@@ -142,6 +142,92 @@ __global__ void __launch_bounds__(256) recurrent_kernel(T *o, float *state, cons
     }
 }
 
+/* ---- recurrent step, rec_v2 (bf16 mode) ----
+ * Same maths as recurrent_kernel. Block (h, 32-column tile), 256 threads: cg = tid & 7 owns
+ * columns 4 cg .. 4 cg + 3 (float4), rg = tid >> 3 (0..31) rows rg + 32 i (i < DK/32 <= 8). All
+ * row loads of a thread are issued before any use: the step streams the state once (read +
+ * write), so it is bound by how many loads are in flight, not by arithmetic. Sums over rows:
+ * xor-shuffles over the 4 row groups of a warp, then the 8 warps' partials in warp order
+ * through shared memory (fixed order: bitwise reproducible). */
+#define REC2_R 8
+__device__ __forceinline__ float4 f4_fma(float4 a, float b, float4 c)
+{
+    return make_float4(c.x + a.x * b, c.y + a.y * b, c.z + a.z * b, c.w + a.w * b);
+}
+__device__ __forceinline__ float4 f4_rowsum(float4 p, float4 (*part)[8], int w, int lane, int cg)
+{
+    /* lane = 8 (rg & 3) + cg: reduce over lane bits 3, 4, then over the 8 warps */
+    p.x += __shfl_xor_sync(0xffffffffu, p.x, 8), p.y += __shfl_xor_sync(0xffffffffu, p.y, 8);
+    p.z += __shfl_xor_sync(0xffffffffu, p.z, 8), p.w += __shfl_xor_sync(0xffffffffu, p.w, 8);
+    p.x += __shfl_xor_sync(0xffffffffu, p.x, 16), p.y += __shfl_xor_sync(0xffffffffu, p.y, 16);
+    p.z += __shfl_xor_sync(0xffffffffu, p.z, 16), p.w += __shfl_xor_sync(0xffffffffu, p.w, 16);
+    if (lane < 8) part[w][cg] = p;
+    __syncthreads();
+    float4 t = part[0][cg];
+#pragma unroll
+    for (int i = 1; i < 8; i++) t = make_float4(t.x + part[i][cg].x, t.y + part[i][cg].y, t.z + part[i][cg].z, t.w + part[i][cg].w);
+    __syncthreads(); /* part is reused */
+    return t;
+}
+template <typename T>
+__global__ void __launch_bounds__(256) recurrent_v2_kernel(T *o, float *state, const float *q, const float *k,
+                                                           const float *v, const float *g, const float *beta, int NK,
+                                                           int NV, int DK, int DV)
+{
+    __shared__ float qs[32 * REC2_R], ks[32 * REC2_R];
+    __shared__ float4 part[8][8];
+    const int h = blockIdx.x, kh = h / (NV / NK), tid = threadIdx.x, cg = tid & 7, rg = tid >> 3, lane = tid & 31,
+              w = tid >> 5;
+    const int c = blockIdx.y * 32 + 4 * cg;
+    const bool cv = c < DV;
+    float *S = state + (size_t)h * DK * DV;
+    float4 sr[REC2_R];
+#pragma unroll
+    for (int i = 0; i < REC2_R; i++) {
+        const int kk = rg + 32 * i;
+        sr[i] = cv && kk < DK ? *reinterpret_cast<const float4 *>(S + (size_t)kk * DV + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    for (int i = tid; i < DK; i += 256) {
+        qs[i] = q[(size_t)kh * DK + i];
+        ks[i] = k[(size_t)kh * DK + i];
+    }
+    const float decay = expf(g[h]), bt = beta[h];
+    __syncthreads();
+    /* S <- decay S;  kv = S^T k */
+    float4 p = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < REC2_R; i++) {
+        const int kk = rg + 32 * i;
+        sr[i] = make_float4(sr[i].x * decay, sr[i].y * decay, sr[i].z * decay, sr[i].w * decay);
+        if (kk < DK) p = f4_fma(sr[i], ks[kk], p);
+    }
+    const float4 kv = f4_rowsum(p, part, w, lane, cg);
+    /* u = beta (v - kv);  S <- S + k u^T;  o = S^T q */
+    const float4 vv = cv ? *reinterpret_cast<const float4 *>(v + (size_t)h * DV + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const float4 u = make_float4(bt * (vv.x - kv.x), bt * (vv.y - kv.y), bt * (vv.z - kv.z), bt * (vv.w - kv.w));
+    p = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < REC2_R; i++) {
+        const int kk = rg + 32 * i;
+        if (kk < DK) {
+            sr[i] = f4_fma(u, ks[kk], sr[i]);
+            if (cv) *reinterpret_cast<float4 *>(S + (size_t)kk * DV + c) = sr[i];
+            p = f4_fma(sr[i], qs[kk], p);
+        }
+    }
+    const float4 ov = f4_rowsum(p, part, w, lane, cg);
+    if (tid < 8 && cv) {
+        T *op = o + (size_t)h * DV + c;
+        st(op, ov.x), st(op + 1, ov.y), st(op + 2, ov.z), st(op + 3, ov.w);
+    }
+}
+
+extern "C" const char *cuda_delta_rule_recurrent_kernel_for(int64_t DK, int64_t DV, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && DK <= 32 * REC2_R && DV % 4 == 0 ? "rec_v2(float4 rows in flight, 32-col tiles)"
+                                                                      : "rec_v1";
+}
+
 extern "C" enum q3n_status cuda_delta_rule_recurrent(void *d_o, float *d_state, const float *d_q, const float *d_k,
                                                      const float *d_v, const float *d_g, const float *d_beta,
                                                      int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
@@ -155,7 +241,10 @@ extern "C" enum q3n_status cuda_delta_rule_recurrent(void *d_o, float *d_state, 
         const float *q = d_q + t * NK * DK, *k = d_k + t * NK * DK, *v = d_v + t * NV * DV;
         const float *g = d_g + t * NV, *b = d_beta + t * NV;
         void *o = (char *)d_o + (size_t)(t * NV * DV) * as;
-        if (dt == Q3N_COMPUTE_BF16)
+        if (dt == Q3N_COMPUTE_BF16 && DK <= 32 * REC2_R && DV % 4 == 0)
+            recurrent_v2_kernel<<<grid, 256, 0, stream>>>((bf16 *)o, d_state, q, k, v, g, b, (int)NK, (int)NV, (int)DK,
+                                                          (int)DV);
+        else if (dt == Q3N_COMPUTE_BF16)
             recurrent_kernel<<<grid, 256, 0, stream>>>((bf16 *)o, d_state, q, k, v, g, b, NK, NV, DK, DV);
         else
             recurrent_kernel<<<grid, 256, 0, stream>>>((float *)o, d_state, q, k, v, g, b, NK, NV, DK, DV);
@@ -197,7 +286,7 @@ extern "C" const char *cuda_delta_rule_chunked_kernel_for(int64_t DK, int64_t DV
 
 extern "C" const char *cuda_delta_rule_chunked_kernel(void)
 {
-    return "bf16 DK=DV=128 C=64: chunk_tc_v1 (bf16 mma.sync); otherwise chunk_v4 (fp32 SIMT)";
+    return "bf16 DK=DV=128 C=64: chunk_tc_v2 (bf16 mma.sync); otherwise chunk_v4 (fp32 SIMT)";
 }
 
 /* Register-staged tile loads: a [C x ncol] float32 tile, row i at base + i*rs (rows >= nvalid

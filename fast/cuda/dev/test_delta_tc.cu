@@ -2,7 +2,8 @@
  * ref_delta_rule_chunked (libq3n.a, float32) on seeded random inputs, then timings against
  * chunk_v4 (the fp32 SIMT path) in the same process.
  *
- * Each case: NaN-poisoned o and scratch, a guard after o, 3 runs that must be bitwise identical,
+ * Each case: NaN-poisoned o and scratch, a guard after o, 3 runs that must be bitwise identical
+ * (and identical for every scan block shape),
  * rel L2 of o <= 1e-2 and of the final state <= 5e-3 (bf16 operands, float32 accumulation).
  *
  *   test_delta_tc            all cases, then timings at T=4096 and 16384 (NK=16 NV=32 DK=DV=128)
@@ -137,6 +138,19 @@ static void run_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, 
         if (rep == 0) o0 = oc, s0v = sc;
         else det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
     }
+    if (cuda_delta_rule_chunked_tc_supported(DK, DV, C)) { /* every scan block shape: the same bits */
+        const int sws[] = {2, 4, 8};
+        for (int sw : sws) {
+            CK(cudaMemset(o, 0xff, obytes));
+            CK(cudaMemcpy(ds, in.s0.data(), wst.size() * 4, cudaMemcpyHostToDevice));
+            RUN(cuda_delta_rule_chunked_tc(o, ds, dq, dk, dv, dg, db, (float *)dscr, T, NK, NV, DK, DV, C, sw, g_stream,
+                                           &g_err));
+            CK(cudaStreamSynchronize(g_stream));
+            CK(cudaMemcpy(oc.data(), o, obytes, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(sc.data(), ds, wst.size() * 4, cudaMemcpyDeviceToHost));
+            det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
+        }
+    }
     std::vector<float> of(o0.size());
     for (size_t i = 0; i < of.size(); i++) of[i] = bf2f(o0[i]);
     const double eo = rel_l2(of, want), es = rel_l2(s0v, wst);
@@ -192,6 +206,45 @@ static void bench(int64_t T, int64_t NK, int64_t NV, int path)
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o), cudaFree(dscr);
 }
 
+/* The recurrent form in bf16 mode (rec_v2) against ref_delta_rule_recurrent: o rel L2 <= 8e-3
+ * (bf16 rounding of o), state <= 1e-5, 3 bitwise identical runs, NaN-poisoned o. */
+static void run_rec_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV)
+{
+    inputs in = make_inputs(T, NK, NV, DK, DV, -20.0, 1);
+    std::vector<float> want((size_t)(T * NV * DV)), wst = in.s0;
+    ref_delta_rule_recurrent(want.data(), wst.data(), in.q.data(), in.k.data(), in.v.data(), in.g.data(),
+                             in.beta.data(), T, NK, NV, DK, DV);
+    float *dq = (float *)dup(in.q), *dk = (float *)dup(in.k), *dv = (float *)dup(in.v), *dg = (float *)dup(in.g),
+          *db = (float *)dup(in.beta), *ds;
+    CK(cudaMalloc(&ds, wst.size() * 4));
+    const size_t obytes = (size_t)(T * NV * DV) * 2;
+    char *o;
+    CK(cudaMalloc(&o, obytes));
+    std::vector<uint16_t> o0, oc((size_t)(T * NV * DV));
+    std::vector<float> s0v, sc(wst.size());
+    int det = 1;
+    for (int rep = 0; rep < 3; rep++) {
+        CK(cudaMemset(o, 0xff, obytes));
+        CK(cudaMemcpy(ds, in.s0.data(), wst.size() * 4, cudaMemcpyHostToDevice));
+        RUN(cuda_delta_rule_recurrent(o, ds, dq, dk, dv, dg, db, T, NK, NV, DK, DV, Q3N_COMPUTE_BF16, g_stream, &g_err));
+        CK(cudaStreamSynchronize(g_stream));
+        CK(cudaMemcpy(oc.data(), o, obytes, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(sc.data(), ds, wst.size() * 4, cudaMemcpyDeviceToHost));
+        if (rep == 0) o0 = oc, s0v = sc;
+        else det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
+    }
+    std::vector<float> of(o0.size());
+    for (size_t i = 0; i < of.size(); i++) of[i] = bf2f(o0[i]);
+    const double eo = rel_l2(of, want), es = rel_l2(s0v, wst);
+    const int ok = det && eo <= 8e-3 && es <= 1e-5;
+    g_cases++;
+    g_fail += !ok;
+    printf("%s recurrent T=%lld NK=%lld NV=%lld DK=%lld DV=%lld: rel_l2 o %.3e state %.3e det %d [%s]\n", ok ? "ok  " : "FAIL",
+           (long long)T, (long long)NK, (long long)NV, (long long)DK, (long long)DV, eo, es, det,
+           cuda_delta_rule_recurrent_kernel_for(DK, DV, Q3N_COMPUTE_BF16));
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o);
+}
+
 /* One decode step (T=1) of the recurrent form, bf16 out: mean over 200 back-to-back launches. */
 static void bench_recurrent(int64_t NK, int64_t NV)
 {
@@ -215,8 +268,9 @@ static void bench_recurrent(int64_t NK, int64_t NV)
     float ms;
     CK(cudaEventElapsedTime(&ms, a, b));
     const double us = ms * 1e3 / N, mb = 2.0 * NV * D * D * 4 / 1e6;
-    printf("BENCH recurrent step NK=%lld NV=%lld DK=DV=128: %.2f us/step (mean of %d), state r+w %.1f MB -> %.0f GB/s\n",
-           (long long)NK, (long long)NV, us, N, mb, mb * 1e6 / us / 1e3);
+    printf("BENCH recurrent step [%s] NK=%lld NV=%lld DK=DV=128: %.2f us/step (mean of %d), state r+w %.1f MB -> %.0f GB/s\n",
+           cuda_delta_rule_recurrent_kernel_for(D, D, Q3N_COMPUTE_BF16), (long long)NK, (long long)NV, us, N, mb,
+           mb * 1e6 / us / 1e3);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o);
 }
 
@@ -235,6 +289,11 @@ int main(int argc, char **argv)
                     run_case(T, hk[0], hk[1], 128, 128, 64, -0.05, init); /* weak decay */
                 }
         run_case(4096, 1, 2, 128, 128, 64, -0.01, 1); /* long, very weak decay */
+        run_rec_case(1, 16, 32, 128, 128);
+        run_rec_case(4, 2, 4, 128, 128);
+        run_rec_case(3, 1, 3, 60, 100);
+        run_rec_case(2, 2, 2, 256, 256);
+        run_rec_case(2, 1, 2, 16, 16);
         /* bf16 mode, dims the tc path does not take: falls back to chunk_v4 */
         run_case(100, 1, 2, 64, 64, 64, -5.0, 1);
         run_case(130, 2, 4, 128, 128, 32, -5.0, 1);
@@ -247,7 +306,7 @@ int main(int argc, char **argv)
         for (int64_t T : Ts) {
             bench(T, 16, 32, -2);
             bench(T, 16, 32, -1);
-            const int nws[] = {1, 2, 4, 8};
+            const int nws[] = {2, 4, 8};
             for (int nw : nws) bench(T, 16, 32, nw);
         }
     }
