@@ -102,7 +102,7 @@ struct cuda_session {
     /* what ran since the last reset */
     int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv, ran_moe_grouped;
     int ran_decode_graph, ran_decode_eager;
-    const char *dn_kernel, *attn_prefill_kernel, *attn_decode_kernel; /* names from the launchers */
+    const char *dn_kernel, *rec_kernel, *attn_prefill_kernel, *attn_decode_kernel; /* names from the launchers */
     char desc[512];
     /* decode step: [token id, position] on the device and its pinned host staging; the captured
      * graph (graph_state 0 = not tried, 1 = ready, -1 = capture failed: eager, graph_why says why);
@@ -307,6 +307,14 @@ static enum q3n_status check_config(const struct q3n_config *c, const struct q3n
         return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda: chunk_size %lld outside 1..64",
                              (long long)opt->chunk_size);
     if (opt->max_tokens < 1) return q3n_error_set(err, Q3N_ERR_USAGE, "cuda: max_tokens must be >= 1");
+    /* Refused rather than ignored: a run that silently dropped them would look like a result. */
+    if (opt->fp32_patterns && *opt->fp32_patterns)
+        return q3n_error_set(err, Q3N_ERR_UNSUPPORTED,
+                             "cuda: run_options.fp32_patterns is not supported (bf16 runs every op in bf16); "
+                             "bisect precision with --impl cpu, which emulates bf16 op by op");
+    if (opt->test_bug && *opt->test_bug)
+        return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda: no planted test bugs (test_bug '%s'); use --impl cpu",
+                             opt->test_bug);
     return Q3N_OK;
 }
 
@@ -780,6 +788,7 @@ static enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, cons
                                         DK, DV, s->opt.chunk_size, dt, s->stream, err));
         s->ran_chunked = 1;
     } else {
+        s->rec_kernel = cuda_delta_rule_recurrent_kernel_for(DK, DV, dt);
         Q3N_TRY(cuda_delta_rule_recurrent(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, T, NK, NV, DK,
                                           DV, dt, s->stream, err));
         s->ran_recurrent = 1;
@@ -1059,8 +1068,8 @@ static void short_name(char *out, size_t n, const char *name, const char *fallba
 }
 
 /* Compact (verify stores "<prefill>; decode: <decode>" in 256 bytes). Names: dn = delta rule
- * (the first word of cuda_delta_rule_chunked_kernel_for(): chunk_v4, chunk_tc_v1; rec_v1 =
- * recurrent step), attn = first word and version of cuda_attention_kernel() for the prefill and
+ * (the first word of cuda_delta_rule_chunked_kernel_for(): chunk_v4 fp32 SIMT, chunk_tc_v2 bf16 tensor
+ * cores; and of cuda_delta_rule_recurrent_kernel_for(): rec_v1, rec_v2 = the one-token step), attn = first word and version of cuda_attention_kernel() for the prefill and
  * the decode (flash_v3 = flash_mma_bf16_v3, rows_v1 = row/split-K kernel, decode_v3 = its split
  * decode kernel), moe grouped_v1 = grouped bf16 mma GEMM,
  * cublas = per-expert cuBLAS GEMMs, gemv_v1 = decode expert GEMV; gemm = cuBLAS, COMPUTE_32F,
@@ -1074,7 +1083,10 @@ static void describe_build(struct cuda_session *s)
         const char *k = s->dn_kernel ? s->dn_kernel : "chunk_v4";
         snprintf(dn, sizeof dn, "%.*s/C%lld", (int)strcspn(k, "( "), k, (long long)s->opt.chunk_size);
     }
-    if (s->ran_recurrent) snprintf(dn + strlen(dn), sizeof dn - strlen(dn), "%srec_v1", dn[0] ? "+" : "");
+    if (s->ran_recurrent) {
+        const char *r = s->rec_kernel ? s->rec_kernel : "rec_v1";
+        snprintf(dn + strlen(dn), sizeof dn - strlen(dn), "%s%.*s", dn[0] ? "+" : "", (int)strcspn(r, "( "), r);
+    }
     if (s->ran_flash) short_name(at, sizeof at, s->attn_prefill_kernel, "flash_v2");
     if (s->ran_rows) {
         short_name(nm, sizeof nm, s->attn_decode_kernel, "rows_v1");
