@@ -52,7 +52,7 @@ for stage in "$@"; do
     bench)
         log "bench_model" >>"$OUT/bench.log"
         $B/test_kernels --bench-delta 16384 16 32 128 >>"$OUT/bench.log" 2>&1
-        $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 ${LONG:---long 32768} >>"$OUT/bench.log" 2>&1
+        $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 8 ${LONG:---long 32768} >>"$OUT/bench.log" 2>&1
         echo "exit $?" >>"$OUT/bench.log" ;;
     ncu)
         log "ncu kernel durations" >>"$OUT/bench.log"
