@@ -17,33 +17,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../cuda_ops.h"
+#include "devkit.cuh"
 
-extern "C" {
-#include "../../../harness/rng.h"
-#include "../../../ref/ops.h"
-}
-
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
-static struct q3n_error g_err;
-#define RUN(call)                                                          \
-    do {                                                                   \
-        if ((call) != Q3N_OK) {                                            \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, g_err.msg); \
-            exit(2);                                                       \
-        }                                                                  \
-    } while (0)
-
-static struct q3n_rng g_rng;
-static cudaStream_t g_stream;
-static int g_fail = 0, g_cases = 0;
 static double g_worst_o = 0, g_worst_s = 0;
 
 struct inputs {

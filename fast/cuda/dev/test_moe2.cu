@@ -22,20 +22,12 @@
 #include <time.h>
 #include <vector>
 
-#include "../cuda_ops.h"
+#include "devkit.cuh"
 
 extern "C" {
-#include "../../../harness/rng.h"
 #include "../../../harness/weights.h"
-#include "../../../ref/ops.h"
 }
 
-#define REPEAT 3
-static int g_fail = 0, g_cases = 0;
-static cudaStream_t g_stream;
-static cublasHandle_t g_blas;
-static struct q3n_rng g_rng;
-static struct q3n_error g_err;
 static double now_s(void)
 {
     struct timespec ts;
@@ -45,31 +37,8 @@ static double now_s(void)
 static double g_t0;
 #define E_ (&g_err)
 
-#define CK(call)                                                                                             \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));           \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
-#define RUN(call)                                                                                            \
-    do {                                                                                                     \
-        if ((call) != Q3N_OK) {                                                                              \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, g_err.msg);                                   \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
 
-static float bf(float f) /* round to bfloat16, nearest-even */
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
+static float bf(float f) { return bf16_round(f); } /* round to bfloat16, nearest-even */
 static std::vector<float> randn(int64_t n, double sd, int round)
 {
     std::vector<float> v((size_t)n);
@@ -117,10 +86,6 @@ static std::vector<float> download(const void *p, int64_t n, int b16)
         }
     }
     return v;
-}
-static int same_bits(const std::vector<float> &a, const std::vector<float> &b)
-{
-    return a.size() == b.size() && memcmp(a.data(), b.data(), 4 * a.size()) == 0;
 }
 /* rel L2 = |got - want| / |want|; non-finite got counts as a failure */
 static void check(const char *what, const std::vector<float> &got, const std::vector<float> &want, double tol, int det)
@@ -211,8 +176,6 @@ static void free_case(moe_case &c)
     for (void *p : ps)
         if (p) CK(cudaFree(p));
 }
-
-static enum q3n_compute_dtype DT(int b16) { return b16 ? Q3N_COMPUTE_BF16 : Q3N_COMPUTE_F32; }
 
 /* Prefill: permute + v3 gate_up (gather, SwiGLU) + v3 down + combine vs ref_moe_experts_forward. */
 static void case_grouped_v3(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int skew)
