@@ -425,7 +425,7 @@ def rename_onto(tmp: str, path: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", help="tiny | odd | long | real-1l")
+    src.add_argument("--preset", help="tiny | odd | long | heads | real-1l")
     src.add_argument("--config", help="config.json to build a random model from")
     src.add_argument("--checkpoint", help="existing checkpoint folder (config.json + *.safetensors)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))

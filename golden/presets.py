@@ -9,6 +9,12 @@ odd      shapes that break lazy code: T=77 (not a multiple of 64, two chunks), N
          (mlp_only_layers=[2]), tied embeddings, layer_types [full, linear, linear, full] (no
          full_attention_interval gives it; layer 0 is full attention), one MTP layer.
 long     several delta-rule chunks: T=250 (3 full chunks of 64 + 58), weak-decay heads.
+heads    the real model's head shapes on a small body: linear heads 1 key / 2 value of dim 128
+         (GQA 2), attention 2/1 heads of 256 (rotary 64), D=64; layer 0 sparse (8 experts top-2 of
+         width 32), layer 1 dense. T=80 with a 70-token prefill: two delta-rule chunks (64 + 6)
+         and 140 routed rows, so a
+         port's real-dims kernels (tensor-core delta rule, flash attention at head_dim 256, grouped
+         expert GEMMs) run at the model level, not only the small-head fallbacks.
 real-1l  one linear + one full layer at Qwen3-Next-80B-A3B dims (V=151936, D=2048, 16/32 linear
          heads of 128, 16/2 attention heads of 256) with 16 experts top-10; on demand only.
 """
@@ -99,6 +105,34 @@ PRESETS: dict[str, dict[str, Any]] = {
             "shared_expert_intermediate_size": 16,
             "norm_topk_prob": True,
             "mlp_only_layers": [],
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 1024,
+        },
+    },
+    "heads": {
+        "seq_len": 80,
+        "config": {
+            "vocab_size": 128,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "layer_types": ["linear_attention", "full_attention"],
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 256,
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 10000000.0,
+            "linear_num_key_heads": 1,
+            "linear_num_value_heads": 2,
+            "linear_key_head_dim": 128,
+            "linear_value_head_dim": 128,
+            "linear_conv_kernel_dim": 4,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+            "norm_topk_prob": True,
+            "mlp_only_layers": [1],
             "tie_word_embeddings": False,
             "max_position_embeddings": 1024,
         },

@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import generate  # noqa: E402
 
 # name -> generate.py arguments (--out is added). Checkpoints: tiny/ (per-expert keys, untied),
-# tiny-bf16w/ (bf16-exact weights), odd/ (fused expert keys, tied embeddings, MTP), long/.
+# tiny-bf16w/ (bf16-exact weights), odd/ (fused expert keys, tied embeddings, MTP), long/,
+# heads-bf16w/ (the real model's head dims on a small body).
 GOLDENS: dict[str, list[str]] = {
     "tiny_f32": ["--preset", "tiny"],
     "tiny_f64": ["--preset", "tiny", "--dtype", "float64"],
@@ -24,6 +25,7 @@ GOLDENS: dict[str, list[str]] = {
     "odd_f32": ["--preset", "odd", "--fused-experts"],
     "odd_decode": ["--preset", "odd", "--fused-experts", "--mode", "decode", "--seq-len", "12", "--prefill", "2"],
     "long_f32": ["--preset", "long"],
+    "heads_bf16": ["--preset", "heads", "--dtype", "bfloat16", "--min-router-margin", "0.05"],
     "delta_rule": ["--mode", "delta-rule"],
 }
 
