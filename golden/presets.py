@@ -11,8 +11,7 @@ odd      shapes that break lazy code: T=77 (not a multiple of 64, two chunks), N
 long     several delta-rule chunks: T=250 (3 full chunks of 64 + 58), weak-decay heads.
 heads    the real model's head shapes on a small body: linear heads 1 key / 2 value of dim 128
          (GQA 2), attention 2/1 heads of 256 (rotary 64), D=64; layer 0 sparse (8 experts top-2 of
-         width 32), layer 1 dense. T=80 with a 70-token prefill: two delta-rule chunks (64 + 6)
-         and 140 routed rows, so a
+         width 32), layer 1 dense. T=80: two delta-rule chunks (64 + 16) and 160 routed rows, so a
          port's real-dims kernels (tensor-core delta rule, flash attention at head_dim 256, grouped
          expert GEMMs) run at the model level, not only the small-head fallbacks.
 real-1l  one linear + one full layer at Qwen3-Next-80B-A3B dims (V=151936, D=2048, 16/32 linear
