@@ -10,7 +10,7 @@
  *   test_kernels            all cases, then timings
  *   test_kernels --small    a few small cases, no timings (for compute-sanitizer)
  *   test_kernels --bench-delta T NK NV DK   time the chunked delta rule alone
- *   test_kernels --long T   long-context weak-decay run (chunked and recurrent vs ref, drift) */
+ *   test_kernels --long T   long-context weak-decay run (f32 chunked and recurrent, bf16 chunked vs ref, drift) */
 #include "devkit.cuh"
 
 #define E (&g_err) /* launchers take `err` by name */
@@ -457,6 +457,47 @@ static void bench_attention(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
 
 /* Long context, weak decay: chunked (GPU) vs recurrent (GPU) vs ref recurrent (CPU, float32) over T
  * tokens; reports NaN/Inf, max |S| and the drift (relative L2) of the final state and outputs. */
+/* The same long run through the bf16 path (the tensor-core chunked kernel at DK = DV = 128, C = 64:
+ * bf16 operands, the state carried in float32 across all T / 64 chunks, o rounded to bf16) against
+ * the float32 reference recurrent form: o and the final state within the bf16 kernel bound, and no
+ * drift: the error of the last 1024 tokens at most twice that of the first 1024 (+1e-3). */
+static void long_context_bf16(int64_t T, const dr_in &in, const std::vector<float> &want,
+                              const std::vector<float> &wst)
+{
+    const int64_t NK = 1, NV = 2, DK = 128, DV = 128, C = 64, n = T * NV * DV;
+    dbuf dq = up(in.q, 0), dk = up(in.k, 0), dv = up(in.v, 0), dg = up(in.g, 0), db = up(in.beta, 0);
+    dbuf ds = dnew(NV * DK * DV * 4), o = dnew(n * 2);
+    dbuf scratch = dnew((size_t)cuda_delta_rule_chunked_scratch(T, NV, DK, DV, C) * 4);
+    CK(cudaMemset(ds.p, 0, ds.bytes));
+    RUN(cuda_delta_rule_chunked(o.p, (float *)ds.p, (float *)dq.p, (float *)dk.p, (float *)dv.p, (float *)dg.p,
+                                (float *)db.p, (float *)scratch.p, T, NK, NV, DK, DV, C, Q3N_COMPUTE_BF16, g_stream,
+                                E));
+    CK(cudaStreamSynchronize(g_stream));
+    auto co = down(o, n, 1), cs = down(ds, NV * DK * DV, 0);
+    char name[160];
+    snprintf(name, sizeof name, "long bf16 %.24s(o) vs ref recurrent T=%lld",
+             cuda_delta_rule_chunked_kernel_for(DK, DV, C, Q3N_COMPUTE_BF16), (long long)T);
+    check(name, co, want, 1e-2, 1, &o);
+    snprintf(name, sizeof name, "long bf16 chunked(state) vs ref recurrent T=%lld", (long long)T);
+    check(name, cs, wst, 1e-2, 1, &ds);
+    const int64_t W = 1024 * NV * DV;
+    std::vector<float> a(co.begin(), co.begin() + W), b(want.begin(), want.begin() + W);
+    std::vector<float> a2(co.end() - W, co.end()), b2(want.end() - W, want.end());
+    struct q3n_tolerance tol;
+    memset(&tol, 0, sizeof tol);
+    tol.small = 1e-30;
+    tol.rel_l2 = 1;
+    std::vector<double> fa(a.begin(), a.end()), fb(b.begin(), b.end()), la(a2.begin(), a2.end()),
+        lb(b2.begin(), b2.end());
+    struct q3n_metrics first, last;
+    q3n_compare_f64(&first, fa.data(), fb.data(), W, &tol, Q3N_ULP_F32);
+    q3n_compare_f64(&last, la.data(), lb.data(), W, &tol, Q3N_ULP_F32);
+    const double bound = 2 * first.rel_l2 + 1e-3;
+    snprintf(name, sizeof name, "long bf16 chunked(o) last 1024 tokens (first: %.2e)", first.rel_l2);
+    check(name, a2, b2, bound, 1, NULL);
+    dfree(dq), dfree(dk), dfree(dv), dfree(dg), dfree(db), dfree(ds), dfree(o), dfree(scratch);
+}
+
 static int long_context(int64_t T)
 {
     const int64_t NK = 1, NV = 2, DK = 128, DV = 128, C = 64;
@@ -499,6 +540,7 @@ static int long_context(int64_t T)
     snprintf(name, sizeof name, "long chunked(o) last 1024 tokens");
     check(name, a2, b2, 1e-4, 1, NULL);
     dfree(dq), dfree(dk), dfree(dv), dfree(dg), dfree(db), dfree(ds), dfree(ds2), dfree(o), dfree(o2), dfree(scratch);
+    long_context_bf16(T, in, want, wst);
     printf("%d cases, %d failed\n", g_cases, g_fail);
     return g_fail ? 1 : 0;
 }
