@@ -7,6 +7,7 @@
 #   bisect-precision  names the deliberately weak op of an emulated bf16 run
 #   calibrate         reproduces the committed default policy within its margin
 #   determinism       ref and cpu: taps neutral, every tap reproducible
+#   bench --impl cuda bad arguments refused (exit 2, one line) before any GPU work
 # Usage: ci/test_tools.sh [BUILD]  (default build). About a second. Exit 0 pass, 1 fail.
 set -u
 cd "$(dirname "$0")/.."
@@ -33,6 +34,11 @@ for impl in ref cpu; do
     check "bisect-precision $impl kept set" "$(echo "$out" | sed -n '/^fp32 patterns:/{n;p}')" '^model\.layers\.0\.linear_attn\.norm\.out$'
     out=$("$Q" determinism "$T" --impl $impl --runs 2 2>&1)
     check "determinism $impl: taps neutral" "$out" 'taps on vs off, logits bitwise equal: yes'
+done
+# q3n bench --impl cuda refuses bad arguments before it touches a GPU: exit 2, one line naming the argument
+for bad in "--tokens 0" "--tokens 4096,x" "--dtype f16" "--decode 1" "--peak-bw -3" "--preset tiny --versus-transformers"; do
+    out=$("$Q" bench --impl cuda $bad 2>&1 >/dev/null | head -n 1); rc=$("$Q" bench --impl cuda $bad >/dev/null 2>&1; echo $?)
+    check "bench --impl cuda $bad: exit 2 ($rc)" "$rc $out" '^2 q3n bench: (bad argument|--versus-transformers builds)'
 done
 out=$("$Q" calibrate --seeds 1 --check harness/policy/default.policy 2>&1)
 check "calibrate reproduces the committed policy" "$out" '^REPRODUCED'

@@ -126,6 +126,10 @@ static int parse_args(int argc, char **argv, struct cuda_bench_args *a)
         }
         if (!flag) i++;
     }
+    if (a->versus_tf && strcmp(a->preset, "real-4l") != 0) {
+        fprintf(stderr, "q3n bench: --versus-transformers builds the real-4l stack: use --preset real-4l\n");
+        return 0;
+    }
     if (strchr(a->python, '\'') || strchr(a->tf_script, '\'')) {
         fprintf(stderr, "q3n bench: --python / --tf-script must not contain a single quote\n");
         return 0;
@@ -305,9 +309,5 @@ int q3n_cmd_bench_cuda(int argc, char **argv)
     int rc = bench_q3n(&cfg, &a, &m);
     if (rc != 0) return rc;
 #endif
-    if (a.versus_tf && strcmp(a.preset, "real-4l") != 0) {
-        fprintf(stderr, "q3n bench: --versus-transformers builds the real-4l stack: use --preset real-4l\n");
-        return 2;
-    }
     return a.versus_tf ? versus_transformers(&a, &m) : 0;
 }
