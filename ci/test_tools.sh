@@ -40,6 +40,18 @@ for bad in "--tokens 0" "--tokens 4096,x" "--dtype f16" "--decode 1" "--peak-bw 
     out=$("$Q" bench --impl cuda $bad 2>&1 >/dev/null | head -n 1); rc=$("$Q" bench --impl cuda $bad >/dev/null 2>&1; echo $?)
     check "bench --impl cuda $bad: exit 2 ($rc)" "$rc $out" '^2 q3n bench: (bad argument|--versus-transformers builds)'
 done
+# verify warns when a source file under ref/ or fast/ changed after the policy's checked commit, not for notes
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+g() { git -C "$tmp" -c user.name=t -c user.email=t@t "$@" >/dev/null 2>&1; }
+mkdir -p "$tmp/ref" "$tmp/fast/cuda" && echo 'int x;' >"$tmp/ref/a.c" && g init -q && g add -A && g commit -qm base
+{ echo "# checked: q3n=$(git -C "$tmp" rev-parse --short HEAD)"; grep -v "q3n=" harness/policy/default.policy; } >"$tmp/p.policy"
+echo note >"$tmp/fast/cuda/NOTES.md" && g add -A && g commit -qm notes
+out=$("$Q" verify "$T" --impl ref --policy "$tmp/p.policy" --quiet 2>&1)
+check "verify: no stale-policy warning after a notes-only commit" "$out" '^PASS' 
+if echo "$out" | grep -q 'warning: policy'; then echo "test_tools: FAIL notes-only commit warned"; fails=$((fails + 1)); fi
+echo 'int y;' >>"$tmp/ref/a.c" && g commit -qam code
+out=$("$Q" verify "$T" --impl ref --policy "$tmp/p.policy" --quiet 2>&1)
+check "verify: stale-policy warning after a ref/ source commit" "$out" 'warning: policy .* 1 later commit\(s\) changed'
 out=$("$Q" calibrate --seeds 1 --check harness/policy/default.policy 2>&1)
 check "calibrate reproduces the committed policy" "$out" '^REPRODUCED'
 if [ $fails -ne 0 ]; then echo "test_tools: $fails check(s) failed"; exit 1; fi

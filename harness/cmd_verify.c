@@ -41,8 +41,8 @@ static void git_line(char *out, size_t cap, const char *cmd)
 
 /* Issue 9: warn when the policy is older than the code it judges. The policy's basis is the commit
  * named by a "q3n=<sha>" in its "calibrated:" or "checked:" provenance line (q3n calibrate writes
- * one), else the last commit that changed the policy file. If ref/ or fast/ changed after that
- * basis, print one warning line on stderr. Silent outside a git checkout; never changes the
+ * one), else the last commit that changed the policy file. If a source file (.c .h .cu .cuh) under
+ * ref/ or fast/ changed after that basis, print one warning line on stderr. Silent outside a git checkout; never changes the
  * exit code. */
 static void warn_if_policy_older_than_code(const char *policy_path)
 {
@@ -74,7 +74,11 @@ static void warn_if_policy_older_than_code(const char *policy_path)
         if (!basis[0]) return;
     }
     char count[64];
-    snprintf(cmd, sizeof cmd, "git -C '%s' rev-list --count %s..HEAD -- ':/ref' ':/fast' 2>/dev/null", dir, basis);
+    /* source files only: notes, logs and docs under fast/ do not change what verify judges */
+    snprintf(cmd, sizeof cmd,
+             "git -C '%s' rev-list --count %s..HEAD -- ':(top,glob)ref/**/*.[ch]' ':(top,glob)fast/**/*.[ch]' "
+             "':(top,glob)fast/**/*.cu' ':(top,glob)fast/**/*.cuh' 2>/dev/null",
+             dir, basis);
     git_line(count, sizeof count, cmd);
     if (count[0] && strcmp(count, "0") != 0)
         fprintf(stderr,
