@@ -3,7 +3,7 @@
  *
  * Prefill runs the routed experts as grouped GEMMs over the permuted rows (v3: gather and
  * SwiGLU fused, all experts in one launch; v1 and per-expert cuBLAS remain as fallbacks, see
- * model.cu); decode (few rows) runs the expert GEMV v2 (routed + shared experts, combine fused),
+ * blocks.cu, experts_gemm); decode (few rows) runs the expert GEMV v2 (routed + shared experts, combine fused),
  * which reads the chosen experts on the device, so a decode step never waits on the host (and
  * can be captured in a CUDA graph). Deterministic: the permutation is a stable ballot scan
  * (tokens ascending inside each expert), the un-permute sums slots j = 0..K-1 in order. The
