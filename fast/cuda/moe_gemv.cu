@@ -1,0 +1,179 @@
+/* moe_gemv.cu — the MoE block of a decode step (few rows) as two bandwidth-bound launches:
+ * gate_up + SwiGLU for the routed and shared experts, then down + weighted combine. Launchers
+ * in cuda_ops.h (moe section); the v1 expert GEMV and the routing are in moe.cu. */
+#include "common.cuh"
+
+/* ---- expert GEMV v2 (decode; bandwidth-bound, no host round trip) ----
+ * Two launches per MoE block, routed experts and the shared expert together:
+ *  gate_up: one warp per output (row r, column i): g = W[e_r][i,:] . x, u = W[e_r][W+i,:] . x
+ *           (16-byte weight loads, 8 per lane in flight at D = 2048), h = T(T(silu(T(g))) * T(u));
+ *           the shared expert's columns follow the routed ones (row t, its own width Ws), then
+ *           one warp per token for the shared-expert gate logit.
+ *  down+combine: one block per output (token t, d), 16 lanes per slot (the K routed experts,
+ *           then the shared one; 4 weight loads per lane in flight at I = 512),
+ *           y_j = T(Wdn[e_j][d,:] . h_j); thread 0 then sums T(w_j y_j) for j ascending, as
+ *           cuda_moe_combine does, and adds T(T(sigmoid(sg)) * s).
+ * Warp sums use a fixed xor-shuffle tree: deterministic. */
+__device__ __forceinline__ void ld8(float *v, const bf16 *p)
+{
+    const uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *b = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 f = __bfloat1622float2(b[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void ld8(float *v, const float *p)
+{
+    const float4 a = *reinterpret_cast<const float4 *>(p), b = *reinterpret_cast<const float4 *>(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+/* Partial dot of n (% 8 == 0) elements: this lane takes 8-element chunks lane0, lane0 + step, ...
+ * (U chunks unrolled: U weight loads in flight per lane) */
+template <int U, typename T>
+__device__ __forceinline__ float dot8(const T *w, const T *x, int n, int lane0, int step)
+{
+    float acc = 0.0f;
+#pragma unroll U
+    for (int c = lane0 * 8; c < n; c += step * 8) {
+        float a[8], b[8];
+        ld8(a, w + c);
+        ld8(b, x + c);
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc = fmaf(a[i], b[i], acc);
+    }
+    return acc;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) moe_gemv_gu_kernel(T *h, T *hs, T *sg, const T *x, const int32_t *idx,
+                                                          const T *Wgu, const T *Wsgu, const T *Wsg, int Tn, int K,
+                                                          int D, int I, int Ws)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t task = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5), routed = (int64_t)Tn * K * I,
+                  shared = Wsgu ? (int64_t)Tn * Ws : 0;
+    const T *wg, *wu, *xr;
+    T *o;
+    if (task < routed) {
+        const int64_t r = task / I, i = task % I;
+        const T *we = Wgu + (int64_t)idx[r] * 2 * I * D;
+        wg = we + i * D, wu = we + (I + i) * D, xr = x + (r / K) * D, o = h + task;
+    } else if (task < routed + shared) {
+        const int64_t s = task - routed;
+        const int64_t t = s / Ws, i = s % Ws;
+        wg = Wsgu + i * D, wu = Wsgu + (Ws + i) * D, xr = x + t * D, o = hs + s;
+    } else {
+        /* shared-expert gate logit sg[t] = T(x[t] . Wsg) (a [1, D] linear) */
+        const int64_t t = task - routed - shared;
+        if (!Wsg || t >= Tn) return;
+        float v = dot8<8>(Wsg, x + t * D, D, lane, 32);
+        for (int of = 16; of > 0; of >>= 1) v += __shfl_xor_sync(0xffffffffu, v, of);
+        if (lane == 0) st(sg + t, v);
+        return;
+    }
+    float g = dot8<8>(wg, xr, D, lane, 32), u = dot8<8>(wu, xr, D, lane, 32);
+    for (int of = 16; of > 0; of >>= 1) {
+        g += __shfl_xor_sync(0xffffffffu, g, of);
+        u += __shfl_xor_sync(0xffffffffu, u, of);
+    }
+    if (lane == 0) {
+        g = rnd(g, x), u = rnd(u, x);
+        st(o, rnd(silu_f(g), x) * u);
+    }
+}
+
+#define GEMV2_MAXK 63 /* K + the shared expert <= 64 slots, 2 per warp */
+template <typename T>
+__global__ void __launch_bounds__(1024) moe_gemv_dn_kernel(T *eo, T *mout, T *sout, const T *h, const T *hs,
+                                                           const int32_t *idx, const float *wt, const T *Wdn,
+                                                           const T *Wsdn, const T *sg, int K, int D, int I, int Ws)
+{
+    __shared__ float ys[64];
+    const int lane = threadIdx.x & 31, j = (threadIdx.x >> 5) * 2 + (lane >> 4), gl = lane & 15;
+    const int64_t task = blockIdx.x, t = task / D, d = task % D;
+    const int S = K + (Wsdn ? 1 : 0); /* slots: K routed, then the shared expert */
+    float v = 0.0f;
+    if (j < K) {
+        const int64_t r = t * K + j;
+        v = dot8<4>(Wdn + ((int64_t)idx[r] * D + d) * I, h + r * I, I, gl, 16);
+    } else if (j < S) {
+        v = dot8<4>(Wsdn + d * Ws, hs + t * Ws, Ws, gl, 16);
+    }
+    for (int of = 8; of > 0; of >>= 1) v += __shfl_xor_sync(0xffffffffu, v, of);
+    if (gl == 0 && j < S) ys[j] = rnd(v, h);
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    float acc = 0.0f;
+    for (int jj = 0; jj < K; jj++) acc += rnd(wt[t * K + jj] * ys[jj], h);
+    const float e = rnd(acc, h);
+    if (eo) st(eo + task, e);
+    float m = e;
+    if (Wsdn) {
+        const float sv = ys[K], sgate = rnd(sigmoid_f(ld(sg + t)), h);
+        if (sout) st(sout + task, sv);
+        m = e + rnd(sgate * sv, h);
+    }
+    st(mout + task, m);
+}
+
+extern "C" int cuda_moe_gemv2_ok(int64_t D, int64_t I, int64_t Ws, int64_t K)
+{
+    return D > 0 && I > 0 && D % 8 == 0 && I % 8 == 0 && Ws % 8 == 0 && Ws >= 0 && K > 0 && K <= GEMV2_MAXK &&
+           D <= INT32_MAX / 2 && I <= INT32_MAX / 2 && Ws <= INT32_MAX / 2;
+}
+
+extern "C" enum q3n_status cuda_moe_gemv2_gate_up(void *d_h, void *d_hs, void *d_sg, const void *d_x,
+                                                  const int32_t *d_idx, const void *d_Wgu, const void *d_Wsgu,
+                                                  const void *d_Wsg, int64_t T, int64_t K, int64_t D, int64_t I,
+                                                  int64_t Ws, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                  struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && cuda_moe_gemv2_ok(D, I, d_Wsgu ? Ws : 0, K));
+    Q3N_REQUIRE(!d_Wsg || d_sg);
+    const int64_t tasks = T * K * I + (d_Wsgu ? T * Ws : 0) + (d_Wsg ? T : 0);
+    if (tasks == 0) return Q3N_OK;
+    Q3N_REQUIRE(tasks / 8 + 1 <= INT32_MAX);
+    const unsigned grid = (unsigned)((tasks + 7) / 8);
+    const int ws = d_Wsgu ? (int)Ws : 0;
+    if (dt == Q3N_COMPUTE_BF16)
+        moe_gemv_gu_kernel<<<grid, 256, 0, stream>>>((bf16 *)d_h, (bf16 *)d_hs, (bf16 *)d_sg, (const bf16 *)d_x, d_idx,
+                                                     (const bf16 *)d_Wgu, (const bf16 *)d_Wsgu, (const bf16 *)d_Wsg, (int)T, (int)K,
+                                                     (int)D, (int)I, ws);
+    else
+        moe_gemv_gu_kernel<<<grid, 256, 0, stream>>>((float *)d_h, (float *)d_hs, (float *)d_sg, (const float *)d_x, d_idx,
+                                                     (const float *)d_Wgu, (const float *)d_Wsgu, (const float *)d_Wsg, (int)T, (int)K,
+                                                     (int)D, (int)I, ws);
+    CU_LAUNCHED("moe_gemv_gu_kernel");
+    return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_moe_gemv2_down_combine(void *d_eo, void *d_mout, void *d_sout, const void *d_h,
+                                                       const void *d_hs, const int32_t *d_idx, const float *d_weight,
+                                                       const void *d_Wdn, const void *d_Wsdn, const void *d_sg,
+                                                       int64_t T, int64_t K, int64_t D, int64_t I, int64_t Ws,
+                                                       enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                       struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && cuda_moe_gemv2_ok(D, I, d_Wsdn ? Ws : 0, K));
+    Q3N_REQUIRE(!d_Wsdn || (d_hs && d_sg && Ws > 0));
+    if (T == 0) return Q3N_OK;
+    Q3N_REQUIRE(T * D <= INT32_MAX);
+    /* one block per output (t, d): 16 lanes per slot, two slots per warp */
+    const unsigned grid = (unsigned)(T * D), threads = 32 * cdiv(K + (d_Wsdn ? 1 : 0), 2);
+    const int ws = d_Wsdn ? (int)Ws : 0;
+    if (dt == Q3N_COMPUTE_BF16)
+        moe_gemv_dn_kernel<<<grid, threads, 0, stream>>>((bf16 *)d_eo, (bf16 *)d_mout, (bf16 *)d_sout, (const bf16 *)d_h,
+                                                     (const bf16 *)d_hs, d_idx, d_weight, (const bf16 *)d_Wdn,
+                                                     (const bf16 *)d_Wsdn, (const bf16 *)d_sg, (int)K, (int)D, (int)I,
+                                                     ws);
+    else
+        moe_gemv_dn_kernel<<<grid, threads, 0, stream>>>((float *)d_eo, (float *)d_mout, (float *)d_sout,
+                                                     (const float *)d_h, (const float *)d_hs, d_idx, d_weight,
+                                                     (const float *)d_Wdn, (const float *)d_Wsdn, (const float *)d_sg,
+                                                     (int)K, (int)D, (int)I, ws);
+    CU_LAUNCHED("moe_gemv_dn_kernel");
+    return Q3N_OK;
+}
