@@ -1,0 +1,47 @@
+/* attention_kernels.cuh — what attention.cu, attention_flash.cu and attention_decode.cu share
+ * (internal to fast/cuda): the cp.async helpers and the launchers the dispatch in attention.cu
+ * calls. Kernel descriptions: attention.cu's header. */
+#ifndef Q3N_CUDA_ATTENTION_KERNELS_CUH
+#define Q3N_CUDA_ATTENTION_KERNELS_CUH
+
+#include "common.cuh"
+
+#define DEC_SPLIT 128 /* keys per block of decode_split_bf16_v3 (sizes the split-K scratch) */
+
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
+#endif
+}
+static __device__ __forceinline__ void cp_async_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+static __device__ __forceinline__ void cp_async_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+/* attention_flash.cu: flash_mma_bf16_v3 when flash_v3_ok (bf16, T > 1, HD % 8 == 0, HD <= 256),
+ * else flash_mma_bf16_v2 (bf16, T > 1, HD <= 256); both return the launch's CUDA error. */
+int flash_v3_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
+cudaError_t flash_v3_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
+cudaError_t flash_v2_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, float scale, cudaStream_t stream);
+
+/* attention_decode.cu: decode_split_bf16_v3 (bf16, HD 128 or 256): one query per head at pos0 or
+ * *d_pos (when not NULL) against S cached keys (S sizes the split count), partials in d_scratch. */
+int decode_v3_ok(int64_t HD, enum q3n_compute_dtype dt);
+enum q3n_status decode_v3_launch(void *d_out, const void *d_q, const void *d_kc, const void *d_vc, float *d_scratch,
+                                 int64_t pos0, const int64_t *d_pos, int64_t S, int64_t NH, int64_t NKV, int64_t HD,
+                                 cudaStream_t stream, struct q3n_error *err);
+
+#endif
