@@ -7,17 +7,6 @@
 #define FL_BR 64
 #define FL_BC 64
 
-__device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -88,7 +77,7 @@ __global__ void __launch_bounds__(128) flash_bf16_kernel(bf16 *out, const bf16 *
 #pragma unroll
             for (int n = 0; n < FL_BC / 8; n++) {
                 const bf16 *kr = Ks + (n * 8 + g) * LD + c;
-                mma_bf16(s[n], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(kr),
+                mma_m16n8k16_bf16(s[n], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(kr),
                          *reinterpret_cast<const uint32_t *>(kr + 8));
             }
         }
@@ -149,8 +138,8 @@ __global__ void __launch_bounds__(128) flash_bf16_kernel(bf16 *out, const bf16 *
                 asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                              : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
                              : "r"(addr));
-                mma_bf16(o[i], a0, a1, a2, a3, b0, b1);
-                mma_bf16(o[i + 1], a0, a1, a2, a3, b2, b3);
+                mma_m16n8k16_bf16(o[i], a0, a1, a2, a3, b0, b1);
+                mma_m16n8k16_bf16(o[i + 1], a0, a1, a2, a3, b2, b3);
             }
         }
     }
@@ -276,8 +265,8 @@ __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, co
                 for (int np = 0; np < BK / 16; np++) {
                     uint32_t b0, b1, b2, b3;
                     ldsm_x4(b0, b1, b2, b3, kbp + np * 16 * LD + ks * 16);
-                    mma_bf16(s[2 * np], a0, a1, a2, a3, b0, b1);
-                    mma_bf16(s[2 * np + 1], a0, a1, a2, a3, b2, b3);
+                    mma_m16n8k16_bf16(s[2 * np], a0, a1, a2, a3, b0, b1);
+                    mma_m16n8k16_bf16(s[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
             /* raw scores; masked ones -inf. max in raw units (sl2 > 0), then base-2 exponent by one FMA */
@@ -336,8 +325,8 @@ __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, co
                 for (int i = 0; i < HDP / 8; i += 2) {
                     uint32_t b0, b1, b2, b3;
                     ldsm_x4_t(b0, b1, b2, b3, vrow + i * 8);
-                    mma_bf16(o[i], a0, a1, a2, a3, b0, b1);
-                    mma_bf16(o[i + 1], a0, a1, a2, a3, b2, b3);
+                    mma_m16n8k16_bf16(o[i], a0, a1, a2, a3, b0, b1);
+                    mma_m16n8k16_bf16(o[i + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
         }

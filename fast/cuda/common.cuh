@@ -52,6 +52,19 @@ __device__ __forceinline__ float block_max(float v, float *red)
 }
 
 /* Error plumbing: every runtime call and every launch goes through these. */
+/* C[16x8] += A[16x16] B[16x8] on bf16 tensor cores with float32 accumulators (mma.sync m16n8k16,
+ * sm_80+): a0..a3 = A's row-major fragment, b0/b1 = B's column fragment (k 0-7, 8-15). */
+__device__ __forceinline__ void mma_m16n8k16_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                  uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
 #define CU_CHECK(call)                                                                                   \
     do {                                                                                                 \
         cudaError_t e_ = (call);                                                                         \

@@ -77,10 +77,7 @@ extern "C" int cuda_delta_rule_chunked_tc_supported(int64_t DK, int64_t DV, int6
 /* C[16x8] += A[16x16] B[16x8]; a = 4 regs (row-major A fragment), b0/b1 = B (k 0-7 / 8-15). */
 __device__ __forceinline__ void tc_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
 {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    mma_m16n8k16_bf16(c, a[0], a[1], a[2], a[3], b0, b1);
 }
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void ldsm4(uint32_t *r, const void *p)

@@ -27,17 +27,6 @@ __global__ void gg_tiles_kernel(int32_t *tiles, const int32_t *counts, const int
     tiles[0] = nt;
 }
 
-__device__ __forceinline__ void gg_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                       uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 /* BM rows (64 or 128) x 128 outputs per block; 8 warps as 2 (rows) x 4 (cols), warp tile
  * (BM/2) x 32 = MT m-tiles x 4 n-tiles. BM = 128 halves the weight re-reads when experts get
  * more than 64 rows. */
@@ -101,7 +90,7 @@ __global__ void __launch_bounds__(256) grouped_gemm_bf16_kernel(bf16 *out, const
                 const uint32_t a2 = *reinterpret_cast<const uint32_t *>(ar + 8);
                 const uint32_t a3 = *reinterpret_cast<const uint32_t *>(ar + 8 * GG_LD + 8);
 #pragma unroll
-                for (int nt = 0; nt < 4; nt++) gg_mma(acc[mt][nt], a0, a1, a2, a3, b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < 4; nt++) mma_m16n8k16_bf16(acc[mt][nt], a0, a1, a2, a3, b[nt][0], b[nt][1]);
             }
         }
     }
@@ -330,7 +319,7 @@ __global__ void __launch_bounds__(256, 2) grouped_gemm_v3_kernel(bf16 *out, cons
 #pragma unroll
             for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-                for (int nt = 0; nt < 4; nt++) gg_mma(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < 4; nt++) mma_m16n8k16_bf16(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[nt][0], b[nt][1]);
         }
     }
     g3_wait<0>();
