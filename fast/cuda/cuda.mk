@@ -1,5 +1,6 @@
 # fast/cuda/cuda.mk — CUDA dev programs and the GPU targets (included by the top Makefile).
-#   make check-cuda   build + run every kernel test, the long-context run and q3n verify --impl cuda
+#   make check-cuda   build + run every kernel test (test_kernels and the per-kernel programs' cases),
+#                     the long-context run and q3n verify --impl cuda
 #                     on every committed golden (needs a GPU; CI only compiles)
 #   make bench-cuda   q3n bench --impl cuda on the real-dims stack, with transformers in the same run,
 #                     and the delta rule alone (needs a GPU with ~40 GB free and torch + transformers)
@@ -22,6 +23,10 @@ CHECK_EXTRA += cuda-dev
 check-cuda: $(BUILD)/q3n cuda-dev
 	$(BUILD)/cuda-dev/test_kernels
 	$(BUILD)/cuda-dev/test_kernels --long 32768
+	$(BUILD)/cuda-dev/test_delta_tc --cases
+	$(BUILD)/cuda-dev/test_attn2 --quick
+	$(BUILD)/cuda-dev/test_moe2 --quick
+	$(BUILD)/cuda-dev/test_decode
 	@set -e; for g in golden/data/*.h5; do case $$g in *delta_rule*) continue;; esac; \
 	  if echo $$g | grep -q bf16; then a="--dtype bf16 --oracle"; else a="--dtype f32"; fi; \
 	  echo "$(BUILD)/q3n verify $$g --impl cuda $$a"; $(BUILD)/q3n verify $$g --impl cuda $$a --quiet; done
