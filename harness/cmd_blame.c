@@ -7,6 +7,7 @@
 #include "blame.h"
 #include "cmds.h"
 #include "goldenrun.h"
+#include "outfile.h"
 
 static void usage(FILE *f)
 {
@@ -66,6 +67,7 @@ int q3n_cmd_blame(int argc, char **argv)
     struct q3n_blame_result res;
     memset(&res, 0, sizeof res);
     FILE *out = stdout;
+    struct q3n_outfile of;
     int rc = 2;
     struct q3n_tool_run r;
     if (q3n_golden_run_tool_open(&g, &r, golden, model_dir, impl_name, threads, test_bug, &err) != Q3N_OK) goto fail;
@@ -74,17 +76,15 @@ int q3n_cmd_blame(int argc, char **argv)
     else if (bf16) r.emulate_bf16 = 1;
     if (q3n_blame_run(&res, &r, 0, routing, max_flip_runs, &err) != Q3N_OK) goto fail;
     if (out_path) {
-        out = fopen(out_path, "w");
-        if (!out) {
-            q3n_error_set(&err, Q3N_ERR_IO, "%s: cannot open for writing", out_path);
-            goto fail;
-        }
+        if (q3n_outfile_open(&of, out_path, &err) != Q3N_OK) goto fail;
+        out = of.f;
     }
-    if (q3n_blame_write(out, &res, format, golden, &err) != Q3N_OK) goto fail;
+    enum q3n_status wst = q3n_blame_write(out, &res, format, golden, &err);
+    if (out_path) wst = q3n_outfile_finish(&of, wst, &err);
+    if (wst != Q3N_OK) goto fail;
     rc = 0;
 fail:
     if (rc != 0) fprintf(stderr, "q3n blame: %s\n", err.msg);
-    if (out && out != stdout) fclose(out);
     q3n_blame_free(&res);
     q3n_golden_run_close(g);
     return rc;

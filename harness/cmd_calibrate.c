@@ -11,6 +11,7 @@
 #include "calibrate.h"
 #include "cmds.h"
 #include "goldenrun.h"
+#include "outfile.h"
 #include "verify.h"
 
 static void usage(FILE *f)
@@ -214,12 +215,13 @@ int q3n_cmd_calibrate(int argc, char **argv)
              date, commit, machine, host, __VERSION__, versions[0] ? versions : "no goldens", impls_copy, seeds, q,
              margin, small, ref64 ? " --ref64 " : "", ref64 ? ref64 : "");
     FILE *out = stdout;
-    if (out_path && !(out = fopen(out_path, "w"))) {
-        q3n_error_set(&err, Q3N_ERR_IO, "%s: cannot open for writing", out_path);
-        goto fail;
+    struct q3n_outfile of;
+    if (out_path) {
+        if (q3n_outfile_open(&of, out_path, &err) != Q3N_OK) goto fail;
+        out = of.f;
     }
     if (out_path || !check_path) q3n_calib_write_policy(out, &c, prov, per_kind);
-    if (out != stdout) fclose(out);
+    if (out_path && q3n_outfile_finish(&of, Q3N_OK, &err) != Q3N_OK) goto fail;
     rc = 0;
     if (check_path) {
         int ok = 0;

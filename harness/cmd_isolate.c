@@ -7,6 +7,7 @@
 #include "blame.h"
 #include "cmds.h"
 #include "goldenrun.h"
+#include "outfile.h"
 
 static void usage(FILE *f)
 {
@@ -55,19 +56,21 @@ int q3n_cmd_isolate(int argc, char **argv)
     struct q3n_isolation iso;
     memset(&iso, 0, sizeof iso);
     FILE *out = stdout;
+    struct q3n_outfile of;
     int rc = 2;
     struct q3n_tool_run r;
     if (q3n_golden_run_tool_open(&g, &r, golden, model_dir, impl_name, threads, test_bug, &err) != Q3N_OK) goto fail;
     if (q3n_isolation_run(&iso, &r, &err) != Q3N_OK) goto fail;
-    if (out_path && !(out = fopen(out_path, "w"))) {
-        q3n_error_set(&err, Q3N_ERR_IO, "%s: cannot open for writing", out_path);
-        goto fail;
+    if (out_path) {
+        if (q3n_outfile_open(&of, out_path, &err) != Q3N_OK) goto fail;
+        out = of.f;
     }
-    if (q3n_isolation_write(out, &iso, format, top, &err) != Q3N_OK) goto fail;
+    enum q3n_status wst = q3n_isolation_write(out, &iso, format, top, &err);
+    if (out_path) wst = q3n_outfile_finish(&of, wst, &err);
+    if (wst != Q3N_OK) goto fail;
     rc = 0;
 fail:
     if (rc != 0) fprintf(stderr, "q3n isolate: %s\n", err.msg);
-    if (out && out != stdout) fclose(out);
     q3n_isolation_free(&iso);
     q3n_golden_run_close(g);
     return rc;

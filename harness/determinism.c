@@ -1,5 +1,6 @@
 /* determinism.c — the determinism ledger; see determinism.h. */
 #include "determinism.h"
+#include "outfile.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -159,14 +160,10 @@ enum q3n_status q3n_det_ledger_write_json(const struct q3n_det_ledger *led, cons
         st = q3n_error_set(err, Q3N_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        st = q3n_error_set(err, Q3N_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-        goto done;
-    }
-    int bad = fputs(text, f) < 0 || fputc('\n', f) == EOF;
-    bad |= fclose(f) != 0;
-    if (bad) st = q3n_error_set(err, Q3N_ERR_IO, "%s: write error", path);
+    struct q3n_outfile f;
+    if ((st = q3n_outfile_open(&f, path, err)) != Q3N_OK) goto done;
+    int bad = fputs(text, f.f) < 0 || fputc('\n', f.f) == EOF;
+    st = q3n_outfile_finish(&f, bad ? q3n_error_set(err, Q3N_ERR_IO, "%s: write error", path) : Q3N_OK, err);
 done:
     free(text);
     cJSON_Delete(root);

@@ -1,5 +1,6 @@
 /* report_text.c — the terminal report, the format dispatcher and helpers shared by every
  * writer; see report.h. */
+#include "outfile.h"
 #include "report.h"
 
 #include <math.h>
@@ -75,11 +76,10 @@ enum q3n_status q3n_report_emit(const struct q3n_result *r, const struct q3n_rep
         if (st != Q3N_OK) return st;
     }
     if (o->out_path) {
-        FILE *f = fopen(o->out_path, "w");
-        if (!f) return q3n_error_set(err, Q3N_ERR_IO, "%s: cannot create report file", o->out_path);
-        st = q3n_report_write(f, r, o->format, &ro, err);
-        if (fclose(f) != 0 && st == Q3N_OK) st = q3n_error_set(err, Q3N_ERR_IO, "%s: write failed", o->out_path);
-        return st;
+        struct q3n_outfile f;
+        st = q3n_outfile_open(&f, o->out_path, err);
+        if (st != Q3N_OK) return st;
+        return q3n_outfile_finish(&f, q3n_report_write(f.f, r, o->format, &ro, err), err);
     }
     ro.color = stream_is_tty && o->format == Q3N_REPORT_TEXT;
     return q3n_report_write(stream, r, o->format, &ro, err);

@@ -1,4 +1,5 @@
 /* result.c — the in-memory result model and its JSON form; see result.h. */
+#include "outfile.h"
 #include "result.h"
 
 #include <cJSON.h>
@@ -382,16 +383,16 @@ enum q3n_status q3n_result_write_json(FILE *out, const struct q3n_result *r, str
 
 enum q3n_status q3n_result_save(const struct q3n_result *r, const char *path, struct q3n_error *err)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return q3n_error_set(err, Q3N_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    enum q3n_status st = q3n_result_write_json(f, r, err);
-    if (fclose(f) != 0 && st == Q3N_OK) st = q3n_error_set(err, Q3N_ERR_IO, "%s: write failed", path);
-    if (st != Q3N_OK && err) {
+    struct q3n_outfile o;
+    enum q3n_status st = q3n_outfile_open(&o, path, err);
+    if (st != Q3N_OK) return st;
+    st = q3n_result_write_json(o.f, r, err);
+    if (st != Q3N_OK && err) { /* the writer's messages do not name the file */
         char msg[Q3N_ERROR_MSG_MAX];
         snprintf(msg, sizeof msg, "%s", err->msg);
         q3n_error_set(err, st, "%s: %s", path, msg);
     }
-    return st;
+    return q3n_outfile_finish(&o, st, err);
 }
 
 static enum q3n_status parse_tensor(struct q3n_result *r, const cJSON *o, const char *source, int64_t idx,
