@@ -30,16 +30,11 @@
 
 #include "../fast/cpu/model.h"
 #include "checkpoint.h"
+#include "clock.h"
 #include "cmds.h"
 #include "impl.h"
 #include "synth.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Peak resident set (VmHWM) in MiB, -1 if unknown. */
 static double peak_rss_mib(void)
@@ -105,7 +100,7 @@ static double bare_gemm_seconds(const struct cpu_profile *p, int repeat)
     for (int64_t i = 0; i < maxA; i++) A[i] = (float)((i % 13) - 6) * 0.01f;
     for (int64_t i = 0; i < sumB; i++) B[i] = (float)((i % 7) - 3) * 0.01f;
     for (int r = 0; r < repeat; r++) {
-        double t0 = now_s();
+        double t0 = q3n_now_s();
         const float *W = B;
         for (int64_t i = 0; i < p->n_shapes; i++) {
             const struct cpu_gemm_shape *g = &p->shapes[i];
@@ -117,7 +112,7 @@ static double bare_gemm_seconds(const struct cpu_profile *p, int repeat)
                             1.0f, A, (blasint)g->K, W, (blasint)g->K, 0.0f, C, (blasint)g->N);
             W += g->N * g->K;
         }
-        double t = now_s() - t0;
+        double t = q3n_now_s() - t0;
         if (best < 0 || t < best) best = t;
     }
 done:
@@ -198,12 +193,12 @@ int q3n_cmd_bench(int argc, char **argv)
         }
         cfg.num_hidden_layers = layers;
     }
-    double t_make = now_s();
+    double t_make = q3n_now_s();
     if (q3n_synth_model_create(&model, &cfg, (uint64_t)seed, &err) != Q3N_OK) {
         fprintf(stderr, "q3n bench: %s\n", err.msg);
         goto done;
     }
-    t_make = now_s() - t_make;
+    t_make = q3n_now_s() - t_make;
     char ckdir[4096] = "";
     double t_write = 0.0, t_open = 0.0, rss_before_open = 0.0;
     if (ckpt) {
@@ -217,9 +212,9 @@ int q3n_cmd_bench(int argc, char **argv)
         snprintf(ckdir, sizeof ckdir, "%s/ckpt", base);
         struct q3n_checkpoint_layout lay = {.dtype = strcmp(ckpt, "bf16") == 0 ? Q3N_ST_BF16 : Q3N_ST_F32,
                                             .fused_experts = 0, .shards = 1};
-        double t0 = now_s();
+        double t0 = q3n_now_s();
         enum q3n_status wst = q3n_checkpoint_write(ckdir, model, &lay, &err);
-        t_write = now_s() - t0;
+        t_write = q3n_now_s() - t0;
         q3n_model_close(model);
         model = NULL;
         if (wst != Q3N_OK) {
@@ -228,9 +223,9 @@ int q3n_cmd_bench(int argc, char **argv)
             goto done;
         }
         rss_before_open = peak_rss_mib();
-        t0 = now_s();
+        t0 = q3n_now_s();
         enum q3n_status ost = q3n_model_open(&model, ckdir, &err);
-        t_open = now_s() - t0;
+        t_open = q3n_now_s() - t0;
         if (ost != Q3N_OK) {
             fprintf(stderr, "q3n bench: opening the %s checkpoint: %s\n", ckpt, err.msg);
             remove_flat_dir(ckdir);
@@ -283,12 +278,12 @@ int q3n_cmd_bench(int argc, char **argv)
         run.overflow = 0;
         memset(run.seconds, 0, sizeof run.seconds);
         if (is_cpu) cpu_session_set_profile(session, &run);
-        double t0 = now_s();
+        double t0 = q3n_now_s();
         if (impl->forward(session, logits, tokens, T, NULL, &err) != Q3N_OK) {
             fprintf(stderr, "q3n bench: prefill: %s\n", err.msg);
             goto done;
         }
-        double t = now_s() - t0;
+        double t = q3n_now_s() - t0;
         if (is_cpu) cpu_session_set_profile(session, NULL);
         printf("  prefill run %lld: %.3f s\n", r + 1, t);
         if (best < 0 || t < best) {
@@ -307,12 +302,12 @@ int q3n_cmd_bench(int argc, char **argv)
     memset(dprof.seconds, 0, sizeof dprof.seconds);
     if (is_cpu) cpu_session_set_profile(session, &dprof);
     for (long long s = 0; s < N; s++) {
-        double t0 = now_s();
+        double t0 = q3n_now_s();
         if (impl->forward(session, logits, tokens + T + s, 1, NULL, &err) != Q3N_OK) {
             fprintf(stderr, "q3n bench: decode step %lld: %s\n", s, err.msg);
             goto done;
         }
-        dec += now_s() - t0;
+        dec += q3n_now_s() - t0;
     }
     if (is_cpu) cpu_session_set_profile(session, NULL);
     if (N > 0) {
@@ -371,9 +366,9 @@ int q3n_cmd_bench(int argc, char **argv)
             rc = 2;
             goto done;
         }
-        double t0 = now_s();
+        double t0 = q3n_now_s();
         enum q3n_status vst = vi->forward(vs, vl, tokens, T, NULL, &err);
-        double vt = now_s() - t0;
+        double vt = q3n_now_s() - t0;
         if (vst != Q3N_OK) {
             fprintf(stderr, "q3n bench: --versus %s prefill: %s\n", versus, err.msg);
             vi->close(vs);

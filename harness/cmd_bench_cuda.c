@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "cmds.h"
 #include "impl.h"
 #include "roofline.h"
@@ -46,14 +47,6 @@ struct measured {
     double decode_ms;
 };
 
-#ifdef HAVE_CUDA
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-#endif
 
 static void usage(void)
 {
@@ -174,9 +167,9 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         goto fail;
     }
     for (int64_t i = 0; i < Tmax; i++) tok[i] = (int64_t)(((uint64_t)i * 2654435761ull + (uint64_t)a->seed) % (uint64_t)cfg->vocab_size);
-    double t0 = now_s();
+    double t0 = q3n_now_s();
     CTRY(cuda_session_open_random(&s, cfg, (uint64_t)a->seed, &opt, &err));
-    printf("  session: weights drawn on the device in %.1f s\n", now_s() - t0);
+    printf("  session: weights drawn on the device in %.1f s\n", q3n_now_s() - t0);
     cuda_impl.reset(s);
     CTRY(cuda_session_forward_last(s, logits, tok, a->Ts[0] < 1024 ? a->Ts[0] : 1024, &err)); /* warm-up */
     for (int i = 0; i < a->nT; i++) {
@@ -185,9 +178,9 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         for (long long r = 0; r < a->repeat; r++) {
             cuda_impl.reset(s);
             CTRY(cuda_session_sync(s, &err));
-            const double t = now_s();
+            const double t = q3n_now_s();
             CTRY(cuda_session_forward_last(s, logits, tok, T, &err));
-            const double dt = now_s() - t;
+            const double dt = q3n_now_s() - t;
             best = dt < best ? dt : best;
         }
         double ms4[4];
@@ -212,9 +205,9 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         cuda_impl.reset(s);
         CTRY(cuda_session_forward_last(s, logits, tok, a->prompt, &err));
         CTRY(cuda_session_forward_last(s, logits, tok + a->prompt, 1, &err)); /* warm step */
-        const double t = now_s();
+        const double t = q3n_now_s();
         for (long long i = 1; i < a->decode; i++) CTRY(cuda_session_forward_last(s, logits, tok + a->prompt + i, 1, &err));
-        const double ms = 1e3 * (now_s() - t) / (double)(a->decode - 1);
+        const double ms = 1e3 * (q3n_now_s() - t) / (double)(a->decode - 1);
         double ms4[4];
         CTRY(cuda_session_profile(s, 1, NULL, &err));
         CTRY(cuda_session_forward_last(s, logits, tok + a->prompt + a->decode, 1, &err));

@@ -17,6 +17,7 @@
 
 #include "../ref/model.h"
 #include "checkpoint.h"
+#include "clock.h"
 #include "cmds.h"
 #include "fuzz_cases.h"
 #include "impl.h"
@@ -144,12 +145,6 @@ static int parse_args(struct fuzz_args *a, int argc, char **argv)
     return 1;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The repro command of one case. */
 static void repro_cmd(char *buf, size_t cap, const struct fuzz_args *a, uint64_t case_seed, int family)
@@ -329,10 +324,10 @@ int q3n_cmd_fuzz(int argc, char **argv)
     printf("q3n fuzz: seed %llu, %lld cases, impl %s vs %s, policy %s%s%s\n", (unsigned long long)a.seed,
            (long long)(a.have_case_seed ? 1 : a.cases), a.impl, ref_impl.name, a.policy_path, a.test_bug ? ", planted bug " : "",
            a.test_bug ? a.test_bug : "");
-    double t0 = now_s();
+    double t0 = q3n_now_s();
     int64_t n = a.have_case_seed ? 1 : (a.cases > a.delta_cases ? a.cases : a.delta_cases);
     for (int64_t i = 0; i < n; i++) {
-        if (a.time_limit > 0 && now_s() - t0 > a.time_limit) {
+        if (a.time_limit > 0 && q3n_now_s() - t0 > a.time_limit) {
             printf("q3n fuzz: time budget of %.0f s reached after %lld cases\n", a.time_limit, (long long)i);
             break;
         }
@@ -369,7 +364,7 @@ int q3n_cmd_fuzz(int argc, char **argv)
             struct q3n_fuzz_model_result mr;
             q3n_fuzz_case_draw(&c, cs, a.family);
             q3n_fuzz_case_describe(&c, desc, sizeof desc);
-            double tc = now_s();
+            double tc = q3n_now_s();
             if (q3n_fuzz_model_check(&c, &mopt, &mr, &err) != Q3N_OK) {
                 repro_cmd(cmd, sizeof cmd, &a, cs, a.family);
                 fprintf(stderr, "q3n fuzz: case %lld (%s): %s\n  repro: %s\n", (long long)i, desc, err.msg, cmd);
@@ -407,13 +402,13 @@ int q3n_cmd_fuzz(int argc, char **argv)
             } else if (a.verbose) {
                 printf("ok   case %lld %s: %d checks, self worst rel_l2 %.2g%s (%.2f s)\n", (long long)i, desc,
                        mr.checks, mr.worst_self_rel_l2, mr.explained ? ", near-tie flip explained" : "",
-                       now_s() - tc);
+                       q3n_now_s() - tc);
             }
         }
         fflush(stdout);
         if (failed_here && !a.keep_going) break;
     }
-    double dt = now_s() - t0;
+    double dt = q3n_now_s() - t0;
     char oracle[96] = "";
     if (a.ref64)
         snprintf(oracle, sizeof oracle, "; %lld judged against ref64 (worst tap rel_l2 %.3g)", (long long)ref64_cases,

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../../harness/clock.h"
 #include "model.h"
 #include "ops.h"
 
@@ -76,21 +77,15 @@ static int bug_is(const struct cpu_session *s, const char *name)
 
 /* ---- profile ------------------------------------------------------------------------ */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double prof_begin(const struct cpu_session *s)
 {
-    return s->prof ? now_s() : 0.0;
+    return s->prof ? q3n_now_s() : 0.0;
 }
 
 static void prof_end(const struct cpu_session *s, enum cpu_phase phase, double t0)
 {
-    if (s->prof) s->prof->seconds[phase] += now_s() - t0;
+    if (s->prof) s->prof->seconds[phase] += q3n_now_s() - t0;
 }
 
 static void prof_shape(const struct cpu_session *s, int64_t M, int64_t N, int64_t K)
