@@ -6,7 +6,7 @@
 
 #include "common.cuh"
 
-#define DEC_SPLIT 128 /* keys per block of decode_split_bf16_v3 (sizes the split-K scratch) */
+#define DEC_SPLIT 64 /* keys per block of the smallest decode split (v4; v3 has 128): sizes the split-K scratch */
 
 static __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
 {
@@ -37,11 +37,18 @@ cudaError_t flash_v3_launch(void *out, const void *q, const void *kc, const void
 cudaError_t flash_v2_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, float scale, cudaStream_t stream);
 
-/* attention_decode.cu: decode_split_bf16_v3 (bf16, HD 128 or 256): one query per head at pos0 or
- * *d_pos (when not NULL) against S cached keys (S sizes the split count), partials in d_scratch. */
+/* attention_decode.cu: the split-K decode kernels (bf16, HD 128 or 256): one query per head at pos0
+ * or *d_pos (when not NULL) against S cached keys (S sizes the split count), partials in d_scratch.
+ * decode_v3_ok: either kernel applies. decode_v3_launch (the name the dispatch in attention.cu calls)
+ * runs the default, decode_split_bf16_v4 (decode_v4_ok), else decode_split_bf16_v3;
+ * decode_split_launch runs version ver (3 or 4; 0 = the default). */
 int decode_v3_ok(int64_t HD, enum q3n_compute_dtype dt);
+int decode_v4_ok(int64_t NH, int64_t NKV, int64_t HD, enum q3n_compute_dtype dt);
 enum q3n_status decode_v3_launch(void *d_out, const void *d_q, const void *d_kc, const void *d_vc, float *d_scratch,
                                  int64_t pos0, const int64_t *d_pos, int64_t S, int64_t NH, int64_t NKV, int64_t HD,
                                  cudaStream_t stream, struct q3n_error *err);
+enum q3n_status decode_split_launch(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+                                    float *d_scratch, int64_t pos0, const int64_t *d_pos, int64_t S, int64_t NH,
+                                    int64_t NKV, int64_t HD, int ver, cudaStream_t stream, struct q3n_error *err);
 
 #endif

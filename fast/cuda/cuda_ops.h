@@ -132,8 +132,40 @@ enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state, const floa
                                            const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
                                            int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,
                                            int scan_warps, cudaStream_t stream, struct q3n_error *err);
+/* As _tc with q, k, v in bfloat16 (8-byte aligned): the tc path rounds float32 q, k, v to bf16
+ * before any use, so bf16(q), bf16(k), bf16(v) give the same bits as q, k, v. */
+enum q3n_status cuda_delta_rule_chunked_tc_bf16(void *d_o, float *d_state, const void *d_q, const void *d_k,
+                                                const void *d_v, const float *d_g, const float *d_beta,
+                                                float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                                int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
+                                                struct q3n_error *err);
 const char *cuda_delta_rule_chunked_simt_kernel(void);
 const char *cuda_delta_rule_chunked_tc_kernel(void);
+
+/* ---- deltanet_prep.cu: the prefill passes around the delta rule, fused (taps off) ---- */
+/* Prep, bitwise the same as cuda_deltanet_split_forward + cuda_conv1d_causal_forward +
+ * cuda_conv1d_state_update + cuda_l2norm_forward (q: eps, qscale, qdivide; k: eps, scale 1) +
+ * cuda_to_f32 (v) + cuda_deltanet_gates_forward, without the intermediate mixed / conv / z / a / b:
+ * reads qkvz [T, NK*(2*DK + 2*(NV/NK)*DV)] and ba [T, 2*NV] (activations, head-grouped as
+ * in_proj_qkvz / in_proj_ba write them; see cuda_deltanet_split_forward), w [Cc,K], A_log,
+ * dt_bias [NV]; writes q, k [T,NK,DK], v [T,NV,DV] in float32, or in bfloat16 rounded to nearest
+ * when qkv_bf16 (bf16 mode only; what cuda_delta_rule_chunked_tc_bf16 takes), g, beta [T,NV]
+ * float32, and updates state [Cc,K] (float32, not NULL) in place. Two launches. Needs
+ * cuda_deltanet_prep_supported (NV % NK == 0, DK, DV <= 256, K <= 8). */
+int cuda_deltanet_prep_supported(int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t K);
+enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta,
+                                           float *d_state, const void *d_qkvz, const void *d_ba, const float *d_w,
+                                           const float *d_A_log, const float *d_dt_bias, int64_t T, int64_t NK,
+                                           int64_t NV, int64_t DK, int64_t DV, int64_t K, double eps, float qscale,
+                                           int qdivide, int qkv_bf16, enum q3n_compute_dtype dt,
+                                           cudaStream_t stream, struct q3n_error *err);
+/* Gated RMSNorm of the delta rule's output x [T,NV,DV] with z read in place from the in_proj_qkvz
+ * output qkvz (layout above): bitwise cuda_deltanet_split_forward's z + cuda_rmsnorm_gated_forward
+ * (rows T*NV, n = DV). DV <= 256. */
+enum q3n_status cuda_deltanet_gated_norm_forward(void *d_out, const void *d_x, const void *d_qkvz, const float *d_w,
+                                                 int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                                 double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                 struct q3n_error *err);
 
 /* ---- attention.cu ---- */
 /* Splits q_proj output qg [T, NH*2*HD] (per head: HD query, HD gate), applies q_norm (1+w) per
@@ -176,6 +208,16 @@ enum q3n_status cuda_attention_decode_dpos(void *d_out, const void *d_q, const v
                                            float *d_scratch, const int64_t *d_pos, int64_t S_max, int64_t NH,
                                            int64_t NKV, int64_t HD, enum q3n_compute_dtype dt, cudaStream_t stream,
                                            struct q3n_error *err);
+/* Dev/test twin of the bf16 split-K decode (HD 128 or 256): ver 4 = decode_split_bf16_v4 (64-key
+ * splits; the default of cuda_attention_forward T = 1 and cuda_attention_decode_dpos), ver 3 =
+ * decode_split_bf16_v3 (128-key splits), 0 = the default. Position pos0 (d_pos NULL, then S > pos0)
+ * or *d_pos; S sizes the split count; scratch as cuda_attention_decode_dpos. decode_kernel names the
+ * kernel a version runs ("rows_v1(split-K decode)" where neither applies). */
+enum q3n_status cuda_attention_decode_ver(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
+                                          float *d_scratch, int64_t pos0, const int64_t *d_pos, int64_t S, int64_t NH,
+                                          int64_t NKV, int64_t HD, int ver, enum q3n_compute_dtype dt,
+                                          cudaStream_t stream, struct q3n_error *err);
+const char *cuda_attention_decode_kernel(int64_t NH, int64_t NKV, int64_t HD, enum q3n_compute_dtype dt, int ver);
 /* out[t, h*HD + d] = x[t,h,d] * sigmoid(gate[t*NH*ldg... ]): gate row t, head h at
  * d_gate + (t*NH + h)*ldg (ldg = 2*HD when the gate sits inside q_proj's output). */
 enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
@@ -190,11 +232,27 @@ enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const vo
 enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits,
                                          int64_t T, int64_t E, int64_t K, int norm_topk_prob,
                                          enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Dev/test twin: ver 3 = block per token (E <= 1024; the default for T <= 64), 2 = warp per token
+ * (E <= 1024; the default above), 1 = block argmax rounds (E > 1024), 0 = the default. v3 and v2
+ * give bitwise the same probs, idx and weights. router_topk_kernel names what ver runs. */
+enum q3n_status cuda_router_topk_forward_ver(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits,
+                                             int64_t T, int64_t E, int64_t K, int norm_topk_prob, int ver,
+                                             enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+const char *cuda_router_topk_kernel(int64_t T, int64_t E, int ver);
 /* Token permutation, deterministic: the T*K assignments grouped by expert, tokens ascending
  * inside each group. perm_row[p] = t*K + j of slot p; pos[t*K + j] = p; counts, offsets [E]. */
 enum q3n_status cuda_moe_permute(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
                                  const int32_t *d_idx, int64_t T, int64_t E, int64_t K, cudaStream_t stream,
                                  struct q3n_error *err);
+/* The same permutation by a counting sort over chunks of 256 assignments (three launches that read
+ * idx twice instead of one block per expert scanning all of it): bitwise the output of
+ * cuda_moe_permute. Usable when cuda_moe_permute_v2_ok(E) (E <= 8192); scratch of
+ * cuda_moe_permute_scratch(T, E, K) int32. */
+int cuda_moe_permute_v2_ok(int64_t E);
+int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K);
+enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
+                                    int32_t *d_scratch, const int32_t *d_idx, int64_t T, int64_t E, int64_t K,
+                                    cudaStream_t stream, struct q3n_error *err);
 /* out[p,:] = x[rows[p] / div, :]  (p < n; rows = perm_row, div = K gathers token rows). */
 enum q3n_status cuda_gather_rows(void *d_out, const void *d_x, const int32_t *d_rows, int64_t n, int64_t div,
                                  int64_t D, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
@@ -239,6 +297,24 @@ enum q3n_status cuda_moe_grouped_gemm_v3_bk(void *d_out, const void *d_x, const 
                                             const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
                                             int swiglu, int bk, enum q3n_compute_dtype dt, cudaStream_t stream,
                                             struct q3n_error *err);
+/* Grouped expert GEMM v4: v3's contract, tile table and roundings on Hopper wgmma (moe_wgmma.cu):
+ * usable when cuda_moe_grouped_v3_ok and cuda_moe_grouped_v4_supported (compute capability 9.0,
+ * whose sm_90a code is in the build). Agrees with v3 to float32 rounding before the bf16 store
+ * (not promised by the hardware's documentation; bitwise equal on an H100 on every shape
+ * dev/test_moe_prefill tries); deterministic. _st picks the pipeline depth (3: two blocks per SM, 4: one). */
+int cuda_moe_grouped_v4_supported(void);
+/* Whether v4 beats v3 for this many permuted rows over E experts (measured on an H100). */
+int cuda_moe_grouped_v4_pays(int64_t rows, int64_t E);
+enum q3n_status cuda_moe_grouped_gemm_v4(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                         const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                         const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
+                                         int swiglu, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                         struct q3n_error *err);
+enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                            const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                            const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
+                                            int swiglu, int stages, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                            struct q3n_error *err);
 /* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
  * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]
  * (Wsgu NULL: none); rounding as gate_up GEMV + cuda_swiglu_forward; with Wsg [1, D] also the
@@ -256,6 +332,15 @@ enum q3n_status cuda_moe_gemv2_down_combine(void *d_eo, void *d_mout, void *d_so
                                             const void *d_Wsdn, const void *d_sg, int64_t T, int64_t K, int64_t D,
                                             int64_t I, int64_t Ws, enum q3n_compute_dtype dt, cudaStream_t stream,
                                             struct q3n_error *err);
+/* Dev/test twin: ver 3 = block per (token, 8 outputs), 2 chunks of each of 4 weight rows in flight
+ * per lane (the default), ver 4 = the same with whole rows (4 chunks) in flight, ver 2 = block per
+ * output; 0 = the default. All give bitwise the same outputs. down_kernel names what ver runs. */
+enum q3n_status cuda_moe_gemv2_down_combine_ver(void *d_eo, void *d_mout, void *d_sout, const void *d_h,
+                                                const void *d_hs, const int32_t *d_idx, const float *d_weight,
+                                                const void *d_Wdn, const void *d_Wsdn, const void *d_sg, int64_t T,
+                                                int64_t K, int64_t D, int64_t I, int64_t Ws, int ver,
+                                                enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+const char *cuda_moe_gemv2_down_kernel(int ver);
 
 /* Weighted un-permute and shared-expert combine, per token t (d_pos NULL = identity):
  * experts_out[t] = T(sum_j weight[t,j] * y[pos[t*K+j]]) (j ascending, float32),

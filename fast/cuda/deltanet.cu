@@ -7,6 +7,7 @@
  * reproducible. Summation orders differ from the reference (tiles instead of one loop): the
  * tests bound the difference by relative L2 against ref_delta_rule_chunked. */
 #include "common.cuh"
+#include "deltanet_gates.cuh"
 
 /* ---- split ---- */
 template <typename T>
@@ -57,20 +58,15 @@ extern "C" enum q3n_status cuda_deltanet_split_forward(void *d_mixed, void *d_z,
     return Q3N_OK;
 }
 
-/* ---- gates ---- */
-__device__ __forceinline__ float softplus_f(float x)
-{
-    return x > 20.0f ? x : log1pf(expf(x)); /* torch's threshold 20 */
-}
-
+/* ---- gates (formulas in deltanet_gates.cuh) ---- */
 template <typename T>
 __global__ void gates_kernel(float *g, float *beta, const float *a, const float *b, const float *A_log,
                              const float *dt_bias, int64_t n, int64_t NV, const T *tag)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t h = i % NV;
-        g[i] = -expf(A_log[h]) * softplus_f(a[i] + dt_bias[h]);
-        beta[i] = rnd(sigmoid_f(b[i]), tag);
+        g[i] = dn_gate_g(a[i], A_log[h], dt_bias[h]);
+        beta[i] = dn_gate_beta(b[i], tag);
     }
 }
 

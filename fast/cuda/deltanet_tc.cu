@@ -22,6 +22,9 @@
  * goes through shared memory; only the pair's partial sums over DK do. The next chunk's W, Q,
  * K, Aqk, U, G stream in by cp.async (double buffered) while the current chunk computes. No
  * atomics: bitwise reproducible, and the same bits for every block shape.
+ * Entry points: cuda_delta_rule_chunked_tc (q, k, v float32, rounded to bf16 as staged) and
+ * cuda_delta_rule_chunked_tc_bf16 (q, k, v already bf16, as cuda_deltanet_prep_forward writes
+ * them: given bf16(q), bf16(k), bf16(v) of the same float32 values, the same bits).
  * H100, T=16384 NK=16 NV=32: prep 0.65 ms, prep + scan 1.32 ms (chunk_v4: 9.56 ms). */
 #include "common.cuh"
 
@@ -143,15 +146,32 @@ __device__ __forceinline__ void stage_rows_bf16(bf16 *dst, const float *src, siz
         *reinterpret_cast<uint2 *>(dst + i * TC_LDB + c) = p;
     }
 }
+/* The same from bf16 rows (q, k, v already rounded as above: a copy, the same bits). */
+__device__ __forceinline__ void stage_rows_bf16(bf16 *dst, const bf16 *src, size_t rs, int nvalid)
+{
+    uint2 x[TC_C * TC_D / 4 / 128];
+#pragma unroll
+    for (int u = 0; u < TC_C * TC_D / 4 / 128; u++) {
+        const int f = threadIdx.x + 128 * u, i = f >> 5, c = (f & 31) * 4;
+        x[u] = i < nvalid ? *reinterpret_cast<const uint2 *>(src + (size_t)i * rs + c) : make_uint2(0u, 0u);
+    }
+#pragma unroll
+    for (int u = 0; u < TC_C * TC_D / 4 / 128; u++) {
+        const int f = threadIdx.x + 128 * u, i = f >> 5, c = (f & 31) * 4;
+        *reinterpret_cast<uint2 *>(dst + i * TC_LDB + c) = x[u];
+    }
+}
 
 /* The L / T region holds L (float [C][TC_LDL]) until the solve has read it, then TA, TB. */
 #define TC_LT_BYTES (TC_C * TC_LDL * 4 > 2 * TC_C * TC_LDA * 2 ? TC_C * TC_LDL * 4 : 2 * TC_C * TC_LDA * 2)
 #define TC_PREP_SMEM (3 * TC_C * TC_LDB * 2 + TC_LT_BYTES + 3 * TC_C * 4)
 
 /* One block per (chunk n, key head kh): q, k staged once, then the r = NV/NK value heads of the
- * group in turn (K K^T and Q K^T recomputed per value head: the decays differ). */
-__global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout lay, const float *q, const float *k,
-                                                      const float *v, const float *g, const float *beta, int T,
+ * group in turn (K K^T and Q K^T recomputed per value head: the decays differ). q, k, v float32
+ * (rounded to bf16 here) or bf16 (TI = bf16: rounded by the caller, the same bits). */
+template <typename TI>
+__global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout lay, const TI *q, const TI *k,
+                                                      const TI *v, const float *g, const float *beta, int T,
                                                       int NK, int NV)
 {
     extern __shared__ __align__(16) unsigned char sm_raw[];
@@ -527,12 +547,12 @@ extern "C" const char *cuda_delta_rule_chunked_tc_kernel(void)
 
 /* scan_warps: warps per scan block, 2, 4 or 8 (a pair of warps per 16 value columns, splitting DK);
  * 0 picks; -1 runs the
- * prep kernel alone (timing only: o and state untouched). */
-extern "C" enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state, const float *d_q, const float *d_k,
-                                                      const float *d_v, const float *d_g, const float *d_beta,
-                                                      float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
-                                                      int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
-                                                      struct q3n_error *err)
+ * prep kernel alone (timing only: o and state untouched). TI: the type of q, k, v. */
+template <typename TI>
+static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI *d_k, const TI *d_v,
+                              const float *d_g, const float *d_beta, float *d_scratch, int64_t T, int64_t NK,
+                              int64_t NV, int64_t DK, int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
+                              struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0);
     if (!cuda_delta_rule_chunked_tc_supported(DK, DV, C))
@@ -543,9 +563,9 @@ extern "C" enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state,
     Q3N_REQUIRE(T <= INT32_MAX / 4 && NV <= 65535 && nc <= 65535);
     const tc_layout lay = tc_layout_of(nc, NK, NV);
     char *scr = reinterpret_cast<char *>(d_scratch);
-    CU_CHECK(cudaFuncSetAttribute(tc_prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP_SMEM));
-    tc_prep_kernel<<<dim3((unsigned)nc, (unsigned)NK), 128, TC_PREP_SMEM, stream>>>(scr, lay, d_q, d_k, d_v, d_g,
-                                                                                   d_beta, (int)T, (int)NK, (int)NV);
+    CU_CHECK(cudaFuncSetAttribute(tc_prep_kernel<TI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP_SMEM));
+    tc_prep_kernel<TI><<<dim3((unsigned)nc, (unsigned)NK), 128, TC_PREP_SMEM, stream>>>(scr, lay, d_q, d_k, d_v, d_g,
+                                                                                       d_beta, (int)T, (int)NK, (int)NV);
     CU_LAUNCHED("delta_rule tc_prep_kernel");
     if (scan_warps < 0) return Q3N_OK; /* prep only (timing) */
     if (scan_warps == 0) scan_warps = TC_SCAN_WARPS_DEFAULT;
@@ -556,4 +576,26 @@ extern "C" enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state,
     case 8: return tc_scan_launch<4>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     default: return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: scan_warps %d", scan_warps);
     }
+}
+
+extern "C" enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state, const float *d_q, const float *d_k,
+                                                      const float *d_v, const float *d_g, const float *d_beta,
+                                                      float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                                      int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
+                                                      struct q3n_error *err)
+{
+    return tc_run<float>(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV, C, scan_warps, stream,
+                         err);
+}
+
+extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16(void *d_o, float *d_state, const void *d_q, const void *d_k,
+                                                           const void *d_v, const float *d_g, const float *d_beta,
+                                                           float *d_scratch, int64_t T, int64_t NK, int64_t NV,
+                                                           int64_t DK, int64_t DV, int64_t C, int scan_warps,
+                                                           cudaStream_t stream, struct q3n_error *err)
+{
+    if ((((uintptr_t)d_q | (uintptr_t)d_k | (uintptr_t)d_v) & 7) != 0)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: bf16 q, k, v must be 8-byte aligned");
+    return tc_run<bf16>(d_o, d_state, (const bf16 *)d_q, (const bf16 *)d_k, (const bf16 *)d_v, d_g, d_beta, d_scratch,
+                        T, NK, NV, DK, DV, C, scan_warps, stream, err);
 }

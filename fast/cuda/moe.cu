@@ -137,14 +137,103 @@ __global__ void __launch_bounds__(256) router_topk_warp_kernel(float *probs, int
     }
 }
 
-extern "C" enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_idx, float *d_weight,
-                                                    const void *d_logits, int64_t T, int64_t E, int64_t K,
-                                                    int norm_topk_prob, enum q3n_compute_dtype dt,
-                                                    cudaStream_t stream, struct q3n_error *err)
+/* Router v3, one block per token for small T (decode; E <= 1024, one expert per thread, blockDim =
+ * E rounded up to 32): bitwise v2's results with a few barriers instead of v2's serial warp.
+ *  softmax: mx = block max (exact in any order); x_e = exp(l_e - mx) into shared memory; every warp
+ *    then sums them exactly as v2's lane l does (e = l, l+32, .. ascending, then the same xor tree),
+ *    so sum, p_e = x_e / sum and the probs are v2's bits.
+ *  top-k on keys u_e = bits(p_e) << 32 | (2^32-1 - e) (p_e >= 0: the float order is the bit order;
+ *    larger key = higher p, ties to the lower index: v2's (value desc, index asc) total order).
+ *    tau = the K-th largest of the warps' maximum keys (0 when fewer than K warps): those K warp
+ *    maxima are K distinct elements >= tau, so every top-K element is >= tau. The candidates
+ *    (u_e >= tau, usually ~K) are compacted to shared memory; each ranks itself by counting the
+ *    candidates with a larger key; ranks < K give idx/chosen in v2's order.
+ *  weights: s = sum_j chosen_j (j ascending), weight_j = T(chosen_j / s): v2's arithmetic.
+ * Rounds with no candidate limit are exact for any input; only their count of compares varies. */
+#define ROUTER_BLOCK_MAX_T 64 /* cuda_router_topk_forward runs v3 up to this many tokens */
+template <typename T>
+__global__ void __launch_bounds__(1024) router_topk_block_kernel(float *probs, int32_t *idx, float *weight,
+                                                                 const T *logits, int E, int K, int norm_topk)
 {
-    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && E > 0 && E <= 4096 && K > 0 && K <= 64 && K <= E);
-    if (T == 0) return Q3N_OK;
-    if (E <= WARP_ROUTER_MAX_E) {
+    extern __shared__ float rx[]; /* x [E]; then the candidates' keys [E] (uint64, 8-byte aligned) */
+    __shared__ float red[32];
+    __shared__ unsigned long long wkey[32];
+    __shared__ int wcnt[33];
+    __shared__ float chosen[64];
+    const int e = threadIdx.x, lane = e & 31, w = e >> 5, nw = blockDim.x >> 5;
+    const int64_t t = blockIdx.x;
+    const T *lg = logits + t * E;
+    const float lv = e < E ? ld(lg + e) : -INFINITY;
+    const float mx = block_max(lv, red); /* max is exact: v2's value */
+    if (e < E) rx[e] = expf(lv - mx);
+    __syncthreads();
+    float sum = 0.0f; /* v2's lane sums and tree, in every warp */
+    for (int i = lane; i < E; i += 32) sum += rx[i];
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float p = e < E ? rx[e] / sum : 0.0f;
+    if (probs && e < E) probs[t * E + e] = p;
+    const unsigned long long key =
+        e < E ? ((unsigned long long)__float_as_uint(p) << 32) | (0xffffffffull - (unsigned)e) : 0ull;
+    unsigned long long wm = key;
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long v = __shfl_xor_sync(0xffffffffu, wm, o);
+        wm = v > wm ? v : wm;
+    }
+    if (lane == 0) wkey[w] = wm;
+    __syncthreads();
+    /* tau: lane u < nw ranks warp u's maximum among the nw maxima; the one of rank K-1 is tau */
+    unsigned long long tau = 0ull;
+    if (nw >= K) {
+        const unsigned long long mine = lane < nw ? wkey[lane] : 0ull;
+        int r = 0;
+        for (int u = 0; u < nw; u++) r += wkey[u] > mine;
+        const unsigned bal = __ballot_sync(0xffffffffu, lane < nw && r == K - 1);
+        tau = __shfl_sync(0xffffffffu, mine, __ffs(bal) - 1); /* the maxima are distinct: one lane */
+    }
+    const bool cand = e < E && key >= tau;
+    const unsigned cb = __ballot_sync(0xffffffffu, cand);
+    if (lane == 0) wcnt[w] = __popc(cb);
+    __syncthreads();
+    int off = 0, nc = 0;
+    for (int u = 0; u < nw; u++) off += u < w ? wcnt[u] : 0, nc += wcnt[u];
+    unsigned long long *ck = reinterpret_cast<unsigned long long *>(rx + ((E + 1) & ~1));
+    if (cand) ck[off + __popc(cb & ((1u << lane) - 1u))] = key;
+    __syncthreads();
+    if (cand) {
+        int r = 0;
+        for (int c = 0; c < nc; c++) r += ck[c] > key;
+        if (r < K) {
+            idx[t * K + r] = e;
+            chosen[r] = p;
+        }
+    }
+    __syncthreads();
+    if (e < K) {
+        float s = 0.0f;
+        for (int j = 0; j < K; j++) s += chosen[j];
+        weight[t * K + e] = rnd(norm_topk ? chosen[e] / s : chosen[e], lg);
+    }
+}
+
+static enum q3n_status router_launch(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits, int64_t T,
+                                     int64_t E, int64_t K, int norm_topk_prob, enum q3n_compute_dtype dt, int ver,
+                                     cudaStream_t stream, struct q3n_error *err)
+{
+    if (ver == 3) {
+        const unsigned threads = 32 * cdiv(E, 32);
+        const size_t sm = sizeof(float) * (size_t)((E + 1) & ~1) + sizeof(unsigned long long) * (size_t)E;
+        if (dt == Q3N_COMPUTE_BF16)
+            router_topk_block_kernel<<<(unsigned)T, threads, sm, stream>>>(d_probs, d_idx, d_weight,
+                                                                           (const bf16 *)d_logits, (int)E, (int)K,
+                                                                           norm_topk_prob);
+        else
+            router_topk_block_kernel<<<(unsigned)T, threads, sm, stream>>>(d_probs, d_idx, d_weight,
+                                                                           (const float *)d_logits, (int)E, (int)K,
+                                                                           norm_topk_prob);
+        CU_LAUNCHED("router_topk_block_kernel");
+        return Q3N_OK;
+    }
+    if (ver == 2) {
         const unsigned grid = cdiv(T, 8);
         const size_t sm = sizeof(float) * 8 * (size_t)E;
         if (dt == Q3N_COMPUTE_BF16)
@@ -167,6 +256,38 @@ extern "C" enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_i
                                                                           norm_topk_prob);
     CU_LAUNCHED("router_topk_kernel");
     return Q3N_OK;
+}
+
+static int router_default(int64_t T, int64_t E)
+{
+    return E <= WARP_ROUTER_MAX_E ? (T <= ROUTER_BLOCK_MAX_T ? 3 : 2) : 1;
+}
+
+extern "C" const char *cuda_router_topk_kernel(int64_t T, int64_t E, int ver)
+{
+    if (ver == 0) ver = router_default(T, E);
+    return ver == 3 ? "router_topk_block_v3" : ver == 2 ? "router_topk_warp_v2" : "router_topk_v1";
+}
+
+extern "C" enum q3n_status cuda_router_topk_forward_ver(float *d_probs, int32_t *d_idx, float *d_weight,
+                                                        const void *d_logits, int64_t T, int64_t E, int64_t K,
+                                                        int norm_topk_prob, int ver, enum q3n_compute_dtype dt,
+                                                        cudaStream_t stream, struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && E > 0 && E <= 4096 && K > 0 && K <= 64 && K <= E);
+    Q3N_REQUIRE(ver >= 0 && ver <= 3 && (ver < 2 || E <= WARP_ROUTER_MAX_E));
+    if (T == 0) return Q3N_OK;
+    return router_launch(d_probs, d_idx, d_weight, d_logits, T, E, K, norm_topk_prob, dt,
+                         ver == 0 ? router_default(T, E) : ver, stream, err);
+}
+
+extern "C" enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_idx, float *d_weight,
+                                                    const void *d_logits, int64_t T, int64_t E, int64_t K,
+                                                    int norm_topk_prob, enum q3n_compute_dtype dt,
+                                                    cudaStream_t stream, struct q3n_error *err)
+{
+    return cuda_router_topk_forward_ver(d_probs, d_idx, d_weight, d_logits, T, E, K, norm_topk_prob, 0, dt, stream,
+                                        err);
 }
 
 /* ---- permutation ---- */
@@ -232,6 +353,147 @@ extern "C" enum q3n_status cuda_moe_permute(int32_t *d_perm_row, int32_t *d_pos,
     CU_LAUNCHED("moe offsets_kernel");
     place_kernel<<<(unsigned)E, 256, 0, stream>>>(d_perm_row, d_pos, d_offsets, d_idx, n);
     CU_LAUNCHED("moe place_kernel");
+    return Q3N_OK;
+}
+
+/* ---- permutation v2: counting sort over chunks of 256 assignments (same output as v1) ----
+ * v1's place_kernel has one block per expert scanning all T*K assignments (E passes over idx:
+ * 0.35 ms at T=16384, E=512). v2 reads idx twice:
+ *   1. chunk_count_kernel: one warp per chunk c of PC assignments: local histogram h_c[e];
+ *   2. chunk_scan_kernel (one block): counts[e] = sum_c h_c[e], offsets = exclusive scan of
+ *      counts over e, base_c[e] = offsets[e] + sum_{c' < c} h_c'[e];
+ *   3. chunk_place_kernel: one warp per chunk, the chunk's assignments in order, 32 at a time:
+ *      p = base_c[e] + (earlier ones of e in this chunk) + (lower lanes with the same e, by
+ *      __match_any_sync); perm_row[p] = a, pos[a] = p.
+ * Assignments of one expert keep their order (chunks ascending, ascending inside a chunk): the
+ * stable grouping v1 gives, bit for bit. Histograms live in shared memory, E ints per warp. */
+#define PC 256
+#define PERM_SMEM_MAX 32768 /* bytes of per-warp histograms per block */
+
+static int perm_warps(int64_t E)
+{
+    const int64_t w = PERM_SMEM_MAX / (4 * E);
+    return (int)(w >= 8 ? 8 : w);
+}
+
+extern "C" int cuda_moe_permute_v2_ok(int64_t E)
+{
+    return E > 0 && perm_warps(E) >= 1;
+}
+
+__global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n, int E)
+{
+    extern __shared__ int32_t ph[];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int64_t c = (int64_t)blockIdx.x * (blockDim.x >> 5) + w;
+    int32_t *h = ph + w * E;
+    for (int e = lane; e < E; e += 32) h[e] = 0;
+    __syncwarp();
+    if (c * PC < n) {
+        for (int64_t a = c * PC + lane; a < n && a < (c + 1) * PC; a += 32) atomicAdd_block(&h[idx[a]], 1);
+        __syncwarp();
+        for (int e = lane; e < E; e += 32) hist[c * E + e] = h[e];
+    }
+}
+
+__global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t *counts, int32_t *offsets,
+                                                          const int32_t *hist, int64_t nchunks, int E)
+{
+    __shared__ int32_t wsum[32];
+    __shared__ int32_t carry;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+    if (tid == 0) carry = 0;
+    __syncthreads();
+    for (int e0 = 0; e0 < E; e0 += blockDim.x) {
+        const int e = e0 + tid;
+        int32_t tot = 0;
+        if (e < E)
+            for (int64_t c = 0; c < nchunks; c++) tot += hist[c * E + e];
+        int32_t v = tot; /* inclusive block scan of the expert totals */
+        for (int o = 1; o < 32; o <<= 1) {
+            const int32_t y = __shfl_up_sync(0xffffffffu, v, o);
+            if (lane >= o) v += y;
+        }
+        if (lane == 31) wsum[w] = v;
+        __syncthreads();
+        if (w == 0) {
+            int32_t s = lane < nw ? wsum[lane] : 0;
+            for (int o = 1; o < 32; o <<= 1) {
+                const int32_t y = __shfl_up_sync(0xffffffffu, s, o);
+                if (lane >= o) s += y;
+            }
+            wsum[lane] = s;
+        }
+        __syncthreads();
+        const int32_t off = carry + (w ? wsum[w - 1] : 0) + v - tot;
+        if (e < E) {
+            counts[e] = tot;
+            offsets[e] = off;
+            int32_t b = off;
+            for (int64_t c = 0; c < nchunks; c++) {
+                base[c * E + e] = b;
+                b += hist[c * E + e];
+            }
+        }
+        __syncthreads();
+        if (tid == blockDim.x - 1) carry = off + tot;
+        __syncthreads();
+    }
+}
+
+__global__ void chunk_place_kernel(int32_t *perm_row, int32_t *pos, const int32_t *base, const int32_t *idx,
+                                   int64_t n, int E)
+{
+    extern __shared__ int32_t ph[];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int64_t c = (int64_t)blockIdx.x * (blockDim.x >> 5) + w;
+    if (c * PC >= n) return;
+    int32_t *h = ph + w * E;
+    for (int e = lane; e < E; e += 32) h[e] = base[c * E + e];
+    __syncwarp();
+    for (int64_t a0 = c * PC; a0 < n && a0 < (c + 1) * PC; a0 += 32) {
+        const int64_t a = a0 + lane;
+        const bool in = a < n && a < (c + 1) * PC;
+        const int e = in ? idx[a] : -1 - lane; /* lanes past the end match nobody */
+        const unsigned same = __match_any_sync(0xffffffffu, e);
+        if (in) {
+            const int p = h[e] + __popc(same & ((1u << lane) - 1u));
+            perm_row[p] = (int32_t)a;
+            pos[a] = p;
+        }
+        __syncwarp();
+        if (in && lane == 31 - __clz(same)) h[e] += __popc(same); /* highest lane of the group */
+        __syncwarp();
+    }
+}
+
+/* Scratch of cuda_moe_permute (int32): the chunk histograms and bases of v2. */
+extern "C" int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K)
+{
+    return 2 * ((T * K + PC - 1) / PC) * E;
+}
+
+extern "C" enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts,
+                                               int32_t *d_offsets, int32_t *d_scratch, const int32_t *d_idx,
+                                               int64_t T, int64_t E, int64_t K, cudaStream_t stream,
+                                               struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && E > 0 && E <= INT32_MAX && K > 0 && T * K <= INT32_MAX && perm_warps(E) >= 1);
+    const int64_t n = T * K, nchunks = (n + PC - 1) / PC;
+    if (n == 0) {
+        CU_CHECK(cudaMemsetAsync(d_counts, 0, sizeof(int32_t) * (size_t)E, stream));
+        CU_CHECK(cudaMemsetAsync(d_offsets, 0, sizeof(int32_t) * (size_t)E, stream));
+        return Q3N_OK;
+    }
+    const int wpb = perm_warps(E);
+    const size_t smem = sizeof(int32_t) * (size_t)(wpb * E);
+    int32_t *hist = d_scratch, *base = d_scratch + nchunks * E;
+    chunk_count_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(hist, d_idx, n, (int)E);
+    CU_LAUNCHED("moe chunk_count_kernel");
+    chunk_scan_kernel<<<1, 1024, 0, stream>>>(base, d_counts, d_offsets, hist, nchunks, (int)E);
+    CU_LAUNCHED("moe chunk_scan_kernel");
+    chunk_place_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(d_perm_row, d_pos, base, d_idx, n, (int)E);
+    CU_LAUNCHED("moe chunk_place_kernel");
     return Q3N_OK;
 }
 

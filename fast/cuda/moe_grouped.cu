@@ -2,6 +2,7 @@
  * experts in one launch over the rows cuda_moe_permute grouped (v1; v3 with the token gather and
  * SwiGLU fused). Launchers in cuda_ops.h (moe section); routing and combine in moe.cu. */
 #include "common.cuh"
+#include "moe_grouped.cuh"
 
 /* ---- grouped expert GEMM (bf16 tensor cores; prefill) ----
  * out[p, n] = sum_k X[p, k] W[e][n, k] for the rows p of each expert e (offsets/counts on the
@@ -155,8 +156,6 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm(void *d_out, const void *d_x, c
  *   shared memory (conflict-free, see g3_off); 2 blocks per SM;
  * - tails: any N, Kin with N % 8 == 0 and Kin % 8 == 0 (rows/columns past the end are zero
  *   filled and not stored). */
-#define G3_BM 128
-#define G3_BN 128
 /* BK 32: 4 stages of 16 KB (64 KB, 2 blocks/SM); BK 64: 3 stages of 32 KB (96 KB, 2 blocks/SM). */
 #define G3_STAGES(BK) ((BK) == 32 ? 4 : 3)
 #define G3_SMEM(BK) (G3_STAGES(BK) * 2 * G3_BM * (BK) * 2)
@@ -202,41 +201,6 @@ __global__ void __launch_bounds__(1024) g3_tiles_kernel(int32_t *tiles, const in
     if (tid == 0) tiles[0] = carry;
 }
 
-__device__ __forceinline__ void g3_cp16(uint32_t dst, const void *src, bool ok)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
-#endif
-}
-__device__ __forceinline__ void g3_commit()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void g3_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-__device__ __forceinline__ void g3_ldm4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-#endif
-}
-/* Byte offset of (row r, 16-byte chunk c) in a 128 x BK bf16 tile: BK 32 (64-byte rows, 4 chunks)
- * c ^ ((r >> 1) & 3); BK 64 (128-byte rows, 8 chunks) c ^ (r & 7). Either way the 8 rows an
- * ldmatrix reads at one logical chunk land on 8 distinct 16-byte bank groups. */
-template <int BK>
-__device__ __forceinline__ uint32_t g3_off(int r, int c)
-{
-    return BK == 32 ? (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4)) : (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
-}
 
 template <bool GATHER, bool SWIGLU, int BK>
 __global__ void __launch_bounds__(256, 2) grouped_gemm_v3_kernel(bf16 *out, const bf16 *X, const int32_t *xrows,

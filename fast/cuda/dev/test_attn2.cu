@@ -1,11 +1,13 @@
 /* test_attn2.cu — the attention kernels of session 2: device-position decode launchers (CUDA graph
  * decode), flash prefill v3 and the split-K decode kernel, each validated against ref_attention_forward
- * (linked from libq3n.a) and against the previous kernel before it is timed.
+ * (linked from libq3n.a) and against the previous kernel before it is timed; decode split v4 against
+ * split v3 (both versions' pos0 and device-position launches bitwise equal).
  *
  * Inputs are bf16-rounded random normals; outputs are NaN-poisoned with a sentinel guard; every case
  * runs REPEAT times and must be bitwise identical. One line per case; exit status 1 on any failure.
  *
  *   test_attn2            all cases, then timings (old vs new) at T=4096/16384 and decode at S=4096/32768
+ *                         (decode: rows_v1, v4 and v3 eager; v3 and v4 in a graph of 20 calls)
  *   test_attn2 --quick    cases only */
 #include <algorithm>
 
@@ -48,8 +50,8 @@ static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64
     }
     char name[200];
     snprintf(name, sizeof name, "attention[%s] ver=%d T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld %s",
-             cuda_attention_kernel(T, HD, DT(bf)), ver, (long long)T, (long long)pos0, (long long)NH, (long long)NKV,
-             (long long)HD, dtn(bf));
+             T == 1 ? cuda_attention_decode_kernel(NH, NKV, HD, DT(bf), 0) : cuda_attention_kernel(T, HD, DT(bf)),
+             ver, (long long)T, (long long)pos0, (long long)NH, (long long)NKV, (long long)HD, dtn(bf));
     check(name, first, want, bf ? 2e-2 : 2e-6, det, &o);
     snprintf(name, sizeof name, "  old kernel (ver 1) T=%lld pos0=%lld HD=%lld %s", (long long)T, (long long)pos0,
              (long long)HD, dtn(bf));
@@ -113,7 +115,7 @@ static void case_dpos(int64_t S_max, int64_t NH, int64_t NKV, int64_t HD, int bf
         ref_attention_forward(want.data(), q.data(), kc.data(), vc.data(), scr.data(), 1, pos, NH, NKV, HD);
         char name[200];
         snprintf(name, sizeof name, "decode_dpos(graph)[%s] pos=%lld S_max=%lld NH=%lld NKV=%lld HD=%lld %s",
-                 cuda_attention_kernel(1, HD, DT(bf)), (long long)pos, (long long)S_max, (long long)NH, (long long)NKV,
+                 cuda_attention_decode_kernel(NH, NKV, HD, DT(bf), 0), (long long)pos, (long long)S_max, (long long)NH, (long long)NKV,
                  (long long)HD, dtn(bf));
         check(name, first, want, bf ? 2e-2 : 2e-6, det, &oB);
         snprintf(name, sizeof name, "  dpos == pos0 launchers bitwise (q, kc, vc, out) pos=%lld", (long long)pos);
@@ -124,6 +126,56 @@ static void case_dpos(int64_t S_max, int64_t NH, int64_t NKV, int64_t HD, int bf
     for (dbuf *b : {&dqg, &dkp, &dvp, &dqw, &dkw, &kinit, &vinit, &kA, &vA, &qA, &oA, &kB, &vB, &qB, &oB, &sA, &sB,
                     &dpos})
         dfree(*b);
+}
+
+/* ---- split-K decode v4 vs v3 vs ref_attention_forward, direct launches: for each position, the pos0
+ * launch (S = pos+1) and the device-position launch (S = S_max) of each version must be bitwise equal,
+ * each REPEAT times bitwise; v4 and v3 within bf16 rounding of the reference and of each other ---- */
+static void case_decode_v34(int64_t S_max, int64_t NH, int64_t NKV, int64_t HD, const std::vector<int64_t> &positions)
+{
+    const int64_t nq = NH * HD, nc = S_max * NKV * HD;
+    auto q = randb(nq, 1), kc = randb(nc, 1), vc = randb(nc, 1);
+    dbuf dq = up(q, 1), dk = up(kc, 1), dv = up(vc, 1), dpos = dnew(sizeof(int64_t));
+    dbuf o[2][2] = {{dnew(nq * 2), dnew(nq * 2)}, {dnew(nq * 2), dnew(nq * 2)}}; /* [v3, v4][pos0, dpos] */
+    dbuf scr = dnew((size_t)(cuda_attention_scratch(1, NH, HD, S_max) + 1) * 4);
+    const int vers[2] = {3, 4};
+    for (int64_t pos : positions) {
+        std::vector<float> first[2][2];
+        int det = 1, same[2] = {1, 1};
+        CK(cudaMemcpy(dpos.p, &pos, sizeof pos, cudaMemcpyHostToDevice));
+        for (int r = 0; r < REPEAT; r++) {
+            for (int v = 0; v < 2; v++) {
+                poison(o[v][0]), poison(o[v][1]), poison(scr);
+                RUN(cuda_attention_decode_ver(o[v][0].p, dq.p, dk.p, dv.p, (float *)scr.p, pos, NULL, pos + 1, NH, NKV,
+                                              HD, vers[v], Q3N_COMPUTE_BF16, g_stream, E));
+                poison(scr);
+                RUN(cuda_attention_decode_ver(o[v][1].p, dq.p, dk.p, dv.p, (float *)scr.p, 0, (const int64_t *)dpos.p,
+                                              S_max, NH, NKV, HD, vers[v], Q3N_COMPUTE_BF16, g_stream, E));
+                CK(cudaStreamSynchronize(g_stream));
+                for (int m = 0; m < 2; m++) {
+                    auto got = down(o[v][m], nq, 1);
+                    if (r == 0) first[v][m] = got;
+                    else det &= same_bits(first[v][m], got);
+                }
+                same[v] &= same_bits(first[v][0], first[v][1]);
+            }
+        }
+        std::vector<float> want((size_t)nq), sc((size_t)(pos + 1));
+        ref_attention_forward(want.data(), q.data(), kc.data(), vc.data(), sc.data(), 1, pos, NH, NKV, HD);
+        char name[200];
+        for (int v = 1; v >= 0; v--) {
+            snprintf(name, sizeof name, "decode[%s] pos=%lld S_max=%lld NH=%lld NKV=%lld HD=%lld",
+                     cuda_attention_decode_kernel(NH, NKV, HD, Q3N_COMPUTE_BF16, vers[v]), (long long)pos,
+                     (long long)S_max, (long long)NH, (long long)NKV, (long long)HD);
+            check(name, first[v][0], want, 2e-2, det, &o[v][0]);
+            snprintf(name, sizeof name, "  v%d dpos (S_max) == pos0 (S=pos+1) bitwise pos=%lld", vers[v],
+                     (long long)pos);
+            check(name, first[v][1], first[v][0], 0.0, same[v], &o[v][1]);
+        }
+        snprintf(name, sizeof name, "  v4 vs v3 pos=%lld", (long long)pos);
+        check(name, first[1][0], first[0][0], 2e-2, 1, NULL);
+    }
+    for (dbuf *b : {&dq, &dk, &dv, &dpos, &o[0][0], &o[0][1], &o[1][0], &o[1][1], &scr}) dfree(*b);
 }
 
 /* ---- timings: CUDA events around each call, median of N after a warm-up ---- */
@@ -164,6 +216,18 @@ static void fwd_call(void *p)
                                    Q3N_COMPUTE_BF16, g_stream, E));
 }
 static void graph_call(void *p) { CK(cudaGraphLaunch(((fwd_args *)p)->exec, g_stream)); }
+struct dec_args {
+    void *o, *q, *k, *v;
+    float *scratch;
+    int64_t pos0, S, NH, NKV, HD;
+    int ver;
+};
+static void dec_call(void *p)
+{
+    dec_args *a = (dec_args *)p;
+    RUN(cuda_attention_decode_ver(a->o, a->q, a->k, a->v, a->scratch, a->pos0, NULL, a->S, a->NH, a->NKV, a->HD,
+                                  a->ver, Q3N_COMPUTE_BF16, g_stream, E));
+}
 
 static void bench_prefill(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
 {
@@ -208,23 +272,41 @@ static void bench_decode(int64_t S, int64_t NH, int64_t NKV, int64_t HD)
         fwd_args a = {o.p, q.p, kc.p, vc.p, (float *)scratch.p, 1, S - 1, NH, NKV, HD, old, NULL};
         const float ms = time_calls(50, fwd_call, &a);
         printf("BENCH attention decode[%s] S=%lld NH=%lld NKV=%lld HD=%lld bf16: %.2f us (median of 50, launch incl.)\n",
-               old ? "old: rows_v1(split-K decode)" : cuda_attention_kernel(1, HD, Q3N_COMPUTE_BF16), (long long)S,
-               (long long)NH, (long long)NKV, (long long)HD, ms * 1e3);
+               old ? "old: rows_v1(split-K decode)" : cuda_attention_decode_kernel(NH, NKV, HD, Q3N_COMPUTE_BF16, 0),
+               (long long)S, (long long)NH, (long long)NKV, (long long)HD, ms * 1e3);
     }
-    /* the graph-decode form: 20 decode_dpos calls in one graph, per-call device time */
-    fwd_args a = {o.p, q.p, kc.p, vc.p, (float *)scratch.p, 1, S - 1, NH, NKV, HD, 0, NULL};
-    cudaGraph_t graph;
-    CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < 20; i++)
-        RUN(cuda_attention_decode_dpos(o.p, q.p, kc.p, vc.p, (float *)scratch.p, (const int64_t *)dpos.p, S, NH, NKV,
-                                       HD, Q3N_COMPUTE_BF16, g_stream, E));
-    CK(cudaStreamEndCapture(g_stream, &graph));
-    CK(cudaGraphInstantiate(&a.exec, graph, 0));
-    const float ms = time_calls(20, graph_call, &a);
-    printf("BENCH attention decode_dpos in a graph [%s] S=%lld: %.2f us per call (20 calls per graph, median of 20)\n",
-           cuda_attention_kernel(1, HD, Q3N_COMPUTE_BF16), (long long)S, ms * 1e3 / 20);
-    CK(cudaGraphExecDestroy(a.exec));
-    CK(cudaGraphDestroy(graph));
+    {
+        dec_args a = {o.p, q.p, kc.p, vc.p, (float *)scratch.p, S - 1, S, NH, NKV, HD, 3};
+        const float ms = time_calls(50, dec_call, &a);
+        printf("BENCH attention decode[%s] S=%lld NH=%lld NKV=%lld HD=%lld bf16: %.2f us (median of 50, launch "
+               "incl.)\n",
+               cuda_attention_decode_kernel(NH, NKV, HD, Q3N_COMPUTE_BF16, 3), (long long)S, (long long)NH,
+               (long long)NKV, (long long)HD, ms * 1e3);
+    }
+    /* the graph-decode form: 20 device-position calls in one graph, per-call device time; v3 (old) then
+     * what cuda_attention_decode_dpos runs (v4) */
+    for (int ver = 3; ver <= 4; ver++) {
+        fwd_args a = {o.p, q.p, kc.p, vc.p, (float *)scratch.p, 1, S - 1, NH, NKV, HD, 0, NULL};
+        cudaGraph_t graph;
+        CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < 20; i++) {
+            if (ver == 4)
+                RUN(cuda_attention_decode_dpos(o.p, q.p, kc.p, vc.p, (float *)scratch.p, (const int64_t *)dpos.p, S,
+                                               NH, NKV, HD, Q3N_COMPUTE_BF16, g_stream, E));
+            else
+                RUN(cuda_attention_decode_ver(o.p, q.p, kc.p, vc.p, (float *)scratch.p, 0, (const int64_t *)dpos.p, S,
+                                              NH, NKV, HD, 3, Q3N_COMPUTE_BF16, g_stream, E));
+        }
+        CK(cudaStreamEndCapture(g_stream, &graph));
+        CK(cudaGraphInstantiate(&a.exec, graph, 0));
+        const float ms = time_calls(20, graph_call, &a);
+        printf("BENCH attention decode_dpos in a graph [%s] S=%lld: %.2f us per call (20 calls per graph, median of "
+               "20; 2x%lld MB of K/V: %.2f TB/s)\n",
+               cuda_attention_decode_kernel(NH, NKV, HD, Q3N_COMPUTE_BF16, ver), (long long)S, ms * 1e3 / 20,
+               (long long)(S * NKV * HD * 2 >> 20), 2.0 * S * NKV * HD * 2 / (ms * 1e-3 / 20) / 1e12);
+        CK(cudaGraphExecDestroy(a.exec));
+        CK(cudaGraphDestroy(graph));
+    }
     dfree(q), dfree(kc), dfree(vc), dfree(o), dfree(scratch), dfree(dpos);
 }
 
@@ -239,6 +321,19 @@ int main(int argc, char **argv)
         case_dpos(1000, 16, 2, 256, bf, {5, 511, 512, 999});
         case_dpos(700, 8, 1, 128, bf, {0, 640, 699});
     }
+    /* split-K decode v4 vs v3: S = 1, splits of 64/128 and their edges, the last position; group sizes
+     * 8 (real), 16 (two chunks of 8), 12 (chunks of 4), 4, 2, 3 and 1 (chunks of 1) */
+    case_decode_v34(1000, 16, 2, 256, {0, 1, 62, 63, 64, 65, 127, 128, 129, 700, 999});
+    case_decode_v34(4096, 16, 2, 256, {4095});
+    case_decode_v34(300, 8, 1, 128, {0, 63, 64, 200, 299});
+    case_decode_v34(200, 32, 2, 256, {0, 130, 199});
+    case_decode_v34(200, 12, 1, 256, {5, 199});
+    case_decode_v34(150, 4, 1, 256, {0, 77, 149});
+    case_decode_v34(150, 4, 2, 128, {64, 149});
+    case_decode_v34(150, 6, 2, 128, {0, 100, 149});
+    /* more live splits than v4's grid.y (one wave of blocks): blocks loop over their splits */
+    case_decode_v34(20000, 16, 2, 256, {9000, 19999});
+    case_decode_v34(1000, 64, 64, 128, {500, 999});
     /* forward: T in {1, 63, 64, 65, 130, 300, 1000, 4096}, continuations, HD 256/128, GQA 8 */
     const int64_t Ts[] = {1, 63, 64, 65, 130, 300, 1000, 4096};
     for (int64_t T : Ts) /* the CPU reference is quadratic: fewer heads at T=4096 */

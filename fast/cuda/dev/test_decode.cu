@@ -1,7 +1,8 @@
 /* test_decode.cu — the one-row bf16 GEMV of cuda_linear_forward (T == 1) against a float64
  * reference on the same bf16 inputs, then its bandwidth beside cuBLAS's GEMM at T = 1 on the
  * real-80B-A3B decode shapes; and the fused decode conv (cuda_conv1d_decode_qkv) bitwise against
- * the five launches it replaces.
+ * the five launches it replaces; and the decode step's logits hand-off (graph with external
+ * event nodes, host copies block by block while the graph runs).
  *
  *   test_decode            correctness (NaN-poisoned outputs, bias, 3 runs bitwise equal) + timings
  *
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -196,6 +198,102 @@ static int check_conv_decode(int64_t NK, int64_t DK, int64_t NV, int64_t DV, int
     return ok;
 }
 
+/* Writes x[r] = *val + (r0 + r), r < n, after spinning ~`cycles` clocks (stands in for an lm_head
+ * block's GEMV over the rows r0 .. r0 + n - 1). */
+__global__ void slow_fill_kernel(float *x, int64_t r0, int64_t n, const float *val, long long cycles)
+{
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < n) x[r] = *val + (float)(r0 + r);
+}
+
+/* The decode step's logits hand-off (model.cu lm_head_to_host / graph_step) in a CUDA graph: blocks
+ * of rows (8:4:2:1) each written by a slow kernel on the main stream, then copied to pinned memory on
+ * a second stream followed by an external event record (cudaEventRecordExternal); after each replay
+ * the host waits on block i's event and copies block i to its buffer while the later blocks still
+ * run. Five replays with new values: every element the host copied must be this replay's (a stale
+ * block would hold the previous replay's values), and the host must have block 0 well before the
+ * graph ends (printed: the overlap the session gains). */
+static int check_logits_handoff(cudaStream_t st)
+{
+    const int64_t V = 151936;
+    const int nb = 4;
+    int64_t r0[4], n[4], a = 0;
+    for (int i = 0; i < nb; i++) {
+        r0[i] = a;
+        n[i] = i == nb - 1 ? V - a : V * ((int64_t)1 << (nb - 1 - i)) / 15 / 8 * 8;
+        a += n[i];
+    }
+    cudaStream_t cs;
+    cudaEvent_t lev[5], hev[4];
+    CK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+    for (int i = 0; i < 5; i++) CK(cudaEventCreateWithFlags(&lev[i], cudaEventDisableTiming));
+    for (int i = 0; i < 4; i++) CK(cudaEventCreateWithFlags(&hev[i], cudaEventDisableTiming));
+    float *dx, *dval, *pin, *hval;
+    CK(cudaMalloc(&dx, 4 * (size_t)V));
+    CK(cudaMalloc(&dval, 4));
+    CK(cudaMallocHost(&pin, 4 * (size_t)V));
+    CK(cudaMallocHost(&hval, 4));
+    float *out = (float *)malloc(4 * (size_t)V);
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < nb; i++) {
+        slow_fill_kernel<<<(unsigned)((n[i] + 255) / 256), 256, 0, st>>>(dx + r0[i], r0[i], n[i], dval, 200000);
+        CK(cudaGetLastError());
+        CK(cudaEventRecord(lev[i], st));
+        CK(cudaStreamWaitEvent(cs, lev[i], 0));
+        CK(cudaMemcpyAsync(pin + r0[i], dx + r0[i], 4 * (size_t)n[i], cudaMemcpyDeviceToHost, cs));
+        CK(cudaEventRecordWithFlags(hev[i], cs, cudaEventRecordExternal));
+    }
+    CK(cudaEventRecord(lev[4], cs));
+    CK(cudaStreamWaitEvent(st, lev[4], 0));
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    int ok = 1;
+    double ahead = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        *hval = 1000.0f * (float)(rep + 1); /* exact in float32 with r < 2^24 - 5000 */
+        CK(cudaMemcpyAsync(dval, hval, 4, cudaMemcpyHostToDevice, st));
+        CK(cudaGraphLaunch(ge, st));
+        struct timespec t0, t1;
+        for (int i = 0; i < nb - 1; i++) {
+            CK(cudaEventSynchronize(hev[i]));
+            memcpy(out + r0[i], pin + r0[i], 4 * (size_t)n[i]);
+            if (i == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
+        }
+        CK(cudaStreamSynchronize(st));
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        memcpy(out + r0[nb - 1], pin + r0[nb - 1], 4 * (size_t)n[nb - 1]);
+        int64_t bad = 0, first = -1;
+        for (int64_t r = 0; r < V; r++)
+            if (!(out[r] == *hval + (float)r)) bad++, first = first < 0 ? r : first;
+        if (bad) {
+            printf("FAIL logits hand-off replay %d: %lld stale or wrong (first at %lld: %g, want %g)\n", rep,
+                   (long long)bad, (long long)first, out[first], *hval + (float)first);
+            ok = 0;
+        }
+        ahead += 1e3 * (double)(t1.tv_sec - t0.tv_sec) + 1e-6 * (double)(t1.tv_nsec - t0.tv_nsec);
+    }
+    printf("%s logits hand-off: graph with external events, 5 replays, blocks %lld/%lld/%lld/%lld, every block "
+           "copied by the host holds its replay's values; block 0 was on the host %.3f ms before the graph ended "
+           "(mean)\n",
+           ok ? "ok  " : "FAIL", (long long)n[0], (long long)n[1], (long long)n[2], (long long)n[3], ahead / 5);
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    for (int i = 0; i < 5; i++) CK(cudaEventDestroy(lev[i]));
+    for (int i = 0; i < 4; i++) CK(cudaEventDestroy(hev[i]));
+    CK(cudaStreamDestroy(cs));
+    CK(cudaFree(dx));
+    CK(cudaFree(dval));
+    CK(cudaFreeHost(pin));
+    CK(cudaFreeHost(hval));
+    free(out);
+    return ok;
+}
+
 /* Median time of 20 launches (after 3 warm-ups) of the GEMV and of cuBLAS's GEMM at T = 1. */
 static void time_shape(const char *name, int64_t N, int64_t K, cublasHandle_t blas, cudaStream_t st)
 {
@@ -266,6 +364,7 @@ int main(void)
     ok &= check_conv_decode(16, 128, 32, 128, 4, Q3N_COMPUTE_F32, st);
     ok &= check_conv_decode(2, 64, 4, 32, 3, Q3N_COMPUTE_BF16, st);
     ok &= check_conv_decode(3, 256, 5, 96, 4, Q3N_COMPUTE_F32, st);
+    ok &= check_logits_handoff(st);
     time_shape("lm_head", 151936, 2048, blas, st);
     time_shape("in_proj_qkvz", 12288, 2048, blas, st);
     time_shape("q_proj", 8192, 2048, blas, st);

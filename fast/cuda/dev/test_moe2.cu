@@ -6,11 +6,14 @@
  *    ref_moe_experts_forward, over T in {1..4096}, E in {8, 64, 512}, K in {1, 2, 10}, uneven loads
  *    (half the experts empty, one hot expert), D and I that are not multiples of the tiles;
  *  - decode: expert GEMV v2 (gate_up + SwiGLU, down + combine with the shared expert) vs
- *    ref_moe_experts_forward + ref_mlp_forward + ref_moe_combine_forward, bf16 and f32;
+ *    ref_moe_experts_forward + ref_mlp_forward + ref_moe_combine_forward, bf16 and f32; the
+ *    down+combine versions (v2, v3, v3 U=4) bitwise equal to each other;
+ *  - router: v3 (block per token) and v2 (warp per token) vs the ref, and bitwise equal;
  *  - real dims (D=2048, E=512, K=10, I=512): v3 against v1 on the GPU, and against the CPU
  *    reference on a few tokens (their experts copied back).
  * Timings (CUDA events, 3 warm-ups, median of 10): MoE experts at T=4096 and 16384, old (gather +
- * grouped v1 + swiglu + grouped v1) vs new (v3), and decode (T=1, shared expert) old vs new.
+ * grouped v1 + swiglu + grouped v1) vs new (v3), and decode (T=1, shared expert) old vs new, with
+ * the down+combine versions and the router versions at T=1 timed one by one.
  *
  *   test_moe2            checks, then timings
  *   test_moe2 --quick    checks only */
@@ -245,7 +248,7 @@ static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
     void *h = dmalloc(as * T * K * I), *hs = dmalloc(as * T * std::max(Ws, (int64_t)1)), *eo = dmalloc(as * T * D),
          *mo = dmalloc(as * T * D), *so = dmalloc(as * T * D), *sg = dmalloc(as * T);
     std::vector<float> f_eo, f_mo, f_so, f_sg;
-    int det = 1;
+    int det = 1, same_vers = 1;
     for (int r = 0; r < REPEAT; r++) {
         CK(cudaMemset(h, 0xff, as * T * K * I));
         CK(cudaMemset(eo, 0xff, as * T * D));
@@ -263,11 +266,27 @@ static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
             f_eo = a, f_mo = b, f_so = s, f_sg = q;
         else
             det &= same_bits(a, f_eo) && same_bits(b, f_mo) && same_bits(s, f_so) && same_bits(q, f_sg);
+        /* every down+combine version on the same h: bitwise the default's outputs */
+        for (int ver = 2; ver <= 4; ver++) {
+            CK(cudaMemset(eo, 0xff, as * T * D));
+            CK(cudaMemset(mo, 0xff, as * T * D));
+            CK(cudaMemset(so, 0xff, as * T * D));
+            RUN(cuda_moe_gemv2_down_combine_ver(eo, mo, Ws ? so : NULL, h, hs, (int32_t *)c.didx, (float *)c.dwt,
+                                                c.ddn, c.dsdn, sg, T, K, D, I, Ws, ver, DT(b16), g_stream, E_));
+            CK(cudaStreamSynchronize(g_stream));
+            const int same = same_bits(download(eo, T * D, b16), f_eo) && same_bits(download(mo, T * D, b16), f_mo) &&
+                             (!Ws || same_bits(download(so, T * D, b16), f_so));
+            if (!same) {
+                printf("  down+combine %s differs from the default (run %d)\n", cuda_moe_gemv2_down_kernel(ver), r);
+                same_vers = 0;
+            }
+        }
     }
     char name[200];
     const double tol = b16 ? 2e-2 : 2e-6;
-    snprintf(name, sizeof name, "gemv_v2 experts_out T=%lld D=%lld E=%lld K=%lld I=%lld %s", (long long)T,
-             (long long)D, (long long)Ex, (long long)K, (long long)I, b16 ? "bf16" : "f32");
+    snprintf(name, sizeof name, "gemv_v2[%s] experts_out T=%lld D=%lld E=%lld K=%lld I=%lld %s",
+             cuda_moe_gemv2_down_kernel(0), (long long)T, (long long)D, (long long)Ex, (long long)K, (long long)I,
+             b16 ? "bf16" : "f32");
     check(name, f_eo, want, tol, det);
     snprintf(name, sizeof name, "gemv_v2 mlp_out (shared Ws=%lld) T=%lld D=%lld %s", (long long)Ws, (long long)T,
              (long long)D, b16 ? "bf16" : "f32");
@@ -280,15 +299,25 @@ static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
                  b16 ? "bf16" : "f32");
         check(name, f_sg, c.sgl, b16 ? 1e-2 : 1e-6, det);
     }
+    snprintf(name, sizeof name, "  down+combine v2 == v3 == v3(U=4) bitwise (experts, mlp, shared) T=%lld K=%lld %s",
+             (long long)T, (long long)K, b16 ? "bf16" : "f32");
+    check(name, f_mo, f_mo, 0.0, same_vers);
     void *ps[] = {h, hs, eo, mo, so, sg};
     for (void *p : ps) CK(cudaFree(p));
     free_case(c);
 }
 
-/* Router: softmax + top-k vs ref_softmax_forward + ref_topk_forward (indices exact). */
-static void case_router(int64_t T, int64_t Ex, int64_t K, int b16)
+/* Router: softmax + top-k vs ref_softmax_forward + ref_topk_forward (indices exact), every version
+ * that applies (E <= 1024: v3 block per token and v2 warp per token, bitwise equal to each other:
+ * probs, idx, weights; E > 1024: v1). ties: logits on a coarse grid (many equal probabilities;
+ * ties go to the lower index), or all equal (ties = 2). */
+static void case_router(int64_t T, int64_t Ex, int64_t K, int b16, int ties = 0)
 {
     auto lg = randn(T * Ex, 2.0, b16);
+    if (ties == 1)
+        for (auto &x : lg) x = roundf(x * 2.0f) * 0.5f;
+    if (ties == 2)
+        for (auto &x : lg) x = 0.25f;
     std::vector<float> probs((size_t)(T * Ex)), tw((size_t)(T * K));
     std::vector<int64_t> ti((size_t)(T * K));
     ref_softmax_forward(probs.data(), lg.data(), T, Ex);
@@ -298,29 +327,49 @@ static void case_router(int64_t T, int64_t Ex, int64_t K, int b16)
     void *dl = upload(lg, b16);
     float *dp = (float *)dmalloc(4 * T * Ex), *dw = (float *)dmalloc(4 * T * K);
     int32_t *di = (int32_t *)dmalloc(4 * T * K);
-    std::vector<float> fp, fw;
-    std::vector<int32_t> fi((size_t)(T * K)), gi((size_t)(T * K));
-    int det = 1;
-    for (int r = 0; r < REPEAT; r++) {
-        CK(cudaMemset(dp, 0xff, 4 * T * Ex));
-        CK(cudaMemset(dw, 0xff, 4 * T * K));
-        RUN(cuda_router_topk_forward(dp, di, dw, dl, T, Ex, K, 1, DT(b16), g_stream, E_));
-        CK(cudaStreamSynchronize(g_stream));
-        auto p = download(dp, T * Ex, 0), w = download(dw, T * K, 0);
-        CK(cudaMemcpy(gi.data(), di, 4 * T * K, cudaMemcpyDeviceToHost));
-        if (r == 0)
-            fp = p, fw = w, fi = gi;
-        else
-            det &= same_bits(p, fp) && same_bits(w, fw) && gi == fi;
+    const int vers_small[] = {3, 2}, vers_big[] = {1};
+    const int *vers = Ex <= 1024 ? vers_small : vers_big, nv = Ex <= 1024 ? 2 : 1;
+    std::vector<float> p0, w0;
+    std::vector<int32_t> i0;
+    for (int vi = 0; vi < nv; vi++) {
+        const int ver = vers[vi];
+        std::vector<float> fp, fw;
+        std::vector<int32_t> fi((size_t)(T * K)), gi((size_t)(T * K));
+        int det = 1;
+        for (int r = 0; r < REPEAT; r++) {
+            CK(cudaMemset(dp, 0xff, 4 * T * Ex));
+            CK(cudaMemset(dw, 0xff, 4 * T * K));
+            CK(cudaMemset(di, 0xff, 4 * T * K));
+            if (r == 0 && vi == 0) /* the default launcher once: it must pick one of these versions */
+                RUN(cuda_router_topk_forward(dp, di, dw, dl, T, Ex, K, 1, DT(b16), g_stream, E_));
+            else
+                RUN(cuda_router_topk_forward_ver(dp, di, dw, dl, T, Ex, K, 1, ver, DT(b16), g_stream, E_));
+            CK(cudaStreamSynchronize(g_stream));
+            auto p = download(dp, T * Ex, 0), w = download(dw, T * K, 0);
+            CK(cudaMemcpy(gi.data(), di, 4 * T * K, cudaMemcpyDeviceToHost));
+            if (r == 0)
+                fp = p, fw = w, fi = gi;
+            else
+                det &= same_bits(p, fp) && same_bits(w, fw) && gi == fi;
+        }
+        int64_t bad = 0;
+        for (int64_t i = 0; i < T * K; i++) bad += fi[i] != ti[i];
+        char name[200];
+        snprintf(name, sizeof name, "router[%s] probs T=%lld E=%lld%s %s", cuda_router_topk_kernel(T, Ex, ver),
+                 (long long)T, (long long)Ex, ties ? " ties" : "", b16 ? "bf16" : "f32");
+        check(name, fp, probs, 1e-6, det);
+        snprintf(name, sizeof name, "router[%s] topk weight T=%lld E=%lld K=%lld%s (idx mismatches %lld)",
+                 cuda_router_topk_kernel(T, Ex, ver), (long long)T, (long long)Ex, (long long)K, ties ? " ties" : "",
+                 (long long)bad);
+        check(name, fw, tw, b16 ? 1e-2 : 1e-6, det && bad == 0);
+        if (vi == 0) {
+            p0 = fp, w0 = fw, i0 = fi;
+        } else {
+            snprintf(name, sizeof name, "  router v%d == v%d bitwise (probs, idx, weights) T=%lld E=%lld K=%lld",
+                     vers[0], ver, (long long)T, (long long)Ex, (long long)K);
+            check(name, fp, p0, 0.0, same_bits(fp, p0) && same_bits(fw, w0) && fi == i0);
+        }
     }
-    int64_t bad = 0;
-    for (int64_t i = 0; i < T * K; i++) bad += fi[i] != ti[i];
-    char name[200];
-    snprintf(name, sizeof name, "router probs T=%lld E=%lld %s", (long long)T, (long long)Ex, b16 ? "bf16" : "f32");
-    check(name, fp, probs, 1e-6, det);
-    snprintf(name, sizeof name, "router topk weight T=%lld E=%lld K=%lld (idx mismatches %lld)", (long long)T,
-             (long long)Ex, (long long)K, (long long)bad);
-    check(name, fw, tw, b16 ? 1e-2 : 1e-6, det && bad == 0);
     CK(cudaFree(dl));
     CK(cudaFree(dp));
     CK(cudaFree(dw));
@@ -537,23 +586,59 @@ static void real_decode(void)
                                        E_));
         },
         50);
-    const float g2t = time_ms(
-        [&](int i) {
-            RUN(cuda_moe_gemv2_down_combine(eo, mo_new, sout, h, smid, di + (i % sets) * K, dw + (i % sets) * K, dn,
-                                            sdn, sg, T, K, D, I, Ws, dt, g_stream, E_));
-        },
-        50);
-    /* router for one token: logits [1, E] -> top-10 */
+    const double b1 = 2.0 * (K * 2 * I * D + 2 * Ws * D + D), b2 = 2.0 * (K * I * D + Ws * D);
+    /* down+combine: v2 (old), v3, v3 with whole rows in flight; bitwise equal at real dims, then timed */
+    float g2v[5] = {0};
+    for (int ver = 2; ver <= 4; ver++) {
+        void *mo_v = ver == 2 ? mo_old : mo_new;
+        CK(cudaMemset(mo_v, 0xff, 2 * D));
+        RUN(cuda_moe_gemv2_down_combine_ver(eo, mo_v, sout, h, smid, di + 3 * K, dw + 3 * K, dn, sdn, sg, T, K, D, I,
+                                            Ws, ver, dt, g_stream, E_));
+        CK(cudaStreamSynchronize(g_stream));
+        if (ver > 2) {
+            char nm[160];
+            snprintf(nm, sizeof nm, "real dims decode T=1: down+combine %s == v2 bitwise",
+                     cuda_moe_gemv2_down_kernel(ver));
+            auto a = download(mo_new, D, 1), b = download(mo_old, D, 1);
+            check(nm, a, b, 0.0, same_bits(a, b));
+        }
+        g2v[ver] = time_ms(
+            [&](int i) {
+                RUN(cuda_moe_gemv2_down_combine_ver(eo, mo_new, sout, h, smid, di + (i % sets) * K, dw + (i % sets) * K,
+                                                    dn, sdn, sg, T, K, D, I, Ws, ver, dt, g_stream, E_));
+            },
+            50);
+        printf("TIME decode MoE down+combine [%s] T=1 K=10 + shared: %.1f us (%.2f TB/s, median of 50)\n",
+               cuda_moe_gemv2_down_kernel(ver), g2v[ver] * 1e3, b2 / (g2v[ver] * 1e-3) * 1e-12);
+    }
+    const float g2t = g2v[3];
+    /* router for one token: logits [1, E] -> top-10; v2 (warp) vs v3 (block), bitwise, then timed */
     void *lg = dfill(Ex, 3.0f, 27);
     float *pr = (float *)dmalloc(4 * Ex), *tw = (float *)dmalloc(4 * K);
     int32_t *ti = (int32_t *)dmalloc(4 * K);
+    float trv[4] = {0};
+    std::vector<float> rw[4], rp[4];
+    std::vector<int32_t> ri[4];
+    for (int ver = 2; ver <= 3; ver++) {
+        RUN(cuda_router_topk_forward_ver(pr, ti, tw, lg, 1, Ex, K, 1, ver, dt, g_stream, E_));
+        CK(cudaStreamSynchronize(g_stream));
+        rp[ver] = download(pr, Ex, 0), rw[ver] = download(tw, K, 0);
+        ri[ver].resize((size_t)K);
+        CK(cudaMemcpy(ri[ver].data(), ti, 4 * K, cudaMemcpyDeviceToHost));
+        trv[ver] = time_ms(
+            [&](int) { RUN(cuda_router_topk_forward_ver(NULL, ti, tw, lg, 1, Ex, K, 1, ver, dt, g_stream, E_)); }, 50);
+        printf("TIME router_topk [%s] T=1 E=512 K=10: %.1f us (median of 50)\n", cuda_router_topk_kernel(1, Ex, ver),
+               trv[ver] * 1e3);
+    }
+    check("real dims router T=1 E=512 K=10: v3 == v2 bitwise (probs, idx, weights)", rw[3], rw[2], 0.0,
+          same_bits(rp[3], rp[2]) && same_bits(rw[3], rw[2]) && ri[3] == ri[2]);
     const float tr = time_ms(
         [&](int) { RUN(cuda_router_topk_forward(NULL, ti, tw, lg, 1, Ex, K, 1, dt, g_stream, E_)); }, 50);
-    const double b1 = 2.0 * (K * 2 * I * D + 2 * Ws * D + D), b2 = 2.0 * (K * I * D + Ws * D);
     printf("TIME decode MoE T=1 (routed K=10 + shared, 1 layer, median of 50): old %.1f us, new %.1f us (%.2fx); "
-           "gemv_v2 gate_up %.1f us (%.2f TB/s), down+combine %.1f us (%.2f TB/s); router_topk T=1 E=512 %.1f us\n",
-           to * 1e3, tn * 1e3, to / tn, g1 * 1e3, b1 / (g1 * 1e-3) * 1e-12, g2t * 1e3, b2 / (g2t * 1e-3) * 1e-12,
-           tr * 1e3);
+           "gemv_v2 gate_up %.1f us (%.2f TB/s), down+combine [%s] %.1f us (%.2f TB/s); router_topk [%s] T=1 E=512 "
+           "%.1f us\n",
+           to * 1e3, tn * 1e3, to / tn, g1 * 1e3, b1 / (g1 * 1e-3) * 1e-12, cuda_moe_gemv2_down_kernel(3), g2t * 1e3,
+           b2 / (g2t * 1e-3) * 1e-12, cuda_router_topk_kernel(1, Ex, 0), tr * 1e3);
     CK(cudaFree(lg));
     CK(cudaFree(pr));
     CK(cudaFree(tw));
@@ -580,6 +665,13 @@ int main(int argc, char **argv)
     case_router(77, 1000, 10, 0);
     case_router(50, 2048, 10, 1); /* E > 1024: the block-per-token kernel */
     case_router(9, 8, 8, 0);
+    case_router(1, 512, 10, 1, 1); /* ties */
+    case_router(3, 512, 10, 0, 2); /* all equal */
+    case_router(64, 512, 10, 1, 1);
+    case_router(65, 512, 10, 0);
+    case_router(2, 100, 10, 0);  /* E % 32 != 0, fewer warps than K */
+    case_router(1, 1024, 64, 1); /* the largest E and K of the block kernel */
+    case_router(1, 33, 33, 0, 1);
     /* prefill v3: T, D, E, K, I, skew */
     case_grouped_v3(1, 256, 8, 1, 128, 0);
     case_grouped_v3(2, 256, 8, 2, 128, 0);
@@ -601,6 +693,8 @@ int main(int argc, char **argv)
     case_gemv2(6, 256, 64, 10, 64, 64, 1);
     case_gemv2(1, 256, 64, 10, 64, 96, 0);
     case_gemv2(7, 200, 8, 2, 72, 40, 0);
+    case_gemv2(1, 64, 64, 63, 64, 64, 1);  /* K + shared = 64 slots: 16 warps, 4 slots each */
+    case_gemv2(3, 128, 64, 20, 520, 24, 1); /* I = 65 chunks: a batch and a remainder per lane */
     printf("%d cases, %d failed\n", g_cases, g_fail);
     return g_fail ? 1 : 0;
 }

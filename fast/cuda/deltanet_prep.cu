@@ -1,0 +1,348 @@
+/* deltanet_prep.cu — the Gated DeltaNet mixer's prefill passes around the delta rule, fused:
+ * the prep (split + causal conv + SiLU + conv state + q/k L2 norms + v + gates) in one pass over
+ * the in_proj outputs, and the gated RMSNorm reading z in place from the in_proj_qkvz output.
+ *
+ * Both are bitwise the chains of launches they replace (taps off only: the intermediate tensors
+ * mixed, conv, z, a, b never exist here). Bitwise because each output element is computed by the
+ * same float operations in the same order, with the same roundings:
+ *   split_kernel        copies (no arithmetic); a, b read as float(T)
+ *   conv1d_kernel       acc = 0; acc += w[c,j] * xx[t+j+1, c] for j = 0..K-1; y = T(silu(acc))
+ *   conv_state_kernel   state[c,:] <- the last K rows of [state; x]
+ *   l2norm_kernel       nt = 64 (n < 256) or 128 threads, thread i: ss_i = sum_{m} y[i + m nt]^2
+ *                       (m increasing), block_sum (each warp's xor butterfly, then the warp
+ *                       totals' butterfly), r = 1 / sqrtf(tot + eps), out = (y r) * scale (/ scale)
+ *   cuda_to_f32         v = float(y)
+ *   gates_kernel        deltanet_gates.cuh
+ *   rmsnorm_gated_kernel  nt = 64 / 128 / 256 threads as norm_threads, r = 1 / sqrtf(tot / n + eps),
+ *                       out = T(T(w T(x r)) * silu(z))
+ * Here one warp does the work of one l2norm / gated-norm block: lane l holds the elements
+ * l + 32 m, so the partial sum of the block's thread i = 32 v + l (v < nt / 32, "virtual warp" v)
+ * is formed from that lane's own elements in the same order, each virtual warp is reduced by the
+ * same xor butterfly, and the virtual warps' totals go through the same second butterfly. */
+#include "common.cuh"
+#include "deltanet_gates.cuh"
+
+#define PREP_TT 64     /* tokens per prep block */
+#define PREP_THREADS 256 /* 8 warps, one token at a time each */
+
+/* The l2norm_kernel / rmsnorm_gated_kernel block sum of n values, lane l holding x[m] = the
+ * element l + 32 m (m < NM; elements >= n not read), block of NVW * 32 threads. */
+template <int NVW, int NM>
+__device__ __forceinline__ float warp_block_sum_sq(const float *x, int n, int lane)
+{
+    float wt[NVW];
+#pragma unroll
+    for (int v = 0; v < NVW; v++) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int m = v; m < NM; m += NVW)
+            if (lane + 32 * m < n) ss += x[m] * x[m];
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        wt[v] = ss;
+    }
+    float t = 0.0f;
+#pragma unroll
+    for (int v = 0; v < NVW; v++)
+        if (lane == v) t = wt[v];
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
+/* ---- prep ----
+ * Grid (token tile of PREP_TT, group): group b < NK = q head b, b < 2 NK = k head b - NK,
+ * b < 2 NK + NV = v head b - 2 NK, b = 2 NK + NV = the gates of the tile. For a q/k/v head of n
+ * channels (mixed channels cb .. cb + n - 1, in_proj_qkvz columns off .. off + n - 1 of group j):
+ *   xs[p][c] = xx[t0 + p, cb + c] for p < PREP_TT + K - 1, xx = [state(K rows); x], i.e. token
+ *              t0 - (K-1) + p, from the state for negative tokens (0 without state);
+ *   y[t][c]  = T(silu(sum_{j<K} w[cb+c, j] xs[t - t0 + j][c]))                 (conv1d_kernel)
+ *   q, k:    out[t, head, c] = O((y r) * scale) or O((y r) / scale), r = 1 / sqrtf(sum_c y^2 + eps)
+ *   v:       out[t, head, c] = O(y)
+ * O = float, or bf16 rounded to nearest (what the tensor-core delta rule stages from float).
+ * Gates block: g[t, h] = dn_gate_g(a, A_log[h], dt_bias[h]), beta[t, h] = dn_gate_beta(b),
+ * a / b from in_proj_ba's group h / r (b: r values, then a: r values).
+ * Warp w of a q/k/v block handles tokens t0 + w, t0 + w + 8, ...; NM = lanes' elements
+ * (n <= 32 NM), KC >= K taps, both compile-time bounds of unrolled loops. The state is only
+ * read here (cuda_deltanet_prep_forward updates it in a second launch, after every block read it). */
+template <typename T, typename O, int NM, int KC>
+__global__ void __launch_bounds__(PREP_THREADS) dn_prep_kernel(O *q, O *k, O *v, float *g, float *beta,
+                                                               const float *state, const T *qkvz, const T *ba,
+                                                               const float *cw, const float *A_log,
+                                                               const float *dt_bias, int Tn, int NK, int NV, int DK,
+                                                               int DV, int K, float eps, float qscale, int qdivide,
+                                                               int vec)
+{
+    extern __shared__ __align__(16) float xs[]; /* [PREP_TT + K - 1][n] */
+    const int r = NV / NK, GS = 2 * DK + 2 * r * DV, Q = NK * GS;
+    const int t0 = blockIdx.x * PREP_TT, b = blockIdx.y, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int nt = Tn - t0 < PREP_TT ? Tn - t0 : PREP_TT; /* tokens of this tile */
+    if (b == 2 * NK + NV) {
+        for (int i = tid; i < nt * NV; i += PREP_THREADS) {
+            const int tt = i / NV, h = i - tt * NV;
+            const size_t o = (size_t)(t0 + tt) * NV + h;
+            const T *gr = ba + (size_t)(t0 + tt) * 2 * NV + (h / r) * 2 * r;
+            g[o] = dn_gate_g(ld(gr + r + h % r), A_log[h], dt_bias[h]);
+            beta[o] = dn_gate_beta(ld(gr + h % r), ba);
+        }
+        return;
+    }
+    int n, cb, off;
+    O *out;
+    size_t ostride;
+    if (b < NK) {
+        n = DK, cb = b * DK, off = b * GS, out = q + (size_t)b * DK, ostride = (size_t)NK * DK;
+    } else if (b < 2 * NK) {
+        n = DK, cb = NK * DK + (b - NK) * DK, off = (b - NK) * GS + DK, out = k + (size_t)(b - NK) * DK;
+        ostride = (size_t)NK * DK;
+    } else {
+        const int h = b - 2 * NK;
+        n = DV, cb = 2 * NK * DK + h * DV, off = (h / r) * GS + 2 * DK + (h % r) * DV, out = v + (size_t)h * DV;
+        ostride = (size_t)NV * DV;
+    }
+    /* stage xs: rows of tokens >= 0 from in_proj_qkvz (16-byte vectors when vec), then the state rows */
+    const int rows = nt + K - 1;
+    if (vec) {
+        constexpr int VE = 16 / sizeof(T);
+        const int nv = n / VE, total = rows * nv;
+        for (int f0 = 0; f0 < total; f0 += 4 * PREP_THREADS) {
+            uint4 x[4];
+            int p[4], c[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int f = f0 + tid + u * PREP_THREADS;
+                p[u] = f / nv, c[u] = (f - p[u] * nv) * VE;
+                const int t = t0 - (K - 1) + p[u];
+                if (f < total && t >= 0)
+                    x[u] = *reinterpret_cast<const uint4 *>(qkvz + (size_t)t * Q + off + c[u]);
+                else
+                    p[u] = -1;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (p[u] < 0) continue;
+                const T *e = reinterpret_cast<const T *>(&x[u]);
+                float4 *d = reinterpret_cast<float4 *>(xs + p[u] * n + c[u]);
+#pragma unroll
+                for (int i = 0; i < VE / 4; i++)
+                    d[i] = make_float4(ld(e + 4 * i), ld(e + 4 * i + 1), ld(e + 4 * i + 2), ld(e + 4 * i + 3));
+            }
+        }
+    } else {
+        for (int f = tid; f < rows * n; f += PREP_THREADS) {
+            const int p = f / n, c = f - p * n, t = t0 - (K - 1) + p;
+            if (t >= 0) xs[f] = ld(qkvz + (size_t)t * Q + off + c);
+        }
+    }
+    if (t0 < K - 1)
+        for (int f = tid; f < (K - 1) * n; f += PREP_THREADS) {
+            const int p = f / n, c = f - p * n, t = t0 - (K - 1) + p;
+            if (t < 0) xs[f] = state ? state[(size_t)(cb + c) * K + K + t] : 0.0f;
+        }
+    float wr[NM][KC];
+#pragma unroll
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int j = 0; j < KC; j++) wr[m][j] = lane + 32 * m < n && j < K ? cw[(size_t)(cb + lane + 32 * m) * K + j] : 0.0f;
+    __syncthreads();
+    const int isqk = b < 2 * NK, divide = b < NK && qdivide;
+    const float scale = b < NK ? qscale : 1.0f;
+#pragma unroll 1
+    for (int tt = w; tt < nt; tt += PREP_THREADS / 32) {
+        float y[NM];
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            const int c = lane + 32 * m;
+            float acc = 0.0f;
+            if (c < n) {
+#pragma unroll
+                for (int j = 0; j < KC; j++)
+                    if (j < K) acc += wr[m][j] * xs[(tt + j) * n + c];
+            }
+            y[m] = rnd(silu_f(acc), qkvz);
+        }
+        O *orow = out + (size_t)(t0 + tt) * ostride;
+        if (isqk) {
+            const float tot = n >= 256 ? warp_block_sum_sq<4, NM>(y, n, lane) : warp_block_sum_sq<2, NM>(y, n, lane);
+            const float rr = 1.0f / sqrtf(tot + eps);
+#pragma unroll
+            for (int m = 0; m < NM; m++) {
+                const int c = lane + 32 * m;
+                if (c < n) {
+                    const float yy = y[m] * rr;
+                    st(orow + c, divide ? yy / scale : yy * scale);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+                if (lane + 32 * m < n) st(orow + lane + 32 * m, y[m]);
+        }
+    }
+}
+
+/* state[c, :] <- the last K rows of [state; x] for mixed channel c (conv_state_kernel, with x read
+ * from in_proj_qkvz's head-grouped columns). One thread per channel reads its K values before
+ * writing any. */
+template <typename T>
+__global__ void dn_conv_state_kernel(float *state, const T *qkvz, int Tn, int NK, int NV, int DK, int DV, int K)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x, r = NV / NK, GS = 2 * DK + 2 * r * DV, Q = NK * GS;
+    if (c >= 2 * NK * DK + NV * DV) return;
+    int col;
+    if (c < NK * DK) {
+        col = (c / DK) * GS + c % DK;
+    } else if (c < 2 * NK * DK) {
+        const int c2 = c - NK * DK;
+        col = (c2 / DK) * GS + DK + c2 % DK;
+    } else {
+        const int c2 = c - 2 * NK * DK, h = c2 / DV;
+        col = (h / r) * GS + 2 * DK + (h % r) * DV + c2 % DV;
+    }
+    float x[16];
+    for (int j = 0; j < K; j++) {
+        const int rr = Tn + j; /* row of xx = [state; x] */
+        x[j] = rr < K ? state[(size_t)c * K + rr] : ld(qkvz + (size_t)(rr - K) * Q + col);
+    }
+    for (int j = 0; j < K; j++) state[(size_t)c * K + j] = x[j];
+}
+
+extern "C" int cuda_deltanet_prep_supported(int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t K)
+{
+    return NK > 0 && NV % NK == 0 && DK > 0 && DK <= 256 && DV > 0 && DV <= 256 && K > 0 && K <= 8 &&
+           2 * NK + NV + 1 <= 65535;
+}
+
+template <typename A, typename O, int NM, int KC>
+static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
+                                   const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,
+                                   const float *d_dt_bias, int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                   int64_t K, float eps, float qscale, int qdivide, cudaStream_t stream,
+                                   struct q3n_error *err)
+{
+    const int64_t n = DK > DV ? DK : DV, Q = NK * (2 * DK + 2 * (NV / NK) * DV);
+    const int ve = 16 / (int)sizeof(A);
+    const int vec = Q % ve == 0 && DK % ve == 0 && DV % ve == 0 && ((uintptr_t)d_qkvz & 15) == 0;
+    const size_t smem = sizeof(float) * (size_t)((PREP_TT + K - 1) * n);
+    auto kern = dn_prep_kernel<A, O, NM, KC>;
+    CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kern<<<dim3(cdiv(T, PREP_TT), (unsigned)(2 * NK + NV + 1)), PREP_THREADS, smem, stream>>>(
+        (O *)d_q, (O *)d_k, (O *)d_v, d_g, d_beta, d_state, (const A *)d_qkvz, (const A *)d_ba, d_w, d_A_log, d_dt_bias,
+        (int)T, (int)NK, (int)NV, (int)DK, (int)DV, (int)K, eps, qscale, qdivide, vec);
+    CU_LAUNCHED("deltanet dn_prep_kernel");
+    return Q3N_OK;
+}
+
+template <typename A, typename O>
+static enum q3n_status prep_pick(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
+                                 const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,
+                                 const float *d_dt_bias, int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                 int64_t K, float eps, float qscale, int qdivide, cudaStream_t stream,
+                                 struct q3n_error *err)
+{
+    if (DK <= 128 && DV <= 128 && K <= 4)
+        return prep_launch<A, O, 4, 4>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
+                                       NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
+    return prep_launch<A, O, 8, 8>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T, NK,
+                                   NV, DK, DV, K, eps, qscale, qdivide, stream, err);
+}
+
+extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta,
+                                                      float *d_state, const void *d_qkvz, const void *d_ba,
+                                                      const float *d_w, const float *d_A_log, const float *d_dt_bias,
+                                                      int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                                      int64_t K, double eps, float qscale, int qdivide, int qkv_bf16,
+                                                      enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                      struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && d_state != NULL);
+    if (!cuda_deltanet_prep_supported(NK, NV, DK, DV, K))
+        return q3n_error_set(err, Q3N_ERR_UNSUPPORTED,
+                             "cuda deltanet prep: needs NV %% NK == 0, DK, DV <= 256, K <= 8 (got NK=%lld NV=%lld "
+                             "DK=%lld DV=%lld K=%lld)",
+                             (long long)NK, (long long)NV, (long long)DK, (long long)DV, (long long)K);
+    if (qkv_bf16 && dt != Q3N_COMPUTE_BF16)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda deltanet prep: bf16 q/k/v only in bf16 mode");
+    if (T == 0) return Q3N_OK;
+    const int64_t Q = NK * (2 * DK + 2 * (NV / NK) * DV), Cc = 2 * NK * DK + NV * DV;
+    Q3N_REQUIRE(T * Q <= INT64_MAX / 4 && T <= INT32_MAX - PREP_TT && Q <= INT32_MAX / 2 && Cc * K <= INT32_MAX);
+    const float feps = (float)eps;
+    if (dt == Q3N_COMPUTE_BF16 && qkv_bf16)
+        Q3N_TRY((prep_pick<bf16, bf16>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T, NK,
+                                       NV, DK, DV, K, feps, qscale, qdivide, stream, err)));
+    else if (dt == Q3N_COMPUTE_BF16)
+        Q3N_TRY((prep_pick<bf16, float>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
+                                        NK, NV, DK, DV, K, feps, qscale, qdivide, stream, err)));
+    else
+        Q3N_TRY((prep_pick<float, float>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
+                                         NK, NV, DK, DV, K, feps, qscale, qdivide, stream, err)));
+    /* the state update after every prep block has read the old state (stream order) */
+    if (dt == Q3N_COMPUTE_BF16)
+        dn_conv_state_kernel<<<cdiv(Cc, 256), 256, 0, stream>>>(d_state, (const bf16 *)d_qkvz, (int)T, (int)NK,
+                                                                (int)NV, (int)DK, (int)DV, (int)K);
+    else
+        dn_conv_state_kernel<<<cdiv(Cc, 256), 256, 0, stream>>>(d_state, (const float *)d_qkvz, (int)T, (int)NK,
+                                                                (int)NV, (int)DK, (int)DV, (int)K);
+    CU_LAUNCHED("deltanet dn_conv_state_kernel");
+    return Q3N_OK;
+}
+
+/* ---- gated RMSNorm with z in place ----
+ * out[t, h, :] = T(T(w * T(x r)) * silu(z)), r = 1 / sqrtf(sum x^2 / DV + eps), x = core[t, h, :],
+ * z = in_proj_qkvz[t, (h / r) GS + 2 DK + r DV + (h % r) DV + :] (what split_kernel copies to z).
+ * One warp per row (t, h), 8 rows per block; the sum as rmsnorm_gated_kernel's block of
+ * norm_threads(DV) threads (64 below 256, 128 below 1024). */
+template <typename T, int NM>
+__global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *out, const T *x, const T *qkvz, const float *w,
+                                                            int rows, int NK, int NV, int DK, int DV, float eps)
+{
+    const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int r = NV / NK, GS = 2 * DK + 2 * r * DV, t = row / NV, h = row - t * NV;
+    const T *xr = x + (size_t)row * DV;
+    const T *zr = qkvz + (size_t)t * NK * GS + (h / r) * GS + 2 * DK + r * DV + (h % r) * DV;
+    float xv[NM];
+#pragma unroll
+    for (int m = 0; m < NM; m++) xv[m] = lane + 32 * m < DV ? ld(xr + lane + 32 * m) : 0.0f;
+    const float tot = DV >= 256 ? warp_block_sum_sq<4, NM>(xv, DV, lane) : warp_block_sum_sq<2, NM>(xv, DV, lane);
+    const float rr = 1.0f / sqrtf(tot / (float)DV + eps);
+    T *orow = out + (size_t)row * DV;
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        const int c = lane + 32 * m;
+        if (c < DV) {
+            const float a = rnd(xv[m] * rr, out);
+            const float bb = rnd(w[c] * a, out);
+            st(orow + c, bb * silu_f(ld(zr + c)));
+        }
+    }
+}
+
+template <typename T>
+static void gated_norm_launch(void *d_out, const void *d_x, const void *d_qkvz, const float *d_w, int64_t rows,
+                              int64_t NK, int64_t NV, int64_t DK, int64_t DV, float eps, cudaStream_t stream)
+{
+    const unsigned grid = cdiv(rows, 8);
+    if (DV <= 128)
+        dn_gated_norm_kernel<T, 4><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
+                                                             (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+    else
+        dn_gated_norm_kernel<T, 8><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
+                                                             (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+}
+
+extern "C" enum q3n_status cuda_deltanet_gated_norm_forward(void *d_out, const void *d_x, const void *d_qkvz,
+                                                            const float *d_w, int64_t T, int64_t NK, int64_t NV,
+                                                            int64_t DK, int64_t DV, double eps,
+                                                            enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                            struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0 && DK > 0 && DV > 0 && DV <= 256);
+    const int64_t rows = T * NV;
+    Q3N_REQUIRE(rows <= INT32_MAX - 8 && T * NK * (2 * DK + 2 * (NV / NK) * DV) <= INT64_MAX / 4);
+    if (rows == 0) return Q3N_OK;
+    if (dt == Q3N_COMPUTE_BF16)
+        gated_norm_launch<bf16>(d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, (float)eps, stream);
+    else
+        gated_norm_launch<float>(d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, (float)eps, stream);
+    CU_LAUNCHED("deltanet dn_gated_norm_kernel");
+    return Q3N_OK;
+}

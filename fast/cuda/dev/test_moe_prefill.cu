@@ -1,0 +1,357 @@
+/* test_moe_prefill.cu — the MoE prefill path's session-3 kernels: the permutation v2 (counting sort
+ * over chunks, moe.cu) against v1, and the grouped expert GEMM v4 (wgmma, moe_wgmma.cu) against v3
+ * (mma.sync) and the CPU reference; then old vs new timings at the real dims (llm.c dev/cuda
+ * pattern: every kernel checked before it is timed).
+ *
+ * Checks, each on NaN-poisoned outputs, 3 runs bitwise identical:
+ *  - permute v2 == v1 bit for bit (perm_row, pos, counts, offsets): T 1..16384, E 8..8192,
+ *    K 1..10, skewed loads with empty experts;
+ *  - v4 gate_up (gather + SwiGLU) and v4 down vs v3 on the same inputs: bitwise equal (the k order
+ *    is the same; inside a 16-deep step the order is the tensor core's, which gave the same bits
+ *    for mma.sync and wgmma on an H100), for both pipeline depths;
+ *  - permute + v4 gate_up + v4 down + combine vs ref_moe_experts_forward (as test_moe2 checks v3);
+ *  - shapes: T 1..4096, E 8/64/512, K 1/2/10, D and I not tile multiples, skewed loads with empty
+ *    experts, and the real dims (D=2048, E=512, K=10, I=512) at T=4096 and 16384.
+ * Timings (CUDA events, median of 10): gate_up and down of one layer, v3 vs v4 (3 and 4 stages).
+ *
+ *   test_moe_prefill           checks + real-dims timings
+ *   test_moe_prefill --quick   checks only (make check-cuda) */
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "devkit.cuh"
+
+#define E_ (&g_err)
+
+static float time_ms(const std::function<void()> &f, int reps);
+
+/* Routing: K distinct experts per token; skew: half the tokens pick expert 0 first and every
+ * other choice comes from the lower half of the experts (the upper half gets no rows). */
+static std::vector<int32_t> routing(int64_t T, int64_t Ex, int64_t K, int skew)
+{
+    std::vector<int32_t> idx((size_t)(T * K));
+    const int64_t pool = skew && Ex / 2 >= K + 1 ? Ex / 2 : Ex;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < K; j++) {
+            int64_t e;
+            for (;;) {
+                e = (skew && j == 0 && q3n_rng_uniform(&g_rng) < 0.5) ? 0 : q3n_rng_int(&g_rng, 0, pool - 1);
+                int dup = 0;
+                for (int64_t i = 0; i < j; i++) dup |= idx[t * K + i] == e;
+                if (!dup) break;
+            }
+            idx[t * K + j] = (int32_t)e;
+        }
+    return idx;
+}
+
+/* Device-filled bf16 values amp * u, u uniform in [-1, 1) from a hash of (seed, index). */
+__global__ void fill_kernel(__nv_bfloat16 *p, int64_t n, float amp, uint64_t seed)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        p[i] = __float2bfloat16_rn(amp * ((float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f));
+    }
+}
+
+/* One MoE layer's routed-expert inputs on the device and the buffers of both versions. */
+struct layer {
+    int64_t T, D, Ex, K, I, n;
+    dbuf x, gu, dn, idx, wt, perm, pos, cnt, off, tiles, h3, y3, h4, y4, eo, mo;
+};
+
+static void layer_alloc(layer &L)
+{
+    const int64_t n = L.T * L.K;
+    L.n = n;
+    L.perm = dnew(4 * n), L.pos = dnew(4 * n), L.cnt = dnew(4 * L.Ex), L.off = dnew(4 * L.Ex);
+    L.tiles = dnew(4 * cuda_moe_grouped_tiles(n, L.Ex));
+    L.h3 = dnew(2 * n * L.I), L.h4 = dnew(2 * n * L.I), L.y3 = dnew(2 * n * L.D), L.y4 = dnew(2 * n * L.D);
+    L.eo = dnew(2 * L.T * L.D), L.mo = dnew(2 * L.T * L.D);
+}
+static void layer_free(layer &L)
+{
+    dbuf *bs[] = {&L.x, &L.gu, &L.dn, &L.idx, &L.wt, &L.perm, &L.pos, &L.cnt, &L.off, &L.tiles,
+                  &L.h3, &L.y3, &L.h4, &L.y4, &L.eo, &L.mo};
+    for (dbuf *b : bs)
+        if (b->p) dfree(*b);
+}
+static void route(layer &L)
+{
+    RUN(cuda_moe_permute((int32_t *)L.perm.p, (int32_t *)L.pos.p, (int32_t *)L.cnt.p, (int32_t *)L.off.p,
+                         (const int32_t *)L.idx.p, L.T, L.Ex, L.K, g_stream, E_));
+    RUN(cuda_moe_grouped_tiles_v3((int32_t *)L.tiles.p, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p, L.n, L.Ex,
+                                  g_stream, E_));
+}
+/* ver 3: v3 (bk 64); ver 4: v4 with `stages`. gate_up (gather, SwiGLU) into h, down of `hin` into y. */
+static void gate_up_gemm(layer &L, int ver, int stages, dbuf &h)
+{
+    if (ver == 3)
+        RUN(cuda_moe_grouped_gemm_v3(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p, (const int32_t *)L.cnt.p,
+                                     (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1,
+                                     Q3N_COMPUTE_BF16, g_stream, E_));
+    else
+        RUN(cuda_moe_grouped_gemm_v4_st(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p, (const int32_t *)L.cnt.p,
+                                        (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D,
+                                        1, stages, Q3N_COMPUTE_BF16, g_stream, E_));
+}
+static void down_gemm(layer &L, int ver, int stages, const dbuf &hin, dbuf &y)
+{
+    if (ver == 3)
+        RUN(cuda_moe_grouped_gemm_v3(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
+                                     (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0, Q3N_COMPUTE_BF16, g_stream,
+                                     E_));
+    else
+        RUN(cuda_moe_grouped_gemm_v4_st(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p,
+                                        (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0,
+                                        stages, Q3N_COMPUTE_BF16, g_stream, E_));
+}
+
+/* Rows [0, c) and [n - c, n) of a bf16 [n, w] buffer (c = min(n, 8192) / 2, all rows when n <= 8192):
+ * enough to cover the first and last experts without copying gigabytes at the real dims. */
+static std::vector<float> rows_sample(const dbuf &b, int64_t n, int64_t w)
+{
+    if (n <= 8192) return down(b, n * w, 1);
+    const int64_t c = 4096;
+    std::vector<uint16_t> h((size_t)(2 * c * w));
+    CK(cudaMemcpy(h.data(), b.p, 2 * (size_t)(c * w), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(h.data() + c * w, (const char *)b.p + 2 * (size_t)((n - c) * w), 2 * (size_t)(c * w),
+                  cudaMemcpyDeviceToHost));
+    std::vector<float> v(h.size());
+    for (size_t i = 0; i < h.size(); i++) {
+        const uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(&v[i], &u, 4);
+    }
+    return v;
+}
+
+/* v4 vs v3 on the same routed inputs: h (gate_up), y (down of v3's h), both depths bitwise equal,
+ * 3 runs bitwise. Returns v4's h and y of the default depth through h4/y4. */
+static void compare_versions(layer &L, const char *name)
+{
+    route(L);
+    gate_up_gemm(L, 3, 0, L.h3);
+    down_gemm(L, 3, 0, L.h3, L.y3);
+    CK(cudaStreamSynchronize(g_stream));
+    const auto h3 = rows_sample(L.h3, L.n, L.I), y3 = rows_sample(L.y3, L.n, L.D);
+    std::vector<float> h_st[2], y_st[2];
+    for (int si = 0; si < 2; si++) {
+        const int st = 3 + si;
+        int det = 1;
+        for (int r = 0; r < REPEAT; r++) {
+            poison(L.h4);
+            poison(L.y4);
+            gate_up_gemm(L, 4, st, L.h4);
+            down_gemm(L, 4, st, L.h3, L.y4);
+            CK(cudaStreamSynchronize(g_stream));
+            auto h = rows_sample(L.h4, L.n, L.I), y = rows_sample(L.y4, L.n, L.D);
+            if (r == 0)
+                h_st[si] = h, y_st[si] = y;
+            else
+                det &= same_bits(h, h_st[si]) && same_bits(y, y_st[si]);
+        }
+        char what[240];
+        snprintf(what, sizeof what, "%s v4/st%d gate_up+swiglu == v3 bitwise", name, st);
+        check(what, h_st[si], h3, 0.0, det && same_bits(h_st[si], h3), &L.h4);
+        snprintf(what, sizeof what, "%s v4/st%d down == v3 bitwise", name, st);
+        check(what, y_st[si], y3, 0.0, det && same_bits(y_st[si], y3), &L.y4);
+    }
+    char what[240];
+    snprintf(what, sizeof what, "%s v4 st3 == st4 bitwise", name);
+    check(what, h_st[0], h_st[1], 0.0, same_bits(h_st[0], h_st[1]) && same_bits(y_st[0], y_st[1]), NULL);
+}
+
+/* Permutation v2 vs v1 on the same routing: every output bitwise, 3 runs; timed when asked. */
+static void case_permute(int64_t T, int64_t Ex, int64_t K, int skew, int timing)
+{
+    std::vector<int32_t> idx = routing(T, Ex, K, skew);
+    const int64_t n = T * K;
+    dbuf di = dnew(4 * n), p1 = dnew(4 * n), q1 = dnew(4 * n), c1 = dnew(4 * Ex), o1 = dnew(4 * Ex), p2 = dnew(4 * n),
+         q2 = dnew(4 * n), c2 = dnew(4 * Ex), o2 = dnew(4 * Ex), scr = dnew(4 * cuda_moe_permute_scratch(T, Ex, K));
+    CK(cudaMemcpy(di.p, idx.data(), 4 * n, cudaMemcpyHostToDevice));
+    auto v1 = [&] {
+        RUN(cuda_moe_permute((int32_t *)p1.p, (int32_t *)q1.p, (int32_t *)c1.p, (int32_t *)o1.p, (const int32_t *)di.p,
+                             T, Ex, K, g_stream, E_));
+    };
+    auto v2 = [&] {
+        RUN(cuda_moe_permute_v2((int32_t *)p2.p, (int32_t *)q2.p, (int32_t *)c2.p, (int32_t *)o2.p, (int32_t *)scr.p,
+                                (const int32_t *)di.p, T, Ex, K, g_stream, E_));
+    };
+    auto all = [&](dbuf &p, dbuf &q, dbuf &c, dbuf &o) {
+        std::vector<int32_t> v((size_t)(2 * n + 2 * Ex));
+        CK(cudaMemcpy(v.data(), p.p, 4 * n, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(v.data() + n, q.p, 4 * n, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(v.data() + 2 * n, c.p, 4 * Ex, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(v.data() + 2 * n + Ex, o.p, 4 * Ex, cudaMemcpyDeviceToHost));
+        return v;
+    };
+    v1();
+    CK(cudaStreamSynchronize(g_stream));
+    const std::vector<int32_t> want = all(p1, q1, c1, o1);
+    std::vector<int32_t> first;
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        poison(p2), poison(q2), poison(c2), poison(o2);
+        v2();
+        CK(cudaStreamSynchronize(g_stream));
+        auto got = all(p2, q2, c2, o2);
+        if (r == 0)
+            first = got;
+        else
+            det &= got == first;
+    }
+    int64_t diff = 0;
+    for (size_t i = 0; i < want.size(); i++) diff += first[i] != want[i];
+    g_cases++;
+    const int pass = det && diff == 0 && guard_ok(p2) && guard_ok(q2) && guard_ok(c2) && guard_ok(o2) && guard_ok(scr);
+    if (!pass) g_fail++;
+    char name[160];
+    snprintf(name, sizeof name, "permute v2 == v1 bitwise T=%lld E=%lld K=%lld %s", (long long)T, (long long)Ex,
+             (long long)K, skew ? "skewed" : "uniform");
+    printf("%-62s %lld of %lld ints differ det=%s guard=%s %s\n", name, (long long)diff, (long long)want.size(),
+           det ? "yes" : "NO", pass ? "ok" : "?", pass ? "OK" : "FAIL");
+    if (timing)
+        printf("TIME permute T=%lld E=%lld K=%lld: v1 %.3f ms, v2 %.3f ms\n", (long long)T, (long long)Ex, (long long)K,
+               time_ms(v1, 10), time_ms(v2, 10));
+    dbuf *bs[] = {&di, &p1, &q1, &c1, &o1, &p2, &q2, &c2, &o2, &scr};
+    for (dbuf *b : bs) dfree(*b);
+}
+
+/* Small shapes: host data, v4 vs v3, then the whole v4 chain + combine vs the CPU reference. */
+static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int skew)
+{
+    char name[160];
+    snprintf(name, sizeof name, "T=%lld D=%lld E=%lld K=%lld I=%lld %s", (long long)T, (long long)D, (long long)Ex,
+             (long long)K, (long long)I, skew ? "skewed" : "uniform");
+    if (!cuda_moe_grouped_v3_ok(2 * I, D, 1, Q3N_COMPUTE_BF16) || !cuda_moe_grouped_v3_ok(D, I, 0, Q3N_COMPUTE_BF16)) {
+        printf("%-62s v3/v4 not usable here (other paths)\n", name);
+        return;
+    }
+    layer L;
+    L.T = T, L.D = D, L.Ex = Ex, L.K = K, L.I = I;
+    auto x = rounded(randn(T * D, 1.0)), gu = rounded(randn(Ex * 2 * I * D, 1.0 / sqrt((double)D))),
+         dn = rounded(randn(Ex * D * I, 1.0 / sqrt((double)I)));
+    std::vector<int32_t> idx = routing(T, Ex, K, skew);
+    auto wt = rounded(randu(T * K, 0.02, 0.5));
+    L.x = up(x, 1), L.gu = up(gu, 1), L.dn = up(dn, 1), L.wt = up(wt, 0);
+    L.idx = dnew(4 * idx.size());
+    CK(cudaMemcpy(L.idx.p, idx.data(), 4 * idx.size(), cudaMemcpyHostToDevice));
+    layer_alloc(L);
+    compare_versions(L, name);
+
+    /* the production chain with v4 vs ref_moe_experts_forward */
+    std::vector<int64_t> idx64(idx.begin(), idx.end());
+    std::vector<struct q3n_mlp_weights> ew((size_t)Ex);
+    for (int64_t e = 0; e < Ex; e++) {
+        ew[e].gate_proj = gu.data() + e * 2 * I * D;
+        ew[e].up_proj = gu.data() + e * 2 * I * D + I * D;
+        ew[e].down_proj = dn.data() + e * D * I;
+    }
+    std::vector<float> want((size_t)(T * D)), scr((size_t)(2 * I + D));
+    ref_moe_experts_forward(want.data(), x.data(), idx64.data(), wt.data(), ew.data(), scr.data(), T, D, I, K);
+    poison(L.eo);
+    gate_up_gemm(L, 4, 3, L.h4);
+    down_gemm(L, 4, 3, L.h4, L.y4);
+    RUN(cuda_moe_combine(L.eo.p, L.mo.p, L.y4.p, (const int32_t *)L.pos.p, (const float *)L.wt.p, NULL, NULL, T, D, K,
+                         Q3N_COMPUTE_BF16, g_stream, E_));
+    CK(cudaStreamSynchronize(g_stream));
+    char what[240];
+    snprintf(what, sizeof what, "%s v4 chain vs ref_moe_experts_forward", name);
+    check(what, down(L.eo, T * D, 1), want, 2e-2, 1, &L.eo);
+    layer_free(L);
+}
+
+/* Real dims: device-filled weights, v4 vs v3 on every row, then timings. */
+static void case_real(int64_t T, int timing)
+{
+    layer L;
+    L.T = T, L.D = 2048, L.Ex = 512, L.K = 10, L.I = 512;
+    L.x = dnew(2 * T * L.D), L.gu = dnew(2 * L.Ex * 2 * L.I * L.D), L.dn = dnew(2 * L.Ex * L.D * L.I);
+    fill_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.x.p, T * L.D, 1.0f, 1);
+    fill_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.gu.p, L.Ex * 2 * L.I * L.D, 0.038f, 2);
+    fill_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.dn.p, L.Ex * L.D * L.I, 0.077f, 3);
+    CK(cudaGetLastError());
+    std::vector<int32_t> idx = routing(T, L.Ex, L.K, 0);
+    L.idx = dnew(4 * idx.size());
+    CK(cudaMemcpy(L.idx.p, idx.data(), 4 * idx.size(), cudaMemcpyHostToDevice));
+    L.wt = up(randu(T * L.K, 0.02, 0.5), 0);
+    layer_alloc(L);
+    char name[160];
+    snprintf(name, sizeof name, "real dims T=%lld", (long long)T);
+    compare_versions(L, name);
+    if (timing) {
+        const double gu_fl = 2.0 * L.n * L.D * 2 * L.I, dn_fl = 2.0 * L.n * L.I * L.D;
+        const float g3 = time_ms([&] { gate_up_gemm(L, 3, 0, L.h3); }, 10), d3 = time_ms([&] { down_gemm(L, 3, 0, L.h3, L.y3); }, 10);
+        printf("TIME grouped v3 T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), sum %.3f ms\n",
+               (long long)T, g3, gu_fl / g3 * 1e-9, d3, dn_fl / d3 * 1e-9, g3 + d3);
+        for (int st = 3; st <= 4; st++) {
+            const float g4 = time_ms([&] { gate_up_gemm(L, 4, st, L.h4); }, 10),
+                        d4 = time_ms([&] { down_gemm(L, 4, st, L.h3, L.y4); }, 10);
+            printf("TIME grouped v4/st%d T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), "
+                   "sum %.3f ms (%.2fx v3)\n",
+                   st, (long long)T, g4, gu_fl / g4 * 1e-9, d4, dn_fl / d4 * 1e-9, g4 + d4, (g3 + d3) / (g4 + d4));
+        }
+    }
+    layer_free(L);
+}
+
+/* Median of reps CUDA-event timings of f (one warm-up call first). */
+static float time_ms(const std::function<void()> &f, int reps)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    f();
+    std::vector<float> t;
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a, g_stream));
+        f();
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+int main(int argc, char **argv)
+{
+    const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    CK(cudaStreamCreate(&g_stream));
+    q3n_rng_seed(&g_rng, 20261205);
+    /* permutation: T, E, K, skew, timing */
+    case_permute(1, 8, 1, 0, 0);
+    case_permute(7, 64, 10, 1, 0);
+    case_permute(300, 512, 10, 1, 0);
+    case_permute(1000, 4096, 8, 0, 0);
+    case_permute(50, 8192, 4, 1, 0); /* one warp per block */
+    case_permute(4096, 512, 10, 0, !quick);
+    case_permute(16384, 512, 10, 1, !quick);
+    /* grouped GEMM: T, D, E, K, I, skew */
+    if (!cuda_moe_grouped_v4_supported()) {
+        printf("grouped v4 (wgmma) needs compute capability 9.0: not tested on this device\n");
+        printf("%d cases, %d failed\n", g_cases, g_fail);
+        return g_fail ? 1 : 0;
+    }
+    case_small(1, 256, 8, 1, 128, 0);
+    case_small(2, 256, 8, 2, 128, 0);
+    case_small(7, 200, 64, 10, 72, 1);  /* D, I not tile multiples */
+    case_small(63, 264, 64, 2, 136, 1); /* Kin of the down GEMM = 136: a partial k-tile */
+    case_small(200, 256, 512, 10, 128, 1);
+    case_small(1000, 328, 64, 10, 96, 1);
+    case_small(1000, 256, 8, 2, 64, 1); /* ~250+ rows per expert, one hot */
+    case_small(4096, 136, 8, 1, 40, 0); /* many tiles per expert */
+    case_small(300, 2048, 8, 2, 512, 0); /* real D, I */
+    case_real(4096, !quick);
+    if (!quick) case_real(16384, 1);
+    printf("%d cases, %d failed\n", g_cases, g_fail);
+    return g_fail ? 1 : 0;
+}

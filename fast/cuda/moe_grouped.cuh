@@ -1,0 +1,48 @@
+/* moe_grouped.cuh — what the grouped expert GEMMs v3 (moe_grouped.cu, mma.sync) and v4
+ * (moe_wgmma.cu, wgmma) share: the 128 x 128 block tile, 16-byte cp.async copies with zero fill,
+ * ldmatrix, and the XOR-swizzled shared-memory layout of a 128-row operand tile (internal). */
+#ifndef Q3N_CUDA_MOE_GROUPED_CUH
+#define Q3N_CUDA_MOE_GROUPED_CUH
+
+#include "common.cuh"
+
+#define G3_BM 128
+#define G3_BN 128
+
+__device__ __forceinline__ void g3_cp16(uint32_t dst, const void *src, bool ok)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void g3_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void g3_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+__device__ __forceinline__ void g3_ldm4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+#endif
+}
+/* Byte offset of (row r, 16-byte chunk c) in a 128 x BK bf16 tile: BK 32 (64-byte rows, 4 chunks)
+ * c ^ ((r >> 1) & 3); BK 64 (128-byte rows, 8 chunks) c ^ (r & 7). Either way the 8 rows an
+ * ldmatrix reads at one logical chunk land on 8 distinct 16-byte bank groups. */
+template <int BK>
+__device__ __forceinline__ uint32_t g3_off(int r, int c)
+{
+    return BK == 32 ? (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4)) : (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+}
+
+#endif
