@@ -8,8 +8,9 @@
  *  - flash_mma_bf16_v2 (other bf16 shapes with T > 1, and cuda_attention_forward_ver(old = 1)):
  *    FlashAttention-2 style, 64 queries per block, 64-key tiles loaded synchronously, V fragments by
  *    ldmatrix.trans. HD padded to 64/128/256.
- *  - decode_split_bf16_v3 (bf16 T = 1, HD 128 or 256): split-K over 128-key blocks sharing each K/V
- *    row between the query heads of a KV group, combine kernel in split order.
+ *  - decode_split_bf16_v4 / _v3 (bf16 T = 1, HD 128 or 256; attention_decode.cu): split-K over 64-
+ *    (v4) or 128-key (v3) blocks sharing each K/V row between the query heads of a KV group,
+ *    combine kernel in split order; cuda_attention_decode_kernel names the one that runs.
  *  - rows_v1 (f32 mode, other bf16 decode shapes, old = 1): one block per (query, head, key split),
  *    warp-per-key dot products, online softmax in float32; decode splits the keys over blocks and a
  *    combine kernel merges the partial (max, sum, acc) in split order.
@@ -237,7 +238,7 @@ extern "C" const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_com
 {
     if (flash_v3_ok(T, HD, dt)) return "flash_mma_bf16_v3";
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v2";
-    if (T == 1 && decode_v3_ok(HD, dt)) return "decode_split_bf16_v3";
+    if (T == 1 && decode_v3_ok(HD, dt)) return "decode_split_bf16 (v4 or v3 by head group)";
     return T == 1 ? "rows_v1(split-K decode)" : "rows_v1";
 }
 

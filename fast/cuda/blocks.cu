@@ -82,6 +82,27 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
     }
     TAPA2(w->big, T, Q, "%s.linear_attn.in_proj_qkvz.out", p);
     TAPA2(ba, T, 2 * NV, "%s.linear_attn.in_proj_ba.out", p);
+    if (T > 1 && !(taps && taps->fn) && cuda_deltanet_prep_supported(NK, NV, DK, DV, Kc)) {
+        /* prefill, taps off: split + conv + state + q/k l2 norms + v + gates in one pass over the
+         * in_proj outputs, q/k/v in bf16 for the tensor-core delta rule, z read in place by the
+         * gated norm; bitwise the launches below (fast/cuda/dev/test_dn_prep) */
+        const int64_t C = s->opt.chunk_size;
+        const int qkv_bf16 = dt == Q3N_COMPUTE_BF16 && cuda_delta_rule_chunked_tc_supported(DK, DV, C);
+        Q3N_TRY(cuda_deltanet_prep_forward(w->qf, w->kf, w->vf, w->g, w->beta, L->conv_state, w->big, ba, L->conv_w,
+                                           L->A_log, L->dt_bias, T, NK, NV, DK, DV, Kc, 1e-6,
+                                           (float)pow((double)DK, -0.5), 0, qkv_bf16, dt, s->stream, err));
+        s->dn_kernel = cuda_delta_rule_chunked_kernel_for(DK, DV, C, dt);
+        if (qkv_bf16)
+            Q3N_TRY(cuda_delta_rule_chunked_tc_bf16(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs,
+                                                    T, NK, NV, DK, DV, C, 0, s->stream, err));
+        else
+            Q3N_TRY(cuda_delta_rule_chunked(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs, T, NK,
+                                            NV, DK, DV, C, dt, s->stream, err));
+        s->ran_chunked = 2; /* describe: +dn_prep_v1 */
+        Q3N_TRY(cuda_deltanet_gated_norm_forward(w->gn, w->core, w->big, L->gnorm, T, NK, NV, DK, DV, c->rms_norm_eps,
+                                                 dt, s->stream, err));
+        return cuda_linear_forward(w->y, w->gn, L->out_proj, NULL, T, D, NV * DV, dt, s->blas, s->stream, err);
+    }
     Q3N_TRY(cuda_deltanet_split_forward(w->mixed, w->z, w->b, w->a, w->big, ba, T, NK, NV, DK, DV, dt, s->stream,
                                         err));
     TAPS3(w->mixed, Cc, NK * DK, T, NK, DK, "%s.linear_attn.q", p);
@@ -193,7 +214,8 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
         s->attn_prefill_kernel = cuda_attention_kernel(T, HD, dt);
     } else {
         s->ran_rows = 1;
-        s->attn_decode_kernel = cuda_attention_kernel(T, HD, dt);
+        s->attn_decode_kernel =
+            T == 1 ? cuda_attention_decode_kernel(NH, NKV, HD, dt, 0) : cuda_attention_kernel(T, HD, dt);
     }
     TAPA3(w->attn, T, NH, HD, "%s.self_attn.attn_out", p);
     Q3N_TRY(cuda_sigmoid_gate_forward(w->gated, w->attn, ACT(qg, HD), T, NH, HD, 2 * HD, dt, s->stream, err));
@@ -210,15 +232,23 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     struct work *w = &s->w;
     const enum q3n_compute_dtype dt = s->dt;
     const int64_t D = c->hidden_size, E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
-    Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
-    /* v3: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both */
+    if (cuda_moe_permute_v2_ok(E))
+        Q3N_TRY(cuda_moe_permute_v2(w->perm, w->pos, w->counts, w->offsets, w->permscr, w->topi, T, E, K, s->stream,
+                                    err));
+    else
+        Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
+    /* v3/v4: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both */
     if (cuda_moe_grouped_v3_ok(2 * I, D, 1, dt) && cuda_moe_grouped_v3_ok(D, I, 0, dt) && T * K / 128 + E + 1 <= 65535) {
         Q3N_TRY(cuda_moe_grouped_tiles_v3(w->tiles, w->counts, w->offsets, T * K, E, s->stream, err));
-        Q3N_TRY(cuda_moe_grouped_gemm_v3(w->hmid, w->xn, w->perm, K, L->experts_gu, w->counts, w->offsets, w->tiles,
-                                         T * K, E, 2 * I, D, 1, dt, s->stream, err));
-        Q3N_TRY(cuda_moe_grouped_gemm_v3(w->ey, w->hmid, NULL, 1, L->experts_dn, w->counts, w->offsets, w->tiles,
-                                         T * K, E, D, I, 0, dt, s->stream, err));
-        s->ran_moe_grouped = 3; /* describe: grouped_v3 */
+        /* v4 (wgmma) on Hopper once experts get more than a tile of rows, else v3 (mma.sync) */
+        const int v4 = cuda_moe_grouped_v4_supported() && cuda_moe_grouped_v4_pays(T * K, E);
+        Q3N_TRY((v4 ? cuda_moe_grouped_gemm_v4 : cuda_moe_grouped_gemm_v3)(w->hmid, w->xn, w->perm, K, L->experts_gu,
+                                                                           w->counts, w->offsets, w->tiles, T * K, E,
+                                                                           2 * I, D, 1, dt, s->stream, err));
+        Q3N_TRY((v4 ? cuda_moe_grouped_gemm_v4 : cuda_moe_grouped_gemm_v3)(w->ey, w->hmid, NULL, 1, L->experts_dn,
+                                                                           w->counts, w->offsets, w->tiles, T * K, E,
+                                                                           D, I, 0, dt, s->stream, err));
+        s->ran_moe_grouped = v4 ? 4 : 3; /* describe: grouped_v4 / grouped_v3 */
         return Q3N_OK;
     }
     Q3N_TRY(cuda_gather_rows(w->xperm, w->xn, w->perm, T * K, K, D, dt, s->stream, err));

@@ -27,6 +27,10 @@ check-cuda: $(BUILD)/q3n cuda-dev
 	$(BUILD)/cuda-dev/test_attn2 --quick
 	$(BUILD)/cuda-dev/test_moe2 --quick
 	$(BUILD)/cuda-dev/test_decode
+	$(BUILD)/cuda-dev/test_dn_prep --quick
+	$(BUILD)/cuda-dev/test_moe_prefill --quick
+	$(BUILD)/q3n determinism golden/data/heads_bf16.h5 --impl cuda --dtype bf16
+	$(BUILD)/q3n determinism golden/data/odd_f32.h5 --impl cuda --dtype f32
 	@set -e; for g in golden/data/*.h5; do case $$g in *delta_rule*) continue;; esac; \
 	  if echo $$g | grep -q bf16; then a="--dtype bf16 --oracle"; else a="--dtype f32"; fi; \
 	  echo "$(BUILD)/q3n verify $$g --impl cuda $$a"; $(BUILD)/q3n verify $$g --impl cuda $$a --quiet; done

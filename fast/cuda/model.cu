@@ -31,7 +31,9 @@ static void describe_build(struct cuda_session *s)
     char dn[48] = "", at[48] = "", moe[48] = "", dec[32] = "", nm[32];
     if (s->ran_chunked) {
         const char *k = s->dn_kernel ? s->dn_kernel : "chunk_v4";
-        snprintf(dn, sizeof dn, "%.*s/C%lld", (int)strcspn(k, "( "), k, (long long)s->opt.chunk_size);
+        /* ran_chunked 2: the fused prep (deltanet_prep.cu) fed it (taps off), 1: the tappable chain */
+        snprintf(dn, sizeof dn, "%.*s/C%lld%s", (int)strcspn(k, "( "), k, (long long)s->opt.chunk_size,
+                 s->ran_chunked >= 2 ? "+dn_prep_v1" : "");
     }
     if (s->ran_recurrent) {
         const char *r = s->rec_kernel ? s->rec_kernel : "rec_v1";
@@ -264,19 +266,37 @@ static int graph_eligible(const struct cuda_session *s, int64_t T, const struct 
            !s->opt.forced_routing && !s->profile;
 }
 
-/* logits_pin [V] = float32 logits of w.xn row 0, in LM_SPLIT blocks of lm_head rows: block i's
+/* Rows [*r0, *r0 + *n) of block i of the decode lm_head's nb blocks: sizes halve from block to
+ * block (8:4:2:1 of V for nb = 4), multiples of 8 rows (16-byte aligned blocks of W), the last block
+ * takes the rest (*n may be 0 for a tiny V). The host copies block i out of logits_pin while the
+ * GEMVs of the later blocks run (host memcpy ~0.5 ns per logit, GEMV ~1.5 ns per row), so after the
+ * replay only the smallest block (V/15) is left to copy. */
+static void lm_block(int64_t V, int nb, int i, int64_t *r0, int64_t *n)
+{
+    const int64_t tot = ((int64_t)1 << nb) - 1;
+    int64_t a = 0;
+    for (int k = 0; k < i; k++) a += V * ((int64_t)1 << (nb - 1 - k)) / tot / 8 * 8;
+    *r0 = a;
+    *n = i == nb - 1 ? V - a : V * ((int64_t)1 << (nb - 1 - i)) / tot / 8 * 8;
+}
+static int lm_blocks(const struct cuda_session *s) { return s->dt == Q3N_COMPUTE_BF16 ? LM_SPLIT : 1; }
+
+/* logits_pin [V] = float32 logits of w.xn row 0, in lm_blocks() blocks of lm_head rows: block i's
  * conversion and copy to the (pinned) host run on cstream while block i+1's GEMV runs on the
- * session's stream, which waits for the last copy at the end. The one-row GEMV's sums do not
- * depend on the block split, so the logits are bitwise those of lm_head_rows (f32 mode, where
- * cuBLAS might choose by shape, keeps one block). */
+ * session's stream, which waits for the last copy at the end; hev[i] (an external event node in the
+ * graph) tells the host that block i is in logits_pin. The one-row GEMV's sums do not depend on the
+ * block split, so the logits are bitwise those of lm_head_rows (f32 mode, where cuBLAS might choose
+ * by shape, keeps one block). */
 static enum q3n_status lm_head_to_host(struct cuda_session *s, struct q3n_error *err)
 {
     const int64_t D = s->cfg.hidden_size, V = s->cfg.vocab_size;
-    const int nb = s->dt == Q3N_COMPUTE_BF16 ? LM_SPLIT : 1;
-    const int64_t rows = (V / nb + 7) / 8 * 8; /* 16-byte aligned blocks of W */
+    const int nb = lm_blocks(s);
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CU_CHECK(cudaStreamIsCapturing(s->stream, &cs));
     for (int i = 0; i < nb; i++) {
-        const int64_t r0 = i * rows, n = i == nb - 1 || rows > V - r0 ? V - r0 : rows;
-        if (n <= 0) break;
+        int64_t r0, n;
+        lm_block(V, nb, i, &r0, &n);
+        if (n <= 0) continue;
         Q3N_TRY(cuda_linear_forward(ACT(s->w.lbuf, r0), s->w.xn, ACT(s->lm_head, r0 * D), NULL, 1, n, D, s->dt, s->blas,
                                     s->stream, err));
         CU_CHECK(cudaEventRecord(s->lev[i], s->stream));
@@ -284,6 +304,10 @@ static enum q3n_status lm_head_to_host(struct cuda_session *s, struct q3n_error 
         Q3N_TRY(cuda_to_f32(s->w.lbuf32 + r0, ACT(s->w.lbuf, r0), 1, n, n, s->dt, s->cstream, err));
         CU_CHECK(cudaMemcpyAsync(s->logits_pin + r0, s->w.lbuf32 + r0, sizeof(float) * (size_t)n,
                                  cudaMemcpyDeviceToHost, s->cstream));
+        if (cs == cudaStreamCaptureStatusActive)
+            CU_CHECK(cudaEventRecordWithFlags(s->hev[i], s->cstream, cudaEventRecordExternal));
+        else
+            CU_CHECK(cudaEventRecord(s->hev[i], s->cstream));
     }
     CU_CHECK(cudaEventRecord(s->lev[LM_SPLIT], s->cstream));
     CU_CHECK(cudaStreamWaitEvent(s->stream, s->lev[LM_SPLIT], 0));
@@ -336,7 +360,8 @@ static double host_ms(void)
 }
 
 /* One decode step through the graph (captured on first use): copy the token and position in,
- * replay (its last nodes copy the logits to pinned memory), copy them to the caller. */
+ * replay (its last nodes copy the logits to pinned memory block by block), copy each block to the
+ * caller as soon as its event fires (all but the last while the device still runs the lm_head). */
 static enum q3n_status graph_step(struct cuda_session *s, float *logits, const int64_t *tokens, struct q3n_error *err)
 {
     const int64_t pos0 = s->cache_len, V = s->cfg.vocab_size;
@@ -356,9 +381,18 @@ static enum q3n_status graph_step(struct cuda_session *s, float *logits, const i
         s->ran_decode_eager = 1;
     }
     Q3N_TRY(forward_done(s, 1, pos0, err));
+    const int nb = lm_blocks(s);
+    int64_t r0, n;
+    for (int i = 0; i < nb - 1; i++) {
+        lm_block(V, nb, i, &r0, &n);
+        if (n <= 0) continue;
+        CU_CHECK(cudaEventSynchronize(s->hev[i]));
+        memcpy(logits + r0, s->logits_pin + r0, sizeof(float) * (size_t)n);
+    }
     CU_CHECK(cudaStreamSynchronize(s->stream));
-    const double t0 = host_ms();
-    memcpy(logits, s->logits_pin, sizeof(float) * (size_t)V);
+    const double t0 = host_ms(); /* the copy left after the replay: the last block */
+    lm_block(V, nb, nb - 1, &r0, &n);
+    if (n > 0) memcpy(logits + r0, s->logits_pin + r0, sizeof(float) * (size_t)n);
     if (s->graph_state == 1) {
         float a = 0;
         CU_CHECK(cudaEventElapsedTime(&a, s->gev[0], s->gev[1]));
@@ -514,6 +548,8 @@ void cuda_close(void *session)
     if (s->logits_pin) cudaFreeHost(s->logits_pin);
     for (int i = 0; i <= LM_SPLIT; i++)
         if (s->lev[i]) cudaEventDestroy(s->lev[i]);
+    for (int i = 0; i < LM_SPLIT; i++)
+        if (s->hev[i]) cudaEventDestroy(s->hev[i]);
     if (s->cstream) cudaStreamDestroy(s->cstream);
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);

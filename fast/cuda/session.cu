@@ -240,6 +240,7 @@ static enum q3n_status alloc_work(struct cuda_session *s, struct q3n_error *err)
     DALLOC(w->counts, E * 4);
     DALLOC(w->offsets, E * 4);
     DALLOC(w->tiles, cuda_moe_grouped_tiles(Tm * K, E) * 4);
+    DALLOC(w->permscr, cuda_moe_permute_scratch(Tm, E, K) * 4);
     DALLOC(w->eo, Tm * D * as);
     DALLOC(w->sout, Tm * D * as);
     DALLOC(w->sg, Tm * as);
@@ -323,6 +324,7 @@ static enum q3n_status session_new(struct cuda_session **out, const struct q3n_c
     CU_CHECK(cudaMallocHost((void **)&s->step_host, 2 * sizeof(int64_t)));
     CU_CHECK(cudaStreamCreateWithFlags(&s->cstream, cudaStreamNonBlocking));
     for (int i = 0; i <= LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->lev[i], cudaEventDisableTiming));
+    for (int i = 0; i < LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->hev[i], cudaEventDisableTiming));
     CU_CHECK(cudaMallocHost((void **)&s->logits_pin, sizeof(float) * (size_t)cfg->vocab_size));
     return Q3N_OK;
 }

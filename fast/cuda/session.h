@@ -36,7 +36,8 @@
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
 #define BLAS_WS_BYTES ((size_t)32 << 20)
-#define LM_SPLIT 4 /* row blocks of the decode lm_head: block i's logits go to the host during block i+1 */
+#define LM_SPLIT 4 /* row blocks of the decode lm_head (sizes 8:4:2:1): block i's logits go to the host, and
+                    * from there to the caller, during the later blocks */
 
 struct dev_mlp {
     void *gate_up; /* [2W, D]: gate rows then up rows */
@@ -73,6 +74,7 @@ struct work {
     void *rlogits, *eo, *sout, *sg, *smid;
     float *probs, *topw;
     int32_t *topi, *perm, *pos, *counts, *offsets, *tiles;
+    int32_t *permscr; /* cuda_moe_permute_v2 scratch */
     void *xperm, *gu, *hmid, *ey;
     void *lbuf, *cat;
     float *lbuf32;
@@ -123,13 +125,15 @@ struct cuda_session {
     int graph_state, graph_off;
     uint64_t graph_ran;
     char graph_why[96];
-    /* device time of the replays and of the logits copies since the last cuda_session_decode_times */
+    /* device time of the replays and host time of the logits copy left after them (the last block)
+     * since the last cuda_session_decode_times */
     cudaEvent_t gev[3];
     double gms[2];
     int64_t gsteps;
-    /* the decode lm_head's copy stream, its fork/join events and the pinned logits */
+    /* the decode lm_head's copy stream, its fork/join events, the pinned logits and hev[i]: block i
+     * of them is in logits_pin (an external event node of the graph; the host waits on it) */
     cudaStream_t cstream;
-    cudaEvent_t lev[LM_SPLIT + 1];
+    cudaEvent_t lev[LM_SPLIT + 1], hev[LM_SPLIT];
     float *logits_pin;
     /* optional per-phase timing (cuda_session_profile): events around each block */
     int profile;

@@ -1,6 +1,6 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
-#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench qbench tf fla ncu build
+#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built here with `make BUILD=build/cudadev cuda-dev build/cudadev/q3n` (nvcc 13.0,
 # sm_90a + sm_80) and carried in .cudadev/bin with the host libraries q3n links (.cudadev/libs.tar.xz),
@@ -30,7 +30,7 @@ for stage in "$@"; do
         for t in $B/test_*; do   # the per-kernel programs next to test_kernels (test_delta_tc, ...)
             [ "$t" = "$B/test_kernels" ] && continue
             log "$(basename $t)" >>"$OUT/tests.log"
-            timeout 300 "$t" >>"$OUT/tests.log" 2>&1; echo "$(basename $t) exit $?" >>"$OUT/tests.log"
+            timeout 300 "$t" >>"$OUT/tests.log" 2>&1; rc=$?; echo "$(basename $t) exit $rc" >>"$OUT/tests.log"
         done ;;
     sanitize)
         log "compute-sanitizer" >>"$OUT/tests.log"
@@ -45,6 +45,13 @@ for stage in "$@"; do
             if [[ $g == *bf16* ]]; then args="--dtype bf16 --oracle"; else args="--dtype f32"; fi
             echo "--- $B/q3n verify $g --impl cuda $args" >>"$OUT/verify.log"
             $B/q3n verify "$g" --impl cuda $args >>"$OUT/verify.log" 2>&1; echo "exit $?" >>"$OUT/verify.log"
+        done
+        # taps off runs the fused prefill kernels, taps on the tappable chain: logits must agree bit for bit
+        for ga in "golden/data/heads_bf16.h5 bf16" "golden/data/tiny_bf16.h5 bf16" "golden/data/odd_f32.h5 f32" \
+                  "golden/data/long_f32.h5 f32"; do
+            set -- $ga
+            echo "--- $B/q3n determinism $1 --impl cuda --dtype $2" >>"$OUT/verify.log"
+            $B/q3n determinism "$1" --impl cuda --dtype "$2" >>"$OUT/verify.log" 2>&1; echo "exit $?" >>"$OUT/verify.log"
         done ;;
     long)
         log "long context" >>"$OUT/tests.log"
@@ -54,6 +61,11 @@ for stage in "$@"; do
         $B/test_kernels --bench-delta 16384 16 32 128 >>"$OUT/bench.log" 2>&1
         $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 8 ${LONG:---long 32768} >>"$OUT/bench.log" 2>&1
         echo "exit $?" >>"$OUT/bench.log" ;;
+    basebench)   # the same bench with the binary of an earlier commit carried in .cudadev/base (same GPU, same run)
+        log "bench_model of .cudadev/base" >>"$OUT/bench_base.log"
+        .cudadev/base/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 8 \
+            >>"$OUT/bench_base.log" 2>&1
+        echo "exit $?" >>"$OUT/bench_base.log" ;;
     ncu)
         log "ncu kernel durations" >>"$OUT/bench.log"
         timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'chunk|grouped|flash' --launch-skip 2 --launch-count 6 \
