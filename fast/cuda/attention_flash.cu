@@ -1,17 +1,12 @@
 /* attention_flash.cu — causal prefill attention on bf16 tensor cores: flash_mma_bf16_v2 (the
  * FlashAttention-2 form, kept as the fallback and for comparison) and flash_mma_bf16_v3
  * (attention_kernels.cuh; descriptions in attention.cu's header). */
-#include "attention_kernels.cuh"
+#include "attention_flash.cuh"
 
 /* ---- flash_mma_bf16_v1 ---- */
 #define FL_BR 64
 #define FL_BC 64
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 __device__ __forceinline__ uint32_t pack_raw(bf16 lo, bf16 hi)
 {
     __nv_bfloat162 v = __halves2bfloat162(lo, hi);
@@ -183,35 +178,6 @@ static cudaError_t launch_flash(void *out, const void *q, const void *kc, const 
 #define V3_BQ 128 /* default shape: 8 warps x 16 query rows, 64-key tiles */
 #define V3_BK 64
 
-__device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const bf16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const bf16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(a));
-}
-
-/* cp.async of rows [r0, r0+ROWS) of a bf16 matrix (row r at base + r*rs, HD % 8 == 0) into smem
- * [ROWS][HDP+8]; rows >= nrows and columns >= HD are zero-filled (src-size 0). */
-template <int HDP, int ROWS, int NT>
-__device__ __forceinline__ void v3_load(bf16 *dst, const bf16 *base, int64_t rs, int64_t r0, int64_t nrows, int HD)
-{
-    constexpr int LD = HDP + 8, per = HDP / 8;
-#pragma unroll
-    for (int idx = threadIdx.x; idx < ROWS * per; idx += NT) {
-        const int r = idx / per, c = (idx % per) * 8;
-        const bool ok = r0 + r < nrows && c < HD;
-        cp_async16(dst + r * LD + c, ok ? base + (r0 + r) * rs + c : base, ok ? 16 : 0);
-    }
-}
-
 template <int HDP, int NW, int BK>
 __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, const bf16 *q, const bf16 *kc,
                                                                  const bf16 *vc, int64_t T, int64_t pos0, int64_t NH,
@@ -269,67 +235,9 @@ __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, co
                     mma_m16n8k16_bf16(s[2 * np + 1], a0, a1, a2, a3, b2, b3);
                 }
             }
-            /* raw scores; masked ones -inf. max in raw units (sl2 > 0), then base-2 exponent by one FMA */
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int n = 0; n < BK / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    if (diag) {
-                        const int64_t key = kb + n * 8 + 2 * tq + (e & 1);
-                        if (key > (e < 2 ? qpos0 : qpos1)) s[n][e] = -INFINITY;
-                    }
-                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-                }
-            float alpha[2], rs[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                const float mn = fmaxf(mrow[r], mx[r] * sl2);
-                alpha[r] = mn == -INFINITY ? 1.0f : exp2f(mrow[r] - mn);
-                mrow[r] = mn;
-            }
-            const float nm0 = mrow[0] == -INFINITY ? 0.0f : -mrow[0], nm1 = mrow[1] == -INFINITY ? 0.0f : -mrow[1];
-#pragma unroll
-            for (int n = 0; n < BK / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float pv = exp2f(fmaf(s[n][e], sl2, e < 2 ? nm0 : nm1));
-                    s[n][e] = pv;
-                    rs[e >> 1] += pv;
-                }
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
-                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
-                lrow[r] = lrow[r] * alpha[r] + rs[r];
-            }
-#pragma unroll
-            for (int i = 0; i < HDP / 8; i++) {
-                o[i][0] *= alpha[0];
-                o[i][1] *= alpha[0];
-                o[i][2] *= alpha[1];
-                o[i][3] *= alpha[1];
-            }
+            flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
         }
-        if (active) {
-#pragma unroll
-            for (int jj = 0; jj < BK / 16; jj++) {
-                const uint32_t a0 = pack_bf16(s[2 * jj][0], s[2 * jj][1]);
-                const uint32_t a1 = pack_bf16(s[2 * jj][2], s[2 * jj][3]);
-                const uint32_t a2 = pack_bf16(s[2 * jj + 1][0], s[2 * jj + 1][1]);
-                const uint32_t a3 = pack_bf16(s[2 * jj + 1][2], s[2 * jj + 1][3]);
-                const bf16 *vrow = Vb + (16 * jj + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
-#pragma unroll
-                for (int i = 0; i < HDP / 8; i += 2) {
-                    uint32_t b0, b1, b2, b3;
-                    ldsm_x4_t(b0, b1, b2, b3, vrow + i * 8);
-                    mma_m16n8k16_bf16(o[i], a0, a1, a2, a3, b0, b1);
-                    mma_m16n8k16_bf16(o[i + 1], a0, a1, a2, a3, b2, b3);
-                }
-            }
-        }
+        if (active) flash_tile_pv<HDP, BK, LD>(s, o, Vb, lane);
     }
     const int64_t t0 = qb + w * 16 + g, t1 = t0 + 8;
     const float inv0 = 1.0f / lrow[0], inv1 = 1.0f / lrow[1];

@@ -25,86 +25,18 @@
  * so the goldens that v3 passes speak for v4. The result does not depend on ST (deterministic). */
 #include "common.cuh"
 #include "moe_grouped.cuh"
+#include "wgmma.cuh"
 
 #define G4_BK 64
 #define G4_TB (G3_BM * G4_BK * 2) /* bytes of one operand tile: 128 rows x 128 bytes */
 #define G4_SMEM(ST) ((ST) * 2 * G4_TB + 1024)
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define G4_HAVE_WGMMA 1
-#endif
-
-/* wgmma shared-memory matrix descriptor of a K-major tile with the 128-byte swizzle:
- * bits 0-13 start address / 16, 16-29 leading-dimension byte offset / 16 (not used by swizzled
- * K-major layouts: 1), 32-45 stride byte offset / 16 (1024: one 8-row group of 128-byte rows),
- * 62-63 layout (1 = 128-byte swizzle). Moving along k by 16 elements adds 32 bytes to the start. */
-__device__ __forceinline__ uint64_t g4_desc(uint32_t saddr)
-{
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-           ((uint64_t)1 << 62);
-}
-
-/* d[64x128] += A[64x16] B[16x128], both K-major bf16 in shared memory, float32 d (per thread:
- * d[4 j + q] is row 16 warp + lane / 4 + 8 (q / 2), column 8 j + 2 (lane % 4) + q % 2). */
-__device__ __forceinline__ void g4_mma(float (&d)[64], uint64_t da, uint64_t db)
-{
-#ifdef G4_HAVE_WGMMA
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
-                 "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "
-                 "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "
-                 "%56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                 "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
-                 "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                 "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
-                 "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-                 "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
-                 "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
-                 "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
-                 "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-               : "l"(da), "l"(db), "r"(1));
-#endif
-}
-/* Keep the compiler from moving accumulator reads/writes across the asynchronous MMAs. */
-__device__ __forceinline__ void g4_pin(float (&d)[64])
-{
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-__device__ __forceinline__ void g4_wg_fence()
-{
-#ifdef G4_HAVE_WGMMA
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void g4_wg_commit()
-{
-#ifdef G4_HAVE_WGMMA
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void g4_wg_wait()
-{
-#ifdef G4_HAVE_WGMMA
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-__device__ __forceinline__ void g4_proxy_fence()
-{
-#ifdef G4_HAVE_WGMMA
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
 
 template <bool GATHER, bool SWIGLU, int ST>
 __global__ void __launch_bounds__(256, ST <= 3 ? 2 : 1)
     grouped_gemm_v4_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin)
 {
-#ifdef G4_HAVE_WGMMA
+#ifdef Q3N_HAVE_WGMMA
     constexpr int CH = G4_BK / 8 /* 16-byte chunks per row */, RS = 256 / CH /* rows per pass */,
                   LP = G3_BM / RS /* passes */, PD = ST - 2 /* tiles in flight */;
     extern __shared__ unsigned char g4s[];
@@ -153,21 +85,21 @@ __global__ void __launch_bounds__(256, ST <= 3 ? 2 : 1)
     }
     for (int kt = 0; kt < ktiles; kt++) {
         g3_wait<PD - 1>();
-        g4_proxy_fence();
+        wg_proxy_fence();
         __syncthreads();
         if (kt + PD < ktiles) load(kt + PD);
         g3_commit();
         const uint32_t sa = sbase + (kt % ST) * 2 * G4_TB + wg * (64 * 128), sb = sbase + (kt % ST) * 2 * G4_TB + G4_TB;
-        g4_pin(acc);
-        g4_wg_fence();
+        wg_pin<64>(acc);
+        wg_fence();
 #pragma unroll
-        for (int ks = 0; ks < G4_BK / 16; ks++) g4_mma(acc, g4_desc(sa + 32 * ks), g4_desc(sb + 32 * ks));
-        g4_wg_commit();
-        g4_wg_wait<1>();
-        g4_pin(acc);
+        for (int ks = 0; ks < G4_BK / 16; ks++) wg_mma_m64n128k16(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks));
+        wg_commit();
+        wg_wait<1>();
+        wg_pin<64>(acc);
     }
-    g4_wg_wait<0>();
-    g4_pin(acc);
+    wg_wait<0>();
+    wg_pin<64>(acc);
     g3_wait<0>();
     const int g = lane >> 2, tq = lane & 3;
 #pragma unroll

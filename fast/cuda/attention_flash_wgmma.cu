@@ -1,0 +1,151 @@
+/* attention_flash_wgmma.cu — flash_wgmma_bf16_v4: causal prefill attention with S = Q K^T on
+ * Hopper's warpgroup MMA (wgmma), the rest as flash_mma_bf16_v3 (attention_flash.cu).
+ *
+ * Why: in v3 every warp reloads its Q fragments and the K tile's fragments from shared memory by
+ * ldmatrix for each 16x8x16 mma.sync (HD = 256: 16 + 64 ldmatrix.x4 per warp and tile), which caps
+ * it near 270 TFLOP/s; wgmma reads Q and K straight from shared memory, 64 x 64 x 16 per
+ * instruction per warpgroup.
+ *
+ * Block: one query head h and 128 queries, 8 warps = 2 warpgroups of 64 rows; 64-key tiles.
+ * Q [128 x HDP] and the two K buffers [64 x HDP] are stored K-major in 64-column panels with the
+ * 128-byte swizzle (wgmma.cuh); V keeps v3's padded layout for ldmatrix.trans. Per tile j:
+ *   wait for the copies of tile j, fence.proxy.async, barrier; copy tile j + 1 (cp.async);
+ *   warpgroup wg, if any of its rows sees a key of the tile: S[64 x 64] = sum over HDP / 16 steps
+ *   of wgmma m64n64k16 (panel ks / 4, 32 bytes per step inside a panel), wait for it;
+ *   each warp with a visible key: v3's flash_tile_softmax and flash_tile_pv on its 16 rows (the
+ *   wgmma accumulator is, per warp, v3's mma.sync accumulator layout).
+ * S is summed over k in the same order as v3 (16 at a time, ascending); inside a 16-deep step the
+ * order is the tensor core's. dev/test_attn2 requires v4 to be bitwise v3 on every shape it tries
+ * (as the grouped GEMM v4 is bitwise v3 on an H100), so everything v3 passes holds for v4.
+ * Needs compute capability 9.0 (flash_v4_ok); HD % 8 == 0, HD <= 256, padded to 64 / 128 / 256. */
+#include "attention_flash.cuh"
+#include "wgmma.cuh"
+
+#define V4_BQ 128
+#define V4_BK 64
+
+/* cp.async of rows [r0, r0 + ROWS) of a bf16 matrix (row r at base + r * rs) into a swizzled
+ * ROWS x HDP tile at dst (wg_off layout); rows >= nrows and columns >= HD are zero-filled. */
+template <int HDP, int ROWS>
+__device__ __forceinline__ void v4_load_sw(unsigned char *dst, const bf16 *base, int64_t rs, int64_t r0, int64_t nrows,
+                                           int HD)
+{
+    constexpr int per = HDP / 8;
+#pragma unroll
+    for (int idx = threadIdx.x; idx < ROWS * per; idx += 256) {
+        const int r = idx / per, c = idx % per;
+        const bool ok = r0 + r < nrows && c * 8 < HD;
+        cp_async16(dst + wg_off<ROWS>(r, c), ok ? base + (r0 + r) * rs + c * 8 : base, ok ? 16 : 0);
+    }
+}
+
+template <int HDP>
+__global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
+                                                          int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int HD,
+                                                          float sl2)
+{
+#ifdef Q3N_HAVE_WGMMA
+    constexpr int BQ = V4_BQ, BK = V4_BK, NT = 256, LD = HDP + 8, QB = BQ * HDP * 2, KB = BK * HDP * 2;
+    extern __shared__ unsigned char v4_smem[];
+    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v4_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB;
+    unsigned char *gQ = v4_smem + (sQ - sraw), *gK = gQ + QB;
+    bf16 *Vs = reinterpret_cast<bf16 *>(gK + 2 * KB);
+    const int64_t h = blockIdx.x, kh = h / (NH / NKV);
+    const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * BQ; /* heaviest blocks first */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, wg = w >> 2, tq = lane & 3, g = lane >> 2;
+    const int64_t S = pos0 + T;
+    const int64_t qlast = qb + BQ - 1 < T - 1 ? qb + BQ - 1 : T - 1;
+    const int ntiles = (int)((pos0 + qlast + 1 + BK - 1) / BK);
+    const int64_t wq0 = pos0 + qb + w * 16;   /* position of this warp's first row */
+    const int64_t gq0 = pos0 + qb + wg * 64;  /* ... and of its warpgroup's */
+    const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
+
+    v4_load_sw<HDP, BQ>(gQ, q + h * HD, NH * HD, qb, T, HD);
+    v4_load_sw<HDP, BK>(gK, kc + kh * HD, NKV * HD, 0, S, HD);
+    v3_load<HDP, BK, NT>(Vs, vc + kh * HD, NKV * HD, 0, S, HD);
+    cp_async_commit();
+
+    float o[HDP / 8][4];
+#pragma unroll
+    for (int i = 0; i < HDP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    float s[BK / 8][4];
+
+    for (int j = 0; j < ntiles; j++) {
+        const int64_t kb = (int64_t)j * BK;
+        const bf16 *Vb = Vs + (j & 1) * BK * LD;
+        cp_async_wait<0>(); /* tile j (and Q) landed for this thread ... */
+        wg_proxy_fence();   /* ... visible to wgmma's async proxy ... */
+        __syncthreads();    /* ... and for all; everyone is done with tile j-1, so its buffers are free */
+        if (j + 1 < ntiles) {
+            v4_load_sw<HDP, BK>(gK + ((j + 1) & 1) * KB, kc + kh * HD, NKV * HD, kb + BK, S, HD);
+            v3_load<HDP, BK, NT>(Vs + ((j + 1) & 1) * BK * LD, vc + kh * HD, NKV * HD, kb + BK, S, HD);
+        }
+        cp_async_commit();
+        const bool active = kb <= wq0 + 15;  /* some key of the tile is visible to some row of the warp */
+        const bool diag = kb + BK - 1 > wq0; /* some key is past some row: mask */
+        if (kb <= gq0 + 63) {                /* uniform over the warpgroup, as wgmma requires */
+            float *sf = &s[0][0];
+#pragma unroll
+            for (int i = 0; i < BK / 2; i++) sf[i] = 0.0f;
+            const uint32_t a0 = sQ + wg * (64 * 128), b0 = sK + (j & 1) * KB;
+            wg_pin<BK / 2>(sf);
+            wg_fence();
+#pragma unroll
+            for (int ks = 0; ks < HDP / 16; ks++)
+                wg_mma_m64n64k16(sf, wg_desc(a0 + (ks >> 2) * (BQ * 128) + (ks & 3) * 32),
+                                 wg_desc(b0 + (ks >> 2) * (BK * 128) + (ks & 3) * 32));
+            wg_commit();
+            wg_wait<0>();
+            wg_pin<BK / 2>(sf);
+            if (active) flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
+        }
+        if (active) flash_tile_pv<HDP, BK, LD>(s, o, Vb, lane);
+    }
+    const int64_t t0 = qb + w * 16 + g, t1 = t0 + 8;
+    const float inv0 = 1.0f / lrow[0], inv1 = 1.0f / lrow[1];
+#pragma unroll
+    for (int i = 0; i < HDP / 8; i++) {
+        const int d = i * 8 + 2 * tq;
+        if (d < HD) {
+            if (t0 < T)
+                *reinterpret_cast<uint32_t *>(out + (t0 * NH + h) * HD + d) = pack_bf16(o[i][0] * inv0, o[i][1] * inv0);
+            if (t1 < T)
+                *reinterpret_cast<uint32_t *>(out + (t1 * NH + h) * HD + d) = pack_bf16(o[i][2] * inv1, o[i][3] * inv1);
+        }
+    }
+#else
+    __trap(); /* launched only where flash_v4_ok: the sm_90a code */
+#endif
+}
+
+int flash_v4_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
+{
+    if (!flash_v3_ok(T, HD, dt)) return 0;
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return 0;
+    return major == 9 && minor == 0;
+}
+
+template <int HDP>
+static cudaError_t launch_flash_v4(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                                   int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
+{
+    const size_t smem = (size_t)(V4_BQ + 2 * V4_BK) * HDP * 2 + sizeof(bf16) * 2 * V4_BK * (HDP + 8) + 1024;
+    cudaError_t e = cudaFuncSetAttribute(flash_v4_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
+    flash_v4_kernel<HDP><<<dim3((unsigned)NH, cdiv(T, V4_BQ)), 256, smem, stream>>>(
+        (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
+    return cudaSuccess;
+}
+
+cudaError_t flash_v4_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
+{
+    if (HD <= 64) return launch_flash_v4<64>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    if (HD <= 128) return launch_flash_v4<128>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return launch_flash_v4<256>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+}
