@@ -239,18 +239,7 @@ __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, co
         }
         if (active) flash_tile_pv<HDP, BK, LD>(s, o, Vb, lane);
     }
-    const int64_t t0 = qb + w * 16 + g, t1 = t0 + 8;
-    const float inv0 = 1.0f / lrow[0], inv1 = 1.0f / lrow[1];
-#pragma unroll
-    for (int i = 0; i < HDP / 8; i++) {
-        const int d = i * 8 + 2 * tq;
-        if (d < HD) {
-            if (t0 < T)
-                *reinterpret_cast<uint32_t *>(out + (t0 * NH + h) * HD + d) = pack_bf16(o[i][0] * inv0, o[i][1] * inv0);
-            if (t1 < T)
-                *reinterpret_cast<uint32_t *>(out + (t1 * NH + h) * HD + d) = pack_bf16(o[i][2] * inv1, o[i][3] * inv1);
-        }
-    }
+    flash_store_rows<HDP>(out, o, lrow, qb + w * 16 + g, T, NH, h, HD, tq);
 }
 
 int flash_v3_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)

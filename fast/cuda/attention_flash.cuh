@@ -118,4 +118,24 @@ __device__ __forceinline__ void flash_tile_pv(const float (&s)[BK / 8][4], float
     }
 }
 
+/* out[t, h, :] = bf16(o / l) for the warp's rows t0 (o[.][0..1], l[0]) and t0 + 8 (o[.][2..3], l[1]),
+ * rows >= T and columns >= HD left alone; out is [T, NH, HD]. */
+template <int HDP>
+__device__ __forceinline__ void flash_store_rows(bf16 *out, const float (&o)[HDP / 8][4], const float (&lrow)[2],
+                                                 int64_t t0, int64_t T, int64_t NH, int64_t h, int HD, int tq)
+{
+    const int64_t t1 = t0 + 8;
+    const float inv0 = 1.0f / lrow[0], inv1 = 1.0f / lrow[1];
+#pragma unroll
+    for (int i = 0; i < HDP / 8; i++) {
+        const int d = i * 8 + 2 * tq;
+        if (d < HD) {
+            if (t0 < T)
+                *reinterpret_cast<uint32_t *>(out + (t0 * NH + h) * HD + d) = pack_bf16(o[i][0] * inv0, o[i][1] * inv0);
+            if (t1 < T)
+                *reinterpret_cast<uint32_t *>(out + (t1 * NH + h) * HD + d) = pack_bf16(o[i][2] * inv1, o[i][3] * inv1);
+        }
+    }
+}
+
 #endif

@@ -221,18 +221,7 @@ __global__ void __launch_bounds__(256, 2) grouped_gemm_v3_kernel(bf16 *out, cons
     /* loader: tile rows lr + RS i (i < LP), 16-byte chunk lc */
     const int lr = tid / CH, lc = tid % CH;
     int asrc[LP], bsrc[LP]; /* source rows, -1: zero fill */
-#pragma unroll
-    for (int i = 0; i < LP; i++) {
-        const int rr = lr + RS * i, p = r0 + rr;
-        asrc[i] = p < rend ? (GATHER ? xrows[p] / div : p) : -1;
-        if (SWIGLU) {
-            const int c = blockIdx.x * 64 + (rr & 63); /* h column: rows < 64 gate, >= 64 up */
-            bsrc[i] = c < Wh ? c + (rr >> 6) * Wh : -1;
-        } else {
-            const int n = blockIdx.x * G3_BN + rr;
-            bsrc[i] = n < N ? n : -1;
-        }
-    }
+    g3_sources<LP, RS, GATHER, SWIGLU>(asrc, bsrc, lr, r0, rend, xrows, div, N);
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(g3s);
     const int ktiles = (Kin + BK - 1) / BK;
     auto load = [&](int kt, int stage) {

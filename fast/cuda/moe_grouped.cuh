@@ -45,4 +45,28 @@ __device__ __forceinline__ uint32_t g3_off(int r, int c)
     return BK == 32 ? (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4)) : (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
 }
 
+
+/* Source rows of the tile rows lr + RS i (i < LP) that one loader thread copies, -1 for zero fill:
+ * A row p = x[xrows[p] / div] (GATHER) or p, for p in [r0, rend); B row = output n = 128 blockIdx.x
+ * + rr, or with SWIGLU (W holds Nw / 2 gate rows, then Nw / 2 up rows) the gate row c (tile rows
+ * rr < 64) or up row Nw / 2 + c (rr >= 64) of h column c = 64 blockIdx.x + rr % 64. */
+template <int LP, int RS, bool GATHER, bool SWIGLU>
+__device__ __forceinline__ void g3_sources(int (&asrc)[LP], int (&bsrc)[LP], int lr, int r0, int rend,
+                                           const int32_t *xrows, int div, int Nw)
+{
+    const int Wh = Nw / 2;
+#pragma unroll
+    for (int i = 0; i < LP; i++) {
+        const int rr = lr + RS * i, p = r0 + rr;
+        asrc[i] = p < rend ? (GATHER ? xrows[p] / div : p) : -1;
+        if (SWIGLU) {
+            const int c = blockIdx.x * 64 + (rr & 63);
+            bsrc[i] = c < Wh ? c + (rr >> 6) * Wh : -1;
+        } else {
+            const int n = blockIdx.x * G3_BN + rr;
+            bsrc[i] = n < Nw ? n : -1;
+        }
+    }
+}
+
 #endif

@@ -48,19 +48,8 @@ __global__ void __launch_bounds__(256, ST <= 3 ? 2 : 1)
     const bf16 *We = W + (size_t)e * N * Kin;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const int lr = tid / CH, lc = tid % CH; /* loader: tile rows lr + RS i, 16-byte chunk lc */
-    int asrc[LP], bsrc[LP];                 /* source rows, -1: zero fill */
-#pragma unroll
-    for (int i = 0; i < LP; i++) {
-        const int rr = lr + RS * i, p = r0 + rr;
-        asrc[i] = p < rend ? (GATHER ? xrows[p] / div : p) : -1;
-        if (SWIGLU) {
-            const int c = blockIdx.x * 64 + (rr & 63); /* h column: rows < 64 gate, >= 64 up */
-            bsrc[i] = c < Wh ? c + (rr >> 6) * Wh : -1;
-        } else {
-            const int n = blockIdx.x * G3_BN + rr;
-            bsrc[i] = n < N ? n : -1;
-        }
-    }
+    int asrc[LP], bsrc[LP]; /* source rows, -1: zero fill */
+    g3_sources<LP, RS, GATHER, SWIGLU>(asrc, bsrc, lr, r0, rend, xrows, div, N);
     const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(g4s) + 1023u) & ~1023u;
     const int ktiles = (Kin + G4_BK - 1) / G4_BK;
     auto load = [&](int kt) {
