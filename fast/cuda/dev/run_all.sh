@@ -2,14 +2,15 @@
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
-# Binaries: built here with `make BUILD=build/cudadev cuda-dev build/cudadev/q3n` (nvcc 13.0,
-# sm_90a + sm_80) and carried in .cudadev/bin with the host libraries q3n links (.cudadev/libs.tar.xz),
-# because the GPU image has nvcc but not the HDF5/OpenBLAS/cJSON/cmocka development packages; the
-# `build` stage rebuilds the kernels and dev programs there from source to show they compile.
+# Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
+# carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
+# the GPU image has nvcc but not the HDF5/OpenBLAS/cJSON/cmocka development packages; the `build`
+# stage rebuilds the kernels and dev programs there from source to show they compile.
 set -u
 OUT=${OUT:-/tmp/q3n-out}
 mkdir -p "$OUT"
 B=.cudadev/bin
+[ -f .cudadev/bin.tar.xz ] && tar -xJf .cudadev/bin.tar.xz -C .cudadev
 mkdir -p /tmp/q3nlib && tar -xJf .cudadev/libs.tar.xz -C /tmp/q3nlib
 export LD_LIBRARY_PATH=/tmp/q3nlib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1

@@ -1,0 +1,39 @@
+#!/bin/bash
+# fast/cuda/dev/bundle.sh — builds the CUDA binaries here and packs what a GPU machine needs to run
+# fast/cuda/dev/run_all.sh, within the device tool's 64 MiB carry limit:
+#   .cudadev/bin.tar.xz   q3n and every fast/cuda/dev program, stripped (~5 MB)
+#   .cudadev/libs.tar.xz  the shared libraries they link that the GPU image lacks (HDF5, OpenBLAS,
+#                         cJSON and their own dependencies; ~12 MB); glibc, libstdc++ and the
+#                         CUDA runtime/cuBLAS come from the image
+#   .cudadev/base/        (with BASE=REV) bench_model built from commit REV, for run_all.sh's basebench stage
+# Usage: bash fast/cuda/dev/bundle.sh [BUILD=build/cudadev] [BASE=REV]; then carry
+# [".cudadev/bin.tar.xz", ".cudadev/libs.tar.xz"] (plus ".cudadev/base" and ".whl" when used).
+set -eu
+for a in "$@"; do case $a in BUILD=*) BUILD=${a#BUILD=} ;; BASE=*) BASE=${a#BASE=} ;; *) echo "bundle.sh: unknown argument $a" >&2; exit 2 ;; esac; done
+BUILD=${BUILD:-build/cudadev}
+top=$(git rev-parse --show-toplevel)
+cd "$top"
+make BUILD="$BUILD" -j"$(nproc)" cuda-dev "$BUILD/q3n" >/dev/null
+rm -rf .cudadev/bin .cudadev/bin.tar.xz
+mkdir -p .cudadev/bin
+cp "$BUILD/q3n" .cudadev/bin/
+for src in fast/cuda/dev/*.cu; do cp "$BUILD/cuda-dev/$(basename "$src" .cu)" .cudadev/bin/; done
+strip .cudadev/bin/*
+tar -C .cudadev -cJf .cudadev/bin.tar.xz bin
+# Every library the binaries resolve here, less the ones the image has: match whole file names
+# (a bare pattern such as "libc.so" would also drop libcjson.so).
+libs=$(ldd .cudadev/bin/* 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+       grep -v -E '/(libc|libm|libdl|libpthread|librt|libresolv|libgcc_s|libstdc\+\+)\.so|/libcu(da|dart|blas|blasLt)\.so|/usr/local/cuda')
+tar -chJf .cudadev/libs.tar.xz --transform 's|.*/||' $libs 2>/dev/null
+for need in libhdf5_serial libopenblas libcjson; do
+    tar -tJf .cudadev/libs.tar.xz | grep -q "^$need" || { echo "bundle.sh: $need missing from libs.tar.xz" >&2; exit 1; }
+done
+if [ -n "${BASE:-}" ]; then
+    wt=$(mktemp -d)
+    git worktree add -q "$wt" "$BASE"
+    (cd "$wt" && make BUILD=build/base -j"$(nproc)" build/base/cuda-dev/bench_model >/dev/null)
+    mkdir -p .cudadev/base
+    cp "$wt/build/base/cuda-dev/bench_model" .cudadev/base/ && strip .cudadev/base/bench_model
+    git worktree remove --force "$wt"
+fi
+du -sh .cudadev/bin.tar.xz .cudadev/libs.tar.xz ${BASE:+.cudadev/base}
