@@ -199,6 +199,7 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         struct q3n_roofline r;
         q3n_roofline_prefill(cfg, T, wbytes, a->peak_bw, a->peak_flops, &r);
         print_floor("prefill", &r, 1e3 * best, a);
+        printf("  kernels: %s\n", cuda_impl.describe(s)); /* of this T (the version choice depends on T) */
         if (bad) goto fail;
     }
     if (a->decode > 0) {
@@ -220,8 +221,8 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         struct q3n_roofline r;
         q3n_roofline_decode(cfg, a->prompt + 1, wbytes, a->peak_bw, a->peak_flops, &r);
         print_floor("decode", &r, ms, a);
+        printf("  kernels: %s\n", cuda_impl.describe(s));
     }
-    printf("kernels: %s\n", cuda_impl.describe(s));
     cuda_impl.close(s);
     free(tok);
     free(logits);
