@@ -52,6 +52,31 @@ __device__ __forceinline__ float block_max(float v, float *red)
 }
 
 /* Error plumbing: every runtime call and every launch goes through these. */
+/* Exclusive prefix sum of v over the block's threads in thread order (blockDim.x a multiple of 32,
+ * at most 1024; every thread calls it): an inclusive scan per warp by shuffles, the warp totals
+ * scanned by warp 0 in wsum[32] (shared), two barriers. Integer: the result is exact. */
+__device__ __forceinline__ int block_exclusive_scan(int v, int *wsum)
+{
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+    int x = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) wsum[w] = x;
+    __syncthreads();
+    if (w == 0) {
+        int s = lane < nw ? wsum[lane] : 0;
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, s, o);
+            if (lane >= o) s += y;
+        }
+        wsum[lane] = s;
+    }
+    __syncthreads();
+    return (w ? wsum[w - 1] : 0) + x - v;
+}
+
 /* C[16x8] += A[16x16] B[16x8] on bf16 tensor cores with float32 accumulators (mma.sync m16n8k16,
  * sm_80+): a0..a3 = A's row-major fragment, b0/b1 = B's column fragment (k 0-7, 8-15). */
 __device__ __forceinline__ void mma_m16n8k16_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,

@@ -399,9 +399,9 @@ __global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n,
 __global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t *counts, int32_t *offsets,
                                                           const int32_t *hist, int64_t nchunks, int E)
 {
-    __shared__ int32_t wsum[32];
+    __shared__ int wsum[32];
     __shared__ int32_t carry;
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+    const int tid = threadIdx.x;
     if (tid == 0) carry = 0;
     __syncthreads();
     for (int e0 = 0; e0 < E; e0 += blockDim.x) {
@@ -409,23 +409,7 @@ __global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t
         int32_t tot = 0;
         if (e < E)
             for (int64_t c = 0; c < nchunks; c++) tot += hist[c * E + e];
-        int32_t v = tot; /* inclusive block scan of the expert totals */
-        for (int o = 1; o < 32; o <<= 1) {
-            const int32_t y = __shfl_up_sync(0xffffffffu, v, o);
-            if (lane >= o) v += y;
-        }
-        if (lane == 31) wsum[w] = v;
-        __syncthreads();
-        if (w == 0) {
-            int32_t s = lane < nw ? wsum[lane] : 0;
-            for (int o = 1; o < 32; o <<= 1) {
-                const int32_t y = __shfl_up_sync(0xffffffffu, s, o);
-                if (lane >= o) s += y;
-            }
-            wsum[lane] = s;
-        }
-        __syncthreads();
-        const int32_t off = carry + (w ? wsum[w - 1] : 0) + v - tot;
+        const int32_t off = block_exclusive_scan(tot, wsum) + carry; /* carry: set two barriers ago */
         if (e < E) {
             counts[e] = tot;
             offsets[e] = off;

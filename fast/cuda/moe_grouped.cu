@@ -167,29 +167,13 @@ __global__ void __launch_bounds__(1024) g3_tiles_kernel(int32_t *tiles, const in
 {
     __shared__ int wsum[32];
     __shared__ int carry;
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+    const int tid = threadIdx.x;
     if (tid == 0) carry = 0;
     __syncthreads();
     for (int e0 = 0; e0 < E; e0 += blockDim.x) {
         const int e = e0 + tid;
         const int nt = e < E ? (counts[e] + G3_BM - 1) / G3_BM : 0;
-        int v = nt; /* inclusive warp scan */
-        for (int o = 1; o < 32; o <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, v, o);
-            if (lane >= o) v += y;
-        }
-        if (lane == 31) wsum[w] = v;
-        __syncthreads();
-        if (w == 0) {
-            int s = lane < nw ? wsum[lane] : 0;
-            for (int o = 1; o < 32; o <<= 1) {
-                const int y = __shfl_up_sync(0xffffffffu, s, o);
-                if (lane >= o) s += y;
-            }
-            wsum[lane] = s;
-        }
-        __syncthreads();
-        const int excl = carry + (w ? wsum[w - 1] : 0) + v - nt;
+        const int excl = block_exclusive_scan(nt, wsum) + carry; /* carry: set two barriers ago */
         for (int i = 0; i < nt; i++) {
             tiles[1 + 2 * (excl + i)] = e;
             tiles[2 + 2 * (excl + i)] = offsets[e] + i * G3_BM;
