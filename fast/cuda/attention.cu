@@ -2,8 +2,10 @@
  * softmax attention, and the sigmoid output gate (cuda twins of ref/attention.c).
  *
  * Attention kernels; cuda_attention_kernel() names the one that runs:
- *  - flash_wgmma_bf16_v4 (as v3, on compute capability 9.0; attention_flash_wgmma.cu): v3 with
- *    S = Q K^T on Hopper wgmma from swizzled shared memory; bitwise v3 (dev/test_attn2).
+ *  - flash_wgmma_bf16_v5 (as v3, on compute capability 9.0; attention_flash_wgmma.cu): v3 with
+ *    S = Q K^T and P V on Hopper wgmma (P from registers, Q/K/V in swizzled shared memory);
+ *    bitwise v3 (dev/test_attn2).
+ *  - flash_wgmma_bf16_v4 (there, old = 3): only S = Q K^T on wgmma; bitwise v3.
  *  - flash_mma_bf16_v3 (bf16, T > 1, HD % 8 == 0, HD <= 256; other devices, and old = 2):
  *    128 queries per block (8 warps of 16 rows), cp.async double-buffered 64-key K/V tiles,
  *    ldmatrix fragments, mma.sync m16n8k16 with float32 accumulators, base-2 online softmax in
@@ -239,7 +241,7 @@ static enum q3n_status rows_launch(void *d_out, const void *d_q, const void *d_k
 
 extern "C" const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    if (flash_v4_ok(T, HD, dt)) return "flash_wgmma_bf16_v4";
+    if (flash_v4_ok(T, HD, dt)) return "flash_wgmma_bf16_v5";
     if (flash_v3_ok(T, HD, dt)) return "flash_mma_bf16_v3";
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v2";
     if (T == 1 && decode_v3_ok(HD, dt)) return "decode_split_bf16 (v4 or v3 by head group)";
@@ -273,8 +275,8 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
     const float scale = 1.0f / sqrtf((float)HD);
-    if (!old && flash_v4_ok(T, HD, dt)) {
-        CU_CHECK(flash_v4_launch(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream));
+    if ((!old || old == 3) && flash_v4_ok(T, HD, dt)) {
+        CU_CHECK((old ? flash_v4_launch : flash_v5_launch)(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream));
         CU_LAUNCHED("flash_v4_kernel");
         return Q3N_OK;
     }

@@ -1,25 +1,39 @@
-/* attention_flash_wgmma.cu — flash_wgmma_bf16_v4: causal prefill attention with S = Q K^T on
- * Hopper's warpgroup MMA (wgmma), the rest as flash_mma_bf16_v3 (attention_flash.cu).
+/* attention_flash_wgmma.cu — causal prefill attention on Hopper's warpgroup MMA (wgmma):
+ *  - flash_wgmma_bf16_v4: S = Q K^T on wgmma, P V as flash_mma_bf16_v3 (mma.sync, V by
+ *    ldmatrix.trans from v3's padded tile);
+ *  - flash_wgmma_bf16_v5: P V on wgmma too, P straight from registers as the A operand
+ *    (wgmma_rs.cuh), V an MN-major B operand in the same swizzled panels as K.
  *
  * Why: in v3 every warp reloads its Q fragments and the K tile's fragments from shared memory by
  * ldmatrix for each 16x8x16 mma.sync (HD = 256: 16 + 64 ldmatrix.x4 per warp and tile), which caps
- * it near 270 TFLOP/s; wgmma reads Q and K straight from shared memory, 64 x 64 x 16 per
- * instruction per warpgroup.
+ * it near 270 TFLOP/s; wgmma reads its shared-memory operands itself, 64 x N x 16 per instruction
+ * per warpgroup. v4 moved the first product (289 TFLOP/s at T = 16384), v5 moves the second.
  *
  * Block: one query head h and 128 queries, 8 warps = 2 warpgroups of 64 rows; 64-key tiles.
  * Q [128 x HDP] and the two K buffers [64 x HDP] are stored K-major in 64-column panels with the
- * 128-byte swizzle (wgmma.cuh); V keeps v3's padded layout for ldmatrix.trans. Per tile j:
- *   wait for the copies of tile j, fence.proxy.async, barrier; copy tile j + 1 (cp.async);
+ * 128-byte swizzle (wgmma.cuh); V in v4 keeps v3's padded layout for ldmatrix.trans, in v5 the
+ * same swizzled panels as K (row = key: for P V that is B[k = key][n = dim], N contiguous, i.e.
+ * MN-major). Per tile j:
+ *   wait for the copies of tile j (v5: and for this warpgroup's P V of tile j-1, which reads the
+ *   V buffer the next copy overwrites), fence.proxy.async, barrier; copy tile j + 1 (cp.async);
  *   warpgroup wg, if any of its rows sees a key of the tile: S[64 x 64] = sum over HDP / 16 steps
  *   of wgmma m64n64k16 (panel ks / 4, 32 bytes per step inside a panel), wait for it;
- *   each warp with a visible key: v3's flash_tile_softmax and flash_tile_pv on its 16 rows (the
- *   wgmma accumulator is, per warp, v3's mma.sync accumulator layout).
- * S is summed over k in the same order as v3 (16 at a time, ascending); inside a 16-deep step the
- * order is the tensor core's. dev/test_attn2 requires v4 to be bitwise v3 on every shape it tries
- * (as the grouped GEMM v4 is bitwise v3 on an H100), so everything v3 passes holds for v4.
+ *   v4: each warp with a visible key runs v3's flash_tile_softmax and flash_tile_pv on its 16
+ *   rows (the wgmma accumulator is, per warp, v3's mma.sync accumulator layout);
+ *   v5: S for every tile in both warpgroups (warpgroup 0's last tile is fully masked: a branch
+ *   around the wgmma's makes ptxas serialise them, C7520); every warp runs flash_tile_softmax (a
+ *   warp none of whose rows sees a key gets p = 0, alpha = 1: o and l unchanged), packs p to bf16
+ *   as the A fragments and the
+ *   warpgroup issues BK / 16 wgmma m64nHDPk16 (keys 16 kk .. 16 kk + 15 each, ascending), left in
+ *   flight until the next tile's barrier.
+ * S and O are summed over k in the same order as v3 (16 at a time, ascending; o + 0 * v = o for the
+ * masked keys v3 skips); inside a 16-deep step the order is the tensor core's. dev/test_attn2
+ * requires v4 and v5 to be bitwise v3 on every shape it tries (as the grouped GEMM v4 is bitwise v3
+ * on an H100), so everything v3 passes holds for them. V must be finite (so is every v3 input:
+ * v3 also multiplies masked p = 0 by V inside its diagonal tiles).
  * Needs compute capability 9.0 (flash_v4_ok); HD % 8 == 0, HD <= 256, padded to 64 / 128 / 256. */
 #include "attention_flash.cuh"
-#include "wgmma.cuh"
+#include "wgmma_rs.cuh"
 
 #define V4_BQ 128
 #define V4_BK 64
@@ -39,7 +53,26 @@ __device__ __forceinline__ void v4_load_sw(unsigned char *dst, const bf16 *base,
     }
 }
 
-template <int HDP>
+/* o += bf16(P) V for the warpgroup's 64 rows on wgmma: P from s (flash_tile_softmax's p, the
+ * accumulator layout = the A fragment layout), V the MN-major B at sV (wgmma_rs.cuh); issued and
+ * committed, not waited for. */
+template <int HDP, int BK>
+__device__ __forceinline__ void v5_tile_pv(const float (&s)[BK / 8][4], float (&o)[HDP / 8][4], uint32_t sV)
+{
+    float *of = &o[0][0];
+    wg_fence(); /* o was rescaled in registers since the last wgmma that wrote it */
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; kk++) {
+        const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        wg_mma_rs_m64k16<HDP>(of, a, wg_desc_mn(sV + kk * 2048, BK * 128));
+    }
+    wg_commit();
+}
+
+/* PVW: P V on wgmma (v5), else mma.sync (v4). */
+template <int HDP, bool PVW>
 __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
                                                           int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int HD,
                                                           float sl2)
@@ -47,9 +80,10 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
 #ifdef Q3N_HAVE_WGMMA
     constexpr int BQ = V4_BQ, BK = V4_BK, NT = 256, LD = HDP + 8, QB = BQ * HDP * 2, KB = BK * HDP * 2;
     extern __shared__ unsigned char v4_smem[];
-    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v4_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB;
-    unsigned char *gQ = v4_smem + (sQ - sraw), *gK = gQ + QB;
-    bf16 *Vs = reinterpret_cast<bf16 *>(gK + 2 * KB);
+    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v4_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB,
+                   sV = sK + 2 * KB;
+    unsigned char *gQ = v4_smem + (sQ - sraw), *gK = gQ + QB, *gV = gK + 2 * KB;
+    bf16 *Vs = reinterpret_cast<bf16 *>(gV); /* v4: [2][BK][LD] padded */
     const int64_t h = blockIdx.x, kh = h / (NH / NKV);
     const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * BQ; /* heaviest blocks first */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, wg = w >> 2, tq = lane & 3, g = lane >> 2;
@@ -59,10 +93,14 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
     const int64_t wq0 = pos0 + qb + w * 16;   /* position of this warp's first row */
     const int64_t gq0 = pos0 + qb + wg * 64;  /* ... and of its warpgroup's */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
+    auto load_v = [&](int buf, int64_t k0) {
+        if (PVW) v4_load_sw<HDP, BK>(gV + buf * KB, vc + kh * HD, NKV * HD, k0, S, HD);
+        else v3_load<HDP, BK, NT>(Vs + buf * BK * LD, vc + kh * HD, NKV * HD, k0, S, HD);
+    };
 
     v4_load_sw<HDP, BQ>(gQ, q + h * HD, NH * HD, qb, T, HD);
     v4_load_sw<HDP, BK>(gK, kc + kh * HD, NKV * HD, 0, S, HD);
-    v3_load<HDP, BK, NT>(Vs, vc + kh * HD, NKV * HD, 0, S, HD);
+    load_v(0, 0);
     cp_async_commit();
 
     float o[HDP / 8][4];
@@ -73,18 +111,24 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
 
     for (int j = 0; j < ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
-        const bf16 *Vb = Vs + (j & 1) * BK * LD;
         cp_async_wait<0>(); /* tile j (and Q) landed for this thread ... */
+        if (PVW) {
+            wg_wait<0>();   /* ... this warpgroup's P V of tile j-1 retired (its V buffer is refilled next) ... */
+            wg_pin<HDP / 2>(&o[0][0]);
+        }
         wg_proxy_fence();   /* ... visible to wgmma's async proxy ... */
         __syncthreads();    /* ... and for all; everyone is done with tile j-1, so its buffers are free */
         if (j + 1 < ntiles) {
             v4_load_sw<HDP, BK>(gK + ((j + 1) & 1) * KB, kc + kh * HD, NKV * HD, kb + BK, S, HD);
-            v3_load<HDP, BK, NT>(Vs + ((j + 1) & 1) * BK * LD, vc + kh * HD, NKV * HD, kb + BK, S, HD);
+            load_v((j + 1) & 1, kb + BK);
         }
         cp_async_commit();
         const bool active = kb <= wq0 + 15;  /* some key of the tile is visible to some row of the warp */
         const bool diag = kb + BK - 1 > wq0; /* some key is past some row: mask */
-        if (kb <= gq0 + 63) {                /* uniform over the warpgroup, as wgmma requires */
+        /* uniform over the warpgroup, as wgmma requires; v5 runs every tile of the block in both
+         * warpgroups (the one fully masked tile of warpgroup 0 adds o + 0 V): the wgmma's are then
+         * outside any branch and ptxas does not serialise them */
+        if (PVW || kb <= gq0 + 63) {
             float *sf = &s[0][0];
 #pragma unroll
             for (int i = 0; i < BK / 2; i++) sf[i] = 0.0f;
@@ -98,9 +142,18 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
             wg_commit();
             wg_wait<0>();
             wg_pin<BK / 2>(sf);
-            if (active) flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
+            if (PVW) {
+                flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
+                v5_tile_pv<HDP, BK>(s, o, sV + (j & 1) * KB);
+            } else if (active) {
+                flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
+            }
         }
-        if (active) flash_tile_pv<HDP, BK, LD>(s, o, Vb, lane);
+        if (!PVW && active) flash_tile_pv<HDP, BK, LD>(s, o, Vs + (j & 1) * BK * LD, lane);
+    }
+    if (PVW) {
+        wg_wait<0>();
+        wg_pin<HDP / 2>(&o[0][0]);
     }
     flash_store_rows<HDP>(out, o, lrow, qb + w * 16 + g, T, NH, h, HD, tq);
 #else
@@ -118,23 +171,38 @@ int flash_v4_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
     return major == 9 && minor == 0;
 }
 
-template <int HDP>
-static cudaError_t launch_flash_v4(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+template <int HDP, bool PVW>
+static cudaError_t launch_flash_wg(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    const size_t smem = (size_t)(V4_BQ + 2 * V4_BK) * HDP * 2 + sizeof(bf16) * 2 * V4_BK * (HDP + 8) + 1024;
-    cudaError_t e = cudaFuncSetAttribute(flash_v4_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const size_t vbytes = PVW ? (size_t)2 * V4_BK * HDP * 2 : sizeof(bf16) * 2 * V4_BK * (HDP + 8);
+    const size_t smem = (size_t)(V4_BQ + 2 * V4_BK) * HDP * 2 + vbytes + 1024;
+    cudaError_t e =
+        cudaFuncSetAttribute(flash_v4_kernel<HDP, PVW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v4_kernel<HDP><<<dim3((unsigned)NH, cdiv(T, V4_BQ)), 256, smem, stream>>>(
+    flash_v4_kernel<HDP, PVW><<<dim3((unsigned)NH, cdiv(T, V4_BQ)), 256, smem, stream>>>(
         (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
     return cudaSuccess;
+}
+
+template <bool PVW>
+static cudaError_t launch_flash_wg_hd(void *out, const void *q, const void *kc, const void *vc, int64_t T,
+                                      int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
+{
+    if (HD <= 64) return launch_flash_wg<64, PVW>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    if (HD <= 128) return launch_flash_wg<128, PVW>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return launch_flash_wg<256, PVW>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 cudaError_t flash_v4_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    if (HD <= 64) return launch_flash_v4<64>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
-    if (HD <= 128) return launch_flash_v4<128>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
-    return launch_flash_v4<256>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return launch_flash_wg_hd<false>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+}
+
+cudaError_t flash_v5_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
+{
+    return launch_flash_wg_hd<true>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }

@@ -1,13 +1,14 @@
 /* test_attn2.cu — the attention kernels of session 2: device-position decode launchers (CUDA graph
  * decode), flash prefill v3 and the split-K decode kernel, each validated against ref_attention_forward
  * (linked from libq3n.a) and against the previous kernel before it is timed; decode split v4 against
- * split v3 (both versions' pos0 and device-position launches bitwise equal); flash v4 (S = Q K^T on
- * wgmma) bitwise against flash v3 on every shape tried (compute capability 9.0 only).
+ * split v3 (both versions' pos0 and device-position launches bitwise equal); flash v5 (S = Q K^T and
+ * P V on wgmma) and v4 (S only) bitwise against flash v3 on every shape tried (compute capability 9.0
+ * only).
  *
  * Inputs are bf16-rounded random normals; outputs are NaN-poisoned with a sentinel guard; every case
  * runs REPEAT times and must be bitwise identical. One line per case; exit status 1 on any failure.
  *
- *   test_attn2            all cases, then timings (v2, v3, v4) at T=4096/16384 and decode at S=4096/32768
+ *   test_attn2            all cases, then timings (v2, v3, v4, v5) at T=4096/16384 and decode at S=4096/32768
  *                         (decode: rows_v1, v4 and v3 eager; v3 and v4 in a graph of 20 calls)
  *   test_attn2 --quick    cases only */
 #include <algorithm>
@@ -16,10 +17,10 @@
 
 #define E (&g_err) /* launchers take `err` by name */
 
-/* Whether the default bf16 prefill kernel for (T, HD) is flash v4 (compute capability 9.0). */
-static int flash_v4_ok_for_test(int64_t T, int64_t HD)
+/* Whether the default bf16 prefill kernel for (T, HD) is flash v5 (compute capability 9.0; v4 too). */
+static int flash_wg_ok_for_test(int64_t T, int64_t HD)
 {
-    return strcmp(cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v4") == 0;
+    return strcmp(cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v5") == 0;
 }
 
 static std::vector<float> randb(int64_t n, int bf)
@@ -69,38 +70,44 @@ static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64
     dfree(dq), dfree(dk), dfree(dv), dfree(o), dfree(o1), dfree(scratch);
 }
 
-/* ---- flash v4 (S on wgmma) against flash v3 (mma.sync): bitwise, 3 runs, guard; and vs the ref ---- */
-static void case_flash_v4(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int ref)
+/* ---- flash v5 (the default: S and P V on wgmma) and v4 (S only) against flash v3 (mma.sync): bitwise,
+ * 3 runs each, guard; and v5 vs the ref ---- */
+static void case_flash_wg(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int ref)
 {
-    if (!flash_v4_ok_for_test(T, HD)) return;
+    if (!flash_wg_ok_for_test(T, HD)) return;
     const int64_t S = pos0 + T, n = T * NH * HD;
     auto q = randb(n, 1), kc = randb(S * NKV * HD, 1), vc = randb(S * NKV * HD, 1);
-    dbuf dq = up(q, 1), dk = up(kc, 1), dv = up(vc, 1), o4 = dnew(n * 2), o3 = dnew(n * 2);
-    std::vector<float> first, v3;
-    int det = 1;
+    dbuf dq = up(q, 1), dk = up(kc, 1), dv = up(vc, 1), o5 = dnew(n * 2), o4 = dnew(n * 2), o3 = dnew(n * 2);
+    std::vector<float> first5, first4, v3;
+    int det5 = 1, det4 = 1;
     for (int r = 0; r < REPEAT; r++) {
-        poison(o4), poison(o3);
-        RUN(cuda_attention_forward(o4.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, Q3N_COMPUTE_BF16, g_stream, E));
+        poison(o5), poison(o4), poison(o3);
+        RUN(cuda_attention_forward(o5.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, Q3N_COMPUTE_BF16, g_stream, E));
+        RUN(cuda_attention_forward_ver(o4.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, 3, Q3N_COMPUTE_BF16,
+                                       g_stream, E));
         RUN(cuda_attention_forward_ver(o3.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, 2, Q3N_COMPUTE_BF16,
                                        g_stream, E));
         CK(cudaStreamSynchronize(g_stream));
-        auto got = down(o4, n, 1);
-        if (r == 0) first = got, v3 = down(o3, n, 1);
-        else det &= same_bits(first, got);
+        auto got5 = down(o5, n, 1), got4 = down(o4, n, 1);
+        if (r == 0) first5 = got5, first4 = got4, v3 = down(o3, n, 1);
+        else det5 &= same_bits(first5, got5), det4 &= same_bits(first4, got4);
     }
     char name[200];
     snprintf(name, sizeof name, "flash[%s] == flash v3 bitwise T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld",
              cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), (long long)T, (long long)pos0, (long long)NH,
              (long long)NKV, (long long)HD);
-    check(name, first, v3, 0.0, det && same_bits(first, v3), &o4);
+    check(name, first5, v3, 0.0, det5 && same_bits(first5, v3), &o5);
+    snprintf(name, sizeof name, "  flash[flash_wgmma_bf16_v4] == flash v3 bitwise T=%lld pos0=%lld HD=%lld",
+             (long long)T, (long long)pos0, (long long)HD);
+    check(name, first4, v3, 0.0, det4 && same_bits(first4, v3), &o4);
     if (ref) {
         std::vector<float> want((size_t)n), scr((size_t)S);
         ref_attention_forward(want.data(), q.data(), kc.data(), vc.data(), scr.data(), T, pos0, NH, NKV, HD);
-        snprintf(name, sizeof name, "  flash v4 vs ref T=%lld pos0=%lld HD=%lld", (long long)T, (long long)pos0,
+        snprintf(name, sizeof name, "  flash v5 vs ref T=%lld pos0=%lld HD=%lld", (long long)T, (long long)pos0,
                  (long long)HD);
-        check(name, first, want, 2e-2, det, &o4);
+        check(name, first5, want, 2e-2, det5, &o5);
     }
-    dfree(dq), dfree(dk), dfree(dv), dfree(o4), dfree(o3);
+    dfree(dq), dfree(dk), dfree(dv), dfree(o5), dfree(o4), dfree(o3);
 }
 
 /* ---- device-position decode, captured once in a CUDA graph and replayed at several positions, against
@@ -276,12 +283,15 @@ static void bench_prefill(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
     auto hq = randb((int64_t)n, 1), hk = randb((int64_t)nk, 1), hv = randb((int64_t)nk, 1);
     dbuf q = up(hq, 1), kc = up(hk, 1), vc = up(hv, 1), o = dnew(n * 2);
     const double flops = 4.0 * NH * HD * (double)T * (T + 1) / 2.0;
-    /* ver 1 = flash_mma_bf16_v2, 2 = flash_mma_bf16_v3, 0 = what cuda_attention_forward runs */
-    const int vers[] = {1, 2, 0};
-    const char *names[] = {"old: flash_mma_bf16_v2", "old: flash_mma_bf16_v3",
+    /* ver 1 = flash_mma_bf16_v2, 2 = flash_mma_bf16_v3, 3 = flash_wgmma_bf16_v4 (compute capability 9.0),
+     * 0 = what cuda_attention_forward runs */
+    const int vers[] = {1, 2, 3, 0};
+    const char *names[] = {"old: flash_mma_bf16_v2", "old: flash_mma_bf16_v3", "old: flash_wgmma_bf16_v4",
                            cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16)};
+    const int nv = flash_wg_ok_for_test(T, HD) ? 4 : 3;
     std::vector<float> ref;
-    for (int vi = 0; vi < 3; vi++) {
+    for (int vi = 0; vi < 4; vi++) {
+        if (vi == 2 && nv == 3) continue;
         fwd_args a = {o.p, q.p, kc.p, vc.p, NULL, T, 0, NH, NKV, HD, vers[vi], NULL};
         poison(o);
         fwd_call(&a);
@@ -392,20 +402,20 @@ int main(int argc, char **argv)
     case_forward(33, 40, 8, 2, 100, 1);
     case_forward(65, 0, 16, 2, 256, 0);
     case_forward(1, 700, 16, 2, 256, 0);
-    /* flash v4 == v3 bitwise: T around the 64-key tiles and 128-query blocks, continuations (pos0 > 0),
+    /* flash v5 and v4 == v3 bitwise: T around the 64-key tiles and 128-query blocks, continuations (pos0 > 0),
      * HD 256 / 128 / 64 and padded (200 -> 256, 72 -> 128), GQA 8 / 4 / 1, the real dims */
-    if (!flash_v4_ok_for_test(64, 256)) printf("flash v4 (wgmma) not on this device: its cases skipped\n");
+    if (!flash_wg_ok_for_test(64, 256)) printf("flash v4/v5 (wgmma) not on this device: their cases skipped\n");
     const int64_t T4[] = {2, 63, 64, 65, 127, 128, 129, 300, 1000};
-    for (int64_t T : T4) case_flash_v4(T, 0, 16, 2, 256, T <= 300);
-    for (int64_t T : T4) case_flash_v4(T, 0, 8, 1, 128, 0);
-    case_flash_v4(65, 100, 16, 2, 256, 1);
-    case_flash_v4(130, 700, 16, 2, 256, 1);
-    case_flash_v4(300, 64, 4, 1, 256, 0);
-    case_flash_v4(200, 3, 4, 4, 64, 1);
-    case_flash_v4(129, 17, 8, 2, 200, 1);
-    case_flash_v4(100, 0, 4, 2, 72, 1);
-    case_flash_v4(4096, 0, 16, 2, 256, 0);
-    if (!quick) case_flash_v4(16384, 0, 16, 2, 256, 0);
+    for (int64_t T : T4) case_flash_wg(T, 0, 16, 2, 256, T <= 300);
+    for (int64_t T : T4) case_flash_wg(T, 0, 8, 1, 128, 0);
+    case_flash_wg(65, 100, 16, 2, 256, 1);
+    case_flash_wg(130, 700, 16, 2, 256, 1);
+    case_flash_wg(300, 64, 4, 1, 256, 0);
+    case_flash_wg(200, 3, 4, 4, 64, 1);
+    case_flash_wg(129, 17, 8, 2, 200, 1);
+    case_flash_wg(100, 0, 4, 2, 72, 1);
+    case_flash_wg(4096, 0, 16, 2, 256, 0);
+    if (!quick) case_flash_wg(16384, 0, 16, 2, 256, 0);
     printf("%d cases, %d failed\n", g_cases, g_fail);
     if (g_fail) return 1;
     if (!quick) {
