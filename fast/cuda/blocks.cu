@@ -240,15 +240,16 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     /* v3/v4: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both */
     if (cuda_moe_grouped_v3_ok(2 * I, D, 1, dt) && cuda_moe_grouped_v3_ok(D, I, 0, dt) && T * K / 128 + E + 1 <= 65535) {
         Q3N_TRY(cuda_moe_grouped_tiles_v3(w->tiles, w->counts, w->offsets, T * K, E, s->stream, err));
-        /* v4 (wgmma) on Hopper once experts get more than a tile of rows, else v3 (mma.sync) */
-        const int v4 = cuda_moe_grouped_v4_supported() && cuda_moe_grouped_v4_pays(T * K, E);
-        Q3N_TRY((v4 ? cuda_moe_grouped_gemm_v4 : cuda_moe_grouped_gemm_v3)(w->hmid, w->xn, w->perm, K, L->experts_gu,
+        /* v5 (warp-specialised wgmma) on Hopper once experts get more than a tile of rows, else v3
+         * (mma.sync): at ~80 rows per expert both stream the weights and v3 is as fast */
+        const int v5 = cuda_moe_grouped_v4_supported() && cuda_moe_grouped_v4_pays(T * K, E);
+        Q3N_TRY((v5 ? cuda_moe_grouped_gemm_v5 : cuda_moe_grouped_gemm_v3)(w->hmid, w->xn, w->perm, K, L->experts_gu,
                                                                            w->counts, w->offsets, w->tiles, T * K, E,
                                                                            2 * I, D, 1, dt, s->stream, err));
-        Q3N_TRY((v4 ? cuda_moe_grouped_gemm_v4 : cuda_moe_grouped_gemm_v3)(w->ey, w->hmid, NULL, 1, L->experts_dn,
+        Q3N_TRY((v5 ? cuda_moe_grouped_gemm_v5 : cuda_moe_grouped_gemm_v3)(w->ey, w->hmid, NULL, 1, L->experts_dn,
                                                                            w->counts, w->offsets, w->tiles, T * K, E,
                                                                            D, I, 0, dt, s->stream, err));
-        s->ran_moe_grouped = v4 ? 4 : 3; /* describe: grouped_v4 / grouped_v3 */
+        s->ran_moe_grouped = v5 ? 5 : 3; /* describe: grouped_v5 / grouped_v3 */
         return Q3N_OK;
     }
     Q3N_TRY(cuda_gather_rows(w->xperm, w->xn, w->perm, T * K, K, D, dt, s->stream, err));

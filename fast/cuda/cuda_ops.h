@@ -187,7 +187,8 @@ enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, const void 
                                        struct q3n_error *err);
 /* Dev/test twin: old = 0 runs what cuda_attention_forward runs; old = 1 the first kernel of that
  * path (flash_mma_bf16_v2 for bf16 prefill, rows_v1 for decode), old = 2 flash_mma_bf16_v3 for bf16
- * prefill (the default before flash_wgmma_bf16_v4), kept for comparison and timing. */
+ * prefill (the default before flash_wgmma_bf16_v4), old = 3 flash_wgmma_bf16_v4 (compute capability
+ * 9.0; the default before v5), kept for comparison and timing. */
 enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
                                            float *d_scratch, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
                                            int64_t HD, int old, enum q3n_compute_dtype dt, cudaStream_t stream,
@@ -316,6 +317,22 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
                                             const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
                                             int swiglu, int stages, enum q3n_compute_dtype dt, cudaStream_t stream,
                                             struct q3n_error *err);
+/* Grouped expert GEMM v5: v4's contract, tile table and roundings (moe_wgmma5.cu), warp-specialised:
+ * a cp.async producer warpgroup and two wgmma consumer warpgroups meeting at mbarriers, 128 x 256
+ * tiles, 1 block per SM; gate_up on a persistent grid, down a block per tile. Usable when cuda_moe_grouped_v3_ok and
+ * cuda_moe_grouped_v4_supported (the same sm_90a requirement); expected bitwise v3/v4 (same k
+ * order; dev/test_moe_prefill requires it); deterministic. _cfg is the dev/test twin: bn 128 or 256
+ * outputs per tile, persistent 1 (grid = SMs, blocks loop over the tiles) or 0 (a block per tile). */
+enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                         const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                         const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
+                                         int swiglu, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                         struct q3n_error *err);
+enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                             const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                             const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
+                                             int64_t Kin, int swiglu, int bn, int persistent,
+                                             enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 /* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
  * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]
  * (Wsgu NULL: none); rounding as gate_up GEMV + cuda_swiglu_forward; with Wsg [1, D] also the

@@ -1,7 +1,7 @@
-/* test_moe_prefill.cu — the MoE prefill path's session-3 kernels: the permutation v2 (counting sort
- * over chunks, moe.cu) against v1, and the grouped expert GEMM v4 (wgmma, moe_wgmma.cu) against v3
- * (mma.sync) and the CPU reference; then old vs new timings at the real dims (llm.c dev/cuda
- * pattern: every kernel checked before it is timed).
+/* test_moe_prefill.cu — the MoE prefill path's kernels: the permutation v2 (counting sort over
+ * chunks, moe.cu) against v1, and the grouped expert GEMMs v4 (wgmma, moe_wgmma.cu) and v5
+ * (warp-specialised wgmma, moe_wgmma5.cu) against v3 (mma.sync) and the CPU reference; then old vs
+ * new timings at the real dims (llm.c dev/cuda pattern: every kernel checked before it is timed).
  *
  * Checks, each on NaN-poisoned outputs, 3 runs bitwise identical:
  *  - permute v2 == v1 bit for bit (perm_row, pos, counts, offsets): T 1..16384, E 8..8192,
@@ -9,10 +9,13 @@
  *  - v4 gate_up (gather + SwiGLU) and v4 down vs v3 on the same inputs: bitwise equal (the k order
  *    is the same; inside a 16-deep step the order is the tensor core's, which gave the same bits
  *    for mma.sync and wgmma on an H100), for both pipeline depths;
- *  - permute + v4 gate_up + v4 down + combine vs ref_moe_experts_forward (as test_moe2 checks v3);
+ *  - v5 gate_up and down vs v3: bitwise equal (same k order), for the default (cuda_moe_grouped_gemm_v5)
+ *    and every configuration of V5_CFGS (tile width 128/256, persistent grid or a block per tile);
+ *  - permute + v4 (and v5) gate_up + down + combine vs ref_moe_experts_forward (as test_moe2 checks v3);
  *  - shapes: T 1..4096, E 8/64/512, K 1/2/10, D and I not tile multiples, skewed loads with empty
  *    experts, and the real dims (D=2048, E=512, K=10, I=512) at T=4096 and 16384.
- * Timings (CUDA events, median of 10): gate_up and down of one layer, v3 vs v4 (3 and 4 stages).
+ * Timings (CUDA events, median of 10): gate_up and down of one layer, v3 vs v4 (3 and 4 stages) vs v5
+ * (the default, then each configuration).
  *
  *   test_moe_prefill           checks + real-dims timings
  *   test_moe_prefill --quick   checks only (make check-cuda) */
@@ -99,6 +102,38 @@ static void gate_up_gemm(layer &L, int ver, int stages, dbuf &h)
                                         (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D,
                                         1, stages, Q3N_COMPUTE_BF16, g_stream, E_));
 }
+/* v5 configurations checked and timed beside the default: tiles of bn outputs, persistent grid. */
+struct v5_cfg {
+    int bn, persistent;
+    const char *name;
+};
+static const v5_cfg V5_CFGS[] = {{256, 1, "v5/bn256/grid"}, {256, 0, "v5/bn256/tiles"}, {128, 1, "v5/bn128/grid"},
+                                 {128, 0, "v5/bn128/tiles"}};
+#define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
+/* v5 gate_up and down; c NULL: the production entry cuda_moe_grouped_gemm_v5. */
+static void gate_up_v5(layer &L, const v5_cfg *c, dbuf &h)
+{
+    if (!c)
+        RUN(cuda_moe_grouped_gemm_v5(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p, (const int32_t *)L.cnt.p,
+                                     (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1,
+                                     Q3N_COMPUTE_BF16, g_stream, E_));
+    else
+        RUN(cuda_moe_grouped_gemm_v5_cfg(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p,
+                                         (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
+                                         (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1, c->bn, c->persistent,
+                                         Q3N_COMPUTE_BF16, g_stream, E_));
+}
+static void down_v5(layer &L, const v5_cfg *c, const dbuf &hin, dbuf &y)
+{
+    if (!c)
+        RUN(cuda_moe_grouped_gemm_v5(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
+                                     (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0, Q3N_COMPUTE_BF16, g_stream,
+                                     E_));
+    else
+        RUN(cuda_moe_grouped_gemm_v5_cfg(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p,
+                                         (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0,
+                                         c->bn, c->persistent, Q3N_COMPUTE_BF16, g_stream, E_));
+}
 static void down_gemm(layer &L, int ver, int stages, const dbuf &hin, dbuf &y)
 {
     if (ver == 3)
@@ -129,8 +164,30 @@ static std::vector<float> rows_sample(const dbuf &b, int64_t n, int64_t w)
     return v;
 }
 
-/* v4 vs v3 on the same routed inputs: h (gate_up), y (down of v3's h), both depths bitwise equal,
- * 3 runs bitwise. Returns v4's h and y of the default depth through h4/y4. */
+/* Elements whose bits differ between two bf16 buffers of n elements, counted on the device: the
+ * whole output, where rows_sample copies only the first and last 4096 rows at the real dims. */
+__global__ void diff_count_kernel(unsigned long long *cnt, const uint16_t *a, const uint16_t *b, int64_t n)
+{
+    unsigned long long c = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        c += a[i] != b[i];
+    if (c) atomicAdd(cnt, c);
+}
+static int64_t diff_count(const dbuf &a, const dbuf &b, int64_t n)
+{
+    unsigned long long *d = NULL, h = 0;
+    CK(cudaMalloc(&d, sizeof h));
+    CK(cudaMemsetAsync(d, 0, sizeof h, g_stream));
+    diff_count_kernel<<<1024, 256, 0, g_stream>>>(d, (const uint16_t *)a.p, (const uint16_t *)b.p, n);
+    CK(cudaGetLastError());
+    CK(cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, g_stream));
+    CK(cudaStreamSynchronize(g_stream));
+    CK(cudaFree(d));
+    return (int64_t)h;
+}
+
+/* v4 and v5 vs v3 on the same routed inputs: h (gate_up), y (down of v3's h), bitwise equal for v4's
+ * two depths and every v5 configuration, 3 runs bitwise each. h4/y4 hold the last version's outputs. */
 static void compare_versions(layer &L, const char *name)
 {
     route(L);
@@ -163,6 +220,33 @@ static void compare_versions(layer &L, const char *name)
     char what[240];
     snprintf(what, sizeof what, "%s v4 st3 == st4 bitwise", name);
     check(what, h_st[0], h_st[1], 0.0, same_bits(h_st[0], h_st[1]) && same_bits(y_st[0], y_st[1]), NULL);
+    for (int ci = -1; ci < N_V5_CFGS; ci++) {
+        const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
+        std::vector<float> h5, y5;
+        int det = 1;
+        int64_t hdiff = 0, ydiff = 0; /* most elements != v3 in one run, over the whole outputs */
+        for (int r = 0; r < REPEAT; r++) {
+            poison(L.h4);
+            poison(L.y4);
+            gate_up_v5(L, c, L.h4);
+            down_v5(L, c, L.h3, L.y4);
+            CK(cudaStreamSynchronize(g_stream));
+            hdiff = std::max(hdiff, diff_count(L.h4, L.h3, L.n * L.I));
+            ydiff = std::max(ydiff, diff_count(L.y4, L.y3, L.n * L.D));
+            auto h = rows_sample(L.h4, L.n, L.I), y = rows_sample(L.y4, L.n, L.D);
+            if (r == 0)
+                h5 = h, y5 = y;
+            else
+                det &= same_bits(h, h5) && same_bits(y, y5);
+        }
+        const char *vn = c ? c->name : "v5";
+        snprintf(what, sizeof what, "%s %s gate_up+swiglu == v3 bitwise (%lld of %lld differ)", name, vn,
+                 (long long)hdiff, (long long)(L.n * L.I));
+        check(what, h5, h3, 0.0, det && same_bits(h5, h3) && hdiff == 0, &L.h4);
+        snprintf(what, sizeof what, "%s %s down == v3 bitwise (%lld of %lld differ)", name, vn, (long long)ydiff,
+                 (long long)(L.n * L.D));
+        check(what, y5, y3, 0.0, det && same_bits(y5, y3) && ydiff == 0, &L.y4);
+    }
 }
 
 /* Permutation v2 vs v1 on the same routing: every output bitwise, 3 runs; timed when asked. */
@@ -221,7 +305,8 @@ static void case_permute(int64_t T, int64_t Ex, int64_t K, int skew, int timing)
     for (dbuf *b : bs) dfree(*b);
 }
 
-/* Small shapes: host data, v4 vs v3, then the whole v4 chain + combine vs the CPU reference. */
+/* Small shapes: host data, v4 and v5 vs v3, then the whole v4 and v5 chains + combine vs the CPU
+ * reference. */
 static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int skew)
 {
     char name[160];
@@ -262,10 +347,18 @@ static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
     char what[240];
     snprintf(what, sizeof what, "%s v4 chain vs ref_moe_experts_forward", name);
     check(what, down(L.eo, T * D, 1), want, 2e-2, 1, &L.eo);
+    poison(L.eo);
+    gate_up_v5(L, NULL, L.h4);
+    down_v5(L, NULL, L.h4, L.y4);
+    RUN(cuda_moe_combine(L.eo.p, L.mo.p, L.y4.p, (const int32_t *)L.pos.p, (const float *)L.wt.p, NULL, NULL, T, D, K,
+                         Q3N_COMPUTE_BF16, g_stream, E_));
+    CK(cudaStreamSynchronize(g_stream));
+    snprintf(what, sizeof what, "%s v5 chain vs ref_moe_experts_forward", name);
+    check(what, down(L.eo, T * D, 1), want, 2e-2, 1, &L.eo);
     layer_free(L);
 }
 
-/* Real dims: device-filled weights, v4 vs v3 on every row, then timings. */
+/* Real dims: device-filled weights, v4 and v5 vs v3 on every row, then timings. */
 static void case_real(int64_t T, int timing)
 {
     layer L;
@@ -288,12 +381,23 @@ static void case_real(int64_t T, int timing)
         const float g3 = time_ms([&] { gate_up_gemm(L, 3, 0, L.h3); }, 10), d3 = time_ms([&] { down_gemm(L, 3, 0, L.h3, L.y3); }, 10);
         printf("TIME grouped v3 T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), sum %.3f ms\n",
                (long long)T, g3, gu_fl / g3 * 1e-9, d3, dn_fl / d3 * 1e-9, g3 + d3);
+        float v4sum = 0.0f; /* st3, v4's default */
         for (int st = 3; st <= 4; st++) {
             const float g4 = time_ms([&] { gate_up_gemm(L, 4, st, L.h4); }, 10),
                         d4 = time_ms([&] { down_gemm(L, 4, st, L.h3, L.y4); }, 10);
             printf("TIME grouped v4/st%d T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), "
                    "sum %.3f ms (%.2fx v3)\n",
                    st, (long long)T, g4, gu_fl / g4 * 1e-9, d4, dn_fl / d4 * 1e-9, g4 + d4, (g3 + d3) / (g4 + d4));
+            if (st == 3) v4sum = g4 + d4;
+        }
+        for (int ci = -1; ci < N_V5_CFGS; ci++) {
+            const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
+            const float g5 = time_ms([&] { gate_up_v5(L, c, L.h4); }, 10),
+                        d5 = time_ms([&] { down_v5(L, c, L.h3, L.y4); }, 10);
+            printf("TIME grouped %s T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), "
+                   "sum %.3f ms (%.2fx v3, %.2fx v4/st3)\n",
+                   c ? c->name : "v5", (long long)T, g5, gu_fl / g5 * 1e-9, d5, dn_fl / d5 * 1e-9, g5 + d5,
+                   (g3 + d3) / (g5 + d5), v4sum / (g5 + d5));
         }
     }
     layer_free(L);
@@ -337,7 +441,7 @@ int main(int argc, char **argv)
     case_permute(16384, 512, 10, 1, !quick);
     /* grouped GEMM: T, D, E, K, I, skew */
     if (!cuda_moe_grouped_v4_supported()) {
-        printf("grouped v4 (wgmma) needs compute capability 9.0: not tested on this device\n");
+        printf("grouped v4/v5 (wgmma) need compute capability 9.0: not tested on this device\n");
         printf("%d cases, %d failed\n", g_cases, g_fail);
         return g_fail ? 1 : 0;
     }

@@ -1,0 +1,325 @@
+/* moe_wgmma5.cu — grouped expert GEMM v5: v4's contract, tile table, gather, zero fill and
+ * roundings (moe_wgmma.cu, moe_grouped.cu) with a warp-specialised pipeline and 128 x 256 tiles.
+ *
+ * out[p, n] = sum_k A[p, k] W[e][n, k] for the rows p of expert e (A row p = x[rows[p] / div]
+ * with the gather; with SwiGLU, h = T(T(silu(T(gate))) * T(up)) in the epilogue as in v3/v4).
+ * Why: v4 (371 / 301 TFLOP/s on an H100 at the real dims) makes every thread both copy and
+ * multiply and ends each k-tile in a block barrier, so the tensor cores wait for the slowest
+ * warp's copies every 64 k. Here the copies and the products run in different warpgroups that
+ * meet only at per-stage mbarriers, and each wgmma is twice as wide (n256: half the A re-reads
+ * and half the instructions per FLOP of v4's n128).
+ *
+ * Block: 384 threads = 3 warpgroups, 1 block per SM (192 KB of stages), a tile of 128 rows x BN
+ * outputs (BN 256, or 128 for comparison), k-tiles of 64 (128-byte rows, g3_off<64>'s swizzle =
+ * wgmma's 128-byte swizzle, every operand tile on a 1024-byte boundary).
+ *  - warpgroup 0, producer: thread t copies 16-byte chunk t % 8 of tile rows t / 8 + 16 i (A: 8
+ *    rows, B: BN / 16 rows) with cp.async into stage s of an ST-deep ring, zero fill past the
+ *    expert's rows, N and Kin (as v3), then cp.async.mbarrier.arrive.noinc on full[s]: the hardware
+ *    arrives for the thread once its copies have landed, so full[s] (128 arrivals) completes when the
+ *    whole stage is in shared memory, and the producer never waits for its own copies; it waits only
+ *    on empty[s] before refilling a stage.
+ *  - warpgroups 1 and 2, consumers: rows [64 c, 64 c + 64) of the tile, all BN outputs (wgmma
+ *    m64nBNk16, BN / 2 float32 accumulators per thread). Per k-tile: wait full[s]; fence.proxy.async;
+ *    4 wgmma (k 16 at a time, ascending); commit; wgmma.wait_group 1 (the previous k-tile's batch has
+ *    retired, so its stage is no longer read) -> lane 0 of each warp arrives on that stage's empty
+ *    barrier (8 arrivals: 4 warps x 2 consumers).
+ *  - Where the proxy fence goes: cp.async writes shared memory through the generic proxy, wgmma
+ *    reads it through the async proxy. The producer cannot fence its copies (they are still in
+ *    flight when it arrives: the arrival is made later, by the hardware), so each consumer thread
+ *    fences after its wait on full[s] has made the copies visible to it, before its wgmma's.
+ *  - No block barrier after the set-up one: consumers never wait for each other, and the producer
+ *    runs up to ST k-tiles ahead, across tile boundaries too.
+ *  - Persistent (gate_up's default; down runs a block per item, measured below): gridDim.x = SMs, block b does the work items
+ *    b, b + grid, ... (item = tile * nbx + output block), so the producer fills the next item's
+ *    stages while the consumers run the epilogue of the last one; or one block per item.
+ *
+ * Phases. Per block the producer and both consumers walk the same sequence of k-tiles; i counts
+ * them over all of the block's items. k-tile i uses stage s = i % ST for the f-th time, f = i / ST.
+ * full[s] completes its phase f when fill f has landed; empty[s] completes phase f when both
+ * consumers have finished reading fill f. The producer waits empty[s] phase f - 1 (parity
+ * (f - 1) & 1) before fill f (no wait for f = 0); a consumer waits full[s] phase f (parity f & 1).
+ * Each wait happens while the barrier is in the awaited phase or the next, never the one before
+ * (the rule wb_wait needs): the consumer has itself waited for phase f - 1 of full[s] (k-tile
+ * i - ST), and full[s] cannot pass phase f before this consumer releases fill f; the producer
+ * waited for phase f - 2 of empty[s] before fill f - 1, and empty[s] cannot pass phase f - 1
+ * before fill f is made. Any ST >= 2, ktiles < ST or not a multiple of ST, and tiles with few rows
+ * (zero-filled copies still arrive) follow the same rule. A block with no item returns before
+ * the barriers exist, all 384 threads on the same condition (blockIdx.x >= items, from tiles[0]).
+ *
+ * Numerics: every output accumulates in float32 over the k-tiles ascending, 16 k at a time
+ * ascending, as v3 (mma.sync) and v4 (wgmma n128) do; inside one 16-deep step the order is the
+ * tensor core's. The tile shape changes which block and which instruction computes an element, not
+ * the order of its terms. v4 is bitwise v3 on an H100; dev/test_moe_prefill requires the same of
+ * v5: on an H100 it is bitwise v3 on every shape and configuration tried (session 4, 190 cases).
+ * Deterministic (no atomics, fixed order). */
+#include "common.cuh"
+#include "moe_grouped.cuh"
+#include "wgmma.cuh"
+
+#define G5_BK 64                                           /* k per stage: 128-byte rows */
+#define G5_AB (G3_BM * G5_BK * 2)                          /* bytes of the A tile: 16 KB */
+#define G5_STAGES(BN) ((BN) == 256 ? 4 : 6)                /* 4 x 48 KB or 6 x 32 KB */
+#define G5_STAGE_BYTES(BN) (G5_AB + (BN) * G5_BK * 2)
+#define G5_SMEM(BN) (G5_STAGES(BN) * G5_STAGE_BYTES(BN) + 2 * 8 * G5_STAGES(BN) + 1024) /* + barriers, alignment */
+#define G5_THREADS 384
+/* Registers: __launch_bounds__(384, 1) allows 168 per thread (65536 / 384, rounded down to 8);
+ * ptxas -v fits every instantiation in 112..168 with no spills, so no setmaxnreg: moving registers
+ * from the producer (40) to the consumers (232) made the producer spill its source rows. */
+
+/* B source row of tile row rr (output n = BN x + rr), -1 for zero fill; with SWIGLU (W holds Nw / 2
+ * gate rows, then Nw / 2 up rows) block x covers h columns c in [BN/2 x, BN/2 x + BN/2): tile rows
+ * rr < BN/2 are gate rows c, rr >= BN/2 up rows Nw / 2 + c (v3's pairing, BN/2 columns wide). */
+template <bool SWIGLU, int BN>
+__device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
+{
+    if (SWIGLU) {
+        const int Wh = Nw / 2, c = xb * (BN / 2) + rr % (BN / 2);
+        return c < Wh ? c + (rr / (BN / 2)) * Wh : -1;
+    }
+    const int n = xb * BN + rr;
+    return n < Nw ? n : -1;
+}
+
+/* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). */
+template <bool GATHER, bool SWIGLU, int BN>
+__device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
+                                           const int32_t *tiles, const int32_t *counts, const int32_t *offsets,
+                                           int N, int Kin, int nbx, int items, int ktiles, uint32_t sbase,
+                                           uint32_t full0, uint32_t empty0)
+{
+    constexpr int ST = G5_STAGES(BN), SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
+    const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
+    /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
+    const uint32_t so = (uint32_t)(lr * 128 + ((lc ^ (lr & 7)) << 4));
+    uint32_t i = 0; /* k-tiles produced by this block so far */
+    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+        const int tile = w / nbx, xb = w - tile * nbx;
+        const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
+        const int rend = offsets[e] + counts[e]; /* rows [r0, min(r0 + 128, rend)) */
+        const bf16 *We = W + (size_t)e * N * Kin;
+        int asrc[AP]; /* A source rows, -1: zero fill */
+#pragma unroll
+        for (int a = 0; a < AP; a++) {
+            const int p = r0 + lr + 16 * a;
+            asrc[a] = p < rend ? (GATHER ? xrows[p] / div : p) : -1;
+        }
+        for (int kt = 0; kt < ktiles; kt++, i++) {
+            const uint32_t s = i % ST, f = i / ST;
+            if (f > 0) wb_wait(empty0 + 8 * s, (f - 1) & 1);
+            const int k = kt * G5_BK + lc * 8;
+            const bool kin = k < Kin;
+            const uint32_t sa = sbase + s * SB + so, sb = sa + G5_AB;
+#pragma unroll
+            for (int a = 0; a < AP; a++) {
+                const bool ok = kin && asrc[a] >= 0;
+                g3_cp16(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok);
+            }
+#pragma unroll
+            for (int b = 0; b < BP; b++) {
+                const int n = g5_brow<SWIGLU, BN>(lr + 16 * b, xb, N);
+                const bool ok = kin && n >= 0;
+                g3_cp16(sb + b * 16 * 128, ok ? We + (size_t)n * Kin + k : W, ok);
+            }
+            wb_arrive_cp_async(full0 + 8 * s);
+        }
+    }
+    wb_cp_async_drain(); /* leave no copy of this thread in flight at exit */
+}
+
+/* Epilogue of one consumer warpgroup: its 64 rows x BN outputs from registers to out (v4's
+ * rounding; acc[4 j + q]: row 16 (warp % 4) + lane / 4 + 8 (q / 2), column 8 j + 2 (lane % 4) + q % 2). */
+template <bool SWIGLU, int BN>
+__device__ __forceinline__ void g5_store(bf16 *out, const float *acc, int row0, int rend, int xb, int N)
+{
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, g = lane >> 2, tq = lane & 3;
+    const int Wh = N / 2; /* SWIGLU: h width */
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int row = row0 + warp * 16 + g + 8 * hf;
+        if (row >= rend) continue;
+        if (SWIGLU) {
+            /* tile column 8 j + .. (j < BN/16) is gate of h column BN/2 xb + 8 j + ..; up is j + BN/16 */
+#pragma unroll
+            for (int j = 0; j < BN / 16; j++) {
+                const int col = xb * (BN / 2) + 8 * j + 2 * tq;
+                if (col >= Wh) continue;
+                float h[2];
+#pragma unroll
+                for (int q = 0; q < 2; q++) {
+                    const float gt = __bfloat162float(__float2bfloat16_rn(acc[4 * j + 2 * hf + q]));
+                    const float up = __bfloat162float(__float2bfloat16_rn(acc[4 * (j + BN / 16) + 2 * hf + q]));
+                    h[q] = __bfloat162float(__float2bfloat16_rn(silu_f(gt))) * up;
+                }
+                *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * Wh + col) = __floats2bfloat162_rn(h[0], h[1]);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) {
+                const int col = xb * BN + 8 * j + 2 * tq;
+                if (col >= N) continue;
+                *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * N + col) =
+                    __floats2bfloat162_rn(acc[4 * j + 2 * hf], acc[4 * j + 2 * hf + 1]);
+            }
+        }
+    }
+}
+
+/* 4 wgmma's (k 16 at a time, ascending) of one consumer warpgroup on one stage. */
+template <int BN>
+__device__ __forceinline__ void g5_mma_stage(float *acc, uint32_t sa, uint32_t sb)
+{
+#pragma unroll
+    for (int ks = 0; ks < G5_BK / 16; ks++) {
+        if (BN == 256)
+            wg_mma_m64n256k16(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks));
+        else
+            wg_mma_m64n128k16(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks));
+    }
+}
+
+/* Warpgroups 1 and 2: the products and the epilogue of every item of this block (see the header). */
+template <bool SWIGLU, int BN>
+__device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, const int32_t *counts,
+                                           const int32_t *offsets, int N, int nbx, int items, int ktiles,
+                                           uint32_t sbase, uint32_t full0, uint32_t empty0)
+{
+    constexpr int ST = G5_STAGES(BN), SB = G5_STAGE_BYTES(BN), NA = BN / 2 /* accumulators */;
+    const int c = (threadIdx.x >> 7) - 1, lane = threadIdx.x & 31; /* consumer 0 or 1: rows 64 c .. */
+    float acc[NA];
+    uint32_t i = 0; /* k-tiles consumed by this block so far */
+    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+#pragma unroll
+        for (int a = 0; a < NA; a++) acc[a] = 0.0f;
+        for (int kt = 0; kt < ktiles; kt++, i++) {
+            const uint32_t s = i % ST, f = i / ST;
+            wb_wait(full0 + 8 * s, f & 1);
+            __syncwarp();     /* the spin loop may leave the warp diverged; wgmma is .sync.aligned */
+            wg_proxy_fence(); /* the copies (generic proxy) before this thread's wgmma reads (async proxy) */
+            const uint32_t sa = sbase + s * SB + c * (64 * 128), sb = sbase + s * SB + G5_AB;
+            wg_pin<NA>(acc);
+            wg_fence();
+            g5_mma_stage<BN>(acc, sa, sb);
+            wg_commit();
+            wg_wait<1>(); /* k-tile i - 1's batch has retired: its stage may be refilled */
+            wg_pin<NA>(acc);
+            if (kt > 0 && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+        }
+        wg_wait<0>();
+        wg_pin<NA>(acc);
+        if (lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+        const int tile = w / nbx, xb = w - tile * nbx;
+        const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
+        g5_store<SWIGLU, BN>(out, acc, r0 + 64 * c, offsets[e] + counts[e], xb, N);
+    }
+}
+
+template <bool GATHER, bool SWIGLU, int BN>
+__global__ void __launch_bounds__(G5_THREADS, 1)
+    grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
+                           const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin,
+                           int nbx)
+{
+#ifdef Q3N_HAVE_WGMMA
+    constexpr int ST = G5_STAGES(BN);
+    /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
+     * would wait for its own release (deadlock); two or more are enough. */
+    static_assert(ST >= 2, "the ring needs at least 2 stages");
+    extern __shared__ unsigned char g5s[];
+    const int items = tiles[0] * nbx;
+    if ((int)blockIdx.x >= items) return; /* the whole block, before any barrier exists */
+    const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(g5s) + 1023u) & ~1023u;
+    const uint32_t full0 = sbase + ST * G5_STAGE_BYTES(BN), empty0 = full0 + 8 * ST; /* 8-byte barriers */
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < ST; s++) {
+            wb_init(full0 + 8 * s, 128); /* one cp.async-tracking arrival per producer thread */
+            wb_init(empty0 + 8 * s, 8);  /* lane 0 of each consumer warp */
+        }
+        wb_init_fence();
+    }
+    __syncthreads();
+    const int ktiles = (Kin + G5_BK - 1) / G5_BK;
+    if (threadIdx.x < 128)
+        g5_produce<GATHER, SWIGLU, BN>(X, xrows, div, W, tiles, counts, offsets, N, Kin, nbx, items, ktiles, sbase,
+                                       full0, empty0);
+    else
+        g5_consume<SWIGLU, BN>(out, tiles, counts, offsets, N, nbx, items, ktiles, sbase, full0, empty0);
+#else
+    __trap(); /* launched only where cuda_moe_grouped_v4_supported(): sm_90a code */
+#endif
+}
+
+/* Production configuration, chosen from dev/test_moe_prefill's timings (H100, T = 16384, real dims,
+ * session4_moe5.log): 128 x 256 tiles for both GEMMs; a persistent grid for gate_up (1.53 ms vs 1.78
+ * with a block per tile) but a block per tile for down (1.17 ms vs 1.34: 8 k-tiles per item, and
+ * the persistent order interleaves experts' weights in L2 less well). */
+#define G5_BN_DEFAULT 256
+#define G5_PERSISTENT_GATE_UP 1
+#define G5_PERSISTENT_DOWN 0
+
+extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const int32_t *d_rows,
+                                                        int64_t div, const void *d_W, const int32_t *d_counts,
+                                                        const int32_t *d_offsets, const int32_t *d_tiles,
+                                                        int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
+                                                        int bn, int persistent, enum q3n_compute_dtype dt,
+                                                        cudaStream_t stream, struct q3n_error *err)
+{
+    Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
+                (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1));
+    Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && E > 0 && E <= INT32_MAX && div > 0);
+    if (rows == 0) return Q3N_OK;
+    /* output blocks per tile; the tile table has at most rows / 128 + E tiles (cdiv per expert) */
+    const int64_t nbx = swiglu ? cdiv(N / 2, bn / 2) : cdiv(N, bn);
+    const int64_t max_items = nbx * (rows / G3_BM + E + 1);
+    Q3N_REQUIRE(max_items <= INT32_MAX / 2); /* item indices + gridDim.x stay in int */
+    int dev = 0, sms = 0;
+    CU_CHECK(cudaGetDevice(&dev));
+    CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const bf16 *x = (const bf16 *)d_x, *W = (const bf16 *)d_W;
+    bf16 *out = (bf16 *)d_out;
+    const int n = (int)N, k = (int)Kin, dv = (int)div, nb = (int)nbx;
+#define G5_LAUNCH(G, S, B)                                                                                     \
+    do {                                                                                                       \
+        CU_CHECK(cudaFuncSetAttribute(grouped_gemm_v5_kernel<G, S, B>,                                         \
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, G5_SMEM(B)));               \
+        int per_sm = 0;                                                                                        \
+        CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_v5_kernel<G, S, B>,       \
+                                                               G5_THREADS, G5_SMEM(B)));                       \
+        if (per_sm < 1)                                                                                        \
+            return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: grouped_gemm_v5_kernel (BN %d) does not fit an SM", \
+                                 __FILE__, __LINE__, B);                                                       \
+        const int64_t fill = (int64_t)sms * per_sm, grid = persistent && fill < max_items ? fill : max_items; \
+        grouped_gemm_v5_kernel<G, S, B><<<(unsigned)grid, G5_THREADS, G5_SMEM(B), stream>>>(                  \
+            out, x, d_rows, dv, W, d_tiles, d_counts, d_offsets, n, k, nb);                                    \
+    } while (0)
+#define G5_LAUNCH_BN(G, S)                                                                                     \
+    do {                                                                                                       \
+        if (bn == 256)                                                                                         \
+            G5_LAUNCH(G, S, 256);                                                                              \
+        else                                                                                                   \
+            G5_LAUNCH(G, S, 128);                                                                              \
+    } while (0)
+    if (d_rows && swiglu)
+        G5_LAUNCH_BN(true, true);
+    else if (d_rows)
+        G5_LAUNCH_BN(true, false);
+    else if (swiglu)
+        G5_LAUNCH_BN(false, true);
+    else
+        G5_LAUNCH_BN(false, false);
+#undef G5_LAUNCH_BN
+#undef G5_LAUNCH
+    CU_LAUNCHED("moe grouped_gemm_v5_kernel");
+    return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                                    const void *d_W, const int32_t *d_counts,
+                                                    const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows,
+                                                    int64_t E, int64_t N, int64_t Kin, int swiglu,
+                                                    enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                    struct q3n_error *err)
+{
+    return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
+                                        swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN, dt,
+                                        stream, err);
+}
