@@ -6,6 +6,9 @@
  *    S = Q K^T and P V on Hopper wgmma (P from registers, Q/K/V in swizzled shared memory);
  *    bitwise v3 (dev/test_attn2).
  *  - flash_wgmma_bf16_v4 (there, old = 3): only S = Q K^T on wgmma; bitwise v3.
+ *  - flash_wgmma_bf16_v6 (there, old = 5; attention_flash_ws.cu): v5's products with the K/V copies
+ *    in a producer warpgroup meeting the consumers at mbarriers; bitwise v3, but 6 % slower than
+ *    v5 on an H100 (kept as the measured alternative: fast/cuda/NOTES.md, session 4).
  *  - flash_mma_bf16_v3 (bf16, T > 1, HD % 8 == 0, HD <= 256; other devices, and old = 2):
  *    128 queries per block (8 warps of 16 rows), cp.async double-buffered 64-key K/V tiles,
  *    ldmatrix fragments, mma.sync m16n8k16 with float32 accumulators, base-2 online softmax in
@@ -275,9 +278,10 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
     const float scale = 1.0f / sqrtf((float)HD);
-    if ((!old || old == 3) && flash_v4_ok(T, HD, dt)) {
-        CU_CHECK((old ? flash_v4_launch : flash_v5_launch)(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream));
-        CU_LAUNCHED("flash_v4_kernel");
+    if ((!old || old == 3 || old == 5) && flash_v4_ok(T, HD, dt)) {
+        CU_CHECK((old == 3 ? flash_v4_launch : old == 5 ? flash_v6_launch : flash_v5_launch)(d_out, d_q, d_kc, d_vc, T,
+                                                                                          pos0, NH, NKV, HD, stream));
+        CU_LAUNCHED("flash_wgmma_bf16 (v4 / v5 / v6)");
         return Q3N_OK;
     }
     if ((!old || old == 2) && flash_v3_ok(T, HD, dt)) {

@@ -14,8 +14,7 @@
  * 128-byte swizzle (wgmma.cuh); V in v4 keeps v3's padded layout for ldmatrix.trans, in v5 the
  * same swizzled panels as K (row = key: for P V that is B[k = key][n = dim], N contiguous, i.e.
  * MN-major). Per tile j:
- *   wait for the copies of tile j (v5: and for this warpgroup's P V of tile j-1, which reads the
- *   V buffer the next copy overwrites), fence.proxy.async, barrier; copy tile j + 1 (cp.async);
+ *   wait for the copies of tile j, fence.proxy.async, barrier; copy tile j + 1 (cp.async);
  *   warpgroup wg, if any of its rows sees a key of the tile: S[64 x 64] = sum over HDP / 16 steps
  *   of wgmma m64n64k16 (panel ks / 4, 32 bytes per step inside a panel), wait for it;
  *   v4: each warp with a visible key runs v3's flash_tile_softmax and flash_tile_pv on its 16
@@ -24,52 +23,15 @@
  *   around the wgmma's makes ptxas serialise them, C7520); every warp runs flash_tile_softmax (a
  *   warp none of whose rows sees a key gets p = 0, alpha = 1: o and l unchanged), packs p to bf16
  *   as the A fragments and the
- *   warpgroup issues BK / 16 wgmma m64nHDPk16 (keys 16 kk .. 16 kk + 15 each, ascending), left in
- *   flight until the next tile's barrier.
+ *   warpgroup issues BK / 16 wgmma m64nHDPk16 (keys 16 kk .. 16 kk + 15 each, ascending) and waits
+ *   for them (attention_flash_wgmma.cuh says why).
  * S and O are summed over k in the same order as v3 (16 at a time, ascending; o + 0 * v = o for the
  * masked keys v3 skips); inside a 16-deep step the order is the tensor core's. dev/test_attn2
  * requires v4 and v5 to be bitwise v3 on every shape it tries (as the grouped GEMM v4 is bitwise v3
  * on an H100), so everything v3 passes holds for them. V must be finite (so is every v3 input:
  * v3 also multiplies masked p = 0 by V inside its diagonal tiles).
  * Needs compute capability 9.0 (flash_v4_ok); HD % 8 == 0, HD <= 256, padded to 64 / 128 / 256. */
-#include "attention_flash.cuh"
-#include "wgmma_rs.cuh"
-
-#define V4_BQ 128
-#define V4_BK 64
-
-/* cp.async of rows [r0, r0 + ROWS) of a bf16 matrix (row r at base + r * rs) into a swizzled
- * ROWS x HDP tile at dst (wg_off layout); rows >= nrows and columns >= HD are zero-filled. */
-template <int HDP, int ROWS>
-__device__ __forceinline__ void v4_load_sw(unsigned char *dst, const bf16 *base, int64_t rs, int64_t r0, int64_t nrows,
-                                           int HD)
-{
-    constexpr int per = HDP / 8;
-#pragma unroll
-    for (int idx = threadIdx.x; idx < ROWS * per; idx += 256) {
-        const int r = idx / per, c = idx % per;
-        const bool ok = r0 + r < nrows && c * 8 < HD;
-        cp_async16(dst + wg_off<ROWS>(r, c), ok ? base + (r0 + r) * rs + c * 8 : base, ok ? 16 : 0);
-    }
-}
-
-/* o += bf16(P) V for the warpgroup's 64 rows on wgmma: P from s (flash_tile_softmax's p, the
- * accumulator layout = the A fragment layout), V the MN-major B at sV (wgmma_rs.cuh); issued and
- * committed, not waited for. */
-template <int HDP, int BK>
-__device__ __forceinline__ void v5_tile_pv(const float (&s)[BK / 8][4], float (&o)[HDP / 8][4], uint32_t sV)
-{
-    float *of = &o[0][0];
-    wg_fence(); /* o was rescaled in registers since the last wgmma that wrote it */
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; kk++) {
-        const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-        wg_mma_rs_m64k16<HDP>(of, a, wg_desc_mn(sV + kk * 2048, BK * 128));
-    }
-    wg_commit();
-}
+#include "attention_flash_wgmma.cuh"
 
 /* PVW: P V on wgmma (v5), else mma.sync (v4). */
 template <int HDP, bool PVW>
@@ -78,7 +40,7 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
                                                           float sl2)
 {
 #ifdef Q3N_HAVE_WGMMA
-    constexpr int BQ = V4_BQ, BK = V4_BK, NT = 256, LD = HDP + 8, QB = BQ * HDP * 2, KB = BK * HDP * 2;
+    constexpr int BQ = WGF_BQ, BK = WGF_BK, NT = 256, LD = HDP + 8, QB = BQ * HDP * 2, KB = BK * HDP * 2;
     extern __shared__ unsigned char v4_smem[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v4_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB,
                    sV = sK + 2 * KB;
@@ -94,12 +56,12 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
     const int64_t gq0 = pos0 + qb + wg * 64;  /* ... and of its warpgroup's */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
     auto load_v = [&](int buf, int64_t k0) {
-        if (PVW) v4_load_sw<HDP, BK>(gV + buf * KB, vc + kh * HD, NKV * HD, k0, S, HD);
+        if (PVW) wgf_load_sw<HDP, BK, 256>(gV + buf * KB, vc + kh * HD, NKV * HD, k0, S, HD);
         else v3_load<HDP, BK, NT>(Vs + buf * BK * LD, vc + kh * HD, NKV * HD, k0, S, HD);
     };
 
-    v4_load_sw<HDP, BQ>(gQ, q + h * HD, NH * HD, qb, T, HD);
-    v4_load_sw<HDP, BK>(gK, kc + kh * HD, NKV * HD, 0, S, HD);
+    wgf_load_sw<HDP, BQ, 256>(gQ, q + h * HD, NH * HD, qb, T, HD);
+    wgf_load_sw<HDP, BK, 256>(gK, kc + kh * HD, NKV * HD, 0, S, HD);
     load_v(0, 0);
     cp_async_commit();
 
@@ -112,14 +74,10 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
     for (int j = 0; j < ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
         cp_async_wait<0>(); /* tile j (and Q) landed for this thread ... */
-        if (PVW) {
-            wg_wait<0>();   /* ... this warpgroup's P V of tile j-1 retired (its V buffer is refilled next) ... */
-            wg_pin<HDP / 2>(&o[0][0]);
-        }
         wg_proxy_fence();   /* ... visible to wgmma's async proxy ... */
         __syncthreads();    /* ... and for all; everyone is done with tile j-1, so its buffers are free */
         if (j + 1 < ntiles) {
-            v4_load_sw<HDP, BK>(gK + ((j + 1) & 1) * KB, kc + kh * HD, NKV * HD, kb + BK, S, HD);
+            wgf_load_sw<HDP, BK, 256>(gK + ((j + 1) & 1) * KB, kc + kh * HD, NKV * HD, kb + BK, S, HD);
             load_v((j + 1) & 1, kb + BK);
         }
         cp_async_commit();
@@ -129,31 +87,15 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
          * warpgroups (the one fully masked tile of warpgroup 0 adds o + 0 V): the wgmma's are then
          * outside any branch and ptxas does not serialise them */
         if (PVW || kb <= gq0 + 63) {
-            float *sf = &s[0][0];
-#pragma unroll
-            for (int i = 0; i < BK / 2; i++) sf[i] = 0.0f;
-            const uint32_t a0 = sQ + wg * (64 * 128), b0 = sK + (j & 1) * KB;
-            wg_pin<BK / 2>(sf);
-            wg_fence();
-#pragma unroll
-            for (int ks = 0; ks < HDP / 16; ks++)
-                wg_mma_m64n64k16(sf, wg_desc(a0 + (ks >> 2) * (BQ * 128) + (ks & 3) * 32),
-                                 wg_desc(b0 + (ks >> 2) * (BK * 128) + (ks & 3) * 32));
-            wg_commit();
-            wg_wait<0>();
-            wg_pin<BK / 2>(sf);
+            wgf_tile_s<HDP>(s, sQ + wg * (64 * 128), sK + (j & 1) * KB);
             if (PVW) {
                 flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
-                v5_tile_pv<HDP, BK>(s, o, sV + (j & 1) * KB);
+                wgf_tile_pv<HDP, BK>(s, o, sV + (j & 1) * KB);
             } else if (active) {
                 flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
             }
         }
         if (!PVW && active) flash_tile_pv<HDP, BK, LD>(s, o, Vs + (j & 1) * BK * LD, lane);
-    }
-    if (PVW) {
-        wg_wait<0>();
-        wg_pin<HDP / 2>(&o[0][0]);
     }
     flash_store_rows<HDP>(out, o, lrow, qb + w * 16 + g, T, NH, h, HD, tq);
 #else
@@ -175,13 +117,13 @@ template <int HDP, bool PVW>
 static cudaError_t launch_flash_wg(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    const size_t vbytes = PVW ? (size_t)2 * V4_BK * HDP * 2 : sizeof(bf16) * 2 * V4_BK * (HDP + 8);
-    const size_t smem = (size_t)(V4_BQ + 2 * V4_BK) * HDP * 2 + vbytes + 1024;
+    const size_t vbytes = PVW ? (size_t)2 * WGF_BK * HDP * 2 : sizeof(bf16) * 2 * WGF_BK * (HDP + 8);
+    const size_t smem = (size_t)(WGF_BQ + 2 * WGF_BK) * HDP * 2 + vbytes + 1024;
     cudaError_t e =
         cudaFuncSetAttribute(flash_v4_kernel<HDP, PVW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v4_kernel<HDP, PVW><<<dim3((unsigned)NH, cdiv(T, V4_BQ)), 256, smem, stream>>>(
+    flash_v4_kernel<HDP, PVW><<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), 256, smem, stream>>>(
         (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
     return cudaSuccess;
 }

@@ -42,6 +42,10 @@ cudaError_t flash_v4_launch(void *out, const void *q, const void *kc, const void
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
 cudaError_t flash_v5_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
+/* attention_flash_ws.cu: flash_wgmma_bf16_v6 (v5's products, copies by a producer warpgroup meeting
+ * the consumers at mbarriers), where flash_v4_ok; measured slower than v5, run only when asked. */
+cudaError_t flash_v6_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
 cudaError_t flash_v2_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, float scale, cudaStream_t stream);
 

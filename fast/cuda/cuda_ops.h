@@ -188,7 +188,8 @@ enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, const void 
 /* Dev/test twin: old = 0 runs what cuda_attention_forward runs; old = 1 the first kernel of that
  * path (flash_mma_bf16_v2 for bf16 prefill, rows_v1 for decode), old = 2 flash_mma_bf16_v3 for bf16
  * prefill (the default before flash_wgmma_bf16_v4), old = 3 flash_wgmma_bf16_v4 (compute capability
- * 9.0; the default before v5), kept for comparison and timing. */
+ * 9.0; the default before v5), old = 5 flash_wgmma_bf16_v6 (9.0; warp-specialised, slower than v5),
+ * kept for comparison and timing. */
 enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
                                            float *d_scratch, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
                                            int64_t HD, int old, enum q3n_compute_dtype dt, cudaStream_t stream,
@@ -319,10 +320,16 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
                                             struct q3n_error *err);
 /* Grouped expert GEMM v5: v4's contract, tile table and roundings (moe_wgmma5.cu), warp-specialised:
  * a cp.async producer warpgroup and two wgmma consumer warpgroups meeting at mbarriers, 128 x 256
- * tiles, 1 block per SM; gate_up on a persistent grid, down a block per tile. Usable when cuda_moe_grouped_v3_ok and
+ * tiles, 1 block per SM on a persistent grid (down: 3 stages, output staged through shared memory
+ * for 16-byte stores). Usable when cuda_moe_grouped_v3_ok and
  * cuda_moe_grouped_v4_supported (the same sm_90a requirement); expected bitwise v3/v4 (same k
  * order; dev/test_moe_prefill requires it); deterministic. _cfg is the dev/test twin: bn 128 or 256
- * outputs per tile, persistent 1 (grid = SMs, blocks loop over the tiles) or 0 (a block per tile). */
+ * outputs per tile, persistent 1 (grid = SMs, blocks loop over the tiles) or 0 (a block per tile),
+ * stages = ring depth (0: the default, 4 for bn 256, 6 for bn 128), epilogue 0 (fragments stored
+ * from registers, 4-byte stores), 1 (through shared memory, 16-byte coalesced stores) or 2 (through
+ * shared memory, bulk async copies overlapping the next tile). Instantiated: bn 256 with stages
+ * 2..4 and epilogue 0, or stages 3 and epilogue 1 or 2; bn 128 with the default only. All give
+ * the same bits. */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                          const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                          const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
@@ -331,8 +338,9 @@ enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int
 enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                              const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
-                                             int64_t Kin, int swiglu, int bn, int persistent,
-                                             enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+                                             int64_t Kin, int swiglu, int bn, int persistent, int stages,
+                                             int epilogue, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                             struct q3n_error *err);
 /* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
  * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]
  * (Wsgu NULL: none); rounding as gate_up GEMV + cuda_swiglu_forward; with Wsg [1, D] also the
@@ -367,6 +375,16 @@ enum q3n_status cuda_moe_combine(void *d_experts_out, void *d_mlp_out, const voi
                                  const float *d_weight, const void *d_shared, const void *d_sg, int64_t T,
                                  int64_t D, int64_t K, enum q3n_compute_dtype dt, cudaStream_t stream,
                                  struct q3n_error *err);
+/* Dev/test twin: ver 1 = block per token, 2-byte loads one slot at a time (any dtype, any D);
+ * ver 2 = thread per 8 outputs, 16-byte loads of all K slots in flight before the sums (bf16,
+ * D % 8 == 0, every buffer 16-byte aligned: Q3N_ERR_USAGE otherwise); 0 = the default (v2 where
+ * usable, else v1). Both do the same float32 operations in the same order: bitwise equal
+ * (dev/test_moe2). combine_kernel names what ver runs. */
+enum q3n_status cuda_moe_combine_ver(void *d_experts_out, void *d_mlp_out, const void *d_y, const int32_t *d_pos,
+                                     const float *d_weight, const void *d_shared, const void *d_sg, int64_t T,
+                                     int64_t D, int64_t K, int ver, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                     struct q3n_error *err);
+const char *cuda_moe_combine_kernel(int64_t D, enum q3n_compute_dtype dt, int ver);
 
 #ifdef __cplusplus
 }

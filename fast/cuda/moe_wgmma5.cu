@@ -32,6 +32,24 @@
  *  - Persistent (gate_up's default; down runs a block per item, measured below): gridDim.x = SMs, block b does the work items
  *    b, b + grid, ... (item = tile * nbx + output block), so the producer fills the next item's
  *    stages while the consumers run the epilogue of the last one; or one block per item.
+ *  - Ring depth ST (template): 4 x 48 KB for BN 256 by default; 3 or 2 for the down GEMM (Kin = 512
+ *    is only 8 k-tiles). Fewer stages do not buy a second block per SM: 2 x 384 threads get 85
+ *    registers each, and a consumer holds BN / 2 = 128 float32 accumulators alone (ptxas refuses
+ *    BN 128 wgmma under 90), so the register file, not shared memory, keeps v5 at 1 block per SM.
+ *    What 3 stages buy is room for an output staging buffer (the epilogues below).
+ *  - Epilogue EPI (template): 0 = v4's, each thread stores its fragments (bf16 pairs, 4-byte
+ *    stores: one warp instruction writes 8 rows x 16 bytes); 1 and 2 first write the consumer's 64
+ *    x BNO tile (BNO = BN outputs, BN / 2 h columns with SwiGLU) into its own shared staging buffer
+ *    (rows padded by 16 bytes: the 8 rows x 4 lanes of one fragment store hit 32 distinct banks),
+ *    then 1 = the warpgroup copies it out with 16-byte coalesced stores (a warp writes 512
+ *    contiguous bytes), 2 = warp 0 hands each row to the bulk-copy engine (cp.async.bulk
+ *    shared -> global, 2 rows per lane, one bulk group per lane) and the consumers go straight on to
+ *    the next item's k-tiles: the tile's HBM write overlaps the next item's products. Before the
+ *    staging buffer is rewritten, warp 0 waits for its bulk copies to have read it
+ *    (cp.async.bulk.wait_group.read) and a named barrier (1 + consumer, 128 threads) tells the
+ *    other warps; writers fence (fence.proxy.async) before the barrier that publishes the tile,
+ *    since the bulk copy reads through the async proxy. Same values, same roundings: only the
+ *    route of the bytes changes.
  *
  * Phases. Per block the producer and both consumers walk the same sequence of k-tiles; i counts
  * them over all of the block's items. k-tile i uses stage s = i % ST for the f-th time, f = i / ST.
@@ -46,6 +64,10 @@
  * (zero-filled copies still arrive) follow the same rule. A block with no item returns before
  * the barriers exist, all 384 threads on the same condition (blockIdx.x >= items, from tiles[0]).
  *
+ * Each configuration instantiated (g5_launch_cfg): BN 256 with ST 4 (default), 3, 2 and EPI 0, ST 3
+ * with EPI 1 and 2; BN 128 with ST 6, EPI 0. Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x
+ * pitch + barriers: BN 256 ST 3 EPI 2 = 144 + 66 KB.
+ *
  * Numerics: every output accumulates in float32 over the k-tiles ascending, 16 k at a time
  * ascending, as v3 (mma.sync) and v4 (wgmma n128) do; inside one 16-deep step the order is the
  * tensor core's. The tile shape changes which block and which instruction computes an element, not
@@ -58,9 +80,16 @@
 
 #define G5_BK 64                                           /* k per stage: 128-byte rows */
 #define G5_AB (G3_BM * G5_BK * 2)                          /* bytes of the A tile: 16 KB */
-#define G5_STAGES(BN) ((BN) == 256 ? 4 : 6)                /* 4 x 48 KB or 6 x 32 KB */
+#define G5_STAGES(BN) ((BN) == 256 ? 4 : 6)                /* default depth: 4 x 48 KB or 6 x 32 KB */
 #define G5_STAGE_BYTES(BN) (G5_AB + (BN) * G5_BK * 2)
-#define G5_SMEM(BN) (G5_STAGES(BN) * G5_STAGE_BYTES(BN) + 2 * 8 * G5_STAGES(BN) + 1024) /* + barriers, alignment */
+/* Output staging (EPI 1, 2): one consumer's 64 rows of BNO bf16, each row padded by 16 bytes. */
+#define G5_OUT_COLS(SW, BN) ((SW) ? (BN) / 2 : (BN))
+#define G5_OUT_PITCH(SW, BN) (2 * G5_OUT_COLS(SW, BN) + 16)
+#define G5_OUT_BYTES(SW, BN) (64 * G5_OUT_PITCH(SW, BN))
+/* stages, the two consumers' staging buffers, 2 x ST 8-byte barriers, 1024 for the base alignment */
+#define G5_SMEM(BN, ST, EPI, SW) \
+    ((ST) * G5_STAGE_BYTES(BN) + ((EPI) ? 2 * G5_OUT_BYTES(SW, BN) : 0) + 2 * 8 * (ST) + 1024)
+#define G5_SMEM_MAX (227 * 1024) /* an H100 block's opt-in limit */
 #define G5_THREADS 384
 /* Registers: __launch_bounds__(384, 1) allows 168 per thread (65536 / 384, rounded down to 8);
  * ptxas -v fits every instantiation in 112..168 with no spills, so no setmaxnreg: moving registers
@@ -81,13 +110,13 @@ __device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
 }
 
 /* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). */
-template <bool GATHER, bool SWIGLU, int BN>
+template <bool GATHER, bool SWIGLU, int BN, int ST>
 __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                                            const int32_t *tiles, const int32_t *counts, const int32_t *offsets,
                                            int N, int Kin, int nbx, int items, int ktiles, uint32_t sbase,
                                            uint32_t full0, uint32_t empty0)
 {
-    constexpr int ST = G5_STAGES(BN), SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
+    constexpr int SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
     /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
     const uint32_t so = (uint32_t)(lr * 128 + ((lc ^ (lr & 7)) << 4));
@@ -126,41 +155,125 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
     wb_cp_async_drain(); /* leave no copy of this thread in flight at exit */
 }
 
-/* Epilogue of one consumer warpgroup: its 64 rows x BN outputs from registers to out (v4's
+/* The final bf16 pair of accumulator pair (4 j + 2 hf, + 1) (v4's roundings): the outputs
+ * themselves, or with SWIGLU h = T(T(silu(T(gate))) * T(up)) from gate block j and up block
+ * j + BN / 16 (tile column 8 j + .. of h column BN/2 xb + 8 j + .., j < BN / 16). */
+template <bool SWIGLU, int BN>
+__device__ __forceinline__ __nv_bfloat162 g5_pair(const float *acc, int j, int hf)
+{
+    float h[2];
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+        if (SWIGLU) {
+            const float gt = __bfloat162float(__float2bfloat16_rn(acc[4 * j + 2 * hf + q]));
+            const float up = __bfloat162float(__float2bfloat16_rn(acc[4 * (j + BN / 16) + 2 * hf + q]));
+            h[q] = __bfloat162float(__float2bfloat16_rn(silu_f(gt))) * up;
+        } else {
+            h[q] = acc[4 * j + 2 * hf + q];
+        }
+    }
+    return __floats2bfloat162_rn(h[0], h[1]);
+}
+
+/* Epilogue 0 of one consumer warpgroup: its 64 rows x BN outputs from registers to out (v4's
  * rounding; acc[4 j + q]: row 16 (warp % 4) + lane / 4 + 8 (q / 2), column 8 j + 2 (lane % 4) + q % 2). */
 template <bool SWIGLU, int BN>
 __device__ __forceinline__ void g5_store(bf16 *out, const float *acc, int row0, int rend, int xb, int N)
 {
+    constexpr int COLS = G5_OUT_COLS(SWIGLU, BN);
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, g = lane >> 2, tq = lane & 3;
-    const int Wh = N / 2; /* SWIGLU: h width */
+    const int Nout = SWIGLU ? N / 2 : N; /* SWIGLU: h width */
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const int row = row0 + warp * 16 + g + 8 * hf;
         if (row >= rend) continue;
-        if (SWIGLU) {
-            /* tile column 8 j + .. (j < BN/16) is gate of h column BN/2 xb + 8 j + ..; up is j + BN/16 */
 #pragma unroll
-            for (int j = 0; j < BN / 16; j++) {
-                const int col = xb * (BN / 2) + 8 * j + 2 * tq;
-                if (col >= Wh) continue;
-                float h[2];
-#pragma unroll
-                for (int q = 0; q < 2; q++) {
-                    const float gt = __bfloat162float(__float2bfloat16_rn(acc[4 * j + 2 * hf + q]));
-                    const float up = __bfloat162float(__float2bfloat16_rn(acc[4 * (j + BN / 16) + 2 * hf + q]));
-                    h[q] = __bfloat162float(__float2bfloat16_rn(silu_f(gt))) * up;
-                }
-                *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * Wh + col) = __floats2bfloat162_rn(h[0], h[1]);
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++) {
-                const int col = xb * BN + 8 * j + 2 * tq;
-                if (col >= N) continue;
-                *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * N + col) =
-                    __floats2bfloat162_rn(acc[4 * j + 2 * hf], acc[4 * j + 2 * hf + 1]);
-            }
+        for (int j = 0; j < COLS / 8; j++) {
+            const int col = xb * COLS + 8 * j + 2 * tq;
+            if (col >= Nout) continue;
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * Nout + col) = g5_pair<SWIGLU, BN>(acc, j, hf);
         }
+    }
+}
+
+/* ---- shared-memory staging for epilogues 1 and 2 (see the header) ---- */
+/* Barrier `id` (1 + consumer) among the 128 threads of one consumer warpgroup (0 is __syncthreads). */
+__device__ __forceinline__ void g5_bar_wg(int id)
+{
+    asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void g5_st_shared_b32(uint32_t addr, __nv_bfloat162 v)
+{
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t *>(&v)) : "memory");
+}
+__device__ __forceinline__ uint4 g5_ld_shared_v4(uint32_t addr)
+{
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+/* bytes (a multiple of 16, both addresses 16-byte aligned) from shared memory to global memory by
+ * the bulk-copy engine, in this thread's current bulk group; commit closes the group; wait_read
+ * returns once every group this thread committed has finished reading its shared memory. */
+__device__ __forceinline__ void g5_bulk_store(void *gdst, uint32_t ssrc, uint32_t bytes)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gdst), "r"(ssrc), "r"(bytes)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void g5_bulk_commit()
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void g5_bulk_wait_read()
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+
+/* Epilogues 1 and 2 of one consumer warpgroup: the same bf16 values as g5_store, through its
+ * staging buffer stg (64 rows of G5_OUT_PITCH bytes). Only rows < rend and columns < Nout leave
+ * shared memory (Nout % 8 == 0 by cuda_moe_grouped_v3_ok, so a row's valid part is whole 16-byte
+ * chunks, 16-byte aligned in out). */
+template <bool SWIGLU, int BN, int EPI>
+__device__ __forceinline__ void g5_store_staged(bf16 *out, const float *acc, uint32_t stg, int row0, int rend, int xb,
+                                                int N)
+{
+    constexpr int COLS = G5_OUT_COLS(SWIGLU, BN), PITCH = G5_OUT_PITCH(SWIGLU, BN), CH = COLS / 8;
+    const int tid = threadIdx.x & 127, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+    const int bar = threadIdx.x >> 7; /* consumer c uses barrier 1 + c */
+    const int Nout = SWIGLU ? N / 2 : N, col0 = xb * COLS;
+    const int ncol = min(COLS, Nout - col0), nrow = min(64, rend - row0); /* nrow <= 0: nothing to store */
+    if (EPI == 2 && warp == 0) g5_bulk_wait_read(); /* the last item's copies are done reading stg */
+    g5_bar_wg(bar);
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const uint32_t rowa = stg + (uint32_t)((warp * 16 + g + 8 * hf) * PITCH + 4 * tq);
+#pragma unroll
+        for (int j = 0; j < CH; j++) g5_st_shared_b32(rowa + 16 * j, g5_pair<SWIGLU, BN>(acc, j, hf));
+    }
+    if (EPI == 2) wg_proxy_fence(); /* these generic-proxy writes before the bulk copies' reads */
+    g5_bar_wg(bar);
+    if (EPI == 1) {
+        /* chunk i: row i / CH, 16-byte chunk i % CH; a warp writes 512 bytes (1 row, or 2 h rows) */
+#pragma unroll
+        for (int k = 0; k < 64 * CH / 128; k++) {
+            const int i = tid + 128 * k, r = i / CH, ch = i - r * CH;
+            if (r < nrow && 8 * ch < ncol)
+                *reinterpret_cast<uint4 *>(out + (size_t)(row0 + r) * Nout + col0 + 8 * ch) =
+                    g5_ld_shared_v4(stg + (uint32_t)(r * PITCH + 16 * ch));
+        }
+    } else if (warp == 0) {
+        for (int r = lane; r < nrow; r += 32)
+            g5_bulk_store(out + (size_t)(row0 + r) * Nout + col0, stg + (uint32_t)(r * PITCH), 2u * (uint32_t)ncol);
+        g5_bulk_commit();
     }
 }
 
@@ -177,14 +290,16 @@ __device__ __forceinline__ void g5_mma_stage(float *acc, uint32_t sa, uint32_t s
     }
 }
 
-/* Warpgroups 1 and 2: the products and the epilogue of every item of this block (see the header). */
-template <bool SWIGLU, int BN>
+/* Warpgroups 1 and 2: the products and the epilogue of every item of this block (see the header);
+ * stg0: consumer 0's staging buffer (EPI > 0), consumer 1's follows it. */
+template <bool SWIGLU, int BN, int ST, int EPI>
 __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, const int32_t *counts,
                                            const int32_t *offsets, int N, int nbx, int items, int ktiles,
-                                           uint32_t sbase, uint32_t full0, uint32_t empty0)
+                                           uint32_t sbase, uint32_t stg0, uint32_t full0, uint32_t empty0)
 {
-    constexpr int ST = G5_STAGES(BN), SB = G5_STAGE_BYTES(BN), NA = BN / 2 /* accumulators */;
+    constexpr int SB = G5_STAGE_BYTES(BN), NA = BN / 2 /* accumulators */;
     const int c = (threadIdx.x >> 7) - 1, lane = threadIdx.x & 31; /* consumer 0 or 1: rows 64 c .. */
+    const uint32_t stg = stg0 + (uint32_t)(c * G5_OUT_BYTES(SWIGLU, BN));
     float acc[NA];
     uint32_t i = 0; /* k-tiles consumed by this block so far */
     for (int w = blockIdx.x; w < items; w += gridDim.x) {
@@ -209,26 +324,34 @@ __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, cons
         if (lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
         const int tile = w / nbx, xb = w - tile * nbx;
         const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
-        g5_store<SWIGLU, BN>(out, acc, r0 + 64 * c, offsets[e] + counts[e], xb, N);
+        if (EPI == 0)
+            g5_store<SWIGLU, BN>(out, acc, r0 + 64 * c, offsets[e] + counts[e], xb, N);
+        else
+            g5_store_staged<SWIGLU, BN, EPI>(out, acc, stg, r0 + 64 * c, offsets[e] + counts[e], xb, N);
     }
+    /* the block's shared memory must outlive the reads of the last bulk copies */
+    if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
 }
 
-template <bool GATHER, bool SWIGLU, int BN>
+template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin,
                            int nbx)
 {
-#ifdef Q3N_HAVE_WGMMA
-    constexpr int ST = G5_STAGES(BN);
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
      * would wait for its own release (deadlock); two or more are enough. */
     static_assert(ST >= 2, "the ring needs at least 2 stages");
+    static_assert(EPI >= 0 && EPI <= 2, "epilogue 0, 1 or 2");
+    static_assert(G5_SMEM(BN, ST, EPI, SWIGLU) <= G5_SMEM_MAX, "stages + staging exceed an SM's shared memory");
+#ifdef Q3N_HAVE_WGMMA
     extern __shared__ unsigned char g5s[];
     const int items = tiles[0] * nbx;
     if ((int)blockIdx.x >= items) return; /* the whole block, before any barrier exists */
+    /* [stages | staging (EPI > 0) | full barriers | empty barriers], from a 1024-byte boundary */
     const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(g5s) + 1023u) & ~1023u;
-    const uint32_t full0 = sbase + ST * G5_STAGE_BYTES(BN), empty0 = full0 + 8 * ST; /* 8-byte barriers */
+    const uint32_t stg0 = sbase + ST * G5_STAGE_BYTES(BN);
+    const uint32_t full0 = stg0 + (EPI ? 2 * G5_OUT_BYTES(SWIGLU, BN) : 0), empty0 = full0 + 8 * ST;
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; s++) {
             wb_init(full0 + 8 * s, 128); /* one cp.async-tracking arrival per producer thread */
@@ -239,32 +362,84 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     __syncthreads();
     const int ktiles = (Kin + G5_BK - 1) / G5_BK;
     if (threadIdx.x < 128)
-        g5_produce<GATHER, SWIGLU, BN>(X, xrows, div, W, tiles, counts, offsets, N, Kin, nbx, items, ktiles, sbase,
-                                       full0, empty0);
+        g5_produce<GATHER, SWIGLU, BN, ST>(X, xrows, div, W, tiles, counts, offsets, N, Kin, nbx, items, ktiles,
+                                           sbase, full0, empty0);
     else
-        g5_consume<SWIGLU, BN>(out, tiles, counts, offsets, N, nbx, items, ktiles, sbase, full0, empty0);
+        g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, sbase, stg0, full0,
+                                        empty0);
 #else
     __trap(); /* launched only where cuda_moe_grouped_v4_supported(): sm_90a code */
 #endif
 }
 
 /* Production configuration, chosen from dev/test_moe_prefill's timings (H100, T = 16384, real dims,
- * session4_moe5.log): 128 x 256 tiles for both GEMMs; a persistent grid for gate_up (1.53 ms vs 1.78
- * with a block per tile) but a block per tile for down (1.17 ms vs 1.34: 8 k-tiles per item, and
- * the persistent order interleaves experts' weights in L2 less well). */
+ * fast/cuda/dev/logs/session4_moe5b.log): 128 x 256 tiles for both GEMMs.
+ *  - gate_up: persistent grid, 4 stages, fragments stored from registers: 1.55 ms (a block per
+ *    tile 1.89; 3 stages with the shared-memory epilogue 1.84-2.38: the 4th stage matters at 32
+ *    k-tiles per item);
+ *  - down: persistent grid, 3 stages, output tile staged through shared memory and written with
+ *    16-byte stores (epilogue 1): 0.94 ms, against 1.19 for a block per tile with 4 stages and the
+ *    register epilogue, 1.01 for a block per tile with epilogue 1, 1.00 with the bulk-copy
+ *    epilogue (2) on the persistent grid. */
 #define G5_BN_DEFAULT 256
 #define G5_PERSISTENT_GATE_UP 1
-#define G5_PERSISTENT_DOWN 0
+#define G5_PERSISTENT_DOWN 1
+#define G5_STAGES_DOWN 3
+#define G5_EPILOGUE_DOWN 1
+
+/* The arguments every instantiation takes, and the grid: at most SMs x blocks per SM when persistent. */
+struct g5_args {
+    bf16 *out;
+    const bf16 *x, *W;
+    const int32_t *rows, *tiles, *counts, *offsets;
+    int div, N, Kin, nbx, persistent, sms;
+    int64_t max_items;
+};
+
+template <bool G, bool S, int BN, int ST, int EPI>
+static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, struct q3n_error *err)
+{
+    constexpr int smem = G5_SMEM(BN, ST, EPI, S);
+    CU_CHECK(cudaFuncSetAttribute(grouped_gemm_v5_kernel<G, S, BN, ST, EPI>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    int per_sm = 0;
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_v5_kernel<G, S, BN, ST, EPI>,
+                                                           G5_THREADS, smem));
+    if (per_sm < 1)
+        return q3n_error_set(err, Q3N_ERR_DEVICE,
+                             "%s:%d: grouped_gemm_v5_kernel (BN %d, %d stages, epilogue %d) does not fit an SM",
+                             __FILE__, __LINE__, BN, ST, EPI);
+    const int64_t fill = (int64_t)a.sms * per_sm, grid = a.persistent && fill < a.max_items ? fill : a.max_items;
+    grouped_gemm_v5_kernel<G, S, BN, ST, EPI><<<(unsigned)grid, G5_THREADS, smem, stream>>>(
+        a.out, a.x, a.rows, a.div, a.W, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx);
+    CU_LAUNCHED("moe grouped_gemm_v5_kernel");
+    return Q3N_OK;
+}
+
+/* One configuration for every gather / SwiGLU combination. */
+template <int BN, int ST, int EPI>
+static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaStream_t stream, struct q3n_error *err)
+{
+    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI>(a, stream, err);
+    if (a.rows) return g5_launch<true, false, BN, ST, EPI>(a, stream, err);
+    if (swiglu) return g5_launch<false, true, BN, ST, EPI>(a, stream, err);
+    return g5_launch<false, false, BN, ST, EPI>(a, stream, err);
+}
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const int32_t *d_rows,
                                                         int64_t div, const void *d_W, const int32_t *d_counts,
                                                         const int32_t *d_offsets, const int32_t *d_tiles,
                                                         int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
-                                                        int bn, int persistent, enum q3n_compute_dtype dt,
-                                                        cudaStream_t stream, struct q3n_error *err)
+                                                        int bn, int persistent, int stages, int epilogue,
+                                                        enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                        struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
                 (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1));
+    const int st = stages ? stages : G5_STAGES(bn);
+    /* the instantiated configurations (see the header) */
+    Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
+                          : (epilogue == 0 && st >= 2 && st <= 4) || (st == 3 && (epilogue == 1 || epilogue == 2)));
     Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && E > 0 && E <= INT32_MAX && div > 0);
     if (rows == 0) return Q3N_OK;
     /* output blocks per tile; the tile table has at most rows / 128 + E tiles (cdiv per expert) */
@@ -274,42 +449,17 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void 
     int dev = 0, sms = 0;
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const bf16 *x = (const bf16 *)d_x, *W = (const bf16 *)d_W;
-    bf16 *out = (bf16 *)d_out;
-    const int n = (int)N, k = (int)Kin, dv = (int)div, nb = (int)nbx;
-#define G5_LAUNCH(G, S, B)                                                                                     \
-    do {                                                                                                       \
-        CU_CHECK(cudaFuncSetAttribute(grouped_gemm_v5_kernel<G, S, B>,                                         \
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, G5_SMEM(B)));               \
-        int per_sm = 0;                                                                                        \
-        CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_v5_kernel<G, S, B>,       \
-                                                               G5_THREADS, G5_SMEM(B)));                       \
-        if (per_sm < 1)                                                                                        \
-            return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: grouped_gemm_v5_kernel (BN %d) does not fit an SM", \
-                                 __FILE__, __LINE__, B);                                                       \
-        const int64_t fill = (int64_t)sms * per_sm, grid = persistent && fill < max_items ? fill : max_items; \
-        grouped_gemm_v5_kernel<G, S, B><<<(unsigned)grid, G5_THREADS, G5_SMEM(B), stream>>>(                  \
-            out, x, d_rows, dv, W, d_tiles, d_counts, d_offsets, n, k, nb);                                    \
-    } while (0)
-#define G5_LAUNCH_BN(G, S)                                                                                     \
-    do {                                                                                                       \
-        if (bn == 256)                                                                                         \
-            G5_LAUNCH(G, S, 256);                                                                              \
-        else                                                                                                   \
-            G5_LAUNCH(G, S, 128);                                                                              \
-    } while (0)
-    if (d_rows && swiglu)
-        G5_LAUNCH_BN(true, true);
-    else if (d_rows)
-        G5_LAUNCH_BN(true, false);
-    else if (swiglu)
-        G5_LAUNCH_BN(false, true);
-    else
-        G5_LAUNCH_BN(false, false);
-#undef G5_LAUNCH_BN
-#undef G5_LAUNCH
-    CU_LAUNCHED("moe grouped_gemm_v5_kernel");
-    return Q3N_OK;
+    struct g5_args a;
+    a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
+    a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
+    a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
+    a.max_items = max_items;
+    if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
+    if (epilogue == 1) return g5_launch_cfg<256, 3, 1>(a, swiglu, stream, err);
+    if (epilogue == 2) return g5_launch_cfg<256, 3, 2>(a, swiglu, stream, err);
+    if (st == 2) return g5_launch_cfg<256, 2, 0>(a, swiglu, stream, err);
+    if (st == 3) return g5_launch_cfg<256, 3, 0>(a, swiglu, stream, err);
+    return g5_launch_cfg<256, 4, 0>(a, swiglu, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
@@ -320,6 +470,6 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
                                                     struct q3n_error *err)
 {
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
-                                        swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN, dt,
-                                        stream, err);
+                                        swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
+                                        swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, dt, stream, err);
 }

@@ -154,7 +154,25 @@ __device__ __forceinline__ uint32_t wg_off(int r, int c)
     return (uint32_t)((c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 
-/* ---- warp specialisation: mbarriers (grouped GEMM v5) ----
+/* Warp specialisation's register split: a warpgroup that only copies gives registers back (dec),
+ * one that multiplies takes them (inc); N a multiple of 8 in [24, 256], executed by every thread
+ * of the warpgroup. The kernel's launch registers (65536 / threads) are what both start from. */
+template <int N>
+__device__ __forceinline__ void wg_setmaxnreg_dec()
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_setmaxnreg_inc()
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+/* ---- warp specialisation: mbarriers (grouped GEMM v5, flash v6) ----
  * An mbarrier is a 64-bit word in shared memory that counts arrivals: init sets the arrivals per
  * phase; when they have all arrived the phase completes and the next one (parity flipped) starts.
  * wb_wait(bar, parity) returns once the phase of that parity has completed: try_wait.parity P is

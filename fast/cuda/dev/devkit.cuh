@@ -94,7 +94,14 @@ static inline int guard_ok(const dbuf &b)
         if (g[i] != 0x5a) return 0;
     return 1;
 }
-static inline void poison(const dbuf &b) { CK(cudaMemset(b.p, 0xff, b.bytes)); }
+/* Synchronised: cudaMemset runs on the legacy default stream, which does not order itself with a
+ * cudaStreamNonBlocking stream (test_moe2's); without the wait a large poison could land after the
+ * kernel under test had written the buffer (seen: a 67 MB output read back as all NaN). */
+static inline void poison(const dbuf &b)
+{
+    CK(cudaMemset(b.p, 0xff, b.bytes));
+    CK(cudaDeviceSynchronize());
+}
 static inline void dfree(dbuf &b) { CK(cudaFree(b.p)); }
 
 /* Upload as f32 or bf16 */

@@ -10,7 +10,9 @@
  *    is the same; inside a 16-deep step the order is the tensor core's, which gave the same bits
  *    for mma.sync and wgmma on an H100), for both pipeline depths;
  *  - v5 gate_up and down vs v3: bitwise equal (same k order), for the default (cuda_moe_grouped_gemm_v5)
- *    and every configuration of V5_CFGS (tile width 128/256, persistent grid or a block per tile);
+ *    and every configuration of V5_CFGS (tile width 128/256, persistent grid or a block per tile,
+ *    ring depth 2..4, epilogue from registers / through shared memory with 16-byte stores / with
+ *    bulk async copies);
  *  - permute + v4 (and v5) gate_up + down + combine vs ref_moe_experts_forward (as test_moe2 checks v3);
  *  - shapes: T 1..4096, E 8/64/512, K 1/2/10, D and I not tile multiples, skewed loads with empty
  *    experts, and the real dims (D=2048, E=512, K=10, I=512) at T=4096 and 16384.
@@ -102,13 +104,25 @@ static void gate_up_gemm(layer &L, int ver, int stages, dbuf &h)
                                         (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D,
                                         1, stages, Q3N_COMPUTE_BF16, g_stream, E_));
 }
-/* v5 configurations checked and timed beside the default: tiles of bn outputs, persistent grid. */
+/* v5 configurations checked and timed beside the default: tiles of bn outputs, persistent grid
+ * ("grid") or a block per tile ("tiles"), ring depth (st; 0 = the default, 4 for bn 256, 6 for
+ * bn 128) and epilogue (0: fragments from registers; 1 "smem16": staged in shared memory, 16-byte
+ * stores; 2 "bulk": staged, bulk async copies overlapping the next tile). Session 5 added the st and
+ * epilogue ones, aimed at the down GEMM (Kin = 512: 8 k-tiles per tile); each runs both GEMMs. */
 struct v5_cfg {
-    int bn, persistent;
+    int bn, persistent, stages, epilogue;
     const char *name;
 };
-static const v5_cfg V5_CFGS[] = {{256, 1, "v5/bn256/grid"}, {256, 0, "v5/bn256/tiles"}, {128, 1, "v5/bn128/grid"},
-                                 {128, 0, "v5/bn128/tiles"}};
+static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, "v5/bn256/grid"},
+                                 {256, 0, 0, 0, "v5/bn256/tiles"},
+                                 {128, 1, 0, 0, "v5/bn128/grid"},
+                                 {128, 0, 0, 0, "v5/bn128/tiles"},
+                                 {256, 0, 3, 0, "v5/bn256/tiles/st3"},
+                                 {256, 0, 2, 0, "v5/bn256/tiles/st2"},
+                                 {256, 0, 3, 1, "v5/bn256/tiles/st3/smem16"},
+                                 {256, 1, 3, 1, "v5/bn256/grid/st3/smem16"},
+                                 {256, 0, 3, 2, "v5/bn256/tiles/st3/bulk"},
+                                 {256, 1, 3, 2, "v5/bn256/grid/st3/bulk"}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
 /* v5 gate_up and down; c NULL: the production entry cuda_moe_grouped_gemm_v5. */
 static void gate_up_v5(layer &L, const v5_cfg *c, dbuf &h)
@@ -121,7 +135,7 @@ static void gate_up_v5(layer &L, const v5_cfg *c, dbuf &h)
         RUN(cuda_moe_grouped_gemm_v5_cfg(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p,
                                          (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
                                          (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1, c->bn, c->persistent,
-                                         Q3N_COMPUTE_BF16, g_stream, E_));
+                                         c->stages, c->epilogue, Q3N_COMPUTE_BF16, g_stream, E_));
 }
 static void down_v5(layer &L, const v5_cfg *c, const dbuf &hin, dbuf &y)
 {
@@ -132,7 +146,8 @@ static void down_v5(layer &L, const v5_cfg *c, const dbuf &hin, dbuf &y)
     else
         RUN(cuda_moe_grouped_gemm_v5_cfg(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p,
                                          (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0,
-                                         c->bn, c->persistent, Q3N_COMPUTE_BF16, g_stream, E_));
+                                         c->bn, c->persistent, c->stages, c->epilogue, Q3N_COMPUTE_BF16, g_stream,
+                                         E_));
 }
 static void down_gemm(layer &L, int ver, int stages, const dbuf &hin, dbuf &y)
 {
