@@ -5,6 +5,8 @@
  *  - flash_wgmma_bf16_v5 (as v3, on compute capability 9.0; attention_flash_wgmma.cu): v3 with
  *    S = Q K^T and P V on Hopper wgmma (P from registers, Q/K/V in swizzled shared memory);
  *    bitwise v3 (dev/test_attn2).
+ *  - flash_wgmma_bf16_v7 (there, old = 6): v5 with the two warpgroups taking turns on the tensor
+ *    cores inside each tile (named barriers); bitwise v3, but 5 % slower than v5 on an H100.
  *  - flash_wgmma_bf16_v4 (there, old = 3): only S = Q K^T on wgmma; bitwise v3.
  *  - flash_wgmma_bf16_v6 (there, old = 5; attention_flash_ws.cu): v5's products with the K/V copies
  *    in a producer warpgroup meeting the consumers at mbarriers; bitwise v3, but 6 % slower than
@@ -278,10 +280,14 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
     const float scale = 1.0f / sqrtf((float)HD);
-    if ((!old || old == 3 || old == 5) && flash_v4_ok(T, HD, dt)) {
-        CU_CHECK((old == 3 ? flash_v4_launch : old == 5 ? flash_v6_launch : flash_v5_launch)(d_out, d_q, d_kc, d_vc, T,
-                                                                                          pos0, NH, NKV, HD, stream));
-        CU_LAUNCHED("flash_wgmma_bf16 (v4 / v5 / v6)");
+    if ((!old || (old >= 3 && old <= 6)) && flash_v4_ok(T, HD, dt)) {
+        cudaError_t (*launch)(void *, const void *, const void *, const void *, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, cudaStream_t) = old == 3   ? flash_v4_launch
+                                                       : old == 5 ? flash_v6_launch
+                                                       : old == 6 ? flash_v7_launch
+                                                                  : flash_v5_launch;
+        CU_CHECK(launch(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream));
+        CU_LAUNCHED("flash_wgmma_bf16 (v4 .. v7)");
         return Q3N_OK;
     }
     if ((!old || old == 2) && flash_v3_ok(T, HD, dt)) {

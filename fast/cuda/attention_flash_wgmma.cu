@@ -25,6 +25,16 @@
  *   as the A fragments and the
  *   warpgroup issues BK / 16 wgmma m64nHDPk16 (keys 16 kk .. 16 kk + 15 each, ascending) and waits
  *   for them (attention_flash_wgmma.cuh says why).
+ *   v7 = v5 with the warpgroups taking turns on the tensor cores: after the tile's barrier
+ *   warpgroup 0 multiplies S while warpgroup 1 waits (named barrier 1); then warpgroup 1's S runs
+ *   during warpgroup 0's softmax, and warpgroup 0's P V (after named barrier 2, which warpgroup 1
+ *   arrives at once its S is done) during warpgroup 1's softmax. In v5 both warpgroups multiply at
+ *   once and then both run their softmax with the tensor cores idle: per tile 4 products + one
+ *   softmax, against 4 products with the softmaxes hidden (FlashAttention-3's ping-pong, inside
+ *   one tile). The same operations on the same values: bitwise v5. Outcome (H100, session 4,
+ *   dev/logs/session4_attn2_v7.log): 6.19 ms at T = 16384 against v5's 5.88 (0.447 vs 0.415 at
+ *   T = 4096): the softmax is not what leaves the tensor cores idle (each warpgroup waits for
+ *   every product it issues, and the tile barrier stays), so v5 remains the default (old = 6).
  * S and O are summed over k in the same order as v3 (16 at a time, ascending; o + 0 * v = o for the
  * masked keys v3 skips); inside a 16-deep step the order is the tensor core's. dev/test_attn2
  * requires v4 and v5 to be bitwise v3 on every shape it tries (as the grouped GEMM v4 is bitwise v3
@@ -33,8 +43,9 @@
  * Needs compute capability 9.0 (flash_v4_ok); HD % 8 == 0, HD <= 256, padded to 64 / 128 / 256. */
 #include "attention_flash_wgmma.cuh"
 
-/* PVW: P V on wgmma (v5), else mma.sync (v4). */
-template <int HDP, bool PVW>
+/* PVW: P V on wgmma (v5), else mma.sync (v4). PP (with PVW: v7): the two warpgroups take turns
+ * on the tensor cores inside each tile (see the header). */
+template <int HDP, bool PVW, bool PP = false>
 __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
                                                           int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int HD,
                                                           float sl2)
@@ -87,9 +98,12 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
          * warpgroups (the one fully masked tile of warpgroup 0 adds o + 0 V): the wgmma's are then
          * outside any branch and ptxas does not serialise them */
         if (PVW || kb <= gq0 + 63) {
+            if (PP && wg == 1) wg_bar_sync<256>(1); /* v7: warpgroup 0's S first */
             wgf_tile_s<HDP>(s, sQ + wg * (64 * 128), sK + (j & 1) * KB);
+            if (PP) wg_bar_arrive<256>(wg == 0 ? 1 : 2); /* 0 -> 1: your S; 1 -> 0: your P V */
             if (PVW) {
                 flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
+                if (PP && wg == 0) wg_bar_sync<256>(2); /* v7: after warpgroup 1's S */
                 wgf_tile_pv<HDP, BK>(s, o, sV + (j & 1) * KB);
             } else if (active) {
                 flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
@@ -113,38 +127,44 @@ int flash_v4_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
     return major == 9 && minor == 0;
 }
 
-template <int HDP, bool PVW>
+template <int HDP, bool PVW, bool PP>
 static cudaError_t launch_flash_wg(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
     const size_t vbytes = PVW ? (size_t)2 * WGF_BK * HDP * 2 : sizeof(bf16) * 2 * WGF_BK * (HDP + 8);
     const size_t smem = (size_t)(WGF_BQ + 2 * WGF_BK) * HDP * 2 + vbytes + 1024;
     cudaError_t e =
-        cudaFuncSetAttribute(flash_v4_kernel<HDP, PVW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(flash_v4_kernel<HDP, PVW, PP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v4_kernel<HDP, PVW><<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), 256, smem, stream>>>(
+    flash_v4_kernel<HDP, PVW, PP><<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), 256, smem, stream>>>(
         (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
     return cudaSuccess;
 }
 
-template <bool PVW>
+template <bool PVW, bool PP>
 static cudaError_t launch_flash_wg_hd(void *out, const void *q, const void *kc, const void *vc, int64_t T,
                                       int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    if (HD <= 64) return launch_flash_wg<64, PVW>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
-    if (HD <= 128) return launch_flash_wg<128, PVW>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
-    return launch_flash_wg<256, PVW>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    if (HD <= 64) return launch_flash_wg<64, PVW, PP>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    if (HD <= 128) return launch_flash_wg<128, PVW, PP>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return launch_flash_wg<256, PVW, PP>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 cudaError_t flash_v4_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    return launch_flash_wg_hd<false>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return launch_flash_wg_hd<false, false>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 cudaError_t flash_v5_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    return launch_flash_wg_hd<true>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return launch_flash_wg_hd<true, false>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+}
+
+cudaError_t flash_v7_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
+{
+    return launch_flash_wg_hd<true, true>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }

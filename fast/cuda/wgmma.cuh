@@ -139,6 +139,19 @@ __device__ __forceinline__ uint32_t wg_off(int r, int c)
     return (uint32_t)((c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 
+/* Named barrier `id` (1..15; 0 is __syncthreads) of `n` threads: sync waits for all n, arrive
+ * counts this thread without waiting (a producer-consumer handshake between warpgroups). */
+template <int N>
+__device__ __forceinline__ void wg_bar_sync(int id)
+{
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_bar_arrive(int id)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(N) : "memory");
+}
+
 /* Warp specialisation's register split: a warpgroup that only copies gives registers back (dec),
  * one that multiplies takes them (inc); N a multiple of 8 in [24, 256], executed by every thread
  * of the warpgroup. The kernel's launch registers (65536 / threads) are what both start from. */

@@ -2,13 +2,13 @@
  * decode), flash prefill v3 and the split-K decode kernel, each validated against ref_attention_forward
  * (linked from libq3n.a) and against the previous kernel before it is timed; decode split v4 against
  * split v3 (both versions' pos0 and device-position launches bitwise equal); flash v5 (S = Q K^T and
- * P V on wgmma), v6 (v5 with a producer warpgroup and mbarriers) and v4 (S only) bitwise against
- * flash v3 on every shape tried (compute capability 9.0 only).
+ * P V on wgmma), v7 (v5 with the warpgroups taking turns), v6 (v5 with a producer warpgroup and
+ * mbarriers) and v4 (S only) bitwise against flash v3 on every shape tried (compute capability 9.0).
  *
  * Inputs are bf16-rounded random normals; outputs are NaN-poisoned with a sentinel guard; every case
  * runs REPEAT times and must be bitwise identical. One line per case; exit status 1 on any failure.
  *
- *   test_attn2            all cases, then timings (v2 .. v6) at T=4096/16384 and decode at S=4096/32768
+ *   test_attn2            all cases, then timings (v2 .. v7) at T=4096/16384 and decode at S=4096/32768
  *                         (decode: rows_v1, v4 and v3 eager; v3 and v4 in a graph of 20 calls)
  *   test_attn2 --quick    cases only */
 #include <algorithm>
@@ -17,7 +17,7 @@
 
 #define E (&g_err) /* launchers take `err` by name */
 
-/* Whether the default bf16 prefill kernel for (T, HD) is flash v5 (compute capability 9.0; v4, v6 too). */
+/* Whether the default bf16 prefill kernel for (T, HD) is flash v5 (compute capability 9.0; v4, v6, v7 too). */
 static int flash_wg_ok_for_test(int64_t T, int64_t HD)
 {
     return strcmp(cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v5") == 0;
@@ -70,50 +70,60 @@ static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64
     dfree(dq), dfree(dk), dfree(dv), dfree(o), dfree(o1), dfree(scratch);
 }
 
-/* ---- flash v5 (the default: S and P V on wgmma), v6 (v5 with a producer warpgroup) and v4 (S only)
- * against flash v3 (mma.sync): bitwise, 3 runs each, guard; and v5 vs the ref ---- */
+/* ---- the wgmma flash kernels against flash v3 (mma.sync): the default (v5: S and P V on wgmma),
+ * v7 (v5 with the warpgroups taking turns on the tensor cores), v4 (S only) and v6 (v5 with a
+ * producer warpgroup), each bitwise v3, 3 runs each, guard; and the default vs the ref ---- */
 static void case_flash_wg(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int ref)
 {
     if (!flash_wg_ok_for_test(T, HD)) return;
     const int64_t S = pos0 + T, n = T * NH * HD;
     auto q = randb(n, 1), kc = randb(S * NKV * HD, 1), vc = randb(S * NKV * HD, 1);
-    dbuf dq = up(q, 1), dk = up(kc, 1), dv = up(vc, 1), o6 = dnew(n * 2), o5 = dnew(n * 2), o4 = dnew(n * 2),
-         o3 = dnew(n * 2);
-    std::vector<float> first6, first5, first4, v3;
-    int det6 = 1, det5 = 1, det4 = 1;
+    const int vers[] = {0, 6, 3, 5}; /* cuda_attention_forward_ver's `old` */
+    const char *names[] = {cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v7",
+                           "flash_wgmma_bf16_v4", "flash_wgmma_bf16_v6"};
+    const int nv = 4;
+    dbuf dq = up(q, 1), dk = up(kc, 1), dv = up(vc, 1), o3 = dnew(n * 2);
+    std::vector<dbuf> o;
+    for (int v = 0; v < nv; v++) o.push_back(dnew(n * 2));
+    std::vector<std::vector<float>> first(nv);
+    std::vector<float> v3;
+    int det[4] = {1, 1, 1, 1};
     for (int r = 0; r < REPEAT; r++) {
-        poison(o6), poison(o5), poison(o4), poison(o3);
-        RUN(cuda_attention_forward(o5.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, Q3N_COMPUTE_BF16, g_stream, E));
-        RUN(cuda_attention_forward_ver(o6.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, 5, Q3N_COMPUTE_BF16,
-                                       g_stream, E));
-        RUN(cuda_attention_forward_ver(o4.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, 3, Q3N_COMPUTE_BF16,
-                                       g_stream, E));
+        poison(o3);
+        for (int v = 0; v < nv; v++) {
+            poison(o[v]);
+            RUN(cuda_attention_forward_ver(o[v].p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, vers[v],
+                                           Q3N_COMPUTE_BF16, g_stream, E));
+        }
         RUN(cuda_attention_forward_ver(o3.p, dq.p, dk.p, dv.p, NULL, T, pos0, NH, NKV, HD, 2, Q3N_COMPUTE_BF16,
                                        g_stream, E));
         CK(cudaStreamSynchronize(g_stream));
-        auto got6 = down(o6, n, 1), got5 = down(o5, n, 1), got4 = down(o4, n, 1);
-        if (r == 0) first6 = got6, first5 = got5, first4 = got4, v3 = down(o3, n, 1);
-        else det6 &= same_bits(first6, got6), det5 &= same_bits(first5, got5), det4 &= same_bits(first4, got4);
+        for (int v = 0; v < nv; v++) {
+            auto got = down(o[v], n, 1);
+            if (r == 0) first[v] = got;
+            else det[v] &= same_bits(first[v], got);
+        }
+        if (r == 0) v3 = down(o3, n, 1);
     }
     char name[200];
-    snprintf(name, sizeof name, "flash[%s] == flash v3 bitwise T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld",
-             cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), (long long)T, (long long)pos0, (long long)NH,
-             (long long)NKV, (long long)HD);
-    check(name, first5, v3, 0.0, det5 && same_bits(first5, v3), &o5);
-    snprintf(name, sizeof name, "  flash[flash_wgmma_bf16_v6] == flash v3 bitwise T=%lld pos0=%lld HD=%lld",
-             (long long)T, (long long)pos0, (long long)HD);
-    check(name, first6, v3, 0.0, det6 && same_bits(first6, v3), &o6);
-    snprintf(name, sizeof name, "  flash[flash_wgmma_bf16_v4] == flash v3 bitwise T=%lld pos0=%lld HD=%lld",
-             (long long)T, (long long)pos0, (long long)HD);
-    check(name, first4, v3, 0.0, det4 && same_bits(first4, v3), &o4);
+    for (int v = 0; v < nv; v++) {
+        if (v == 0)
+            snprintf(name, sizeof name, "flash[%s] == flash v3 bitwise T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld",
+                     names[v], (long long)T, (long long)pos0, (long long)NH, (long long)NKV, (long long)HD);
+        else
+            snprintf(name, sizeof name, "  flash[%s] == flash v3 bitwise T=%lld pos0=%lld HD=%lld", names[v],
+                     (long long)T, (long long)pos0, (long long)HD);
+        check(name, first[v], v3, 0.0, det[v] && same_bits(first[v], v3), &o[v]);
+    }
     if (ref) {
         std::vector<float> want((size_t)n), scr((size_t)S);
         ref_attention_forward(want.data(), q.data(), kc.data(), vc.data(), scr.data(), T, pos0, NH, NKV, HD);
-        snprintf(name, sizeof name, "  flash v5 vs ref T=%lld pos0=%lld HD=%lld", (long long)T, (long long)pos0,
-                 (long long)HD);
-        check(name, first5, want, 2e-2, det5, &o5);
+        snprintf(name, sizeof name, "  flash[%s] vs ref T=%lld pos0=%lld HD=%lld", names[0], (long long)T,
+                 (long long)pos0, (long long)HD);
+        check(name, first[0], want, 2e-2, det[0], &o[0]);
     }
-    dfree(dq), dfree(dk), dfree(dv), dfree(o6), dfree(o5), dfree(o4), dfree(o3);
+    dfree(dq), dfree(dk), dfree(dv), dfree(o3);
+    for (auto &b : o) dfree(b);
 }
 
 /* ---- device-position decode, captured once in a CUDA graph and replayed at several positions, against
@@ -289,15 +299,16 @@ static void bench_prefill(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
     auto hq = randb((int64_t)n, 1), hk = randb((int64_t)nk, 1), hv = randb((int64_t)nk, 1);
     dbuf q = up(hq, 1), kc = up(hk, 1), vc = up(hv, 1), o = dnew(n * 2);
     const double flops = 4.0 * NH * HD * (double)T * (T + 1) / 2.0;
-    /* ver 1 = flash_mma_bf16_v2, 2 = flash_mma_bf16_v3, 3 / 5 = flash_wgmma_bf16_v4 / v6 (compute capability 9.0),
-     * 0 = what cuda_attention_forward runs */
-    const int vers[] = {1, 2, 3, 5, 0};
+    /* ver 1 = flash_mma_bf16_v2, 2 = flash_mma_bf16_v3, 3 / 5 / 6 = flash_wgmma_bf16_v4 / v6 / v7
+     * (compute capability 9.0), 0 = what cuda_attention_forward runs */
+    const int vers[] = {1, 2, 3, 5, 6, 0};
     const char *names[] = {"old: flash_mma_bf16_v2", "old: flash_mma_bf16_v3", "old: flash_wgmma_bf16_v4",
-                           "alt: flash_wgmma_bf16_v6", cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16)};
+                           "alt: flash_wgmma_bf16_v6", "alt: flash_wgmma_bf16_v7",
+                           cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16)};
     const int wg = flash_wg_ok_for_test(T, HD);
     std::vector<float> ref;
-    for (int vi = 0; vi < 5; vi++) {
-        if ((vi == 2 || vi == 3) && !wg) continue;
+    for (int vi = 0; vi < 6; vi++) {
+        if (vi >= 2 && vi <= 4 && !wg) continue;
         fwd_args a = {o.p, q.p, kc.p, vc.p, NULL, T, 0, NH, NKV, HD, vers[vi], NULL};
         poison(o);
         fwd_call(&a);
