@@ -200,11 +200,8 @@ __global__ void __launch_bounds__(NW * 32, 8 / NW) flash_v3_kernel(bf16 *out, co
     v3_load<HDP, BK, NT>(Vs, vc + kh * HD, NKV * HD, 0, S, HD);
     cp_async_commit();
 
-    float o[HDP / 8][4];
-#pragma unroll
-    for (int i = 0; i < HDP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-    float s[BK / 8][4];
+    float o[HDP / 8][4], mrow[2], lrow[2], s[BK / 8][4];
+    flash_rows_reset<HDP>(o, mrow, lrow);
 
     for (int j = 0; j < ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;

@@ -41,6 +41,17 @@ __device__ __forceinline__ void v3_load(bf16 *dst, const bf16 *base, int64_t rs,
     }
 }
 
+/* A warp's running state over its 16 query rows before any key: o (flash_tile_pv's accumulator
+ * layout) zero, the base-2 running maximum mrow of rows g and g + 8 at -inf, their sums lrow 0. */
+template <int HDP>
+__device__ __forceinline__ void flash_rows_reset(float (&o)[HDP / 8][4], float (&mrow)[2], float (&lrow)[2])
+{
+#pragma unroll
+    for (int i = 0; i < HDP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
+}
+
 /* One warp, one key tile: s [BK/8][4] holds the raw scores S = Q K^T of the warp's rows (the
  * mma.sync m16n8 accumulator layout: row g / g + 8, keys kb + 8 n + 2 tq + e % 2). Keys past a
  * row's position (diag tiles) become -inf; online softmax in base 2: m = max(m, max_j s * sl2),

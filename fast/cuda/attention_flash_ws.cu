@@ -88,11 +88,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) flash_v6_kernel(bf16 *out, cons
     wg_setmaxnreg_inc<WS_CONSUMER_REGS>();
     const int64_t wq0 = pos0 + qb + w * 16; /* position of this warp's first row */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
-    float o[HDP / 8][4];
-#pragma unroll
-    for (int i = 0; i < HDP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-    float s[BK / 8][4];
+    float o[HDP / 8][4], mrow[2], lrow[2], s[BK / 8][4];
+    flash_rows_reset<HDP>(o, mrow, lrow);
 
     for (int j = 0; j < ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
