@@ -2,7 +2,8 @@
  *  - flash_wgmma_bf16_v4: S = Q K^T on wgmma, P V as flash_mma_bf16_v3 (mma.sync, V by
  *    ldmatrix.trans from v3's padded tile);
  *  - flash_wgmma_bf16_v5: P V on wgmma too, P straight from registers as the A operand
- *    (wgmma_rs.cuh), V an MN-major B operand in the same swizzled panels as K.
+ *    (wgmma_rs.cuh), V an MN-major B operand in the same swizzled panels as K (the default);
+ *  - flash_wgmma_bf16_v7: v5 with the two warpgroups taking turns on the tensor cores (slower).
  *
  * Why: in v3 every warp reloads its Q fragments and the K tile's fragments from shared memory by
  * ldmatrix for each 16x8x16 mma.sync (HD = 256: 16 + 64 ldmatrix.x4 per warp and tile), which caps
@@ -22,9 +23,8 @@
  *   v5: S for every tile in both warpgroups (warpgroup 0's last tile is fully masked: a branch
  *   around the wgmma's makes ptxas serialise them, C7520); every warp runs flash_tile_softmax (a
  *   warp none of whose rows sees a key gets p = 0, alpha = 1: o and l unchanged), packs p to bf16
- *   as the A fragments and the
- *   warpgroup issues BK / 16 wgmma m64nHDPk16 (keys 16 kk .. 16 kk + 15 each, ascending) and waits
- *   for them (attention_flash_wgmma.cuh says why).
+ *   as the A fragments and the warpgroup issues BK / 16 wgmma m64nHDPk16 (keys 16 kk .. 16 kk + 15
+ *   each, ascending) and waits for them (attention_flash_wgmma.cuh says why).
  *   v7 = v5 with the warpgroups taking turns on the tensor cores: after the tile's barrier
  *   warpgroup 0 multiplies S while warpgroup 1 waits (named barrier 1); then warpgroup 1's S runs
  *   during warpgroup 0's softmax, and warpgroup 0's P V (after named barrier 2, which warpgroup 1
@@ -37,7 +37,7 @@
  *   every product it issues, and the tile barrier stays), so v5 remains the default (old = 6).
  * S and O are summed over k in the same order as v3 (16 at a time, ascending; o + 0 * v = o for the
  * masked keys v3 skips); inside a 16-deep step the order is the tensor core's. dev/test_attn2
- * requires v4 and v5 to be bitwise v3 on every shape it tries (as the grouped GEMM v4 is bitwise v3
+ * requires v4, v5 and v7 to be bitwise v3 on every shape it tries (as the grouped GEMM v4 is bitwise v3
  * on an H100), so everything v3 passes holds for them. V must be finite (so is every v3 input:
  * v3 also multiplies masked p = 0 by V inside its diagonal tiles).
  * Needs compute capability 9.0 (flash_v4_ok); HD % 8 == 0, HD <= 256, padded to 64 / 128 / 256. */
