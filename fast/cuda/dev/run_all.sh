@@ -72,7 +72,14 @@ for stage in "$@"; do
         timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'chunk|grouped|flash' --launch-skip 2 --launch-count 6 \
             $B/test_kernels --bench-delta 16384 16 32 128 2>&1 | grep -E "chunk_|gpu__time|grouped|flash" >>"$OUT/bench.log"
         timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'grouped|flash|chunk_|recurrent|gemv|router|place' --launch-skip 40 --launch-count 14 \
-            $B/bench_model --prefill 4096 --decode-steps 0 --reps 1 2>&1 | grep -E "_kernel|gpu__time" >>"$OUT/bench.log" ;;
+            $B/bench_model --prefill 4096 --decode-steps 0 --reps 1 2>&1 | grep -E "_kernel|gpu__time" >>"$OUT/bench.log"
+        # where the two biggest prefill kernels stall (T=16384): flash (default instance) and grouped v5
+        for k in flash_v4_kernel grouped_gemm_v5_kernel; do
+            timeout 150 ncu --kernel-name regex:$k --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+                --section WarpStateStats --section SchedulerStats --section Occupancy \
+                $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >"$OUT/ncu_$k.log" 2>&1
+            echo "ncu $k: exit $? ($OUT/ncu_$k.log)" >>"$OUT/bench.log"
+        done ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \
