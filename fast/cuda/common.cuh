@@ -77,6 +77,14 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int *wsum)
     return (w ? wsum[w - 1] : 0) + x - v;
 }
 
+/* Two floats -> bf16x2 (round to nearest even), lo in the low half: the lower column (k) index
+ * of an mma fragment pair. */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
 /* C[16x8] += A[16x16] B[16x8] on bf16 tensor cores with float32 accumulators (mma.sync m16n8k16,
  * sm_80+): a0..a3 = A's row-major fragment, b0/b1 = B's column fragment (k 0-7, 8-15). */
 __device__ __forceinline__ void mma_m16n8k16_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,

@@ -118,10 +118,13 @@ const char *cuda_delta_rule_chunked_kernel(void);
 const char *cuda_delta_rule_chunked_kernel_for(int64_t DK, int64_t DV, int64_t C, enum q3n_compute_dtype dt);
 /* The two paths cuda_delta_rule_chunked dispatches to (same arguments and scratch):
  * _simt = chunk_v4, fp32 SIMT, any dims (the f32 mode's path; bf16 mode for other dims);
- * _tc = bf16 mma.sync (deltanet_tc.cu), bf16 o only, DK = DV = 128, C = 64 and a device with
- * ~163 KB of opt-in shared memory per block only (_tc_supported); scan_warps in {0 (auto = 4),
- * 2, 4, 8} warps per scan block, a pair per 16 value columns (-1: the prep kernel alone, for
- * timing); all choices give the same bits. */
+ * _tc = bf16 tensor cores (deltanet_tc.cu), bf16 o only, DK = DV = 128, C = 64 and a device with
+ * ~163 KB of opt-in shared memory per block only (_tc_supported); scan_warps picks the scan:
+ * Q3N_TC_SCAN_V3 (wgmma, compute capability 9.0), or 2, 4, 8 warps per v2 scan block, a pair per
+ * 16 value columns (the three v2 shapes give the same bits); 0 = v3 where it runs, else v2 with 4
+ * warps; -1: the prep kernel alone, for timing. */
+#define Q3N_TC_SCAN_V3 100
+int cuda_delta_rule_chunked_tc_has_v3(void); /* this device runs scan v3 (and picks it by default) */
 enum q3n_status cuda_delta_rule_chunked_simt(void *d_o, float *d_state, const float *d_q, const float *d_k,
                                              const float *d_v, const float *d_g, const float *d_beta, float *d_scratch,
                                              int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, int64_t C,

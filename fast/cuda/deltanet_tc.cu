@@ -26,33 +26,11 @@
  * cuda_delta_rule_chunked_tc_bf16 (q, k, v already bf16, as cuda_deltanet_prep_forward writes
  * them: given bf16(q), bf16(k), bf16(v) of the same float32 values, the same bits).
  * H100, T=16384 NK=16 NV=32: prep 0.65 ms, prep + scan 1.32 ms (chunk_v4: 9.56 ms). */
-#include "common.cuh"
+#include "deltanet_tc.cuh"
 
-#define TC_C 64
-#define TC_D 128
 #define TC_LDB (TC_D + 8) /* bf16 row stride of [64 x 128] tiles: 272 B, ldmatrix conflict-free */
 #define TC_LDA (TC_C + 8) /* bf16 row stride of [64 x 64] tiles: 144 B */
 #define TC_LDL (TC_C + 4) /* float row stride of L (float4 rows) */
-
-/* Byte offsets of the scratch arrays. Per (chunk, value head): W bf16 [C,D], Aqk bf16 [C,C],
- * U float [C,D], G float [C]. Per (chunk, key head): q, k bf16 [C,D]. */
-struct tc_layout {
-    size_t w, a, u, g, q, k, end;
-};
-
-static tc_layout tc_layout_of(int64_t nc, int64_t NK, int64_t NV)
-{
-    tc_layout l;
-    const size_t rv = (size_t)nc * NV, rk = (size_t)nc * NK;
-    l.w = 0;
-    l.a = l.w + rv * TC_C * TC_D * 2;
-    l.u = l.a + rv * TC_C * TC_C * 2;
-    l.g = l.u + rv * TC_C * TC_D * 4;
-    l.q = l.g + rv * TC_C * 4;
-    l.k = l.q + rk * TC_C * TC_D * 2;
-    l.end = l.k + rk * TC_C * TC_D * 2;
-    return l;
-}
 
 extern "C" int64_t cuda_delta_rule_chunked_tc_scratch(int64_t T, int64_t NV, int64_t DK, int64_t DV, int64_t C)
 {
@@ -95,12 +73,6 @@ __device__ __forceinline__ void ldsm4t(uint32_t *r, const void *p)
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_u32(p)));
 }
-/* Two floats -> bf16x2, lo in the low half (the lower column index of a fragment pair). */
-__device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 __device__ __forceinline__ void cp16(void *s, const void *g)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(s)), "l"(g));
@@ -141,8 +113,8 @@ __device__ __forceinline__ void stage_rows_bf16(bf16 *dst, const float *src, siz
     for (int u = 0; u < TC_C * TC_D / 4 / 128; u++) {
         const int f = threadIdx.x + 128 * u, i = f >> 5, c = (f & 31) * 4;
         uint2 p;
-        p.x = pack2(x[u].x, x[u].y);
-        p.y = pack2(x[u].z, x[u].w);
+        p.x = pack_bf16(x[u].x, x[u].y);
+        p.y = pack_bf16(x[u].z, x[u].w);
         *reinterpret_cast<uint2 *>(dst + i * TC_LDB + c) = p;
     }
 }
@@ -204,10 +176,13 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
             B[tid] = tid < nvalid ? beta[(size_t)(t0 + tid) * NV + h] : 0.0f;
         }
         __syncthreads();
-        if (tid == 0) {
-            float acc = 0.0f;
+        if (tid == 0) { /* G = cumsum(g), in order: all 64 loads in flight first */
+            float gv[TC_C], acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < TC_C; i += 4) *reinterpret_cast<float4 *>(&gv[i]) = *reinterpret_cast<const float4 *>(&G[i]);
+#pragma unroll
             for (int i = 0; i < TC_C; i++) {
-                acc += G[i];
+                acc += gv[i];
                 G[i] = acc;
             }
         }
@@ -255,11 +230,14 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
                         av[e] = qk[nt][2 * hf + e] * dec;
                     }
                     *reinterpret_cast<float2 *>(&L[i * TC_LDL + j]) = make_float2(lv[0], lv[1]);
-                    *reinterpret_cast<uint32_t *>(&Ag[i * TC_C + j]) = pack2(av[0], av[1]);
+                    *reinterpret_cast<uint32_t *>(&Ag[i * TC_C + j]) = pack_bf16(av[0], av[1]);
                 }
         }
         __syncthreads();
-        /* T = (I + L)^-1, column j per thread: x_i = [i == j] - sum_{m < i} L[i][m] x_m (L[i][m >= i] = 0) */
+        /* T = (I + L)^-1, column j per thread: x_i = [i == j] - sum_{m < i} L[i][m] x_m (L[i][m >= i] = 0).
+         * The sum over m runs as four interleaved partial sums (m mod 4), added pairwise: a
+         * dependent chain of i / 4 + 2 operations per row instead of i (the solve is the prep's
+         * critical path: one thread per column, 64 rows in sequence). */
         float x[TC_C];
         const int j = tid;
         if (tid < TC_C) {
@@ -267,17 +245,17 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
             for (int i = 0; i < TC_C; i++) x[i] = 0.0f;
 #pragma unroll
             for (int i = 0; i < TC_C; i++) {
-                float acc = i == j ? 1.0f : 0.0f;
+                float a0 = i == j ? 1.0f : 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
                 const float *Lr = L + i * TC_LDL;
 #pragma unroll
                 for (int m = 0; m < i; m += 4) {
                     const float4 l4 = *reinterpret_cast<const float4 *>(Lr + m);
-                    acc -= l4.x * x[m];
-                    acc -= l4.y * x[m + 1];
-                    acc -= l4.z * x[m + 2];
-                    acc -= l4.w * x[m + 3];
+                    a0 -= l4.x * x[m];
+                    a1 -= l4.y * x[m + 1];
+                    a2 -= l4.z * x[m + 2];
+                    a3 -= l4.w * x[m + 3];
                 }
-                x[i] = acc;
+                x[i] = (a0 + a1) + (a2 + a3);
             }
         }
         __syncthreads(); /* L read by every column: now TA, TB overwrite it */
@@ -320,7 +298,7 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
                     if (which)
                         *reinterpret_cast<float2 *>(&Ug[i * TC_D + d]) = make_float2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
                     else
-                        *reinterpret_cast<uint32_t *>(&Wg[i * TC_D + d]) = pack2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+                        *reinterpret_cast<uint32_t *>(&Wg[i * TC_D + d]) = pack_bf16(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
                 }
         }
         if (tid < TC_C) Gg[tid] = G[tid];
@@ -421,10 +399,10 @@ __global__ void __launch_bounds__(NVG * 64, 1) tc_scan_kernel(bf16 *o, float *st
 #pragma unroll
         for (int ks = 0; ks < 4; ks++) {
             uint32_t a[4];
-            a[0] = pack2(-s[2 * ks][0], -s[2 * ks][1]);
-            a[1] = pack2(-s[2 * ks][2], -s[2 * ks][3]);
-            a[2] = pack2(-s[2 * ks + 1][0], -s[2 * ks + 1][1]);
-            a[3] = pack2(-s[2 * ks + 1][2], -s[2 * ks + 1][3]);
+            a[0] = pack_bf16(-s[2 * ks][0], -s[2 * ks][1]);
+            a[1] = pack_bf16(-s[2 * ks][2], -s[2 * ks][3]);
+            a[2] = pack_bf16(-s[2 * ks + 1][0], -s[2 * ks + 1][1]);
+            a[3] = pack_bf16(-s[2 * ks + 1][2], -s[2 * ks + 1][3]);
 #pragma unroll
             for (int np = 0; np < 4; np++) {
                 uint32_t b[4], bq[4];
@@ -471,10 +449,10 @@ __global__ void __launch_bounds__(NVG * 64, 1) tc_scan_kernel(bf16 *o, float *st
             for (int hh = 0; hh < 2; hh++) {
                 const int nt = 2 * kb + hh;
                 const float e0 = expf(gC - Gs[8 * nt + 2 * t4]), e1 = expf(gC - Gs[8 * nt + 2 * t4 + 1]);
-                av[kb][2 * hh] = pack2(vt[nt][0], vt[nt][1]);
-                av[kb][2 * hh + 1] = pack2(vt[nt][2], vt[nt][3]);
-                ad[kb][2 * hh] = pack2(vt[nt][0] * e0, vt[nt][1] * e1);
-                ad[kb][2 * hh + 1] = pack2(vt[nt][2] * e0, vt[nt][3] * e1);
+                av[kb][2 * hh] = pack_bf16(vt[nt][0], vt[nt][1]);
+                av[kb][2 * hh + 1] = pack_bf16(vt[nt][2], vt[nt][3]);
+                ad[kb][2 * hh] = pack_bf16(vt[nt][0] * e0, vt[nt][1] * e1);
+                ad[kb][2 * hh + 1] = pack_bf16(vt[nt][2] * e0, vt[nt][3] * e1);
             }
         /* O^T += V'^T Aqk^T for i-blocks np of this half (Aqk lower triangular: kb <= np) */
 #pragma unroll
@@ -540,14 +518,18 @@ static enum q3n_status tc_scan_launch(bf16 *o, float *state, const char *scr, co
 #define TC_SCAN_WARPS_DEFAULT 4
 static int tc_scan_smem_max(void) { return scan_stage<TC_SCAN_WARPS_DEFAULT / 2>::SMEM; }
 
+extern "C" int cuda_delta_rule_chunked_tc_has_v3(void) { return tc_scan3_ok(); }
+
 extern "C" const char *cuda_delta_rule_chunked_tc_kernel(void)
 {
-    return "chunk_tc_v2(bf16 mma.sync prep per (chunk, key head) + scan, S^T in fp32 accumulators, warp pairs split DK, cp.async x2)";
+    return tc_scan3_ok() ? "chunk_tc_v3(bf16 mma.sync prep per (chunk, key head) + wgmma scan v3, S^T in fp32 accumulators of one warpgroup per 64 value columns)"
+                         : "chunk_tc_v2(bf16 mma.sync prep per (chunk, key head) + scan, S^T in fp32 accumulators, warp pairs split DK, cp.async x2)";
 }
 
-/* scan_warps: warps per scan block, 2, 4 or 8 (a pair of warps per 16 value columns, splitting DK);
- * 0 picks; -1 runs the
- * prep kernel alone (timing only: o and state untouched). TI: the type of q, k, v. */
+/* scan_warps: Q3N_TC_SCAN_V3 for scan v3 (deltanet_tc_scan3.cu, compute capability 9.0), or the
+ * warps per v2 scan block, 2, 4 or 8 (a pair of warps per 16 value columns, splitting DK); 0 picks
+ * (v3 where it runs, else v2 with 4 warps); -1 runs the prep kernel alone (timing only: o and
+ * state untouched). TI: the type of q, k, v. */
 template <typename TI>
 static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI *d_k, const TI *d_v,
                               const float *d_g, const float *d_beta, float *d_scratch, int64_t T, int64_t NK,
@@ -568,9 +550,12 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
                                                                                        d_beta, (int)T, (int)NK, (int)NV);
     CU_LAUNCHED("delta_rule tc_prep_kernel");
     if (scan_warps < 0) return Q3N_OK; /* prep only (timing) */
-    if (scan_warps == 0) scan_warps = TC_SCAN_WARPS_DEFAULT;
     bf16 *o = reinterpret_cast<bf16 *>(d_o);
+    if (scan_warps == 0) scan_warps = tc_scan3_ok() ? Q3N_TC_SCAN_V3 : TC_SCAN_WARPS_DEFAULT;
     switch (scan_warps) {
+    case Q3N_TC_SCAN_V3:
+        if (!tc_scan3_ok()) return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda delta rule tc: scan v3 needs compute capability 9.0");
+        return tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 2: return tc_scan_launch<1>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 4: return tc_scan_launch<2>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 8: return tc_scan_launch<4>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);

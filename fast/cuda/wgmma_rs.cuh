@@ -30,43 +30,65 @@ __device__ __forceinline__ uint64_t wg_desc_mn(uint32_t saddr, uint32_t panel_by
            ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
 }
 
+/* One wgmma with A from registers, for B MN-major (TB = 1: wg_desc_mn) or K-major (TB = 0: wg_desc,
+ * the chunked delta rule's scan v3); N accumulators per warpgroup row block as described above.
+ * acc = 0: d = A B (d's old values are not read), else d += A B. */
+template <int N, int TB>
+struct wg_rs;
+
+template <int TB>
+struct wg_rs<64, TB> {
+    static __device__ __forceinline__ void mma(float *d, const uint32_t (&a)[4], uint64_t db, int acc)
+    {
+#ifdef Q3N_HAVE_WGMMA
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" Q3N_WG_R32 "}, "
+                     "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+                     : Q3N_WG_D32(d)
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+#endif
+    }
+};
+
+template <int TB>
+struct wg_rs<128, TB> {
+    static __device__ __forceinline__ void mma(float *d, const uint32_t (&a)[4], uint64_t db, int acc)
+    {
+#ifdef Q3N_HAVE_WGMMA
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" Q3N_WG_R64 "}, "
+                     "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+                     : Q3N_WG_D64(d)
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+#endif
+    }
+};
+
+template <int TB>
+struct wg_rs<256, TB> {
+    static __device__ __forceinline__ void mma(float *d, const uint32_t (&a)[4], uint64_t db, int acc)
+    {
+#ifdef Q3N_HAVE_WGMMA
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" Q3N_WG_R128 "}, "
+                     "{%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
+                     : Q3N_WG_D128(d)
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+#endif
+    }
+};
+
+/* d[64 x N] += A[64 x 16] B[16 x N] (acc = 0: d = A B), B MN-major (descriptor wg_desc_mn). */
 template <int N>
-__device__ __forceinline__ void wg_mma_rs_m64k16(float *d, const uint32_t (&a)[4], uint64_t db);
-
-template <>
-__device__ __forceinline__ void wg_mma_rs_m64k16<64>(float *d, const uint32_t (&a)[4], uint64_t db)
+__device__ __forceinline__ void wg_mma_rs_m64k16(float *d, const uint32_t (&a)[4], uint64_t db, int acc = 1)
 {
-#ifdef Q3N_HAVE_WGMMA
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" Q3N_WG_R32 "}, "
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : Q3N_WG_D32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#endif
+    wg_rs<N, 1>::mma(d, a, db, acc);
 }
-
-template <>
-__device__ __forceinline__ void wg_mma_rs_m64k16<128>(float *d, const uint32_t (&a)[4], uint64_t db)
+/* The same with B K-major (descriptor wg_desc: row n of B^T holds its k values, 128-byte swizzle). */
+template <int N>
+__device__ __forceinline__ void wg_mma_rs_kb_m64k16(float *d, const uint32_t (&a)[4], uint64_t db, int acc = 1)
 {
-#ifdef Q3N_HAVE_WGMMA
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" Q3N_WG_R64 "}, "
-                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : Q3N_WG_D64(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#endif
-}
-
-template <>
-__device__ __forceinline__ void wg_mma_rs_m64k16<256>(float *d, const uint32_t (&a)[4], uint64_t db)
-{
-#ifdef Q3N_HAVE_WGMMA
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" Q3N_WG_R128 "}, "
-                 "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-                 : Q3N_WG_D128(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#endif
+    wg_rs<N, 0>::mma(d, a, db, acc);
 }
 
 #endif

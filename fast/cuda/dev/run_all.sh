@@ -79,6 +79,14 @@ for stage in "$@"; do
                 --section WarpStateStats --section SchedulerStats --section Occupancy \
                 $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >"$OUT/ncu_$k.log" 2>&1
             echo "ncu $k: exit $? ($OUT/ncu_$k.log)" >>"$OUT/bench.log"
+        done
+        # the delta rule's two kernels alone, T=16384, 32 value heads (the default scan block)
+        for k in tc_prep_kernel tc_scan_kernel; do
+            timeout 150 ncu --kernel-name regex:$k --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+                --section WarpStateStats --section SchedulerStats --section Occupancy --section MemoryWorkloadAnalysis \
+                --section ComputeWorkloadAnalysis --section InstructionStats --section LaunchStats \
+                $B/test_delta_tc --bench-one 16384 0 >"$OUT/ncu_$k.log" 2>&1
+            echo "ncu $k: exit $? ($OUT/ncu_$k.log)" >>"$OUT/bench.log"
         done ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"

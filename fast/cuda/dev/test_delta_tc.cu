@@ -2,13 +2,16 @@
  * ref_delta_rule_chunked (libq3n.a, float32) on seeded random inputs, then timings against
  * chunk_v4 (the fp32 SIMT path) in the same process.
  *
- * Each case: NaN-poisoned o and scratch, a guard after o, 3 runs that must be bitwise identical
- * (and identical for every scan block shape),
- * rel L2 of o <= 1e-2 and of the final state <= 5e-3 (bf16 operands, float32 accumulation).
+ * Each case: NaN-poisoned o and scratch, a guard after o, 3 runs of the default path that must be
+ * bitwise identical; then scan v2 in its three block shapes (identical bits) and scan v3 (where the
+ * device has it: the default there, so the same bits as the default runs). Every path: rel L2 of o
+ * <= 1e-2 and of the final state <= 5e-3 (bf16 operands, float32 accumulation).
  *
  *   test_delta_tc            all cases, then timings at T=4096 and 16384 (NK=16 NV=32 DK=DV=128)
  *   test_delta_tc --cases    cases only
- *   test_delta_tc --bench    timings only */
+ *   test_delta_tc --bench    timings only
+ *   test_delta_tc --bench-one T W [bf16]   one timing (NK=16 NV=32, scan_warps W: -1 prep only,
+ *                                          100 = scan v3; bf16: q, k, v in bf16): for ncu */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,7 @@
 #include "devkit.cuh"
 
 static double g_worst_o = 0, g_worst_s = 0;
+static int g_have_v3; /* the device runs scan v3 (the default there) */
 
 struct inputs {
     std::vector<float> q, k, v, g, beta, s0;
@@ -113,9 +117,17 @@ static void run_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, 
         if (rep == 0) o0 = oc, s0v = sc;
         else det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
     }
-    if (cuda_delta_rule_chunked_tc_supported(DK, DV, C)) { /* every scan block shape: the same bits */
-        const int sws[] = {2, 4, 8};
+    std::vector<float> of(o0.size());
+    for (size_t i = 0; i < of.size(); i++) of[i] = bf2f(o0[i]);
+    double eo = rel_l2(of, want), es = rel_l2(s0v, wst);
+    /* scan v2 (every block shape: the same bits) and, where the device has it, v3 explicitly;
+     * each meets the same bounds against the reference */
+    if (cuda_delta_rule_chunked_tc_supported(DK, DV, C)) {
+        const int sws[] = {2, 4, 8, Q3N_TC_SCAN_V3};
+        std::vector<uint16_t> o2;
+        std::vector<float> s2;
         for (int sw : sws) {
+            if (sw == Q3N_TC_SCAN_V3 && !g_have_v3) continue;
             CK(cudaMemset(o, 0xff, obytes));
             CK(cudaMemcpy(ds, in.s0.data(), wst.size() * 4, cudaMemcpyHostToDevice));
             RUN(cuda_delta_rule_chunked_tc(o, ds, dq, dk, dv, dg, db, (float *)dscr, T, NK, NV, DK, DV, C, sw, g_stream,
@@ -123,12 +135,16 @@ static void run_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, 
             CK(cudaStreamSynchronize(g_stream));
             CK(cudaMemcpy(oc.data(), o, obytes, cudaMemcpyDeviceToHost));
             CK(cudaMemcpy(sc.data(), ds, wst.size() * 4, cudaMemcpyDeviceToHost));
-            det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
+            if (sw == 2) o2 = oc, s2 = sc;
+            else if (sw != Q3N_TC_SCAN_V3)
+                det &= memcmp(o2.data(), oc.data(), obytes) == 0 && memcmp(s2.data(), sc.data(), sc.size() * 4) == 0;
+            else /* the default on this device is v3: the same bits as the explicit call */
+                det &= memcmp(o0.data(), oc.data(), obytes) == 0 && memcmp(s0v.data(), sc.data(), sc.size() * 4) == 0;
+            for (size_t i = 0; i < of.size(); i++) of[i] = bf2f(oc[i]);
+            eo = std::max(eo, rel_l2(of, want));
+            es = std::max(es, rel_l2(sc, wst));
         }
     }
-    std::vector<float> of(o0.size());
-    for (size_t i = 0; i < of.size(); i++) of[i] = bf2f(o0[i]);
-    const double eo = rel_l2(of, want), es = rel_l2(s0v, wst);
     const int ok = det && guard && eo <= 1e-2 && es <= 5e-3;
     g_cases++;
     g_fail += !ok;
@@ -142,13 +158,35 @@ static void run_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV, 
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o), cudaFree(dscr);
 }
 
-/* path: -2 = chunk_v4 (simt, bf16 out), -1 = tc prep only, 0.. = tc with that many scan warps (0 auto). */
-static void bench(int64_t T, int64_t NK, int64_t NV, int path)
+/* float32 -> bf16 bits, round to nearest even (finite inputs). */
+static std::vector<uint16_t> to_bf16(const std::vector<float> &x)
+{
+    std::vector<uint16_t> r(x.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        r[i] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+    return r;
+}
+static void *dup16(const std::vector<uint16_t> &v)
+{
+    void *p;
+    CK(cudaMalloc(&p, v.size() * 2));
+    CK(cudaMemcpy(p, v.data(), v.size() * 2, cudaMemcpyHostToDevice));
+    return p;
+}
+
+/* path: -2 = chunk_v4 (simt, bf16 out), -1 = tc prep only, 0.. = tc with that scan_warps (0 auto,
+ * Q3N_TC_SCAN_V3). bf16in: q, k, v in bf16 through cuda_delta_rule_chunked_tc_bf16 (what the model
+ * calls, and what fla's chunk_gated_delta_rule takes); else float32. */
+static void bench(int64_t T, int64_t NK, int64_t NV, int path, int bf16in = 0)
 {
     const int64_t D = 128, C = 64;
     inputs in = make_inputs(T, NK, NV, D, D, -8.0, 1);
     float *dq = (float *)dup(in.q), *dk = (float *)dup(in.k), *dv = (float *)dup(in.v), *dg = (float *)dup(in.g),
           *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0), *dscr;
+    void *hq = dup16(to_bf16(in.q)), *hk = dup16(to_bf16(in.k)), *hv = dup16(to_bf16(in.v));
     void *o;
     CK(cudaMalloc(&o, (size_t)(T * NV * D) * 2));
     CK(cudaMalloc(&dscr, (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4));
@@ -156,6 +194,9 @@ static void bench(int64_t T, int64_t NK, int64_t NV, int path)
         if (path == -2)
             RUN(cuda_delta_rule_chunked_simt(o, ds, dq, dk, dv, dg, db, dscr, T, NK, NV, D, D, C, Q3N_COMPUTE_BF16,
                                              g_stream, &g_err));
+        else if (bf16in)
+            RUN(cuda_delta_rule_chunked_tc_bf16(o, ds, hq, hk, hv, dg, db, dscr, T, NK, NV, D, D, C, path, g_stream,
+                                                &g_err));
         else
             RUN(cuda_delta_rule_chunked_tc(o, ds, dq, dk, dv, dg, db, dscr, T, NK, NV, D, D, C, path, g_stream, &g_err));
     };
@@ -175,10 +216,11 @@ static void bench(int64_t T, int64_t NK, int64_t NV, int path)
     double mean = 0;
     for (float x : ms) mean += x / N;
     std::sort(ms.begin(), ms.end());
-    const char *name = path == -2 ? "chunk_v4 simt" : path == -1 ? "tc prep only" : "tc";
-    printf("BENCH %-13s scan_warps=%d T=%lld NK=%lld NV=%lld DK=DV=128 C=64: median %.3f ms, mean %.3f ms (%d calls)\n",
-           name, path, (long long)T, (long long)NK, (long long)NV, ms[N / 2], mean, N);
+    const char *name = path == -2 ? "chunk_v4 simt" : path == -1 ? "tc prep only" : path == Q3N_TC_SCAN_V3 ? "tc scan v3" : "tc";
+    printf("BENCH %-13s scan_warps=%d %s in T=%lld NK=%lld NV=%lld DK=DV=128 C=64: median %.3f ms, mean %.3f ms (%d calls)\n",
+           name, path, bf16in ? "bf16" : "f32", (long long)T, (long long)NK, (long long)NV, ms[N / 2], mean, N);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(o), cudaFree(dscr);
+    cudaFree(hq), cudaFree(hk), cudaFree(hv);
 }
 
 /* The recurrent form in bf16 mode (rec_v2) against ref_delta_rule_recurrent: o rel L2 <= 8e-3
@@ -253,6 +295,11 @@ int main(int argc, char **argv)
 {
     q3n_rng_seed(&g_rng, 20261123);
     CK(cudaStreamCreate(&g_stream));
+    g_have_v3 = cuda_delta_rule_chunked_tc_supported(128, 128, 64) && cuda_delta_rule_chunked_tc_has_v3();
+    if (argc >= 4 && strcmp(argv[1], "--bench-one") == 0) { /* one shape, for profilers */
+        bench(atoll(argv[2]), 16, 32, atoi(argv[3]), argc > 4 && strcmp(argv[4], "bf16") == 0);
+        return 0;
+    }
     const int cases = argc < 2 || strcmp(argv[1], "--cases") == 0, timing = argc < 2 || strcmp(argv[1], "--bench") == 0;
     if (cases) {
         const int64_t Ts[] = {1, 63, 64, 65, 130, 300, 1000};
@@ -281,8 +328,11 @@ int main(int argc, char **argv)
         for (int64_t T : Ts) {
             bench(T, 16, 32, -2);
             bench(T, 16, 32, -1);
-            const int nws[] = {2, 4, 8};
-            for (int nw : nws) bench(T, 16, 32, nw);
+            const int nws[] = {2, 4, 8, Q3N_TC_SCAN_V3};
+            for (int nw : nws)
+                if (nw != Q3N_TC_SCAN_V3 || g_have_v3) bench(T, 16, 32, nw);
+            bench(T, 16, 32, -1, 1);
+            bench(T, 16, 32, 0, 1); /* the model's call: bf16 q, k, v, default scan */
         }
     }
     return 0;
