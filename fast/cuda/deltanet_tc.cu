@@ -9,7 +9,8 @@
  * q, k staged once (bf16), then for each value head h of the group:
  *   G = cumsum(g);  L[i][j] = beta_i (k_i.k_j) exp(G_i - G_j) (j < i);
  *   Aqk[i][j] = (q_i.k_j) exp(G_i - G_j) (j <= i);                      K K^T, Q K^T by mma
- *   T = (I + L)^-1 by forward substitution, float32, one column per thread;
+ *   T = (I + L)^-1, float32: 32 x 32 diagonal blocks by forward substitution, the off-diagonal
+ *       block by two 32 x 32 products (tc_solve_unit_lower);
  *   W = T diag(beta exp(G)) K,  U = T diag(beta) V                       by mma
  *   and writes W, Aqk (bf16), U, G (float32), plus q, k in bf16 once per key head.
  * Phase 2, tc_scan_kernel, one block per (16*NVG columns of V, head h), a pair of warps per 16
@@ -134,6 +135,98 @@ __device__ __forceinline__ void stage_rows_bf16(bf16 *dst, const bf16 *src, size
     }
 }
 
+/* Dot product of 32 floats at a (shared, 16-byte aligned) with x[0..31], as four interleaved
+ * partial sums added pairwise (short dependent chains). */
+__device__ __forceinline__ float tc_dot32(const float *a, const float (&x)[32])
+{
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll
+    for (int m = 0; m < 32; m += 4) {
+        const float4 l4 = *reinterpret_cast<const float4 *>(a + m);
+        s0 += l4.x * x[m];
+        s1 += l4.y * x[m + 1];
+        s2 += l4.z * x[m + 2];
+        s3 += l4.w * x[m + 3];
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* T = (I + L)^-1 for the strictly lower triangular L [64 x 64] (float, row stride TC_LDL, zero on
+ * and above the diagonal) by 32 x 32 blocks, with all 128 threads of the block:
+ *   I + L = [[A, 0], [C, B]]  ->  T = [[A^-1, 0], [-B^-1 C A^-1, B^-1]],
+ * A^-1 and B^-1 by forward substitution (one column per thread, threads 0-63: x_i = [i == j] -
+ * sum_{m < i} L[i][m] x_m, a chain of 32 rows), then M = C A^-1 and -B^-1 M as 32 x 32 x 32 products
+ * (8 entries per thread), each stage written back over the block of L it replaces. Then
+ * TA = bf16(T diag(beta)), TB = bf16(T diag(beta exp(G))) over L's bytes (the region is shared). */
+__device__ __forceinline__ void tc_solve_unit_lower(float *L, bf16 *TA, bf16 *TB, const float *B, const float *EG)
+{
+    const int tid = threadIdx.x;
+    {   /* diagonal blocks */
+        float x[32];
+        const int o = 32 * (tid >> 5), jl = tid & 31;
+        if (tid < 64) {
+#pragma unroll
+            for (int i = 0; i < 32; i++) x[i] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 32; i++) {
+                float a0 = i == jl ? 1.0f : 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                const float *Lr = L + (o + i) * TC_LDL + o;
+#pragma unroll
+                for (int m = 0; m < i; m += 4) {
+                    const float4 l4 = *reinterpret_cast<const float4 *>(Lr + m);
+                    a0 -= l4.x * x[m];
+                    a1 -= l4.y * x[m + 1];
+                    a2 -= l4.z * x[m + 2];
+                    a3 -= l4.w * x[m + 3];
+                }
+                x[i] = (a0 + a1) + (a2 + a3);
+            }
+        }
+        __syncthreads(); /* the diagonal blocks of L are read */
+        if (tid < 64) {
+#pragma unroll
+            for (int i = 0; i < 32; i++) L[(o + i) * TC_LDL + o + jl] = x[i];
+        }
+        __syncthreads();
+    }
+    const int c = tid & 31, r0 = 8 * (tid >> 5); /* this thread's 8 entries: rows r0 .. r0 + 7, column c */
+    float v[8];
+    {   /* M = C A^-1 */
+        float col[32];
+#pragma unroll
+        for (int m = 0; m < 32; m++) col[m] = L[m * TC_LDL + c];
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = tc_dot32(L + (32 + r0 + k) * TC_LDL, col);
+    }
+    __syncthreads(); /* C is read */
+#pragma unroll
+    for (int k = 0; k < 8; k++) L[(32 + r0 + k) * TC_LDL + c] = v[k];
+    __syncthreads();
+    {   /* T21 = -B^-1 M */
+        float col[32];
+#pragma unroll
+        for (int m = 0; m < 32; m++) col[m] = L[(32 + m) * TC_LDL + c];
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = -tc_dot32(L + (32 + r0 + k) * TC_LDL + 32, col);
+    }
+    __syncthreads(); /* M is read */
+#pragma unroll
+    for (int k = 0; k < 8; k++) L[(32 + r0 + k) * TC_LDL + c] = v[k];
+    __syncthreads();
+    /* TA, TB: column j, rows 32 h .. 32 h + 31 per thread */
+    const int j = tid & 63, h = tid >> 6;
+    float t[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) t[i] = L[(32 * h + i) * TC_LDL + j];
+    __syncthreads(); /* T is read: TA, TB overwrite it */
+    const float bj = B[j], bej = B[j] * EG[j];
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        TA[(32 * h + i) * TC_LDA + j] = __float2bfloat16_rn(t[i] * bj);
+        TB[(32 * h + i) * TC_LDA + j] = __float2bfloat16_rn(t[i] * bej);
+    }
+}
+
 /* The L / T region holds L (float [C][TC_LDL]) until the solve has read it, then TA, TB. */
 #define TC_LT_BYTES (TC_C * TC_LDL * 4 > 2 * TC_C * TC_LDA * 2 ? TC_C * TC_LDL * 4 : 2 * TC_C * TC_LDA * 2)
 #define TC_PREP_SMEM (3 * TC_C * TC_LDB * 2 + TC_LT_BYTES + 3 * TC_C * 4)
@@ -234,39 +327,7 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
                 }
         }
         __syncthreads();
-        /* T = (I + L)^-1, column j per thread: x_i = [i == j] - sum_{m < i} L[i][m] x_m (L[i][m >= i] = 0).
-         * The sum over m runs as four interleaved partial sums (m mod 4), added pairwise: a
-         * dependent chain of i / 4 + 2 operations per row instead of i (the solve is the prep's
-         * critical path: one thread per column, 64 rows in sequence). */
-        float x[TC_C];
-        const int j = tid;
-        if (tid < TC_C) {
-#pragma unroll
-            for (int i = 0; i < TC_C; i++) x[i] = 0.0f;
-#pragma unroll
-            for (int i = 0; i < TC_C; i++) {
-                float a0 = i == j ? 1.0f : 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-                const float *Lr = L + i * TC_LDL;
-#pragma unroll
-                for (int m = 0; m < i; m += 4) {
-                    const float4 l4 = *reinterpret_cast<const float4 *>(Lr + m);
-                    a0 -= l4.x * x[m];
-                    a1 -= l4.y * x[m + 1];
-                    a2 -= l4.z * x[m + 2];
-                    a3 -= l4.w * x[m + 3];
-                }
-                x[i] = (a0 + a1) + (a2 + a3);
-            }
-        }
-        __syncthreads(); /* L read by every column: now TA, TB overwrite it */
-        if (tid < TC_C) {
-            const float bj = B[j], bej = B[j] * EG[j];
-#pragma unroll
-            for (int i = 0; i < TC_C; i++) {
-                TA[i * TC_LDA + j] = __float2bfloat16_rn(x[i] * bj);
-                TB[i * TC_LDA + j] = __float2bfloat16_rn(x[i] * bej);
-            }
-        }
+        tc_solve_unit_lower(L, TA, TB, B, EG);
         __syncthreads();
         /* W = TB K (bf16 out), U = TA V (float out); T lower triangular: k-blocks kb <= w only */
 #pragma unroll 1

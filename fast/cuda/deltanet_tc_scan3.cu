@@ -158,16 +158,21 @@ __global__ void __launch_bounds__(128, 1) tc_scan3_kernel(bf16 *o, float *state,
 
         /* acc[0..31] = V'^T; O^T partial = acc[32..63] * (-1) * exp(G_i) */
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) acc[32 + 4 * j + q] *= -E[8 * j + 2 * tq + (q & 1)];
+        for (int j = 0; j < 8; j++) {
+            const float2 eg = *reinterpret_cast<const float2 *>(E + 8 * j + 2 * tq); /* exp(G_i), exp(G_i+1) */
+            acc[32 + 4 * j] *= -eg.x;
+            acc[32 + 4 * j + 1] *= -eg.y;
+            acc[32 + 4 * j + 2] *= -eg.x;
+            acc[32 + 4 * j + 3] *= -eg.y;
+        }
         uint32_t av[4][4], ad[4][4]; /* A fragments of V'^T and V'^T diag(exp(G_C - G)), k = chunk position */
 #pragma unroll
         for (int kb = 0; kb < 4; kb++)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
                 const int jj = 2 * kb + hh;
-                const float e0 = E[TC_C + 8 * jj + 2 * tq], e1 = E[TC_C + 8 * jj + 2 * tq + 1];
+                const float2 ed = *reinterpret_cast<const float2 *>(E + TC_C + 8 * jj + 2 * tq);
+                const float e0 = ed.x, e1 = ed.y;
                 av[kb][2 * hh] = pack_bf16(acc[4 * jj], acc[4 * jj + 1]);
                 av[kb][2 * hh + 1] = pack_bf16(acc[4 * jj + 2], acc[4 * jj + 3]);
                 ad[kb][2 * hh] = pack_bf16(acc[4 * jj] * e0, acc[4 * jj + 1] * e1);
