@@ -282,7 +282,9 @@ extern "C" const char *cuda_delta_rule_chunked_kernel_for(int64_t DK, int64_t DV
 
 extern "C" const char *cuda_delta_rule_chunked_kernel(void)
 {
-    return "bf16 DK=DV=128 C=64: chunk_tc_v2 (bf16 mma.sync); otherwise chunk_v4 (fp32 SIMT)";
+    return cuda_delta_rule_chunked_tc_has_v3()
+               ? "bf16 DK=DV=128 C=64: chunk_tc_v3 (bf16 mma.sync prep + wgmma scan); otherwise chunk_v4 (fp32 SIMT)"
+               : "bf16 DK=DV=128 C=64: chunk_tc_v2 (bf16 mma.sync); otherwise chunk_v4 (fp32 SIMT)";
 }
 
 /* Register-staged tile loads: a [C x ncol] float32 tile, row i at base + i*rs (rows >= nvalid

@@ -19,7 +19,7 @@ static void short_name(char *out, size_t n, const char *name, const char *fallba
 
 /* Compact (verify stores "<prefill>; decode: <decode>" in 256 bytes). Names: dn = delta rule
  * (the first word of cuda_delta_rule_chunked_kernel_for(): chunk_v4 fp32 SIMT, chunk_tc_v2 bf16 tensor
- * cores; and of cuda_delta_rule_recurrent_kernel_for(): rec_v1, rec_v2 = the one-token step), attn = first word and version of cuda_attention_kernel() for the prefill and
+ * cores, chunk_tc_v3 the same prep with the wgmma scan (sm_90); and of cuda_delta_rule_recurrent_kernel_for(): rec_v1, rec_v2 = the one-token step), attn = first word and version of cuda_attention_kernel() for the prefill and
  * the decode (flash_v3 = flash_mma_bf16_v3, rows_v1 = row/split-K kernel, decode_v3 = its split
  * decode kernel), moe grouped_v1 = grouped bf16 mma GEMM,
  * cublas = per-expert cuBLAS GEMMs, gemv_v1 = decode expert GEMV; gemm = cuBLAS, COMPUTE_32F,
