@@ -38,7 +38,10 @@ for stage in "$@"; do
         for tool in memcheck racecheck synccheck initcheck; do
             compute-sanitizer --tool $tool --error-exitcode 9 $B/test_kernels --small >"/tmp/san_$tool.log" 2>&1
             echo "compute-sanitizer --tool $tool test_kernels --small: exit $? ($(tail -1 /tmp/san_$tool.log))" >>"$OUT/tests.log"
-        done ;;
+        done
+        # the tensor-core delta rule (test_kernels --small has no DK = DV = 128 case): scan v3's cp.async and stmatrix
+        timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_delta_tc --cases >/tmp/san_delta.log 2>&1
+        echo "compute-sanitizer --tool memcheck test_delta_tc --cases: exit $? ($(tail -1 /tmp/san_delta.log))" >>"$OUT/tests.log" ;;
     verify)
         log "q3n verify --impl cuda" >>"$OUT/verify.log"
         for g in golden/data/*.h5; do
@@ -80,12 +83,12 @@ for stage in "$@"; do
                 $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >"$OUT/ncu_$k.log" 2>&1
             echo "ncu $k: exit $? ($OUT/ncu_$k.log)" >>"$OUT/bench.log"
         done
-        # the delta rule's two kernels alone, T=16384, 32 value heads (the default scan block)
-        for k in tc_prep_kernel tc_scan_kernel; do
+        # the delta rule's two kernels alone, T=16384, 32 value heads, bf16 q, k, v (the default scan: v3 on sm_90)
+        for k in tc_prep_kernel tc_scan3_kernel; do
             timeout 150 ncu --kernel-name regex:$k --launch-skip 2 --launch-count 1 --section SpeedOfLight \
                 --section WarpStateStats --section SchedulerStats --section Occupancy --section MemoryWorkloadAnalysis \
                 --section ComputeWorkloadAnalysis --section InstructionStats --section LaunchStats \
-                $B/test_delta_tc --bench-one 16384 0 >"$OUT/ncu_$k.log" 2>&1
+                $B/test_delta_tc --bench-one 16384 0 bf16 >"$OUT/ncu_$k.log" 2>&1
             echo "ncu $k: exit $? ($OUT/ncu_$k.log)" >>"$OUT/bench.log"
         done ;;
     qbench)
