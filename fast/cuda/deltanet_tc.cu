@@ -26,7 +26,10 @@
  * Entry points: cuda_delta_rule_chunked_tc (q, k, v float32, rounded to bf16 as staged) and
  * cuda_delta_rule_chunked_tc_bf16 (q, k, v already bf16, as cuda_deltanet_prep_forward writes
  * them: given bf16(q), bf16(k), bf16(v) of the same float32 values, the same bits).
- * H100, T=16384 NK=16 NV=32: prep 0.65 ms, prep + scan 1.32 ms (chunk_v4: 9.56 ms). */
+ * Phase 2 on sm_90 is scan v3 instead (deltanet_tc_scan3.cu: wgmma, the default there); this
+ * scan (v2) is the path elsewhere and stays selectable.
+ * H100, T=16384 NK=16 NV=32 (session 5): prep 0.48 ms with bf16 q, k, v (0.57 float32); prep + scan
+ * v3 0.94 ms (bf16), prep + scan v2 1.24 ms (float32); chunk_v4: 9.56 ms. */
 #include "deltanet_tc.cuh"
 
 #define TC_LDB (TC_D + 8) /* bf16 row stride of [64 x 128] tiles: 272 B, ldmatrix conflict-free */
