@@ -116,12 +116,7 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
 
 int flash_v4_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    if (!flash_v3_ok(T, HD, dt)) return 0;
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return 0;
-    return major == 9 && minor == 0;
+    return flash_v3_ok(T, HD, dt) && cuda_device_is_sm90();
 }
 
 template <int HDP, bool PVW, bool PP>

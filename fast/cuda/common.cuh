@@ -127,4 +127,15 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float *c, uint32_t a0, uint32_
 
 static inline unsigned cdiv(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
+/* The current device is compute capability 9.0 exactly: the one the sm_90a (wgmma) code of the
+ * build runs on. 0 when it is not, or when the query fails. */
+static inline int cuda_device_is_sm90(void)
+{
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return 0;
+    return major == 9 && minor == 0;
+}
+
 #endif

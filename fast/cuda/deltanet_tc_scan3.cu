@@ -226,15 +226,14 @@ __global__ void __launch_bounds__(128, 1) tc_scan3_kernel(bf16 *o, float *state,
 
 int tc_scan3_ok(void)
 {
-    int dev = 0, major = 0, minor = 0, optin = 0;
+    if (!cuda_device_is_sm90()) return 0;
+    int dev = 0, optin = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
         cudaGetLastError(); /* clear: the answer is just "no" */
         return 0;
     }
-    return major == 9 && minor == 0 && optin >= s3_smem::BYTES;
+    return optin >= s3_smem::BYTES;
 }
 
 enum q3n_status tc_scan3_launch(bf16 *o, float *state, const char *scr, const tc_layout &lay, int T, int NK, int NV,

@@ -135,11 +135,7 @@ extern "C" int cuda_moe_grouped_v4_pays(int64_t rows, int64_t E)
 /* wgmma needs the sm_90a code of this file: compute capability 9.0 exactly. */
 extern "C" int cuda_moe_grouped_v4_supported(void)
 {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return 0;
-    return major == 9 && minor == 0;
+    return cuda_device_is_sm90();
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const int32_t *d_rows,
