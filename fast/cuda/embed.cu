@@ -6,12 +6,15 @@ extern "C" size_t cuda_act_size(enum q3n_compute_dtype dt)
     return dt == Q3N_COMPUTE_BF16 ? 2 : 4;
 }
 
-/* out [T,D] = embed[tokens[t]]: one block per token, threads over D. */
+/* out [T,D] = embed[tokens[t]]: one block per token, threads over D (restrict: the loads of a
+ * thread's elements need not wait for its earlier stores). */
 template <typename T>
-__global__ void embed_kernel(T *out, const int64_t *tokens, const T *embed, int64_t D)
+__global__ void embed_kernel(T *__restrict__ out, const int64_t *__restrict__ tokens, const T *__restrict__ embed,
+                             int64_t D)
 {
     const int64_t t = blockIdx.x;
     const T *row = embed + tokens[t] * D;
+#pragma unroll 8
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) out[t * D + d] = row[d];
 }
 

@@ -31,12 +31,60 @@ __global__ void add_rmsnorm_kernel(T *out, T *h, const T *y, const float *w, int
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) st(out + row * n + i, ld(hr + i) * r * (1.0f + w[i]));
 }
 
+/* The same, for n <= PER x blockDim.x: the thread's elements (the same ones, i = tid + blockDim.x j,
+ * summed in the same order, so the same bits) held in registers, every load issued before the
+ * first store. In the loop above h is written in place, so no load may pass an earlier store and
+ * each iteration waits out a memory round trip: ~10 us for one 2048-wide decode row under ncu,
+ * nine times per token at the real dims. */
+template <typename T, int PER>
+__global__ void add_rmsnorm_reg_kernel(T *__restrict__ out, T *__restrict__ h, const T *__restrict__ y,
+                                       const float *__restrict__ w, int n, float eps)
+{
+    __shared__ float red[32];
+    T *hr = h + (int64_t)blockIdx.x * n;
+    const T *yr = y ? y + (int64_t)blockIdx.x * n : NULL;
+    float v[PER], u[PER], wv[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        v[j] = i < n ? ld(hr + i) : 0.0f;
+        u[j] = yr && i < n ? ld(yr + i) : 0.0f;
+        wv[j] = i < n ? w[i] : 0.0f;
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i >= n) continue;
+        if (yr) {
+            v[j] = rnd(v[j] + u[j], hr);
+            st(hr + i, v[j]);
+        }
+        ss += v[j] * v[j];
+    }
+    const float tot = block_sum(ss, red);
+    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+    T *orow = out + (int64_t)blockIdx.x * n;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < n) st(orow + i, v[j] * r * (1.0f + wv[j])); /* v[j] == ld(hr + i): stored rounded */
+    }
+}
+
 template <typename T>
 static void launch_add_rmsnorm(void *out, void *h, const void *y, const float *w, int64_t rows, int64_t n, double eps,
                                cudaStream_t stream)
 {
-    add_rmsnorm_kernel<T><<<(unsigned)rows, norm_threads(n), 0, stream>>>((T *)out, (T *)h, (const T *)y, w, n,
-                                                                           (float)eps);
+    const unsigned nt = norm_threads(n);
+    if (n <= 8 * (int64_t)nt)
+        add_rmsnorm_reg_kernel<T, 8><<<(unsigned)rows, nt, 0, stream>>>((T *)out, (T *)h, (const T *)y, w, (int)n,
+                                                                         (float)eps);
+    else if (n <= 16 * (int64_t)nt)
+        add_rmsnorm_reg_kernel<T, 16><<<(unsigned)rows, nt, 0, stream>>>((T *)out, (T *)h, (const T *)y, w, (int)n,
+                                                                          (float)eps);
+    else
+        add_rmsnorm_kernel<T><<<(unsigned)rows, nt, 0, stream>>>((T *)out, (T *)h, (const T *)y, w, n, (float)eps);
 }
 
 extern "C" enum q3n_status cuda_add_rmsnorm_forward(void *d_out, void *d_h, const void *d_y, const float *d_w,
