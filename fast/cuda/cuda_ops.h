@@ -331,8 +331,10 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * stages = ring depth (0: the default, 4 for bn 256, 6 for bn 128), epilogue 0 (fragments stored
  * from registers, 4-byte stores), 1 (through shared memory, 16-byte coalesced stores) or 2 (through
  * shared memory, bulk async copies overlapping the next tile). Instantiated: bn 256 with stages
- * 2..4 and epilogue 0, or stages 3 and epilogue 1 or 2; bn 128 with the default only. All give
- * the same bits. */
+ * 2..4 and epilogue 0, or stages 3 and epilogue 1 or 2; bn 128 with the default only. half_tiles 1
+ * computes a tile with <= 64 valid rows with the two consumer warpgroups splitting its outputs
+ * instead of its rows (slower on the production configurations; off in the production entry), 0
+ * as a full tile. All give the same bits. */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                          const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                          const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
@@ -342,8 +344,8 @@ enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const
                                              const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
-                                             int epilogue, enum q3n_compute_dtype dt, cudaStream_t stream,
-                                             struct q3n_error *err);
+                                             int epilogue, int half_tiles, enum q3n_compute_dtype dt,
+                                             cudaStream_t stream, struct q3n_error *err);
 /* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
  * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]
  * (Wsgu NULL: none); rounding as gate_up GEMV + cuda_swiglu_forward; with Wsg [1, D] also the

@@ -29,9 +29,9 @@
  *    fences after its wait on full[s] has made the copies visible to it, before its wgmma's.
  *  - No block barrier after the set-up one: consumers never wait for each other, and the producer
  *    runs up to ST k-tiles ahead, across tile boundaries too.
- *  - Persistent (gate_up's default; down runs a block per item, measured below): gridDim.x = SMs, block b does the work items
- *    b, b + grid, ... (item = tile * nbx + output block), so the producer fills the next item's
- *    stages while the consumers run the epilogue of the last one; or one block per item.
+ *  - Persistent (both GEMMs' default, measured below): gridDim.x = SMs, block b does the work
+ *    items b, b + grid, ... (item = tile * nbx + output block), so the producer fills the next
+ *    item's stages while the consumers run the epilogue of the last one; or one block per item.
  *  - Ring depth ST (template): 4 x 48 KB for BN 256 by default; 3 or 2 for the down GEMM (Kin = 512
  *    is only 8 k-tiles). Fewer stages do not buy a second block per SM: 2 x 384 threads get 85
  *    registers each, and a consumer holds BN / 2 = 128 float32 accumulators alone (ptxas refuses
@@ -50,6 +50,27 @@
  *    other warps; writers fence (fence.proxy.async) before the barrier that publishes the tile,
  *    since the bulk copy reads through the async proxy. Same values, same roundings: only the
  *    route of the bytes changes.
+ *  - Half tiles (runtime flag half_tiles; measured, not adopted: G5_HALF_TILES below). The tile table cuts each expert's
+ *    rows into 128-row tiles, so an expert's last tile is often partly zero rows; when it has
+ *    <= 64 valid rows (rend - r0 <= 64, a block-uniform test on the table) consumer 1 would
+ *    multiply 64 zero rows while consumer 0 does all the work, and the item would cost a full
+ *    item's time. Instead both consumers take the A rows [0, 64) of the stage and split the
+ *    outputs: plain, consumer c computes outputs [BN/2 c, BN/2 c + BN/2) (one m64n(BN/2)k16 per
+ *    k16 step, B rows BN/2 c ..); SwiGLU, consumer c computes h columns [BN/4 c, BN/4 c + BN/4)
+ *    of the item's BN/2, from gate rows BN/4 c .. and up rows BN/2 + BN/4 c .. (two m64n(BN/4)k16
+ *    per k16 step, gate into acc[0 .. BN/8), up into acc[BN/8 .. BN/4): the layout of a tile
+ *    BN/2 wide, so the epilogues run unchanged with BN/2 in place of BN and a column offset). The
+ *    item then takes about half the consumer time. The producer is unchanged (it still copies the
+ *    whole stage: the A rows past rend are zero fill, no DRAM reads, and B is needed whole).
+ *    Gain at the real dims, T = 16384 (T K = 163840 rows over E = 512 experts, Binomial(16384,
+ *    10/512) rows each: mean 320, sd 17.7): an expert has 3.0 tiles on average and 1/6 of the
+ *    tensor-core work is on zero rows (1 - 320 / (128 x 3.0)); its last tile has <= 64 rows with
+ *    probability 0.51 (320 = 2 x 128 + 64 is the middle of the spread), so half tiles cut the
+ *    consumer work per expert from 3.0 to 2.74 tile-times (-8.6%) and the zero-row share to 8.8%.
+ *    That is the ceiling of the gain, reached where the tensor cores are the limit: the bytes
+ *    copied do not change, so during a half item the producer must deliver the same stages in
+ *    half the time, and where the copies (L2 -> shared memory) keep up only partly the gain is
+ *    smaller. dev/test_moe_prefill times each configuration with half tiles off and on.
  *
  * Phases. Per block the producer and both consumers walk the same sequence of k-tiles; i counts
  * them over all of the block's items. k-tile i uses stage s = i % ST for the f-th time, f = i / ST.
@@ -61,18 +82,26 @@
  * i - ST), and full[s] cannot pass phase f before this consumer releases fill f; the producer
  * waited for phase f - 2 of empty[s] before fill f - 1, and empty[s] cannot pass phase f - 1
  * before fill f is made. Any ST >= 2, ktiles < ST or not a multiple of ST, and tiles with few rows
- * (zero-filled copies still arrive) follow the same rule. A block with no item returns before
- * the barriers exist, all 384 threads on the same condition (blockIdx.x >= items, from tiles[0]).
+ * (zero-filled copies still arrive) follow the same rule. Half tiles change none of this: they
+ * change which rows and columns of a stage a consumer reads, not which stages it waits for or
+ * releases. Each consumer still waits for and releases every k-tile of every item, full or half
+ * (g5_item's one loop, ktiles long either way), so empty[s] still gets 8 arrivals per fill, and
+ * the i sequence is the producer's (the producer does not look at the flag at all). A block with
+ * no item returns before the barriers exist, all 384 threads on the same condition
+ * (blockIdx.x >= items, from tiles[0]).
  *
  * Each configuration instantiated (g5_launch_cfg): BN 256 with ST 4 (default), 3, 2 and EPI 0, ST 3
- * with EPI 1 and 2; BN 128 with ST 6, EPI 0. Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x
- * pitch + barriers: BN 256 ST 3 EPI 2 = 144 + 66 KB.
+ * with EPI 1 and 2; BN 128 with ST 6, EPI 0; each with half tiles (a runtime choice, both paths in
+ * every kernel). Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x pitch + barriers: BN 256 ST 3
+ * EPI 2 = 144 + 66 KB (a half tile stages 64 rows of BN/2 outputs, in the same buffer).
  *
  * Numerics: every output accumulates in float32 over the k-tiles ascending, 16 k at a time
  * ascending, as v3 (mma.sync) and v4 (wgmma n128) do; inside one 16-deep step the order is the
  * tensor core's. The tile shape changes which block and which instruction computes an element, not
- * the order of its terms. v4 is bitwise v3 on an H100; dev/test_moe_prefill requires the same of
- * v5: on an H100 it is bitwise v3 on every shape and configuration tried (session 4, 190 cases).
+ * the order of its terms (half tiles: n128 / n64 for BN 256, n64 / n32 for BN 128, still 16 k per
+ * step, ascending). v4 is bitwise v3 on an H100; dev/test_moe_prefill requires the same of v5
+ * (half tiles on and off): on an H100 it is bitwise v3 on every shape and configuration tried
+ * (session 4, 190 cases; session 6 with half tiles, 1186 cases).
  * Deterministic (no atomics, fixed order). */
 #include "common.cuh"
 #include "moe_grouped.cuh"
@@ -93,7 +122,9 @@
 #define G5_THREADS 384
 /* Registers: __launch_bounds__(384, 1) allows 168 per thread (65536 / 384, rounded down to 8);
  * ptxas -v fits every instantiation in 112..168 with no spills, so no setmaxnreg: moving registers
- * from the producer (40) to the consumers (232) made the producer spill its source rows. */
+ * from the producer (40) to the consumers (232) made the producer spill its source rows. With half
+ * tiles: 112..168, no spills, no serialised wgmma (ptxas 13.0; see g5_item for the one layout
+ * that did serialise). */
 
 /* B source row of tile row rr (output n = BN x + rr), -1 for zero fill; with SWIGLU (W holds Nw / 2
  * gate rows, then Nw / 2 up rows) block x covers h columns c in [BN/2 x, BN/2 x + BN/2): tile rows
@@ -155,10 +186,11 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
     wb_cp_async_drain(); /* leave no copy of this thread in flight at exit */
 }
 
-/* The final bf16 pair of accumulator pair (4 j + 2 hf, + 1) (v4's roundings): the outputs
+/* The final bf16 pair of accumulator pair (4 j + 2 hf, + 1) (v4's roundings) of a consumer's
+ * accumulator tile BNA wide (BN for a full tile, BN / 2 for a half tile: g5_item): the outputs
  * themselves, or with SWIGLU h = T(T(silu(T(gate))) * T(up)) from gate block j and up block
- * j + BN / 16 (tile column 8 j + .. of h column BN/2 xb + 8 j + .., j < BN / 16). */
-template <bool SWIGLU, int BN>
+ * j + BNA / 16 (h column 8 j + .. of the tile's BNA / 2, j < BNA / 16). */
+template <bool SWIGLU, int BNA>
 __device__ __forceinline__ __nv_bfloat162 g5_pair(const float *acc, int j, int hf)
 {
     float h[2];
@@ -166,7 +198,7 @@ __device__ __forceinline__ __nv_bfloat162 g5_pair(const float *acc, int j, int h
     for (int q = 0; q < 2; q++) {
         if (SWIGLU) {
             const float gt = __bfloat162float(__float2bfloat16_rn(acc[4 * j + 2 * hf + q]));
-            const float up = __bfloat162float(__float2bfloat16_rn(acc[4 * (j + BN / 16) + 2 * hf + q]));
+            const float up = __bfloat162float(__float2bfloat16_rn(acc[4 * (j + BNA / 16) + 2 * hf + q]));
             h[q] = __bfloat162float(__float2bfloat16_rn(silu_f(gt))) * up;
         } else {
             h[q] = acc[4 * j + 2 * hf + q];
@@ -175,12 +207,14 @@ __device__ __forceinline__ __nv_bfloat162 g5_pair(const float *acc, int j, int h
     return __floats2bfloat162_rn(h[0], h[1]);
 }
 
-/* Epilogue 0 of one consumer warpgroup: its 64 rows x BN outputs from registers to out (v4's
- * rounding; acc[4 j + q]: row 16 (warp % 4) + lane / 4 + 8 (q / 2), column 8 j + 2 (lane % 4) + q % 2). */
-template <bool SWIGLU, int BN>
-__device__ __forceinline__ void g5_store(bf16 *out, const float *acc, int row0, int rend, int xb, int N)
+/* Epilogue 0 of one consumer warpgroup: its accumulator tile (BNA wide, as g5_pair), 64 rows from
+ * out row row0 x COLS outputs (h columns with SWIGLU) from out column col0, from registers to out
+ * (v4's rounding; acc[4 j + q]: row 16 (warp % 4) + lane / 4 + 8 (q / 2), column 8 j + 2 (lane % 4)
+ * + q % 2); rows >= rend and columns >= the output width are not stored. */
+template <bool SWIGLU, int BNA>
+__device__ __forceinline__ void g5_store(bf16 *out, const float *acc, int row0, int rend, int col0, int N)
 {
-    constexpr int COLS = G5_OUT_COLS(SWIGLU, BN);
+    constexpr int COLS = G5_OUT_COLS(SWIGLU, BNA);
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, g = lane >> 2, tq = lane & 3;
     const int Nout = SWIGLU ? N / 2 : N; /* SWIGLU: h width */
 #pragma unroll
@@ -189,9 +223,9 @@ __device__ __forceinline__ void g5_store(bf16 *out, const float *acc, int row0, 
         if (row >= rend) continue;
 #pragma unroll
         for (int j = 0; j < COLS / 8; j++) {
-            const int col = xb * COLS + 8 * j + 2 * tq;
+            const int col = col0 + 8 * j + 2 * tq;
             if (col >= Nout) continue;
-            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * Nout + col) = g5_pair<SWIGLU, BN>(acc, j, hf);
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)row * Nout + col) = g5_pair<SWIGLU, BNA>(acc, j, hf);
         }
     }
 }
@@ -238,31 +272,34 @@ __device__ __forceinline__ void g5_bulk_wait_read()
 #endif
 }
 
-/* Epilogues 1 and 2 of one consumer warpgroup: the same bf16 values as g5_store, through its
- * staging buffer stg (64 rows of G5_OUT_PITCH bytes). Only rows < rend and columns < Nout leave
- * shared memory (Nout % 8 == 0 by cuda_moe_grouped_v3_ok, so a row's valid part is whole 16-byte
- * chunks, 16-byte aligned in out). */
-template <bool SWIGLU, int BN, int EPI>
-__device__ __forceinline__ void g5_store_staged(bf16 *out, const float *acc, uint32_t stg, int row0, int rend, int xb,
-                                                int N)
+/* Epilogues 1 and 2 of one consumer warpgroup: the same bf16 values as g5_store (same arguments),
+ * through its staging buffer stg (64 rows of G5_OUT_PITCH(SWIGLU, BNA) bytes, at most the
+ * G5_OUT_BYTES(SWIGLU, BN) reserved). Only rows < rend and columns < Nout leave shared memory
+ * (Nout % 8 == 0 by cuda_moe_grouped_v3_ok and col0 % 8 == 0, so a row's valid part is whole
+ * 16-byte chunks, 16-byte aligned in out). */
+template <bool SWIGLU, int BNA, int EPI>
+__device__ __forceinline__ void g5_store_staged(bf16 *out, const float *acc, uint32_t stg, int row0, int rend,
+                                                int col0, int N)
 {
-    constexpr int COLS = G5_OUT_COLS(SWIGLU, BN), PITCH = G5_OUT_PITCH(SWIGLU, BN), CH = COLS / 8;
+    constexpr int COLS = G5_OUT_COLS(SWIGLU, BNA), PITCH = G5_OUT_PITCH(SWIGLU, BNA), CH = COLS / 8;
     const int tid = threadIdx.x & 127, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
     const int bar = threadIdx.x >> 7; /* consumer c uses barrier 1 + c */
-    const int Nout = SWIGLU ? N / 2 : N, col0 = xb * COLS;
-    const int ncol = min(COLS, Nout - col0), nrow = min(64, rend - row0); /* nrow <= 0: nothing to store */
+    const int Nout = SWIGLU ? N / 2 : N;
+    /* ncol <= 0 (a half tile's second half past Nout) or nrow <= 0: nothing to store */
+    const int ncol = min(COLS, Nout - col0), nrow = ncol > 0 ? min(64, rend - row0) : 0;
     if (EPI == 2 && warp == 0) g5_bulk_wait_read(); /* the last item's copies are done reading stg */
     g5_bar_wg(bar);
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const uint32_t rowa = stg + (uint32_t)((warp * 16 + g + 8 * hf) * PITCH + 4 * tq);
 #pragma unroll
-        for (int j = 0; j < CH; j++) g5_st_shared_b32(rowa + 16 * j, g5_pair<SWIGLU, BN>(acc, j, hf));
+        for (int j = 0; j < CH; j++) g5_st_shared_b32(rowa + 16 * j, g5_pair<SWIGLU, BNA>(acc, j, hf));
     }
     if (EPI == 2) wg_proxy_fence(); /* these generic-proxy writes before the bulk copies' reads */
     g5_bar_wg(bar);
     if (EPI == 1) {
-        /* chunk i: row i / CH, 16-byte chunk i % CH; a warp writes 512 bytes (1 row, or 2 h rows) */
+        /* chunk i: row i / CH, 16-byte chunk i % CH; a warp writes 512 bytes: 1 row (2 h rows) of a
+         * full tile, 2 rows (4 h rows) of a half tile */
 #pragma unroll
         for (int k = 0; k < 64 * CH / 128; k++) {
             const int i = tid + 128 * k, r = i / CH, ch = i - r * CH;
@@ -277,57 +314,136 @@ __device__ __forceinline__ void g5_store_staged(bf16 *out, const float *acc, uin
     }
 }
 
-/* 4 wgmma's (k 16 at a time, ascending) of one consumer warpgroup on one stage. */
+/* d[64 x NW] += A[64 x 16] B[16 x NW] (wgmma.cuh's wrappers, by width). */
+template <int NW>
+__device__ __forceinline__ void g5_mma(float *d, uint64_t da, uint64_t db)
+{
+    static_assert(NW == 256 || NW == 128 || NW == 64 || NW == 32, "a wgmma width wgmma.cuh wraps");
+    if constexpr (NW == 256)
+        wg_mma_m64n256k16(d, da, db);
+    else if constexpr (NW == 128)
+        wg_mma_m64n128k16(d, da, db);
+    else if constexpr (NW == 64)
+        wg_mma_m64n64k16(d, da, db);
+    else
+        wg_mma_m64n32k16(d, da, db);
+}
+
+/* 4 wgmma's (k 16 at a time, ascending) of one consumer warpgroup on one stage: its 64 A rows (sa)
+ * x all BN B rows (sb) into acc[0 .. BN / 2). */
 template <int BN>
 __device__ __forceinline__ void g5_mma_stage(float *acc, uint32_t sa, uint32_t sb)
 {
 #pragma unroll
-    for (int ks = 0; ks < G5_BK / 16; ks++) {
-        if (BN == 256)
-            wg_mma_m64n256k16(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks));
-        else
-            wg_mma_m64n128k16(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks));
+    for (int ks = 0; ks < G5_BK / 16; ks++) g5_mma<BN>(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks));
+}
+
+/* The same stage for consumer c of a half tile (see the header): A = the tile's rows 0..63 (sa, the
+ * same for both consumers), consumer c's half of the B rows, into acc[0 .. BN / 4) laid out as a
+ * BN / 2 wide tile (g5_pair<SWIGLU, BN / 2>). Plain: B rows [BN/2 c, BN/2 c + BN/2), one
+ * m64n(BN/2) per k16 step. SWIGLU: gate rows [BN/4 c, BN/4 c + BN/4) into acc[0 .. BN / 8) and the
+ * matching up rows BN/2 + [BN/4 c, ..) into acc[BN / 8 .. BN / 4), two m64n(BN/4) per k16 step
+ * (gate, then up: each output still takes its k16 steps in ascending order). B row offsets are
+ * multiples of 32 rows = 4096 bytes, so each operand still starts on a 1024-byte boundary: the
+ * 128-byte swizzle (chunk c of row r at c ^ (r % 8), r % 8 = address bits 7-9) and wg_desc's
+ * 1024-byte 8-row-group stride read the sub-tile exactly as a tile of its own. */
+template <bool SWIGLU, int BN>
+__device__ __forceinline__ void g5_mma_stage_half(float *acc, uint32_t sa, uint32_t sb, int c)
+{
+    if constexpr (SWIGLU) {
+        const uint32_t sg = sb + (uint32_t)(c * (BN / 4) * 128), su = sg + (BN / 2) * 128;
+#pragma unroll
+        for (int ks = 0; ks < G5_BK / 16; ks++) {
+            g5_mma<BN / 4>(acc, wg_desc(sa + 32 * ks), wg_desc(sg + 32 * ks));
+            g5_mma<BN / 4>(acc + BN / 8, wg_desc(sa + 32 * ks), wg_desc(su + 32 * ks));
+        }
+    } else {
+        const uint32_t sh = sb + (uint32_t)(c * (BN / 2) * 128);
+#pragma unroll
+        for (int ks = 0; ks < G5_BK / 16; ks++) g5_mma<BN / 2>(acc, wg_desc(sa + 32 * ks), wg_desc(sh + 32 * ks));
     }
 }
 
-/* Warpgroups 1 and 2: the products and the epilogue of every item of this block (see the header);
- * stg0: consumer 0's staging buffer (EPI > 0), consumer 1's follows it. */
+/* One item (w, of tile table entry `tile`) of one consumer (c), HALF: as a half tile: the products
+ * of its k-tiles, i counting the block's k-tiles on, then its epilogue. Per k-tile: wait full[s],
+ * fence, one batch of wgmma's, commit, wait for the previous batch, release its stage; after the
+ * last, wait for every batch and release the last stage. The accumulators are this function's own
+ * (BN / 4 floats for a half tile, BN / 2 for a full one), written only by the wgmma's between the
+ * pins, and the whole fence .. commit .. wait sequence sits inside one branch of g5_consume's
+ * block-uniform test: ptxas sees two separate straight pipelines and no accumulator shared by
+ * both (sharing one array across the branches made it serialise the wgmma's, C7511). */
+template <bool SWIGLU, int BN, int ST, int EPI, bool HALF>
+__device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const int32_t *counts,
+                                        const int32_t *offsets, int N, int nbx, int w, int tile, int ktiles, int c,
+                                        uint32_t &i, uint32_t sbase, uint32_t stg, uint32_t full0, uint32_t empty0)
+{
+    constexpr int SB = G5_STAGE_BYTES(BN), NA = HALF ? BN / 4 : BN / 2; /* accumulators */
+    const int lane = threadIdx.x & 31;
+    const uint32_t aoff = HALF ? 0u : (uint32_t)(c * (64 * 128)); /* A rows 64 c .., or 0 .. for both */
+    float acc[NA];
+#pragma unroll
+    for (int a = 0; a < NA; a++) acc[a] = 0.0f;
+    for (int kt = 0; kt < ktiles; kt++, i++) {
+        const uint32_t s = i % ST, f = i / ST;
+        wb_wait(full0 + 8 * s, f & 1);
+        __syncwarp();     /* the spin loop may leave the warp diverged; wgmma is .sync.aligned */
+        wg_proxy_fence(); /* the copies (generic proxy) before this thread's wgmma reads (async proxy) */
+        const uint32_t sa = sbase + s * SB + aoff, sb = sbase + s * SB + G5_AB;
+        wg_pin<NA>(acc);
+        wg_fence();
+        if constexpr (HALF)
+            g5_mma_stage_half<SWIGLU, BN>(acc, sa, sb, c);
+        else
+            g5_mma_stage<BN>(acc, sa, sb);
+        wg_commit();
+        wg_wait<1>(); /* k-tile i - 1's batch has retired: its stage may be refilled */
+        wg_pin<NA>(acc);
+        if (kt > 0 && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+    }
+    wg_wait<0>();
+    wg_pin<NA>(acc);
+    if (lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+    const int xb = w - tile * nbx, e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
+    const int rend = offsets[e] + counts[e];
+    /* full: rows r0 + 64 c .., all the item's columns; half: rows r0 .. for both consumers, consumer
+     * c's half of the columns (an accumulator tile BN / 2 wide) */
+    constexpr int BNA = HALF ? BN / 2 : BN;
+    const int row0 = HALF ? r0 : r0 + 64 * c;
+    const int col0 = xb * G5_OUT_COLS(SWIGLU, BN) + (HALF ? c * G5_OUT_COLS(SWIGLU, BNA) : 0);
+    if (EPI == 0)
+        g5_store<SWIGLU, BNA>(out, acc, row0, rend, col0, N);
+    else
+        g5_store_staged<SWIGLU, BNA, EPI>(out, acc, stg, row0, rend, col0, N);
+}
+
+/* Valid rows of tile `tile`: rend - r0, 1 .. 128 (rows [r0, min(r0 + 128, rend)), see g5_produce). */
+__device__ __forceinline__ int g5_rows(const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int tile)
+{
+    const int e = tiles[1 + 2 * tile];
+    return offsets[e] + counts[e] - tiles[2 + 2 * tile];
+}
+
+/* Warpgroups 1 and 2: every item of this block (see the header); stg0: consumer 0's staging buffer
+ * (EPI > 0), consumer 1's follows it. half_tiles: items with <= 64 valid rows are done as half
+ * tiles (the header). */
 template <bool SWIGLU, int BN, int ST, int EPI>
 __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, const int32_t *counts,
                                            const int32_t *offsets, int N, int nbx, int items, int ktiles,
-                                           uint32_t sbase, uint32_t stg0, uint32_t full0, uint32_t empty0)
+                                           int half_tiles, uint32_t sbase, uint32_t stg0, uint32_t full0,
+                                           uint32_t empty0)
 {
-    constexpr int SB = G5_STAGE_BYTES(BN), NA = BN / 2 /* accumulators */;
-    const int c = (threadIdx.x >> 7) - 1, lane = threadIdx.x & 31; /* consumer 0 or 1: rows 64 c .. */
+    const int c = (threadIdx.x >> 7) - 1; /* consumer 0 or 1: rows 64 c .. of a full tile */
     const uint32_t stg = stg0 + (uint32_t)(c * G5_OUT_BYTES(SWIGLU, BN));
-    float acc[NA];
     uint32_t i = 0; /* k-tiles consumed by this block so far */
     for (int w = blockIdx.x; w < items; w += gridDim.x) {
-#pragma unroll
-        for (int a = 0; a < NA; a++) acc[a] = 0.0f;
-        for (int kt = 0; kt < ktiles; kt++, i++) {
-            const uint32_t s = i % ST, f = i / ST;
-            wb_wait(full0 + 8 * s, f & 1);
-            __syncwarp();     /* the spin loop may leave the warp diverged; wgmma is .sync.aligned */
-            wg_proxy_fence(); /* the copies (generic proxy) before this thread's wgmma reads (async proxy) */
-            const uint32_t sa = sbase + s * SB + c * (64 * 128), sb = sbase + s * SB + G5_AB;
-            wg_pin<NA>(acc);
-            wg_fence();
-            g5_mma_stage<BN>(acc, sa, sb);
-            wg_commit();
-            wg_wait<1>(); /* k-tile i - 1's batch has retired: its stage may be refilled */
-            wg_pin<NA>(acc);
-            if (kt > 0 && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
-        }
-        wg_wait<0>();
-        wg_pin<NA>(acc);
-        if (lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
-        const int tile = w / nbx, xb = w - tile * nbx;
-        const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
-        if (EPI == 0)
-            g5_store<SWIGLU, BN>(out, acc, r0 + 64 * c, offsets[e] + counts[e], xb, N);
+        const int tile = w / nbx;
+        /* the same for every thread of the block (same w, same table): a block-uniform branch */
+        if (half_tiles && g5_rows(tiles, counts, offsets, tile) <= 64)
+            g5_item<SWIGLU, BN, ST, EPI, true>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, i, sbase, stg,
+                                               full0, empty0);
         else
-            g5_store_staged<SWIGLU, BN, EPI>(out, acc, stg, r0 + 64 * c, offsets[e] + counts[e], xb, N);
+            g5_item<SWIGLU, BN, ST, EPI, false>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, i, sbase,
+                                                stg, full0, empty0);
     }
     /* the block's shared memory must outlive the reads of the last bulk copies */
     if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
@@ -337,7 +453,7 @@ template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin,
-                           int nbx)
+                           int nbx, int half_tiles)
 {
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
      * would wait for its own release (deadlock); two or more are enough. */
@@ -365,8 +481,8 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
         g5_produce<GATHER, SWIGLU, BN, ST>(X, xrows, div, W, tiles, counts, offsets, N, Kin, nbx, items, ktiles,
                                            sbase, full0, empty0);
     else
-        g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, sbase, stg0, full0,
-                                        empty0);
+        g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, half_tiles, sbase, stg0,
+                                        full0, empty0);
 #else
     __trap(); /* launched only where cuda_moe_grouped_v4_supported(): sm_90a code */
 #endif
@@ -386,13 +502,18 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
 #define G5_PERSISTENT_DOWN 1
 #define G5_STAGES_DOWN 3
 #define G5_EPILOGUE_DOWN 1
+/* Half tiles off (fast/cuda/dev/logs/session6_moe_half_tiles.log, one H100 run, T = 16384): on
+ * the production configurations gate_up went 1.559 -> 1.95 ms (the production entry with them on:
+ * 1.87) and down 0.935 -> 0.916; only the block-per-tile configurations gained (gate_up 1.82 ->
+ * 1.72, bn128 2.38 -> 2.22), and none of those beats the persistent grid without half tiles. */
+#define G5_HALF_TILES 0
 
 /* The arguments every instantiation takes, and the grid: at most SMs x blocks per SM when persistent. */
 struct g5_args {
     bf16 *out;
     const bf16 *x, *W;
     const int32_t *rows, *tiles, *counts, *offsets;
-    int div, N, Kin, nbx, persistent, sms;
+    int div, N, Kin, nbx, persistent, sms, half_tiles;
     int64_t max_items;
 };
 
@@ -411,7 +532,7 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
                              __FILE__, __LINE__, BN, ST, EPI);
     const int64_t fill = (int64_t)a.sms * per_sm, grid = a.persistent && fill < a.max_items ? fill : a.max_items;
     grouped_gemm_v5_kernel<G, S, BN, ST, EPI><<<(unsigned)grid, G5_THREADS, smem, stream>>>(
-        a.out, a.x, a.rows, a.div, a.W, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx);
+        a.out, a.x, a.rows, a.div, a.W, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles);
     CU_LAUNCHED("moe grouped_gemm_v5_kernel");
     return Q3N_OK;
 }
@@ -426,16 +547,15 @@ static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaSt
     return g5_launch<false, false, BN, ST, EPI>(a, stream, err);
 }
 
-extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const int32_t *d_rows,
-                                                        int64_t div, const void *d_W, const int32_t *d_counts,
-                                                        const int32_t *d_offsets, const int32_t *d_tiles,
-                                                        int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
-                                                        int bn, int persistent, int stages, int epilogue,
-                                                        enum q3n_compute_dtype dt, cudaStream_t stream,
-                                                        struct q3n_error *err)
+extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
+    void *d_out, const void *d_x, const int32_t *d_rows, int64_t div, const void *d_W, const int32_t *d_counts,
+    const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
+    int bn, int persistent, int stages, int epilogue, int half_tiles, enum q3n_compute_dtype dt, cudaStream_t stream,
+    struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
-                (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1));
+                (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1) &&
+                (half_tiles == 0 || half_tiles == 1));
     const int st = stages ? stages : G5_STAGES(bn);
     /* the instantiated configurations (see the header) */
     Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
@@ -453,7 +573,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void 
     a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
     a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
-    a.max_items = max_items;
+    a.max_items = max_items, a.half_tiles = half_tiles;
     if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
     if (epilogue == 1) return g5_launch_cfg<256, 3, 1>(a, swiglu, stream, err);
     if (epilogue == 2) return g5_launch_cfg<256, 3, 2>(a, swiglu, stream, err);
@@ -471,5 +591,6 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
 {
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
-                                        swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, dt, stream, err);
+                                        swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, dt,
+                                        stream, err);
 }

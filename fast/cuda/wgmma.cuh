@@ -32,14 +32,16 @@ __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr)
 #define Q3N_WG_D8(d, i)                                                                                   \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
         "+f"(d[i + 7])
-#define Q3N_WG_D32(d) Q3N_WG_D8(d, 0), Q3N_WG_D8(d, 8), Q3N_WG_D8(d, 16), Q3N_WG_D8(d, 24)
+#define Q3N_WG_D16(d) Q3N_WG_D8(d, 0), Q3N_WG_D8(d, 8)
+#define Q3N_WG_D32(d) Q3N_WG_D16(d), Q3N_WG_D8(d, 16), Q3N_WG_D8(d, 24)
 #define Q3N_WG_D64(d) Q3N_WG_D32(d), Q3N_WG_D8(d, 32), Q3N_WG_D8(d, 40), Q3N_WG_D8(d, 48), Q3N_WG_D8(d, 56)
 #define Q3N_WG_D128(d)                                                                                    \
     Q3N_WG_D64(d), Q3N_WG_D8(d, 64), Q3N_WG_D8(d, 72), Q3N_WG_D8(d, 80), Q3N_WG_D8(d, 88), Q3N_WG_D8(d, 96), \
         Q3N_WG_D8(d, 104), Q3N_WG_D8(d, 112), Q3N_WG_D8(d, 120)
+#define Q3N_WG_R16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define Q3N_WG_R32 \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
-    "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+    Q3N_WG_R16 ", " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define Q3N_WG_R64 \
     Q3N_WG_R32 ", " \
     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, " \
@@ -93,6 +95,21 @@ __device__ __forceinline__ void wg_mma_m64n64k16(float *d, uint64_t da, uint64_t
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" Q3N_WG_R32
                  "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
                  : Q3N_WG_D32(d)
+                 : "l"(da), "l"(db), "r"(1));
+#endif
+}
+
+/* d[64x32] += A[64x16] B[16x32], both K-major bf16 in shared memory (descriptors), float32 d:
+ * per thread d[4 j + q] is row 16 (warp % 4) + lane / 4 + 8 (q / 2) of the warpgroup's 64, column
+ * 8 j + 2 (lane % 4) + q % 2 (j < 4): the same layout over 4 8-column blocks (B: 32 rows, four
+ * 8-row groups of 1024 bytes). */
+__device__ __forceinline__ void wg_mma_m64n32k16(float *d, uint64_t da, uint64_t db)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {" Q3N_WG_R16
+                 "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : Q3N_WG_D16(d)
                  : "l"(da), "l"(db), "r"(1));
 #endif
 }

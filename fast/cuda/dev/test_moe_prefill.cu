@@ -12,12 +12,19 @@
  *  - v5 gate_up and down vs v3: bitwise equal (same k order), for the default (cuda_moe_grouped_gemm_v5)
  *    and every configuration of V5_CFGS (tile width 128/256, persistent grid or a block per tile,
  *    ring depth 2..4, epilogue from registers / through shared memory with 16-byte stores / with
- *    bulk async copies);
+ *    bulk async copies), each with half tiles on and off ("/nohalf": an expert's last tile with
+ *    <= 64 rows split by columns between the consumers, moe_wgmma5.cu's header); also the two
+ *    products the model does not run but the kernels instantiate: gate_up without the gather
+ *    ("gate_up+swiglu/flat", A = v3's down output) and down with it ("down/gather", A row p =
+ *    h[perm[p]]), against v3 on the same inputs;
  *  - permute + v4 (and v5) gate_up + down + combine vs ref_moe_experts_forward (as test_moe2 checks v3);
  *  - shapes: T 1..4096, E 8/64/512, K 1/2/10, D and I not tile multiples, skewed loads with empty
- *    experts, and the real dims (D=2048, E=512, K=10, I=512) at T=4096 and 16384.
+ *    experts, the real dims (D=2048, E=512, K=10, I=512) at T=4096 and 16384, and forced expert
+ *    row counts (1, 63, 64, 65, 127, 128, 129, 192, 193, 200, 256, 320, 0, ...) so that last tiles of
+ *    1..64, 65..127 and exactly 128 rows all occur; each case prints how many tiles of each kind
+ *    it has.
  * Timings (CUDA events, median of 10): gate_up and down of one layer, v3 vs v4 (3 and 4 stages) vs v5
- * (the default, then each configuration).
+ * (the default, then each configuration with half tiles off, then on, and the ratio).
  *
  *   test_moe_prefill           checks + real-dims timings
  *   test_moe_prefill --quick   checks only (make check-cuda) */
@@ -51,6 +58,27 @@ static std::vector<int32_t> routing(int64_t T, int64_t Ex, int64_t K, int skew)
     return idx;
 }
 
+/* Routing that gives expert e exactly counts[e] tokens (sum = T K, each <= T): the experts' slots
+ * listed in expert order, slot s = token s % T, choice s / T; an expert's run of <= T consecutive
+ * slots never meets the same token twice, so each token's K experts are distinct. */
+static std::vector<int32_t> routing_counts(int64_t T, int64_t K, const std::vector<int32_t> &counts)
+{
+    std::vector<int32_t> idx((size_t)(T * K));
+    int64_t s = 0;
+    for (size_t e = 0; e < counts.size(); e++) {
+        if (counts[e] > T) {
+            fprintf(stderr, "routing_counts: expert %zu has %d > T = %lld rows\n", e, counts[e], (long long)T);
+            exit(2);
+        }
+        for (int32_t r = 0; r < counts[e]; r++, s++) idx[(size_t)((s % T) * K + s / T)] = (int32_t)e;
+    }
+    if (s != T * K) {
+        fprintf(stderr, "routing_counts: counts sum to %lld, not T K = %lld\n", (long long)s, (long long)(T * K));
+        exit(2);
+    }
+    return idx;
+}
+
 /* Device-filled bf16 values amp * u, u uniform in [-1, 1) from a hash of (seed, index). */
 __global__ void fill_kernel(__nv_bfloat16 *p, int64_t n, float amp, uint64_t seed)
 {
@@ -67,6 +95,7 @@ __global__ void fill_kernel(__nv_bfloat16 *p, int64_t n, float amp, uint64_t see
 struct layer {
     int64_t T, D, Ex, K, I, n;
     dbuf x, gu, dn, idx, wt, perm, pos, cnt, off, tiles, h3, y3, h4, y4, eo, mo;
+    dbuf hf3, yg3; /* v3's crossings (compare_versions): gate_up of y3 without gather, down of h3 gathered */
 };
 
 static void layer_alloc(layer &L)
@@ -77,11 +106,12 @@ static void layer_alloc(layer &L)
     L.tiles = dnew(4 * cuda_moe_grouped_tiles(n, L.Ex));
     L.h3 = dnew(2 * n * L.I), L.h4 = dnew(2 * n * L.I), L.y3 = dnew(2 * n * L.D), L.y4 = dnew(2 * n * L.D);
     L.eo = dnew(2 * L.T * L.D), L.mo = dnew(2 * L.T * L.D);
+    L.hf3 = dnew(2 * n * L.I), L.yg3 = dnew(2 * n * L.D);
 }
 static void layer_free(layer &L)
 {
     dbuf *bs[] = {&L.x, &L.gu, &L.dn, &L.idx, &L.wt, &L.perm, &L.pos, &L.cnt, &L.off, &L.tiles,
-                  &L.h3, &L.y3, &L.h4, &L.y4, &L.eo, &L.mo};
+                  &L.h3, &L.y3, &L.h4, &L.y4, &L.eo, &L.mo, &L.hf3, &L.yg3};
     for (dbuf *b : bs)
         if (b->p) dfree(*b);
 }
@@ -124,30 +154,49 @@ static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, "v5/bn256/grid"},
                                  {256, 0, 3, 2, "v5/bn256/tiles/st3/bulk"},
                                  {256, 1, 3, 2, "v5/bn256/grid/st3/bulk"}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
-/* v5 gate_up and down; c NULL: the production entry cuda_moe_grouped_gemm_v5. */
-static void gate_up_v5(layer &L, const v5_cfg *c, dbuf &h)
+/* One v5 GEMM of the layer's routing: out = A W^T (A row p = x[rows[p] / div], or x[p] without rows);
+ * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles on), else configuration c with
+ * half tiles on (half 1) or off (0). */
+static void v5_gemm(layer &L, const v5_cfg *c, int half, void *out, const void *x, const int32_t *rows, int64_t div,
+                    const void *W, int64_t N, int64_t Kin, int swiglu)
 {
     if (!c)
-        RUN(cuda_moe_grouped_gemm_v5(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p, (const int32_t *)L.cnt.p,
-                                     (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1,
-                                     Q3N_COMPUTE_BF16, g_stream, E_));
-    else
-        RUN(cuda_moe_grouped_gemm_v5_cfg(h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p,
-                                         (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
-                                         (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1, c->bn, c->persistent,
-                                         c->stages, c->epilogue, Q3N_COMPUTE_BF16, g_stream, E_));
-}
-static void down_v5(layer &L, const v5_cfg *c, const dbuf &hin, dbuf &y)
-{
-    if (!c)
-        RUN(cuda_moe_grouped_gemm_v5(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
-                                     (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0, Q3N_COMPUTE_BF16, g_stream,
+        RUN(cuda_moe_grouped_gemm_v5(out, x, rows, div, W, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
+                                     (const int32_t *)L.tiles.p, L.n, L.Ex, N, Kin, swiglu, Q3N_COMPUTE_BF16, g_stream,
                                      E_));
     else
-        RUN(cuda_moe_grouped_gemm_v5_cfg(y.p, hin.p, NULL, 1, L.dn.p, (const int32_t *)L.cnt.p,
-                                         (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0,
-                                         c->bn, c->persistent, c->stages, c->epilogue, Q3N_COMPUTE_BF16, g_stream,
-                                         E_));
+        RUN(cuda_moe_grouped_gemm_v5_cfg(out, x, rows, div, W, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
+                                         (const int32_t *)L.tiles.p, L.n, L.Ex, N, Kin, swiglu, c->bn, c->persistent,
+                                         c->stages, c->epilogue, half, Q3N_COMPUTE_BF16, g_stream, E_));
+}
+/* v5 gate_up (x gathered, SwiGLU) into h and down (of hin) into y, as the model runs them */
+static void gate_up_v5(layer &L, const v5_cfg *c, int half, dbuf &h)
+{
+    v5_gemm(L, c, half, h.p, L.x.p, (const int32_t *)L.perm.p, L.K, L.gu.p, 2 * L.I, L.D, 1);
+}
+static void down_v5(layer &L, const v5_cfg *c, int half, const dbuf &hin, dbuf &y)
+{
+    v5_gemm(L, c, half, y.p, hin.p, NULL, 1, L.dn.p, L.D, L.I, 0);
+}
+/* The crossings (ver 3: v3, else v5 c / half): gate_up of a [n, D] input without the gather into h,
+ * down of a [n, I] input gathered by perm (div 1: A row p = hin[perm[p]]) into y. */
+static void gate_up_flat(layer &L, int ver, const v5_cfg *c, int half, const dbuf &a, dbuf &h)
+{
+    if (ver == 3)
+        RUN(cuda_moe_grouped_gemm_v3(h.p, a.p, NULL, 1, L.gu.p, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
+                                     (const int32_t *)L.tiles.p, L.n, L.Ex, 2 * L.I, L.D, 1, Q3N_COMPUTE_BF16,
+                                     g_stream, E_));
+    else
+        v5_gemm(L, c, half, h.p, a.p, NULL, 1, L.gu.p, 2 * L.I, L.D, 1);
+}
+static void down_gather(layer &L, int ver, const v5_cfg *c, int half, const dbuf &hin, dbuf &y)
+{
+    if (ver == 3)
+        RUN(cuda_moe_grouped_gemm_v3(y.p, hin.p, (const int32_t *)L.perm.p, 1, L.dn.p, (const int32_t *)L.cnt.p,
+                                     (const int32_t *)L.off.p, (const int32_t *)L.tiles.p, L.n, L.Ex, L.D, L.I, 0,
+                                     Q3N_COMPUTE_BF16, g_stream, E_));
+    else
+        v5_gemm(L, c, half, y.p, hin.p, (const int32_t *)L.perm.p, 1, L.dn.p, L.D, L.I, 0);
 }
 static void down_gemm(layer &L, int ver, int stages, const dbuf &hin, dbuf &y)
 {
@@ -201,14 +250,72 @@ static int64_t diff_count(const dbuf &a, const dbuf &b, int64_t n)
     return (int64_t)h;
 }
 
+/* The tiles of the routing in L (after route): how many have 1..64 valid rows (done as half tiles
+ * when half tiles are on), 65..127, and 128, from the device's counts (the tile table cuts each
+ * expert's rows into 128-row tiles). */
+static void tile_kinds(const layer &L, int64_t kinds[3])
+{
+    std::vector<int32_t> cnt((size_t)L.Ex);
+    CK(cudaMemcpy(cnt.data(), L.cnt.p, 4 * L.Ex, cudaMemcpyDeviceToHost));
+    kinds[0] = kinds[1] = kinds[2] = 0;
+    for (int32_t c : cnt)
+        for (int32_t r0 = 0; r0 < c; r0 += 128) {
+            const int32_t rows = std::min(c - r0, 128);
+            kinds[rows <= 64 ? 0 : rows < 128 ? 1 : 2]++;
+        }
+}
+
+/* One v5 configuration (c NULL: the production entry) with half tiles on or off vs v3's outputs
+ * (want: h3, y3, hf3, yg3, sampled by rows_sample): the model's gate_up and down and the two
+ * crossings, each bitwise over the whole output (diff_count) and on the sample, 3 runs bitwise. */
+static void check_v5(layer &L, const char *name, const v5_cfg *c, int half, const std::vector<float> want[4])
+{
+    static const char *const what_of[4] = {"gate_up+swiglu", "down", "gate_up+swiglu/flat", "down/gather"};
+    const dbuf *ref[4] = {&L.h3, &L.y3, &L.hf3, &L.yg3};
+    std::vector<float> first[4];
+    int det[4] = {1, 1, 1, 1};
+    int64_t diff[4] = {0, 0, 0, 0}; /* most elements != v3 in one run, over the whole outputs */
+    for (int r = 0; r < REPEAT; r++) {
+        for (int k = 0; k < 4; k++) {
+            dbuf &o = k % 2 ? L.y4 : L.h4;
+            const int64_t w = k % 2 ? L.D : L.I;
+            poison(o);
+            if (k == 0) gate_up_v5(L, c, half, o);
+            if (k == 1) down_v5(L, c, half, L.h3, o);
+            if (k == 2) gate_up_flat(L, 5, c, half, L.y3, o);
+            if (k == 3) down_gather(L, 5, c, half, L.h3, o);
+            CK(cudaStreamSynchronize(g_stream));
+            diff[k] = std::max(diff[k], diff_count(o, *ref[k], L.n * w));
+            auto got = rows_sample(o, L.n, w);
+            if (r == 0)
+                first[k] = got;
+            else
+                det[k] &= same_bits(got, first[k]);
+            if (r == REPEAT - 1) {
+                char what[240];
+                snprintf(what, sizeof what, "%s %s%s %s == v3 bitwise (%lld of %lld differ)", name, c ? c->name : "v5",
+                         half ? "" : "/nohalf", what_of[k], (long long)diff[k], (long long)(L.n * w));
+                check(what, first[k], want[k], 0.0, det[k] && same_bits(first[k], want[k]) && diff[k] == 0, &o);
+            }
+        }
+    }
+}
+
 /* v4 and v5 vs v3 on the same routed inputs: h (gate_up), y (down of v3's h), bitwise equal for v4's
- * two depths and every v5 configuration, 3 runs bitwise each. h4/y4 hold the last version's outputs. */
+ * two depths and every v5 configuration with half tiles on and off (check_v5), 3 runs bitwise each.
+ * h4/y4 hold the last version's outputs. */
 static void compare_versions(layer &L, const char *name)
 {
     route(L);
     gate_up_gemm(L, 3, 0, L.h3);
     down_gemm(L, 3, 0, L.h3, L.y3);
+    gate_up_flat(L, 3, NULL, 0, L.y3, L.hf3);
+    down_gather(L, 3, NULL, 0, L.h3, L.yg3);
     CK(cudaStreamSynchronize(g_stream));
+    int64_t kinds[3];
+    tile_kinds(L, kinds);
+    printf("%s: tiles with 1..64 rows (half tiles) %lld, 65..127 rows %lld, 128 rows %lld\n", name,
+           (long long)kinds[0], (long long)kinds[1], (long long)kinds[2]);
     const auto h3 = rows_sample(L.h3, L.n, L.I), y3 = rows_sample(L.y3, L.n, L.D);
     std::vector<float> h_st[2], y_st[2];
     for (int si = 0; si < 2; si++) {
@@ -235,33 +342,10 @@ static void compare_versions(layer &L, const char *name)
     char what[240];
     snprintf(what, sizeof what, "%s v4 st3 == st4 bitwise", name);
     check(what, h_st[0], h_st[1], 0.0, same_bits(h_st[0], h_st[1]) && same_bits(y_st[0], y_st[1]), NULL);
-    for (int ci = -1; ci < N_V5_CFGS; ci++) {
-        const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
-        std::vector<float> h5, y5;
-        int det = 1;
-        int64_t hdiff = 0, ydiff = 0; /* most elements != v3 in one run, over the whole outputs */
-        for (int r = 0; r < REPEAT; r++) {
-            poison(L.h4);
-            poison(L.y4);
-            gate_up_v5(L, c, L.h4);
-            down_v5(L, c, L.h3, L.y4);
-            CK(cudaStreamSynchronize(g_stream));
-            hdiff = std::max(hdiff, diff_count(L.h4, L.h3, L.n * L.I));
-            ydiff = std::max(ydiff, diff_count(L.y4, L.y3, L.n * L.D));
-            auto h = rows_sample(L.h4, L.n, L.I), y = rows_sample(L.y4, L.n, L.D);
-            if (r == 0)
-                h5 = h, y5 = y;
-            else
-                det &= same_bits(h, h5) && same_bits(y, y5);
-        }
-        const char *vn = c ? c->name : "v5";
-        snprintf(what, sizeof what, "%s %s gate_up+swiglu == v3 bitwise (%lld of %lld differ)", name, vn,
-                 (long long)hdiff, (long long)(L.n * L.I));
-        check(what, h5, h3, 0.0, det && same_bits(h5, h3) && hdiff == 0, &L.h4);
-        snprintf(what, sizeof what, "%s %s down == v3 bitwise (%lld of %lld differ)", name, vn, (long long)ydiff,
-                 (long long)(L.n * L.D));
-        check(what, y5, y3, 0.0, det && same_bits(y5, y3) && ydiff == 0, &L.y4);
-    }
+    const std::vector<float> want[4] = {h3, y3, rows_sample(L.hf3, L.n, L.I), rows_sample(L.yg3, L.n, L.D)};
+    check_v5(L, name, NULL, 1, want);
+    for (int ci = 0; ci < N_V5_CFGS; ci++)
+        for (int half = 1; half >= 0; half--) check_v5(L, name, &V5_CFGS[ci], half, want);
 }
 
 /* Permutation v2 vs v1 on the same routing: every output bitwise, 3 runs; timed when asked. */
@@ -321,12 +405,14 @@ static void case_permute(int64_t T, int64_t Ex, int64_t K, int skew, int timing)
 }
 
 /* Small shapes: host data, v4 and v5 vs v3, then the whole v4 and v5 chains + combine vs the CPU
- * reference. */
-static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int skew)
+ * reference. counts: NULL for random routing (skew as in routing()), else each expert's rows
+ * (routing_counts; Ex = counts->size()). */
+static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int skew,
+                       const std::vector<int32_t> *counts = NULL)
 {
     char name[160];
     snprintf(name, sizeof name, "T=%lld D=%lld E=%lld K=%lld I=%lld %s", (long long)T, (long long)D, (long long)Ex,
-             (long long)K, (long long)I, skew ? "skewed" : "uniform");
+             (long long)K, (long long)I, counts ? "counts" : skew ? "skewed" : "uniform");
     if (!cuda_moe_grouped_v3_ok(2 * I, D, 1, Q3N_COMPUTE_BF16) || !cuda_moe_grouped_v3_ok(D, I, 0, Q3N_COMPUTE_BF16)) {
         printf("%-62s v3/v4 not usable here (other paths)\n", name);
         return;
@@ -335,7 +421,7 @@ static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
     L.T = T, L.D = D, L.Ex = Ex, L.K = K, L.I = I;
     auto x = rounded(randn(T * D, 1.0)), gu = rounded(randn(Ex * 2 * I * D, 1.0 / sqrt((double)D))),
          dn = rounded(randn(Ex * D * I, 1.0 / sqrt((double)I)));
-    std::vector<int32_t> idx = routing(T, Ex, K, skew);
+    std::vector<int32_t> idx = counts ? routing_counts(T, K, *counts) : routing(T, Ex, K, skew);
     auto wt = rounded(randu(T * K, 0.02, 0.5));
     L.x = up(x, 1), L.gu = up(gu, 1), L.dn = up(dn, 1), L.wt = up(wt, 0);
     L.idx = dnew(4 * idx.size());
@@ -363,8 +449,8 @@ static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
     snprintf(what, sizeof what, "%s v4 chain vs ref_moe_experts_forward", name);
     check(what, down(L.eo, T * D, 1), want, 2e-2, 1, &L.eo);
     poison(L.eo);
-    gate_up_v5(L, NULL, L.h4);
-    down_v5(L, NULL, L.h4, L.y4);
+    gate_up_v5(L, NULL, 1, L.h4);
+    down_v5(L, NULL, 1, L.h4, L.y4);
     RUN(cuda_moe_combine(L.eo.p, L.mo.p, L.y4.p, (const int32_t *)L.pos.p, (const float *)L.wt.p, NULL, NULL, T, D, K,
                          Q3N_COMPUTE_BF16, g_stream, E_));
     CK(cudaStreamSynchronize(g_stream));
@@ -405,14 +491,24 @@ static void case_real(int64_t T, int timing)
                    st, (long long)T, g4, gu_fl / g4 * 1e-9, d4, dn_fl / d4 * 1e-9, g4 + d4, (g3 + d3) / (g4 + d4));
             if (st == 3) v4sum = g4 + d4;
         }
+        /* the production entry (half tiles on), then each configuration with half tiles off, on */
         for (int ci = -1; ci < N_V5_CFGS; ci++) {
             const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
-            const float g5 = time_ms([&] { gate_up_v5(L, c, L.h4); }, 10),
-                        d5 = time_ms([&] { down_v5(L, c, L.h3, L.y4); }, 10);
-            printf("TIME grouped %s T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), "
-                   "sum %.3f ms (%.2fx v3, %.2fx v4/st3)\n",
-                   c ? c->name : "v5", (long long)T, g5, gu_fl / g5 * 1e-9, d5, dn_fl / d5 * 1e-9, g5 + d5,
-                   (g3 + d3) / (g5 + d5), v4sum / (g5 + d5));
+            float g5[2] = {0, 0}, d5[2] = {0, 0}; /* [half] */
+            for (int half = c ? 0 : 1; half <= 1; half++) {
+                g5[half] = time_ms([&] { gate_up_v5(L, c, half, L.h4); }, 10);
+                d5[half] = time_ms([&] { down_v5(L, c, half, L.h3, L.y4); }, 10);
+                printf("TIME grouped %s%s T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), "
+                       "sum %.3f ms (%.2fx v3, %.2fx v4/st3)\n",
+                       c ? c->name : "v5", half ? "" : "/nohalf", (long long)T, g5[half], gu_fl / g5[half] * 1e-9,
+                       d5[half], dn_fl / d5[half] * 1e-9, g5[half] + d5[half], (g3 + d3) / (g5[half] + d5[half]),
+                       v4sum / (g5[half] + d5[half]));
+            }
+            if (c)
+                printf("TIME half tiles %s T=%lld: gate_up+swiglu %.3f -> %.3f ms (%.3fx), down %.3f -> %.3f ms "
+                       "(%.3fx), sum %.3f -> %.3f ms (%.3fx)\n",
+                       c->name, (long long)T, g5[0], g5[1], g5[1] / g5[0], d5[0], d5[1], d5[1] / d5[0],
+                       g5[0] + d5[0], g5[1] + d5[1], (g5[1] + d5[1]) / (g5[0] + d5[0]));
         }
     }
     layer_free(L);
@@ -469,6 +565,23 @@ int main(int argc, char **argv)
     case_small(1000, 256, 8, 2, 64, 1); /* ~250+ rows per expert, one hot */
     case_small(4096, 136, 8, 1, 40, 0); /* many tiles per expert */
     case_small(300, 2048, 8, 2, 512, 0); /* real D, I */
+    /* Forced expert rows: last tiles of 1..64 rows (half tiles), 65..127 and exactly 128, an empty
+     * expert. D = 328, I = 136: the last output block of each GEMM is partly past N, and in a half
+     * tile the second consumer's half of it lies wholly past N (nothing to store) at BN 256 for
+     * both GEMMs, at BN 128 for gate_up; Kin 328 / 136: a partial last k-tile. Then the real D, I
+     * (whole k-tiles, N a multiple of BN). */
+    {
+        std::vector<int32_t> c = {1, 63, 64, 65, 127, 128, 129, 192, 193, 200, 256, 320, 0, 448};
+        int32_t sum = 0;
+        for (int32_t v : c) sum += v;
+        c.push_back(2 * 1200 - sum); /* 214: a last tile of 86 */
+        case_small(1200, 328, (int64_t)c.size(), 2, 136, 0, &c);
+        std::vector<int32_t> r = {1, 64, 65, 128, 192, 320, 0};
+        sum = 0;
+        for (int32_t v : r) sum += v;
+        r.push_back(2 * 600 - sum); /* 430: a last tile of 46 */
+        case_small(600, 2048, (int64_t)r.size(), 2, 512, 0, &r);
+    }
     case_real(4096, !quick);
     if (!quick) case_real(16384, 1);
     printf("%d cases, %d failed\n", g_cases, g_fail);
