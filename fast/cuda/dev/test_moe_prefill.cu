@@ -155,8 +155,8 @@ static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, "v5/bn256/grid"},
                                  {256, 1, 3, 2, "v5/bn256/grid/st3/bulk"}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
 /* One v5 GEMM of the layer's routing: out = A W^T (A row p = x[rows[p] / div], or x[p] without rows);
- * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles on), else configuration c with
- * half tiles on (half 1) or off (0). */
+ * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles off, G5_HALF_TILES), else
+ * configuration c with half tiles on (half 1) or off (0). */
 static void v5_gemm(layer &L, const v5_cfg *c, int half, void *out, const void *x, const int32_t *rows, int64_t div,
                     const void *W, int64_t N, int64_t Kin, int swiglu)
 {
@@ -491,7 +491,7 @@ static void case_real(int64_t T, int timing)
                    st, (long long)T, g4, gu_fl / g4 * 1e-9, d4, dn_fl / d4 * 1e-9, g4 + d4, (g3 + d3) / (g4 + d4));
             if (st == 3) v4sum = g4 + d4;
         }
-        /* the production entry (half tiles on), then each configuration with half tiles off, on */
+        /* the production entry (half tiles off: G5_HALF_TILES), then each configuration with half tiles off, on */
         for (int ci = -1; ci < N_V5_CFGS; ci++) {
             const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
             float g5[2] = {0, 0}, d5[2] = {0, 0}; /* [half] */
