@@ -291,7 +291,8 @@ extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void
  * One warp per row (t, h), 8 rows per block; the sum as rmsnorm_gated_kernel's block of
  * norm_threads(DV) threads (64 below 256, 128 below 1024). */
 template <typename T, int NM>
-__global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *out, const T *x, const T *qkvz, const float *w,
+__global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *__restrict__ out, const T *__restrict__ x,
+                                                            const T *__restrict__ qkvz, const float *__restrict__ w,
                                                             int rows, int NK, int NV, int DK, int DV, float eps)
 {
     const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -299,9 +300,15 @@ __global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *out, const T *x, 
     const int r = NV / NK, GS = 2 * DK + 2 * r * DV, t = row / NV, h = row - t * NV;
     const T *xr = x + (size_t)row * DV;
     const T *zr = qkvz + (size_t)t * NK * GS + (h / r) * GS + 2 * DK + r * DV + (h % r) * DV;
-    float xv[NM];
+    /* x, z and w all loaded before the sum: one memory round trip per row, not one per store */
+    float xv[NM], zv[NM], wv[NM];
 #pragma unroll
-    for (int m = 0; m < NM; m++) xv[m] = lane + 32 * m < DV ? ld(xr + lane + 32 * m) : 0.0f;
+    for (int m = 0; m < NM; m++) {
+        const int c = lane + 32 * m;
+        xv[m] = c < DV ? ld(xr + c) : 0.0f;
+        zv[m] = c < DV ? ld(zr + c) : 0.0f;
+        wv[m] = c < DV ? w[c] : 0.0f;
+    }
     const float tot = DV >= 256 ? warp_block_sum_sq<4, NM>(xv, DV, lane) : warp_block_sum_sq<2, NM>(xv, DV, lane);
     const float rr = 1.0f / sqrtf(tot / (float)DV + eps);
     T *orow = out + (size_t)row * DV;
@@ -310,8 +317,8 @@ __global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *out, const T *x, 
         const int c = lane + 32 * m;
         if (c < DV) {
             const float a = rnd(xv[m] * rr, out);
-            const float bb = rnd(w[c] * a, out);
-            st(orow + c, bb * silu_f(ld(zr + c)));
+            const float bb = rnd(wv[m] * a, out);
+            st(orow + c, bb * silu_f(zv[m]));
         }
     }
 }
