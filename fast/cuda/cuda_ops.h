@@ -334,7 +334,8 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * 2..4 and epilogue 0, or stages 3 and epilogue 1 or 2; bn 128 with the default only. half_tiles 1
  * computes a tile with <= 64 valid rows with the two consumer warpgroups splitting its outputs
  * instead of its rows (slower on the production configurations; off in the production entry), 0
- * as a full tile. All give the same bits. */
+ * as a full tile. tma 1 copies the weight tiles by TMA tensor copies (the production choice;
+ * only for bn 256 with stages 4 and epilogue 0, or stages 3 and epilogue 1). All give the same bits. */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                          const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                          const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
@@ -344,7 +345,7 @@ enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const
                                              const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
-                                             int epilogue, int half_tiles, enum q3n_compute_dtype dt,
+                                             int epilogue, int half_tiles, int tma, enum q3n_compute_dtype dt,
                                              cudaStream_t stream, struct q3n_error *err);
 /* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
  * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]

@@ -13,8 +13,10 @@
  * outputs (BN 256, or 128 for comparison), k-tiles of 64 (128-byte rows, g3_off<64>'s swizzle =
  * wgmma's 128-byte swizzle, every operand tile on a 1024-byte boundary).
  *  - warpgroup 0, producer: thread t copies 16-byte chunk t % 8 of tile rows t / 8 + 16 i (A: 8
- *    rows, B: BN / 16 rows) with cp.async into stage s of an ST-deep ring, zero fill past the
- *    expert's rows, N and Kin (as v3), then cp.async.mbarrier.arrive.noinc on full[s]: the hardware
+ *    rows, B: BN / 16 rows; with TMA, the production choice since session 6, B is instead one or
+ *    two tensor copies by thread 0, whose bytes full[s] also waits for) with cp.async into stage s
+ *    of an ST-deep ring, zero fill past the expert's rows, N and Kin (as v3), then
+ *    cp.async.mbarrier.arrive.noinc on full[s]: the hardware
  *    arrives for the thread once its copies have landed, so full[s] (128 arrivals) completes when the
  *    whole stage is in shared memory, and the producer never waits for its own copies; it waits only
  *    on empty[s] before refilling a stage.
@@ -103,6 +105,10 @@
  * (half tiles on and off): on an H100 it is bitwise v3 on every shape and configuration tried
  * (session 4, 190 cases; session 6 with half tiles, 1186 cases).
  * Deterministic (no atomics, fixed order). */
+#include <cuda.h> /* CUtensorMap (types only: the encoder is reached through the runtime) */
+#include <string.h>
+#include <cudaTypedefs.h>
+
 #include "common.cuh"
 #include "moe_grouped.cuh"
 #include "wgmma.cuh"
@@ -140,12 +146,15 @@ __device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
     return n < Nw ? n : -1;
 }
 
-/* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). */
-template <bool GATHER, bool SWIGLU, int BN, int ST>
+/* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). TMA: the
+ * weight tile by tensor copies from thread 0 (wmap: W as [E][N][Kin], boxes of 64 k x BN (plain)
+ * or BN / 2 (SwiGLU: gate rows, then up rows) rows, 128-byte swizzle = g3_off<64>'s layout), its
+ * bytes expected on full[s] by thread 0's extra arrival; A always by cp.async (gathered rows). */
+template <bool GATHER, bool SWIGLU, int BN, int ST, bool TMA>
 __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
-                                           const int32_t *tiles, const int32_t *counts, const int32_t *offsets,
-                                           int N, int Kin, int nbx, int items, int ktiles, uint32_t sbase,
-                                           uint32_t full0, uint32_t empty0)
+                                           const void *wmap, const int32_t *tiles, const int32_t *counts,
+                                           const int32_t *offsets, int N, int Kin, int nbx, int items, int ktiles,
+                                           uint32_t sbase, uint32_t full0, uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
@@ -174,11 +183,26 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
                 const bool ok = kin && asrc[a] >= 0;
                 g3_cp16(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok);
             }
+            if constexpr (TMA) {
+                /* rows past N (or, SwiGLU, gate rows past N / 2: up rows, never stored) and k past
+                 * Kin: the boxes hold zeros or unused rows where g5_brow's copies zero-fill */
+                if (t == 0) {
+                    wb_arrive_expect_tx(full0 + 8 * s, (uint32_t)(BN * G5_BK * 2));
+                    if (SWIGLU) {
+                        tma_load_3d(sbase + s * SB + G5_AB, wmap, kt * G5_BK, xb * (BN / 2), e, full0 + 8 * s);
+                        tma_load_3d(sbase + s * SB + G5_AB + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2),
+                                    e, full0 + 8 * s);
+                    } else {
+                        tma_load_3d(sbase + s * SB + G5_AB, wmap, kt * G5_BK, xb * BN, e, full0 + 8 * s);
+                    }
+                }
+            } else {
 #pragma unroll
-            for (int b = 0; b < BP; b++) {
-                const int n = g5_brow<SWIGLU, BN>(lr + 16 * b, xb, N);
-                const bool ok = kin && n >= 0;
-                g3_cp16(sb + b * 16 * 128, ok ? We + (size_t)n * Kin + k : W, ok);
+                for (int b = 0; b < BP; b++) {
+                    const int n = g5_brow<SWIGLU, BN>(lr + 16 * b, xb, N);
+                    const bool ok = kin && n >= 0;
+                    g3_cp16(sb + b * 16 * 128, ok ? We + (size_t)n * Kin + k : W, ok);
+                }
             }
             wb_arrive_cp_async(full0 + 8 * s);
         }
@@ -449,11 +473,11 @@ __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, cons
     if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
 }
 
-template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI>
+template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, bool TMA>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
-                           const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin,
-                           int nbx, int half_tiles)
+                           const __grid_constant__ CUtensorMap wmap, const int32_t *tiles, const int32_t *counts,
+                           const int32_t *offsets, int N, int Kin, int nbx, int half_tiles)
 {
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
      * would wait for its own release (deadlock); two or more are enough. */
@@ -470,7 +494,8 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     const uint32_t full0 = stg0 + (EPI ? 2 * G5_OUT_BYTES(SWIGLU, BN) : 0), empty0 = full0 + 8 * ST;
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; s++) {
-            wb_init(full0 + 8 * s, 128); /* one cp.async-tracking arrival per producer thread */
+            /* one cp.async-tracking arrival per producer thread (+ thread 0's expect_tx with TMA) */
+            wb_init(full0 + 8 * s, TMA ? 129 : 128);
             wb_init(empty0 + 8 * s, 8);  /* lane 0 of each consumer warp */
         }
         wb_init_fence();
@@ -478,8 +503,8 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     __syncthreads();
     const int ktiles = (Kin + G5_BK - 1) / G5_BK;
     if (threadIdx.x < 128)
-        g5_produce<GATHER, SWIGLU, BN, ST>(X, xrows, div, W, tiles, counts, offsets, N, Kin, nbx, items, ktiles,
-                                           sbase, full0, empty0);
+        g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx, items,
+                                                ktiles, sbase, full0, empty0);
     else
         g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, half_tiles, sbase, stg0,
                                         full0, empty0);
@@ -507,6 +532,12 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
  * 1.87) and down 0.935 -> 0.916; only the block-per-tile configurations gained (gate_up 1.82 ->
  * 1.72, bn128 2.38 -> 2.22), and none of those beats the persistent grid without half tiles. */
 #define G5_HALF_TILES 0
+/* Weight tiles by TMA (tensor copies) instead of 16-byte cp.async: see g5_produce. Measured in one
+ * H100 run (fast/cuda/dev/logs/session6_moe_tma.log, T = 16384): down (persistent, 3 stages, epilogue
+ * 1) 0.938 -> 0.838 ms, the production entry's down 0.826; gate_up 1.556 -> 1.578 with TMA, the
+ * production entry's 1.472 (noise of a few %); T = 4096 gate_up 0.819 -> 0.794. Model (bench_model
+ * T = 16384, session6_r6_tma.log): MoE blocks 12.89 -> 12.10 ms. Bitwise v3: 1394 cases. */
+#define G5_TMA 1
 
 /* The arguments every instantiation takes, and the grid: at most SMs x blocks per SM when persistent. */
 struct g5_args {
@@ -515,51 +546,78 @@ struct g5_args {
     const int32_t *rows, *tiles, *counts, *offsets;
     int div, N, Kin, nbx, persistent, sms, half_tiles;
     int64_t max_items;
+    CUtensorMap wmap; /* with TMA: W as [E][N][Kin] (g5_weight_map) */
 };
 
-template <bool G, bool S, int BN, int ST, int EPI>
+/* The tensor map of the expert weights W [E][N][Kin] bf16 for TMA: dimensions innermost first
+ * (Kin, N, E), boxes of 64 k (128 bytes, the 128-byte swizzle's row) x rows x 1 expert, zeros
+ * outside the tensor. The encoder is the driver's, reached through the runtime (no -lcuda). */
+static enum q3n_status g5_weight_map(CUtensorMap *map, const void *W, int64_t E, int64_t N, int64_t Kin,
+                                     int box_rows, struct q3n_error *err)
+{
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult found;
+    CU_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !fn)
+        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: the CUDA driver has no cuTensorMapEncodeTiled", __FILE__,
+                             __LINE__);
+    const cuuint64_t dims[3] = {(cuuint64_t)Kin, (cuuint64_t)N, (cuuint64_t)E};
+    const cuuint64_t strides[2] = {(cuuint64_t)Kin * 2, (cuuint64_t)N * Kin * 2}; /* bytes, dims 1 and 2 */
+    const cuuint32_t box[3] = {G5_BK, (cuuint32_t)box_rows, 1}, estr[3] = {1, 1, 1};
+    const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
+        map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(W), dims, strides, box, estr,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: cuTensorMapEncodeTiled failed (%d) for W [%lld][%lld][%lld]",
+                             __FILE__, __LINE__, (int)r, (long long)E, (long long)N, (long long)Kin);
+    return Q3N_OK;
+}
+
+template <bool G, bool S, int BN, int ST, int EPI, bool TMA>
 static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, struct q3n_error *err)
 {
     constexpr int smem = G5_SMEM(BN, ST, EPI, S);
-    CU_CHECK(cudaFuncSetAttribute(grouped_gemm_v5_kernel<G, S, BN, ST, EPI>,
+    CU_CHECK(cudaFuncSetAttribute(grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     int per_sm = 0;
-    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_v5_kernel<G, S, BN, ST, EPI>,
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA>,
                                                            G5_THREADS, smem));
     if (per_sm < 1)
         return q3n_error_set(err, Q3N_ERR_DEVICE,
                              "%s:%d: grouped_gemm_v5_kernel (BN %d, %d stages, epilogue %d) does not fit an SM",
                              __FILE__, __LINE__, BN, ST, EPI);
     const int64_t fill = (int64_t)a.sms * per_sm, grid = a.persistent && fill < a.max_items ? fill : a.max_items;
-    grouped_gemm_v5_kernel<G, S, BN, ST, EPI><<<(unsigned)grid, G5_THREADS, smem, stream>>>(
-        a.out, a.x, a.rows, a.div, a.W, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles);
+    grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA><<<(unsigned)grid, G5_THREADS, smem, stream>>>(
+        a.out, a.x, a.rows, a.div, a.W, a.wmap, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles);
     CU_LAUNCHED("moe grouped_gemm_v5_kernel");
     return Q3N_OK;
 }
 
 /* One configuration for every gather / SwiGLU combination. */
-template <int BN, int ST, int EPI>
+template <int BN, int ST, int EPI, bool TMA = false>
 static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaStream_t stream, struct q3n_error *err)
 {
-    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI>(a, stream, err);
-    if (a.rows) return g5_launch<true, false, BN, ST, EPI>(a, stream, err);
-    if (swiglu) return g5_launch<false, true, BN, ST, EPI>(a, stream, err);
-    return g5_launch<false, false, BN, ST, EPI>(a, stream, err);
+    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI, TMA>(a, stream, err);
+    if (a.rows) return g5_launch<true, false, BN, ST, EPI, TMA>(a, stream, err);
+    if (swiglu) return g5_launch<false, true, BN, ST, EPI, TMA>(a, stream, err);
+    return g5_launch<false, false, BN, ST, EPI, TMA>(a, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     void *d_out, const void *d_x, const int32_t *d_rows, int64_t div, const void *d_W, const int32_t *d_counts,
     const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
-    int bn, int persistent, int stages, int epilogue, int half_tiles, enum q3n_compute_dtype dt, cudaStream_t stream,
-    struct q3n_error *err)
+    int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, enum q3n_compute_dtype dt,
+    cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
                 (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1) &&
-                (half_tiles == 0 || half_tiles == 1));
+                (half_tiles == 0 || half_tiles == 1) && (tma == 0 || tma == 1));
     const int st = stages ? stages : G5_STAGES(bn);
-    /* the instantiated configurations (see the header) */
+    /* the instantiated configurations (see the header); TMA: the two production ones */
     Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
                           : (epilogue == 0 && st >= 2 && st <= 4) || (st == 3 && (epilogue == 1 || epilogue == 2)));
+    Q3N_REQUIRE(!tma || (bn == 256 && ((st == 4 && epilogue == 0) || (st == 3 && epilogue == 1))));
     Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && E > 0 && E <= INT32_MAX && div > 0);
     if (rows == 0) return Q3N_OK;
     /* output blocks per tile; the tile table has at most rows / 128 + E tiles (cdiv per expert) */
@@ -574,6 +632,12 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
     a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
     a.max_items = max_items, a.half_tiles = half_tiles;
+    if (tma) {
+        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, err));
+        if (epilogue == 1) return g5_launch_cfg<256, 3, 1, true>(a, swiglu, stream, err);
+        return g5_launch_cfg<256, 4, 0, true>(a, swiglu, stream, err);
+    }
+    memset(&a.wmap, 0, sizeof a.wmap); /* unused without TMA */
     if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
     if (epilogue == 1) return g5_launch_cfg<256, 3, 1>(a, swiglu, stream, err);
     if (epilogue == 2) return g5_launch_cfg<256, 3, 2>(a, swiglu, stream, err);
@@ -591,6 +655,6 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
 {
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
-                                        swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, dt,
-                                        stream, err);
+                                        swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES,
+                                        G5_TMA, dt, stream, err);
 }

@@ -239,6 +239,27 @@ __device__ __forceinline__ void wb_wait(uint32_t bar, uint32_t parity)
     } while (!done);
 #endif
 }
+/* One arrival that also raises the phase's expected transaction bytes by `bytes`: the phase then
+ * completes only once the tensor copies below have delivered them (complete_tx) as well. */
+__device__ __forceinline__ void wb_arrive_expect_tx(uint32_t bar, uint32_t bytes)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+/* TMA: the box of the 3-D tensor map `map` (a __grid_constant__ kernel parameter) whose first
+ * element has coordinates (c0, c1, c2), innermost first, into shared memory at dst (laid out and
+ * swizzled as the map says; elements outside the tensor are zeros); the bytes are counted on bar's
+ * current phase (complete_tx). Issued by one thread. */
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const void *map, int c0, int c1, int c2, uint32_t bar)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+#endif
+}
 /* Waits for every cp.async this thread issued (none of them committed to a group). */
 __device__ __forceinline__ void wb_cp_async_drain()
 {
