@@ -35,11 +35,35 @@ static double delta_rule_macs(const struct q3n_config *c)
            (double)c->linear_value_head_dim;
 }
 
-static void finish(struct q3n_roofline *r, double bw, double peak)
+/* Sums of one phase: totals over all blocks, and each block's own floor added in order. */
+struct phase {
+    double bw, peak, wbytes;
+    double w, other, macs;      /* weights (elements), other bytes, multiply-adds: totals */
+    double serial, serial_bytes; /* sum of the blocks' floors; the part from bandwidth-bound blocks */
+};
+
+/* One block: `weights` elements read, `other` bytes moved, `macs` multiply-adds; its floor is
+ * max(bytes / bw, 2 macs / peak). */
+static void add_block(struct phase *p, double weights, double other, double macs)
 {
-    const double tb = (r->weight_bytes + r->other_bytes) / bw, tf = r->flops / peak;
+    p->w += weights;
+    p->other += other;
+    p->macs += macs;
+    const double tb = (weights * p->wbytes + other) / p->bw, tf = 2 * macs / p->peak;
+    p->serial += tb >= tf ? tb : tf;
+    if (tb >= tf) p->serial_bytes += tb;
+}
+
+static void finish(const struct phase *p, struct q3n_roofline *r)
+{
+    r->weight_bytes = p->w * p->wbytes;
+    r->other_bytes = p->other;
+    r->flops = 2 * p->macs;
+    const double tb = (r->weight_bytes + r->other_bytes) / p->bw, tf = r->flops / p->peak;
     r->bytes_bound = tb >= tf;
     r->seconds = r->bytes_bound ? tb : tf;
+    r->serial_seconds = p->serial;
+    r->serial_bytes_share = p->serial > 0 ? p->serial_bytes / p->serial : 0.0;
 }
 
 void q3n_roofline_prefill(const struct q3n_config *c, int64_t T, double wbytes, double bw, double peak,
@@ -49,28 +73,26 @@ void q3n_roofline_prefill(const struct q3n_config *c, int64_t T, double wbytes, 
     const double E = (double)c->num_experts, K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
     const double expert = 3 * I * D;
     const double hit = E > 0 ? E * (1.0 - pow(1.0 - K / E, Tn)) : 0.0;
-    double w = Tn * D + D + V * D; /* embedding rows gathered, final norm, lm_head */
-    double other = 0.0, macs = V * D;   /* lm_head on the last row */
+    const double hidden = 2 * Tn * D * wbytes; /* the hidden state into and out of a block */
+    struct phase p = {bw, peak, wbytes, 0, 0, 0, 0, 0};
+    add_block(&p, Tn * D, 0.0, 0.0); /* embedding rows gathered */
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         const double mix = mixer_weights(c, l), fixed = mlp_fixed_weights(c, l);
-        w += 2 * D + mix + fixed + (c->layer_is_sparse[l] ? hit * expert : 0.0);
-        macs += Tn * (mix + fixed + (c->layer_is_sparse[l] ? K * expert : 0.0));
-        other += 4 * Tn * D * wbytes; /* hidden state into and out of the two blocks */
         if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION) {
             const double NH = (double)c->num_attention_heads, NKV = (double)c->num_key_value_heads,
                          HD = (double)c->head_dim;
-            macs += 2 * NH * HD * Tn * (Tn + 1) / 2; /* causal QK^T and PV */
-            other += 2 * Tn * NKV * HD * wbytes;     /* K and V cache written */
+            /* causal QK^T and PV; the K and V cache written */
+            add_block(&p, D + mix, hidden + 2 * Tn * NKV * HD * wbytes, Tn * mix + 2 * NH * HD * Tn * (Tn + 1) / 2);
         } else {
-            macs += Tn * delta_rule_macs(c);
-            other += 4.0 * (double)c->linear_num_value_heads * (double)c->linear_key_head_dim *
-                     (double)c->linear_value_head_dim; /* final float32 state written */
+            const double state = 4.0 * (double)c->linear_num_value_heads * (double)c->linear_key_head_dim *
+                                 (double)c->linear_value_head_dim; /* final float32 state written */
+            add_block(&p, D + mix, hidden + state, Tn * (mix + delta_rule_macs(c)));
         }
+        const double routed = c->layer_is_sparse[l] ? 1.0 : 0.0;
+        add_block(&p, D + fixed + routed * hit * expert, hidden, Tn * (fixed + routed * K * expert));
     }
-    out->weight_bytes = w * wbytes;
-    out->other_bytes = other;
-    out->flops = 2 * macs;
-    finish(out, bw, peak);
+    add_block(&p, D + V * D, 0.0, V * D); /* final norm, lm_head on the last row */
+    finish(&p, out);
 }
 
 void q3n_roofline_decode(const struct q3n_config *c, int64_t S, double wbytes, double bw, double peak,
@@ -78,29 +100,25 @@ void q3n_roofline_decode(const struct q3n_config *c, int64_t S, double wbytes, d
 {
     const double D = (double)c->hidden_size, V = (double)c->vocab_size;
     const double K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
-    double w = D + D + V * D; /* one embedding row, final norm, lm_head */
-    double other = 0.0, macs = V * D;
+    const double hidden = 2 * D * wbytes;
+    struct phase p = {bw, peak, wbytes, 0, 0, 0, 0, 0};
+    add_block(&p, D, 0.0, 0.0); /* one embedding row */
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         const double mix = mixer_weights(c, l), fixed = mlp_fixed_weights(c, l);
-        const double routed = c->layer_is_sparse[l] ? K * 3 * I * D : 0.0;
-        w += 2 * D + mix + fixed + routed;
-        macs += mix + fixed + routed;
-        other += 4 * D * wbytes;
         if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION) {
             const double NH = (double)c->num_attention_heads, NKV = (double)c->num_key_value_heads,
                          HD = (double)c->head_dim, keys = (double)S + 1;
-            macs += 2 * NH * HD * keys;
-            other += 2 * keys * NKV * HD * wbytes; /* the whole cache read (the new row written) */
+            /* the whole cache read (the new row written) */
+            add_block(&p, D + mix, hidden + 2 * keys * NKV * HD * wbytes, mix + 2 * NH * HD * keys);
         } else {
-            macs += delta_rule_macs(c);
             const double state = 4.0 * (double)c->linear_num_value_heads * (double)c->linear_key_head_dim *
                                  (double)c->linear_value_head_dim;
             const double conv = 4.0 * (double)q3n_config_conv_dim(c) * (double)c->linear_conv_kernel_dim;
-            other += 2 * (state + conv); /* read and written */
+            add_block(&p, D + mix, hidden + 2 * (state + conv), mix + delta_rule_macs(c)); /* read and written */
         }
+        const double routed = c->layer_is_sparse[l] ? K * 3 * I * D : 0.0;
+        add_block(&p, D + fixed + routed, hidden, fixed + routed);
     }
-    out->weight_bytes = w * wbytes;
-    out->other_bytes = other;
-    out->flops = 2 * macs;
-    finish(out, bw, peak);
+    add_block(&p, D + V * D, 0.0, V * D); /* final norm, lm_head */
+    finish(&p, out);
 }

@@ -3,9 +3,20 @@
  * For one batch-1 sequence, from the config alone: the fewest bytes a phase must move through
  * device memory (every weight it uses read once, caches read/written once, the hidden state in
  * and out of each block) and the FLOPs it must do (2 per multiply-add of every matrix product,
- * the causal attention scores and values, the delta rule's state products). The floor is
- * max(bytes / bandwidth, flops / peak): no implementation of the phase runs much faster, and
- * measured time / floor is how far a port is from its machine. `q3n bench --impl cuda` prints it
+ * the causal attention scores and values, the delta rule's state products).
+ *
+ * Two floors from the same counts:
+ *  - block by block (serial_seconds): the phase is a chain of blocks (embedding, then per layer
+ *    the token mixer and the MLP / MoE block, then the final norm and lm_head), each of which needs
+ *    the whole output of the one before it (the mixer of layer l + 1 reads every token's output of
+ *    layer l's MoE). Each block costs at least max(its bytes / bandwidth, its flops / peak); the
+ *    floor is the sum. A port that runs the blocks in order, as every batch-1 port does, cannot
+ *    beat it.
+ *  - overlapped (seconds): max(all bytes / bandwidth, all flops / peak), as if one block's weight
+ *    stream could hide under another block's products. Splitting the tokens to pipeline blocks
+ *    would read the weights once per split, so this is below what any port reaches; it bounds the
+ *    phase from below all the same.
+ * measured time / floor is how far a port is from its machine. `q3n bench --impl cuda` prints both
  * beside each measured phase (docs/benchmarks.md explains the counts). */
 #ifndef Q3N_ROOFLINE_H
 #define Q3N_ROOFLINE_H
@@ -18,8 +29,10 @@ struct q3n_roofline {
     double weight_bytes; /* weights read (experts: those expected to be routed to) */
     double other_bytes;  /* caches, states, hidden states in and out of the blocks */
     double flops;
-    double seconds;      /* max((weight_bytes + other_bytes) / bw, flops / peak) */
+    double seconds;      /* overlapped: max((weight_bytes + other_bytes) / bw, flops / peak) */
     int bytes_bound;     /* 1 when the bandwidth term is the larger */
+    double serial_seconds;     /* block by block: the sum of every block's own max(bytes / bw, flops / peak) */
+    double serial_bytes_share; /* the part of serial_seconds spent in bandwidth-bound blocks, 0..1 */
 };
 
 /* Prefill of T tokens from an empty cache, logits of the last token only (as generation does).

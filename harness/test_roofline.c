@@ -1,6 +1,8 @@
 /* test_roofline.c — the roofline's byte and FLOP counts agree with the parameter counts of
  * config.c (an independent sum over the same weights), prefill of one token costs what decode
- * from an empty cache costs, and the floor names the right bound. */
+ * from an empty cache costs, the floor names the right bound, and the block-by-block floor lies
+ * between the overlapped floor and the sum of the two terms (equal to the overlapped one when a
+ * single term dominates every block). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -84,6 +86,51 @@ static void test_attention_is_quadratic_and_the_floor_takes_the_larger_term(void
     assert_int_equal(slow_alu.bytes_bound, 0);
 }
 
+/* max(sum b, sum f) <= sum max(b_i, f_i) <= sum b + sum f, with equality on the left when the
+ * machine makes every block bound by the same term. */
+static void test_block_by_block_floor_lies_between_the_overlapped_one_and_the_sum(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
+        struct q3n_config c = preset(presets[i]);
+        const int64_t Ts[] = {1, 80, 4096, 16384};
+        for (size_t j = 0; j < sizeof Ts / sizeof *Ts; j++) {
+            struct q3n_roofline r, d;
+            q3n_roofline_prefill(&c, Ts[j], 2.0, 3.35e12, 989e12, &r);
+            const double tb = (r.weight_bytes + r.other_bytes) / 3.35e12, tf = r.flops / 989e12;
+            assert_true(r.serial_seconds >= r.seconds * (1 - 1e-12));
+            assert_true(r.serial_seconds <= (tb + tf) * (1 + 1e-12));
+            assert_true(r.serial_bytes_share >= 0.0 && r.serial_bytes_share <= 1.0);
+            q3n_roofline_decode(&c, Ts[j], 2.0, 3.35e12, 989e12, &d);
+            assert_true(d.serial_seconds >= d.seconds * (1 - 1e-12));
+        }
+        struct q3n_roofline slow_mem, slow_alu;
+        q3n_roofline_prefill(&c, 4096, 2.0, 1e6, 989e12, &slow_mem);
+        q3n_roofline_prefill(&c, 4096, 2.0, 1e15, 1e6, &slow_alu);
+        assert_true(fabs(slow_mem.serial_seconds - slow_mem.seconds) <= 1e-9 * slow_mem.seconds);
+        assert_true(fabs(slow_alu.serial_seconds - slow_alu.seconds) <= 1e-9 * slow_alu.seconds);
+        assert_true(slow_mem.serial_bytes_share == 1.0 && slow_alu.serial_bytes_share < 1e-6);
+    }
+}
+
+/* real-4l at T=4096 on an H100: the routed experts' stream (bandwidth) and the mixers' products
+ * (compute) sit in different blocks, so the block-by-block floor is well above the overlapped one
+ * and between the expert stream alone and the overlapped floor plus the mixers' products. */
+static void test_real_4l_prefill_4096_mixes_bound_blocks(void **state)
+{
+    (void)state;
+    struct q3n_config c = preset("real-4l");
+    struct q3n_roofline r;
+    q3n_roofline_prefill(&c, 4096, 2.0, 3.35e12, 989e12, &r);
+    assert_int_equal(r.bytes_bound, 1);
+    assert_true(r.serial_seconds > 1.15 * r.seconds);
+    assert_true(r.serial_bytes_share > 0.5 && r.serial_bytes_share < 1.0);
+    struct q3n_roofline b;
+    q3n_roofline_prefill(&c, 16384, 2.0, 3.35e12, 989e12, &b);
+    assert_int_equal(b.bytes_bound, 0);
+    assert_true(b.serial_seconds > b.seconds && b.serial_bytes_share < 0.5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -91,6 +138,8 @@ int main(void)
         cmocka_unit_test(test_long_prefill_reads_every_weight_once),
         cmocka_unit_test(test_one_token_prefill_costs_a_decode_step_from_empty),
         cmocka_unit_test(test_attention_is_quadratic_and_the_floor_takes_the_larger_term),
+        cmocka_unit_test(test_block_by_block_floor_lies_between_the_overlapped_one_and_the_sum),
+        cmocka_unit_test(test_real_4l_prefill_4096_mixes_bound_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
