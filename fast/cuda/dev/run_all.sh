@@ -1,6 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
-#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu build
+#   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
+#                                            ncu4096 stream build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -91,6 +92,21 @@ for stage in "$@"; do
                 $B/test_delta_tc --bench-one 16384 0 bf16 >"$OUT/ncu_$k.log" 2>&1
             echo "ncu $k: exit $? ($OUT/ncu_$k.log)" >>"$OUT/bench.log"
         done ;;
+    ncu4096)   # every kernel of one T=4096 prefill, summed by name: bench_model's warm-up (T=1024) and the
+               # weight draw come first, so the prefill is the launches from the second embed_kernel on
+        log "ncu: one T=4096 prefill, kernel by kernel" >>"$OUT/ncu4096.log"
+        timeout 300 ncu --metrics gpu__time_duration.sum --csv --page raw --launch-count 700 \
+            $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >/tmp/ncu4096.csv 2>/dev/null
+        python3 fast/cuda/dev/ncu_prefill_sum.py /tmp/ncu4096.csv >>"$OUT/ncu4096.log" 2>&1
+        # where the T=4096 expert GEMMs (v3, the production choice there) spend their time: the first layer's pair
+        timeout 200 ncu --kernel-name regex:grouped_gemm --launch-skip 8 --launch-count 2 --section SpeedOfLight \
+            --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+            $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >>"$OUT/ncu4096.log" 2>&1
+        echo "exit $?" >>"$OUT/ncu4096.log" ;;
+    stream)   # the expert weights' stream into shared memory by route and layout (bench_stream.cu)
+        log "bench_stream" >>"$OUT/stream.log"
+        $B/bench_stream >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log"
+        $B/bench_stream --N 2048 --K 512 >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log" ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \

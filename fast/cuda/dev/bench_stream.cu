@@ -1,0 +1,225 @@
+/* bench_stream.cu — how fast can the expert weights stream into shared memory, by which route and
+ * in which layout? A probe for the grouped expert GEMM at T = 4096 (about 80 rows per expert),
+ * where the weights, not the products, set the time: it streams the same bytes as grouped v5's
+ * producer, with no products, and prints GB/s per pattern.
+ *
+ * Patterns (E experts of W [N][Kin] bf16, items = (expert, BN-row block), k-tiles of 64):
+ *   ldg      plain 16-byte loads over the whole buffer in address order (HBM's own read rate)
+ *   rows     v5's TMA boxes: per k-tile, 64 k (128 bytes) of each of BN rows 4*Kin/2 bytes apart
+ *   rows2    the same, two adjacent k-tiles per stage (256 contiguous bytes per row per stage)
+ *   packed   the same bytes laid out per (item, k-tile): each stage is one contiguous BN x 128 B run
+ * Each TMA pattern runs with the consumer releasing a stage at once (delay 0) and after a spin that
+ * stands in for the tensor-core time of a 128 x BN x 64 stage (delay in SM cycles).
+ *   bench_stream [--E 512] [--N 1024] [--K 2048] [--reps 5]
+ * Timing by CUDA events, best of reps; one block per SM, persistent over the items, as v5. */
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common.cuh"
+#include "../wgmma.cuh"
+
+#define CK(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));           \
+            exit(2);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+
+#define BK 64
+enum pattern { ROWS, ROWS2, PACKED };
+
+/* Thread 0 fills an ST-deep ring of stages (KPS boxes of BN x 64 each) by TMA; lane 0 of warp 1
+ * waits for each stage, spins `delay` cycles, reads one word and releases it. */
+template <int BN, int ST, int KPS>
+__global__ void __launch_bounds__(64, 1) stream_kernel(const __grid_constant__ CUtensorMap map, int pattern,
+                                                       int items, int nbx, int ktiles, long long delay,
+                                                       unsigned *sink)
+{
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    constexpr uint32_t BOX = BN * BK * 2, SB = KPS * BOX;
+    const uint32_t base = ((uint32_t)__cvta_generic_to_shared(smem_raw) + 1023) & ~1023u;
+    const uint32_t full0 = base + ST * SB, empty0 = full0 + 8 * ST;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < ST; s++) {
+            wb_init(full0 + 8 * s, 1);
+            wb_init(empty0 + 8 * s, 1);
+        }
+        wb_init_fence();
+    }
+    __syncthreads();
+    uint32_t i = 0;
+    unsigned acc = 0;
+    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+        const int e = w / nbx, xb = w - e * nbx;
+        for (int kt = 0; kt < ktiles; kt += KPS, i++) {
+            const uint32_t s = i % ST, f = i / ST;
+            if (threadIdx.x == 0) {
+                if (f > 0) wb_wait(empty0 + 8 * s, (f - 1) & 1);
+                wb_arrive_expect_tx(full0 + 8 * s, SB);
+                for (int j = 0; j < KPS; j++) {
+                    const uint32_t dst = base + s * SB + j * BOX;
+                    if (pattern == PACKED) tma_load_3d(dst, &map, 0, 0, w * ktiles + kt + j, full0 + 8 * s);
+                    else tma_load_3d(dst, &map, (kt + j) * BK, xb * BN, e, full0 + 8 * s);
+                }
+            } else if (threadIdx.x == 32) {
+                wb_wait(full0 + 8 * s, f & 1);
+                if (delay > 0) {
+                    const long long t0 = clock64();
+                    while (clock64() - t0 < delay) {}
+                }
+                unsigned v;
+                asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(base + s * SB));
+                acc += v;
+                wb_arrive(empty0 + 8 * s);
+            }
+        }
+    }
+    if (threadIdx.x == 32 && acc == 0x12345678u) sink[0] = acc;
+}
+
+/* Every 16-byte chunk of the buffer once, in address order (grid-stride). */
+__global__ void ldg_kernel(const uint4 *p, size_t n, unsigned *sink)
+{
+    unsigned acc = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint4 v = __ldg(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678u) sink[0] = acc;
+}
+
+static void encode(CUtensorMap *map, void *W, const cuuint64_t dims[3], int box_rows)
+{
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult found;
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !fn) {
+        fprintf(stderr, "bench_stream: the driver has no cuTensorMapEncodeTiled\n");
+        exit(2);
+    }
+    const cuuint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2};
+    const cuuint32_t box[3] = {BK, (cuuint32_t)box_rows, 1}, estr[3] = {1, 1, 1};
+    const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
+        map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, W, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "bench_stream: cuTensorMapEncodeTiled failed (%d)\n", (int)r);
+        exit(2);
+    }
+}
+
+struct shape {
+    int64_t E, N, K;
+};
+
+template <int BN, int ST, int KPS>
+static float run_tma(void *W, const shape &sh, int pattern, long long delay, int sms, int reps, unsigned *sink)
+{
+    const int nbx = (int)(sh.N / BN), ktiles = (int)(sh.K / BK), items = (int)sh.E * nbx;
+    CUtensorMap map;
+    if (pattern == PACKED) {
+        const cuuint64_t dims[3] = {BK, BN, (cuuint64_t)items * ktiles};
+        encode(&map, W, dims, BN);
+    } else {
+        const cuuint64_t dims[3] = {(cuuint64_t)sh.K, (cuuint64_t)sh.N, (cuuint64_t)sh.E};
+        encode(&map, W, dims, BN);
+    }
+    const int smem = ST * KPS * BN * BK * 2 + 16 * ST + 1024;
+    CK(cudaFuncSetAttribute(stream_kernel<BN, ST, KPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float best = 1e30f;
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a));
+        stream_kernel<BN, ST, KPS><<<sms, 64, smem>>>(map, pattern, items, nbx, ktiles, delay, sink);
+        CK(cudaEventRecord(b));
+        CK(cudaEventSynchronize(b));
+        CK(cudaGetLastError());
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (ms < best) best = ms;
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return best;
+}
+
+static void report(const char *what, const shape &sh, float ms)
+{
+    const double bytes = (double)sh.E * sh.N * sh.K * 2;
+    printf("STREAM E=%lld N=%lld K=%lld %-34s %.3f ms = %.2f TB/s\n", (long long)sh.E, (long long)sh.N,
+           (long long)sh.K, what, ms, bytes / (ms * 1e-3) / 1e12);
+}
+
+int main(int argc, char **argv)
+{
+    shape sh = {512, 1024, 2048};
+    int reps = 5;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--E")) sh.E = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--N")) sh.N = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--K")) sh.K = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "bench_stream: unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (sh.N % 256 || sh.K % 128 || sh.E < 1) {
+        fprintf(stderr, "bench_stream: N must be a multiple of 256 and K of 128\n");
+        return 2;
+    }
+    int dev = 0, sms = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const size_t bytes = (size_t)sh.E * sh.N * sh.K * 2;
+    void *W = NULL;
+    unsigned *sink = NULL;
+    CK(cudaMalloc(&W, bytes));
+    CK(cudaMalloc(&sink, 4));
+    CK(cudaMemset(W, 1, bytes));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float best = 1e30f;
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a));
+        ldg_kernel<<<sms * 8, 256>>>((const uint4 *)W, bytes / 16, sink);
+        CK(cudaEventRecord(b));
+        CK(cudaEventSynchronize(b));
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (ms < best) best = ms;
+    }
+    report("ldg (address order)", sh, best);
+    /* ~0.8 us of tensor-core time per 128 x 256 x 64 stage at 1.7 GHz is ~1400 cycles */
+    const long long delays[2] = {0, 1400};
+    for (int d = 0; d < 2; d++) {
+        char what[64];
+        const long long dl = delays[d];
+        snprintf(what, sizeof what, "rows BN256 st4 delay %lld", dl);
+        report(what, sh, run_tma<256, 4, 1>(W, sh, ROWS, dl, sms, reps, sink));
+        snprintf(what, sizeof what, "rows BN256 st6 delay %lld", dl);
+        report(what, sh, run_tma<256, 6, 1>(W, sh, ROWS, dl, sms, reps, sink));
+        snprintf(what, sizeof what, "rows2 BN256 st3 delay %lld", dl);
+        report(what, sh, run_tma<256, 3, 2>(W, sh, ROWS2, 2 * dl, sms, reps, sink));
+        snprintf(what, sizeof what, "packed BN256 st4 delay %lld", dl);
+        report(what, sh, run_tma<256, 4, 1>(W, sh, PACKED, dl, sms, reps, sink));
+        snprintf(what, sizeof what, "packed BN256 st6 delay %lld", dl);
+        report(what, sh, run_tma<256, 6, 1>(W, sh, PACKED, dl, sms, reps, sink));
+        snprintf(what, sizeof what, "rows BN128 st8 delay %lld", dl);
+        report(what, sh, run_tma<128, 8, 1>(W, sh, ROWS, dl / 2, sms, reps, sink));
+        snprintf(what, sizeof what, "packed BN128 st8 delay %lld", dl);
+        report(what, sh, run_tma<128, 8, 1>(W, sh, PACKED, dl / 2, sms, reps, sink));
+    }
+    CK(cudaFree(W));
+    CK(cudaFree(sink));
+    return 0;
+}
