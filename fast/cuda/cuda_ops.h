@@ -335,7 +335,9 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * computes a tile with <= 64 valid rows with the two consumer warpgroups splitting its outputs
  * instead of its rows (slower on the production configurations; off in the production entry), 0
  * as a full tile. tma 1 copies the weight tiles by TMA tensor copies (the production choice;
- * only for bn 256 with stages 4 and epilogue 0, or stages 3 and epilogue 1). All give the same bits. */
+ * only for bn 256 with stages 4 and epilogue 0, or stages 3 and epilogue 1); tma 2 the same from
+ * d_W packed by cuda_moe_pack_v5 (one contiguous 32 KB copy per k-tile; not in the production entry
+ * yet). All give the same bits. */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                          const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                          const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
@@ -347,6 +349,13 @@ enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
                                              int epilogue, int half_tiles, int tma, enum q3n_compute_dtype dt,
                                              cudaStream_t stream, struct q3n_error *err);
+/* Expert weights W [E][N][Kin] re-laid out for v5's tma 2 (moe_pack.cu): k-tile kt of v5's item xb
+ * (256 outputs; SwiGLU: h columns 128 xb .., its 128 gate rows then its 128 up rows) of expert e is
+ * the contiguous 256 x 64 block (e (N / 256) + xb) (Kin / 64) + kt. Same size as W, out of place.
+ * Packable when N % 256 == 0 (SwiGLU: (N / 2) % 128 == 0) and Kin % 64 == 0; bf16 only. */
+int cuda_moe_v5_packable(int64_t N, int64_t Kin, int swiglu);
+enum q3n_status cuda_moe_pack_v5(void *d_packed, const void *d_W, int64_t E, int64_t N, int64_t Kin, int swiglu,
+                                 enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 /* Decode MoE (expert GEMV v2, no host round trip), routed experts and shared expert together:
  * gate_up: h[t*K+j] = SwiGLU(Wgu[idx[t*K+j]] x[t]) [T*K, I]; hs[t] = SwiGLU(Wsgu x[t]) [T, Ws]
  * (Wsgu NULL: none); rounding as gate_up GEMV + cuda_swiglu_forward; with Wsg [1, D] also the

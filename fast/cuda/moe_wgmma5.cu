@@ -94,7 +94,10 @@
  *
  * Each configuration instantiated (g5_launch_cfg): BN 256 with ST 4 (default), 3, 2 and EPI 0, ST 3
  * with EPI 1 and 2; BN 128 with ST 6, EPI 0; each with half tiles (a runtime choice, both paths in
- * every kernel). Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x pitch + barriers: BN 256 ST 3
+ * every kernel). The two TMA ones (BN 256, ST 4 EPI 0 and ST 3 EPI 1) also with TMA 2: the weights
+ * packed by cuda_moe_pack_v5 (moe_pack.cu), one contiguous 32 KB tensor copy per stage instead of
+ * 256 runs of 128 bytes Kin * 2 bytes apart (session 7, aimed at T = 4096, where the weight stream
+ * sets the time; written without a GPU: dev/test_moe_prefill checks and times it, not run yet). Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x pitch + barriers: BN 256 ST 3
  * EPI 2 = 144 + 66 KB (a half tile stages 64 rows of BN/2 outputs, in the same buffer).
  *
  * Numerics: every output accumulates in float32 over the k-tiles ascending, 16 k at a time
@@ -146,17 +149,21 @@ __device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
     return n < Nw ? n : -1;
 }
 
-/* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). TMA: the
+/* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). TMA 1: the
  * weight tile by tensor copies from thread 0 (wmap: W as [E][N][Kin], boxes of 64 k x BN (plain)
  * or BN / 2 (SwiGLU: gate rows, then up rows) rows, 128-byte swizzle = g3_off<64>'s layout), its
- * bytes expected on full[s] by thread 0's extra arrival; A always by cp.async (gathered rows). */
-template <bool GATHER, bool SWIGLU, int BN, int ST, bool TMA>
+ * bytes expected on full[s] by thread 0's extra arrival; TMA 2: W packed by cuda_moe_pack_v5
+ * (moe_pack.cu: k-tile kt of item (e, xb) is the contiguous box (e nbx + xb) ktiles + kt of 256 rows
+ * x 64 k, gate rows then up rows with SwiGLU, so the same stage layout from one copy); A always by
+ * cp.async (gathered rows). */
+template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA>
 __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                                            const void *wmap, const int32_t *tiles, const int32_t *counts,
                                            const int32_t *offsets, int N, int Kin, int nbx, int items, int ktiles,
                                            uint32_t sbase, uint32_t full0, uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
+    static_assert(TMA != 2 || BN == 256, "the packed layout has 256-row tiles");
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
     /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
     const uint32_t so = (uint32_t)(lr * 128 + ((lc ^ (lr & 7)) << 4));
@@ -188,7 +195,9 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
                  * Kin: the boxes hold zeros or unused rows where g5_brow's copies zero-fill */
                 if (t == 0) {
                     wb_arrive_expect_tx(full0 + 8 * s, (uint32_t)(BN * G5_BK * 2));
-                    if (SWIGLU) {
+                    if (TMA == 2) { /* packed (moe_pack.cu): the whole k-tile is one contiguous box */
+                        tma_load_3d(sbase + s * SB + G5_AB, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, full0 + 8 * s);
+                    } else if (SWIGLU) {
                         tma_load_3d(sbase + s * SB + G5_AB, wmap, kt * G5_BK, xb * (BN / 2), e, full0 + 8 * s);
                         tma_load_3d(sbase + s * SB + G5_AB + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2),
                                     e, full0 + 8 * s);
@@ -473,7 +482,7 @@ __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, cons
     if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
 }
 
-template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, bool TMA>
+template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, int TMA>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const __grid_constant__ CUtensorMap wmap, const int32_t *tiles, const int32_t *counts,
@@ -551,9 +560,10 @@ struct g5_args {
 
 /* The tensor map of the expert weights W [E][N][Kin] bf16 for TMA: dimensions innermost first
  * (Kin, N, E), boxes of 64 k (128 bytes, the 128-byte swizzle's row) x rows x 1 expert, zeros
- * outside the tensor. The encoder is the driver's, reached through the runtime (no -lcuda). */
+ * outside the tensor; packed (tma 2, W from cuda_moe_pack_v5): (64, 256, E x items x k-tiles), one
+ * box = one contiguous k-tile. The encoder is the driver's, reached through the runtime (no -lcuda). */
 static enum q3n_status g5_weight_map(CUtensorMap *map, const void *W, int64_t E, int64_t N, int64_t Kin,
-                                     int box_rows, struct q3n_error *err)
+                                     int box_rows, int packed, struct q3n_error *err)
 {
     void *fn = NULL;
     cudaDriverEntryPointQueryResult found;
@@ -561,9 +571,11 @@ static enum q3n_status g5_weight_map(CUtensorMap *map, const void *W, int64_t E,
     if (found != cudaDriverEntryPointSuccess || !fn)
         return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: the CUDA driver has no cuTensorMapEncodeTiled", __FILE__,
                              __LINE__);
-    const cuuint64_t dims[3] = {(cuuint64_t)Kin, (cuuint64_t)N, (cuuint64_t)E};
-    const cuuint64_t strides[2] = {(cuuint64_t)Kin * 2, (cuuint64_t)N * Kin * 2}; /* bytes, dims 1 and 2 */
-    const cuuint32_t box[3] = {G5_BK, (cuuint32_t)box_rows, 1}, estr[3] = {1, 1, 1};
+    const cuuint64_t tiles = (cuuint64_t)(E * N * Kin / (256 * G5_BK)); /* packed: E x items x k-tiles */
+    const cuuint64_t dims[3] = {packed ? (cuuint64_t)G5_BK : (cuuint64_t)Kin, packed ? 256 : (cuuint64_t)N,
+                                packed ? tiles : (cuuint64_t)E};
+    const cuuint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2}; /* bytes, dims 1 and 2 */
+    const cuuint32_t box[3] = {G5_BK, packed ? 256u : (cuuint32_t)box_rows, 1}, estr[3] = {1, 1, 1};
     const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
         map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(W), dims, strides, box, estr,
         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -574,7 +586,7 @@ static enum q3n_status g5_weight_map(CUtensorMap *map, const void *W, int64_t E,
     return Q3N_OK;
 }
 
-template <bool G, bool S, int BN, int ST, int EPI, bool TMA>
+template <bool G, bool S, int BN, int ST, int EPI, int TMA>
 static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, struct q3n_error *err)
 {
     constexpr int smem = G5_SMEM(BN, ST, EPI, S);
@@ -595,7 +607,7 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
 }
 
 /* One configuration for every gather / SwiGLU combination. */
-template <int BN, int ST, int EPI, bool TMA = false>
+template <int BN, int ST, int EPI, int TMA = 0>
 static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaStream_t stream, struct q3n_error *err)
 {
     if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI, TMA>(a, stream, err);
@@ -612,12 +624,14 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
                 (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1) &&
-                (half_tiles == 0 || half_tiles == 1) && (tma == 0 || tma == 1));
+                (half_tiles == 0 || half_tiles == 1) && (tma >= 0 && tma <= 2));
     const int st = stages ? stages : G5_STAGES(bn);
     /* the instantiated configurations (see the header); TMA: the two production ones */
     Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
                           : (epilogue == 0 && st >= 2 && st <= 4) || (st == 3 && (epilogue == 1 || epilogue == 2)));
     Q3N_REQUIRE(!tma || (bn == 256 && ((st == 4 && epilogue == 0) || (st == 3 && epilogue == 1))));
+    /* packed: box indices (e nbx + xb) ktiles + kt stay in int */
+    Q3N_REQUIRE(tma != 2 || (cuda_moe_v5_packable(N, Kin, swiglu) && E * N * Kin / (256 * G5_BK) <= INT32_MAX));
     Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && E > 0 && E <= INT32_MAX && div > 0);
     if (rows == 0) return Q3N_OK;
     /* output blocks per tile; the tile table has at most rows / 128 + E tiles (cdiv per expert) */
@@ -633,9 +647,12 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
     a.max_items = max_items, a.half_tiles = half_tiles;
     if (tma) {
-        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, err));
-        if (epilogue == 1) return g5_launch_cfg<256, 3, 1, true>(a, swiglu, stream, err);
-        return g5_launch_cfg<256, 4, 0, true>(a, swiglu, stream, err);
+        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, tma == 2, err));
+        if (tma == 2)
+            return epilogue == 1 ? g5_launch_cfg<256, 3, 1, 2>(a, swiglu, stream, err)
+                                 : g5_launch_cfg<256, 4, 0, 2>(a, swiglu, stream, err);
+        if (epilogue == 1) return g5_launch_cfg<256, 3, 1, 1>(a, swiglu, stream, err);
+        return g5_launch_cfg<256, 4, 0, 1>(a, swiglu, stream, err);
     }
     memset(&a.wmap, 0, sizeof a.wmap); /* unused without TMA */
     if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);

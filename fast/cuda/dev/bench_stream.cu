@@ -14,22 +14,10 @@
  * Timing by CUDA events, best of reps; one block per SM, persistent over the items, as v5. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "../common.cuh"
 #include "../wgmma.cuh"
-
-#define CK(call)                                                                                             \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));           \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "devkit.cuh"
 
 #define BK 64
 enum pattern { ROWS, ROWS2, PACKED };
@@ -118,6 +106,29 @@ struct shape {
     int64_t E, N, K;
 };
 
+/* Fastest of reps launches of f, by CUDA events on the default stream. */
+template <typename F>
+static float best_ms(int reps, F f)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float best = 1e30f;
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a));
+        f();
+        CK(cudaEventRecord(b));
+        CK(cudaEventSynchronize(b));
+        CK(cudaGetLastError());
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (ms < best) best = ms;
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return best;
+}
+
 template <int BN, int ST, int KPS>
 static float run_tma(void *W, const shape &sh, int pattern, long long delay, int sms, int reps, unsigned *sink)
 {
@@ -132,23 +143,9 @@ static float run_tma(void *W, const shape &sh, int pattern, long long delay, int
     }
     const int smem = ST * KPS * BN * BK * 2 + 16 * ST + 1024;
     CK(cudaFuncSetAttribute(stream_kernel<BN, ST, KPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    float best = 1e30f;
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a));
+    return best_ms(reps, [&] {
         stream_kernel<BN, ST, KPS><<<sms, 64, smem>>>(map, pattern, items, nbx, ktiles, delay, sink);
-        CK(cudaEventRecord(b));
-        CK(cudaEventSynchronize(b));
-        CK(cudaGetLastError());
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        if (ms < best) best = ms;
-    }
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    return best;
+    });
 }
 
 static void report(const char *what, const shape &sh, float ms)
@@ -185,19 +182,7 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&W, bytes));
     CK(cudaMalloc(&sink, 4));
     CK(cudaMemset(W, 1, bytes));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    float best = 1e30f;
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a));
-        ldg_kernel<<<sms * 8, 256>>>((const uint4 *)W, bytes / 16, sink);
-        CK(cudaEventRecord(b));
-        CK(cudaEventSynchronize(b));
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        if (ms < best) best = ms;
-    }
+    const float best = best_ms(reps, [&] { ldg_kernel<<<sms * 8, 256>>>((const uint4 *)W, bytes / 16, sink); });
     report("ldg (address order)", sh, best);
     /* ~0.8 us of tensor-core time per 128 x 256 x 64 stage at 1.7 GHz is ~1400 cycles */
     const long long delays[2] = {0, 1400};

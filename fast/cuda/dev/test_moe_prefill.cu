@@ -96,6 +96,7 @@ struct layer {
     int64_t T, D, Ex, K, I, n;
     dbuf x, gu, dn, idx, wt, perm, pos, cnt, off, tiles, h3, y3, h4, y4, eo, mo;
     dbuf hf3, yg3; /* v3's crossings (compare_versions): gate_up of y3 without gather, down of h3 gathered */
+    dbuf gup, dnp; /* gu and dn packed for v5's tma 2 (pack_layer; NULL where the shapes are not packable) */
 };
 
 static void layer_alloc(layer &L)
@@ -111,9 +112,19 @@ static void layer_alloc(layer &L)
 static void layer_free(layer &L)
 {
     dbuf *bs[] = {&L.x, &L.gu, &L.dn, &L.idx, &L.wt, &L.perm, &L.pos, &L.cnt, &L.off, &L.tiles,
-                  &L.h3, &L.y3, &L.h4, &L.y4, &L.eo, &L.mo, &L.hf3, &L.yg3};
+                  &L.h3, &L.y3, &L.h4, &L.y4, &L.eo, &L.mo, &L.hf3, &L.yg3, &L.gup, &L.dnp};
     for (dbuf *b : bs)
         if (b->p) dfree(*b);
+}
+/* The layer's weights packed for v5's tma 2 by the library's cuda_moe_pack_v5, when both GEMMs'
+ * shapes allow it (the layout itself is checked apart, by case_pack). */
+static void pack_layer(layer &L)
+{
+    if (!cuda_moe_v5_packable(2 * L.I, L.D, 1) || !cuda_moe_v5_packable(L.D, L.I, 0)) return;
+    L.gup = dnew(2 * L.Ex * 2 * L.I * L.D), L.dnp = dnew(2 * L.Ex * L.D * L.I);
+    RUN(cuda_moe_pack_v5(L.gup.p, L.gu.p, L.Ex, 2 * L.I, L.D, 1, Q3N_COMPUTE_BF16, g_stream, E_));
+    RUN(cuda_moe_pack_v5(L.dnp.p, L.dn.p, L.Ex, L.D, L.I, 0, Q3N_COMPUTE_BF16, g_stream, E_));
+    CK(cudaStreamSynchronize(g_stream));
 }
 static void route(layer &L)
 {
@@ -154,14 +165,17 @@ static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, "v5/bn256/grid"},
                                  {256, 1, 3, 1, 0, "v5/bn256/grid/st3/smem16"},
                                  {256, 1, 3, 1, 1, "v5/bn256/grid/st3/smem16/tma"},
                                  {256, 0, 3, 2, 0, "v5/bn256/tiles/st3/bulk"},
-                                 {256, 1, 3, 2, 0, "v5/bn256/grid/st3/bulk"}};
+                                 {256, 1, 3, 2, 0, "v5/bn256/grid/st3/bulk"},
+                                 {256, 1, 0, 0, 2, "v5/bn256/grid/tmapacked"},
+                                 {256, 1, 3, 1, 2, "v5/bn256/grid/st3/smem16/tmapacked"}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
 /* One v5 GEMM of the layer's routing: out = A W^T (A row p = x[rows[p] / div], or x[p] without rows);
  * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles off, G5_HALF_TILES), else
- * configuration c with half tiles on (half 1) or off (0). */
+ * configuration c with half tiles on (half 1) or off (0); tma 2 reads the packed copy of W. */
 static void v5_gemm(layer &L, const v5_cfg *c, int half, void *out, const void *x, const int32_t *rows, int64_t div,
                     const void *W, int64_t N, int64_t Kin, int swiglu)
 {
+    if (c && c->tma == 2) W = W == L.gu.p ? L.gup.p : L.dnp.p;
     if (!c)
         RUN(cuda_moe_grouped_gemm_v5(out, x, rows, div, W, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
                                      (const int32_t *)L.tiles.p, L.n, L.Ex, N, Kin, swiglu, Q3N_COMPUTE_BF16, g_stream,
@@ -272,6 +286,11 @@ static void tile_kinds(const layer &L, int64_t kinds[3])
  * crossings, each bitwise over the whole output (diff_count) and on the sample, 3 runs bitwise. */
 static void check_v5(layer &L, const char *name, const v5_cfg *c, int half, const std::vector<float> want[4])
 {
+    if (c && c->tma == 2 && !L.gup.p) {
+        printf("%s %s%s: the shapes are not packable (cuda_moe_v5_packable), not run\n", name, c->name,
+               half ? "" : "/nohalf");
+        return;
+    }
     static const char *const what_of[4] = {"gate_up+swiglu", "down", "gate_up+swiglu/flat", "down/gather"};
     const dbuf *ref[4] = {&L.h3, &L.y3, &L.hf3, &L.yg3};
     std::vector<float> first[4];
@@ -348,6 +367,61 @@ static void compare_versions(layer &L, const char *name)
     check_v5(L, name, NULL, 1, want);
     for (int ci = 0; ci < N_V5_CFGS; ci++)
         for (int half = 1; half >= 0; half--) check_v5(L, name, &V5_CFGS[ci], half, want);
+}
+
+/* cuda_moe_pack_v5's layout against the one moe_pack.cu documents, written out again here from
+ * the documentation: W [E][N][Kin] holds 16-bit codes of each element's index (pass 0: the low 16
+ * bits, pass 1: the high ones), so an element packed to the wrong place shows in one pass or the
+ * other; packed on the device and compared with the host's placement; NaN-poisoned output, guard,
+ * 3 runs bitwise. */
+static void case_pack(int64_t E, int64_t N, int64_t Kin, int swiglu)
+{
+    const int64_t n = E * N * Kin, ktiles = Kin / 64;
+    std::vector<int64_t> place((size_t)n); /* packed position of W element i */
+    for (int64_t e = 0; e < E; e++)
+        for (int64_t r = 0; r < N; r++) {
+            /* which item and tile row holds W row r */
+            int64_t xb, rr;
+            if (swiglu) {
+                const int64_t h = N / 2, c = r % h;
+                xb = c / 128, rr = (r >= h ? 128 : 0) + c % 128;
+            } else {
+                xb = r / 256, rr = r % 256;
+            }
+            for (int64_t k = 0; k < Kin; k++)
+                place[(size_t)(e * N * Kin + r * Kin + k)] =
+                    e * N * Kin + ((xb * ktiles + k / 64) * 256 + rr) * 64 + k % 64;
+        }
+    dbuf src = dnew(2 * n), dst = dnew(2 * n);
+    int64_t diff = 0;
+    int det = 1, guard = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        std::vector<uint16_t> w((size_t)n), want((size_t)n), first((size_t)n), got((size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            w[(size_t)i] = (uint16_t)(pass ? i >> 16 : i);
+            want[(size_t)place[(size_t)i]] = w[(size_t)i];
+        }
+        CK(cudaMemcpy(src.p, w.data(), 2 * n, cudaMemcpyHostToDevice));
+        for (int r = 0; r < REPEAT; r++) {
+            poison(dst);
+            RUN(cuda_moe_pack_v5(dst.p, src.p, E, N, Kin, swiglu, Q3N_COMPUTE_BF16, g_stream, E_));
+            CK(cudaStreamSynchronize(g_stream));
+            CK(cudaMemcpy(r ? got.data() : first.data(), dst.p, 2 * n, cudaMemcpyDeviceToHost));
+            if (r) det &= got == first;
+        }
+        for (int64_t i = 0; i < n; i++) diff += first[(size_t)i] != want[(size_t)i];
+        guard &= guard_ok(dst);
+    }
+    g_cases++;
+    const int pass = det && diff == 0 && guard;
+    if (!pass) g_fail++;
+    char name[160];
+    snprintf(name, sizeof name, "pack v5 E=%lld N=%lld Kin=%lld %s", (long long)E, (long long)N, (long long)Kin,
+             swiglu ? "swiglu" : "plain");
+    printf("%-62s %lld of %lld codes misplaced det=%s guard=%s %s\n", name, (long long)diff, (long long)(2 * n),
+           det ? "yes" : "NO", guard ? "ok" : "BROKEN", pass ? "OK" : "FAIL");
+    dfree(src);
+    dfree(dst);
 }
 
 /* Permutation v2 vs v1 on the same routing: every output bitwise, 3 runs; timed when asked. */
@@ -429,6 +503,7 @@ static void case_small(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
     L.idx = dnew(4 * idx.size());
     CK(cudaMemcpy(L.idx.p, idx.data(), 4 * idx.size(), cudaMemcpyHostToDevice));
     layer_alloc(L);
+    pack_layer(L);
     compare_versions(L, name);
 
     /* the production chain with v4 vs ref_moe_experts_forward */
@@ -476,6 +551,7 @@ static void case_real(int64_t T, int timing)
     CK(cudaMemcpy(L.idx.p, idx.data(), 4 * idx.size(), cudaMemcpyHostToDevice));
     L.wt = up(randu(T * L.K, 0.02, 0.5), 0);
     layer_alloc(L);
+    pack_layer(L);
     char name[160];
     snprintf(name, sizeof name, "real dims T=%lld", (long long)T);
     compare_versions(L, name);
@@ -496,6 +572,7 @@ static void case_real(int64_t T, int timing)
         /* the production entry (half tiles off: G5_HALF_TILES), then each configuration with half tiles off, on */
         for (int ci = -1; ci < N_V5_CFGS; ci++) {
             const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
+            if (c && c->tma == 2 && !L.gup.p) continue;
             float g5[2] = {0, 0}, d5[2] = {0, 0}; /* [half] */
             for (int half = c ? 0 : 1; half <= 1; half++) {
                 g5[half] = time_ms([&] { gate_up_v5(L, c, half, L.h4); }, 10);
@@ -558,6 +635,11 @@ int main(int argc, char **argv)
         printf("%d cases, %d failed\n", g_cases, g_fail);
         return g_fail ? 1 : 0;
     }
+    /* the packed layout of v5's tma 2: E, N, Kin, swiglu (packable shapes only) */
+    case_pack(3, 512, 128, 0);
+    case_pack(2, 256, 192, 1);
+    case_pack(2, 1024, 64, 1);
+    case_pack(1, 2048, 512, 0); /* the real down GEMM's expert */
     case_small(1, 256, 8, 1, 128, 0);
     case_small(2, 256, 8, 2, 128, 0);
     case_small(7, 200, 64, 10, 72, 1);  /* D, I not tile multiples */
