@@ -143,6 +143,24 @@ static void print_floor(const char *what, const struct q3n_roofline *r, double m
            100.0 * 1e3 * r->serial_seconds / ms, 100.0 * 1e3 * r->seconds / ms);
 }
 
+/* The CUDA-event phases of one run beside their block-by-block floors (ms4: delta-rule mixers,
+ * attention mixers, MoE/MLP, other; the events stop before the lm_head, so "other" is compared with
+ * nothing and the floor of embedding + lm_head is printed apart). */
+static void print_phases(const char *what, const double ms4[4], const struct q3n_roofline *r)
+{
+    static const char *const names[3] = {"delta-rule mixers", "attention mixers", "MoE/MLP"};
+    printf("  phases of %s (CUDA events; in brackets the block-by-block floor and measured / floor):", what);
+    for (int i = 0; i < 3; i++) {
+        const double f = 1e3 * r->phase_seconds[i];
+        if (f > 0)
+            printf(" %s %.3f ms (%.3f, %.2fx),", names[i], ms4[i], f, ms4[i] / f);
+        else
+            printf(" %s %.3f ms,", names[i], ms4[i]);
+    }
+    printf(" other %.3f ms; floor of embedding + lm_head %.3f ms (the lm_head runs after the events)\n", ms4[3],
+           1e3 * r->phase_seconds[Q3N_PHASE_OTHER]);
+}
+
 #define CTRY(call)                                                                                                     \
     do {                                                                                                               \
         if ((call) != Q3N_OK) {                                                                                        \
@@ -196,11 +214,9 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         m->prefill_ms[i] = 1e3 * best;
         printf("prefill T=%lld: %.2f ms = %.0f tokens/s (best of %lld)%s\n", (long long)T, 1e3 * best, (double)T / best,
                a->repeat, bad ? " NON-FINITE LOGITS" : "");
-        printf("  phases (CUDA events, one more run): delta-rule mixers %.2f ms, attention mixers %.2f ms, MoE/MLP "
-               "%.2f ms, other %.2f ms\n",
-               ms4[0], ms4[1], ms4[2], ms4[3]);
         struct q3n_roofline r;
         q3n_roofline_prefill(cfg, T, wbytes, a->peak_bw, a->peak_flops, &r);
+        print_phases("one more prefill", ms4, &r);
         print_floor("prefill", &r, 1e3 * best, a);
         printf("  kernels: %s\n", cuda_impl.describe(s)); /* of this T (the version choice depends on T) */
         if (bad) goto fail;
@@ -218,11 +234,9 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
         CTRY(cuda_session_profile(s, 1, ms4, &err));
         m->decode_ms = ms;
         printf("decode after a %lld-token prompt: %.3f ms/token (mean of %lld steps)\n", a->prompt, ms, a->decode - 1);
-        printf("  phases of one more step (CUDA events, eager): delta-rule mixers %.3f ms, attention mixers %.3f ms, "
-               "MoE/MLP %.3f ms, other %.3f ms\n",
-               ms4[0], ms4[1], ms4[2], ms4[3]);
         struct q3n_roofline r;
         q3n_roofline_decode(cfg, a->prompt + 1, wbytes, a->peak_bw, a->peak_flops, &r);
+        print_phases("one more decode step, eager", ms4, &r);
         print_floor("decode", &r, ms, a);
         printf("  kernels: %s\n", cuda_impl.describe(s));
     }

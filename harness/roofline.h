@@ -25,6 +25,12 @@
 
 #include "config.h"
 
+/* The phases `q3n bench --impl cuda` times with CUDA events, for the block-by-block floor split the
+ * same way: each layer's token mixer (delta-rule or attention), its MLP / MoE block, and the rest
+ * (embedding, final norm, lm_head). */
+enum q3n_roofline_phase { Q3N_PHASE_DELTA_MIXERS, Q3N_PHASE_ATTENTION_MIXERS, Q3N_PHASE_MLP, Q3N_PHASE_OTHER };
+#define Q3N_ROOFLINE_PHASES 4
+
 struct q3n_roofline {
     double weight_bytes; /* weights read (experts: those expected to be routed to) */
     double other_bytes;  /* caches, states, hidden states in and out of the blocks */
@@ -33,6 +39,7 @@ struct q3n_roofline {
     int bytes_bound;     /* 1 when the bandwidth term is the larger */
     double serial_seconds;     /* block by block: the sum of every block's own max(bytes / bw, flops / peak) */
     double serial_bytes_share; /* the part of serial_seconds spent in bandwidth-bound blocks, 0..1 */
+    double phase_seconds[Q3N_ROOFLINE_PHASES]; /* serial_seconds by phase (enum q3n_roofline_phase) */
 };
 
 /* Prefill of T tokens from an empty cache, logits of the last token only (as generation does).

@@ -131,6 +131,37 @@ static void test_real_4l_prefill_4096_mixes_bound_blocks(void **state)
     assert_true(b.serial_seconds > b.seconds && b.serial_bytes_share < 0.5);
 }
 
+/* The phases add up to the block-by-block floor; real-4l has three delta-rule mixers and one
+ * attention mixer of the same width, so at T=1 (no attention products to speak of) the delta
+ * phase is about three times the attention one; a stack without full-attention layers has none. */
+static void test_phases_add_up_to_the_block_by_block_floor(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
+        struct q3n_config c = preset(presets[i]);
+        struct q3n_roofline r, d;
+        q3n_roofline_prefill(&c, 4096, 2.0, 3.35e12, 989e12, &r);
+        q3n_roofline_decode(&c, 4096, 2.0, 3.35e12, 989e12, &d);
+        double sr = 0, sd = 0;
+        for (int k = 0; k < Q3N_ROOFLINE_PHASES; k++) {
+            assert_true(r.phase_seconds[k] >= 0 && d.phase_seconds[k] >= 0);
+            sr += r.phase_seconds[k];
+            sd += d.phase_seconds[k];
+        }
+        assert_true(fabs(sr - r.serial_seconds) <= 1e-12 * r.serial_seconds);
+        assert_true(fabs(sd - d.serial_seconds) <= 1e-12 * d.serial_seconds);
+        assert_true(r.phase_seconds[Q3N_PHASE_MLP] > 0 && r.phase_seconds[Q3N_PHASE_OTHER] > 0);
+    }
+    struct q3n_config c = preset("real-4l");
+    struct q3n_roofline one;
+    q3n_roofline_prefill(&c, 1, 2.0, 3.35e12, 989e12, &one);
+    const double ratio = one.phase_seconds[Q3N_PHASE_DELTA_MIXERS] / one.phase_seconds[Q3N_PHASE_ATTENTION_MIXERS];
+    assert_true(ratio > 2.5 && ratio < 5.0);
+    for (int64_t l = 0; l < c.num_hidden_layers; l++) c.layer_type[l] = Q3N_LAYER_LINEAR_ATTENTION;
+    q3n_roofline_prefill(&c, 4096, 2.0, 3.35e12, 989e12, &one);
+    assert_true(one.phase_seconds[Q3N_PHASE_ATTENTION_MIXERS] == 0.0 && one.phase_seconds[Q3N_PHASE_DELTA_MIXERS] > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_attention_is_quadratic_and_the_floor_takes_the_larger_term),
         cmocka_unit_test(test_block_by_block_floor_lies_between_the_overlapped_one_and_the_sum),
         cmocka_unit_test(test_real_4l_prefill_4096_mixes_bound_blocks),
+        cmocka_unit_test(test_phases_add_up_to_the_block_by_block_floor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
