@@ -8,6 +8,7 @@
 #   calibrate         reproduces the committed default policy within its margin
 #   determinism       ref and cpu: taps neutral, every tap reproducible
 #   bench --impl cuda bad arguments refused (exit 2, one line) before any GPU work
+#   roofline          both floors, their consistency, bad arguments and configs refused
 # Usage: ci/test_tools.sh [BUILD]  (default build). About a second. Exit 0 pass, 1 fail.
 set -u
 cd "$(dirname "$0")/.."
@@ -39,6 +40,23 @@ done
 for bad in "--tokens 0" "--tokens 4096,x" "--dtype f16" "--decode 1" "--peak-bw -3" "--preset tiny --versus-transformers"; do
     out=$("$Q" bench --impl cuda $bad 2>&1 >/dev/null | head -n 1); rc=$("$Q" bench --impl cuda $bad >/dev/null 2>&1; echo $?)
     check "bench --impl cuda $bad: exit 2 ($rc)" "$rc $out" '^2 q3n bench: (bad argument|--versus-transformers builds)'
+done
+# q3n roofline (no GPU): both floors per prefill length and for decode, the block-by-block one never below the
+# overlapped one, the phases adding up to it; with an unbounded FLOP rate every block is bandwidth-bound and the
+# two floors meet; bad arguments and configs refused with exit 2 and a line naming them
+out=$("$Q" roofline --tokens 4096,16384 --decode-prompt 4096 2>&1)
+check "roofline: a line per prefill length" "$(echo "$out" | grep -c '^prefill T=[0-9]*: .* ms block by block = ')" '^2$'
+check "roofline: decode line" "$out" '^decode after 4096 tokens: .* ms/token block by block'
+sane=$(echo "$out" | awk '/block by block/ {sub(/^[^:]*: /, ""); b = $1 + 0} /by phase:/ {s = $5 + $9 + $12 + $17} /overlapped:/ {
+    if (!(b >= $2 * (1 - 1e-3) && s > b * (1 - 2e-3) && s < b * (1 + 2e-3))) bad++; n++ } END {print n, bad + 0}')
+check "roofline: block by block >= overlapped, phases add up (3 floors)" "$sane" '^3 0$'
+out=$("$Q" roofline --tokens 4096 --decode-prompt 0 --peak-flops 1e30 2>&1)
+check "roofline: no FLOP limit, every block bandwidth-bound" "$out" '\(100 % of it in bandwidth-bound blocks\)'
+check "roofline: --decode-prompt 0 prints no decode" "$(echo "$out" | grep -c '^decode')" '^0$'
+for bad in "--tokens 0" "--tokens 4096," "--dtype fp8" "--peak-bw -1" "--preset nope" "--config /nonexistent/config.json" \
+           "--config harness/testdata/bad/config_topk_above_experts/config.json"; do
+    out=$("$Q" roofline $bad 2>&1 >/dev/null | head -n 1); rc=$("$Q" roofline $bad >/dev/null 2>&1; echo $?)
+    check "roofline $bad: exit 2 ($rc)" "$rc $out" "^2 q3n roofline: (bad argument '--[a-z-]+'|synth: unknown preset 'nope'|/nonexistent/config.json: cannot open|harness/testdata/bad/config_topk_above_experts/config.json: num_experts_per_tok)"
 done
 # verify warns when a source file under ref/ or fast/ changed after the policy's checked commit, not for notes
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

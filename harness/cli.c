@@ -17,6 +17,7 @@ static const struct command commands[] = {
     {"compare", q3n_cmd_compare, "compare two dumps tap by tap"},
     {"report", q3n_cmd_report, "render a saved result as text, md, html or junit"},
     {"bench", q3n_cmd_bench, "time prefill and decode of an implementation"},
+    {"roofline", q3n_cmd_roofline, "the least prefill and decode can cost for a config on a machine's bandwidth and FLOPs"},
     {"fuzz", q3n_cmd_fuzz, "fuzz configs and shapes: ref vs fast, delta-rule forms, decode"},
     {"blame", q3n_cmd_blame, "rank layers by the final error each causes (replace-one-layer runs)"},
     {"bisect-precision", q3n_cmd_bisect_precision, "smallest set of ops that must stay float32 in a bf16 run"},

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "args.h"
 #include "clock.h"
 #include "cmds.h"
 #include "impl.h"
@@ -56,38 +57,6 @@ static void usage(void)
                     "                 [--versus-transformers] [--python PY] [--tf-script PATH]\n");
 }
 
-static int parse_ll(const char *s, long long lo, long long *out)
-{
-    char *end = NULL;
-    long long v = strtoll(s, &end, 10);
-    if (!end || end == s || *end || v < lo) return 0;
-    *out = v;
-    return 1;
-}
-
-static int parse_pos_double(const char *s, double *out)
-{
-    char *end = NULL;
-    double v = strtod(s, &end);
-    if (!end || end == s || *end || !(v > 0) || !isfinite(v)) return 0;
-    *out = v;
-    return 1;
-}
-
-/* "4096,16384" -> Ts; every entry >= 1, at most MAX_TS. */
-static int parse_tokens(const char *s, struct cuda_bench_args *a)
-{
-    a->nT = 0;
-    while (*s) {
-        char *end = NULL;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || a->nT == MAX_TS || (*end && *end != ',')) return 0;
-        a->Ts[a->nT++] = v;
-        s = *end ? end + 1 : end;
-    }
-    return a->nT > 0;
-}
-
 static int parse_args(int argc, char **argv, struct cuda_bench_args *a)
 {
     *a = (struct cuda_bench_args){.preset = "real-4l", .dtype = "bf16", .python = "python3",
@@ -103,13 +72,13 @@ static int parse_args(int argc, char **argv, struct cuda_bench_args *a)
         else if (strcmp(k, "--impl") == 0) ok = strcmp(v, "cuda") == 0;
         else if (strcmp(k, "--preset") == 0) a->preset = v;
         else if (strcmp(k, "--dtype") == 0) ok = (strcmp(v, "bf16") == 0 || strcmp(v, "f32") == 0) && (a->dtype = v);
-        else if (strcmp(k, "--tokens") == 0) ok = parse_tokens(v, a);
-        else if (strcmp(k, "--decode") == 0) ok = parse_ll(v, 0, &a->decode) && a->decode != 1;
-        else if (strcmp(k, "--decode-prompt") == 0) ok = parse_ll(v, 1, &a->prompt);
-        else if (strcmp(k, "--repeat") == 0) ok = parse_ll(v, 1, &a->repeat);
-        else if (strcmp(k, "--seed") == 0) ok = parse_ll(v, 0, &a->seed);
-        else if (strcmp(k, "--peak-bw") == 0) ok = parse_pos_double(v, &a->peak_bw);
-        else if (strcmp(k, "--peak-flops") == 0) ok = parse_pos_double(v, &a->peak_flops);
+        else if (strcmp(k, "--tokens") == 0) ok = q3n_arg_i64_list(v, 1, a->Ts, MAX_TS, &a->nT);
+        else if (strcmp(k, "--decode") == 0) ok = q3n_arg_ll(v, 0, &a->decode) && a->decode != 1;
+        else if (strcmp(k, "--decode-prompt") == 0) ok = q3n_arg_ll(v, 1, &a->prompt);
+        else if (strcmp(k, "--repeat") == 0) ok = q3n_arg_ll(v, 1, &a->repeat);
+        else if (strcmp(k, "--seed") == 0) ok = q3n_arg_ll(v, 0, &a->seed);
+        else if (strcmp(k, "--peak-bw") == 0) ok = q3n_arg_pos_double(v, &a->peak_bw);
+        else if (strcmp(k, "--peak-flops") == 0) ok = q3n_arg_pos_double(v, &a->peak_flops);
         else if (strcmp(k, "--python") == 0) a->python = v;
         else if (strcmp(k, "--tf-script") == 0) a->tf_script = v;
         else ok = 0;

@@ -19,5 +19,6 @@ int q3n_cmd_determinism(int argc, char **argv);
 int q3n_cmd_baseline(int argc, char **argv);
 int q3n_cmd_isolate(int argc, char **argv);
 int q3n_cmd_calibrate(int argc, char **argv);
+int q3n_cmd_roofline(int argc, char **argv);
 
 #endif
