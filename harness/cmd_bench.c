@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "../fast/cpu/model.h"
+#include "args.h"
 #include "checkpoint.h"
 #include "clock.h"
 #include "cmds.h"
@@ -70,15 +71,6 @@ static void remove_flat_dir(const char *dir)
         closedir(d);
     }
     rmdir(dir);
-}
-
-static int parse_i64(const char *s, long long lo, long long *out)
-{
-    char *end = NULL;
-    long long v = strtoll(s, &end, 10);
-    if (!end || *end || v < lo) return 0;
-    *out = v;
-    return 1;
 }
 
 /* Times a bare cblas_sgemm (sgemv for M = 1) over every logged shape: x [M,K] row-major times
@@ -141,17 +133,17 @@ int q3n_cmd_bench(int argc, char **argv)
         else if (strcmp(a, "--checkpoint") == 0 && v && (strcmp(v, "f32") == 0 || strcmp(v, "bf16") == 0))
             ckpt = v;
         else if (strcmp(a, "--tokens") == 0 && v)
-            ok = parse_i64(v, 1, &T);
+            ok = q3n_arg_ll(v, 1, &T);
         else if (strcmp(a, "--decode") == 0 && v)
-            ok = parse_i64(v, 0, &N);
+            ok = q3n_arg_ll(v, 0, &N);
         else if (strcmp(a, "--threads") == 0 && v)
-            ok = parse_i64(v, 0, &threads);
+            ok = q3n_arg_ll(v, 0, &threads);
         else if (strcmp(a, "--repeat") == 0 && v)
-            ok = parse_i64(v, 1, &repeat);
+            ok = q3n_arg_ll(v, 1, &repeat);
         else if (strcmp(a, "--layers") == 0 && v)
-            ok = parse_i64(v, 1, &layers);
+            ok = q3n_arg_ll(v, 1, &layers);
         else if (strcmp(a, "--seed") == 0 && v)
-            ok = parse_i64(v, 0, &seed);
+            ok = q3n_arg_ll(v, 0, &seed);
         else if (strcmp(a, "bench") == 0 && i == 0)
             continue; /* tolerate the subcommand name in argv[0] */
         else

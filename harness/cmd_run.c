@@ -1,11 +1,13 @@
 /* cmd_run.c — `q3n run`: runs an implementation on a token list, optionally as prefill + decode,
  * and optionally dumps the run in the golden schema (harness/dump.h). */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "cmds.h"
 #include "dump.h"
 #include "impl.h"
@@ -36,16 +38,6 @@ static void usage(FILE *out)
             "  --dtype D        compute dtype where the implementation offers a choice\n"
             "  --test-bug NAME  plant a named test bug (for proving checks catch it)\n"
             "Exit codes: 0 ok, 1 non-finite logits, 2 usage or input error.\n");
-}
-
-static int parse_i64(const char *s, int64_t *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0') return 0;
-    *out = (int64_t)v;
-    return 1;
 }
 
 /* Reads a whole text file into a malloc'd NUL-terminated buffer. */
@@ -153,8 +145,8 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         else if (strcmp(o, "--test-bug") == 0) a->test_bug = v;
         else if (strcmp(o, "--dtype") == 0) a->dtype = v;
         else if (strcmp(o, "--prefill") == 0 || strcmp(o, "--chunk") == 0 || strcmp(o, "--seed") == 0) {
-            int64_t x;
-            if (!parse_i64(v, &x)) {
+            long long x;
+            if (!q3n_arg_ll(v, LLONG_MIN, &x)) {
                 fprintf(stderr, "q3n run: %s expects an integer, got '%s'\n", o, v);
                 return 0;
             }
