@@ -35,8 +35,9 @@ static double delta_rule_macs(const struct q3n_config *c)
            (double)c->linear_value_head_dim;
 }
 
-/* Sums of one phase: totals over all blocks, and each block's own floor added in order. */
-struct phase {
+/* Sums over the blocks of one forward (a prefill or a decode step): totals, and each block's own
+ * floor added in order, also by phase. */
+struct floors {
     double bw, peak, wbytes;
     double w, other, macs;      /* weights (elements), other bytes, multiply-adds: totals */
     double serial, serial_bytes; /* sum of the blocks' floors; the part from bandwidth-bound blocks */
@@ -45,7 +46,7 @@ struct phase {
 
 /* One block of `phase`: `weights` elements read, `other` bytes moved, `macs` multiply-adds; its
  * floor is max(bytes / bw, 2 macs / peak). */
-static void add_block(struct phase *p, enum q3n_roofline_phase phase, double weights, double other, double macs)
+static void add_block(struct floors *p, enum q3n_roofline_phase phase, double weights, double other, double macs)
 {
     p->w += weights;
     p->other += other;
@@ -56,7 +57,7 @@ static void add_block(struct phase *p, enum q3n_roofline_phase phase, double wei
     if (tb >= tf) p->serial_bytes += tb;
 }
 
-static void finish(const struct phase *p, struct q3n_roofline *r)
+static void finish(const struct floors *p, struct q3n_roofline *r)
 {
     r->weight_bytes = p->w * p->wbytes;
     r->other_bytes = p->other;
@@ -77,7 +78,7 @@ void q3n_roofline_prefill(const struct q3n_config *c, int64_t T, double wbytes, 
     const double expert = 3 * I * D;
     const double hit = E > 0 ? E * (1.0 - pow(1.0 - K / E, Tn)) : 0.0;
     const double hidden = 2 * Tn * D * wbytes; /* the hidden state into and out of a block */
-    struct phase p = {bw, peak, wbytes, 0, 0, 0, 0, 0, {0, 0, 0, 0}};
+    struct floors p = {bw, peak, wbytes, 0, 0, 0, 0, 0, {0, 0, 0, 0}};
     add_block(&p, Q3N_PHASE_OTHER, Tn * D, 0.0, 0.0); /* embedding rows gathered */
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         const double mix = mixer_weights(c, l), fixed = mlp_fixed_weights(c, l);
@@ -106,7 +107,7 @@ void q3n_roofline_decode(const struct q3n_config *c, int64_t S, double wbytes, d
     const double D = (double)c->hidden_size, V = (double)c->vocab_size;
     const double K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
     const double hidden = 2 * D * wbytes;
-    struct phase p = {bw, peak, wbytes, 0, 0, 0, 0, 0, {0, 0, 0, 0}};
+    struct floors p = {bw, peak, wbytes, 0, 0, 0, 0, 0, {0, 0, 0, 0}};
     add_block(&p, Q3N_PHASE_OTHER, D, 0.0, 0.0); /* one embedding row */
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         const double mix = mixer_weights(c, l), fixed = mlp_fixed_weights(c, l);
