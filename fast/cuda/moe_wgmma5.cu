@@ -97,8 +97,9 @@
  * every kernel). The two TMA ones (BN 256, ST 4 EPI 0 and ST 3 EPI 1) also with TMA 2: the weights
  * packed by cuda_moe_pack_v5 (moe_pack.cu), one contiguous 32 KB tensor copy per stage instead of
  * 256 runs of 128 bytes Kin * 2 bytes apart (session 7, aimed at T = 4096, where the weight stream
- * sets the time; written without a GPU: dev/test_moe_prefill checks and times it, not run yet). Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x pitch + barriers: BN 256 ST 3
- * EPI 2 = 144 + 66 KB (a half tile stages 64 rows of BN/2 outputs, in the same buffer).
+ * sets the time; written without a GPU: dev/test_moe_prefill checks and times it, not run yet).
+ * Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x pitch + barriers: BN 256 ST 3 EPI 2 = 144 +
+ * 66 KB (a half tile stages 64 rows of BN/2 outputs, in the same buffer).
  *
  * Numerics: every output accumulates in float32 over the k-tiles ascending, 16 k at a time
  * ascending, as v3 (mma.sync) and v4 (wgmma n128) do; inside one 16-deep step the order is the
