@@ -48,7 +48,7 @@ SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recove
 LIB_SRC  := $(filter-out %/cli.c harness/cmd_%.c %/testkit.c $(wildcard */test_*.c */*/test_*.c),\
               $(wildcard harness/*.c ref/*.c fast/cpu/*.c))
 CLI_SRC  := harness/cli.c $(wildcard harness/cmd_*.c)
-TEST_SRC := $(wildcard harness/test_*.c ref/test_*.c fast/cpu/test_*.c fuzz/test_*.c)
+TEST_SRC := $(wildcard harness/test_*.c ref/test_*.c fast/cpu/test_*.c fast/cuda/test_*.c fuzz/test_*.c)
 TESTKIT  := harness/testkit.c
 CU_SRC   := $(wildcard fast/cuda/*.cu)
 

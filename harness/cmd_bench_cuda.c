@@ -3,10 +3,12 @@
  *
  *   q3n bench --impl cuda [--preset real-4l] [--dtype bf16|f32] [--tokens 4096,16384]
  *             [--decode 32] [--decode-prompt 4096] [--repeat 3] [--seed 1]
- *             [--peak-bw 3.35e12] [--peak-flops 989e12]
+ *             [--peak-bw 3.35e12] [--peak-flops 989e12] [--pack-experts]
  *             [--versus-transformers] [--python python3] [--tf-script fast/cuda/dev/bench_transformers.py]
  *
- * Weights are drawn on the device (cuda_session_open_random: no 13 GB host copy at the real dims).
+ * Weights are drawn on the device (cuda_session_open_random: no 13 GB host copy at the real dims);
+ * --pack-experts re-lays the routed experts out at open (run_options.pack_experts; the kernels line
+ * says "experts=packed", or why the session kept the checkpoint layout).
  * Prefill: one forward of T tokens from an empty cache, logits of the last token (as generation
  * does), host clock around the synchronised call, best of --repeat after a warm-up; then one more
  * run with CUDA events per phase. Decode: ms/token over --decode one-token steps after a
@@ -41,7 +43,7 @@ struct cuda_bench_args {
     int nT;
     long long decode, prompt, repeat, seed;
     double peak_bw, peak_flops;
-    int versus_tf;
+    int versus_tf, pack_experts;
 };
 
 struct measured {
@@ -54,7 +56,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: q3n bench --impl cuda [--preset real-4l] [--dtype bf16|f32] [--tokens T[,T...]] [--decode N]\n"
                     "                 [--decode-prompt P] [--repeat R] [--seed S] [--peak-bw B/s] [--peak-flops F/s]\n"
-                    "                 [--versus-transformers] [--python PY] [--tf-script PATH]\n");
+                    "                 [--pack-experts] [--versus-transformers] [--python PY] [--tf-script PATH]\n");
 }
 
 static int parse_args(int argc, char **argv, struct cuda_bench_args *a)
@@ -68,6 +70,7 @@ static int parse_args(int argc, char **argv, struct cuda_bench_args *a)
         int ok = 1, flag = 0;
         if (strcmp(k, "bench") == 0 && i == 0) continue;
         if (strcmp(k, "--versus-transformers") == 0) a->versus_tf = flag = 1;
+        else if (strcmp(k, "--pack-experts") == 0) a->pack_experts = flag = 1;
         else if (!v) ok = 0;
         else if (strcmp(k, "--impl") == 0) ok = strcmp(v, "cuda") == 0;
         else if (strcmp(k, "--preset") == 0) a->preset = v;
@@ -148,6 +151,7 @@ static int bench_q3n(const struct q3n_config *cfg, const struct cuda_bench_args 
     int64_t Tmax = a->prompt + a->decode + 1;
     for (int i = 0; i < a->nT; i++) Tmax = a->Ts[i] > Tmax ? a->Ts[i] : Tmax;
     opt.max_tokens = Tmax;
+    opt.pack_experts = a->pack_experts;
     const double wbytes = opt.dtype == Q3N_COMPUTE_F32 ? 4.0 : 2.0;
     void *s = NULL;
     int64_t *tok = malloc(sizeof(int64_t) * (size_t)Tmax);

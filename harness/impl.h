@@ -32,6 +32,9 @@ struct q3n_run_options {
     const struct q3n_forced_routing *forced_routing; /* NULL: normal routing */
     const char *fp32_patterns;       /* cuda bf16: ops forced to fp32 (issue 10); NULL none */
     const char *test_bug;            /* test-only planted bug name; NULL in normal use */
+    int pack_experts;                /* cuda bf16 on sm_90a: 1 = re-lay the routed experts at open for grouped
+                                      * GEMM v5's packed tensor copies (every prefill) and read them packed in
+                                      * decode (fast/cuda/moe_pack.h); 0 = checkpoint layout */
 };
 
 void q3n_run_options_default(struct q3n_run_options *opt);

@@ -237,21 +237,32 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
                                     err));
     else
         Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
-    /* v3/v4: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both */
-    if (cuda_moe_grouped_v3_ok(2 * I, D, 1, dt) && cuda_moe_grouped_v3_ok(D, I, 0, dt) && T * K / 128 + E + 1 <= 65535) {
+    /* v3/v4: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both.
+     * Packed experts (experts_layout.cu made sure these conditions hold): v5 from the packed layout. */
+    if (s->experts_packed ||
+        (cuda_moe_grouped_v3_ok(2 * I, D, 1, dt) && cuda_moe_grouped_v3_ok(D, I, 0, dt) && T * K / 128 + E + 1 <= 65535)) {
         Q3N_TRY(cuda_moe_grouped_tiles_v3(w->tiles, w->counts, w->offsets, T * K, E, s->stream, err));
         /* v5 (warp-specialised wgmma) on Hopper once experts get more than a tile of rows, else v3
          * (mma.sync): at ~80 rows per expert both stream the weights and v3 is as fast */
-        const int v5 = cuda_moe_grouped_v4_supported() && cuda_moe_grouped_v4_pays(T * K, E);
-        Q3N_TRY((v5 ? cuda_moe_grouped_gemm_v5 : cuda_moe_grouped_gemm_v3)(w->hmid, w->xn, w->perm, K, L->experts_gu,
-                                                                           w->counts, w->offsets, w->tiles, T * K, E,
-                                                                           2 * I, D, 1, dt, s->stream, err));
-        Q3N_TRY((v5 ? cuda_moe_grouped_gemm_v5 : cuda_moe_grouped_gemm_v3)(w->ey, w->hmid, NULL, 1, L->experts_dn,
-                                                                           w->counts, w->offsets, w->tiles, T * K, E,
-                                                                           D, I, 0, dt, s->stream, err));
-        s->ran_moe_grouped = v5 ? 5 : 3; /* describe: grouped_v5 / grouped_v3 */
+        const int v5 = s->experts_packed || (cuda_moe_grouped_v4_supported() && cuda_moe_grouped_v4_pays(T * K, E));
+        typedef enum q3n_status (*grouped_fn)(void *, const void *, const int32_t *, int64_t, const void *,
+                                              const int32_t *, const int32_t *, const int32_t *, int64_t, int64_t,
+                                              int64_t, int64_t, int, enum q3n_compute_dtype, cudaStream_t,
+                                              struct q3n_error *);
+        const grouped_fn gemm = s->experts_packed ? cuda_moe_grouped_gemm_v5_packed
+                                : v5              ? cuda_moe_grouped_gemm_v5
+                                                  : cuda_moe_grouped_gemm_v3;
+        Q3N_TRY(gemm(w->hmid, w->xn, w->perm, K, L->experts_gu, w->counts, w->offsets, w->tiles, T * K, E, 2 * I, D, 1,
+                     dt, s->stream, err));
+        Q3N_TRY(gemm(w->ey, w->hmid, NULL, 1, L->experts_dn, w->counts, w->offsets, w->tiles, T * K, E, D, I, 0, dt,
+                     s->stream, err));
+        s->ran_moe_grouped = v5 ? 5 : 3; /* describe: grouped_v5 / grouped_v3 (+ experts=packed) */
         return Q3N_OK;
     }
+    /* from here on every reader takes the checkpoint layout; experts_layout.cu packs only where the
+     * branch above is always taken */
+    if (s->experts_packed)
+        return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda: packed experts reached the checkpoint-layout MoE path");
     Q3N_TRY(cuda_gather_rows(w->xperm, w->xn, w->perm, T * K, K, D, dt, s->stream, err));
     if (cuda_moe_grouped_gemm_ok(2 * I, D, dt) && cuda_moe_grouped_gemm_ok(D, I, dt) &&
         T * K / 64 + E + 1 <= 65535) {
@@ -286,13 +297,35 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     return Q3N_OK;
 }
 
+/* out = down(SwiGLU(gate_up xn)) on the given stream and cuBLAS handle (the session's, or the side
+ * stream's: side_stream.cu). */
+static enum q3n_status dense_mlp_on(struct cuda_session *s, void *out, void *mid, const struct dev_mlp *m, int64_t T,
+                                    cublasHandle_t blas, cudaStream_t stream, struct q3n_error *err)
+{
+    const int64_t D = s->cfg.hidden_size;
+    Q3N_TRY(cuda_linear_forward(s->w.big, s->w.xn, m->gate_up, NULL, T, 2 * m->W, D, s->dt, blas, stream, err));
+    Q3N_TRY(cuda_swiglu_forward(mid, s->w.big, T, m->W, s->dt, stream, err));
+    return cuda_linear_forward(out, mid, m->down, NULL, T, D, m->W, s->dt, blas, stream, err);
+}
+
 static enum q3n_status dense_mlp(struct cuda_session *s, void *out, void *mid, const struct dev_mlp *m, int64_t T,
                                  struct q3n_error *err)
 {
-    const int64_t D = s->cfg.hidden_size;
-    Q3N_TRY(cuda_linear_forward(s->w.big, s->w.xn, m->gate_up, NULL, T, 2 * m->W, D, s->dt, s->blas, s->stream, err));
-    Q3N_TRY(cuda_swiglu_forward(mid, s->w.big, T, m->W, s->dt, s->stream, err));
-    return cuda_linear_forward(out, mid, m->down, NULL, T, D, m->W, s->dt, s->blas, s->stream, err);
+    return dense_mlp_on(s, out, mid, m, T, s->blas, s->stream, err);
+}
+
+/* The shared expert and its gate logit of a prefill MoE block, forked onto the side stream after
+ * xn and joined before the combine (side_stream.cu says why it is bitwise the in-order result). */
+static enum q3n_status shared_expert_fork(struct cuda_session *s, const struct dev_layer *L, int64_t T,
+                                          struct q3n_error *err)
+{
+    CU_CHECK(cudaEventRecord(s->fork_ev, s->stream));
+    CU_CHECK(cudaStreamWaitEvent(s->sstream, s->fork_ev, 0));
+    Q3N_TRY(dense_mlp_on(s, s->w.sout, s->w.smid, &L->shared, T, s->sblas, s->sstream, err));
+    Q3N_TRY(cuda_linear_forward(s->w.sg, s->w.xn, L->shared_gate, NULL, T, 1, s->cfg.hidden_size, s->dt, s->sblas,
+                                s->sstream, err));
+    CU_CHECK(cudaEventRecord(s->join_ev, s->sstream));
+    return Q3N_OK;
 }
 
 static enum q3n_status apply_forced_routing(struct cuda_session *s, int64_t l, int64_t T, int64_t pos0,
@@ -350,9 +383,12 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
         return Q3N_OK;
     }
     const int64_t E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
+    const int tapping = taps && taps->fn;
+    /* prefill with the side stream on: the shared expert starts now, beside the routed chain */
+    const int side = s->shared_overlap && s->sstream && !tapping && L->shared.gate_up && T * K > GEMV_MAX_ROWS;
+    if (side) Q3N_TRY(shared_expert_fork(s, L, T, err));
     Q3N_TRY(cuda_linear_forward(w->rlogits, w->xn, L->router, NULL, T, E, D, dt, s->blas, s->stream, err));
     TAPA2(w->rlogits, T, E, "%s.mlp.gate.logits", p);
-    const int tapping = taps && taps->fn;
     Q3N_TRY(cuda_router_topk_forward(tapping ? w->probs : NULL, w->topi, w->topw, w->rlogits, T, E, K,
                                      c->norm_topk_prob, dt, s->stream, err));
     TAPF2(w->probs, T, E, "%s.mlp.gate.probs", p);
@@ -377,12 +413,14 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
     const int32_t *pos = NULL;
     const int64_t Ws = L->shared.gate_up ? L->shared.W : 0;
     if (T * K <= GEMV_MAX_ROWS && cuda_moe_gemv2_ok(D, I, Ws, K)) {
-        /* gemv_v2: two launches for routed + shared experts, the combine fused into the down GEMV */
-        Q3N_TRY(cuda_moe_gemv2_gate_up(w->hmid, w->smid, w->sg, w->xn, w->topi, L->experts_gu,
-                                       Ws ? L->shared.gate_up : NULL, Ws ? L->shared_gate : NULL, T, K, D, I, Ws, dt,
-                                       s->stream, err));
-        Q3N_TRY(cuda_moe_gemv2_down_combine(w->eo, w->y, w->sout, w->hmid, w->smid, w->topi, w->topw, L->experts_dn,
-                                            Ws ? L->shared.down : NULL, w->sg, T, K, D, I, Ws, dt, s->stream, err));
+        /* gemv_v2: two launches for routed + shared experts, the combine fused into the down GEMV
+         * (reading the routed experts packed when the session packed them) */
+        Q3N_TRY((s->experts_packed ? cuda_moe_gemv2_gate_up_packed : cuda_moe_gemv2_gate_up)(
+            w->hmid, w->smid, w->sg, w->xn, w->topi, L->experts_gu, Ws ? L->shared.gate_up : NULL,
+            Ws ? L->shared_gate : NULL, T, K, D, I, Ws, dt, s->stream, err));
+        Q3N_TRY((s->experts_packed ? cuda_moe_gemv2_down_combine_packed : cuda_moe_gemv2_down_combine)(
+            w->eo, w->y, w->sout, w->hmid, w->smid, w->topi, w->topw, L->experts_dn, Ws ? L->shared.down : NULL,
+            w->sg, T, K, D, I, Ws, dt, s->stream, err));
         s->ran_moe_gemv = 2; /* describe: gemv_v2 */
         if (Ws) {
             TAPA2(w->sout, T, D, "%s.mlp.shared_expert.out", p);
@@ -393,6 +431,8 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
         return Q3N_OK;
     }
     if (T * K <= GEMV_MAX_ROWS) {
+        if (s->experts_packed) /* unreachable: packing requires cuda_moe_gemv2_ok */
+            return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda: packed experts reached the GEMV v1 path");
         Q3N_TRY(cuda_moe_experts_gemv(w->gu, w->xn, w->topi, L->experts_gu, T * K, K, 2 * I, D, dt, s->stream, err));
         Q3N_TRY(cuda_swiglu_forward(w->hmid, w->gu, T * K, I, dt, s->stream, err));
         Q3N_TRY(cuda_moe_experts_gemv(w->ey, w->hmid, w->topi, L->experts_dn, T * K, 1, D, I, dt, s->stream, err));
@@ -402,7 +442,11 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
         pos = w->pos;
     }
     const void *shared = NULL, *sg = NULL;
-    if (L->shared.gate_up) {
+    if (side) {
+        CU_CHECK(cudaStreamWaitEvent(s->stream, s->join_ev, 0));
+        shared = w->sout;
+        sg = w->sg;
+    } else if (L->shared.gate_up) {
         Q3N_TRY(dense_mlp(s, w->sout, w->smid, &L->shared, T, err));
         TAPA2(w->sout, T, D, "%s.mlp.shared_expert.out", p);
         Q3N_TRY(cuda_linear_forward(w->sg, w->xn, L->shared_gate, NULL, T, 1, D, dt, s->blas, s->stream, err));

@@ -336,23 +336,30 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * instead of its rows (slower on the production configurations; off in the production entry), 0
  * as a full tile. tma 1 copies the weight tiles by TMA tensor copies (the production choice;
  * only for bn 256 with stages 4 and epilogue 0, or stages 3 and epilogue 1); tma 2 the same from
- * d_W packed by cuda_moe_pack_v5 (one contiguous 32 KB copy per k-tile; not in the production entry
- * yet). All give the same bits. */
+ * d_W packed by cuda_moe_pack_v5 (one contiguous 32 KB copy per k-tile). All give the same bits.
+ * _packed is the production entry's configuration with tma 2, for sessions that packed their
+ * experts (run_options.pack_experts, fast/cuda/experts_layout.cu). */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                          const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                          const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,
                                          int swiglu, enum q3n_compute_dtype dt, cudaStream_t stream,
                                          struct q3n_error *err);
+enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
+                                                const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
+                                                const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
+                                                int64_t Kin, int swiglu, enum q3n_compute_dtype dt,
+                                                cudaStream_t stream, struct q3n_error *err);
 enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                              const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
                                              int epilogue, int half_tiles, int tma, enum q3n_compute_dtype dt,
                                              cudaStream_t stream, struct q3n_error *err);
-/* Expert weights W [E][N][Kin] re-laid out for v5's tma 2 (moe_pack.cu): k-tile kt of v5's item xb
- * (256 outputs; SwiGLU: h columns 128 xb .., its 128 gate rows then its 128 up rows) of expert e is
- * the contiguous 256 x 64 block (e (N / 256) + xb) (Kin / 64) + kt. Same size as W, out of place.
- * Packable when N % 256 == 0 (SwiGLU: (N / 2) % 128 == 0) and Kin % 64 == 0; bf16 only. */
+/* Expert weights W [E][N][Kin] re-laid out for v5's tma 2 and the packed GEMV (moe_pack.cu; the
+ * layout is moe_pack.h's): k-tile kt of v5's item xb (256 outputs; SwiGLU: h columns 128 xb .., its
+ * 128 gate rows then its 128 up rows) of expert e is the contiguous 256 x 64 block
+ * (e (N / 256) + xb) (Kin / 64) + kt. Same size as W, out of place. Packable when N % 256 == 0
+ * (SwiGLU: (N / 2) % 128 == 0) and Kin % 64 == 0; bf16 only. */
 int cuda_moe_v5_packable(int64_t N, int64_t Kin, int swiglu);
 enum q3n_status cuda_moe_pack_v5(void *d_packed, const void *d_W, int64_t E, int64_t N, int64_t Kin, int swiglu,
                                  enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
@@ -382,6 +389,21 @@ enum q3n_status cuda_moe_gemv2_down_combine_ver(void *d_eo, void *d_mout, void *
                                                 int64_t K, int64_t D, int64_t I, int64_t Ws, int ver,
                                                 enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 const char *cuda_moe_gemv2_down_kernel(int ver);
+/* The same two launches with the routed experts packed by cuda_moe_pack_v5 (moe_pack.h; bf16, and
+ * q3n_pack_fits for [2I][D] SwiGLU and [D][I]); the shared expert in its checkpoint layout. Each
+ * weight chunk is read from its packed place and used in the same order: bitwise the outputs of the
+ * checkpoint-layout launches (down: the default ver 3). */
+enum q3n_status cuda_moe_gemv2_gate_up_packed(void *d_h, void *d_hs, void *d_sg, const void *d_x,
+                                              const int32_t *d_idx, const void *d_Wgu, const void *d_Wsgu,
+                                              const void *d_Wsg, int64_t T, int64_t K, int64_t D, int64_t I,
+                                              int64_t Ws, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                              struct q3n_error *err);
+enum q3n_status cuda_moe_gemv2_down_combine_packed(void *d_eo, void *d_mout, void *d_sout, const void *d_h,
+                                                   const void *d_hs, const int32_t *d_idx, const float *d_weight,
+                                                   const void *d_Wdn, const void *d_Wsdn, const void *d_sg,
+                                                   int64_t T, int64_t K, int64_t D, int64_t I, int64_t Ws,
+                                                   enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                   struct q3n_error *err);
 
 /* Weighted un-permute and shared-expert combine, per token t (d_pos NULL = identity):
  * experts_out[t] = T(sum_j weight[t,j] * y[pos[t*K+j]]) (j ascending, float32),

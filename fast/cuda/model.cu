@@ -53,9 +53,16 @@ static void describe_build(struct cuda_session *s)
         snprintf(dec, sizeof dec, " decode=graph");
     else if (s->ran_decode_eager)
         snprintf(dec, sizeof dec, " decode=eager%s", s->graph_state < 0 ? "(nocapture)" : s->graph_off ? "(off)" : "");
-    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s",
+    /* experts=packed: the routed experts were re-laid out at open (experts_layout.cu); when packing was
+     * asked for and refused, why */
+    char ex[96] = "";
+    if (s->experts_packed)
+        snprintf(ex, sizeof ex, " experts=packed");
+    else if (s->opt.pack_experts && s->pack_why)
+        snprintf(ex, sizeof ex, " experts=checkpoint(%s)", s->pack_why);
+    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s%s",
              s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", s->dt == Q3N_COMPUTE_BF16 ? "+gemv1" : "", dn[0] ? dn : "-",
-             at[0] ? at : "-", moe[0] ? moe : "-", dec);
+             at[0] ? at : "-", moe[0] ? moe : "-", ex, dec);
 }
 
 /* The ran_* flags packed 8 bits each (a captured step's flags are replayed with the graph). */
@@ -536,6 +543,7 @@ void cuda_close(void *session)
     struct cuda_session *s = (struct cuda_session *)session;
     if (!s) return;
     if (s->stream) cudaStreamSynchronize(s->stream);
+    side_stream_destroy(s); /* waits for its stream too: a failed block may have left it running */
     for (int i = 0; i < s->nallocs; i++) cudaFree(s->allocs[i]);
     if (s->tap_dev) cudaFree(s->tap_dev);
     for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++)

@@ -2,6 +2,7 @@
  * gate_up + SwiGLU for the routed and shared experts, then down + weighted combine. Launchers
  * in cuda_ops.h (moe section); the v1 expert GEMV and the routing are in moe.cu. */
 #include "common.cuh"
+#include "moe_pack.h"
 
 /* ---- expert GEMV v2 (decode; bandwidth-bound, no host round trip) ----
  * Two launches per MoE block, routed experts and the shared expert together:
@@ -14,7 +15,10 @@
  *           y_j = T(Wdn[e_j][d,:] . h_j); thread 0 then sums T(w_j y_j) for j ascending, as
  *           cuda_moe_combine does, and adds T(T(sigmoid(sg)) * s).
  * Warp sums use a fixed xor-shuffle tree: deterministic. The down+combine default is v3 below (the
- * same sums, more bytes in flight); v2 stays as cuda_moe_gemv2_down_combine_ver(ver = 2). */
+ * same sums, more bytes in flight); v2 stays as cuda_moe_gemv2_down_combine_ver(ver = 2).
+ * Packed experts (PK, moe_pack.h; bf16): the routed rows are read from the packed layout, chunk c
+ * of row n at row_base(n) + k_offset(c): the same 8-k chunks in the same order, so the same bits
+ * (the shared expert keeps its checkpoint layout). */
 __device__ __forceinline__ void ld8(float *v, const bf16 *p)
 {
     const uint4 u = *reinterpret_cast<const uint4 *>(p);
@@ -32,15 +36,15 @@ __device__ __forceinline__ void ld8(float *v, const float *p)
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 /* Partial dot of n (% 8 == 0) elements: this lane takes 8-element chunks lane0, lane0 + step, ...
- * (U chunks unrolled: U weight loads in flight per lane) */
-template <int U, typename T>
+ * (U chunks unrolled: U weight loads in flight per lane); PK: w is a packed row's base. */
+template <int U, bool PK = false, typename T>
 __device__ __forceinline__ float dot8(const T *w, const T *x, int n, int lane0, int step)
 {
     float acc = 0.0f;
 #pragma unroll U
     for (int c = lane0 * 8; c < n; c += step * 8) {
         float a[8], b[8];
-        ld8(a, w + c);
+        ld8(a, w + (PK ? q3n_pack_k_offset(c) : c));
         ld8(b, x + c);
 #pragma unroll
         for (int i = 0; i < 8; i++) acc = fmaf(a[i], b[i], acc);
@@ -48,7 +52,7 @@ __device__ __forceinline__ float dot8(const T *w, const T *x, int n, int lane0, 
     return acc;
 }
 
-template <typename T>
+template <typename T, bool PK = false>
 __global__ void __launch_bounds__(256) moe_gemv_gu_kernel(T *h, T *hs, T *sg, const T *x, const int32_t *idx,
                                                           const T *Wgu, const T *Wsgu, const T *Wsg, int Tn, int K,
                                                           int D, int I, int Ws)
@@ -61,7 +65,12 @@ __global__ void __launch_bounds__(256) moe_gemv_gu_kernel(T *h, T *hs, T *sg, co
     if (task < routed) {
         const int64_t r = task / I, i = task % I;
         const T *we = Wgu + (int64_t)idx[r] * 2 * I * D;
-        wg = we + i * D, wu = we + (I + i) * D, xr = x + (r / K) * D, o = h + task;
+        if (PK)
+            wg = we + q3n_pack_row_base((int)i, 2 * I, D / Q3N_PACK_K, 1),
+            wu = we + q3n_pack_row_base(I + (int)i, 2 * I, D / Q3N_PACK_K, 1);
+        else
+            wg = we + i * D, wu = we + (I + i) * D;
+        xr = x + (r / K) * D, o = h + task;
     } else if (task < routed + shared) {
         const int64_t s = task - routed;
         const int64_t t = s / Ws, i = s % Ws;
@@ -75,7 +84,9 @@ __global__ void __launch_bounds__(256) moe_gemv_gu_kernel(T *h, T *hs, T *sg, co
         if (lane == 0) st(sg + t, v);
         return;
     }
-    float g = dot8<8>(wg, xr, D, lane, 32), u = dot8<8>(wu, xr, D, lane, 32);
+    const bool pk = PK && task < routed; /* the shared expert's rows are not packed */
+    float g = pk ? dot8<8, true>(wg, xr, D, lane, 32) : dot8<8>(wg, xr, D, lane, 32);
+    float u = pk ? dot8<8, true>(wu, xr, D, lane, 32) : dot8<8>(wu, xr, D, lane, 32);
     for (int of = 16; of > 0; of >>= 1) {
         g += __shfl_xor_sync(0xffffffffu, g, of);
         u += __shfl_xor_sync(0xffffffffu, u, of);
@@ -161,8 +172,14 @@ __device__ __forceinline__ void cvt8(float *v, const raw8<float> &r)
 }
 
 /* acc[r] = v2's 16-lane partial of lane gl for rows w + r*n (r < R) against x (n % 8 == 0): chunks
- * c = gl*8, gl*8 + 128, .. < n ascending; U chunks per row loaded before they are used. */
-template <int R, int U, typename T>
+ * c = gl*8, gl*8 + 128, .. < n ascending; U chunks per row loaded before they are used. PK: w is
+ * the packed base of the first row, and the R rows are consecutive rows of one tile (64 apart). */
+template <bool PK, typename T>
+__device__ __forceinline__ const T *row_chunk(const T *w, int r, int n, int c, int dc)
+{
+    return PK ? w + r * Q3N_PACK_K + q3n_pack_k_offset(c + dc) : w + (int64_t)r * n + c + dc;
+}
+template <int R, int U, bool PK = false, typename T>
 __device__ __forceinline__ void dot8_rows(float *acc, const T *w, const T *x, int n, int gl)
 {
 #pragma unroll
@@ -174,7 +191,7 @@ __device__ __forceinline__ void dot8_rows(float *acc, const T *w, const T *x, in
         for (int m = 0; m < U; m++) {
             xr[m] = ldraw(x + c + m * 128);
 #pragma unroll
-            for (int r = 0; r < R; r++) wr[m][r] = ldraw(w + (int64_t)r * n + c + m * 128);
+            for (int r = 0; r < R; r++) wr[m][r] = ldraw(row_chunk<PK>(w, r, n, c, m * 128));
         }
 #pragma unroll
         for (int m = 0; m < U; m++) {
@@ -195,14 +212,14 @@ __device__ __forceinline__ void dot8_rows(float *acc, const T *w, const T *x, in
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float a[8];
-            cvt8(a, ldraw(w + (int64_t)r * n + c));
+            cvt8(a, ldraw(row_chunk<PK>(w, r, n, c, 0)));
 #pragma unroll
             for (int i = 0; i < 8; i++) acc[r] = fmaf(a[i], b[i], acc[r]);
         }
     }
 }
 
-template <typename T, int U>
+template <typename T, int U, bool PK = false>
 __global__ void __launch_bounds__(512, 1) moe_gemv_dn3_kernel(T *eo, T *mout, T *sout, const T *h, const T *hs,
                                                            const int32_t *idx, const float *wt, const T *Wdn,
                                                            const T *Wsdn, const T *sg, int K, int D, int I, int Ws)
@@ -217,7 +234,11 @@ __global__ void __launch_bounds__(512, 1) moe_gemv_dn3_kernel(T *eo, T *mout, T 
         float acc[DN3_R];
         if (j < K) {
             const int64_t r = t * K + j;
-            dot8_rows<DN3_R, U>(acc, Wdn + ((int64_t)idx[r] * D + d0) * I, h + r * I, I, gl);
+            if (PK) /* rows d0 .. d0 + 3 of one 256-row tile: d0 % 4 == 0 */
+                dot8_rows<DN3_R, U, true>(acc, Wdn + (int64_t)idx[r] * D * I + q3n_pack_row_base(d0, D, I / Q3N_PACK_K, 0),
+                                          h + r * I, I, gl);
+            else
+                dot8_rows<DN3_R, U>(acc, Wdn + ((int64_t)idx[r] * D + d0) * I, h + r * I, I, gl);
         } else {
             dot8_rows<DN3_R, U>(acc, Wsdn + (int64_t)d0 * Ws, hs + t * Ws, Ws, gl);
         }
@@ -250,20 +271,24 @@ extern "C" int cuda_moe_gemv2_ok(int64_t D, int64_t I, int64_t Ws, int64_t K)
            D <= INT32_MAX / 2 && I <= INT32_MAX / 2 && Ws <= INT32_MAX / 2;
 }
 
-extern "C" enum q3n_status cuda_moe_gemv2_gate_up(void *d_h, void *d_hs, void *d_sg, const void *d_x,
-                                                  const int32_t *d_idx, const void *d_Wgu, const void *d_Wsgu,
-                                                  const void *d_Wsg, int64_t T, int64_t K, int64_t D, int64_t I,
-                                                  int64_t Ws, enum q3n_compute_dtype dt, cudaStream_t stream,
-                                                  struct q3n_error *err)
+static enum q3n_status gemv2_gate_up(void *d_h, void *d_hs, void *d_sg, const void *d_x, const int32_t *d_idx,
+                                     const void *d_Wgu, const void *d_Wsgu, const void *d_Wsg, int64_t T, int64_t K,
+                                     int64_t D, int64_t I, int64_t Ws, bool packed, enum q3n_compute_dtype dt,
+                                     cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && cuda_moe_gemv2_ok(D, I, d_Wsgu ? Ws : 0, K));
     Q3N_REQUIRE(!d_Wsg || d_sg);
+    Q3N_REQUIRE(!packed || (dt == Q3N_COMPUTE_BF16 && q3n_pack_fits(2 * I, D, 1)));
     const int64_t tasks = T * K * I + (d_Wsgu ? T * Ws : 0) + (d_Wsg ? T : 0);
     if (tasks == 0) return Q3N_OK;
     Q3N_REQUIRE(tasks / 8 + 1 <= INT32_MAX);
     const unsigned grid = (unsigned)((tasks + 7) / 8);
     const int ws = d_Wsgu ? (int)Ws : 0;
-    if (dt == Q3N_COMPUTE_BF16)
+    if (packed)
+        moe_gemv_gu_kernel<bf16, true><<<grid, 256, 0, stream>>>(
+            (bf16 *)d_h, (bf16 *)d_hs, (bf16 *)d_sg, (const bf16 *)d_x, d_idx, (const bf16 *)d_Wgu,
+            (const bf16 *)d_Wsgu, (const bf16 *)d_Wsg, (int)T, (int)K, (int)D, (int)I, ws);
+    else if (dt == Q3N_COMPUTE_BF16)
         moe_gemv_gu_kernel<<<grid, 256, 0, stream>>>((bf16 *)d_h, (bf16 *)d_hs, (bf16 *)d_sg, (const bf16 *)d_x, d_idx,
                                                      (const bf16 *)d_Wgu, (const bf16 *)d_Wsgu, (const bf16 *)d_Wsg, (int)T, (int)K,
                                                      (int)D, (int)I, ws);
@@ -273,6 +298,24 @@ extern "C" enum q3n_status cuda_moe_gemv2_gate_up(void *d_h, void *d_hs, void *d
                                                      (int)D, (int)I, ws);
     CU_LAUNCHED("moe_gemv_gu_kernel");
     return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_moe_gemv2_gate_up(void *d_h, void *d_hs, void *d_sg, const void *d_x,
+                                                  const int32_t *d_idx, const void *d_Wgu, const void *d_Wsgu,
+                                                  const void *d_Wsg, int64_t T, int64_t K, int64_t D, int64_t I,
+                                                  int64_t Ws, enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                  struct q3n_error *err)
+{
+    return gemv2_gate_up(d_h, d_hs, d_sg, d_x, d_idx, d_Wgu, d_Wsgu, d_Wsg, T, K, D, I, Ws, false, dt, stream, err);
+}
+
+extern "C" enum q3n_status cuda_moe_gemv2_gate_up_packed(void *d_h, void *d_hs, void *d_sg, const void *d_x,
+                                                         const int32_t *d_idx, const void *d_Wgu, const void *d_Wsgu,
+                                                         const void *d_Wsg, int64_t T, int64_t K, int64_t D,
+                                                         int64_t I, int64_t Ws, enum q3n_compute_dtype dt,
+                                                         cudaStream_t stream, struct q3n_error *err)
+{
+    return gemv2_gate_up(d_h, d_hs, d_sg, d_x, d_idx, d_Wgu, d_Wsgu, d_Wsg, T, K, D, I, Ws, true, dt, stream, err);
 }
 
 extern "C" const char *cuda_moe_gemv2_down_kernel(int ver)
@@ -326,6 +369,30 @@ extern "C" enum q3n_status cuda_moe_gemv2_down_combine_ver(void *d_eo, void *d_m
                                                      (const float *)d_Wdn, (const float *)d_Wsdn, (const float *)d_sg,
                                                      (int)K, (int)D, (int)I, ws);
     CU_LAUNCHED("moe_gemv_dn_kernel");
+    return Q3N_OK;
+}
+
+/* Packed routed experts (moe_pack.h): the production down+combine (v3, U = 2) reading them packed. */
+extern "C" enum q3n_status cuda_moe_gemv2_down_combine_packed(void *d_eo, void *d_mout, void *d_sout, const void *d_h,
+                                                              const void *d_hs, const int32_t *d_idx,
+                                                              const float *d_weight, const void *d_Wdn,
+                                                              const void *d_Wsdn, const void *d_sg, int64_t T,
+                                                              int64_t K, int64_t D, int64_t I, int64_t Ws,
+                                                              enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                              struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && cuda_moe_gemv2_ok(D, I, d_Wsdn ? Ws : 0, K));
+    Q3N_REQUIRE(!d_Wsdn || (d_hs && d_sg && Ws > 0));
+    Q3N_REQUIRE(dt == Q3N_COMPUTE_BF16 && q3n_pack_fits(D, I, 0));
+    if (T == 0) return Q3N_OK;
+    Q3N_REQUIRE(T * D <= INT32_MAX);
+    const int S = (int)K + (d_Wsdn ? 1 : 0);
+    const unsigned grid = (unsigned)(T * (D / DN3_DB)), threads = 32 * (unsigned)(S < 16 ? S : 16);
+    moe_gemv_dn3_kernel<bf16, 2, true><<<grid, threads, 0, stream>>>(
+        (bf16 *)d_eo, (bf16 *)d_mout, (bf16 *)d_sout, (const bf16 *)d_h, (const bf16 *)d_hs, d_idx, d_weight,
+        (const bf16 *)d_Wdn, (const bf16 *)d_Wsdn, (const bf16 *)d_sg, (int)K, (int)D, (int)I,
+        d_Wsdn ? (int)Ws : 0);
+    CU_LAUNCHED("moe_gemv_dn3_kernel (packed)");
     return Q3N_OK;
 }
 

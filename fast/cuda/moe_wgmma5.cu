@@ -676,3 +676,16 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES,
                                         G5_TMA, dt, stream, err);
 }
+
+extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const void *d_x, const int32_t *d_rows,
+                                                           int64_t div, const void *d_W, const int32_t *d_counts,
+                                                           const int32_t *d_offsets, const int32_t *d_tiles,
+                                                           int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
+                                                           enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                           struct q3n_error *err)
+{
+    return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
+                                        swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
+                                        swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, 2,
+                                        dt, stream, err);
+}

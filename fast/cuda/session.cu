@@ -420,6 +420,7 @@ enum q3n_status cuda_open(void **session, const struct q3n_model *model, const s
      * against it, so wait for every copy before the first launch */
     if (st == Q3N_OK && cudaDeviceSynchronize() != cudaSuccess)
         st = q3n_error_set(err, Q3N_ERR_DEVICE, "cuda: weight upload: %s", cudaGetErrorString(cudaGetLastError()));
+    if (st == Q3N_OK) st = pack_session_experts(s, err);
     if (st != Q3N_OK) goto fail;
     *session = s;
     return Q3N_OK;
@@ -502,6 +503,7 @@ extern "C" enum q3n_status cuda_session_open_random(void **session, const struct
     struct cuda_session *s = NULL;
     enum q3n_status st = session_new(&s, cfg, opt, err);
     if (st == Q3N_OK) st = open_random(s, seed, err);
+    if (st == Q3N_OK) st = pack_session_experts(s, err);
     if (st == Q3N_OK) st = alloc_work(s, err);
     if (st == Q3N_OK) st = reset_caches(s, err);
     if (st != Q3N_OK) {

@@ -19,7 +19,9 @@
  *   session.cu  device buffers, weight upload (and device-drawn random weights), caches, open
  *   blocks.cu   taps and the layer blocks: linear attention, gated attention, MoE / dense MLP
  *   model.cu    the forward (prefill, decode step and its CUDA graph), the MTP head, describe,
- *               profiling and the impl vtable */
+ *               profiling and the impl vtable
+ * and experts_layout.cu packs the routed experts at open when run_options.pack_experts asks,
+ * side_stream.cu holds the prefill MoE block's second stream (cuda_session_shared_overlap). */
 #ifndef Q3N_CUDA_SESSION_H
 #define Q3N_CUDA_SESSION_H
 
@@ -95,6 +97,9 @@ struct cuda_session {
     struct dev_layer *layers;
     struct work w;
     int64_t Tmax, cache_len;
+    /* routed experts packed (experts_layout.cu) or, with pack_why saying why not, in the checkpoint layout */
+    int experts_packed;
+    const char *pack_why;
     int64_t big_elems; /* capacity of w.big in elements */
     int has_prev;
     /* MTP: the MTP layer is layers[num_hidden_layers] (cfg.layer_type/layer_is_sparse set for it) */
@@ -135,6 +140,12 @@ struct cuda_session {
     cudaStream_t cstream;
     cudaEvent_t lev[LM_SPLIT + 1], hev[LM_SPLIT];
     float *logits_pin;
+    /* prefill MoE: the shared expert on a side stream with its own cuBLAS handle (side_stream.cu) */
+    int shared_overlap;
+    cudaStream_t sstream;
+    cublasHandle_t sblas;
+    void *sblas_ws;
+    cudaEvent_t fork_ev, join_ev;
     /* optional per-phase timing (cuda_session_profile): events around each block */
     int profile;
     cudaEvent_t ev[2 * 4 * 64 + 2];
@@ -198,5 +209,12 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
 
 /* model.cu */
 void cuda_close(void *session);
+
+/* experts_layout.cu: after the weights are up, packs every MoE layer's experts when the options ask
+ * and the session can (sets experts_packed, or pack_why); called before the first forward. */
+enum q3n_status pack_session_experts(struct cuda_session *s, struct q3n_error *err);
+
+/* side_stream.cu: frees the side stream, its handle, workspace and events (cuda_close). */
+void side_stream_destroy(struct cuda_session *s);
 
 #endif

@@ -2,14 +2,19 @@
  * + 1 full attention layer, 512 experts top-10, V = 151936), random weights drawn on the device.
  *
  *   bench_model [--dtype bf16|f32] [--prefill 4096,16384] [--decode-prompt 4096] [--decode-steps 32]
- *               [--long 32768]
+ *               [--long 32768] [--pack-experts] [--overlap-shared] [--default-check N]
  *
  * Prefill: tokens/s of one forward of T tokens from an empty cache, lm_head on the last token
  * only (as generation does), host wall clock around the synchronised call; best and mean of
  * `reps`. Decode: ms/token of one-token forwards after a prompt (lm_head + logits copy included),
  * eagerly and replayed from the CUDA graph; the per-phase split comes from an eager step. Then
  * --graph-check N steps run both ways after the same prompt must give bitwise equal logits.
- * Long: one prefill of --long tokens, then checks the last logits are finite. */
+ * Long: one prefill of --long tokens, then checks the last logits are finite.
+ * --pack-experts runs all of it with run_options.pack_experts (the routed experts packed at open,
+ * fast/cuda/experts_layout.cu), --overlap-shared with the prefill MoE blocks' shared expert on a
+ * second stream (fast/cuda/side_stream.cu). --default-check N then reopens the stack with neither
+ * (same seed, same weights) and requires bitwise the same logits: the last token of a 37-token
+ * prefill and of every --prefill length, and N decode steps after --decode-prompt. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,12 +42,32 @@ static double now_s(void)
         }                                                                                                    \
     } while (0)
 
+/* The logits --default-check compares (V each, in out): the last token of a 37-token prefill, of each
+ * prefill length, then `steps` decode steps after a `prompt`-token prefill. */
+static enum q3n_status layout_logits(void *s, float *out, const int64_t *tok, const int64_t *Ts, int64_t nT,
+                                     int64_t prompt, int64_t steps, int64_t V, struct q3n_error *err)
+{
+    int64_t at = 0;
+    enum q3n_status st = Q3N_OK;
+    for (int64_t i = -1; st == Q3N_OK && i < nT; i++) {
+        cuda_impl.reset(s);
+        st = cuda_session_forward_last(s, out + V * at++, tok, i < 0 ? 37 : Ts[i], err);
+    }
+    cuda_impl.reset(s);
+    /* the prompt's logits go where the first step's will, which overwrite them */
+    if (st == Q3N_OK) st = cuda_session_forward_last(s, out + V * at, tok, prompt, err);
+    for (int64_t i = 0; st == Q3N_OK && i < steps; i++)
+        st = cuda_session_forward_last(s, out + V * at++, tok + prompt + i, 1, err);
+    return st;
+}
+
 int main(int argc, char **argv)
 {
     struct q3n_error err = {};
     const char *dtype = "bf16", *prefill = "4096,16384";
     int64_t dprompt = 4096, dsteps = 32, longT = 0, gcheck = 8;
-    int reps = 3;
+    int reps = 3, pack = 0, overlap = 0;
+    int64_t pcheck = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
         else if (!strcmp(argv[i], "--prefill") && i + 1 < argc) prefill = argv[++i];
@@ -51,15 +76,20 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--long") && i + 1 < argc) longT = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--graph-check") && i + 1 < argc) gcheck = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--pack-experts")) pack = 1;
+        else if (!strcmp(argv[i], "--overlap-shared")) overlap = 1;
+        else if (!strcmp(argv[i], "--default-check") && i + 1 < argc) pcheck = atoll(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_model [--dtype bf16|f32] [--prefill T,T] [--decode-prompt P] "
-                            "[--decode-steps N] [--long T] [--reps R] [--graph-check N]\n");
+                            "[--decode-steps N] [--long T] [--reps R] [--graph-check N] [--pack-experts] "
+                            "[--overlap-shared] [--default-check N]\n");
             return 2;
         }
     }
     struct q3n_config cfg;
     TRY(q3n_synth_config(&cfg, "real-4l", &err));
     int64_t Ts[8], nT = 0, Tmax = dprompt + (dsteps > gcheck ? dsteps : gcheck) + 1;
+    if (dprompt + pcheck + 1 > Tmax) Tmax = dprompt + pcheck + 1;
     for (const char *p = prefill; *p && nT < 8;) {
         Ts[nT] = atoll(p);
         if (Ts[nT] > Tmax) Tmax = Ts[nT];
@@ -73,9 +103,12 @@ int main(int argc, char **argv)
     q3n_run_options_default(&opt);
     opt.dtype = strcmp(dtype, "f32") == 0 ? Q3N_COMPUTE_F32 : Q3N_COMPUTE_BF16;
     opt.max_tokens = Tmax;
+    opt.pack_experts = pack;
     void *s = NULL;
     double t0 = now_s();
     TRY(cuda_session_open_random(&s, &cfg, 1234, &opt, &err));
+    TRY(cuda_session_shared_overlap(s, overlap, &err));
+    printf("options: pack_experts=%d overlap_shared=%d\n", pack, overlap);
     printf("config real-4l: D=%lld L=%lld (3 linear + 1 full) NH=%lld NKV=%lld HD=%lld NK=%lld NV=%lld DK=%lld "
            "E=%lld K=%lld I=%lld shared=%lld V=%lld dtype=%s; session open (device random weights) %.1f s\n",
            (long long)cfg.hidden_size, (long long)cfg.num_hidden_layers, (long long)cfg.num_attention_heads,
@@ -194,6 +227,33 @@ int main(int argc, char **argv)
         printf("RESULT cuda long prefill T=%lld dtype=%s: %.2f ms (%.0f tokens/s); last logits nonfinite=%lld "
                "max|logit|=%.3g\n",
                (long long)longT, dtype, dt * 1e3, (double)longT / dt, (long long)nonfinite, amax);
+    }
+    if (pcheck > 0) {
+        const int64_t V = cfg.vocab_size, nl = 1 + nT + pcheck;
+        float *a = (float *)malloc(sizeof(float) * (size_t)(V * nl)), *b = (float *)malloc(sizeof(float) * (size_t)(V * nl));
+        char desc[2][512];
+        TRY(layout_logits(s, a, tok, Ts, nT, dprompt, pcheck, V, &err));
+        snprintf(desc[0], sizeof desc[0], "%s", cuda_impl.describe(s));
+        cuda_impl.close(s);
+        s = NULL;
+        opt.pack_experts = 0;
+        TRY(cuda_session_open_random(&s, &cfg, 1234, &opt, &err));
+        TRY(layout_logits(s, b, tok, Ts, nT, dprompt, pcheck, V, &err));
+        snprintf(desc[1], sizeof desc[1], "%s", cuda_impl.describe(s));
+        int64_t ndiff = 0, first = -1;
+        for (int64_t i = 0; i < V * nl; i++)
+            if (memcmp(&a[i], &b[i], sizeof(float)) != 0 && ndiff++ == 0) first = i / V;
+        printf("CHECK pack_experts=%d overlap_shared=%d vs the defaults (prefill T=37 and --prefill, %lld decode steps "
+               "after %lld): %s (%lld logits differ, first in set %lld); kernels: [%s] vs [%s]\n",
+               pack, overlap, (long long)pcheck, (long long)dprompt, ndiff == 0 ? "bitwise equal" : "DIFFERENT", (long long)ndiff,
+               (long long)first, desc[0], desc[1]);
+        free(a);
+        free(b);
+        fflush(stdout);
+        if (ndiff) {
+            cuda_impl.close(s);
+            return 1;
+        }
     }
     cuda_impl.close(s);
     free(tok);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
-#                                            ncu4096 stream build
+#                                            ncu4096 stream options build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -107,6 +107,20 @@ for stage in "$@"; do
         log "bench_stream" >>"$OUT/stream.log"
         $B/bench_stream >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log"
         $B/bench_stream --N 2048 --K 512 >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log" ;;
+    options)  # the non-default session options, each against the defaults in one run: routed experts packed
+              # at open (run_options.pack_experts), the prefill shared expert on a side stream, both; logits
+              # bitwise the defaults' (37, 4096 and 16384-token prefills, 8 decode steps), then the timings
+        for flags in "" "--pack-experts" "--overlap-shared" "--pack-experts --overlap-shared"; do
+            log "bench_model $flags" >>"$OUT/options.log"
+            check=""; [ -n "$flags" ] && check="--default-check 8"
+            timeout 240 $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 \
+                --graph-check 0 $flags $check >>"$OUT/options.log" 2>&1; echo "exit $?" >>"$OUT/options.log"
+        done
+        for flag in "" --pack-experts; do
+            log "q3n bench --impl cuda $flag" >>"$OUT/options.log"
+            timeout 240 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 $flag \
+                >>"$OUT/options.log" 2>&1; echo "exit $?" >>"$OUT/options.log"
+        done ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \

@@ -7,7 +7,8 @@
  *    (half the experts empty, one hot expert), D and I that are not multiples of the tiles;
  *  - decode: expert GEMV v2 (gate_up + SwiGLU, down + combine with the shared expert) vs
  *    ref_moe_experts_forward + ref_mlp_forward + ref_moe_combine_forward, bf16 and f32; the
- *    down+combine versions (v2, v3, v3 U=4) bitwise equal to each other;
+ *    down+combine versions (v2, v3, v3 U=4) bitwise equal to each other; on packable shapes the
+ *    launches reading packed experts (cuda_moe_pack_v5) bitwise equal to the checkpoint layout's;
  *  - router: v3 (block per token) and v2 (warp per token) vs the ref, and bitwise equal;
  *  - real dims (D=2048, E=512, K=10, I=512): v3 against v1 on the GPU, and against the CPU
  *    reference on a few tokens (their experts copied back).
@@ -15,7 +16,8 @@
  *    on both outputs, with and without the shared expert, pos, experts_out; D % 8 != 0 keeps v1.
  * Timings (CUDA events, 3 warm-ups, median of 10): MoE experts at T=4096 and 16384, old (gather +
  * grouped v1 + swiglu + grouped v1) vs new (v3), and decode (T=1, shared expert) old vs new, with
- * the down+combine versions and the router versions at T=1 timed one by one; the combine v1 vs v2
+ * the down+combine versions, the packed-expert launches and the router versions at T=1 timed one by
+ * one; the combine v1 vs v2
  * at the real dims (T=4096 and 16384, K=10, D=2048).
  *
  *   test_moe2            checks, then timings
@@ -234,6 +236,17 @@ static void case_grouped_v3(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t
 }
 
 /* Decode: expert GEMV v2 (with the shared expert when Ws > 0) vs the ref ops. */
+/* The decode GEMV pair reading packed experts (the session's layout with run_options.pack_experts):
+ * gu / dn packed out of place, the same routing, outputs h, eo, mo (and so, sg with the shared
+ * expert) written to the given buffers. */
+static void *packed_copy(const void *W, int64_t Ex, int64_t N, int64_t Kin, int swiglu)
+{
+    void *p = dmalloc(2 * Ex * N * Kin);
+    RUN(cuda_moe_pack_v5(p, W, Ex, N, Kin, swiglu, Q3N_COMPUTE_BF16, g_stream, E_));
+    return p;
+}
+static int gemv2_packable(int64_t D, int64_t I) { return cuda_moe_v5_packable(2 * I, D, 1) && cuda_moe_v5_packable(D, I, 0); }
+
 static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, int64_t Ws, int b16)
 {
     moe_case c;
@@ -305,6 +318,30 @@ static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
     snprintf(name, sizeof name, "  down+combine v2 == v3 == v3(U=4) bitwise (experts, mlp, shared) T=%lld K=%lld %s",
              (long long)T, (long long)K, b16 ? "bf16" : "f32");
     check(name, f_mo, f_mo, 0.0, same_vers);
+    if (b16 && gemv2_packable(D, I)) {
+        /* the same launches on packed experts: bitwise the checkpoint layout's outputs, twice */
+        void *gup = packed_copy(c.dgu, Ex, 2 * I, D, 1), *dnp = packed_copy(c.ddn, Ex, D, I, 0);
+        int same = 1;
+        for (int r = 0; r < 2; r++) {
+            CK(cudaMemset(h, 0xff, as * T * K * I));
+            CK(cudaMemset(eo, 0xff, as * T * D));
+            CK(cudaMemset(mo, 0xff, as * T * D));
+            CK(cudaMemset(so, 0xff, as * T * D));
+            CK(cudaMemset(sg, 0xff, as * T));
+            RUN(cuda_moe_gemv2_gate_up_packed(h, hs, sg, c.dx, (int32_t *)c.didx, gup, c.dsgu, c.dsgw, T, K, D, I, Ws,
+                                              DT(b16), g_stream, E_));
+            RUN(cuda_moe_gemv2_down_combine_packed(eo, mo, Ws ? so : NULL, h, hs, (int32_t *)c.didx, (float *)c.dwt,
+                                                   dnp, c.dsdn, sg, T, K, D, I, Ws, DT(b16), g_stream, E_));
+            CK(cudaStreamSynchronize(g_stream));
+            same &= same_bits(download(eo, T * D, b16), f_eo) && same_bits(download(mo, T * D, b16), f_mo) &&
+                    (!Ws || (same_bits(download(so, T * D, b16), f_so) && same_bits(download(sg, T, b16), f_sg)));
+        }
+        snprintf(name, sizeof name, "  packed experts == checkpoint layout bitwise (experts, mlp, shared) T=%lld K=%lld",
+                 (long long)T, (long long)K);
+        check(name, f_mo, f_mo, 0.0, same);
+        CK(cudaFree(gup));
+        CK(cudaFree(dnp));
+    }
     void *ps[] = {h, hs, eo, mo, so, sg};
     for (void *p : ps) CK(cudaFree(p));
     free_case(c);
@@ -661,6 +698,30 @@ static void real_decode(void)
     CK(cudaStreamSynchronize(g_stream));
     check("real dims decode T=1: gemv_v2 mlp_out vs gemv_v1+cuBLAS shared+combine (GPU)", download(mo_new, D, 1),
           download(mo_old, D, 1), 2e-2, 1);
+    /* packed experts: bitwise the checkpoint layout's mlp_out, then timed beside it */
+    void *gup = packed_copy(gu, Ex, 2 * I, D, 1), *dnp = packed_copy(dn, Ex, D, I, 0), *mo_pk = dmalloc(2 * D);
+    auto packed_path = [&](int i) {
+        const int32_t *ix = di + (i % sets) * K;
+        const float *w = dw + (i % sets) * K;
+        RUN(cuda_moe_gemv2_gate_up_packed(h, smid, sg, x, ix, gup, sgu, sgw, T, K, D, I, Ws, dt, g_stream, E_));
+        RUN(cuda_moe_gemv2_down_combine_packed(eo, mo_pk, sout, h, smid, ix, w, dnp, sdn, sg, T, K, D, I, Ws, dt,
+                                               g_stream, E_));
+    };
+    packed_path(5);
+    new_path(5);
+    CK(cudaStreamSynchronize(g_stream));
+    {
+        auto a = download(mo_pk, D, 1), b = download(mo_new, D, 1);
+        check("real dims decode T=1: gemv_v2 on packed experts == checkpoint layout bitwise", a, b, 0.0,
+              same_bits(a, b));
+    }
+    const float tpk = time_ms(packed_path, 50), tnew = time_ms(new_path, 50);
+    printf("TIME decode MoE T=1 (routed K=10 + shared, 1 layer, median of 50): gemv_v2 checkpoint layout %.1f us, "
+           "packed experts %.1f us (%.2fx)\n",
+           tnew * 1e3, tpk * 1e3, tnew / tpk);
+    CK(cudaFree(gup));
+    CK(cudaFree(dnp));
+    CK(cudaFree(mo_pk));
     const float to = time_ms(old_path, 50), tn = time_ms(new_path, 50);
     const float g1 = time_ms(
         [&](int i) {
@@ -789,6 +850,9 @@ int main(int argc, char **argv)
     case_combine(4096, 2048, 10, 1, 1, 0, !quick);
     case_combine(16384, 2048, 10, 0, 1, 0, !quick);
     case_combine(16384, 2048, 10, 1, 1, 0, !quick);
+    /* packable decode shapes (after the combine cases, whose draws they would otherwise shift) */
+    case_gemv2(5, 256, 16, 4, 128, 64, 1);  /* packable: also read packed (one 256-row tile) */
+    case_gemv2(2, 512, 8, 3, 256, 0, 1);    /* packable, no shared expert, two tiles of rows */
     printf("%d cases, %d failed\n", g_cases, g_fail);
     return g_fail ? 1 : 0;
 }
