@@ -9,6 +9,8 @@
 #   determinism       ref and cpu: taps neutral, every tap reproducible
 #   bench --impl cuda bad arguments refused (exit 2, one line) before any GPU work
 #   roofline          both floors, their consistency, bad arguments and configs refused
+#   bench --versus-transformers (cpu): files handed over, speed-ups read, a disagreeing or failing
+#                     transformers run fails the bench, nothing left in TMPDIR (a stub stands in for torch)
 # Usage: ci/test_tools.sh [BUILD]  (default build). About a second. Exit 0 pass, 1 fail.
 set -u
 cd "$(dirname "$0")/.."
@@ -41,6 +43,25 @@ for bad in "--tokens 0" "--tokens 4096,x" "--dtype f16" "--decode 1" "--peak-bw 
     out=$("$Q" bench --impl cuda $bad 2>&1 >/dev/null | head -n 1); rc=$("$Q" bench --impl cuda $bad >/dev/null 2>&1; echo $?)
     check "bench --impl cuda $bad: exit 2 ($rc)" "$rc $out" '^2 q3n bench: (bad argument|--versus-transformers builds)'
 done
+# q3n bench --impl cpu --versus-transformers, with harness/testdata/tf_stub.sh standing in for the transformers
+# script: exit 0 and both speed-ups when the logits agree, exit 1 naming the cause when they do not or when the
+# script fails, and the temporary checkpoint removed every time
+for mode in good mismatch fail; do
+    tmp=$(mktemp -d)
+    out=$(TMPDIR=$tmp TF_STUB_MODE=$mode "$Q" bench --impl cpu --preset tiny --tokens 16 --decode 2 --repeat 1 \
+          --versus-transformers --python bash --tf-script harness/testdata/tf_stub.sh 2>&1); rc=$?
+    case $mode in
+    good) want='^0 .*q3n \([0-9.]+ s\) is [0-9.]+x faster than this.*q3n decode \([0-9.]+ ms/token\) is [0-9.]+x faster.*same model: logits rel L2 1.50e-06' ;;
+    mismatch) want="^1 .*rel L2 3.000e-01 > 1e-04: not the same model" ;;
+    fail) want="^1 .*the transformers run failed \(status [0-9]+; last line: Traceback: stub failure\)" ;;
+    esac
+    check "bench --versus-transformers, stub $mode: exit and message" "$rc $(echo "$out" | tr '\n' ' ')" "$want"
+    check "bench --versus-transformers, stub $mode: TMPDIR left empty" "$(ls -A "$tmp" | wc -l)" '^0$'
+    rm -rf "$tmp"
+done
+out=$("$Q" bench --impl cpu --preset tiny --tokens 4 --decode 0 --repeat 1 --versus-transformers --python "it's" 2>&1); rc=$?
+check "bench --versus-transformers refuses a quote in --python" "$rc $out" "^2 .*must not contain a single quote"
+
 # q3n roofline (no GPU): both floors per prefill length and for decode, the block-by-block one never below the
 # overlapped one, the phases adding up to it; with an unbounded FLOP rate every block is bandwidth-bound and the
 # two floors meet; bad arguments and configs refused with exit 2 and a line naming them

@@ -4,6 +4,7 @@
  *   q3n bench --impl cpu|ref [--preset bench-1k] [--tokens 1024] [--decode 16]
  *   (--impl cuda has its own options: cmd_bench_cuda.c)
  *             [--threads N] [--repeat 3] [--layers L] [--seed 1] [--versus IMPL]
+ *             [--versus-transformers [--python PY] [--tf-script fast/cpu/bench_transformers.py]]
  *
  * Prints prefill tokens/s (best of --repeat prompts, each from a reset session), decode
  * ms/token (mean over --decode one-token steps after a prefill), peak RSS (VmHWM), describe().
@@ -17,7 +18,9 @@
  * argmax agreement); it fails (exit 1) when rel L2 exceeds 1e-4, the float32 logits bound used
  * here. --checkpoint f32|bf16 writes the synthetic model as a safetensors checkpoint of that
  * dtype into a temporary folder and benchmarks the model q3n_model_open loads from it (bf16
- * weights are converted to float32 once, at open: the open time and RSS show that cost). */
+ * weights are converted to float32 once, at open: the open time and RSS show that cost).
+ * --versus-transformers then times transformers on the CPU on the same model and prompt
+ * (cmd_bench_tf.c; golden/.venv's Python by default) and prints the speed-up over it. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -53,24 +56,8 @@ static double peak_rss_mib(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: q3n bench --impl cpu|ref|cuda [--preset NAME] [--tokens T] [--decode N] [--threads N]\n"
-                    "                 [--repeat R] [--layers L] [--seed S] [--versus IMPL] [--checkpoint f32|bf16]\n");
-}
-
-/* Removes the files of a flat folder, then the folder (the temporary checkpoint). */
-static void remove_flat_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char path[4096];
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            unlink(path);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
+                    "                 [--repeat R] [--layers L] [--seed S] [--versus IMPL] [--checkpoint f32|bf16]\n"
+                    "                 [--versus-transformers] [--python PY] [--tf-script PATH]\n");
 }
 
 /* Times a bare cblas_sgemm (sgemv for M = 1) over every logged shape: x [M,K] row-major times
@@ -119,11 +106,18 @@ int q3n_cmd_bench(int argc, char **argv)
     for (int i = 0; i + 1 < argc; i++)
         if (strcmp(argv[i], "--impl") == 0 && strcmp(argv[i + 1], "cuda") == 0) return q3n_cmd_bench_cuda(argc, argv);
     const char *impl_name = NULL, *preset = "bench-1k", *versus = NULL, *ckpt = NULL;
+    const char *tf_python = access("golden/.venv/bin/python", X_OK) == 0 ? "golden/.venv/bin/python" : "python3";
+    const char *tf_script = "fast/cpu/bench_transformers.py";
+    int versus_tf = 0;
     long long T = 1024, N = 16, threads = 0, repeat = 3, layers = 0, seed = 1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
+        if (strcmp(a, "--versus-transformers") == 0) {
+            versus_tf = 1;
+            continue;
+        }
         if (strcmp(a, "--impl") == 0 && v)
             impl_name = v;
         else if (strcmp(a, "--preset") == 0 && v)
@@ -132,6 +126,10 @@ int q3n_cmd_bench(int argc, char **argv)
             versus = v;
         else if (strcmp(a, "--checkpoint") == 0 && v && (strcmp(v, "f32") == 0 || strcmp(v, "bf16") == 0))
             ckpt = v;
+        else if (strcmp(a, "--python") == 0 && v)
+            tf_python = v;
+        else if (strcmp(a, "--tf-script") == 0 && v)
+            tf_script = v;
         else if (strcmp(a, "--tokens") == 0 && v)
             ok = q3n_arg_ll(v, 1, &T);
         else if (strcmp(a, "--decode") == 0 && v)
@@ -169,7 +167,7 @@ int q3n_cmd_bench(int argc, char **argv)
     struct q3n_config cfg;
     struct q3n_model *model = NULL;
     void *session = NULL;
-    float *logits = NULL;
+    float *logits = NULL, *last = NULL;
     int64_t *tokens = NULL;
     struct cpu_profile prof = {0};
     int rc = 2;
@@ -220,11 +218,11 @@ int q3n_cmd_bench(int argc, char **argv)
         t_open = q3n_now_s() - t0;
         if (ost != Q3N_OK) {
             fprintf(stderr, "q3n bench: opening the %s checkpoint: %s\n", ckpt, err.msg);
-            remove_flat_dir(ckdir);
+            q3n_bench_remove_flat_dir(ckdir);
             rmdir(base);
             goto done;
         }
-        remove_flat_dir(ckdir); /* the open model keeps what it needs (mapped or converted) */
+        q3n_bench_remove_flat_dir(ckdir); /* the open model keeps what it needs (mapped or converted) */
         rmdir(base);
     }
 
@@ -238,8 +236,9 @@ int q3n_cmd_bench(int argc, char **argv)
     }
     int64_t V = cfg.vocab_size;
     logits = malloc((size_t)(T * V) * sizeof(float));
+    last = malloc((size_t)V * sizeof(float));
     tokens = malloc((size_t)(T + N) * sizeof(int64_t));
-    if (!logits || !tokens) {
+    if (!logits || !last || !tokens) {
         fprintf(stderr, "q3n bench: out of memory for T=%lld logits\n", T);
         goto done;
     }
@@ -286,6 +285,7 @@ int q3n_cmd_bench(int argc, char **argv)
         }
     }
     printf("prefill: %.1f tokens/s (%.3f s for T=%lld, best of %lld)\n", (double)T / best, best, T, repeat);
+    memcpy(last, logits + (T - 1) * V, (size_t)V * sizeof(float)); /* the decode steps overwrite row 0 */
 
     double dec = 0.0;
     struct cpu_profile dprof = prof;
@@ -393,9 +393,17 @@ int q3n_cmd_bench(int argc, char **argv)
         vi->close(vs);
         free(vl);
     }
+    if (versus_tf) {
+        const struct q3n_bench_tf a = {.python = tf_python, .script = tf_script, .T = T, .N = N,
+                                       .threads = (int)threads, .repeat = (int)repeat, .q3n_prefill_s = best,
+                                       .q3n_decode_ms = N > 0 ? 1e3 * dec / (double)N : 0.0};
+        const int trc = q3n_bench_versus_transformers_cpu(model, tokens, last, &a);
+        if (trc > rc) rc = trc;
+    }
 done:
     if (session) impl->close(session);
     q3n_model_close(model);
+    free(last);
     free(logits);
     free(tokens);
     free(prof.shapes);

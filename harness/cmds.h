@@ -4,6 +4,8 @@
 #ifndef Q3N_CMDS_H
 #define Q3N_CMDS_H
 
+#include <stdint.h>
+
 int q3n_cmd_inspect(int argc, char **argv);
 int q3n_cmd_run(int argc, char **argv);
 int q3n_cmd_verify(int argc, char **argv);
@@ -20,5 +22,25 @@ int q3n_cmd_baseline(int argc, char **argv);
 int q3n_cmd_isolate(int argc, char **argv);
 int q3n_cmd_calibrate(int argc, char **argv);
 int q3n_cmd_roofline(int argc, char **argv);
+
+/* Shared by the bench commands (cmd_bench_tf.c). */
+struct q3n_model;
+/* The transformers-on-the-CPU run of `q3n bench --versus-transformers`: its Python and script, the
+ * prompt length and decode steps, torch's thread count (0: its default), prefill repetitions, and
+ * q3n's own figures to compare with. */
+struct q3n_bench_tf {
+    const char *python, *script;
+    int64_t T, N;
+    int threads, repeat;
+    double q3n_prefill_s, q3n_decode_ms;
+};
+/* Writes model as a float32 checkpoint with tokens[0 .. T+N) and q3n's last-token prefill logits
+ * into a temporary folder, runs the script on them, relays its RESULT lines with q3n's speed-ups,
+ * removes the folder. 0: done and the logits agree; 1: the script failed or the logits disagree
+ * (rel L2 > 1e-4); 2: setup error. */
+int q3n_bench_versus_transformers_cpu(const struct q3n_model *model, const int64_t *tokens, const float *last_logits,
+                                      const struct q3n_bench_tf *a);
+/* Removes the files of a flat folder, then the folder. */
+void q3n_bench_remove_flat_dir(const char *dir);
 
 #endif

@@ -18,6 +18,15 @@ BENCH_CORETYPE ?= $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo Sky
 bench: $(BUILD)/q3n
 	$(if $(BENCH_CORETYPE),OPENBLAS_CORETYPE=$(BENCH_CORETYPE) )$(BUILD)/q3n bench --impl cpu --preset bench-1k --tokens 1024 --decode 16 --repeat 3 --versus ref $(BENCH_ARGS)
 
+# `make bench-tf`: the same bench, then transformers on the CPU on the same model and prompt in the
+# same run (harness/cmd_bench_tf.c; its Python from `make golden-deps`): transformers' default CPU
+# kernels, same thread count, logits of every position as q3n computes them; q3n's speed-up over
+# it, and the two logits must agree (rel L2 <= 1e-4: the same model).
+.PHONY: bench-tf
+bench-tf: $(BUILD)/q3n
+	@test -x golden/.venv/bin/python || { echo "bench-tf: golden/.venv is missing; run 'make golden-deps' first" >&2; exit 2; }
+	$(if $(BENCH_CORETYPE),OPENBLAS_CORETYPE=$(BENCH_CORETYPE) )$(BUILD)/q3n bench --impl cpu --preset bench-1k --tokens 1024 --decode 16 --repeat 3 --versus-transformers --python golden/.venv/bin/python $(BENCH_ARGS)
+
 # `make verify-cpu` (in CHECK_EXTRA, ~1 s): `q3n verify --impl cpu` on every committed model golden
 # under the default policy, prefill + decode + MTP where the golden has them; bfloat16 goldens
 # (a bf16 run of transformers) are judged in --oracle mode against their float64 oracle.
