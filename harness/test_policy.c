@@ -122,6 +122,22 @@ static void a_missing_policy_file_is_an_io_error_naming_it(void **state)
     q3n_policy_free(NULL);
 }
 
+/* The fuzzer's finding (harness/testdata/bad/policy_message_control_char_key.policy: an unknown
+ * key that is an ESC byte): refused with one printable line naming the file, line and key. */
+static void a_control_character_in_a_key_stays_out_of_the_message(void **state)
+{
+    (void)state;
+    const char *path = "harness/testdata/bad/policy_message_control_char_key.policy";
+    struct q3n_policy *p = NULL;
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_policy_load(&p, path, &err), Q3N_ERR_FORMAT);
+    assert_null(p);
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "unknown key '?'"));
+    for (const unsigned char *c = (const unsigned char *)err.msg; *c; c++)
+        if (*c < 0x20 || *c == 0x7f) fail_msg("control character 0x%02x in: %s", *c, err.msg);
+}
+
 /* Every tap of docs/golden-format.md (a 4-layer model: 3 linear + 1 full attention, MoE and
  * a dense layer) plus logits, at every dtype the policy claims to cover. */
 static void the_default_policy_covers_every_tap_at_every_dtype(void **state)
@@ -184,6 +200,7 @@ int main(void)
         cmocka_unit_test(a_tensor_not_fully_covered_is_an_error_naming_it),
         cmocka_unit_test(parse_errors_name_the_line),
         cmocka_unit_test(a_missing_policy_file_is_an_io_error_naming_it),
+        cmocka_unit_test(a_control_character_in_a_key_stays_out_of_the_message),
         cmocka_unit_test(the_default_policy_covers_every_tap_at_every_dtype),
     };
     return cmocka_run_group_tests_name("harness_policy", tests, NULL, NULL);
