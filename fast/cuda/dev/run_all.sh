@@ -120,7 +120,8 @@ for stage in "$@"; do
             log "q3n bench --impl cuda $flag" >>"$OUT/options.log"
             timeout 240 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 $flag \
                 >>"$OUT/options.log" 2>&1; echo "exit $?" >>"$OUT/options.log"
-        done ;;
+        done
+        python3 fast/cuda/dev/options_summary.py "$OUT/options.log" >"$OUT/options_summary.md" 2>&1 ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \
