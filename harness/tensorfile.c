@@ -559,6 +559,32 @@ static size_t vlen_limit(hid_t obj)
     return (size_t)size + 1;
 }
 
+/* The length a one-element variable-length string dataset claims, read from the file itself
+ * before libhdf5 reads the string: libhdf5 1.10 allocates a conversion buffer of the claimed
+ * length (H5T__conv_vlen) before any allocator of ours is asked, so a corrupt length of 4 GB is a
+ * 4 GB allocation (harness/testdata/bad/h5_config_vlen_length_4GB.h5, found by the tensorfile
+ * fuzzer). A contiguous dataset's raw data is the vlen element: a 4-byte little-endian sequence
+ * length, then the global heap address (sizeof_addr bytes) and object index (4 bytes). Returns 1
+ * and sets *len when the layout allows reading it (contiguous, one element, stored), else 0
+ * (compact or chunked storage: libhdf5 alone reads those). */
+static int vlen_claimed_length(hid_t dset, const char *file, uint64_t *len)
+{
+    int found = 0;
+    hid_t dcpl = H5Dget_create_plist(dset);
+    const haddr_t off = H5Dget_offset(dset);
+    if (dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS && off != HADDR_UNDEF && H5Dget_storage_size(dset) >= 8) {
+        FILE *fp = fopen(file, "rb");
+        unsigned char b[4];
+        if (fp && fseeko(fp, (off_t)off, SEEK_SET) == 0 && fread(b, 1, 4, fp) == 4) {
+            *len = (uint64_t)b[0] | (uint64_t)b[1] << 8 | (uint64_t)b[2] << 16 | (uint64_t)b[3] << 24;
+            found = 1;
+        }
+        if (fp) fclose(fp);
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return found;
+}
+
 /* Reads a scalar (or 1-element) string from an attribute (is_attr) or dataset into a
  * malloc'd, NUL-terminated buffer. Handles variable-length and fixed-size strings. */
 static enum q3n_status read_string(hid_t h, int is_attr, const char *file, const char *what, char **out,
@@ -593,6 +619,12 @@ static enum q3n_status read_string(hid_t h, int is_attr, const char *file, const
         herr_t rc = -1;
         if (H5Tset_size(mtype, H5T_VARIABLE) < 0 || H5Tset_cset(mtype, H5Tget_cset(type)) < 0) {
             st = q3n_error_set(err, Q3N_ERR_IO, "%s: %s: cannot make string type", file, what);
+            goto cleanup;
+        }
+        uint64_t claimed = 0;
+        if (!is_attr && vlen_claimed_length(h, file, &claimed) && claimed >= vlen_limit(h)) {
+            st = q3n_error_set(err, Q3N_ERR_FORMAT, "%s: %s: the string claims %llu bytes, more than the file holds",
+                               file, what, (unsigned long long)claimed);
             goto cleanup;
         }
         if (is_attr) {

@@ -364,6 +364,22 @@ static void test_a_golden_with_the_wrong_schema_is_refused_dataset_by_dataset(vo
     q3n_tensorfile_close(tf);
 }
 
+/* The tensorfile fuzzer's input whose /config claims a 4278194688-byte string: refused from the
+ * length stored in the file, before libhdf5 allocates a buffer of that size. */
+static void test_a_string_longer_than_its_file_is_refused_before_reading(void **state)
+{
+    (void)state;
+    const char *path = "harness/testdata/bad/h5_config_vlen_length_4GB.h5";
+    struct q3n_tensorfile *tf = NULL;
+    struct q3n_error err = {0};
+    assert_int_equal(q3n_tensorfile_open(&tf, path, &err), Q3N_OK);
+    char *text = NULL;
+    assert_int_equal(q3n_tensorfile_read_str(tf, "/config", &text, &err), Q3N_ERR_FORMAT);
+    assert_null(text);
+    assert_msg_names(&err, path, "/config: the string claims 4278194688 bytes, more than the file holds");
+    q3n_tensorfile_close(tf);
+}
+
 static void test_a_dataset_name_with_control_characters_is_refused_when_listing(void **state)
 {
     (void)state;
@@ -419,6 +435,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_truncated_and_non_hdf5_files_are_refused, setup, teardown),
         cmocka_unit_test(test_a_golden_with_the_wrong_schema_is_refused_dataset_by_dataset),
         cmocka_unit_test(test_a_dataset_name_with_control_characters_is_refused_when_listing),
+        cmocka_unit_test(test_a_string_longer_than_its_file_is_refused_before_reading),
         cmocka_unit_test_setup_teardown(test_nothing_appears_at_the_path_until_commit, setup, teardown),
     };
     return cmocka_run_group_tests_name("harness_tensorfile", tests, NULL, NULL);
