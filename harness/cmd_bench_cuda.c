@@ -225,6 +225,31 @@ fail:
 }
 #endif
 
+/* What the relayed transformers lines are compared with, and how many RESULT figures came. */
+struct tf_versus {
+    const struct cuda_bench_args *a;
+    const struct measured *m;
+    int results;
+};
+
+/* Prints q3n's speed-up over one relayed RESULT line (prefill at a length q3n ran, or decode). */
+static void versus_line(const char *line, void *ctx)
+{
+    struct tf_versus *v = ctx;
+    const char *at;
+    long long T;
+    double ms;
+    if ((at = strstr(line, "prefill T=")) && sscanf(at, "prefill T=%lld: best %lf ms", &T, &ms) == 2) {
+        v->results++;
+        for (int i = 0; i < v->a->nT; i++)
+            if (v->a->Ts[i] == T && v->m->prefill_ms[i] > 0)
+                printf("    q3n is %.1fx faster than this at T=%lld\n", ms / v->m->prefill_ms[i], T);
+    } else if ((at = strstr(line, "prompt: ")) && sscanf(at, "prompt: %lf ms/token", &ms) == 1) {
+        v->results++;
+        if (v->m->decode_ms > 0) printf("    q3n decode is %.1fx faster than this\n", ms / v->m->decode_ms);
+    }
+}
+
 /* Runs the transformers script, relays its lines, prints q3n's speed-up over each of its
  * RESULT figures. Returns 0, or 1 when the script failed or printed no RESULT. */
 static int versus_transformers(const struct cuda_bench_args *a, const struct measured *m)
@@ -238,34 +263,12 @@ static int versus_transformers(const struct cuda_bench_args *a, const struct mea
              a->tf_script, toks, a->prompt, steps);
     printf("transformers, same GPU, same run: %s\n", cmd);
     fflush(stdout);
-    FILE *p = popen(cmd, "r");
-    if (!p) {
-        fprintf(stderr, "q3n bench: cannot start %s\n", a->python);
-        return 1;
-    }
-    char line[1024];
-    int results = 0;
-    while (fgets(line, sizeof line, p)) {
-        if (strncmp(line, "RESULT", 6) != 0 && strncmp(line, "torch ", 6) != 0) continue;
-        fputs("  ", stdout);
-        fputs(line, stdout);
-        const char *at;
-        long long T;
-        double ms;
-        if ((at = strstr(line, "prefill T=")) && sscanf(at, "prefill T=%lld: best %lf ms", &T, &ms) == 2) {
-            results++;
-            for (int i = 0; i < a->nT; i++)
-                if (a->Ts[i] == T && m->prefill_ms[i] > 0)
-                    printf("    q3n is %.1fx faster than this at T=%lld\n", ms / m->prefill_ms[i], T);
-        } else if ((at = strstr(line, "prompt: ")) && sscanf(at, "prompt: %lf ms/token", &ms) == 1) {
-            results++;
-            if (m->decode_ms > 0) printf("    q3n decode is %.1fx faster than this\n", ms / m->decode_ms);
-        }
-    }
-    int st = pclose(p);
-    if (st != 0 || results == 0) {
+    static const char *const relayed[] = {"RESULT", "torch ", NULL};
+    struct tf_versus v = {.a = a, .m = m};
+    const int st = q3n_bench_relay(cmd, relayed, versus_line, &v, NULL, 0);
+    if (st != 0 || v.results == 0) {
         fprintf(stderr, "q3n bench: transformers run failed (status %d, %d results): run the command above to see why\n",
-                st, results);
+                st, v.results);
         return 1;
     }
     return 0;

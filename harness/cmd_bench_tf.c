@@ -54,14 +54,36 @@ static int write_raw(const char *path, const void *data, size_t size, size_t n)
     return 0;
 }
 
-/* The script's lines: relayed, and the figures q3n compares itself with read off them. */
+int q3n_bench_relay(const char *cmd, const char *const *prefixes, void (*on_line)(const char *line, void *ctx),
+                    void *ctx, char *last, size_t last_cap)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    char line[2048];
+    if (last_cap) last[0] = '\0';
+    while (fgets(line, sizeof line, p)) {
+        if (last_cap) snprintf(last, last_cap, "%.*s", (int)strcspn(line, "\n"), line);
+        int relay = 0;
+        for (const char *const *q = prefixes; *q && !relay; q++) relay = strncmp(line, *q, strlen(*q)) == 0;
+        if (!relay) continue;
+        fputs("  ", stdout);
+        fputs(line, stdout);
+        on_line(line, ctx);
+    }
+    return pclose(p);
+}
+
+/* The figures q3n compares itself with, read off the script's RESULT lines. */
 struct tf_figures {
+    const struct q3n_bench_tf *a;
     int prefill, decode, logits;
     double prefill_s, decode_ms, rel_l2;
 };
 
-static void read_line(const char *line, const struct q3n_bench_tf *a, struct tf_figures *f)
+static void read_line(const char *line, void *ctx)
 {
+    struct tf_figures *f = ctx;
+    const struct q3n_bench_tf *a = f->a;
     const char *at;
     if ((at = strstr(line, " prefill T=")) && sscanf(at, " prefill T=%*d: best %lf s", &f->prefill_s) == 1) {
         f->prefill = 1;
@@ -85,26 +107,14 @@ static int run_script(const char *dir, const struct q3n_bench_tf *a)
              a->python, a->script, dir, dir, dir, (long long)a->T, (long long)a->N, a->threads, a->repeat);
     printf("transformers, same machine, same run: %s\n", cmd);
     fflush(stdout);
-    FILE *p = popen(cmd, "r");
-    if (!p) {
-        fprintf(stderr, "q3n bench: cannot start %s\n", a->python);
-        return 1;
-    }
-    char line[2048], last[2048] = "";
-    struct tf_figures f = {0};
-    while (fgets(line, sizeof line, p)) {
-        snprintf(last, sizeof last, "%s", line);
-        if (strncmp(line, "RESULT", 6) != 0 && strncmp(line, "torch ", 6) != 0 && strncmp(line, "loaded ", 7) != 0)
-            continue;
-        fputs("  ", stdout);
-        fputs(line, stdout);
-        read_line(line, a, &f);
-    }
-    const int st = pclose(p);
+    static const char *const relayed[] = {"RESULT", "torch ", "loaded ", NULL};
+    char last[2048];
+    struct tf_figures f = {.a = a};
+    const int st = q3n_bench_relay(cmd, relayed, read_line, &f, last, sizeof last);
     if (st != 0 || !f.prefill || !f.logits || (a->N > 0 && !f.decode)) {
         fprintf(stderr, "q3n bench: the transformers run failed (status %d; last line: %s): run the command above to "
                         "see why\n",
-                st, last[0] ? strtok(last, "\n") : "none");
+                st, last[0] ? last : "none");
         return 1;
     }
     if (!(f.rel_l2 <= TF_LOGITS_BOUND)) {

@@ -4,6 +4,7 @@
 #ifndef Q3N_CMDS_H
 #define Q3N_CMDS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 int q3n_cmd_inspect(int argc, char **argv);
@@ -42,5 +43,11 @@ int q3n_bench_versus_transformers_cpu(const struct q3n_model *model, const int64
                                       const struct q3n_bench_tf *a);
 /* Removes the files of a flat folder, then the folder. */
 void q3n_bench_remove_flat_dir(const char *dir);
+/* Runs the shell command cmd (its stderr joined to stdout by the caller's 2>&1), relays to stdout,
+ * indented by two spaces, each line that starts with one of the NULL-terminated prefixes and hands
+ * it to on_line; last (when last_cap > 0) receives the last line of any kind, without its newline.
+ * Returns pclose's status, or -1 when the command could not be started. */
+int q3n_bench_relay(const char *cmd, const char *const *prefixes, void (*on_line)(const char *line, void *ctx),
+                    void *ctx, char *last, size_t last_cap);
 
 #endif
