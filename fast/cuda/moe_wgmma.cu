@@ -124,12 +124,15 @@ __global__ void __launch_bounds__(256, ST <= 3 ? 2 : 1)
 #endif
 }
 
-/* v4 pays off once experts average more than one full 128-row tile (measured: T*K/E = 320 rows,
- * 1.09x v3; 80 rows, 0.95x: with one partial tile per expert the weight stream dominates and two
- * v3 blocks per SM keep more of it in flight). */
+/* Whether the wgmma path (v5 in production, v4 before it) beats v3 for this many rows over E
+ * experts. v4 paid off only past one full 128-row tile per expert (T*K/E = 320 rows: 1.09x v3;
+ * 80 rows: 0.95x, two v3 blocks per SM keeping more of the weight stream in flight). v5 also wins
+ * at 80 rows (the real dims at T=4096; test_moe_prefill, session 8: v3 0.861 + 0.444 ms per layer,
+ * v5 0.813 + 0.434, 1.05x; session 6: 1.02x), so the threshold is half a tile per expert now;
+ * below it (a few rows per expert) neither has been timed against the other. */
 extern "C" int cuda_moe_grouped_v4_pays(int64_t rows, int64_t E)
 {
-    return rows > G3_BM * E;
+    return rows > (G3_BM / 2) * E;
 }
 
 /* wgmma needs the sm_90a code of this file: compute capability 9.0 exactly. */
