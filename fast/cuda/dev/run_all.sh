@@ -1,7 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
-#                                            ncu4096 stream options build
+#                                            ncu4096 ncuglue stream options ab build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -71,6 +71,16 @@ for stage in "$@"; do
         .cudadev/base/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 8 \
             >>"$OUT/bench_base.log" 2>&1
         echo "exit $?" >>"$OUT/bench_base.log" ;;
+    ab)   # the new bench_model against .cudadev/base/bench_model (bundle.sh BASE=REV), alternated
+          # three times in one run on one GPU, so that clock and thermal drift fall on both alike
+        for i in 1 2 3; do
+            for who in base new; do
+                bin=$B/bench_model; [ $who = base ] && bin=.cudadev/base/bench_model
+                log "ab $who run $i" >>"$OUT/ab.log"
+                timeout 150 $bin --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 0 \
+                    >>"$OUT/ab.log" 2>&1; echo "exit $?" >>"$OUT/ab.log"
+            done
+        done ;;
     ncu)
         log "ncu kernel durations" >>"$OUT/bench.log"
         timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'chunk|grouped|flash' --launch-skip 2 --launch-count 6 \
@@ -103,6 +113,17 @@ for stage in "$@"; do
             --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
             $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >>"$OUT/ncu4096.log" 2>&1
         echo "exit $?" >>"$OUT/ncu4096.log" ;;
+    ncuglue)  # the memory-bound kernels around the T=4096 GEMMs, one T=4096 launch each (the warm-up prefill,
+              # T=1024, comes first: skip its launches), with the sections that say why each is off its floor
+        for ks in dn_prep_kernel:3 dn_gated_norm_kernel:3 qk_prep_kernel:1 sigmoid_gate_kernel:1 \
+                  router_topk_warp_kernel:4 chunk_scan_kernel:4 combine_v2_kernel:4 add_rmsnorm_reg_kernel:9; do
+            k=${ks%:*}; skip=${ks#*:}
+            timeout 120 ncu --kernel-name regex:$k --launch-skip $skip --launch-count 1 --section SpeedOfLight \
+                --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+                --section MemoryWorkloadAnalysis --section InstructionStats \
+                $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >"$OUT/ncuglue_$k.log" 2>&1
+            echo "ncu $k: exit $?" >>"$OUT/ncuglue.log"
+        done ;;
     stream)   # the expert weights' stream into shared memory by route and layout (bench_stream.cu)
         log "bench_stream" >>"$OUT/stream.log"
         $B/bench_stream >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log"
