@@ -77,16 +77,112 @@ __global__ void qk_prep_kernel(T *qo, T *qn, T *kc, T *vc, T *kn, const T *qg, c
             vc[(pos * NKV + hh) * HD + d] = v[(t * NKV + hh) * HD + d];
 }
 
+/* v2 (bf16, HD <= 256): one warp per (token, head) row, 8 rows per block, where v1 spends a
+ * 128-thread block and three barriers on each row (~18 rows per token, latency-bound: 172 us at the
+ * real dims' T = 4096, ncu session 8). Lane l holds the elements l + 32 m, all loaded before the
+ * sum; warp_block_sum_sq<4> is block_sum over v1's 128 threads, and every element goes through
+ * v1's float operations in v1's order, so v2 is bitwise v1 (dev/test_kernels). The normed row
+ * sits in the warp's shared row for RoPE's partner element (d +- rot / 2). */
+#define QKP2_ROWS 8
+template <int NM>
+__global__ void __launch_bounds__(32 * QKP2_ROWS)
+    qk_prep_v2_kernel(bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn, const bf16 *qg, const bf16 *k, const bf16 *v,
+                      const float *qw, const float *kw, int64_t pos0, const int64_t *dpos, int NH, int NKV, int HD,
+                      int rot, float theta, float eps, int rows)
+{
+    __shared__ float ys[QKP2_ROWS][32 * NM];
+    if (dpos) pos0 = *dpos;
+    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, row = blockIdx.x * QKP2_ROWS + wi;
+    if (row >= rows) return; /* whole warps: only __syncwarp below */
+    const int t = row / (NH + NKV), slot = row - t * (NH + NKV), isq = slot < NH, hh = isq ? slot : slot - NH;
+    const bf16 *src = isq ? qg + ((int64_t)t * NH + hh) * 2 * HD : k + ((int64_t)t * NKV + hh) * HD;
+    const float *w = isq ? qw : kw;
+    float x[NM];
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        const int d = lane + 32 * m;
+        x[m] = d < HD ? ld(src + d) : 0.0f;
+    }
+    const float tot = warp_block_sum_sq<4, NM>(x, HD, lane);
+    const float r = 1.0f / sqrtf(tot / (float)HD + eps);
+    bf16 *nout = isq ? (qn ? qn + ((int64_t)t * NH + hh) * HD : nullptr) : (kn ? kn + ((int64_t)t * NKV + hh) * HD : nullptr);
+    float *yw = ys[wi];
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        const int d = lane + 32 * m;
+        if (d < HD) {
+            x[m] = rnd(x[m] * r * (1.0f + w[d]), src);
+            yw[d] = x[m];
+            if (nout) st(nout + d, x[m]);
+        }
+    }
+    __syncwarp();
+    const int64_t pos = pos0 + t;
+    const int half = rot / 2;
+    bf16 *dst = isq ? qo + ((int64_t)t * NH + hh) * HD : kc + (pos * NKV + hh) * HD;
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        const int d = lane + 32 * m;
+        if (d >= HD) continue;
+        float y = x[m];
+        if (d < rot) {
+            const int i = d % half;
+            const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
+            const float ang = (float)pos * inv;
+            const float c = rnd(cosf(ang), src), s = rnd(sinf(ang), src);
+            const float rh = d < half ? -yw[d + half] : yw[d - half];
+            y = rnd(rnd(y * c, src) + rnd(rh * s, src), src);
+        }
+        st(dst + d, y);
+    }
+    if (!isq)
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            const int d = lane + 32 * m;
+            if (d < HD) vc[(pos * NKV + hh) * HD + d] = v[((int64_t)t * NKV + hh) * HD + d];
+        }
+}
+
+/* Default versions of the q/k prep and the output gate where v2 applies. v2 of both was written in
+ * session 9 with no GPU lent after it was built: v1 stays the default until dev/test_kernels has
+ * checked v2 bitwise on an H100 and the model bench has timed it. */
+#define QK_PREP_DEFAULT_VER 1
+#define SIGMOID_GATE_DEFAULT_VER 1
+
+static int qk_prep_v2_ok(int64_t HD, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && HD <= 256;
+}
+
 /* d_pos NULL: positions pos0..; else one token (T = 1) at position *d_pos. */
 static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
                                       const void *d_k, const void *d_v, const float *d_qnorm_w,
                                       const float *d_knorm_w, int64_t T, int64_t pos0, const int64_t *d_pos,
                                       int64_t NH, int64_t NKV, int64_t HD, int64_t rot, double theta, double eps,
-                                      enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
+                                      int ver, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && rot >= 0 && rot <= HD);
-    Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX);
+    Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX - QKP2_ROWS && ver >= 0 && ver <= 2);
+    if (ver == 2 && !qk_prep_v2_ok(HD, dt))
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda attention qk_prep v2: needs bf16 and HD <= 256 (got HD=%lld)",
+                             (long long)HD);
     if (T == 0) return Q3N_OK;
+    if (ver == 0) ver = QK_PREP_DEFAULT_VER == 2 && qk_prep_v2_ok(HD, dt) ? 2 : 1;
+    if (ver == 2) {
+        const int rows = (int)(T * (NH + NKV));
+        const unsigned grid = cdiv(rows, QKP2_ROWS);
+#define QKP2_ARGS                                                                                                     \
+    (bf16 *)d_q, (bf16 *)d_qn, (bf16 *)d_kc, (bf16 *)d_vc, (bf16 *)d_kn, (const bf16 *)d_qg, (const bf16 *)d_k,     \
+        (const bf16 *)d_v, d_qnorm_w, d_knorm_w, pos0, d_pos, (int)NH, (int)NKV, (int)HD, (int)rot, (float)theta,     \
+        (float)eps, rows
+        if (HD <= 128)
+            qk_prep_v2_kernel<4><<<grid, 32 * QKP2_ROWS, 0, stream>>>(QKP2_ARGS);
+        else
+            qk_prep_v2_kernel<8><<<grid, 32 * QKP2_ROWS, 0, stream>>>(QKP2_ARGS);
+#undef QKP2_ARGS
+        CU_LAUNCHED("attention qk_prep_v2_kernel");
+        return Q3N_OK;
+    }
     const unsigned grid = (unsigned)(T * (NH + NKV));
     const size_t smem = sizeof(float) * (size_t)HD;
     if (dt == Q3N_COMPUTE_BF16)
@@ -111,7 +207,18 @@ extern "C" enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, 
                                              struct q3n_error *err)
 {
     return qk_prep_launch(d_q, d_qn, d_kc, d_vc, d_kn, d_qg, d_k, d_v, d_qnorm_w, d_knorm_w, T, pos0, NULL, NH, NKV,
-                          HD, rot, theta, eps, dt, stream, err);
+                          HD, rot, theta, eps, 0, dt, stream, err);
+}
+
+extern "C" enum q3n_status cuda_attn_qk_prep_ver(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn,
+                                                 const void *d_qg, const void *d_k, const void *d_v,
+                                                 const float *d_qnorm_w, const float *d_knorm_w, int64_t T,
+                                                 int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int64_t rot,
+                                                 double theta, double eps, int ver, enum q3n_compute_dtype dt,
+                                                 cudaStream_t stream, struct q3n_error *err)
+{
+    return qk_prep_launch(d_q, d_qn, d_kc, d_vc, d_kn, d_qg, d_k, d_v, d_qnorm_w, d_knorm_w, T, pos0, NULL, NH, NKV,
+                          HD, rot, theta, eps, ver, dt, stream, err);
 }
 
 extern "C" enum q3n_status cuda_attn_qk_prep_dpos(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn,
@@ -123,7 +230,7 @@ extern "C" enum q3n_status cuda_attn_qk_prep_dpos(void *d_q, void *d_qn, void *d
 {
     Q3N_REQUIRE(d_pos != NULL);
     return qk_prep_launch(d_q, d_qn, d_kc, d_vc, d_kn, d_qg, d_k, d_v, d_qnorm_w, d_knorm_w, 1, 0, d_pos, NH, NKV,
-                          HD, rot, theta, eps, dt, stream, err);
+                          HD, rot, theta, eps, 0, dt, stream, err);
 }
 
 /* ---- rows_v1 ---- */
@@ -317,7 +424,13 @@ extern "C" enum q3n_status cuda_attention_decode_dpos(void *d_out, const void *d
     return rows_launch(d_out, d_q, d_kc, d_vc, d_scratch, 1, 0, d_pos, S_max, NH, NKV, HD, dt, stream, err);
 }
 
-/* ---- sigmoid output gate ---- */
+/* ---- sigmoid output gate ----
+ * out[t, h, d] = T(x[t, h, d] * T(sigmoid(gate[(t NH + h) ldg + d]))).
+ * v1: one element per thread (any dtype and shape). v2 (bf16, HD % 8 == 0, ldg % 8 == 0, 16-byte
+ * aligned buffers): eight elements per thread through 16-byte loads and stores, 32-bit indices;
+ * the same float operations on each element, so bitwise v1 (dev/test_kernels). v1 spent about
+ * 100 us on the real dims' T = 4096 (ncu, session 8) against ~35 us of HBM traffic: 64-bit divides
+ * and 2-byte accesses. */
 template <typename T>
 __global__ void sigmoid_gate_kernel(T *out, const T *x, const T *gate, int64_t NH, int64_t HD, int64_t ldg,
                                     int64_t n)
@@ -330,13 +443,59 @@ __global__ void sigmoid_gate_kernel(T *out, const T *x, const T *gate, int64_t N
     (void)NH;
 }
 
-extern "C" enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T,
-                                                     int64_t NH, int64_t HD, int64_t ldg, enum q3n_compute_dtype dt,
-                                                     cudaStream_t stream, struct q3n_error *err)
+__global__ void __launch_bounds__(256) sigmoid_gate_v2_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ x,
+                                                              const bf16 *__restrict__ gate, int HD8, int ldg8,
+                                                              int n8)
 {
-    Q3N_REQUIRE(T >= 0 && NH > 0 && HD > 0 && ldg >= HD);
+    const int i = blockIdx.x * 256 + threadIdx.x; /* the 8-element chunk i of out and x */
+    if (i >= n8) return;
+    const int th = i / HD8, c = i - th * HD8;     /* row th = t NH + h, chunk c of the head */
+    const uint4 xv = reinterpret_cast<const uint4 *>(x)[i];
+    const uint4 gv = reinterpret_cast<const uint4 *>(gate)[(int64_t)th * ldg8 + c];
+    const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w}, gw[4] = {gv.x, gv.y, gv.z, gv.w};
+    uint32_t ow[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) { /* word u: elements 2u (low half) and 2u + 1 (high half) */
+        const float x0 = __uint_as_float(xw[u] << 16), x1 = __uint_as_float(xw[u] & 0xffff0000u);
+        const float g0 = __uint_as_float(gw[u] << 16), g1 = __uint_as_float(gw[u] & 0xffff0000u);
+        const float s0 = __bfloat162float(__float2bfloat16_rn(sigmoid_f(g0)));
+        const float s1 = __bfloat162float(__float2bfloat16_rn(sigmoid_f(g1)));
+        const __nv_bfloat162 o = __floats2bfloat162_rn(x0 * s0, x1 * s1);
+        ow[u] = *reinterpret_cast<const uint32_t *>(&o);
+    }
+    reinterpret_cast<uint4 *>(out)[i] = make_uint4(ow[0], ow[1], ow[2], ow[3]);
+}
+
+static int sigmoid_gate_v2_ok(const void *out, const void *x, const void *gate, int64_t T, int64_t NH, int64_t HD,
+                              int64_t ldg, enum q3n_compute_dtype dt)
+{
+    const int64_t n8 = T * NH * HD / 8;
+    return dt == Q3N_COMPUTE_BF16 && HD % 8 == 0 && ldg % 8 == 0 && ((uintptr_t)out & 15) == 0 &&
+           ((uintptr_t)x & 15) == 0 && ((uintptr_t)gate & 15) == 0 && n8 <= INT32_MAX - 256 &&
+           ldg / 8 <= INT32_MAX;
+}
+
+extern "C" enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void *d_x, const void *d_gate, int64_t T,
+                                                         int64_t NH, int64_t HD, int64_t ldg, int ver,
+                                                         enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                         struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && NH > 0 && HD > 0 && ldg >= HD && ver >= 0 && ver <= 2);
     const int64_t n = T * NH * HD;
     if (n == 0) return Q3N_OK;
+    const int v2 = sigmoid_gate_v2_ok(d_out, d_x, d_gate, T, NH, HD, ldg, dt);
+    if (ver == 2 && !v2)
+        return q3n_error_set(err, Q3N_ERR_USAGE,
+                             "cuda_sigmoid_gate v2: needs bf16, HD and ldg multiples of 8, 16-byte aligned buffers");
+    if (ver == 0) ver = SIGMOID_GATE_DEFAULT_VER == 2 && v2 ? 2 : 1;
+    if (ver == 2) {
+        const int n8 = (int)(n / 8);
+        sigmoid_gate_v2_kernel<<<cdiv(n8, 256), 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x,
+                                                                  (const bf16 *)d_gate, (int)(HD / 8),
+                                                                  (int)(ldg / 8), n8);
+        CU_LAUNCHED("sigmoid_gate_v2_kernel");
+        return Q3N_OK;
+    }
     const unsigned grid = (unsigned)(n / 256 + 1 < 65536 ? n / 256 + 1 : 65536);
     if (dt == Q3N_COMPUTE_BF16)
         sigmoid_gate_kernel<<<grid, 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x, (const bf16 *)d_gate, NH, HD,
@@ -346,4 +505,11 @@ extern "C" enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_
                                                       HD, ldg, n);
     CU_LAUNCHED("sigmoid_gate_kernel");
     return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T,
+                                                     int64_t NH, int64_t HD, int64_t ldg, enum q3n_compute_dtype dt,
+                                                     cudaStream_t stream, struct q3n_error *err)
+{
+    return cuda_sigmoid_gate_forward_ver(d_out, d_x, d_gate, T, NH, HD, ldg, 0, dt, stream, err);
 }

@@ -39,6 +39,33 @@ __device__ __forceinline__ float block_sum(float v, float *red)
     for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
     return t;
 }
+/* block_sum of the squares of n values over a block of NVW * 32 threads, where block thread i
+ * summed the elements i, i + 32 NVW, ... in that order, computed by one warp: lane l holds
+ * x[m] = the element l + 32 m (m < NM; elements >= n not read), so virtual warp v (block thread
+ * 32 v + l) owns m = v, v + NVW, ...; each virtual warp is reduced by block_sum's xor butterfly
+ * and the virtual warps' totals by its second butterfly: bitwise block_sum's result (deltanet
+ * l2norm / gated norm, attention q/k norm). */
+template <int NVW, int NM>
+__device__ __forceinline__ float warp_block_sum_sq(const float *x, int n, int lane)
+{
+    float wt[NVW];
+#pragma unroll
+    for (int v = 0; v < NVW; v++) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int m = v; m < NM; m += NVW)
+            if (lane + 32 * m < n) ss += x[m] * x[m];
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        wt[v] = ss;
+    }
+    float t = 0.0f;
+#pragma unroll
+    for (int v = 0; v < NVW; v++)
+        if (lane == v) t = wt[v];
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
 __device__ __forceinline__ float block_max(float v, float *red)
 {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

@@ -162,6 +162,15 @@ enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void *d_v, floa
                                            int64_t NV, int64_t DK, int64_t DV, int64_t K, double eps, float qscale,
                                            int qdivide, int qkv_bf16, enum q3n_compute_dtype dt,
                                            cudaStream_t stream, struct q3n_error *err);
+/* ver 0: the default (PREP_DEFAULT_VER), 1: a token per warp at a time, 2: two (n <= 128, K <= 4
+ * only; elsewhere 1 runs). Bitwise equal. */
+enum q3n_status cuda_deltanet_prep_forward_ver(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta,
+                                               float *d_state, const void *d_qkvz, const void *d_ba, const float *d_w,
+                                               const float *d_A_log, const float *d_dt_bias, int64_t T, int64_t NK,
+                                               int64_t NV, int64_t DK, int64_t DV, int64_t K, double eps,
+                                               float qscale, int qdivide, int qkv_bf16, int ver,
+                                               enum q3n_compute_dtype dt, cudaStream_t stream,
+                                               struct q3n_error *err);
 /* Gated RMSNorm of the delta rule's output x [T,NV,DV] with z read in place from the in_proj_qkvz
  * output qkvz (layout above): bitwise cuda_deltanet_split_forward's z + cuda_rmsnorm_gated_forward
  * (rows T*NV, n = DV). DV <= 256. */
@@ -169,6 +178,12 @@ enum q3n_status cuda_deltanet_gated_norm_forward(void *d_out, const void *d_x, c
                                                  int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
                                                  double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                                  struct q3n_error *err);
+/* ver 0: the default (GATED_NORM_DEFAULT_VER), 1: a row per warp, 2: two rows per warp (bitwise
+ * 1). */
+enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_x, const void *d_qkvz,
+                                                     const float *d_w, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                                     int64_t DV, double eps, int ver, enum q3n_compute_dtype dt,
+                                                     cudaStream_t stream, struct q3n_error *err);
 
 /* ---- attention.cu ---- */
 /* Splits q_proj output qg [T, NH*2*HD] (per head: HD query, HD gate), applies q_norm (1+w) per
@@ -180,6 +195,15 @@ enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc,
                                   int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int64_t rot,
                                   double theta, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                   struct q3n_error *err);
+/* As cuda_attn_qk_prep with the kernel chosen: ver 0 the default (attention.cu's
+ * QK_PREP_DEFAULT_VER where v2 applies: bf16, HD <= 256; else v1), 1 a 128-thread block per
+ * (token, head), 2 a warp per (token, head) (an error where it does not apply). v1 and v2 are
+ * bitwise equal. */
+enum q3n_status cuda_attn_qk_prep_ver(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
+                                      const void *d_k, const void *d_v, const float *d_qnorm_w,
+                                      const float *d_knorm_w, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
+                                      int64_t HD, int64_t rot, double theta, double eps, int ver,
+                                      enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 /* Causal GQA attention of T queries at positions pos0.. against S = pos0+T cached keys
  * (see ref_attention_forward); softmax in float32. out,q [T,NH,HD]; kc,vc [S,NKV,HD].
  * scratch: cuda_attention_scratch(T, NH, HD, S) floats (split-K decode partials). */
@@ -229,6 +253,13 @@ const char *cuda_attention_decode_kernel(int64_t NH, int64_t NKV, int64_t HD, en
 enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
                                           int64_t HD, int64_t ldg, enum q3n_compute_dtype dt, cudaStream_t stream,
                                           struct q3n_error *err);
+/* ver 0: the default (attention.cu's SIGMOID_GATE_DEFAULT_VER where v2 applies: bf16, HD and ldg
+ * multiples of 8, 16-byte aligned buffers; else v1), 1: one element per thread, 2: eight per
+ * thread (an error where it does not apply). v1 and v2 are bitwise equal. */
+enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void *d_x, const void *d_gate, int64_t T,
+                                              int64_t NH, int64_t HD, int64_t ldg, int ver,
+                                              enum q3n_compute_dtype dt, cudaStream_t stream,
+                                              struct q3n_error *err);
 
 /* ---- moe.cu ---- */
 /* Router: probs = softmax(logits) in float32 (d_probs may be NULL), top-k in torch.topk order

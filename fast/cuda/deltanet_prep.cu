@@ -22,31 +22,14 @@
 #include "common.cuh"
 #include "deltanet_gates.cuh"
 
+/* Default versions (1 or 2) of the prep and the gated norm. Both v2 were written in session 9 with
+ * no GPU lent after they were built: v1 stays the default until dev/test_dn_prep has checked v2
+ * bitwise on an H100 and timed it against v1. */
+#define PREP_DEFAULT_VER 1
+#define GATED_NORM_DEFAULT_VER 1
+
 #define PREP_TT 64     /* tokens per prep block */
 #define PREP_THREADS 256 /* 8 warps, one token at a time each */
-
-/* The l2norm_kernel / rmsnorm_gated_kernel block sum of n values, lane l holding x[m] = the
- * element l + 32 m (m < NM; elements >= n not read), block of NVW * 32 threads. */
-template <int NVW, int NM>
-__device__ __forceinline__ float warp_block_sum_sq(const float *x, int n, int lane)
-{
-    float wt[NVW];
-#pragma unroll
-    for (int v = 0; v < NVW; v++) {
-        float ss = 0.0f;
-#pragma unroll
-        for (int m = v; m < NM; m += NVW)
-            if (lane + 32 * m < n) ss += x[m] * x[m];
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        wt[v] = ss;
-    }
-    float t = 0.0f;
-#pragma unroll
-    for (int v = 0; v < NVW; v++)
-        if (lane == v) t = wt[v];
-    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-    return t;
-}
 
 /* ---- prep ----
  * Grid (token tile of PREP_TT, group): group b < NK = q head b, b < 2 NK = k head b - NK,
@@ -60,10 +43,11 @@ __device__ __forceinline__ float warp_block_sum_sq(const float *x, int n, int la
  * O = float, or bf16 rounded to nearest (what the tensor-core delta rule stages from float).
  * Gates block: g[t, h] = dn_gate_g(a, A_log[h], dt_bias[h]), beta[t, h] = dn_gate_beta(b),
  * a / b from in_proj_ba's group h / r (b: r values, then a: r values).
- * Warp w of a q/k/v block handles tokens t0 + w, t0 + w + 8, ...; NM = lanes' elements
- * (n <= 32 NM), KC >= K taps, both compile-time bounds of unrolled loops. The state is only
+ * Warp w of a q/k/v block handles tokens t0 + w, t0 + w + 8, ..., TPW of them at a time (v1: 1,
+ * v2: 2; the same operations per token, so bitwise); NM = lanes' elements (n <= 32 NM), KC >= K
+ * taps, both compile-time bounds of unrolled loops. The state is only
  * read here (cuda_deltanet_prep_forward updates it in a second launch, after every block read it). */
-template <typename T, typename O, int NM, int KC>
+template <typename T, typename O, int NM, int KC, int TPW>
 __global__ void __launch_bounds__(PREP_THREADS) dn_prep_kernel(O *q, O *k, O *v, float *g, float *beta,
                                                                const float *state, const T *qkvz, const T *ba,
                                                                const float *cw, const float *A_log,
@@ -146,35 +130,46 @@ __global__ void __launch_bounds__(PREP_THREADS) dn_prep_kernel(O *q, O *k, O *v,
     const int isqk = b < 2 * NK, divide = b < NK && qdivide;
     const float scale = b < NK ? qscale : 1.0f;
 #pragma unroll 1
-    for (int tt = w; tt < nt; tt += PREP_THREADS / 32) {
-        float y[NM];
+    for (int tt0 = w; tt0 < nt; tt0 += TPW * (PREP_THREADS / 32)) {
+        /* TPW tokens tt0 + 8 u at once: every token's conv first, then the norms (independent
+         * chains for the scheduler to interleave); tt is warp-uniform, so the shuffles stay whole */
+        float y[TPW][NM];
 #pragma unroll
-        for (int m = 0; m < NM; m++) {
-            const int c = lane + 32 * m;
-            float acc = 0.0f;
-            if (c < n) {
-#pragma unroll
-                for (int j = 0; j < KC; j++)
-                    if (j < K) acc += wr[m][j] * xs[(tt + j) * n + c];
-            }
-            y[m] = rnd(silu_f(acc), qkvz);
-        }
-        O *orow = out + (size_t)(t0 + tt) * ostride;
-        if (isqk) {
-            const float tot = n >= 256 ? warp_block_sum_sq<4, NM>(y, n, lane) : warp_block_sum_sq<2, NM>(y, n, lane);
-            const float rr = 1.0f / sqrtf(tot + eps);
+        for (int u = 0; u < TPW; u++) {
+            const int tt = tt0 + u * (PREP_THREADS / 32);
 #pragma unroll
             for (int m = 0; m < NM; m++) {
                 const int c = lane + 32 * m;
-                if (c < n) {
-                    const float yy = y[m] * rr;
-                    st(orow + c, divide ? yy / scale : yy * scale);
-                }
-            }
-        } else {
+                float acc = 0.0f;
+                if (c < n && tt < nt) {
 #pragma unroll
-            for (int m = 0; m < NM; m++)
-                if (lane + 32 * m < n) st(orow + lane + 32 * m, y[m]);
+                    for (int j = 0; j < KC; j++)
+                        if (j < K) acc += wr[m][j] * xs[(tt + j) * n + c];
+                }
+                y[u][m] = rnd(silu_f(acc), qkvz);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < TPW; u++) {
+            const int tt = tt0 + u * (PREP_THREADS / 32);
+            if (tt >= nt) break;
+            O *orow = out + (size_t)(t0 + tt) * ostride;
+            if (isqk) {
+                const float tot = n >= 256 ? warp_block_sum_sq<4, NM>(y[u], n, lane) : warp_block_sum_sq<2, NM>(y[u], n, lane);
+                const float rr = 1.0f / sqrtf(tot + eps);
+#pragma unroll
+                for (int m = 0; m < NM; m++) {
+                    const int c = lane + 32 * m;
+                    if (c < n) {
+                        const float yy = y[u][m] * rr;
+                        st(orow + c, divide ? yy / scale : yy * scale);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int m = 0; m < NM; m++)
+                    if (lane + 32 * m < n) st(orow + lane + 32 * m, y[u][m]);
+            }
         }
     }
 }
@@ -211,7 +206,7 @@ extern "C" int cuda_deltanet_prep_supported(int64_t NK, int64_t NV, int64_t DK, 
            2 * NK + NV + 1 <= 65535;
 }
 
-template <typename A, typename O, int NM, int KC>
+template <typename A, typename O, int NM, int KC, int TPW>
 static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
                                    const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,
                                    const float *d_dt_bias, int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
@@ -222,7 +217,7 @@ static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, 
     const int ve = 16 / (int)sizeof(A);
     const int vec = Q % ve == 0 && DK % ve == 0 && DV % ve == 0 && ((uintptr_t)d_qkvz & 15) == 0;
     const size_t smem = sizeof(float) * (size_t)((PREP_TT + K - 1) * n);
-    auto kern = dn_prep_kernel<A, O, NM, KC>;
+    auto kern = dn_prep_kernel<A, O, NM, KC, TPW>;
     CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     kern<<<dim3(cdiv(T, PREP_TT), (unsigned)(2 * NK + NV + 1)), PREP_THREADS, smem, stream>>>(
         (O *)d_q, (O *)d_k, (O *)d_v, d_g, d_beta, d_state, (const A *)d_qkvz, (const A *)d_ba, d_w, d_A_log, d_dt_bias,
@@ -231,29 +226,37 @@ static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, 
     return Q3N_OK;
 }
 
+/* ver: 0 PREP_DEFAULT_VER, 1 a token per warp at a time, 2 two where n <= 128 and K <= 4; wider
+ * rows always run 1 (NM = KC = 8 holds 64 conv weights per lane already) */
 template <typename A, typename O>
 static enum q3n_status prep_pick(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
                                  const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,
                                  const float *d_dt_bias, int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
-                                 int64_t K, float eps, float qscale, int qdivide, cudaStream_t stream,
+                                 int64_t K, float eps, float qscale, int qdivide, int ver, cudaStream_t stream,
                                  struct q3n_error *err)
 {
-    if (DK <= 128 && DV <= 128 && K <= 4)
-        return prep_launch<A, O, 4, 4>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
-                                       NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
-    return prep_launch<A, O, 8, 8>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T, NK,
-                                   NV, DK, DV, K, eps, qscale, qdivide, stream, err);
+    if (ver == 0) ver = PREP_DEFAULT_VER;
+    if (DK <= 128 && DV <= 128 && K <= 4) {
+        if (ver == 1)
+            return prep_launch<A, O, 4, 4, 1>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log,
+                                              d_dt_bias, T, NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
+        return prep_launch<A, O, 4, 4, 2>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias,
+                                          T, NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
+    }
+    return prep_launch<A, O, 8, 8, 1>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
+                                      NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
 }
 
-extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta,
-                                                      float *d_state, const void *d_qkvz, const void *d_ba,
-                                                      const float *d_w, const float *d_A_log, const float *d_dt_bias,
-                                                      int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
-                                                      int64_t K, double eps, float qscale, int qdivide, int qkv_bf16,
-                                                      enum q3n_compute_dtype dt, cudaStream_t stream,
-                                                      struct q3n_error *err)
+extern "C" enum q3n_status cuda_deltanet_prep_forward_ver(void *d_q, void *d_k, void *d_v, float *d_g,
+                                                          float *d_beta, float *d_state, const void *d_qkvz,
+                                                          const void *d_ba, const float *d_w, const float *d_A_log,
+                                                          const float *d_dt_bias, int64_t T, int64_t NK, int64_t NV,
+                                                          int64_t DK, int64_t DV, int64_t K, double eps, float qscale,
+                                                          int qdivide, int qkv_bf16, int ver,
+                                                          enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                          struct q3n_error *err)
 {
-    Q3N_REQUIRE(T >= 0 && d_state != NULL);
+    Q3N_REQUIRE(T >= 0 && d_state != NULL && ver >= 0 && ver <= 2);
     if (!cuda_deltanet_prep_supported(NK, NV, DK, DV, K))
         return q3n_error_set(err, Q3N_ERR_UNSUPPORTED,
                              "cuda deltanet prep: needs NV %% NK == 0, DK, DV <= 256, K <= 8 (got NK=%lld NV=%lld "
@@ -267,13 +270,13 @@ extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void
     const float feps = (float)eps;
     if (dt == Q3N_COMPUTE_BF16 && qkv_bf16)
         Q3N_TRY((prep_pick<bf16, bf16>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T, NK,
-                                       NV, DK, DV, K, feps, qscale, qdivide, stream, err)));
+                                       NV, DK, DV, K, feps, qscale, qdivide, ver, stream, err)));
     else if (dt == Q3N_COMPUTE_BF16)
         Q3N_TRY((prep_pick<bf16, float>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
-                                        NK, NV, DK, DV, K, feps, qscale, qdivide, stream, err)));
+                                        NK, NV, DK, DV, K, feps, qscale, qdivide, ver, stream, err)));
     else
         Q3N_TRY((prep_pick<float, float>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
-                                         NK, NV, DK, DV, K, feps, qscale, qdivide, stream, err)));
+                                         NK, NV, DK, DV, K, feps, qscale, qdivide, ver, stream, err)));
     /* the state update after every prep block has read the old state (stream order) */
     if (dt == Q3N_COMPUTE_BF16)
         dn_conv_state_kernel<<<cdiv(Cc, 256), 256, 0, stream>>>(d_state, (const bf16 *)d_qkvz, (int)T, (int)NK,
@@ -283,6 +286,18 @@ extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void
                                                                 (int)NV, (int)DK, (int)DV, (int)K);
     CU_LAUNCHED("deltanet dn_conv_state_kernel");
     return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta,
+                                                      float *d_state, const void *d_qkvz, const void *d_ba,
+                                                      const float *d_w, const float *d_A_log, const float *d_dt_bias,
+                                                      int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                                      int64_t K, double eps, float qscale, int qdivide, int qkv_bf16,
+                                                      enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                      struct q3n_error *err)
+{
+    return cuda_deltanet_prep_forward_ver(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log, d_dt_bias, T,
+                                          NK, NV, DK, DV, K, eps, qscale, qdivide, qkv_bf16, 0, dt, stream, err);
 }
 
 /* ---- gated RMSNorm with z in place ----
@@ -323,17 +338,97 @@ __global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *__restrict__ out,
     }
 }
 
-template <typename T>
+/* v2 (dn_gated_norm2_kernel): RPW = 2 rows (t, h) per warp, both rows' x, z and w loaded before
+ * either sum, so a warp has two independent chains to interleave: v1 takes the same 0.069 ms at
+ * T = 4096 in float32 and bf16 (session 8), so latency and issue, not bytes, bound it. Each row's
+ * operations and their order are v1's: bitwise. GATED_NORM_DEFAULT_VER says which runs by default. */
+template <typename T, int NM, int RPW>
+__global__ void __launch_bounds__(256) dn_gated_norm2_kernel(T *__restrict__ out, const T *__restrict__ x,
+                                                             const T *__restrict__ qkvz, const float *__restrict__ w,
+                                                             int rows, int NK, int NV, int DK, int DV, float eps)
+{
+    const int row0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * RPW, lane = threadIdx.x & 31;
+    if (row0 >= rows) return;
+    const int r = NV / NK, GS = 2 * DK + 2 * r * DV;
+    /* x, z and w of every row loaded before any sum: one memory round trip per warp */
+    float xv[RPW][NM], zv[RPW][NM], wv[NM];
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        const int c = lane + 32 * m;
+        wv[m] = c < DV ? w[c] : 0.0f;
+    }
+#pragma unroll
+    for (int q = 0; q < RPW; q++) {
+        const int row = row0 + q < rows ? row0 + q : row0; /* past the end: a harmless reload of row0 */
+        const int t = row / NV, h = row - t * NV;
+        const T *xr = x + (size_t)row * DV;
+        const T *zr = qkvz + (size_t)t * NK * GS + (h / r) * GS + 2 * DK + r * DV + (h % r) * DV;
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            const int c = lane + 32 * m;
+            xv[q][m] = c < DV ? ld(xr + c) : 0.0f;
+            zv[q][m] = c < DV ? ld(zr + c) : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < RPW; q++) {
+        if (row0 + q >= rows) break;
+        const float tot =
+            DV >= 256 ? warp_block_sum_sq<4, NM>(xv[q], DV, lane) : warp_block_sum_sq<2, NM>(xv[q], DV, lane);
+        const float rr = 1.0f / sqrtf(tot / (float)DV + eps);
+        T *orow = out + (size_t)(row0 + q) * DV;
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            const int c = lane + 32 * m;
+            if (c < DV) {
+                const float a = rnd(xv[q][m] * rr, out);
+                const float bb = rnd(wv[m] * a, out);
+                st(orow + c, bb * silu_f(zv[q][m]));
+            }
+        }
+    }
+}
+
+template <typename T, int RPW>
 static void gated_norm_launch(void *d_out, const void *d_x, const void *d_qkvz, const float *d_w, int64_t rows,
                               int64_t NK, int64_t NV, int64_t DK, int64_t DV, float eps, cudaStream_t stream)
 {
-    const unsigned grid = cdiv(rows, 8);
-    if (DV <= 128)
-        dn_gated_norm_kernel<T, 4><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
-                                                             (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+    const unsigned grid = cdiv(rows, 8 * RPW);
+    if constexpr (RPW == 1) { /* v1 */
+        if (DV <= 128)
+            dn_gated_norm_kernel<T, 4><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
+                                                                 (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+        else
+            dn_gated_norm_kernel<T, 8><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
+                                                                 (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+    } else if (DV <= 128) {
+        dn_gated_norm2_kernel<T, 4, RPW><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
+                                                                   (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+    } else {
+        dn_gated_norm2_kernel<T, 8, RPW><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
+                                                                   (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+    }
+}
+
+extern "C" enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_x, const void *d_qkvz,
+                                                                const float *d_w, int64_t T, int64_t NK, int64_t NV,
+                                                                int64_t DK, int64_t DV, double eps, int ver,
+                                                                enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                                struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0 && DK > 0 && DV > 0 && DV <= 256 && ver >= 0 && ver <= 2);
+    const int64_t rows = T * NV;
+    Q3N_REQUIRE(rows <= INT32_MAX - 16 && T * NK * (2 * DK + 2 * (NV / NK) * DV) <= INT64_MAX / 4);
+    if (rows == 0) return Q3N_OK;
+    if (ver == 0) ver = GATED_NORM_DEFAULT_VER;
+    if (dt == Q3N_COMPUTE_BF16)
+        (ver == 2 ? gated_norm_launch<bf16, 2> : gated_norm_launch<bf16, 1>)(d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK,
+                                                                             DV, (float)eps, stream);
     else
-        dn_gated_norm_kernel<T, 8><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
-                                                             (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
+        (ver == 2 ? gated_norm_launch<float, 2> : gated_norm_launch<float, 1>)(d_out, d_x, d_qkvz, d_w, rows, NK, NV,
+                                                                               DK, DV, (float)eps, stream);
+    CU_LAUNCHED("deltanet dn_gated_norm_kernel");
+    return Q3N_OK;
 }
 
 extern "C" enum q3n_status cuda_deltanet_gated_norm_forward(void *d_out, const void *d_x, const void *d_qkvz,
@@ -342,14 +437,5 @@ extern "C" enum q3n_status cuda_deltanet_gated_norm_forward(void *d_out, const v
                                                             enum q3n_compute_dtype dt, cudaStream_t stream,
                                                             struct q3n_error *err)
 {
-    Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0 && DK > 0 && DV > 0 && DV <= 256);
-    const int64_t rows = T * NV;
-    Q3N_REQUIRE(rows <= INT32_MAX - 8 && T * NK * (2 * DK + 2 * (NV / NK) * DV) <= INT64_MAX / 4);
-    if (rows == 0) return Q3N_OK;
-    if (dt == Q3N_COMPUTE_BF16)
-        gated_norm_launch<bf16>(d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, (float)eps, stream);
-    else
-        gated_norm_launch<float>(d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, (float)eps, stream);
-    CU_LAUNCHED("deltanet dn_gated_norm_kernel");
-    return Q3N_OK;
+    return cuda_deltanet_gated_norm_forward_ver(d_out, d_x, d_qkvz, d_w, T, NK, NV, DK, DV, eps, 0, dt, stream, err);
 }

@@ -11,9 +11,10 @@
  * delta-rule state random): q, k (old float32 rounded to bf16 when the new ones are bf16), v (the
  * old float32 values themselves: they must be bf16-exact), g, beta, conv state, delta-rule output
  * and state, and the gated norm's output (the mixer output before out_proj) must be bitwise
- * equal; the new chain runs 3 times on NaN-poisoned outputs (bitwise the same each time, guards
- * after every new output intact). Dims the delta rule cannot take (DK or DV not a multiple of 4)
- * check the gated norm on a random core instead.
+ * equal; the new chain runs 3 times with each version of the prep and the gated norm (v1, v2) on
+ * NaN-poisoned outputs (bitwise the same each time, guards after every new output intact). Dims
+ * the delta rule cannot take (DK or DV not a multiple of 4) check the gated norm on a random core
+ * instead.
  *
  *   test_dn_prep            all cases (real dims up to T=16384), then timings (median of 10)
  *   test_dn_prep --quick    cases up to T=4096, no timings (make check-cuda)
@@ -152,17 +153,19 @@ static void run_old(bufs &B, cudaEvent_t *ev)
     if (ev) CK(cudaEventRecord(ev[3], g_stream));
 }
 
-/* The new chain as linear_attn_block runs it with taps off. */
-static void run_new(bufs &B, cudaEvent_t *ev)
+/* The new chain as linear_attn_block runs it with taps off; ver picks the prep's and the gated
+ * norm's kernel versions (0: the defaults). */
+static void run_new(bufs &B, cudaEvent_t *ev, int ver)
 {
     const shape &s = B.s;
     const int64_t T = B.T, NK = s.NK, NV = s.NV, DK = s.DK, DV = s.DV;
     const enum q3n_compute_dtype dt = DT(B.bf);
     const float qscale = (float)pow((double)DK, -0.5);
     if (ev) CK(cudaEventRecord(ev[0], g_stream));
-    RUN(cuda_deltanet_prep_forward(B.q2.p, B.k2.p, B.v2.p, (float *)B.g2.p, (float *)B.beta2.p, (float *)B.cst2.p,
-                                   B.qkvz.p, B.ba.p, (float *)B.cw.p, (float *)B.A_log.p, (float *)B.dt_bias.p, T, NK,
-                                   NV, DK, DV, s.K, EPS_L2, qscale, 0, B.qbf, dt, g_stream, &g_err));
+    RUN(cuda_deltanet_prep_forward_ver(B.q2.p, B.k2.p, B.v2.p, (float *)B.g2.p, (float *)B.beta2.p,
+                                       (float *)B.cst2.p, B.qkvz.p, B.ba.p, (float *)B.cw.p, (float *)B.A_log.p,
+                                       (float *)B.dt_bias.p, T, NK, NV, DK, DV, s.K, EPS_L2, qscale, 0, B.qbf, ver, dt,
+                                       g_stream, &g_err));
     if (ev) CK(cudaEventRecord(ev[1], g_stream));
     if (B.delta && B.qbf)
         RUN(cuda_delta_rule_chunked_tc_bf16(B.core2.p, (float *)B.rst2.p, B.q2.p, B.k2.p, B.v2.p, (float *)B.g2.p,
@@ -173,8 +176,8 @@ static void run_new(bufs &B, cudaEvent_t *ev)
                                     (float *)B.g2.p, (float *)B.beta2.p, (float *)B.drs2.p, T, NK, NV, DK, DV, CHUNK,
                                     dt, g_stream, &g_err));
     if (ev) CK(cudaEventRecord(ev[2], g_stream));
-    RUN(cuda_deltanet_gated_norm_forward(B.gn2.p, B.core2.p, B.qkvz.p, (float *)B.gw.p, T, NK, NV, DK, DV, EPS_RMS,
-                                         dt, g_stream, &g_err));
+    RUN(cuda_deltanet_gated_norm_forward_ver(B.gn2.p, B.core2.p, B.qkvz.p, (float *)B.gw.p, T, NK, NV, DK, DV,
+                                             EPS_RMS, ver, dt, g_stream, &g_err));
     if (ev) CK(cudaEventRecord(ev[3], g_stream));
 }
 
@@ -243,16 +246,17 @@ static void run_case(const shape &s, int64_t T, int bf, int init)
         want.q = rounded(want.q);
         want.k = rounded(want.k);
     }
-    /* new chain, 3 times on poisoned outputs */
+    /* new chain, 3 times on poisoned outputs with each version of the prep and the gated norm (v1:
+     * a token / row per warp at a time, v2: two): all six runs bitwise the same */
     outs got;
     int det = 1, guards = 1;
-    for (int rep = 0; rep < REPEAT; rep++) {
+    for (int rep = 0; rep < 2 * REPEAT; rep++) {
         dbuf *po[] = {&B.q2, &B.k2, &B.v2, &B.g2, &B.beta2, &B.gn2, &B.drs2};
         for (dbuf *d : po) poison(*d);
         if (B.delta) poison(B.core2);
         copy(B.cst2, B.cst0);
         copy(B.rst2, B.rst0);
-        run_new(B, NULL);
+        run_new(B, NULL, 1 + rep / REPEAT);
         CK(cudaStreamSynchronize(g_stream));
         outs o = fetch_new(B);
         if (rep == 0)
@@ -268,10 +272,10 @@ static void run_case(const shape &s, int64_t T, int bf, int init)
     const std::vector<float> *gv[] = {&got.q, &got.k, &got.v, &got.g, &got.beta, &got.cst, &got.core, &got.rst, &got.gn};
     const std::vector<float> *wv[] = {&want.q, &want.k, &want.v, &want.g, &want.beta, &want.cst, &want.core, &want.rst, &want.gn};
     for (int i = 0; i < 9 && ok; i++) ok &= bits_equal(names[i], *gv[i], *wv[i], why, sizeof why);
-    if (!det) snprintf(why, sizeof why, "3 runs of the new chain differ");
+    if (!det) snprintf(why, sizeof why, "the new chain's runs (v1 and v2, 3 each) differ");
     if (!guards) snprintf(why, sizeof why, "a guard after a new output was overwritten");
     printf("dn_prep NK=%lld NV=%lld DK=%lld DV=%lld K=%lld T=%-5lld %-4s state=%s q/k/v=%s delta=%s: q k v g beta "
-           "conv_state%s norm.out (z in place) bitwise, 3 runs, guards: %s%s%s\n",
+           "conv_state%s norm.out (z in place) bitwise, v1 and v2 x 3 runs, guards: %s%s%s\n",
            (long long)s.NK, (long long)s.NV, (long long)s.DK, (long long)s.DV, (long long)s.K, (long long)T, dtn(bf),
            init ? "rand" : "zero", B.qbf ? "bf16" : "f32",
            !B.delta ? "skipped" : B.qbf ? "tc_bf16" : cuda_delta_rule_chunked_kernel_for(s.DK, s.DV, CHUNK, DT(bf)),
@@ -297,7 +301,7 @@ static void bench(const shape &s, int64_t T, int bf)
         std::vector<float> part[4];
         for (int r = 0; r < 12; r++) {
             if (which == 0) run_old(B, ev);
-            else run_new(B, ev);
+            else run_new(B, ev, 0);
             CK(cudaEventSynchronize(ev[3]));
             if (r < 2) continue;
             for (int i = 0; i < 3; i++) {
@@ -319,6 +323,46 @@ static void bench(const shape &s, int64_t T, int bf)
            (long long)s.NK, (long long)s.NV, (long long)s.DK, (long long)s.DV, (long long)T, dtn(bf), med[0][0],
            med[0][1], med[0][2], med[0][3], med[1][0], mb, mb / 1e6 / (med[1][0] * 1e-3), med[1][1], med[1][2],
            med[1][3], med[0][0] / med[1][0], med[0][3] - med[1][3], med[0][3] / med[1][3]);
+    /* the gated norm alone: v1 (a row per warp) against v2 (two rows per warp) */
+    float gn[3] = {0, 0, 0};
+    for (int ver = 1; ver <= 2; ver++) {
+        std::vector<float> t;
+        for (int r = 0; r < 12; r++) {
+            CK(cudaEventRecord(ev[0], g_stream));
+            RUN(cuda_deltanet_gated_norm_forward_ver(B.gn2.p, B.core2.p, B.qkvz.p, (float *)B.gw.p, T, s.NK, s.NV, s.DK,
+                                                     s.DV, EPS_RMS, ver, DT(bf), g_stream, &g_err));
+            CK(cudaEventRecord(ev[1], g_stream));
+            CK(cudaEventSynchronize(ev[1]));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+            if (r >= 2) t.push_back(ms);
+        }
+        gn[ver] = median(t);
+    }
+    printf("TIME gated_norm T=%-5lld %-4s v1 %.4f ms, v2 %.4f ms (x%.2f)\n", (long long)T, dtn(bf), gn[1], gn[2],
+           gn[1] / gn[2]);
+    /* the prep alone: v1 (a token per warp at a time) against v2 (two) */
+    const float qscale = (float)pow((double)s.DK, -0.5);
+    float pr[3] = {0, 0, 0};
+    for (int ver = 1; ver <= 2; ver++) {
+        std::vector<float> t;
+        for (int r = 0; r < 12; r++) {
+            copy(B.cst2, B.cst0);
+            CK(cudaEventRecord(ev[0], g_stream));
+            RUN(cuda_deltanet_prep_forward_ver(B.q2.p, B.k2.p, B.v2.p, (float *)B.g2.p, (float *)B.beta2.p,
+                                               (float *)B.cst2.p, B.qkvz.p, B.ba.p, (float *)B.cw.p, (float *)B.A_log.p,
+                                               (float *)B.dt_bias.p, T, s.NK, s.NV, s.DK, s.DV, s.K, EPS_L2, qscale, 0,
+                                               B.qbf, ver, DT(bf), g_stream, &g_err));
+            CK(cudaEventRecord(ev[1], g_stream));
+            CK(cudaEventSynchronize(ev[1]));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+            if (r >= 2) t.push_back(ms);
+        }
+        pr[ver] = median(t);
+    }
+    printf("TIME prep T=%-5lld %-4s v1 %.4f ms, v2 %.4f ms (x%.2f)\n", (long long)T, dtn(bf), pr[1], pr[2],
+           pr[1] / pr[2]);
     for (auto &e : ev) CK(cudaEventDestroy(e));
     release(B);
 }

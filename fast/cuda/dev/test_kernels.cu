@@ -218,6 +218,21 @@ static void case_delta_recurrent(int64_t T, int64_t NK, int64_t NV, int64_t DK, 
 }
 
 /* ---- attention ---- */
+/* a case that passes only when got and want have the same bits (a faster kernel against the one
+ * it replaces) */
+static void check_bitwise(const char *what, const std::vector<float> &got, const std::vector<float> &want,
+                          const dbuf *guard)
+{
+    g_cases++;
+    size_t diff = 0;
+    for (size_t i = 0; i < got.size() && i < want.size(); i++) diff += memcmp(&got[i], &want[i], 4) != 0;
+    const int gok = guard ? guard_ok(*guard) : 1;
+    const int pass = diff == 0 && got.size() == want.size() && gok;
+    printf("%-62s %zu of %zu differ guard=%s %s\n", what, diff, want.size(), gok ? "ok" : "BROKEN",
+           pass ? "OK" : "FAIL");
+    if (!pass) g_fail++;
+}
+
 static void case_attention(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int bf)
 {
     const int64_t S = pos0 + T, rot = (HD / 4) & ~(int64_t)1;
@@ -271,6 +286,31 @@ static void case_attention(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int
     snprintf(name, sizeof name, "attn_qk_prep(k_cache) T=%lld pos0=%lld NKV=%lld HD=%lld %s", (long long)T,
              (long long)pos0, (long long)NKV, (long long)HD, dtn(bf));
     check(name, down(dkc, S * NKV * HD, bf), kc, bf ? 8e-3 : 1e-6, 1, &dkc);
+    if (bf && HD <= 256) { /* qk_prep v2 (a warp per row) against v1, taps on: bitwise */
+        const size_t nq = (size_t)(T * NH * HD), nk = (size_t)(T * NKV * HD), nc = (size_t)(S * NKV * HD);
+        dbuf qv[3], qnv[3], knv[3], kcv[3], vcv[3];
+        for (int ver = 1; ver <= 2; ver++) {
+            qv[ver] = dnew(nq * as), qnv[ver] = dnew(nq * as), knv[ver] = dnew(nk * as);
+            kcv[ver] = dnew(nc * as), vcv[ver] = dnew(nc * as);
+            poison(qv[ver]), poison(qnv[ver]), poison(knv[ver]), poison(kcv[ver]), poison(vcv[ver]);
+            if (pos0) { /* the cached rows before pos0, as the default run found them */
+                CK(cudaMemcpy(kcv[ver].p, dkc.p, (size_t)(pos0 * NKV * HD) * as, cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpy(vcv[ver].p, dvc.p, (size_t)(pos0 * NKV * HD) * as, cudaMemcpyDeviceToDevice));
+            }
+            RUN(cuda_attn_qk_prep_ver(qv[ver].p, qnv[ver].p, kcv[ver].p, vcv[ver].p, knv[ver].p, dqg.p, dkp.p, dvp.p,
+                                      (float *)dqw.p, (float *)dkw.p, T, pos0, NH, NKV, HD, rot, 1e7, 1e-6, ver,
+                                      DT(bf), g_stream, E));
+        }
+        CK(cudaStreamSynchronize(g_stream));
+        const struct { const char *what; dbuf *b; size_t n; } outs[] = {
+            {"q", qv, nq}, {"q_norm", qnv, nq}, {"k_norm", knv, nk}, {"k_cache", kcv, nc}, {"v_cache", vcv, nc}};
+        for (const auto &o : outs) {
+            snprintf(name, sizeof name, "attn_qk_prep v2 == v1 bitwise (%s) T=%lld pos0=%lld HD=%lld rot=%lld", o.what,
+                     (long long)T, (long long)pos0, (long long)HD, (long long)rot);
+            check_bitwise(name, down(o.b[2], (int64_t)o.n, bf), down(o.b[1], (int64_t)o.n, bf), &o.b[2]);
+        }
+        for (int ver = 1; ver <= 2; ver++) dfree(qv[ver]), dfree(qnv[ver]), dfree(knv[ver]), dfree(kcv[ver]), dfree(vcv[ver]);
+    }
     snprintf(name, sizeof name, "attention[%s] T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld %s",
              cuda_attention_kernel(T, HD, DT(bf)), (long long)T, (long long)pos0, (long long)NH, (long long)NKV,
              (long long)HD, dtn(bf));
@@ -278,6 +318,19 @@ static void case_attention(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int
     snprintf(name, sizeof name, "sigmoid_gate T=%lld NH=%lld HD=%lld %s", (long long)T, (long long)NH, (long long)HD,
              dtn(bf));
     check(name, down(og, T * NH * HD, bf), gated, bf ? 2e-2 : 2e-6, 1, &og);
+    if (bf && HD % 8 == 0) { /* v2 (8 elements per thread) against v1 (one): bitwise */
+        dbuf og1 = dnew(T * NH * HD * as), og2 = dnew(T * NH * HD * as);
+        poison(og1), poison(og2);
+        RUN(cuda_sigmoid_gate_forward_ver(og1.p, o.p, (char *)dqg.p + as * HD, T, NH, HD, 2 * HD, 1, DT(bf), g_stream,
+                                          E));
+        RUN(cuda_sigmoid_gate_forward_ver(og2.p, o.p, (char *)dqg.p + as * HD, T, NH, HD, 2 * HD, 2, DT(bf), g_stream,
+                                          E));
+        CK(cudaStreamSynchronize(g_stream));
+        snprintf(name, sizeof name, "sigmoid_gate v2 == v1 bitwise T=%lld NH=%lld HD=%lld bf16", (long long)T,
+                 (long long)NH, (long long)HD);
+        check_bitwise(name, down(og2, T * NH * HD, bf), down(og1, T * NH * HD, bf), &og2);
+        dfree(og1), dfree(og2);
+    }
     dfree(dqg), dfree(dkp), dfree(dvp), dfree(dqw), dfree(dkw), dfree(dkc), dfree(dvc), dfree(dq), dfree(o),
         dfree(og), dfree(scratch);
 }
@@ -455,6 +508,38 @@ static void bench_attention(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
     dfree(q), dfree(kc), dfree(vc), dfree(o);
 }
 
+/* The attention output gate at the real dims (T tokens, 16 heads of 256, the gate inside q_proj's
+ * output): v1 (one element per thread) against v2 (eight), ms per call. */
+static void bench_sigmoid_gate(int64_t T, int64_t NH, int64_t HD)
+{
+    const size_t n = (size_t)(T * NH * HD);
+    dbuf x = dnew(n * 2), qg = dnew(2 * n * 2), o = dnew(n * 2);
+    CK(cudaMemset(x.p, 0x3c, n * 2));
+    CK(cudaMemset(qg.p, 0x3c, 2 * n * 2));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float ms[3] = {0, 0, 0};
+    const int N = 20;
+    for (int ver = 1; ver <= 2; ver++) {
+        RUN(cuda_sigmoid_gate_forward_ver(o.p, x.p, (char *)qg.p + 2 * HD, T, NH, HD, 2 * HD, ver, Q3N_COMPUTE_BF16,
+                                          g_stream, E));
+        CK(cudaEventRecord(a, g_stream));
+        for (int r = 0; r < N; r++)
+            RUN(cuda_sigmoid_gate_forward_ver(o.p, x.p, (char *)qg.p + 2 * HD, T, NH, HD, 2 * HD, ver,
+                                              Q3N_COMPUTE_BF16, g_stream, E));
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms[ver], a, b));
+    }
+    const double gb = 3.0 * n * 2 / 1e9; /* x, the gate half of q_proj's output, out */
+    printf("BENCH sigmoid_gate T=%lld NH=%lld HD=%lld bf16: v1 %.4f ms, v2 %.4f ms/call (%.2f TB/s)\n", (long long)T,
+           (long long)NH, (long long)HD, ms[1] / N, ms[2] / N, gb / (ms[2] / N * 1e-3) / 1e3);
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    dfree(x), dfree(qg), dfree(o);
+}
+
 /* Long context, weak decay: chunked (GPU) vs recurrent (GPU) vs ref recurrent (CPU, float32) over T
  * tokens; reports NaN/Inf, max |S| and the drift (relative L2) of the final state and outputs. */
 /* The same long run through the bf16 path (the tensor-core chunked kernel at DK = DV = 128, C = 64:
@@ -618,6 +703,7 @@ int main(int argc, char **argv)
         bench_delta(4096, 16, 32, 128, 128, 64);
         bench_attention(4096, 16, 2, 256);
         bench_attention(16384, 16, 2, 256);
+        bench_sigmoid_gate(4096, 16, 256);
     }
     return 0;
 }
