@@ -290,6 +290,11 @@ int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K);
 enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
                                     int32_t *d_scratch, const int32_t *d_idx, int64_t T, int64_t E, int64_t K,
                                     cudaStream_t stream, struct q3n_error *err);
+/* As cuda_moe_permute_v2 with the chunk scan's version chosen: 0 the default (moe.cu's
+ * PERMUTE_SCAN_DEFAULT_VER), 1 a load in flight per thread, 2 eight. Bitwise equal. */
+enum q3n_status cuda_moe_permute_v2_ver(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
+                                        int32_t *d_scratch, const int32_t *d_idx, int64_t T, int64_t E, int64_t K,
+                                        int scan_ver, cudaStream_t stream, struct q3n_error *err);
 /* out[p,:] = x[rows[p] / div, :]  (p < n; rows = perm_row, div = K gathers token rows). */
 enum q3n_status cuda_gather_rows(void *d_out, const void *d_x, const int32_t *d_rows, int64_t n, int64_t div,
                                  int64_t D, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);

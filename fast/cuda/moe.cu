@@ -396,6 +396,14 @@ __global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n,
     }
 }
 
+/* One block walks every chunk of the histogram. BATCH 1 (v1, the default): one load in flight per
+ * thread (50 us per layer at T = 4096 under ncu, session 8: 160 chunks, a round trip each).
+ * BATCH 8 (v2, written in session 9 with no GPU lent after it was built, so not the default until
+ * dev/test_moe_prefill has checked and timed it): the loads of 8 chunks first, then their sums
+ * (integers: any order gives the same result, so bitwise v1). */
+#define PERMUTE_SCAN_DEFAULT_VER 1
+
+template <int BATCH>
 __global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t *counts, int32_t *offsets,
                                                           const int32_t *hist, int64_t nchunks, int E)
 {
@@ -407,14 +415,31 @@ __global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t
     for (int e0 = 0; e0 < E; e0 += blockDim.x) {
         const int e = e0 + tid;
         int32_t tot = 0;
-        if (e < E)
+        if constexpr (BATCH == 1) {
+            if (e < E)
+                for (int64_t c = 0; c < nchunks; c++) tot += hist[c * E + e];
+        } else if (e < E) {
+#pragma unroll BATCH
             for (int64_t c = 0; c < nchunks; c++) tot += hist[c * E + e];
+        }
         const int32_t off = block_exclusive_scan(tot, wsum) + carry; /* carry: set two barriers ago */
         if (e < E) {
             counts[e] = tot;
             offsets[e] = off;
             int32_t b = off;
-            for (int64_t c = 0; c < nchunks; c++) {
+            int64_t c = 0;
+            if constexpr (BATCH > 1)
+                for (; c + BATCH <= nchunks; c += BATCH) {
+                    int32_t h[BATCH];
+#pragma unroll
+                    for (int j = 0; j < BATCH; j++) h[j] = hist[(c + j) * E + e];
+#pragma unroll
+                    for (int j = 0; j < BATCH; j++) {
+                        base[(c + j) * E + e] = b;
+                        b += h[j];
+                    }
+                }
+            for (; c < nchunks; c++) {
                 base[c * E + e] = b;
                 b += hist[c * E + e];
             }
@@ -457,12 +482,14 @@ extern "C" int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K)
     return 2 * ((T * K + PC - 1) / PC) * E;
 }
 
-extern "C" enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts,
-                                               int32_t *d_offsets, int32_t *d_scratch, const int32_t *d_idx,
-                                               int64_t T, int64_t E, int64_t K, cudaStream_t stream,
-                                               struct q3n_error *err)
+extern "C" enum q3n_status cuda_moe_permute_v2_ver(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts,
+                                                   int32_t *d_offsets, int32_t *d_scratch, const int32_t *d_idx,
+                                                   int64_t T, int64_t E, int64_t K, int scan_ver,
+                                                   cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && E > 0 && E <= INT32_MAX && K > 0 && T * K <= INT32_MAX && perm_warps(E) >= 1);
+    Q3N_REQUIRE(scan_ver >= 0 && scan_ver <= 2);
+    if (scan_ver == 0) scan_ver = PERMUTE_SCAN_DEFAULT_VER;
     const int64_t n = T * K, nchunks = (n + PC - 1) / PC;
     if (n == 0) {
         CU_CHECK(cudaMemsetAsync(d_counts, 0, sizeof(int32_t) * (size_t)E, stream));
@@ -474,11 +501,22 @@ extern "C" enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_p
     int32_t *hist = d_scratch, *base = d_scratch + nchunks * E;
     chunk_count_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(hist, d_idx, n, (int)E);
     CU_LAUNCHED("moe chunk_count_kernel");
-    chunk_scan_kernel<<<1, 1024, 0, stream>>>(base, d_counts, d_offsets, hist, nchunks, (int)E);
+    if (scan_ver == 2)
+        chunk_scan_kernel<8><<<1, 1024, 0, stream>>>(base, d_counts, d_offsets, hist, nchunks, (int)E);
+    else
+        chunk_scan_kernel<1><<<1, 1024, 0, stream>>>(base, d_counts, d_offsets, hist, nchunks, (int)E);
     CU_LAUNCHED("moe chunk_scan_kernel");
     chunk_place_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(d_perm_row, d_pos, base, d_idx, n, (int)E);
     CU_LAUNCHED("moe chunk_place_kernel");
     return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts,
+                                               int32_t *d_offsets, int32_t *d_scratch, const int32_t *d_idx,
+                                               int64_t T, int64_t E, int64_t K, cudaStream_t stream,
+                                               struct q3n_error *err)
+{
+    return cuda_moe_permute_v2_ver(d_perm_row, d_pos, d_counts, d_offsets, d_scratch, d_idx, T, E, K, 0, stream, err);
 }
 
 template <typename T>
