@@ -105,7 +105,8 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
     }
     const float tot = warp_block_sum_sq<4, NM>(x, HD, lane);
     const float r = 1.0f / sqrtf(tot / (float)HD + eps);
-    bf16 *nout = isq ? (qn ? qn + ((int64_t)t * NH + hh) * HD : nullptr) : (kn ? kn + ((int64_t)t * NKV + hh) * HD : nullptr);
+    bf16 *nout = isq ? (qn ? qn + ((int64_t)t * NH + hh) * HD : nullptr)
+                     : (kn ? kn + ((int64_t)t * NKV + hh) * HD : nullptr);
     float *yw = ys[wi];
 #pragma unroll
     for (int m = 0; m < NM; m++) {
@@ -146,8 +147,12 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
 /* Default versions of the q/k prep and the output gate where v2 applies. v2 of both was written in
  * session 9 with no GPU lent after it was built: v1 stays the default until dev/test_kernels has
  * checked v2 bitwise on an H100 and the model bench has timed it. */
+#ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=2 builds v2 as the default */
 #define QK_PREP_DEFAULT_VER 1
+#endif
+#ifndef SIGMOID_GATE_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DSIGMOID_GATE_DEFAULT_VER=2 builds v2 as the default */
 #define SIGMOID_GATE_DEFAULT_VER 1
+#endif
 
 static int qk_prep_v2_ok(int64_t HD, enum q3n_compute_dtype dt)
 {

@@ -25,8 +25,12 @@
 /* Default versions (1 or 2) of the prep and the gated norm. Both v2 were written in session 9 with
  * no GPU lent after they were built: v1 stays the default until dev/test_dn_prep has checked v2
  * bitwise on an H100 and timed it against v1. */
+#ifndef PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DPREP_DEFAULT_VER=2 builds v2 as the default */
 #define PREP_DEFAULT_VER 1
+#endif
+#ifndef GATED_NORM_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DGATED_NORM_DEFAULT_VER=2 builds v2 as the default */
 #define GATED_NORM_DEFAULT_VER 1
+#endif
 
 #define PREP_TT 64     /* tokens per prep block */
 #define PREP_THREADS 256 /* 8 warps, one token at a time each */
@@ -155,7 +159,8 @@ __global__ void __launch_bounds__(PREP_THREADS) dn_prep_kernel(O *q, O *k, O *v,
             if (tt >= nt) break;
             O *orow = out + (size_t)(t0 + tt) * ostride;
             if (isqk) {
-                const float tot = n >= 256 ? warp_block_sum_sq<4, NM>(y[u], n, lane) : warp_block_sum_sq<2, NM>(y[u], n, lane);
+                const float tot =
+                    n >= 256 ? warp_block_sum_sq<4, NM>(y[u], n, lane) : warp_block_sum_sq<2, NM>(y[u], n, lane);
                 const float rr = 1.0f / sqrtf(tot + eps);
 #pragma unroll
                 for (int m = 0; m < NM; m++) {

@@ -401,7 +401,9 @@ __global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n,
  * BATCH 8 (v2, written in session 9 with no GPU lent after it was built, so not the default until
  * dev/test_moe_prefill has checked and timed it): the loads of 8 chunks first, then their sums
  * (integers: any order gives the same result, so bitwise v1). */
+#ifndef PERMUTE_SCAN_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DPERMUTE_SCAN_DEFAULT_VER=2 builds v2 as the default */
 #define PERMUTE_SCAN_DEFAULT_VER 1
+#endif
 
 template <int BATCH>
 __global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t *counts, int32_t *offsets,

@@ -8,6 +8,10 @@
 #   .cudadev/base/        (with BASE=REV) bench_model built from commit REV, for run_all.sh's basebench stage
 # Usage: bash fast/cuda/dev/bundle.sh [BUILD=build/cudadev] [BASE=REV]; then carry
 # [".cudadev/bin.tar.xz", ".cudadev/libs.tar.xz"] (plus ".cudadev/base" and ".whl" when used).
+# Kernel versions that are not yet the default are built as the default with EXTRA_NVCCFLAGS in a
+# build folder of their own (make does not track flags), e.g.
+#   EXTRA_NVCCFLAGS="-DQK_PREP_DEFAULT_VER=2 -DSIGMOID_GATE_DEFAULT_VER=2 -DPREP_DEFAULT_VER=2 \
+#     -DGATED_NORM_DEFAULT_VER=2 -DPERMUTE_SCAN_DEFAULT_VER=2" bash fast/cuda/dev/bundle.sh BUILD=build/cudadev-v2 BASE=REV
 set -eu
 for a in "$@"; do case $a in BUILD=*) BUILD=${a#BUILD=} ;; BASE=*) BASE=${a#BASE=} ;; *) echo "bundle.sh: unknown argument $a" >&2; exit 2 ;; esac; done
 BUILD=${BUILD:-build/cudadev}
@@ -31,7 +35,8 @@ done
 if [ -n "${BASE:-}" ]; then
     wt=$(mktemp -d)
     git worktree add -q "$wt" "$BASE"
-    (cd "$wt" && make BUILD=build/base -j"$(nproc)" build/base/cuda-dev/bench_model >/dev/null)
+    # the base as it was committed: without this run's EXTRA_NVCCFLAGS
+    (cd "$wt" && env -u EXTRA_NVCCFLAGS make BUILD=build/base -j"$(nproc)" build/base/cuda-dev/bench_model >/dev/null)
     mkdir -p .cudadev/base
     cp "$wt/build/base/cuda-dev/bench_model" .cudadev/base/ && strip .cudadev/base/bench_model
     git worktree remove --force "$wt"

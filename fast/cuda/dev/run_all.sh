@@ -108,7 +108,7 @@ for stage in "$@"; do
         timeout 300 ncu --metrics gpu__time_duration.sum --csv --page raw --launch-count 700 \
             $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >/tmp/ncu4096.csv 2>/dev/null
         python3 fast/cuda/dev/ncu_prefill_sum.py /tmp/ncu4096.csv >>"$OUT/ncu4096.log" 2>&1
-        # where the T=4096 expert GEMMs (v3, the production choice there) spend their time: the first layer's pair
+        # where the T=4096 expert GEMMs (v5 since 8b8448c, v3 before) spend their time: the first layer's pair
         timeout 200 ncu --kernel-name regex:grouped_gemm --launch-skip 8 --launch-count 2 --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
             $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >>"$OUT/ncu4096.log" 2>&1
