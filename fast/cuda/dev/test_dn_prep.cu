@@ -323,46 +323,42 @@ static void bench(const shape &s, int64_t T, int bf)
            (long long)s.NK, (long long)s.NV, (long long)s.DK, (long long)s.DV, (long long)T, dtn(bf), med[0][0],
            med[0][1], med[0][2], med[0][3], med[1][0], mb, mb / 1e6 / (med[1][0] * 1e-3), med[1][1], med[1][2],
            med[1][3], med[0][0] / med[1][0], med[0][3] - med[1][3], med[0][3] / med[1][3]);
+    /* median ms of 10 timed calls of launch(ver) after 2 warm-ups, between ev[0] and ev[1]; before()
+     * runs outside the timed span */
+    auto timed = [&](auto before, auto launch, int ver) {
+        std::vector<float> t;
+        for (int r = 0; r < 12; r++) {
+            before();
+            CK(cudaEventRecord(ev[0], g_stream));
+            launch(ver);
+            CK(cudaEventRecord(ev[1], g_stream));
+            CK(cudaEventSynchronize(ev[1]));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+            if (r >= 2) t.push_back(ms);
+        }
+        return median(t);
+    };
     /* the gated norm alone: v1 (a row per warp) against v2 (two rows per warp) */
-    float gn[3] = {0, 0, 0};
-    for (int ver = 1; ver <= 2; ver++) {
-        std::vector<float> t;
-        for (int r = 0; r < 12; r++) {
-            CK(cudaEventRecord(ev[0], g_stream));
-            RUN(cuda_deltanet_gated_norm_forward_ver(B.gn2.p, B.core2.p, B.qkvz.p, (float *)B.gw.p, T, s.NK, s.NV, s.DK,
-                                                     s.DV, EPS_RMS, ver, DT(bf), g_stream, &g_err));
-            CK(cudaEventRecord(ev[1], g_stream));
-            CK(cudaEventSynchronize(ev[1]));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-            if (r >= 2) t.push_back(ms);
-        }
-        gn[ver] = median(t);
-    }
-    printf("TIME gated_norm T=%-5lld %-4s v1 %.4f ms, v2 %.4f ms (x%.2f)\n", (long long)T, dtn(bf), gn[1], gn[2],
-           gn[1] / gn[2]);
-    /* the prep alone: v1 (a token per warp at a time) against v2 (two) */
+    auto nothing = [] {};
+    auto norm = [&](int ver) {
+        RUN(cuda_deltanet_gated_norm_forward_ver(B.gn2.p, B.core2.p, B.qkvz.p, (float *)B.gw.p, T, s.NK, s.NV, s.DK,
+                                                 s.DV, EPS_RMS, ver, DT(bf), g_stream, &g_err));
+    };
+    const float gn1 = timed(nothing, norm, 1), gn2 = timed(nothing, norm, 2);
+    printf("TIME gated_norm T=%-5lld %-4s v1 %.4f ms, v2 %.4f ms (x%.2f)\n", (long long)T, dtn(bf), gn1, gn2,
+           gn1 / gn2);
+    /* the prep alone: v1 (a token per warp at a time) against v2 (two), each from the same conv state */
     const float qscale = (float)pow((double)s.DK, -0.5);
-    float pr[3] = {0, 0, 0};
-    for (int ver = 1; ver <= 2; ver++) {
-        std::vector<float> t;
-        for (int r = 0; r < 12; r++) {
-            copy(B.cst2, B.cst0);
-            CK(cudaEventRecord(ev[0], g_stream));
-            RUN(cuda_deltanet_prep_forward_ver(B.q2.p, B.k2.p, B.v2.p, (float *)B.g2.p, (float *)B.beta2.p,
-                                               (float *)B.cst2.p, B.qkvz.p, B.ba.p, (float *)B.cw.p, (float *)B.A_log.p,
-                                               (float *)B.dt_bias.p, T, s.NK, s.NV, s.DK, s.DV, s.K, EPS_L2, qscale, 0,
-                                               B.qbf, ver, DT(bf), g_stream, &g_err));
-            CK(cudaEventRecord(ev[1], g_stream));
-            CK(cudaEventSynchronize(ev[1]));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-            if (r >= 2) t.push_back(ms);
-        }
-        pr[ver] = median(t);
-    }
-    printf("TIME prep T=%-5lld %-4s v1 %.4f ms, v2 %.4f ms (x%.2f)\n", (long long)T, dtn(bf), pr[1], pr[2],
-           pr[1] / pr[2]);
+    auto reset_state = [&] { copy(B.cst2, B.cst0); };
+    auto prep = [&](int ver) {
+        RUN(cuda_deltanet_prep_forward_ver(B.q2.p, B.k2.p, B.v2.p, (float *)B.g2.p, (float *)B.beta2.p,
+                                           (float *)B.cst2.p, B.qkvz.p, B.ba.p, (float *)B.cw.p, (float *)B.A_log.p,
+                                           (float *)B.dt_bias.p, T, s.NK, s.NV, s.DK, s.DV, s.K, EPS_L2, qscale, 0,
+                                           B.qbf, ver, DT(bf), g_stream, &g_err));
+    };
+    const float pr1 = timed(reset_state, prep, 1), pr2 = timed(reset_state, prep, 2);
+    printf("TIME prep T=%-5lld %-4s v1 %.4f ms, v2 %.4f ms (x%.2f)\n", (long long)T, dtn(bf), pr1, pr2, pr1 / pr2);
     for (auto &e : ev) CK(cudaEventDestroy(e));
     release(B);
 }
