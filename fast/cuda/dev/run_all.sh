@@ -12,6 +12,7 @@ OUT=${OUT:-/tmp/q3n-out}
 mkdir -p "$OUT"
 B=.cudadev/bin
 [ -f .cudadev/bin.tar.xz ] && tar -xJf .cudadev/bin.tar.xz -C .cudadev
+[ -f .cudadev/base.tar.xz ] && tar -xJf .cudadev/base.tar.xz -C .cudadev   # bundle.sh BASE=: base/bench_model*
 mkdir -p /tmp/q3nlib && tar -xJf .cudadev/libs.tar.xz -C /tmp/q3nlib
 export LD_LIBRARY_PATH=/tmp/q3nlib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
@@ -71,11 +72,12 @@ for stage in "$@"; do
         .cudadev/base/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 8 \
             >>"$OUT/bench_base.log" 2>&1
         echo "exit $?" >>"$OUT/bench_base.log" ;;
-    ab)   # the new bench_model against .cudadev/base/bench_model (bundle.sh BASE=REV), alternated
-          # three times in one run on one GPU, so that clock and thermal drift fall on both alike
+    ab)   # the new bench_model against .cudadev/base/bench_model (bundle.sh BASE=REV) and any other
+          # .cudadev/base/bench_model_* carried beside it, alternated three times in one run on one GPU,
+          # so that clock and thermal drift fall on all alike
         for i in 1 2 3; do
-            for who in base new; do
-                bin=$B/bench_model; [ $who = base ] && bin=.cudadev/base/bench_model
+            for bin in .cudadev/base/bench_model* $B/bench_model; do
+                who=$(basename "$bin"); [ "$bin" = $B/bench_model ] && who=new
                 log "ab $who run $i" >>"$OUT/ab.log"
                 timeout 150 $bin --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 0 \
                     >>"$OUT/ab.log" 2>&1; echo "exit $?" >>"$OUT/ab.log"
