@@ -5,9 +5,10 @@
 #   .cudadev/libs.tar.xz  the shared libraries they link that the GPU image lacks (HDF5, OpenBLAS,
 #                         cJSON and their own dependencies; ~12 MB); glibc, libstdc++ and the
 #                         CUDA runtime/cuBLAS come from the image
-#   .cudadev/base/        (with BASE=REV) bench_model built from commit REV, for run_all.sh's basebench stage
+#   .cudadev/base.tar.xz  (with BASE=REV) base/bench_model built from commit REV, for run_all.sh's ab and
+#                         basebench stages (~2 MB a binary; the bare binaries would pass the carry limit)
 # Usage: bash fast/cuda/dev/bundle.sh [BUILD=build/cudadev] [BASE=REV]; then carry
-# [".cudadev/bin.tar.xz", ".cudadev/libs.tar.xz"] (plus ".cudadev/base" and ".whl" when used).
+# [".cudadev/bin.tar.xz", ".cudadev/libs.tar.xz"] (plus ".cudadev/base.tar.xz" and ".whl" when used).
 # Kernel versions that are not yet the default are built as the default with EXTRA_NVCCFLAGS in a
 # build folder of their own (make does not track flags), e.g.
 #   EXTRA_NVCCFLAGS="-DQK_PREP_DEFAULT_VER=2 -DSIGMOID_GATE_DEFAULT_VER=2 -DPREP_DEFAULT_VER=2 \
@@ -41,4 +42,6 @@ if [ -n "${BASE:-}" ]; then
     cp "$wt/build/base/cuda-dev/bench_model" .cudadev/base/ && strip .cudadev/base/bench_model
     git worktree remove --force "$wt"
 fi
-du -sh .cudadev/bin.tar.xz .cudadev/libs.tar.xz ${BASE:+.cudadev/base}
+# every base/bench_model* (BASE= above, or copied there by hand), compressed: carried as base.tar.xz
+[ -d .cudadev/base ] && tar -C .cudadev -cJf .cudadev/base.tar.xz base
+du -sh .cudadev/bin.tar.xz .cudadev/libs.tar.xz ${BASE:+.cudadev/base.tar.xz}
