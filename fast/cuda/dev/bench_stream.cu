@@ -8,6 +8,11 @@
  *   rows     v5's TMA boxes: per k-tile, 64 k (128 bytes) of each of BN rows 4*Kin/2 bytes apart
  *   rows2    the same, two adjacent k-tiles per stage (256 contiguous bytes per row per stage)
  *   packed   the same bytes laid out per (item, k-tile): each stage is one contiguous BN x 128 B run
+ *   rows+A   rows, plus v5's A operand: warpgroup 0 gathers a 128-row A tile per stage by cp.async
+ *            (16-byte chunks, zero fill past the expert's R rows, v5's swizzle) from token rows of an
+ *            x [4096][K] buffer (L2-resident, as x is at T = 4096), R = 80 rows per expert (T K / E
+ *            at T = 4096) or R = 0 (the same kernel, no A bytes). Does the A traffic from L2 cost
+ *            the weight stream its rate? (v5 at T = 4096: 2.64 TB/s, these streams 3.04.)
  * Each TMA pattern runs with the consumer releasing a stage at once (delay 0) and after a spin that
  * stands in for the tensor-core time of a 128 x BN x 64 stage (delay in SM cycles).
  *   bench_stream [--E 512] [--N 1024] [--K 2048] [--reps 5]
@@ -16,6 +21,7 @@
 #include <cudaTypedefs.h>
 
 #include "../common.cuh"
+#include "../moe_grouped.cuh"
 #include "../wgmma.cuh"
 #include "devkit.cuh"
 
@@ -69,6 +75,71 @@ __global__ void __launch_bounds__(64, 1) stream_kernel(const __grid_constant__ C
         }
     }
     if (threadIdx.x == 32 && acc == 0x12345678u) sink[0] = acc;
+}
+
+/* rows+A (see the header): threads 0..127 produce (A by cp.async, as g5_produce; thread 0 also the
+ * B box by TMA, its bytes expected on full[s]), lane 0 of warp 4 consumes as stream_kernel's. */
+template <int BN, int ST>
+__global__ void __launch_bounds__(160, 1) stream_a_kernel(const __grid_constant__ CUtensorMap map, const bf16 *X,
+                                                          const int *xrows, int R, int Kin, int items, int nbx,
+                                                          int ktiles, long long delay, unsigned *sink)
+{
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    constexpr uint32_t AB = 128 * BK * 2, BOX = BN * BK * 2, SB = AB + BOX;
+    const uint32_t base = ((uint32_t)__cvta_generic_to_shared(smem_raw) + 1023) & ~1023u;
+    const uint32_t full0 = base + ST * SB, empty0 = full0 + 8 * ST;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < ST; s++) {
+            wb_init(full0 + 8 * s, 129); /* 128 cp.async arrivals + thread 0's expect_tx */
+            wb_init(empty0 + 8 * s, 1);
+        }
+        wb_init_fence();
+    }
+    __syncthreads();
+    uint32_t i = 0;
+    unsigned acc = 0;
+    if (threadIdx.x < 128) {
+        const int t = threadIdx.x, lr = t >> 3, lc = t & 7;
+        const uint32_t so = (uint32_t)(lr * 128 + ((lc ^ (lr & 7)) << 4));
+        for (int w = blockIdx.x; w < items; w += gridDim.x) {
+            const int e = w / nbx, xb = w - e * nbx;
+            int asrc[8];
+#pragma unroll
+            for (int a = 0; a < 8; a++) asrc[a] = lr + 16 * a < R ? xrows[e * R + lr + 16 * a] : -1;
+            for (int kt = 0; kt < ktiles; kt++, i++) {
+                const uint32_t s = i % ST, f = i / ST;
+                if (f > 0) wb_wait(empty0 + 8 * s, (f - 1) & 1);
+                const int k = kt * BK + lc * 8;
+                const uint32_t sa = base + s * SB + so;
+#pragma unroll
+                for (int a = 0; a < 8; a++) {
+                    const bool ok = asrc[a] >= 0;
+                    g3_cp16(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok);
+                }
+                if (t == 0) {
+                    wb_arrive_expect_tx(full0 + 8 * s, BOX);
+                    tma_load_3d(base + s * SB + AB, &map, kt * BK, xb * BN, e, full0 + 8 * s);
+                }
+                wb_arrive_cp_async(full0 + 8 * s);
+            }
+        }
+        wb_cp_async_drain();
+    } else if (threadIdx.x == 128) {
+        for (int w = blockIdx.x; w < items; w += gridDim.x)
+            for (int kt = 0; kt < ktiles; kt++, i++) {
+                const uint32_t s = i % ST, f = i / ST;
+                wb_wait(full0 + 8 * s, f & 1);
+                if (delay > 0) {
+                    const long long t0 = clock64();
+                    while (clock64() - t0 < delay) {}
+                }
+                unsigned v;
+                asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(base + s * SB));
+                acc += v;
+                wb_arrive(empty0 + 8 * s);
+            }
+        if (acc == 0x12345678u) sink[0] = acc;
+    }
 }
 
 /* Every 16-byte chunk of the buffer once, in address order (grid-stride). */
@@ -148,6 +219,22 @@ static float run_tma(void *W, const shape &sh, int pattern, long long delay, int
     });
 }
 
+/* rows+A: X [XT][K] with every element 1, xrows[e][r] random token rows (fixed seed) */
+template <int BN, int ST>
+static float run_tma_a(void *W, const shape &sh, const bf16 *X, const int *xrows, int R, long long delay, int sms,
+                       int reps, unsigned *sink)
+{
+    const int nbx = (int)(sh.N / BN), ktiles = (int)(sh.K / BK), items = (int)sh.E * nbx;
+    CUtensorMap map;
+    const cuuint64_t dims[3] = {(cuuint64_t)sh.K, (cuuint64_t)sh.N, (cuuint64_t)sh.E};
+    encode(&map, W, dims, BN);
+    const int smem = ST * (128 + BN) * BK * 2 + 16 * ST + 1024;
+    CK(cudaFuncSetAttribute(stream_a_kernel<BN, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return best_ms(reps, [&] {
+        stream_a_kernel<BN, ST><<<sms, 160, smem>>>(map, X, xrows, R, (int)sh.K, items, nbx, ktiles, delay, sink);
+    });
+}
+
 static void report(const char *what, const shape &sh, float ms)
 {
     const double bytes = (double)sh.E * sh.N * sh.K * 2;
@@ -204,6 +291,31 @@ int main(int argc, char **argv)
         snprintf(what, sizeof what, "packed BN128 st8 delay %lld", dl);
         report(what, sh, run_tma<128, 8, 1>(W, sh, PACKED, dl / 2, sms, reps, sink));
     }
+    /* rows+A: the gathered A operand beside the weight stream */
+    const int XT = 4096, RMAX = 80;
+    bf16 *X = NULL;
+    int *xrows = NULL;
+    CK(cudaMalloc(&X, (size_t)XT * sh.K * 2));
+    CK(cudaMemset(X, 1, (size_t)XT * sh.K * 2));
+    CK(cudaMalloc(&xrows, sizeof(int) * sh.E * RMAX));
+    {
+        int *h = (int *)malloc(sizeof(int) * sh.E * RMAX);
+        uint64_t st = 12345;
+        for (int64_t j = 0; j < sh.E * RMAX; j++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            h[j] = (int)((st >> 33) % XT);
+        }
+        CK(cudaMemcpy(xrows, h, sizeof(int) * sh.E * RMAX, cudaMemcpyHostToDevice));
+        free(h);
+    }
+    for (int d = 0; d < 2; d++)
+        for (int R = 0; R <= RMAX; R += RMAX) {
+            char what[64];
+            snprintf(what, sizeof what, "rows+A%d BN256 st4 delay %lld", R, delays[d]);
+            report(what, sh, run_tma_a<256, 4>(W, sh, X, xrows, R, delays[d], sms, reps, sink));
+        }
+    CK(cudaFree(X));
+    CK(cudaFree(xrows));
     CK(cudaFree(W));
     CK(cudaFree(sink));
     return 0;
