@@ -82,7 +82,8 @@ for stage in "$@"; do
                 timeout 150 $bin --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 --graph-check 0 \
                     >>"$OUT/ab.log" 2>&1; echo "exit $?" >>"$OUT/ab.log"
             done
-        done ;;
+        done
+        python3 fast/cuda/dev/ab_summary.py "$OUT/ab.log" >"$OUT/ab_summary.md" 2>&1 ;;
     ncu)
         log "ncu kernel durations" >>"$OUT/bench.log"
         timeout 200 ncu --metrics gpu__time_duration.sum -k regex:'chunk|grouped|flash' --launch-skip 2 --launch-count 6 \
