@@ -372,7 +372,10 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * instead of its rows (slower on the production configurations; off in the production entry), 0
  * as a full tile. tma 1 copies the weight tiles by TMA tensor copies (the production choice;
  * only for bn 256 with stages 4 and epilogue 0, or stages 3 and epilogue 1); tma 2 the same from
- * d_W packed by cuda_moe_pack_v5 (one contiguous 32 KB copy per k-tile). All give the same bits.
+ * d_W packed by cuda_moe_pack_v5 (one contiguous 32 KB copy per k-tile). early_release 1 frees
+ * each stage as soon as its own products retire (all stages refill while a consumer waits; aimed at
+ * T = 4096, where the weight stream sets the time), 0 after the next k-tile's products are issued
+ * (the production entry: G5_EARLY_RELEASE). All give the same bits.
  * _packed is the production entry's configuration with tma 2, for sessions that packed their
  * experts (run_options.pack_experts, fast/cuda/experts_layout.cu). */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
@@ -389,8 +392,8 @@ enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const
                                              const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
-                                             int epilogue, int half_tiles, int tma, enum q3n_compute_dtype dt,
-                                             cudaStream_t stream, struct q3n_error *err);
+                                             int epilogue, int half_tiles, int tma, int early_release,
+                                             enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 /* Expert weights W [E][N][Kin] re-laid out for v5's tma 2 and the packed GEMV (moe_pack.cu; the
  * layout is moe_pack.h's): k-tile kt of v5's item xb (256 outputs; SwiGLU: h columns 128 xb .., its
  * 128 gate rows then its 128 up rows) of expert e is the contiguous 256 x 64 block

@@ -409,7 +409,8 @@ __device__ __forceinline__ void g5_mma_stage_half(float *acc, uint32_t sa, uint3
 template <bool SWIGLU, int BN, int ST, int EPI, bool HALF>
 __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const int32_t *counts,
                                         const int32_t *offsets, int N, int nbx, int w, int tile, int ktiles, int c,
-                                        uint32_t &i, uint32_t sbase, uint32_t stg, uint32_t full0, uint32_t empty0)
+                                        int early, uint32_t &i, uint32_t sbase, uint32_t stg, uint32_t full0,
+                                        uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), NA = HALF ? BN / 4 : BN / 2; /* accumulators */
     const int lane = threadIdx.x & 31;
@@ -430,13 +431,19 @@ __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const i
         else
             g5_mma_stage<BN>(acc, sa, sb);
         wg_commit();
-        wg_wait<1>(); /* k-tile i - 1's batch has retired: its stage may be refilled */
-        wg_pin<NA>(acc);
-        if (kt > 0 && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+        if (early) { /* this batch has retired: its own stage may be refilled now (see g5_consume) */
+            wg_wait<0>();
+            wg_pin<NA>(acc);
+            if (lane == 0) wb_arrive(empty0 + 8 * s);
+        } else {
+            wg_wait<1>(); /* k-tile i - 1's batch has retired: its stage may be refilled */
+            wg_pin<NA>(acc);
+            if (kt > 0 && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+        }
     }
     wg_wait<0>();
     wg_pin<NA>(acc);
-    if (lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+    if (!early && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
     const int xb = w - tile * nbx, e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
     const int rend = offsets[e] + counts[e];
     /* full: rows r0 + 64 c .., all the item's columns; half: rows r0 .. for both consumers, consumer
@@ -459,11 +466,20 @@ __device__ __forceinline__ int g5_rows(const int32_t *tiles, const int32_t *coun
 
 /* Warpgroups 1 and 2: every item of this block (see the header); stg0: consumer 0's staging buffer
  * (EPI > 0), consumer 1's follows it. half_tiles: items with <= 64 valid rows are done as half
- * tiles (the header). */
+ * tiles (the header).
+ * early (runtime, block-uniform): when a stage is released. 0: after the next k-tile's batch is
+ * issued (wgmma.wait_group 1): the tensor cores always have a batch queued, but while a consumer
+ * waits for stage i + 1 it still holds stage i, so at most ST - 1 stages are being filled. Where the
+ * weight stream sets the time (T = 4096: ~80 rows per expert, ~0.6 us of products per 1.4 us
+ * stage) that caps the bytes in flight at 3 of 4 stages: 3 stages (2 in flight) measured 0.90 ms
+ * against 4 stages' 0.81 for the T = 4096 gate_up. 1: wait for this k-tile's own batch
+ * (wait_group 0) and release its stage at once, so all ST stages fill while the consumer waits;
+ * the cost is the next batch's issue no longer overlapping this one's products. Same wgmma's in the
+ * same order into the same accumulators: bitwise the same outputs. */
 template <bool SWIGLU, int BN, int ST, int EPI>
 __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, const int32_t *counts,
                                            const int32_t *offsets, int N, int nbx, int items, int ktiles,
-                                           int half_tiles, uint32_t sbase, uint32_t stg0, uint32_t full0,
+                                           int half_tiles, int early, uint32_t sbase, uint32_t stg0, uint32_t full0,
                                            uint32_t empty0)
 {
     const int c = (threadIdx.x >> 7) - 1; /* consumer 0 or 1: rows 64 c .. of a full tile */
@@ -473,11 +489,11 @@ __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, cons
         const int tile = w / nbx;
         /* the same for every thread of the block (same w, same table): a block-uniform branch */
         if (half_tiles && g5_rows(tiles, counts, offsets, tile) <= 64)
-            g5_item<SWIGLU, BN, ST, EPI, true>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, i, sbase, stg,
-                                               full0, empty0);
+            g5_item<SWIGLU, BN, ST, EPI, true>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, early, i,
+                                               sbase, stg, full0, empty0);
         else
-            g5_item<SWIGLU, BN, ST, EPI, false>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, i, sbase,
-                                                stg, full0, empty0);
+            g5_item<SWIGLU, BN, ST, EPI, false>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, early, i,
+                                                sbase, stg, full0, empty0);
     }
     /* the block's shared memory must outlive the reads of the last bulk copies */
     if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
@@ -487,7 +503,7 @@ template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, int TMA>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const __grid_constant__ CUtensorMap wmap, const int32_t *tiles, const int32_t *counts,
-                           const int32_t *offsets, int N, int Kin, int nbx, int half_tiles)
+                           const int32_t *offsets, int N, int Kin, int nbx, int half_tiles, int early)
 {
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
      * would wait for its own release (deadlock); two or more are enough. */
@@ -516,8 +532,8 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
         g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx, items,
                                                 ktiles, sbase, full0, empty0);
     else
-        g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, half_tiles, sbase, stg0,
-                                        full0, empty0);
+        g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, half_tiles, early, sbase,
+                                        stg0, full0, empty0);
 #else
     __trap(); /* launched only where cuda_moe_grouped_v4_supported(): sm_90a code */
 #endif
@@ -548,13 +564,18 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
  * production entry's 1.472 (noise of a few %); T = 4096 gate_up 0.819 -> 0.794. Model (bench_model
  * T = 16384, session6_r6_tma.log): MoE blocks 12.89 -> 12.10 ms. Bitwise v3: 1394 cases. */
 #define G5_TMA 1
+/* Stages released as soon as their own batch retires (g5_consume's early): off until a GPU has
+ * timed it (dev/test_moe_prefill's ".../early" configurations). */
+#ifndef G5_EARLY_RELEASE
+#define G5_EARLY_RELEASE 0
+#endif
 
 /* The arguments every instantiation takes, and the grid: at most SMs x blocks per SM when persistent. */
 struct g5_args {
     bf16 *out;
     const bf16 *x, *W;
     const int32_t *rows, *tiles, *counts, *offsets;
-    int div, N, Kin, nbx, persistent, sms, half_tiles;
+    int div, N, Kin, nbx, persistent, sms, half_tiles, early;
     int64_t max_items;
     CUtensorMap wmap; /* with TMA: W as [E][N][Kin] (g5_weight_map) */
 };
@@ -602,7 +623,7 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
                              __FILE__, __LINE__, BN, ST, EPI);
     const int64_t fill = (int64_t)a.sms * per_sm, grid = a.persistent && fill < a.max_items ? fill : a.max_items;
     grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA><<<(unsigned)grid, G5_THREADS, smem, stream>>>(
-        a.out, a.x, a.rows, a.div, a.W, a.wmap, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles);
+        a.out, a.x, a.rows, a.div, a.W, a.wmap, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early);
     CU_LAUNCHED("moe grouped_gemm_v5_kernel");
     return Q3N_OK;
 }
@@ -620,12 +641,13 @@ static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaSt
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     void *d_out, const void *d_x, const int32_t *d_rows, int64_t div, const void *d_W, const int32_t *d_counts,
     const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
-    int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, enum q3n_compute_dtype dt,
-    cudaStream_t stream, struct q3n_error *err)
+    int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, int early_release,
+    enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
                 (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1) &&
-                (half_tiles == 0 || half_tiles == 1) && (tma >= 0 && tma <= 2));
+                (half_tiles == 0 || half_tiles == 1) && (tma >= 0 && tma <= 2) &&
+                (early_release == 0 || early_release == 1));
     const int st = stages ? stages : G5_STAGES(bn);
     /* the instantiated configurations (see the header); TMA: the two production ones */
     Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
@@ -646,7 +668,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
     a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
-    a.max_items = max_items, a.half_tiles = half_tiles;
+    a.max_items = max_items, a.half_tiles = half_tiles, a.early = early_release;
     if (tma) {
         Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, tma == 2, err));
         if (tma == 2)
@@ -674,7 +696,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES,
-                                        G5_TMA, dt, stream, err);
+                                        G5_TMA, G5_EARLY_RELEASE, dt, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const void *d_x, const int32_t *d_rows,
@@ -687,5 +709,5 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const vo
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, 2,
-                                        dt, stream, err);
+                                        G5_EARLY_RELEASE, dt, stream, err);
 }
