@@ -144,19 +144,27 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
         }
 }
 
-/* Default versions of the q/k prep and the output gate where v2 applies. v2 of both was written in
- * session 9 with no GPU lent after it was built: v1 stays the default until dev/test_kernels has
- * checked v2 bitwise on an H100 and the model bench has timed it. */
-#ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=2 builds v2 as the default */
-#define QK_PREP_DEFAULT_VER 1
+/* Default versions of the q/k prep and the output gate where v2 applies. v2 of both (session 9) was
+ * checked bitwise v1 on an H100 in session 10 (dev/test_kernels) and timed there: one T = 4096
+ * prefill under ncu (base clocks, fast/cuda/dev/logs/session10_ncu4096.log) q/k prep 171.7 -> 110.1
+ * us, gate 100.4 -> 33.2 us; `BENCH sigmoid_gate` 0.094 -> 0.037 ms. Prefill only (T > 1): the
+ * builds with v2 everywhere decoded 1 % slower (0.578 -> 0.584 ms/token, session10_ab.log), and one
+ * token is too few rows for v2's warp per (token, head) or 8 elements per thread to pay. */
+#ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=1 keeps v1 */
+#define QK_PREP_DEFAULT_VER 2
 #endif
-#ifndef SIGMOID_GATE_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DSIGMOID_GATE_DEFAULT_VER=2 builds v2 as the default */
-#define SIGMOID_GATE_DEFAULT_VER 1
+#ifndef SIGMOID_GATE_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DSIGMOID_GATE_DEFAULT_VER=1 keeps v1 */
+#define SIGMOID_GATE_DEFAULT_VER 2
 #endif
 
 static int qk_prep_v2_ok(int64_t HD, enum q3n_compute_dtype dt)
 {
     return dt == Q3N_COMPUTE_BF16 && HD <= 256;
+}
+
+extern "C" int cuda_attn_qk_prep_ver_for(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
+{
+    return QK_PREP_DEFAULT_VER == 2 && T > 1 && qk_prep_v2_ok(HD, dt) ? 2 : 1;
 }
 
 /* d_pos NULL: positions pos0..; else one token (T = 1) at position *d_pos. */
@@ -172,7 +180,7 @@ static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d
         return q3n_error_set(err, Q3N_ERR_USAGE, "cuda attention qk_prep v2: needs bf16 and HD <= 256 (got HD=%lld)",
                              (long long)HD);
     if (T == 0) return Q3N_OK;
-    if (ver == 0) ver = QK_PREP_DEFAULT_VER == 2 && qk_prep_v2_ok(HD, dt) ? 2 : 1;
+    if (ver == 0) ver = cuda_attn_qk_prep_ver_for(T, HD, dt);
     if (ver == 2) {
         const int rows = (int)(T * (NH + NKV));
         const unsigned grid = cdiv(rows, QKP2_ROWS);
@@ -480,6 +488,12 @@ static int sigmoid_gate_v2_ok(const void *out, const void *x, const void *gate, 
            ldg / 8 <= INT32_MAX;
 }
 
+extern "C" int cuda_sigmoid_gate_ver_for(const void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
+                                         int64_t HD, int64_t ldg, enum q3n_compute_dtype dt)
+{
+    return SIGMOID_GATE_DEFAULT_VER == 2 && T > 1 && sigmoid_gate_v2_ok(d_out, d_x, d_gate, T, NH, HD, ldg, dt) ? 2 : 1;
+}
+
 extern "C" enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void *d_x, const void *d_gate, int64_t T,
                                                          int64_t NH, int64_t HD, int64_t ldg, int ver,
                                                          enum q3n_compute_dtype dt, cudaStream_t stream,
@@ -492,7 +506,7 @@ extern "C" enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void
     if (ver == 2 && !v2)
         return q3n_error_set(err, Q3N_ERR_USAGE,
                              "cuda_sigmoid_gate v2: needs bf16, HD and ldg multiples of 8, 16-byte aligned buffers");
-    if (ver == 0) ver = SIGMOID_GATE_DEFAULT_VER == 2 && v2 ? 2 : 1;
+    if (ver == 0) ver = SIGMOID_GATE_DEFAULT_VER == 2 && T > 1 && v2 ? 2 : 1; /* cuda_sigmoid_gate_ver_for */
     if (ver == 2) {
         const int n8 = (int)(n / 8);
         sigmoid_gate_v2_kernel<<<cdiv(n8, 256), 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x,

@@ -98,9 +98,11 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
         else
             Q3N_TRY(cuda_delta_rule_chunked(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs, T, NK,
                                             NV, DK, DV, C, dt, s->stream, err));
-        s->ran_chunked = 2; /* describe: +dn_prep_v1 */
+        s->ran_chunked = 2; /* describe: +dn_prep_v1 or v2 */
+        if (cuda_deltanet_prep_ver_for(DK, DV, Kc) == 2) s->ran_glue |= RAN_GLUE_DN_PREP;
         Q3N_TRY(cuda_deltanet_gated_norm_forward(w->gn, w->core, w->big, L->gnorm, T, NK, NV, DK, DV, c->rms_norm_eps,
                                                  dt, s->stream, err));
+        if (cuda_deltanet_gated_norm_ver_for(dt) == 2) s->ran_glue |= RAN_GLUE_GATED_NORM;
         return cuda_linear_forward(w->y, w->gn, L->out_proj, NULL, T, D, NV * DV, dt, s->blas, s->stream, err);
     }
     Q3N_TRY(cuda_deltanet_split_forward(w->mixed, w->z, w->b, w->a, w->big, ba, T, NK, NV, DK, DV, dt, s->stream,
@@ -199,6 +201,7 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
     else
         Q3N_TRY(cuda_attn_qk_prep(w->q, qn, L->kc, L->vc, kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
                                   c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
+    if (cuda_attn_qk_prep_ver_for(T, HD, dt) == 2) s->ran_glue |= RAN_GLUE_QK_PREP;
     TAPA3(w->qn, T, NH, HD, "%s.self_attn.q_norm.out", p);
     TAPA3(w->kn, T, NKV, HD, "%s.self_attn.k_norm.out", p);
     TAPA3(w->q, T, NH, HD, "%s.self_attn.q_rope", p);
@@ -219,6 +222,8 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
     }
     TAPA3(w->attn, T, NH, HD, "%s.self_attn.attn_out", p);
     Q3N_TRY(cuda_sigmoid_gate_forward(w->gated, w->attn, ACT(qg, HD), T, NH, HD, 2 * HD, dt, s->stream, err));
+    if (cuda_sigmoid_gate_ver_for(w->gated, w->attn, ACT(qg, HD), T, NH, HD, 2 * HD, dt) == 2)
+        s->ran_glue |= RAN_GLUE_GATE;
     TAPA2(w->gated, T, NH * HD, "%s.self_attn.gated_out", p);
     Q3N_TRY(cuda_linear_forward(w->y, w->gated, L->o_proj, L->o_bias, T, D, NH * HD, dt, s->blas, s->stream, err));
     TAPA2(w->y, T, D, "%s.self_attn.out", p);
@@ -232,10 +237,11 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     struct work *w = &s->w;
     const enum q3n_compute_dtype dt = s->dt;
     const int64_t D = c->hidden_size, E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
-    if (cuda_moe_permute_v2_ok(E))
+    if (cuda_moe_permute_v2_ok(E)) {
         Q3N_TRY(cuda_moe_permute_v2(w->perm, w->pos, w->counts, w->offsets, w->permscr, w->topi, T, E, K, s->stream,
                                     err));
-    else
+        if (cuda_moe_permute_scan_ver_for() == 2) s->ran_glue |= RAN_GLUE_SCAN;
+    } else
         Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
     /* v3/v4: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both.
      * Packed experts (experts_layout.cu made sure these conditions hold): v5 from the packed layout. */

@@ -178,8 +178,11 @@ enum q3n_status cuda_deltanet_gated_norm_forward(void *d_out, const void *d_x, c
                                                  int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
                                                  double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                                  struct q3n_error *err);
-/* ver 0: the default (GATED_NORM_DEFAULT_VER), 1: a row per warp, 2: two rows per warp (bitwise
- * 1). */
+/* The version ver 0 runs for these dimensions (1 or 2), for the session's report. */
+int cuda_deltanet_prep_ver_for(int64_t DK, int64_t DV, int64_t K);
+int cuda_deltanet_gated_norm_ver_for(enum q3n_compute_dtype dt);
+/* ver 0: the default (cuda_deltanet_gated_norm_ver_for: v2 in bf16, v1 in f32), 1: a row per
+ * warp, 2: two rows per warp (bitwise 1). */
 enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_x, const void *d_qkvz,
                                                      const float *d_w, int64_t T, int64_t NK, int64_t NV, int64_t DK,
                                                      int64_t DV, double eps, int ver, enum q3n_compute_dtype dt,
@@ -190,13 +193,18 @@ enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_
  * head and partial RoPE at positions pos0.., writes q [T,NH,HD]; k_norm + RoPE of k [T,NKV*HD]
  * into kc[pos0+t] and v into vc[pos0+t] (caches [S,NKV,HD]). qn/kn (may be NULL) receive the
  * normed, pre-RoPE q and k for taps. */
+/* The versions the default q/k prep and output gate run for these arguments (1 or 2), for the
+ * session's report. */
+int cuda_attn_qk_prep_ver_for(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
+int cuda_sigmoid_gate_ver_for(const void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
+                              int64_t HD, int64_t ldg, enum q3n_compute_dtype dt);
 enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
                                   const void *d_k, const void *d_v, const float *d_qnorm_w, const float *d_knorm_w,
                                   int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int64_t rot,
                                   double theta, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                   struct q3n_error *err);
 /* As cuda_attn_qk_prep with the kernel chosen: ver 0 the default (attention.cu's
- * QK_PREP_DEFAULT_VER where v2 applies: bf16, HD <= 256; else v1), 1 a 128-thread block per
+ * QK_PREP_DEFAULT_VER where v2 applies: bf16, HD <= 256, T > 1; else v1), 1 a 128-thread block per
  * (token, head), 2 a warp per (token, head) (an error where it does not apply). v1 and v2 are
  * bitwise equal. */
 enum q3n_status cuda_attn_qk_prep_ver(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
@@ -253,8 +261,8 @@ const char *cuda_attention_decode_kernel(int64_t NH, int64_t NKV, int64_t HD, en
 enum q3n_status cuda_sigmoid_gate_forward(void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
                                           int64_t HD, int64_t ldg, enum q3n_compute_dtype dt, cudaStream_t stream,
                                           struct q3n_error *err);
-/* ver 0: the default (attention.cu's SIGMOID_GATE_DEFAULT_VER where v2 applies: bf16, HD and ldg
- * multiples of 8, 16-byte aligned buffers; else v1), 1: one element per thread, 2: eight per
+/* ver 0: the default (attention.cu's SIGMOID_GATE_DEFAULT_VER where v2 applies: bf16, T > 1, HD
+ * and ldg multiples of 8, 16-byte aligned buffers; else v1), 1: one element per thread, 2: eight per
  * thread (an error where it does not apply). v1 and v2 are bitwise equal. */
 enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void *d_x, const void *d_gate, int64_t T,
                                               int64_t NH, int64_t HD, int64_t ldg, int ver,
@@ -286,6 +294,8 @@ enum q3n_status cuda_moe_permute(int32_t *d_perm_row, int32_t *d_pos, int32_t *d
  * cuda_moe_permute. Usable when cuda_moe_permute_v2_ok(E) (E <= 8192); scratch of
  * cuda_moe_permute_scratch(T, E, K) int32. */
 int cuda_moe_permute_v2_ok(int64_t E);
+/* The chunk scan cuda_moe_permute_v2 runs (1 or 2), for the session's report. */
+int cuda_moe_permute_scan_ver_for(void);
 int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K);
 enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
                                     int32_t *d_scratch, const int32_t *d_idx, int64_t T, int64_t E, int64_t K,

@@ -22,14 +22,17 @@
 #include "common.cuh"
 #include "deltanet_gates.cuh"
 
-/* Default versions (1 or 2) of the prep and the gated norm. Both v2 were written in session 9 with
- * no GPU lent after they were built: v1 stays the default until dev/test_dn_prep has checked v2
- * bitwise on an H100 and timed it against v1. */
+/* Default versions (1 or 2) of the prep and the gated norm. Both v2 (session 9) were checked bitwise
+ * v1 on an H100 in session 10 (dev/test_dn_prep) and timed there (fast/cuda/dev/logs/session10_tests.log):
+ *  - prep v2 (two tokens per warp) is slower: bf16 T = 4096 0.1165 -> 0.1245 ms, T = 16384 0.410 ->
+ *    0.452 (its 64 registers allow 4 blocks per SM instead of 6): v1 stays the default;
+ *  - gated norm v2 (two rows per warp) is faster in bf16: T = 4096 0.0695 -> 0.0629 ms, T = 16384
+ *    0.259 -> 0.230; in f32 it is not (0.0720 -> 0.0740): the default is v2 for bf16, v1 for f32. */
 #ifndef PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DPREP_DEFAULT_VER=2 builds v2 as the default */
 #define PREP_DEFAULT_VER 1
 #endif
-#ifndef GATED_NORM_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DGATED_NORM_DEFAULT_VER=2 builds v2 as the default */
-#define GATED_NORM_DEFAULT_VER 1
+#ifndef GATED_NORM_DEFAULT_VER /* the bf16 default; EXTRA_NVCCFLAGS=-DGATED_NORM_DEFAULT_VER=1 keeps v1 */
+#define GATED_NORM_DEFAULT_VER 2
 #endif
 
 #define PREP_TT 64     /* tokens per prep block */
@@ -233,6 +236,18 @@ static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, 
 
 /* ver: 0 PREP_DEFAULT_VER, 1 a token per warp at a time, 2 two where n <= 128 and K <= 4; wider
  * rows always run 1 (NM = KC = 8 holds 64 conv weights per lane already) */
+static int prep_v2_applies(int64_t DK, int64_t DV, int64_t K)
+{
+    return DK <= 128 && DV <= 128 && K <= 4;
+}
+extern "C" int cuda_deltanet_prep_ver_for(int64_t DK, int64_t DV, int64_t K)
+{
+    return PREP_DEFAULT_VER == 2 && prep_v2_applies(DK, DV, K) ? 2 : 1;
+}
+extern "C" int cuda_deltanet_gated_norm_ver_for(enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 ? GATED_NORM_DEFAULT_VER : 1;
+}
 template <typename A, typename O>
 static enum q3n_status prep_pick(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
                                  const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,
@@ -241,7 +256,7 @@ static enum q3n_status prep_pick(void *d_q, void *d_k, void *d_v, float *d_g, fl
                                  struct q3n_error *err)
 {
     if (ver == 0) ver = PREP_DEFAULT_VER;
-    if (DK <= 128 && DV <= 128 && K <= 4) {
+    if (prep_v2_applies(DK, DV, K)) {
         if (ver == 1)
             return prep_launch<A, O, 4, 4, 1>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log,
                                               d_dt_bias, T, NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
@@ -425,7 +440,7 @@ extern "C" enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, con
     const int64_t rows = T * NV;
     Q3N_REQUIRE(rows <= INT32_MAX - 16 && T * NK * (2 * DK + 2 * (NV / NK) * DV) <= INT64_MAX / 4);
     if (rows == 0) return Q3N_OK;
-    if (ver == 0) ver = GATED_NORM_DEFAULT_VER;
+    if (ver == 0) ver = cuda_deltanet_gated_norm_ver_for(dt);
     if (dt == Q3N_COMPUTE_BF16)
         (ver == 2 ? gated_norm_launch<bf16, 2> : gated_norm_launch<bf16, 1>)(d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK,
                                                                              DV, (float)eps, stream);

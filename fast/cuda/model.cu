@@ -33,7 +33,7 @@ static void describe_build(struct cuda_session *s)
         const char *k = s->dn_kernel ? s->dn_kernel : "chunk_v4";
         /* ran_chunked 2: the fused prep (deltanet_prep.cu) fed it (taps off), 1: the tappable chain */
         snprintf(dn, sizeof dn, "%.*s/C%lld%s", (int)strcspn(k, "( "), k, (long long)s->opt.chunk_size,
-                 s->ran_chunked >= 2 ? "+dn_prep_v1" : "");
+                 s->ran_chunked < 2 ? "" : s->ran_glue & RAN_GLUE_DN_PREP ? "+dn_prep_v2" : "+dn_prep_v1");
     }
     if (s->ran_recurrent) {
         const char *r = s->rec_kernel ? s->rec_kernel : "rec_v1";
@@ -60,29 +60,43 @@ static void describe_build(struct cuda_session *s)
         snprintf(ex, sizeof ex, " experts=packed");
     else if (s->opt.pack_experts && s->pack_why)
         snprintf(ex, sizeof ex, " experts=checkpoint(%s)", s->pack_why);
-    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s%s",
+    /* glue=: the kernels around the GEMMs that ran their v2 (session 9's; absent: all ran v1) */
+    char glue[64] = "";
+    static const struct {
+        int bit;
+        const char *name;
+    } glue_names[] = {{RAN_GLUE_QK_PREP, "qk_prep_v2"},
+                      {RAN_GLUE_GATE, "gate_v2"},
+                      {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
+                      {RAN_GLUE_SCAN, "scan_v2"}};
+    for (size_t i = 0; i < sizeof glue_names / sizeof glue_names[0]; i++)
+        if (s->ran_glue & glue_names[i].bit)
+            snprintf(glue + strlen(glue), sizeof glue - strlen(glue), "%s%s", glue[0] ? "+" : " glue=",
+                     glue_names[i].name);
+    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s%s%s",
              s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", s->dt == Q3N_COMPUTE_BF16 ? "+gemv1" : "", dn[0] ? dn : "-",
-             at[0] ? at : "-", moe[0] ? moe : "-", ex, dec);
+             at[0] ? at : "-", moe[0] ? moe : "-", glue, ex, dec);
 }
 
 /* The ran_* flags packed 8 bits each (a captured step's flags are replayed with the graph). */
 static uint64_t ran_mask(const struct cuda_session *s)
 {
-    const int f[7] = {s->ran_chunked, s->ran_recurrent, s->ran_flash, s->ran_rows, s->ran_moe_gemm, s->ran_moe_gemv,
-                      s->ran_moe_grouped};
+    const int f[8] = {s->ran_chunked, s->ran_recurrent, s->ran_flash,      s->ran_rows,
+                      s->ran_moe_gemm, s->ran_moe_gemv,  s->ran_moe_grouped, s->ran_glue};
     uint64_t m = 0;
-    for (int i = 0; i < 7; i++) m |= (uint64_t)(f[i] & 0xff) << (8 * i);
+    for (int i = 0; i < 8; i++) m |= (uint64_t)(f[i] & 0xff) << (8 * i);
     return m;
 }
 
 static void ran_set(struct cuda_session *s, uint64_t m)
 {
-    int *f[7] = {&s->ran_chunked, &s->ran_recurrent, &s->ran_flash, &s->ran_rows, &s->ran_moe_gemm, &s->ran_moe_gemv,
-                 &s->ran_moe_grouped};
-    for (int i = 0; i < 7; i++) *f[i] = (int)(m >> (8 * i) & 0xff);
+    int *f[8] = {&s->ran_chunked, &s->ran_recurrent, &s->ran_flash,      &s->ran_rows,
+                 &s->ran_moe_gemm, &s->ran_moe_gemv,  &s->ran_moe_grouped, &s->ran_glue};
+    for (int i = 0; i < 8; i++) *f[i] = (int)(m >> (8 * i) & 0xff);
 }
 
-/* The flags of a and b together, each the larger (the versions are ordered). */
+/* The flags of a and b together: each version the larger (the versions are ordered); ran_glue's
+ * bits (byte 7) or'ed. */
 static uint64_t ran_or(uint64_t a, uint64_t b)
 {
     uint64_t m = 0;
@@ -90,7 +104,7 @@ static uint64_t ran_or(uint64_t a, uint64_t b)
         const uint64_t x = a >> (8 * i) & 0xff, y = b >> (8 * i) & 0xff;
         m |= (x > y ? x : y) << (8 * i);
     }
-    return m;
+    return m | ((a | b) & (uint64_t)0xff << 56);
 }
 
 /* How a forward runs its layers: T tokens from position pos0; dpos = that position on the

@@ -396,13 +396,13 @@ __global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n,
     }
 }
 
-/* One block walks every chunk of the histogram. BATCH 1 (v1, the default): one load in flight per
- * thread (50 us per layer at T = 4096 under ncu, session 8: 160 chunks, a round trip each).
- * BATCH 8 (v2, written in session 9 with no GPU lent after it was built, so not the default until
- * dev/test_moe_prefill has checked and timed it): the loads of 8 chunks first, then their sums
+/* One block walks every chunk of the histogram. BATCH 1 (v1): one load in flight per thread (50 us
+ * per layer at T = 4096 under ncu, session 8: 160 chunks, a round trip each). BATCH 8 (v2, session
+ * 9; the default since session 10, checked bitwise v1 and timed on an H100 by dev/test_moe_prefill;
+ * under ncu 50 -> 22.5 us per layer): the loads of 8 chunks first, then their sums
  * (integers: any order gives the same result, so bitwise v1). */
-#ifndef PERMUTE_SCAN_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DPERMUTE_SCAN_DEFAULT_VER=2 builds v2 as the default */
-#define PERMUTE_SCAN_DEFAULT_VER 1
+#ifndef PERMUTE_SCAN_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DPERMUTE_SCAN_DEFAULT_VER=1 keeps v1 */
+#define PERMUTE_SCAN_DEFAULT_VER 2 /* session 10, H100: permute T = 4096 0.049 -> 0.028 ms, T = 16384 0.147 -> 0.062 */
 #endif
 
 template <int BATCH>
@@ -476,6 +476,11 @@ __global__ void chunk_place_kernel(int32_t *perm_row, int32_t *pos, const int32_
         if (in && lane == 31 - __clz(same)) h[e] += __popc(same); /* highest lane of the group */
         __syncwarp();
     }
+}
+
+extern "C" int cuda_moe_permute_scan_ver_for(void)
+{
+    return PERMUTE_SCAN_DEFAULT_VER;
 }
 
 /* Scratch of cuda_moe_permute (int32): the chunk histograms and bases of v2. */

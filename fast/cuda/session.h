@@ -35,6 +35,12 @@
 #include "cuda_model.h"
 
 #define MAX_ALLOCS 8192
+/* ran_glue bits: the v2 of these kernels ran (session 9's versions; describe names them) */
+#define RAN_GLUE_QK_PREP 1
+#define RAN_GLUE_GATE 2
+#define RAN_GLUE_DN_PREP 4
+#define RAN_GLUE_GATED_NORM 8
+#define RAN_GLUE_SCAN 16
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
 #define BLAS_WS_BYTES ((size_t)32 << 20)
@@ -118,6 +124,7 @@ struct cuda_session {
     /* what ran since the last reset */
     int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv, ran_moe_grouped;
     int ran_decode_graph, ran_decode_eager;
+    int ran_glue; /* RAN_GLUE_* bits: which of the kernels around the GEMMs ran their v2 */
     const char *dn_kernel, *rec_kernel, *attn_prefill_kernel, *attn_decode_kernel; /* names from the launchers */
     char desc[512];
     /* decode step: [token id, position] on the device and its pinned host staging; the captured
