@@ -31,6 +31,22 @@
 #include "attention_kernels.cuh"
 
 /* ---- q/k norm + partial RoPE + cache write ---- */
+/* Partial RoPE of element d < rot of a normed row xs (transformers' rotate_half form, pair i = d mod
+ * rot / 2): y cos(pos theta^(-2i/rot)) + rh sin(..), rh = -xs[d + half] below half, xs[d - half]
+ * above, each product and the sum rounded to the activation type as transformers does. I: the index
+ * type (int64 in v1, int in v2: the same values, so the same float operations and bits). */
+template <typename I, typename T>
+__device__ __forceinline__ float rope_elem(float y, const float *xs, I d, I half, I rot, int64_t pos, float theta,
+                                           const T *like)
+{
+    const I i = d % half;
+    const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
+    const float ang = (float)pos * inv;
+    const float c = rnd(cosf(ang), like), s = rnd(sinf(ang), like);
+    const float rh = d < half ? -xs[d + half] : xs[d - half];
+    return rnd(rnd(y * c, like) + rnd(rh * s, like), like);
+}
+
 template <typename T>
 __global__ void qk_prep_kernel(T *qo, T *qn, T *kc, T *vc, T *kn, const T *qg, const T *k, const T *v,
                                const float *qw, const float *kw, int64_t pos0, const int64_t *dpos, int64_t NH,
@@ -61,15 +77,7 @@ __global__ void qk_prep_kernel(T *qo, T *qn, T *kc, T *vc, T *kn, const T *qg, c
     const int64_t pos = pos0 + t, half = rot / 2;
     T *dst = isq ? qo + (t * NH + hh) * HD : kc + (pos * NKV + hh) * HD;
     for (int64_t d = threadIdx.x; d < HD; d += blockDim.x) {
-        float y = xs[d];
-        if (d < rot) {
-            const int64_t i = d % half;
-            const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
-            const float ang = (float)pos * inv;
-            const float c = rnd(cosf(ang), src), s = rnd(sinf(ang), src);
-            const float rh = d < half ? -xs[d + half] : xs[d - half];
-            y = rnd(rnd(y * c, src) + rnd(rh * s, src), src);
-        }
+        const float y = d < rot ? rope_elem<int64_t>(xs[d], xs, d, half, rot, pos, theta, src) : xs[d];
         st(dst + d, y);
     }
     if (!isq)
@@ -125,15 +133,7 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
     for (int m = 0; m < NM; m++) {
         const int d = lane + 32 * m;
         if (d >= HD) continue;
-        float y = x[m];
-        if (d < rot) {
-            const int i = d % half;
-            const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
-            const float ang = (float)pos * inv;
-            const float c = rnd(cosf(ang), src), s = rnd(sinf(ang), src);
-            const float rh = d < half ? -yw[d + half] : yw[d - half];
-            y = rnd(rnd(y * c, src) + rnd(rh * s, src), src);
-        }
+        const float y = d < rot ? rope_elem<int>(x[m], yw, d, half, rot, pos, theta, src) : x[m];
         st(dst + d, y);
     }
     if (!isq)
