@@ -28,6 +28,22 @@
 #define BK 64
 enum pattern { ROWS, ROWS2, PACKED };
 
+/* The stand-in consumer of one stage: wait for fill f of stage s (at sa), spin `delay` cycles (the
+ * tensor cores' time), read one word into acc, release the stage. */
+__device__ __forceinline__ void consume_stage(uint32_t full, uint32_t empty, uint32_t f, uint32_t sa,
+                                              long long delay, unsigned &acc)
+{
+    wb_wait(full, f & 1);
+    if (delay > 0) {
+        const long long t0 = clock64();
+        while (clock64() - t0 < delay) {}
+    }
+    unsigned v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(sa));
+    acc += v;
+    wb_arrive(empty);
+}
+
 /* Thread 0 fills an ST-deep ring of stages (KPS boxes of BN x 64 each) by TMA; lane 0 of warp 1
  * waits for each stage, spins `delay` cycles, reads one word and releases it. */
 template <int BN, int ST, int KPS>
@@ -62,15 +78,7 @@ __global__ void __launch_bounds__(64, 1) stream_kernel(const __grid_constant__ C
                     else tma_load_3d(dst, &map, (kt + j) * BK, xb * BN, e, full0 + 8 * s);
                 }
             } else if (threadIdx.x == 32) {
-                wb_wait(full0 + 8 * s, f & 1);
-                if (delay > 0) {
-                    const long long t0 = clock64();
-                    while (clock64() - t0 < delay) {}
-                }
-                unsigned v;
-                asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(base + s * SB));
-                acc += v;
-                wb_arrive(empty0 + 8 * s);
+                consume_stage(full0 + 8 * s, empty0 + 8 * s, f, base + s * SB, delay, acc);
             }
         }
     }
@@ -127,16 +135,8 @@ __global__ void __launch_bounds__(160, 1) stream_a_kernel(const __grid_constant_
     } else if (threadIdx.x == 128) {
         for (int w = blockIdx.x; w < items; w += gridDim.x)
             for (int kt = 0; kt < ktiles; kt++, i++) {
-                const uint32_t s = i % ST, f = i / ST;
-                wb_wait(full0 + 8 * s, f & 1);
-                if (delay > 0) {
-                    const long long t0 = clock64();
-                    while (clock64() - t0 < delay) {}
-                }
-                unsigned v;
-                asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(base + s * SB));
-                acc += v;
-                wb_arrive(empty0 + 8 * s);
+                const uint32_t s = i % ST;
+                consume_stage(full0 + 8 * s, empty0 + 8 * s, i / ST, base + s * SB, delay, acc);
             }
         if (acc == 0x12345678u) sink[0] = acc;
     }
