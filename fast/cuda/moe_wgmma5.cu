@@ -471,8 +471,9 @@ __device__ __forceinline__ int g5_rows(const int32_t *tiles, const int32_t *coun
  * issued (wgmma.wait_group 1): the tensor cores always have a batch queued, but while a consumer
  * waits for stage i + 1 it still holds stage i, so at most ST - 1 stages are being filled. Where the
  * weight stream sets the time (T = 4096: ~80 rows per expert, ~0.6 us of products per 1.4 us
- * stage) that caps the bytes in flight at 3 of 4 stages: 3 stages (2 in flight) measured 0.90 ms
- * against 4 stages' 0.81 for the T = 4096 gate_up. 1: wait for this k-tile's own batch
+ * stage) that was thought to cap the bytes in flight at 3 of 4 stages (3 stages measure 0.90 ms
+ * against 4 stages' 0.81 for the T = 4096 gate_up), but 1 did not pay there (G5_EARLY_RELEASE's
+ * measurements). 1: wait for this k-tile's own batch
  * (wait_group 0) and release its stage at once, so all ST stages fill while the consumer waits;
  * the cost is the next batch's issue no longer overlapping this one's products. Same wgmma's in the
  * same order into the same accumulators: bitwise the same outputs. */
@@ -564,8 +565,11 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
  * production entry's 1.472 (noise of a few %); T = 4096 gate_up 0.819 -> 0.794. Model (bench_model
  * T = 16384, session6_r6_tma.log): MoE blocks 12.89 -> 12.10 ms. Bitwise v3: 1394 cases. */
 #define G5_TMA 1
-/* Stages released as soon as their own batch retires (g5_consume's early): off until a GPU has
- * timed it (dev/test_moe_prefill's ".../early" configurations). */
+/* Stages released as soon as their own batch retires (g5_consume's early). Measured on an H100 in
+ * session 10 (dev/test_moe_prefill, fast/cuda/dev/logs/session10_tests.log): bitwise v3 on every
+ * case; T = 4096 gate_up 0.818 -> 0.827 ms (st3: 0.917 -> 0.884), down 0.453 -> 0.461; T = 16384
+ * gate_up 1.563 -> 1.479, down 1.416 -> 1.464; bench_model unchanged (9.68 / 30.03 ms against
+ * 9.65 / 30.03, session10_ab.log). Off. */
 #ifndef G5_EARLY_RELEASE
 #define G5_EARLY_RELEASE 0
 #endif
