@@ -234,8 +234,6 @@ static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, 
     return Q3N_OK;
 }
 
-/* ver: 0 PREP_DEFAULT_VER, 1 a token per warp at a time, 2 two where n <= 128 and K <= 4; wider
- * rows always run 1 (NM = KC = 8 holds 64 conv weights per lane already) */
 static int prep_v2_applies(int64_t DK, int64_t DV, int64_t K)
 {
     return DK <= 128 && DV <= 128 && K <= 4;
@@ -248,6 +246,9 @@ extern "C" int cuda_deltanet_gated_norm_ver_for(enum q3n_compute_dtype dt)
 {
     return dt == Q3N_COMPUTE_BF16 ? GATED_NORM_DEFAULT_VER : 1;
 }
+
+/* ver: 0 PREP_DEFAULT_VER, 1 a token per warp at a time, 2 two where n <= 128 and K <= 4; wider
+ * rows always run 1 (NM = KC = 8 holds 64 conv weights per lane already) */
 template <typename A, typename O>
 static enum q3n_status prep_pick(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
                                  const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,

@@ -9,10 +9,10 @@
 #                         basebench stages (~2 MB a binary; the bare binaries would pass the carry limit)
 # Usage: bash fast/cuda/dev/bundle.sh [BUILD=build/cudadev] [BASE=REV]; then carry
 # [".cudadev/bin.tar.xz", ".cudadev/libs.tar.xz"] (plus ".cudadev/base.tar.xz" and ".whl" when used).
-# Kernel versions that are not yet the default are built as the default with EXTRA_NVCCFLAGS in a
-# build folder of their own (make does not track flags), e.g.
-#   EXTRA_NVCCFLAGS="-DQK_PREP_DEFAULT_VER=2 -DSIGMOID_GATE_DEFAULT_VER=2 -DPREP_DEFAULT_VER=2 \
-#     -DGATED_NORM_DEFAULT_VER=2 -DPERMUTE_SCAN_DEFAULT_VER=2" bash fast/cuda/dev/bundle.sh BUILD=build/cudadev-v2 BASE=REV
+# Kernel versions that are not the default are built as the default with EXTRA_NVCCFLAGS in a
+# build folder of their own (make does not track flags), e.g. (session 10: the DeltaNet prep's v2
+# and grouped v5's early release)
+#   EXTRA_NVCCFLAGS="-DPREP_DEFAULT_VER=2 -DG5_EARLY_RELEASE=1" bash fast/cuda/dev/bundle.sh BUILD=build/cudadev-x BASE=REV
 set -eu
 for a in "$@"; do case $a in BUILD=*) BUILD=${a#BUILD=} ;; BASE=*) BASE=${a#BASE=} ;; *) echo "bundle.sh: unknown argument $a" >&2; exit 2 ;; esac; done
 BUILD=${BUILD:-build/cudadev}

@@ -119,7 +119,7 @@ for stage in "$@"; do
     ncuglue)  # the memory-bound kernels around the T=4096 GEMMs, one T=4096 launch each (the warm-up prefill,
               # T=1024, comes first: skip its launches), with the sections that say why each is off its floor
         # (GLUE="kernel:skip ..." picks a subset)
-        for ks in ${GLUE:-dn_prep_kernel:3 dn_gated_norm_kernel:3 qk_prep:1 sigmoid_gate:1 router_topk_warp_kernel:4 \
+        for ks in ${GLUE:-dn_prep_kernel:3 dn_gated_norm:3 qk_prep:1 sigmoid_gate:1 router_topk_warp_kernel:4 \
                   chunk_scan_kernel:4 combine_v2_kernel:4 add_rmsnorm_reg_kernel:9}; do
             k=${ks%:*}; skip=${ks#*:}
             timeout 120 ncu --kernel-name regex:$k --launch-skip $skip --launch-count 1 --section SpeedOfLight \
