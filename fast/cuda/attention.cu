@@ -506,7 +506,7 @@ extern "C" enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void
     if (ver == 2 && !v2)
         return q3n_error_set(err, Q3N_ERR_USAGE,
                              "cuda_sigmoid_gate v2: needs bf16, HD and ldg multiples of 8, 16-byte aligned buffers");
-    if (ver == 0) ver = SIGMOID_GATE_DEFAULT_VER == 2 && T > 1 && v2 ? 2 : 1; /* cuda_sigmoid_gate_ver_for */
+    if (ver == 0) ver = cuda_sigmoid_gate_ver_for(d_out, d_x, d_gate, T, NH, HD, ldg, dt);
     if (ver == 2) {
         const int n8 = (int)(n / 8);
         sigmoid_gate_v2_kernel<<<cdiv(n8, 256), 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_x,

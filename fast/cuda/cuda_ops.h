@@ -189,15 +189,15 @@ enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_
                                                      cudaStream_t stream, struct q3n_error *err);
 
 /* ---- attention.cu ---- */
-/* Splits q_proj output qg [T, NH*2*HD] (per head: HD query, HD gate), applies q_norm (1+w) per
- * head and partial RoPE at positions pos0.., writes q [T,NH,HD]; k_norm + RoPE of k [T,NKV*HD]
- * into kc[pos0+t] and v into vc[pos0+t] (caches [S,NKV,HD]). qn/kn (may be NULL) receive the
- * normed, pre-RoPE q and k for taps. */
 /* The versions the default q/k prep and output gate run for these arguments (1 or 2), for the
  * session's report. */
 int cuda_attn_qk_prep_ver_for(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
 int cuda_sigmoid_gate_ver_for(const void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
                               int64_t HD, int64_t ldg, enum q3n_compute_dtype dt);
+/* Splits q_proj output qg [T, NH*2*HD] (per head: HD query, HD gate), applies q_norm (1+w) per
+ * head and partial RoPE at positions pos0.., writes q [T,NH,HD]; k_norm + RoPE of k [T,NKV*HD]
+ * into kc[pos0+t] and v into vc[pos0+t] (caches [S,NKV,HD]). qn/kn (may be NULL) receive the
+ * normed, pre-RoPE q and k for taps. */
 enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
                                   const void *d_k, const void *d_v, const float *d_qnorm_w, const float *d_knorm_w,
                                   int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int64_t rot,
