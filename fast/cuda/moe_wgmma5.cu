@@ -150,6 +150,43 @@ __device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
     return n < Nw ? n : -1;
 }
 
+/* The weight tile of k-tile kt of item (e, xb) by TMA into the stage's B part at sb (TMA 1: one box
+ * of BN rows, or with SwiGLU the item's BN / 2 gate rows then its BN / 2 up rows; TMA 2: the packed
+ * k-tile, one contiguous box). Rows past N (or, SwiGLU, gate rows past N / 2: up rows, never stored)
+ * and k past Kin: the boxes hold zeros or unused rows where g5_brow's copies zero-fill. Issued by one
+ * thread; the bytes land on bar. */
+template <bool SWIGLU, int BN, int TMA>
+__device__ __forceinline__ void g5_load_b(uint32_t sb, const void *wmap, int e, int xb, int kt, int N, int nbx,
+                                          int ktiles, uint32_t bar)
+{
+    if (TMA == 2) {
+        tma_load_3d(sb, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, bar);
+    } else if (SWIGLU) {
+        tma_load_3d(sb, wmap, kt * G5_BK, xb * (BN / 2), e, bar);
+        tma_load_3d(sb + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2), e, bar);
+    } else {
+        tma_load_3d(sb, wmap, kt * G5_BK, xb * BN, e, bar);
+    }
+}
+
+/* Which items a block does (see the header): a block of the persistent grid does the work items
+ * first, first + step, ... < tiles x per_tile; item w is tile w / per_tile, output block
+ * (w % per_tile) width + sub. Without clusters (ACL 0 or 1) an item is one output block of one tile
+ * (width 1, sub 0, per_tile nbx); with clusters of ACL CTAs (ACL >= 2) the cluster takes the items
+ * together, a group of ACL neighbouring output blocks of one tile, and the CTA of rank sub does the
+ * group's output block sub (per_tile = the groups of a tile; blocks past nbx: see g5_produce_rows). */
+struct g5_sched {
+    int first, step, per_tile, width, sub;
+};
+template <int ACL>
+__device__ __forceinline__ g5_sched g5_schedule(int nbx)
+{
+    if constexpr (ACL >= 2)
+        return g5_sched{(int)blockIdx.x / ACL, (int)gridDim.x / ACL, (nbx + ACL - 1) / ACL, ACL, (int)cl_rank()};
+    else
+        return g5_sched{(int)blockIdx.x, (int)gridDim.x, nbx, 1, 0};
+}
+
 /* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). TMA 1: the
  * weight tile by tensor copies from thread 0 (wmap: W as [E][N][Kin], boxes of 64 k x BN (plain)
  * or BN / 2 (SwiGLU: gate rows, then up rows) rows, 128-byte swizzle = g3_off<64>'s layout), its
@@ -192,19 +229,9 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
                 g3_cp16(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok);
             }
             if constexpr (TMA) {
-                /* rows past N (or, SwiGLU, gate rows past N / 2: up rows, never stored) and k past
-                 * Kin: the boxes hold zeros or unused rows where g5_brow's copies zero-fill */
                 if (t == 0) {
                     wb_arrive_expect_tx(full0 + 8 * s, (uint32_t)(BN * G5_BK * 2));
-                    if (TMA == 2) { /* packed (moe_pack.cu): the whole k-tile is one contiguous box */
-                        tma_load_3d(sbase + s * SB + G5_AB, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, full0 + 8 * s);
-                    } else if (SWIGLU) {
-                        tma_load_3d(sbase + s * SB + G5_AB, wmap, kt * G5_BK, xb * (BN / 2), e, full0 + 8 * s);
-                        tma_load_3d(sbase + s * SB + G5_AB + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2),
-                                    e, full0 + 8 * s);
-                    } else {
-                        tma_load_3d(sbase + s * SB + G5_AB, wmap, kt * G5_BK, xb * BN, e, full0 + 8 * s);
-                    }
+                    g5_load_b<SWIGLU, BN, TMA>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, full0 + 8 * s);
                 }
             } else {
 #pragma unroll
@@ -218,6 +245,83 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
         }
     }
     wb_cp_async_drain(); /* leave no copy of this thread in flight at exit */
+}
+
+/* Warp 0 of warpgroup 0 with A by TMA (ACL >= 1, the weights by TMA too): every k-tile of every item
+ * of this block into the ring, A's gathered rows one TMA row box each (a row's 64 k = 128 bytes at
+ * sa + 128 r, swizzled by address as a whole-tile copy would be: tma_load_2d), so the producer issues
+ * a few copies per k-tile instead of 8 cp.async per thread. With clusters (ACL >= 2) the CTAs of a
+ * cluster work on ACL output blocks of the same tile at once, so they need the same A k-tiles: the
+ * CTA of rank r copies rows [r RS, r RS + RS) (RS = 128 / ACL) once, multicast to the same stage of
+ * every CTA of the cluster, so each A row leaves L2 once per k-tile instead of ACL times.
+ *  - full[s] (1 arrival, lane 0's expect_tx) completes when this CTA's own weight tile (BN x 128
+ *    bytes) and all nv valid A rows (nv x 128 bytes, from every rank) have landed. A peer's rows may
+ *    land before lane 0's expect_tx: the transaction count may go below zero meanwhile, and the phase
+ *    cannot complete before lane 0's arrival.
+ *  - empty[s] (8 x max(ACL, 1) arrivals: every consumer warp of every CTA of the cluster,
+ *    g5_release) completes when all CTAs have finished reading the stage, so no rank's multicast
+ *    overwrites a stage a peer still reads. The phase rule of the header holds per CTA as before:
+ *    a peer's fill f of stage s is issued after this CTA's consumers released fill f - 1, i.e. after
+ *    this CTA's full[s] completed phase f - 1.
+ *  - Rows past the tile's nv valid ones are not copied: those stage rows keep stale values, which
+ *    reach only accumulator rows >= nv, never stored (each output row depends on its own A row
+ *    only). k past Kin: the row box's out-of-range part is zeros, as in the weight box.
+ *  - A cluster CTA whose output block is past nbx (nbx not a multiple of ACL) still copies its A rows
+ *    and consumes every stage (the cluster's barriers need it); it loads the last real block's
+ *    weights, and its outputs (columns >= the output width) are not stored. */
+template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA, int ACL>
+__device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, const void *wmap, const void *amap,
+                                                const int32_t *tiles, const int32_t *counts, const int32_t *offsets,
+                                                int N, int nbx, int ktiles, uint32_t sbase, uint32_t full0,
+                                                uint32_t empty0)
+{
+    constexpr int SB = G5_STAGE_BYTES(BN), RS = G3_BM / (ACL > 1 ? ACL : 1), RQ = RS / 32;
+    static_assert(TMA >= 1 && RS % 32 == 0, "A rows by TMA: the weights by TMA, 32 rows per lane sweep");
+    const int lane = threadIdx.x & 31;
+    const g5_sched sc = g5_schedule<ACL>(nbx);
+    const int n = tiles[0] * sc.per_tile;
+    uint32_t i = 0; /* k-tiles produced by this block so far */
+    for (int w = sc.first; w < n; w += sc.step) {
+        const int tile = w / sc.per_tile, xb = min((w - tile * sc.per_tile) * sc.width + sc.sub, nbx - 1);
+        const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
+        const int nv = min(G3_BM, offsets[e] + counts[e] - r0); /* valid rows of the tile, 1 .. 128 */
+        int asrc[RQ];                                               /* source rows, -1: not copied */
+#pragma unroll
+        for (int q = 0; q < RQ; q++) {
+            const int j = sc.sub * RS + 32 * q + lane;
+            asrc[q] = j < nv ? (GATHER ? xrows[r0 + j] / div : r0 + j) : -1;
+        }
+        const uint32_t bytes = (uint32_t)(BN + nv) * (G5_BK * 2);
+        for (int kt = 0; kt < ktiles; kt++, i++) {
+            const uint32_t s = i % ST, f = i / ST, sa = sbase + s * SB, bar = full0 + 8 * s;
+            if (f > 0) wb_wait(empty0 + 8 * s, (f - 1) & 1);
+            if (lane == 0) {
+                wb_arrive_expect_tx(bar, bytes);
+                g5_load_b<SWIGLU, BN, TMA>(sa + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, bar);
+            }
+#pragma unroll
+            for (int q = 0; q < RQ; q++) {
+                if (asrc[q] < 0) continue;
+                const uint32_t dst = sa + (uint32_t)(sc.sub * RS + 32 * q + lane) * 128u;
+                if constexpr (ACL >= 2)
+                    tma_load_2d_multicast(dst, amap, kt * G5_BK, asrc[q], bar, (uint16_t)((1u << ACL) - 1));
+                else
+                    tma_load_2d(dst, amap, kt * G5_BK, asrc[q], bar);
+            }
+        }
+    }
+}
+
+/* A consumer warp's release of stage barrier bar (its offset in every CTA): lane 0 arrives on this
+ * CTA's, or with clusters lane r on the one of the CTA of rank r (g5_produce_rows). */
+template <int ACL>
+__device__ __forceinline__ void g5_release(uint32_t bar, int lane)
+{
+    if constexpr (ACL >= 2) {
+        if (lane < ACL) wb_arrive_cluster(bar, (uint32_t)lane);
+    } else {
+        if (lane == 0) wb_arrive(bar);
+    }
 }
 
 /* The final bf16 pair of accumulator pair (4 j + 2 hf, + 1) (v4's roundings) of a consumer's
@@ -398,7 +502,7 @@ __device__ __forceinline__ void g5_mma_stage_half(float *acc, uint32_t sa, uint3
     }
 }
 
-/* One item (w, of tile table entry `tile`) of one consumer (c), HALF: as a half tile: the products
+/* One item (output block xb of tile table entry `tile`) of one consumer (c), HALF: as a half tile: the products
  * of its k-tiles, i counting the block's k-tiles on, then its epilogue. Per k-tile: wait full[s],
  * fence, one batch of wgmma's, commit, wait for the previous batch, release its stage; after the
  * last, wait for every batch and release the last stage. The accumulators are this function's own
@@ -406,9 +510,9 @@ __device__ __forceinline__ void g5_mma_stage_half(float *acc, uint32_t sa, uint3
  * pins, and the whole fence .. commit .. wait sequence sits inside one branch of g5_consume's
  * block-uniform test: ptxas sees two separate straight pipelines and no accumulator shared by
  * both (sharing one array across the branches made it serialise the wgmma's, C7511). */
-template <bool SWIGLU, int BN, int ST, int EPI, bool HALF>
+template <bool SWIGLU, int BN, int ST, int EPI, bool HALF, int ACL>
 __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const int32_t *counts,
-                                        const int32_t *offsets, int N, int nbx, int w, int tile, int ktiles, int c,
+                                        const int32_t *offsets, int N, int xb, int tile, int ktiles, int c,
                                         int early, uint32_t &i, uint32_t sbase, uint32_t stg, uint32_t full0,
                                         uint32_t empty0)
 {
@@ -434,17 +538,17 @@ __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const i
         if (early) { /* this batch has retired: its own stage may be refilled now (see g5_consume) */
             wg_wait<0>();
             wg_pin<NA>(acc);
-            if (lane == 0) wb_arrive(empty0 + 8 * s);
+            g5_release<ACL>(empty0 + 8 * s, lane);
         } else {
             wg_wait<1>(); /* k-tile i - 1's batch has retired: its stage may be refilled */
             wg_pin<NA>(acc);
-            if (kt > 0 && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
+            if (kt > 0) g5_release<ACL>(empty0 + 8 * ((i - 1) % ST), lane);
         }
     }
     wg_wait<0>();
     wg_pin<NA>(acc);
-    if (!early && lane == 0) wb_arrive(empty0 + 8 * ((i - 1) % ST));
-    const int xb = w - tile * nbx, e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
+    if (!early) g5_release<ACL>(empty0 + 8 * ((i - 1) % ST), lane);
+    const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
     const int rend = offsets[e] + counts[e];
     /* full: rows r0 + 64 c .., all the item's columns; half: rows r0 .. for both consumers, consumer
      * c's half of the columns (an accumulator tile BN / 2 wide) */
@@ -477,35 +581,38 @@ __device__ __forceinline__ int g5_rows(const int32_t *tiles, const int32_t *coun
  * (wait_group 0) and release its stage at once, so all ST stages fill while the consumer waits;
  * the cost is the next batch's issue no longer overlapping this one's products. Same wgmma's in the
  * same order into the same accumulators: bitwise the same outputs. */
-template <bool SWIGLU, int BN, int ST, int EPI>
+template <bool SWIGLU, int BN, int ST, int EPI, int ACL>
 __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, const int32_t *counts,
-                                           const int32_t *offsets, int N, int nbx, int items, int ktiles,
-                                           int half_tiles, int early, uint32_t sbase, uint32_t stg0, uint32_t full0,
-                                           uint32_t empty0)
+                                           const int32_t *offsets, int N, int nbx, int ktiles, int half_tiles,
+                                           int early, uint32_t sbase, uint32_t stg0, uint32_t full0, uint32_t empty0)
 {
     const int c = (threadIdx.x >> 7) - 1; /* consumer 0 or 1: rows 64 c .. of a full tile */
     const uint32_t stg = stg0 + (uint32_t)(c * G5_OUT_BYTES(SWIGLU, BN));
+    const g5_sched sc = g5_schedule<ACL>(nbx);
+    const int n = tiles[0] * sc.per_tile;
     uint32_t i = 0; /* k-tiles consumed by this block so far */
-    for (int w = blockIdx.x; w < items; w += gridDim.x) {
-        const int tile = w / nbx;
+    for (int w = sc.first; w < n; w += sc.step) {
+        const int tile = w / sc.per_tile, xb = (w - tile * sc.per_tile) * sc.width + sc.sub;
         /* the same for every thread of the block (same w, same table): a block-uniform branch */
         if (half_tiles && g5_rows(tiles, counts, offsets, tile) <= 64)
-            g5_item<SWIGLU, BN, ST, EPI, true>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, early, i,
-                                               sbase, stg, full0, empty0);
+            g5_item<SWIGLU, BN, ST, EPI, true, ACL>(out, tiles, counts, offsets, N, xb, tile, ktiles, c, early, i,
+                                                    sbase, stg, full0, empty0);
         else
-            g5_item<SWIGLU, BN, ST, EPI, false>(out, tiles, counts, offsets, N, nbx, w, tile, ktiles, c, early, i,
-                                                sbase, stg, full0, empty0);
+            g5_item<SWIGLU, BN, ST, EPI, false, ACL>(out, tiles, counts, offsets, N, xb, tile, ktiles, c, early, i,
+                                                     sbase, stg, full0, empty0);
     }
     /* the block's shared memory must outlive the reads of the last bulk copies */
     if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
 }
 
-template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, int TMA>
+template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, int TMA, int ACL>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
-                           const __grid_constant__ CUtensorMap wmap, const int32_t *tiles, const int32_t *counts,
-                           const int32_t *offsets, int N, int Kin, int nbx, int half_tiles, int early)
+                           const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap amap,
+                           const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin,
+                           int nbx, int half_tiles, int early)
 {
+    static_assert(ACL == 0 || (TMA == 1 && EPI < 2), "A by TMA rows: weights by TMA 1; epilogue 0 or 1");
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
      * would wait for its own release (deadlock); two or more are enough. */
     static_assert(ST >= 2, "the ring needs at least 2 stages");
@@ -514,27 +621,42 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
 #ifdef Q3N_HAVE_WGMMA
     extern __shared__ unsigned char g5s[];
     const int items = tiles[0] * nbx;
-    if ((int)blockIdx.x >= items) return; /* the whole block, before any barrier exists */
+    const g5_sched sc = g5_schedule<ACL>(nbx);
+    /* the whole block (with clusters the whole cluster: same first item), before any barrier exists */
+    if (sc.first >= tiles[0] * sc.per_tile) return;
     /* [stages | staging (EPI > 0) | full barriers | empty barriers], from a 1024-byte boundary */
     const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(g5s) + 1023u) & ~1023u;
     const uint32_t stg0 = sbase + ST * G5_STAGE_BYTES(BN);
     const uint32_t full0 = stg0 + (EPI ? 2 * G5_OUT_BYTES(SWIGLU, BN) : 0), empty0 = full0 + 8 * ST;
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; s++) {
-            /* one cp.async-tracking arrival per producer thread (+ thread 0's expect_tx with TMA) */
-            wb_init(full0 + 8 * s, TMA ? 129 : 128);
-            wb_init(empty0 + 8 * s, 8);  /* lane 0 of each consumer warp */
+            /* one cp.async-tracking arrival per producer thread (+ thread 0's expect_tx with TMA);
+             * A by TMA rows: lane 0's expect_tx alone */
+            wb_init(full0 + 8 * s, ACL ? 1 : TMA ? 129 : 128);
+            wb_init(empty0 + 8 * s, 8 * (ACL > 1 ? ACL : 1)); /* each consumer warp (of each cluster CTA) */
         }
         wb_init_fence();
     }
-    __syncthreads();
-    const int ktiles = (Kin + G5_BK - 1) / G5_BK;
-    if (threadIdx.x < 128)
-        g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx, items,
-                                                ktiles, sbase, full0, empty0);
+    if (ACL >= 2)
+        cl_sync(); /* the peers' barriers exist before any multicast or remote arrival reaches them */
     else
-        g5_consume<SWIGLU, BN, ST, EPI>(out, tiles, counts, offsets, N, nbx, items, ktiles, half_tiles, early, sbase,
-                                        stg0, full0, empty0);
+        __syncthreads();
+    const int ktiles = (Kin + G5_BK - 1) / G5_BK;
+    if (threadIdx.x < 128) {
+        if constexpr (ACL == 0)
+            g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx,
+                                                    items, ktiles, sbase, full0, empty0);
+        else if (threadIdx.x < 32)
+            g5_produce_rows<GATHER, SWIGLU, BN, ST, TMA, ACL>(xrows, div, &wmap, &amap, tiles, counts, offsets, N,
+                                                              nbx, ktiles, sbase, full0, empty0);
+    } else {
+        g5_consume<SWIGLU, BN, ST, EPI, ACL>(out, tiles, counts, offsets, N, nbx, ktiles, half_tiles, early, sbase,
+                                             stg0, full0, empty0);
+    }
+    if (ACL >= 2) { /* no CTA leaves while a peer may still arrive on or copy into it */
+        __syncwarp();   /* barrier.cluster is .aligned: whole warps */
+        cl_sync();
+    }
 #else
     __trap(); /* launched only where cuda_moe_grouped_v4_supported(): sm_90a code */
 #endif
@@ -573,6 +695,25 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
 #ifndef G5_EARLY_RELEASE
 #define G5_EARLY_RELEASE 0
 #endif
+/* A (the gathered x rows of gate_up, h of down) by TMA row boxes, multicast over clusters of 2 or 4
+ * CTAs that share a tile (g5_produce_rows; session 11, aimed at T = 4096, where gate_up reads each
+ * expert's A rows once per output block with L2 at 90 %): 0 = cp.async per block, 1 = TMA rows per
+ * block, 2 / 4 = clusters. Measured on an H100 in session 11 (dev/test_moe_prefill, 2342 cases, every
+ * configuration bitwise v3; fast/cuda/dev/logs/session11_cl_moe_prefill.log), T = 4096 gate_up /
+ * down: cp.async 0.805 / 0.454 ms (the production entry 0.804 / 0.436), TMA rows 1.57 / 0.77, clusters
+ * of 2 1.21 / 0.61, of 4 1.30 / 0.63; T = 16384: 1.49 / 1.39 against 6.4 / 3.1, 3.4 / 1.8, 3.3 / 1.8.
+ * bench_model T = 4096: 9.51 ms -> 12.9 (rows), 11.1 (2), 11.4 (4), 12.2 (4 for down too). ncu of
+ * the cluster-4 gate_up (session11_cl_ncu_bench_model_gu4.log): 1.38 ms with DRAM at 50 % and L2 at
+ * 64 %: neither is the limit any more, the TMA unit is: one 128-byte box per row costs about as much
+ * as a 32 KB weight box (80 row boxes + 2 weight boxes per k-tile), and multicast does not change the
+ * boxes each SM receives. Gathered rows want a gathering copy engine (sm_100's TMA gather4), not
+ * Hopper's. Off; kept, with its test cases, as the measured alternative. */
+#ifndef G5_A_CLUSTER_GATE_UP
+#define G5_A_CLUSTER_GATE_UP 0
+#endif
+#ifndef G5_A_CLUSTER_DOWN
+#define G5_A_CLUSTER_DOWN 0
+#endif
 
 /* The arguments every instantiation takes, and the grid: at most SMs x blocks per SM when persistent. */
 struct g5_args {
@@ -580,9 +721,45 @@ struct g5_args {
     const bf16 *x, *W;
     const int32_t *rows, *tiles, *counts, *offsets;
     int div, N, Kin, nbx, persistent, sms, half_tiles, early;
-    int64_t max_items;
+    int64_t max_items, max_tiles;
     CUtensorMap wmap; /* with TMA: W as [E][N][Kin] (g5_weight_map) */
+    CUtensorMap amap; /* with A by TMA rows: X as [rows of X][Kin] (g5_rows_map) */
 };
+
+/* cuTensorMapEncodeTiled of a bf16 tensor (rank 2 or 3, dims innermost first, byte strides of the
+ * outer dims) with boxes `box` in the 128-byte swizzle, zeros outside the tensor. The encoder is the
+ * driver's, reached through the runtime (no -lcuda). */
+static enum q3n_status g5_encode(CUtensorMap *map, const void *base, int rank, const cuuint64_t *dims,
+                                 const cuuint64_t *strides, const cuuint32_t *box, CUtensorMapL2promotion promo,
+                                 const char *what, struct q3n_error *err)
+{
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult found;
+    CU_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !fn)
+        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: the CUDA driver has no cuTensorMapEncodeTiled", __FILE__,
+                             __LINE__);
+    const cuuint32_t estr[3] = {1, 1, 1};
+    const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
+        map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, const_cast<void *>(base), dims, strides, box, estr,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: cuTensorMapEncodeTiled failed (%d) for %s [%llu x %llu ...]",
+                             __FILE__, __LINE__, (int)r, what, (unsigned long long)dims[rank - 1],
+                             (unsigned long long)dims[rank - 2]);
+    return Q3N_OK;
+}
+
+/* The tensor map of the A operand X [xrows][Kin] bf16 for g5_produce_rows: boxes of one row x 64 k
+ * (128 bytes), rows gathered one box at a time; X is read again by the other output blocks, so L2
+ * keeps it (promotion to 128-byte lines, the size of a row's box). */
+static enum q3n_status g5_rows_map(CUtensorMap *map, const void *X, int64_t xrows, int64_t Kin,
+                                   struct q3n_error *err)
+{
+    const cuuint64_t dims[2] = {(cuuint64_t)Kin, (cuuint64_t)xrows}, strides[1] = {(cuuint64_t)Kin * 2};
+    const cuuint32_t box[2] = {G5_BK, 1};
+    return g5_encode(map, X, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, "X", err);
+}
 
 /* The tensor map of the expert weights W [E][N][Kin] bf16 for TMA: dimensions innermost first
  * (Kin, N, E), boxes of 64 k (128 bytes, the 128-byte swizzle's row) x rows x 1 expert, zeros
@@ -591,61 +768,88 @@ struct g5_args {
 static enum q3n_status g5_weight_map(CUtensorMap *map, const void *W, int64_t E, int64_t N, int64_t Kin,
                                      int box_rows, int packed, struct q3n_error *err)
 {
-    void *fn = NULL;
-    cudaDriverEntryPointQueryResult found;
-    CU_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
-    if (found != cudaDriverEntryPointSuccess || !fn)
-        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: the CUDA driver has no cuTensorMapEncodeTiled", __FILE__,
-                             __LINE__);
     const cuuint64_t tiles = (cuuint64_t)(E * N * Kin / (256 * G5_BK)); /* packed: E x items x k-tiles */
     const cuuint64_t dims[3] = {packed ? (cuuint64_t)G5_BK : (cuuint64_t)Kin, packed ? 256 : (cuuint64_t)N,
                                 packed ? tiles : (cuuint64_t)E};
     const cuuint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2}; /* bytes, dims 1 and 2 */
-    const cuuint32_t box[3] = {G5_BK, packed ? 256u : (cuuint32_t)box_rows, 1}, estr[3] = {1, 1, 1};
-    const CUresult r = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(
-        map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(W), dims, strides, box, estr,
-        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: cuTensorMapEncodeTiled failed (%d) for W [%lld][%lld][%lld]",
-                             __FILE__, __LINE__, (int)r, (long long)E, (long long)N, (long long)Kin);
+    const cuuint32_t box[3] = {G5_BK, packed ? 256u : (cuuint32_t)box_rows, 1};
+    return g5_encode(map, W, 3, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, "W", err);
+}
+
+/* The cluster launch of g5_launch (ACL >= 2): clusters of ACL CTAs along x; persistent: as many
+ * clusters as fit at once (cudaOccupancyMaxActiveClusters: a GPC whose SM count is not a multiple
+ * of ACL leaves SMs idle), else one cluster per item group. */
+template <typename K>
+static enum q3n_status g5_launch_clusters(K kernel, int acl, int smem, const struct g5_args &a, cudaStream_t stream,
+                                          struct q3n_error *err)
+{
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)acl, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)acl), cfg.blockDim = dim3(G5_THREADS), cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = stream, cfg.attrs = attr, cfg.numAttrs = 1;
+    int clusters = 0;
+    CU_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    if (clusters < 1)
+        return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: grouped_gemm_v5_kernel: no cluster of %d CTAs fits", __FILE__,
+                             __LINE__, acl);
+    const int64_t items = a.max_tiles * ((a.nbx + acl - 1) / acl);
+    cfg.gridDim = dim3((unsigned)(acl * (a.persistent && clusters < items ? clusters : items)));
+    CU_CHECK(cudaLaunchKernelEx(&cfg, kernel, a.out, a.x, a.rows, a.div, a.W, a.wmap, a.amap, a.tiles, a.counts,
+                                a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early));
+    CU_LAUNCHED("moe grouped_gemm_v5_kernel (clusters)");
     return Q3N_OK;
 }
 
-template <bool G, bool S, int BN, int ST, int EPI, int TMA>
+template <bool G, bool S, int BN, int ST, int EPI, int TMA, int ACL>
 static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, struct q3n_error *err)
 {
     constexpr int smem = G5_SMEM(BN, ST, EPI, S);
-    CU_CHECK(cudaFuncSetAttribute(grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    auto *const kernel = grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA, ACL>;
+    CU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (ACL >= 2) return g5_launch_clusters(kernel, ACL, smem, a, stream, err);
     int per_sm = 0;
-    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA>,
-                                                           G5_THREADS, smem));
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, G5_THREADS, smem));
     if (per_sm < 1)
         return q3n_error_set(err, Q3N_ERR_DEVICE,
                              "%s:%d: grouped_gemm_v5_kernel (BN %d, %d stages, epilogue %d) does not fit an SM",
                              __FILE__, __LINE__, BN, ST, EPI);
     const int64_t fill = (int64_t)a.sms * per_sm, grid = a.persistent && fill < a.max_items ? fill : a.max_items;
-    grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA><<<(unsigned)grid, G5_THREADS, smem, stream>>>(
-        a.out, a.x, a.rows, a.div, a.W, a.wmap, a.tiles, a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early);
+    kernel<<<(unsigned)grid, G5_THREADS, smem, stream>>>(a.out, a.x, a.rows, a.div, a.W, a.wmap, a.amap, a.tiles,
+                                                         a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early);
     CU_LAUNCHED("moe grouped_gemm_v5_kernel");
     return Q3N_OK;
 }
 
 /* One configuration for every gather / SwiGLU combination. */
-template <int BN, int ST, int EPI, int TMA = 0>
+template <int BN, int ST, int EPI, int TMA = 0, int ACL = 0>
 static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaStream_t stream, struct q3n_error *err)
 {
-    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI, TMA>(a, stream, err);
-    if (a.rows) return g5_launch<true, false, BN, ST, EPI, TMA>(a, stream, err);
-    if (swiglu) return g5_launch<false, true, BN, ST, EPI, TMA>(a, stream, err);
-    return g5_launch<false, false, BN, ST, EPI, TMA>(a, stream, err);
+    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI, TMA, ACL>(a, stream, err);
+    if (a.rows) return g5_launch<true, false, BN, ST, EPI, TMA, ACL>(a, stream, err);
+    if (swiglu) return g5_launch<false, true, BN, ST, EPI, TMA, ACL>(a, stream, err);
+    return g5_launch<false, false, BN, ST, EPI, TMA, ACL>(a, stream, err);
+}
+
+/* The two configurations with the weights by TMA (stages 4 with epilogue 0, or 3 with epilogue 1),
+ * with A by cp.async (a_cluster 0) or by TMA rows: per block (1) or multicast over 2 or 4 CTAs. */
+template <int ST, int EPI>
+static enum q3n_status g5_launch_tma(const struct g5_args &a, int swiglu, int a_cluster, cudaStream_t stream,
+                                     struct q3n_error *err)
+{
+    switch (a_cluster) {
+    case 1: return g5_launch_cfg<256, ST, EPI, 1, 1>(a, swiglu, stream, err);
+    case 2: return g5_launch_cfg<256, ST, EPI, 1, 2>(a, swiglu, stream, err);
+    case 4: return g5_launch_cfg<256, ST, EPI, 1, 4>(a, swiglu, stream, err);
+    default: return g5_launch_cfg<256, ST, EPI, 1>(a, swiglu, stream, err);
+    }
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     void *d_out, const void *d_x, const int32_t *d_rows, int64_t div, const void *d_W, const int32_t *d_counts,
     const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
-    int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, int early_release,
+    int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, int early_release, int a_cluster,
     enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
@@ -657,6 +861,8 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
                           : (epilogue == 0 && st >= 2 && st <= 4) || (st == 3 && (epilogue == 1 || epilogue == 2)));
     Q3N_REQUIRE(!tma || (bn == 256 && ((st == 4 && epilogue == 0) || (st == 3 && epilogue == 1))));
+    /* A by TMA rows: with the weights by TMA from the checkpoint layout */
+    Q3N_REQUIRE((a_cluster == 0 || a_cluster == 1 || a_cluster == 2 || a_cluster == 4) && (!a_cluster || tma == 1));
     /* packed: box indices (e nbx + xb) ktiles + kt stay in int */
     Q3N_REQUIRE(tma != 2 || (cuda_moe_v5_packable(N, Kin, swiglu) && E * N * Kin / (256 * G5_BK) <= INT32_MAX));
     Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && E > 0 && E <= INT32_MAX && div > 0);
@@ -672,14 +878,17 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
     a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
-    a.max_items = max_items, a.half_tiles = half_tiles, a.early = early_release;
+    a.max_items = max_items, a.max_tiles = max_items / nbx, a.half_tiles = half_tiles, a.early = early_release;
+    memset(&a.amap, 0, sizeof a.amap); /* unused with A by cp.async */
+    /* the rows of X: a gathered row is x[rows[p] / div], below cdiv(rows, div); else X has `rows` */
+    if (a_cluster) Q3N_TRY(g5_rows_map(&a.amap, d_x, d_rows ? cdiv(rows, div) : rows, Kin, err));
     if (tma) {
         Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, tma == 2, err));
         if (tma == 2)
             return epilogue == 1 ? g5_launch_cfg<256, 3, 1, 2>(a, swiglu, stream, err)
                                  : g5_launch_cfg<256, 4, 0, 2>(a, swiglu, stream, err);
-        if (epilogue == 1) return g5_launch_cfg<256, 3, 1, 1>(a, swiglu, stream, err);
-        return g5_launch_cfg<256, 4, 0, 1>(a, swiglu, stream, err);
+        if (epilogue == 1) return g5_launch_tma<3, 1>(a, swiglu, a_cluster, stream, err);
+        return g5_launch_tma<4, 0>(a, swiglu, a_cluster, stream, err);
     }
     memset(&a.wmap, 0, sizeof a.wmap); /* unused without TMA */
     if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
@@ -700,7 +909,8 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES,
-                                        G5_TMA, G5_EARLY_RELEASE, dt, stream, err);
+                                        G5_TMA, G5_EARLY_RELEASE, swiglu ? G5_A_CLUSTER_GATE_UP : G5_A_CLUSTER_DOWN,
+                                        dt, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const void *d_x, const int32_t *d_rows,
@@ -713,5 +923,5 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const vo
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, 2,
-                                        G5_EARLY_RELEASE, dt, stream, err);
+                                        G5_EARLY_RELEASE, 0, dt, stream, err);
 }

@@ -260,6 +260,63 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const void *map, int c
                  : "memory");
 #endif
 }
+/* TMA of one box of the 2-D tensor map `map` at (c0, c1), innermost first, into shared memory at dst
+ * of this CTA (as tma_load_3d). The swizzle is a function of the destination address (the 128-byte
+ * mode XORs address bits 4-6 with bits 7-9), so a one-row box at base + 128 r of a 1024-aligned tile
+ * lands exactly where a whole-tile copy would put row r: how grouped v5 gathers A rows by TMA. */
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void *map, int c0, int c1, uint32_t bar)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+#endif
+}
+/* The same box delivered to the same shared-memory offset dst of every CTA of this cluster whose
+ * rank's bit is set in mask, one L2 read for all of them; each destination CTA's barrier at offset
+ * bar gets the bytes that land in that CTA (complete_tx). */
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void *map, int c0, int c1, uint32_t bar,
+                                                      uint16_t mask)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+                 : "memory");
+#endif
+}
+/* ---- thread-block clusters ---- */
+/* This CTA's rank in its cluster (0 without clusters). */
+__device__ __forceinline__ uint32_t cl_rank()
+{
+    uint32_t r = 0;
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+/* One arrival on the barrier at offset bar of the shared memory of cluster CTA `rank` (this one
+ * included); release at cluster scope: this thread's earlier reads of its own stage (its wgmma's,
+ * retired) happen before a producer that waits for the phase overwrites that stage. */
+__device__ __forceinline__ void wb_arrive_cluster(uint32_t bar, uint32_t rank)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+                 "r"(rank)
+                 : "memory");
+#endif
+}
+/* Every thread of every CTA of the cluster: returns once all have arrived (release / acquire at
+ * cluster scope). At the start it publishes the barriers' initialisation to the peers; at the end it
+ * keeps each CTA's shared memory alive until no peer can still arrive on it or copy into it. */
+__device__ __forceinline__ void cl_sync()
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
 /* Waits for every cp.async this thread issued (none of them committed to a group). */
 __device__ __forceinline__ void wb_cp_async_drain()
 {

@@ -151,27 +151,34 @@ static void gate_up_gemm(layer &L, int ver, int stages, dbuf &h)
  * stores; 2 "bulk": staged, bulk async copies overlapping the next tile). Session 5 added the st and
  * epilogue ones, aimed at the down GEMM (Kin = 512: 8 k-tiles per tile); each runs both GEMMs.
  * early: stages released as soon as their own products retire (session 10, aimed at T = 4096: the
- * two production configurations with it). */
+ * two production configurations with it). acl (session 11): A by TMA row boxes, per block (1,
+ * "arows") or multicast over clusters of 2 or 4 blocks ("acl2", "acl4"), on the same two. */
 struct v5_cfg {
-    int bn, persistent, stages, epilogue, tma, early;
+    int bn, persistent, stages, epilogue, tma, early, acl;
     const char *name;
 };
-static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, 0, "v5/bn256/grid"},
-                                 {256, 1, 0, 0, 1, 0, "v5/bn256/grid/tma"},
-                                 {256, 0, 0, 0, 0, 0, "v5/bn256/tiles"},
-                                 {128, 1, 0, 0, 0, 0, "v5/bn128/grid"},
-                                 {128, 0, 0, 0, 0, 0, "v5/bn128/tiles"},
-                                 {256, 0, 3, 0, 0, 0, "v5/bn256/tiles/st3"},
-                                 {256, 0, 2, 0, 0, 0, "v5/bn256/tiles/st2"},
-                                 {256, 0, 3, 1, 0, 0, "v5/bn256/tiles/st3/smem16"},
-                                 {256, 1, 3, 1, 0, 0, "v5/bn256/grid/st3/smem16"},
-                                 {256, 1, 3, 1, 1, 0, "v5/bn256/grid/st3/smem16/tma"},
-                                 {256, 0, 3, 2, 0, 0, "v5/bn256/tiles/st3/bulk"},
-                                 {256, 1, 3, 2, 0, 0, "v5/bn256/grid/st3/bulk"},
-                                 {256, 1, 0, 0, 2, 0, "v5/bn256/grid/tmapacked"},
-                                 {256, 1, 3, 1, 2, 0, "v5/bn256/grid/st3/smem16/tmapacked"},
-                                 {256, 1, 0, 0, 1, 1, "v5/bn256/grid/tma/early"},
-                                 {256, 1, 3, 1, 1, 1, "v5/bn256/grid/st3/smem16/tma/early"}};
+static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, 0, 0, "v5/bn256/grid"},
+                                 {256, 1, 0, 0, 1, 0, 0, "v5/bn256/grid/tma"},
+                                 {256, 0, 0, 0, 0, 0, 0, "v5/bn256/tiles"},
+                                 {128, 1, 0, 0, 0, 0, 0, "v5/bn128/grid"},
+                                 {128, 0, 0, 0, 0, 0, 0, "v5/bn128/tiles"},
+                                 {256, 0, 3, 0, 0, 0, 0, "v5/bn256/tiles/st3"},
+                                 {256, 0, 2, 0, 0, 0, 0, "v5/bn256/tiles/st2"},
+                                 {256, 0, 3, 1, 0, 0, 0, "v5/bn256/tiles/st3/smem16"},
+                                 {256, 1, 3, 1, 0, 0, 0, "v5/bn256/grid/st3/smem16"},
+                                 {256, 1, 3, 1, 1, 0, 0, "v5/bn256/grid/st3/smem16/tma"},
+                                 {256, 0, 3, 2, 0, 0, 0, "v5/bn256/tiles/st3/bulk"},
+                                 {256, 1, 3, 2, 0, 0, 0, "v5/bn256/grid/st3/bulk"},
+                                 {256, 1, 0, 0, 2, 0, 0, "v5/bn256/grid/tmapacked"},
+                                 {256, 1, 3, 1, 2, 0, 0, "v5/bn256/grid/st3/smem16/tmapacked"},
+                                 {256, 1, 0, 0, 1, 1, 0, "v5/bn256/grid/tma/early"},
+                                 {256, 1, 3, 1, 1, 1, 0, "v5/bn256/grid/st3/smem16/tma/early"},
+                                 {256, 1, 0, 0, 1, 0, 1, "v5/bn256/grid/tma/arows"},
+                                 {256, 1, 0, 0, 1, 0, 2, "v5/bn256/grid/tma/acl2"},
+                                 {256, 1, 0, 0, 1, 0, 4, "v5/bn256/grid/tma/acl4"},
+                                 {256, 1, 3, 1, 1, 0, 1, "v5/bn256/grid/st3/smem16/tma/arows"},
+                                 {256, 1, 3, 1, 1, 0, 2, "v5/bn256/grid/st3/smem16/tma/acl2"},
+                                 {256, 1, 3, 1, 1, 0, 4, "v5/bn256/grid/st3/smem16/tma/acl4"}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
 /* One v5 GEMM of the layer's routing: out = A W^T (A row p = x[rows[p] / div], or x[p] without rows);
  * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles off, G5_HALF_TILES), else
@@ -187,8 +194,8 @@ static void v5_gemm(layer &L, const v5_cfg *c, int half, void *out, const void *
     else
         RUN(cuda_moe_grouped_gemm_v5_cfg(out, x, rows, div, W, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
                                          (const int32_t *)L.tiles.p, L.n, L.Ex, N, Kin, swiglu, c->bn, c->persistent,
-                                         c->stages, c->epilogue, half, c->tma, c->early, Q3N_COMPUTE_BF16, g_stream,
-                                         E_));
+                                         c->stages, c->epilogue, half, c->tma, c->early, c->acl, Q3N_COMPUTE_BF16,
+                                         g_stream, E_));
 }
 /* v5 gate_up (x gathered, SwiGLU) into h and down (of hin) into y, as the model runs them */
 static void gate_up_v5(layer &L, const v5_cfg *c, int half, dbuf &h)
