@@ -643,13 +643,19 @@ __global__ void combine_kernel(T *eout, T *mout, const T *y, const int32_t *pos,
 }
 
 /* v2 (bf16, D % 8 == 0): thread i of the grid owns outputs [8 c, 8 c + 8) of token t = i / (D / 8),
- * c = i % (D / 8), and loads its K slots' 16-byte chunks of y before summing any of them: for K
- * <= KB every slot's load is in flight at once (K = 10: 160 bytes per thread, ~40 KB per 256-thread
- * block), where v1's 2-byte loads one slot after another leave the combine at about half of HBM
- * bandwidth (0.45 ms per layer at T = 16384 reading 671 MB). Same operations per output, in the
+ * c = i % (D / 8), and loads its K slots' 16-byte chunks of y in batches of KB slots, each batch's
+ * loads all in flight before any of them is summed, where v1's 2-byte loads one slot after another
+ * leave the combine at about half of HBM bandwidth (0.45 ms per layer at T = 16384 reading 671 MB).
+ * KB = COMBINE2_BATCH = 5 for every K. Until session 11 KB was 8, 12 or 16 >= K (one batch: K = 10
+ * took 104 registers, so 25 % occupancy, and DRAM at 66 % under ncu,
+ * fast/cuda/dev/logs/session11_glue_ncuglue_combine_v2_kernel.log); batches of 5 take 60 registers
+ * and measured faster on an H100 (dev/test_moe2, session11_combine_moe2.log, K = 10 with the shared
+ * expert): T = 4096 0.093 -> 0.082 ms, T = 16384 0.343 -> 0.300 ms (2.91 TB/s); batches of 4 gave
+ * the same, of 2 0.087 / 0.309. Same operations per output, in the
  * same order: acc = sum over j = 0..K-1 ascending of T(weight[t, j] * y[p_j, d]) in float32 from
  * 0, e = T(acc), m = e or e + T(T(sigmoid(sg[t])) * shared[t, d]): bitwise v1 (dev/test_moe2). */
 #define COMBINE2_THREADS 256
+#define COMBINE2_BATCH 5
 __device__ __forceinline__ void combine2_unpack(float *f, uint4 v)
 {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -755,18 +761,9 @@ extern "C" enum q3n_status cuda_moe_combine_ver(void *d_experts_out, void *d_mlp
         Q3N_REQUIRE(threads / COMBINE2_THREADS < INT32_MAX); /* gridDim.x */
         const unsigned grid = cdiv(threads, COMBINE2_THREADS);
         const int D8 = (int)(D / 8), t = (int)T, k = (int)K;
-        if (K <= 8)
-            combine_v2_kernel<8><<<grid, COMBINE2_THREADS, 0, stream>>>(
-                (bf16 *)d_experts_out, (bf16 *)d_mlp_out, (const bf16 *)d_y, d_pos, d_weight,
-                (const bf16 *)d_shared, (const bf16 *)d_sg, t, D8, k);
-        else if (K <= 12) /* Qwen3-Next: K = 10 */
-            combine_v2_kernel<12><<<grid, COMBINE2_THREADS, 0, stream>>>(
-                (bf16 *)d_experts_out, (bf16 *)d_mlp_out, (const bf16 *)d_y, d_pos, d_weight,
-                (const bf16 *)d_shared, (const bf16 *)d_sg, t, D8, k);
-        else
-            combine_v2_kernel<16><<<grid, COMBINE2_THREADS, 0, stream>>>(
-                (bf16 *)d_experts_out, (bf16 *)d_mlp_out, (const bf16 *)d_y, d_pos, d_weight,
-                (const bf16 *)d_shared, (const bf16 *)d_sg, t, D8, k);
+        combine_v2_kernel<COMBINE2_BATCH><<<grid, COMBINE2_THREADS, 0, stream>>>(
+            (bf16 *)d_experts_out, (bf16 *)d_mlp_out, (const bf16 *)d_y, d_pos, d_weight, (const bf16 *)d_shared,
+            (const bf16 *)d_sg, t, D8, k);
         CU_LAUNCHED("moe combine_v2_kernel");
         return Q3N_OK;
     }
