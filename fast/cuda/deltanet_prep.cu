@@ -59,9 +59,13 @@
  * a / b from in_proj_ba's group h / r (b: r values, then a: r values).
  * Warp w of a q/k/v block handles tokens t0 + w, t0 + w + 8, ..., TPW of them at a time (v1: 1,
  * v2: 2; the same operations per token, so bitwise); NM = lanes' elements (n <= 32 NM), KC >= K
- * taps, both compile-time bounds of unrolled loops. The state is only
- * read here (cuda_deltanet_prep_forward updates it in a second launch, after every block read it). */
-template <typename T, typename O, int NM, int KC, int TPW>
+ * taps, both compile-time bounds of unrolled loops. EXACT (the caller has checked K == KC and
+ * DK == DV == 32 NM, as at 80B-A3B: K 4, heads of 128) makes those the sizes themselves, so the conv
+ * loses its per-tap tests on a runtime K and the channel tests and index arithmetic fold (the prep is
+ * instruction-bound: see the tile sweep above); the same float operations in the same order. The
+ * state is only read here (cuda_deltanet_prep_forward updates it in a second launch, after every
+ * block read it). */
+template <typename T, typename O, int NM, int KC, int TPW, bool EXACT>
 __global__ void __launch_bounds__(PREP_THREADS) dn_prep_kernel(O *q, O *k, O *v, float *g, float *beta,
                                                                const float *state, const T *qkvz, const T *ba,
                                                                const float *cw, const float *A_log,
@@ -69,6 +73,7 @@ __global__ void __launch_bounds__(PREP_THREADS) dn_prep_kernel(O *q, O *k, O *v,
                                                                int DV, int K, float eps, float qscale, int qdivide,
                                                                int vec)
 {
+    if (EXACT) K = KC, DK = DV = 32 * NM; /* what the caller checked, now known to the compiler */
     extern __shared__ __align__(16) float xs[]; /* [PREP_TT + K - 1][n] */
     const int r = NV / NK, GS = 2 * DK + 2 * r * DV, Q = NK * GS;
     const int t0 = blockIdx.x * PREP_TT, b = blockIdx.y, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -221,7 +226,7 @@ extern "C" int cuda_deltanet_prep_supported(int64_t NK, int64_t NV, int64_t DK, 
            2 * NK + NV + 1 <= 65535;
 }
 
-template <typename A, typename O, int NM, int KC, int TPW>
+template <typename A, typename O, int NM, int KC, int TPW, bool EXACT = false>
 static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, float *d_beta, const float *d_state,
                                    const void *d_qkvz, const void *d_ba, const float *d_w, const float *d_A_log,
                                    const float *d_dt_bias, int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV,
@@ -232,7 +237,7 @@ static enum q3n_status prep_launch(void *d_q, void *d_k, void *d_v, float *d_g, 
     const int ve = 16 / (int)sizeof(A);
     const int vec = Q % ve == 0 && DK % ve == 0 && DV % ve == 0 && ((uintptr_t)d_qkvz & 15) == 0;
     const size_t smem = sizeof(float) * (size_t)((PREP_TT + K - 1) * n);
-    auto kern = dn_prep_kernel<A, O, NM, KC, TPW>;
+    auto kern = dn_prep_kernel<A, O, NM, KC, TPW, EXACT>;
     CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     kern<<<dim3(cdiv(T, PREP_TT), (unsigned)(2 * NK + NV + 1)), PREP_THREADS, smem, stream>>>(
         (O *)d_q, (O *)d_k, (O *)d_v, d_g, d_beta, d_state, (const A *)d_qkvz, (const A *)d_ba, d_w, d_A_log, d_dt_bias,
@@ -265,6 +270,15 @@ static enum q3n_status prep_pick(void *d_q, void *d_k, void *d_v, float *d_g, fl
 {
     if (ver == 0) ver = PREP_DEFAULT_VER;
     if (prep_v2_applies(DK, DV, K)) {
+        if (K == 4 && DK == 128 && DV == 128) { /* 80B-A3B's shape: the EXACT instances */
+            if (ver == 1)
+                return prep_launch<A, O, 4, 4, 1, true>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w,
+                                                        d_A_log, d_dt_bias, T, NK, NV, DK, DV, K, eps, qscale,
+                                                        qdivide, stream, err);
+            return prep_launch<A, O, 4, 4, 2, true>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log,
+                                                    d_dt_bias, T, NK, NV, DK, DV, K, eps, qscale, qdivide, stream,
+                                                    err);
+        }
         if (ver == 1)
             return prep_launch<A, O, 4, 4, 1>(d_q, d_k, d_v, d_g, d_beta, d_state, d_qkvz, d_ba, d_w, d_A_log,
                                               d_dt_bias, T, NK, NV, DK, DV, K, eps, qscale, qdivide, stream, err);
@@ -333,11 +347,21 @@ extern "C" enum q3n_status cuda_deltanet_prep_forward(void *d_q, void *d_k, void
  * z = in_proj_qkvz[t, (h / r) GS + 2 DK + r DV + (h % r) DV + :] (what split_kernel copies to z).
  * One warp per row (t, h), 8 rows per block; the sum as rmsnorm_gated_kernel's block of
  * norm_threads(DV) threads (64 below 256, 128 below 1024). */
-template <typename T, int NM>
+/* EXACT (the caller has checked NK = 16, NV = 32, DK = DV = 128: 80B-A3B's heads): the sizes become
+ * compile-time constants, so the row's (t, h) split and z's column are shifts instead of integer
+ * divisions and the channel tests fold; the same float operations (the prep's EXACT, session 11). */
+template <bool EXACT, int NM>
+__device__ __forceinline__ void gated_norm_fix(int &NK, int &NV, int &DK, int &DV)
+{
+    static_assert(!EXACT || NM == 4, "EXACT rows are 128 wide: 4 per lane");
+    if (EXACT) NK = 16, NV = 32, DK = 128, DV = 128;
+}
+template <typename T, int NM, bool EXACT>
 __global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *__restrict__ out, const T *__restrict__ x,
                                                             const T *__restrict__ qkvz, const float *__restrict__ w,
                                                             int rows, int NK, int NV, int DK, int DV, float eps)
 {
+    gated_norm_fix<EXACT, NM>(NK, NV, DK, DV);
     const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const int r = NV / NK, GS = 2 * DK + 2 * r * DV, t = row / NV, h = row - t * NV;
@@ -370,11 +394,12 @@ __global__ void __launch_bounds__(256) dn_gated_norm_kernel(T *__restrict__ out,
  * either sum, so a warp has two independent chains to interleave: v1 takes the same 0.069 ms at
  * T = 4096 in float32 and bf16 (session 8), so latency and issue, not bytes, bound it. Each row's
  * operations and their order are v1's: bitwise. GATED_NORM_DEFAULT_VER says which runs by default. */
-template <typename T, int NM, int RPW>
+template <typename T, int NM, int RPW, bool EXACT>
 __global__ void __launch_bounds__(256) dn_gated_norm2_kernel(T *__restrict__ out, const T *__restrict__ x,
                                                              const T *__restrict__ qkvz, const float *__restrict__ w,
                                                              int rows, int NK, int NV, int DK, int DV, float eps)
 {
+    gated_norm_fix<EXACT, NM>(NK, NV, DK, DV);
     const int row0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * RPW, lane = threadIdx.x & 31;
     if (row0 >= rows) return;
     const int r = NV / NK, GS = 2 * DK + 2 * r * DV;
@@ -417,25 +442,31 @@ __global__ void __launch_bounds__(256) dn_gated_norm2_kernel(T *__restrict__ out
     }
 }
 
+template <typename T, int NM, int RPW, bool EXACT>
+static void gated_norm_launch_nm(unsigned grid, void *d_out, const void *d_x, const void *d_qkvz, const float *d_w,
+                                 int64_t rows, int64_t NK, int64_t NV, int64_t DK, int64_t DV, float eps,
+                                 cudaStream_t stream)
+{
+    if constexpr (RPW == 1) /* v1 */
+        dn_gated_norm_kernel<T, NM, EXACT><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz,
+                                                                     d_w, (int)rows, (int)NK, (int)NV, (int)DK,
+                                                                     (int)DV, eps);
+    else
+        dn_gated_norm2_kernel<T, NM, RPW, EXACT><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x,
+                                                                           (const T *)d_qkvz, d_w, (int)rows,
+                                                                           (int)NK, (int)NV, (int)DK, (int)DV, eps);
+}
 template <typename T, int RPW>
 static void gated_norm_launch(void *d_out, const void *d_x, const void *d_qkvz, const float *d_w, int64_t rows,
                               int64_t NK, int64_t NV, int64_t DK, int64_t DV, float eps, cudaStream_t stream)
 {
     const unsigned grid = cdiv(rows, 8 * RPW);
-    if constexpr (RPW == 1) { /* v1 */
-        if (DV <= 128)
-            dn_gated_norm_kernel<T, 4><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
-                                                                 (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
-        else
-            dn_gated_norm_kernel<T, 8><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
-                                                                 (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
-    } else if (DV <= 128) {
-        dn_gated_norm2_kernel<T, 4, RPW><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
-                                                                   (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
-    } else {
-        dn_gated_norm2_kernel<T, 8, RPW><<<grid, 256, 0, stream>>>((T *)d_out, (const T *)d_x, (const T *)d_qkvz, d_w,
-                                                                   (int)rows, (int)NK, (int)NV, (int)DK, (int)DV, eps);
-    }
+    if (NK == 16 && NV == 32 && DK == 128 && DV == 128) /* 80B-A3B's heads: the EXACT instance */
+        gated_norm_launch_nm<T, 4, RPW, true>(grid, d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, eps, stream);
+    else if (DV <= 128)
+        gated_norm_launch_nm<T, 4, RPW, false>(grid, d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, eps, stream);
+    else
+        gated_norm_launch_nm<T, 8, RPW, false>(grid, d_out, d_x, d_qkvz, d_w, rows, NK, NV, DK, DV, eps, stream);
 }
 
 extern "C" enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_x, const void *d_qkvz,
