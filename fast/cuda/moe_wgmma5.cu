@@ -177,6 +177,9 @@ __device__ __forceinline__ void g5_load_b(uint32_t sb, const void *wmap, int e, 
  * group's output block sub (per_tile = the groups of a tile; blocks past nbx: see g5_produce_rows). */
 struct g5_sched {
     int first, step, per_tile, width, sub;
+    __device__ int items(const int32_t *tiles) const { return tiles[0] * per_tile; } /* tiles[0]: tile count */
+    __device__ int tile_of(int w) const { return w / per_tile; }
+    __device__ int block_of(int w, int tile) const { return (w - tile * per_tile) * width + sub; }
 };
 template <int ACL>
 __device__ __forceinline__ g5_sched g5_schedule(int nbx)
@@ -197,7 +200,7 @@ __device__ __forceinline__ g5_sched g5_schedule(int nbx)
 template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA>
 __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                                            const void *wmap, const int32_t *tiles, const int32_t *counts,
-                                           const int32_t *offsets, int N, int Kin, int nbx, int items, int ktiles,
+                                           const int32_t *offsets, int N, int Kin, int nbx, int ktiles,
                                            uint32_t sbase, uint32_t full0, uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
@@ -205,9 +208,11 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
     /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
     const uint32_t so = (uint32_t)(lr * 128 + ((lc ^ (lr & 7)) << 4));
+    const g5_sched sc = g5_schedule<0>(nbx);
+    const int n = sc.items(tiles);
     uint32_t i = 0; /* k-tiles produced by this block so far */
-    for (int w = blockIdx.x; w < items; w += gridDim.x) {
-        const int tile = w / nbx, xb = w - tile * nbx;
+    for (int w = sc.first; w < n; w += sc.step) {
+        const int tile = sc.tile_of(w), xb = sc.block_of(w, tile);
         const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
         const int rend = offsets[e] + counts[e]; /* rows [r0, min(r0 + 128, rend)) */
         const bf16 *We = W + (size_t)e * N * Kin;
@@ -279,10 +284,10 @@ __device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, c
     static_assert(TMA >= 1 && RS % 32 == 0, "A rows by TMA: the weights by TMA, 32 rows per lane sweep");
     const int lane = threadIdx.x & 31;
     const g5_sched sc = g5_schedule<ACL>(nbx);
-    const int n = tiles[0] * sc.per_tile;
+    const int n = sc.items(tiles);
     uint32_t i = 0; /* k-tiles produced by this block so far */
     for (int w = sc.first; w < n; w += sc.step) {
-        const int tile = w / sc.per_tile, xb = min((w - tile * sc.per_tile) * sc.width + sc.sub, nbx - 1);
+        const int tile = sc.tile_of(w), xb = min(sc.block_of(w, tile), nbx - 1);
         const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
         const int nv = min(G3_BM, offsets[e] + counts[e] - r0); /* valid rows of the tile, 1 .. 128 */
         int asrc[RQ];                                               /* source rows, -1: not copied */
@@ -589,10 +594,10 @@ __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, cons
     const int c = (threadIdx.x >> 7) - 1; /* consumer 0 or 1: rows 64 c .. of a full tile */
     const uint32_t stg = stg0 + (uint32_t)(c * G5_OUT_BYTES(SWIGLU, BN));
     const g5_sched sc = g5_schedule<ACL>(nbx);
-    const int n = tiles[0] * sc.per_tile;
+    const int n = sc.items(tiles);
     uint32_t i = 0; /* k-tiles consumed by this block so far */
     for (int w = sc.first; w < n; w += sc.step) {
-        const int tile = w / sc.per_tile, xb = (w - tile * sc.per_tile) * sc.width + sc.sub;
+        const int tile = sc.tile_of(w), xb = sc.block_of(w, tile);
         /* the same for every thread of the block (same w, same table): a block-uniform branch */
         if (half_tiles && g5_rows(tiles, counts, offsets, tile) <= 64)
             g5_item<SWIGLU, BN, ST, EPI, true, ACL>(out, tiles, counts, offsets, N, xb, tile, ktiles, c, early, i,
@@ -620,10 +625,9 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     static_assert(G5_SMEM(BN, ST, EPI, SWIGLU) <= G5_SMEM_MAX, "stages + staging exceed an SM's shared memory");
 #ifdef Q3N_HAVE_WGMMA
     extern __shared__ unsigned char g5s[];
-    const int items = tiles[0] * nbx;
     const g5_sched sc = g5_schedule<ACL>(nbx);
     /* the whole block (with clusters the whole cluster: same first item), before any barrier exists */
-    if (sc.first >= tiles[0] * sc.per_tile) return;
+    if (sc.first >= sc.items(tiles)) return;
     /* [stages | staging (EPI > 0) | full barriers | empty barriers], from a 1024-byte boundary */
     const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(g5s) + 1023u) & ~1023u;
     const uint32_t stg0 = sbase + ST * G5_STAGE_BYTES(BN);
@@ -645,7 +649,7 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     if (threadIdx.x < 128) {
         if constexpr (ACL == 0)
             g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx,
-                                                    items, ktiles, sbase, full0, empty0);
+                                                    ktiles, sbase, full0, empty0);
         else if (threadIdx.x < 32)
             g5_produce_rows<GATHER, SWIGLU, BN, ST, TMA, ACL>(xrows, div, &wmap, &amap, tiles, counts, offsets, N,
                                                               nbx, ktiles, sbase, full0, empty0);
