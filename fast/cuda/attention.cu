@@ -36,15 +36,26 @@
  * above, each product and the sum rounded to the activation type as transformers does. I: the index
  * type (int64 in v1, int in v2: the same values, so the same float operations and bits). */
 template <typename I, typename T>
+__device__ __forceinline__ void rope_cs(float &c, float &s, I i, I rot, int64_t pos, float theta, const T *like)
+{
+    const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
+    const float ang = (float)pos * inv;
+    c = rnd(cosf(ang), like);
+    s = rnd(sinf(ang), like);
+}
+template <typename I, typename T>
+__device__ __forceinline__ float rope_apply(float y, const float *xs, I d, I half, float c, float s, const T *like)
+{
+    const float rh = d < half ? -xs[d + half] : xs[d - half];
+    return rnd(rnd(y * c, like) + rnd(rh * s, like), like);
+}
+template <typename I, typename T>
 __device__ __forceinline__ float rope_elem(float y, const float *xs, I d, I half, I rot, int64_t pos, float theta,
                                            const T *like)
 {
-    const I i = d % half;
-    const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rot);
-    const float ang = (float)pos * inv;
-    const float c = rnd(cosf(ang), like), s = rnd(sinf(ang), like);
-    const float rh = d < half ? -xs[d + half] : xs[d - half];
-    return rnd(rnd(y * c, like) + rnd(rh * s, like), like);
+    float c, s;
+    rope_cs(c, s, d % half, rot, pos, theta, like);
+    return rope_apply(y, xs, d, half, c, s, like);
 }
 
 template <typename T>
@@ -92,17 +103,17 @@ __global__ void qk_prep_kernel(T *qo, T *qn, T *kc, T *vc, T *kn, const T *qg, c
  * v1's float operations in v1's order, so v2 is bitwise v1 (dev/test_kernels). The normed row
  * sits in the warp's shared row for RoPE's partner element (d +- rot / 2). */
 #define QKP2_ROWS 8
+/* Row `slot` of token t (slot < NH: q head slot, else k head slot - NH), by one warp, its normed
+ * values in yw (shared, 32 NM floats). cs_c / cs_s: the token's RoPE cosines and sines by pair
+ * (v3's table), or NULL: each element computes its own (v2). The same float operations either way. */
 template <int NM>
-__global__ void __launch_bounds__(32 * QKP2_ROWS)
-    qk_prep_v2_kernel(bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn, const bf16 *qg, const bf16 *k, const bf16 *v,
-                      const float *qw, const float *kw, int64_t pos0, const int64_t *dpos, int NH, int NKV, int HD,
-                      int rot, float theta, float eps, int rows)
+__device__ __forceinline__ void qk_prep_row(int t, int slot, float *yw, const float *cs_c, const float *cs_s,
+                                            bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn, const bf16 *qg,
+                                            const bf16 *k, const bf16 *v, const float *qw, const float *kw,
+                                            int64_t pos0, int NH, int NKV, int HD, int rot, float theta, float eps)
 {
-    __shared__ float ys[QKP2_ROWS][32 * NM];
-    if (dpos) pos0 = *dpos;
-    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, row = blockIdx.x * QKP2_ROWS + wi;
-    if (row >= rows) return; /* whole warps: only __syncwarp below */
-    const int t = row / (NH + NKV), slot = row - t * (NH + NKV), isq = slot < NH, hh = isq ? slot : slot - NH;
+    const int lane = threadIdx.x & 31;
+    const int isq = slot < NH, hh = isq ? slot : slot - NH;
     const bf16 *src = isq ? qg + ((int64_t)t * NH + hh) * 2 * HD : k + ((int64_t)t * NKV + hh) * HD;
     const float *w = isq ? qw : kw;
     float x[NM];
@@ -115,7 +126,6 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
     const float r = 1.0f / sqrtf(tot / (float)HD + eps);
     bf16 *nout = isq ? (qn ? qn + ((int64_t)t * NH + hh) * HD : nullptr)
                      : (kn ? kn + ((int64_t)t * NKV + hh) * HD : nullptr);
-    float *yw = ys[wi];
 #pragma unroll
     for (int m = 0; m < NM; m++) {
         const int d = lane + 32 * m;
@@ -133,7 +143,10 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
     for (int m = 0; m < NM; m++) {
         const int d = lane + 32 * m;
         if (d >= HD) continue;
-        const float y = d < rot ? rope_elem<int>(x[m], yw, d, half, rot, pos, theta, src) : x[m];
+        float y = x[m];
+        if (d < rot)
+            y = cs_c ? rope_apply<int>(x[m], yw, d, half, cs_c[d % half], cs_s[d % half], src)
+                     : rope_elem<int>(x[m], yw, d, half, rot, pos, theta, src);
         st(dst + d, y);
     }
     if (!isq)
@@ -142,7 +155,45 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
             const int d = lane + 32 * m;
             if (d < HD) vc[(pos * NKV + hh) * HD + d] = v[((int64_t)t * NKV + hh) * HD + d];
         }
+    __syncwarp(); /* yw is reused by the warp's next row (v3) */
 }
+
+#define QKP_ARGS_DECL                                                                                                 \
+    bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn, const bf16 *qg, const bf16 *k, const bf16 *v, const float *qw, \
+        const float *kw, int64_t pos0, const int64_t *dpos, int NH, int NKV, int HD, int rot, float theta, float eps
+#define QKP_ROW_ARGS qo, qn, kc, vc, kn, qg, k, v, qw, kw, pos0, NH, NKV, HD, rot, theta, eps
+
+template <int NM>
+__global__ void __launch_bounds__(32 * QKP2_ROWS) qk_prep_v2_kernel(QKP_ARGS_DECL, int rows)
+{
+    __shared__ float ys[QKP2_ROWS][32 * NM];
+    if (dpos) pos0 = *dpos;
+    const int wi = threadIdx.x >> 5, row = blockIdx.x * QKP2_ROWS + wi;
+    if (row >= rows) return; /* whole warps: only __syncwarp below */
+    const int t = row / (NH + NKV), slot = row - t * (NH + NKV);
+    qk_prep_row<NM>(t, slot, ys[wi], nullptr, nullptr, QKP_ROW_ARGS);
+}
+
+/* v3 (bf16, HD <= 256, session 12): a block per token, QKP3_WARPS warps taking its NH + NKV rows in
+ * turn. The RoPE angle depends on the position and the pair only, so the block computes the token's
+ * rot / 2 (cos, sin) pairs once (rope_cs: the same powf, division, cosf and sinf as rope_elem) where v2
+ * computes them for every element of every head (18 rows x 64 elements a token at the real dims:
+ * ~150 instructions each). Every element goes through v2's operations: bitwise v2 (dev/test_kernels). */
+#define QKP3_WARPS 6
+template <int NM>
+__global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_v3_kernel(QKP_ARGS_DECL)
+{
+    __shared__ float ys[QKP3_WARPS][32 * NM];
+    __shared__ float cs[2][16 * NM]; /* half = rot / 2 <= HD / 2 <= 16 NM */
+    if (dpos) pos0 = *dpos;
+    const int t = blockIdx.x, wi = threadIdx.x >> 5, half = rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cs<int>(cs[0][i], cs[1][i], i, rot, pos0 + t, theta, qg);
+    __syncthreads();
+    for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS)
+        qk_prep_row<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
+}
+#undef QKP_ROW_ARGS
+#undef QKP_ARGS_DECL
 
 /* Default versions of the q/k prep and the output gate where v2 applies. v2 of both (session 9) was
  * checked bitwise v1 on an H100 in session 10 (dev/test_kernels) and timed there: one T = 4096
@@ -150,8 +201,8 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS)
  * us, gate 100.4 -> 33.2 us; `BENCH sigmoid_gate` 0.094 -> 0.037 ms. Prefill only (T > 1): the
  * builds with v2 everywhere decoded 1 % slower (0.578 -> 0.584 ms/token, session10_ab.log), and one
  * token is too few rows for v2's warp per (token, head) or 8 elements per thread to pay. */
-#ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=1 keeps v1 */
-#define QK_PREP_DEFAULT_VER 2
+#ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=1 keeps v1, =2 v2 */
+#define QK_PREP_DEFAULT_VER 3 /* session 12: v3, the RoPE table per token */
 #endif
 #ifndef SIGMOID_GATE_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DSIGMOID_GATE_DEFAULT_VER=1 keeps v1 */
 #define SIGMOID_GATE_DEFAULT_VER 2
@@ -164,7 +215,7 @@ static int qk_prep_v2_ok(int64_t HD, enum q3n_compute_dtype dt)
 
 extern "C" int cuda_attn_qk_prep_ver_for(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    return QK_PREP_DEFAULT_VER == 2 && T > 1 && qk_prep_v2_ok(HD, dt) ? 2 : 1;
+    return QK_PREP_DEFAULT_VER >= 2 && T > 1 && qk_prep_v2_ok(HD, dt) ? QK_PREP_DEFAULT_VER : 1;
 }
 
 /* d_pos NULL: positions pos0..; else one token (T = 1) at position *d_pos. */
@@ -175,23 +226,32 @@ static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d
                                       int ver, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && rot >= 0 && rot <= HD);
-    Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX - QKP2_ROWS && ver >= 0 && ver <= 2);
-    if (ver == 2 && !qk_prep_v2_ok(HD, dt))
-        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda attention qk_prep v2: needs bf16 and HD <= 256 (got HD=%lld)",
-                             (long long)HD);
+    Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX - QKP2_ROWS && ver >= 0 && ver <= 3);
+    if (ver >= 2 && !qk_prep_v2_ok(HD, dt))
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda attention qk_prep v%d: needs bf16 and HD <= 256 (got HD=%lld)",
+                             ver, (long long)HD);
     if (T == 0) return Q3N_OK;
     if (ver == 0) ver = cuda_attn_qk_prep_ver_for(T, HD, dt);
-    if (ver == 2) {
+    if (ver >= 2) {
         const int rows = (int)(T * (NH + NKV));
-        const unsigned grid = cdiv(rows, QKP2_ROWS);
 #define QKP2_ARGS                                                                                                     \
     (bf16 *)d_q, (bf16 *)d_qn, (bf16 *)d_kc, (bf16 *)d_vc, (bf16 *)d_kn, (const bf16 *)d_qg, (const bf16 *)d_k,     \
         (const bf16 *)d_v, d_qnorm_w, d_knorm_w, pos0, d_pos, (int)NH, (int)NKV, (int)HD, (int)rot, (float)theta,     \
-        (float)eps, rows
+        (float)eps
+        if (ver == 3) {
+            Q3N_REQUIRE(T <= INT32_MAX);
+            if (HD <= 128)
+                qk_prep_v3_kernel<4><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
+            else
+                qk_prep_v3_kernel<8><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
+            CU_LAUNCHED("attention qk_prep_v3_kernel");
+            return Q3N_OK;
+        }
+        const unsigned grid = cdiv(rows, QKP2_ROWS);
         if (HD <= 128)
-            qk_prep_v2_kernel<4><<<grid, 32 * QKP2_ROWS, 0, stream>>>(QKP2_ARGS);
+            qk_prep_v2_kernel<4><<<grid, 32 * QKP2_ROWS, 0, stream>>>(QKP2_ARGS, rows);
         else
-            qk_prep_v2_kernel<8><<<grid, 32 * QKP2_ROWS, 0, stream>>>(QKP2_ARGS);
+            qk_prep_v2_kernel<8><<<grid, 32 * QKP2_ROWS, 0, stream>>>(QKP2_ARGS, rows);
 #undef QKP2_ARGS
         CU_LAUNCHED("attention qk_prep_v2_kernel");
         return Q3N_OK;

@@ -201,7 +201,8 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
     else
         Q3N_TRY(cuda_attn_qk_prep(w->q, qn, L->kc, L->vc, kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
                                   c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
-    if (cuda_attn_qk_prep_ver_for(T, HD, dt) == 2) s->ran_glue |= RAN_GLUE_QK_PREP;
+    const int qkv = cuda_attn_qk_prep_ver_for(T, HD, dt);
+    s->ran_glue |= qkv == 3 ? RAN_GLUE_QK_PREP3 : qkv == 2 ? RAN_GLUE_QK_PREP : 0;
     TAPA3(w->qn, T, NH, HD, "%s.self_attn.q_norm.out", p);
     TAPA3(w->kn, T, NKV, HD, "%s.self_attn.k_norm.out", p);
     TAPA3(w->q, T, NH, HD, "%s.self_attn.q_rope", p);
@@ -240,7 +241,8 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
     if (cuda_moe_permute_v2_ok(E)) {
         Q3N_TRY(cuda_moe_permute_v2(w->perm, w->pos, w->counts, w->offsets, w->permscr, w->topi, T, E, K, s->stream,
                                     err));
-        if (cuda_moe_permute_scan_ver_for() == 2) s->ran_glue |= RAN_GLUE_SCAN;
+        const int scan = cuda_moe_permute_scan_ver_for(E);
+        s->ran_glue |= scan == 3 ? RAN_GLUE_SCAN3 : scan == 2 ? RAN_GLUE_SCAN : 0;
     } else
         Q3N_TRY(cuda_moe_permute(w->perm, w->pos, w->counts, w->offsets, w->topi, T, E, K, s->stream, err));
     /* v3/v4: gather fused into gate_up's A load, SwiGLU into its epilogue; one tile table for both.
@@ -376,8 +378,10 @@ done:
 }
 
 enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
-                          const struct q3n_tap_sink *taps, struct q3n_error *err)
+                          const float *fold_norm, int *folded, const struct q3n_tap_sink *taps,
+                          struct q3n_error *err)
 {
+    *folded = 0;
     const struct q3n_config *c = &s->cfg;
     struct dev_layer *L = &s->layers[l];
     struct work *w = &s->w;
@@ -459,6 +463,13 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
         TAPA2(w->sg, T, 1, "%s.mlp.shared_expert_gate.out", p);
         shared = w->sout;
         sg = w->sg;
+    }
+    if (fold_norm && !tapping && cuda_moe_combine_norm_ok(D, dt)) {
+        Q3N_TRY(cuda_moe_combine_norm(w->h, w->xn, w->ey, pos, w->topw, shared, sg, fold_norm, c->rms_norm_eps, T,
+                                      D, K, dt, s->stream, err));
+        s->ran_glue |= RAN_GLUE_COMBINE_NORM;
+        *folded = 1;
+        return Q3N_OK;
     }
     Q3N_TRY(cuda_moe_combine(w->eo, w->y, w->ey, pos, w->topw, shared, sg, T, D, K, dt, s->stream, err));
     TAPA2(w->eo, T, D, "%s.mlp.experts.out", p);

@@ -26,6 +26,35 @@ __device__ __forceinline__ float rnd(float v, const bf16 *) { return __bfloat162
 __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* RMSNorm's scale of a row of n values whose squares sum to ss: 1 / sqrt(ss / n + eps) (IEEE
+ * divide and square root, as every norm kernel computes it). */
+__device__ __forceinline__ float rms_scale(float ss, int64_t n, float eps) { return 1.0f / sqrtf(ss / (float)n + eps); }
+/* Threads per row of the norm kernels (norm.cu) and of the fused combine + add + norm (moe.cu),
+ * which must agree: the block size fixes the order of the sums of squares. */
+static inline unsigned norm_threads(int64_t n) { return n >= 1024 ? 256u : n >= 256 ? 128u : 64u; }
+
+/* 8 bf16 in a 16-byte word <-> 8 floats (element 2i in the low half of word i; packing rounds to
+ * nearest even). */
+__device__ __forceinline__ void unpack8_bf16(float *f, uint4 v)
+{
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);          /* low half: the even element */
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); /* high half: the odd one */
+    }
+}
+__device__ __forceinline__ uint4 pack8_bf16(const float *f)
+{
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const __nv_bfloat162 b = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+        w[i] = *reinterpret_cast<const uint32_t *>(&b);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 /* Deterministic block sum (fixed tree order for a fixed blockDim, a multiple of 32 <= 1024).
  * `red` is __shared__ float[32]. Every thread gets the total. */
 __device__ __forceinline__ float block_sum(float v, float *red)

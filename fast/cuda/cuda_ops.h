@@ -204,9 +204,9 @@ enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc,
                                   double theta, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                   struct q3n_error *err);
 /* As cuda_attn_qk_prep with the kernel chosen: ver 0 the default (attention.cu's
- * QK_PREP_DEFAULT_VER where v2 applies: bf16, HD <= 256, T > 1; else v1), 1 a 128-thread block per
- * (token, head), 2 a warp per (token, head) (an error where it does not apply). v1 and v2 are
- * bitwise equal. */
+ * QK_PREP_DEFAULT_VER where v2 / v3 apply: bf16, HD <= 256, T > 1; else v1), 1 a 128-thread block per
+ * (token, head), 2 a warp per (token, head), 3 a block per token with its RoPE (cos, sin) computed
+ * once (an error where they do not apply). v1, v2 and v3 are bitwise equal. */
 enum q3n_status cuda_attn_qk_prep_ver(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
                                       const void *d_k, const void *d_v, const float *d_qnorm_w,
                                       const float *d_knorm_w, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
@@ -269,7 +269,7 @@ enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void *d_x, cons
                                               enum q3n_compute_dtype dt, cudaStream_t stream,
                                               struct q3n_error *err);
 
-/* ---- moe.cu ---- */
+/* ---- moe_router.cu, moe.cu ---- */
 /* Router: probs = softmax(logits) in float32 (d_probs may be NULL), top-k in torch.topk order
  * (descending, ties to the lower index), weights renormalised when norm_topk_prob and then
  * rounded to the activation dtype (transformers casts them to the logits' dtype).
@@ -277,13 +277,15 @@ enum q3n_status cuda_sigmoid_gate_forward_ver(void *d_out, const void *d_x, cons
 enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits,
                                          int64_t T, int64_t E, int64_t K, int norm_topk_prob,
                                          enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
-/* Dev/test twin: ver 3 = block per token (E <= 1024; the default for T <= 64), 2 = warp per token
- * (E <= 1024; the default above), 1 = block argmax rounds (E > 1024), 0 = the default. v3 and v2
- * give bitwise the same probs, idx and weights. router_topk_kernel names what ver runs. */
+/* Dev/test twin: ver 3 = block per token (E <= 1024; the default for T <= 64), 4 = warp per token
+ * with a threshold (E <= 1024, K <= 32, K ceil(E / 32) <= 640; the default above), 2 = warp per
+ * token, K argmax rounds (E <= 1024; the default above where v4 does not run), 1 = block argmax
+ * rounds (E > 1024), 0 = the default. v2, v3 and v4 give bitwise the same probs, idx and weights
+ * on finite logits. router_topk_kernel names what ver runs. */
 enum q3n_status cuda_router_topk_forward_ver(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits,
                                              int64_t T, int64_t E, int64_t K, int norm_topk_prob, int ver,
                                              enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
-const char *cuda_router_topk_kernel(int64_t T, int64_t E, int ver);
+const char *cuda_router_topk_kernel(int64_t T, int64_t E, int64_t K, int ver);
 /* Token permutation, deterministic: the T*K assignments grouped by expert, tokens ascending
  * inside each group. perm_row[p] = t*K + j of slot p; pos[t*K + j] = p; counts, offsets [E]. */
 enum q3n_status cuda_moe_permute(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
@@ -294,14 +296,16 @@ enum q3n_status cuda_moe_permute(int32_t *d_perm_row, int32_t *d_pos, int32_t *d
  * cuda_moe_permute. Usable when cuda_moe_permute_v2_ok(E) (E <= 8192); scratch of
  * cuda_moe_permute_scratch(T, E, K) int32. */
 int cuda_moe_permute_v2_ok(int64_t E);
-/* The chunk scan cuda_moe_permute_v2 runs (1 or 2), for the session's report. */
-int cuda_moe_permute_scan_ver_for(void);
+/* The chunk scan cuda_moe_permute_v2 runs for E experts (1, 2 or 3), for the session's report. */
+int cuda_moe_permute_scan_ver_for(int64_t E);
 int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K);
 enum q3n_status cuda_moe_permute_v2(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
                                     int32_t *d_scratch, const int32_t *d_idx, int64_t T, int64_t E, int64_t K,
                                     cudaStream_t stream, struct q3n_error *err);
 /* As cuda_moe_permute_v2 with the chunk scan's version chosen: 0 the default (moe.cu's
- * PERMUTE_SCAN_DEFAULT_VER), 1 a load in flight per thread, 2 eight. Bitwise equal. */
+ * PERMUTE_SCAN_DEFAULT_VER), 1 one block, a load in flight per thread, 2 one block, eight loads;
+ * 3 chunks of 128 assignments, the scan over blocks of 32 experts, offsets scanned by the place
+ * kernel (where 4 E (warps + 1) bytes fit in 47 KB: Q3N_ERR_USAGE otherwise). Bitwise equal. */
 enum q3n_status cuda_moe_permute_v2_ver(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts, int32_t *d_offsets,
                                         int32_t *d_scratch, const int32_t *d_idx, int64_t T, int64_t E, int64_t K,
                                         int scan_ver, cudaStream_t stream, struct q3n_error *err);
@@ -311,6 +315,11 @@ enum q3n_status cuda_gather_rows(void *d_out, const void *d_x, const int32_t *d_
 /* SwiGLU: out[r,i] = silu(gu[r,i]) * gu[r,W+i]; gu [rows, 2W] (gate half first), out [rows, W]. */
 enum q3n_status cuda_swiglu_forward(void *d_out, const void *d_gu, int64_t rows, int64_t W,
                                     enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* Dev/test twin: ver 1 = a thread per output (any dtype, any W), 2 = a thread per 8 outputs with
+ * 16-byte loads (bf16, W % 8 == 0, 16-byte aligned buffers: Q3N_ERR_USAGE otherwise), 0 = 2 where it
+ * runs, else 1. The same operations per element: bitwise equal (dev/test_moe2). */
+enum q3n_status cuda_swiglu_forward_ver(void *d_out, const void *d_gu, int64_t rows, int64_t W, int ver,
+                                        enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 /* Expert GEMV for few rows (decode; no host round trip): out[r,n] = sum_k W[e_r][n,k] x[r/div, k]
  * with e_r = idx[r]; W [E, N, Kin] stacked. out [rows, N]. */
 enum q3n_status cuda_moe_experts_gemv(void *d_out, const void *d_x, const int32_t *d_idx, const void *d_W,
@@ -476,6 +485,16 @@ enum q3n_status cuda_moe_combine_ver(void *d_experts_out, void *d_mlp_out, const
                                      int64_t D, int64_t K, int ver, enum q3n_compute_dtype dt, cudaStream_t stream,
                                      struct q3n_error *err);
 const char *cuda_moe_combine_kernel(int64_t D, enum q3n_compute_dtype dt, int ver);
+/* The combine, the residual add and the RMSNorm after it in one kernel (prefill with taps off):
+ * m = mlp_out[t] of cuda_moe_combine (not stored), h[t] = T(h[t] + T(m)), xn[t] = rmsnorm(h[t]) with
+ * weight d_norm_w (zero-centred: x r (1 + w)); bitwise cuda_moe_combine followed by
+ * cuda_add_rmsnorm_forward. Supported where cuda_moe_combine_norm_ok (bf16, D % 8 == 0,
+ * D <= 4096), every buffer 16-byte aligned; Q3N_ERR_USAGE otherwise. */
+int cuda_moe_combine_norm_ok(int64_t D, enum q3n_compute_dtype dt);
+enum q3n_status cuda_moe_combine_norm(void *d_h, void *d_xn, const void *d_y, const int32_t *d_pos,
+                                      const float *d_weight, const void *d_shared, const void *d_sg,
+                                      const float *d_norm_w, double eps, int64_t T, int64_t D, int64_t K,
+                                      enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 
 #ifdef __cplusplus
 }

@@ -60,15 +60,19 @@ static void describe_build(struct cuda_session *s)
         snprintf(ex, sizeof ex, " experts=packed");
     else if (s->opt.pack_experts && s->pack_why)
         snprintf(ex, sizeof ex, " experts=checkpoint(%s)", s->pack_why);
-    /* glue=: the kernels around the GEMMs that ran their v2 (session 9's; absent: all ran v1) */
-    char glue[64] = "";
+    /* glue=: the kernels around the GEMMs that ran their v2 (session 9's; absent: all ran v1), and
+     * combine_norm where the MoE combine did the residual add and the next norm (session 12) */
+    char glue[96] = "";
     static const struct {
         int bit;
         const char *name;
     } glue_names[] = {{RAN_GLUE_QK_PREP, "qk_prep_v2"},
+                      {RAN_GLUE_QK_PREP3, "qk_prep_v3"},
                       {RAN_GLUE_GATE, "gate_v2"},
                       {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
-                      {RAN_GLUE_SCAN, "scan_v2"}};
+                      {RAN_GLUE_SCAN, "scan_v2"},
+                      {RAN_GLUE_SCAN3, "scan_v3"},
+                      {RAN_GLUE_COMBINE_NORM, "combine_norm"}};
     for (size_t i = 0; i < sizeof glue_names / sizeof glue_names[0]; i++)
         if (s->ran_glue & glue_names[i].bit)
             snprintf(glue + strlen(glue), sizeof glue - strlen(glue), "%s%s", glue[0] ? "+" : " glue=",
@@ -116,12 +120,20 @@ struct pass {
     int prof, fuse;
 };
 
+/* What the layer before left for this layer's input norm. */
+enum carry {
+    CARRY_NONE,    /* h is final: xn = rmsnorm(h) */
+    CARRY_PENDING, /* h += y is still to do: the input norm does it (h = T(h + y), xn = rmsnorm(h): one
+                    * launch, the same roundings as add then norm) */
+    CARRY_NORMED   /* the previous MoE block's combine did the add and this norm (next_norm below) */
+};
+
 /* One decoder layer on w.h (in place), taps under prefix p ("model.layers.3", "mtp.layers.0").
- * pending: the previous layer's h += y is still to do; it is done by this layer's input norm
- * (h = T(h + y), xn = rmsnorm(h): one launch, the same roundings as add then norm). With
- * ps->fuse this layer's own h += y is left pending in w.y. */
+ * With ps->fuse this layer's own h += y is left pending in w.y, or, where the MoE combine can fold
+ * them, done there together with the norm of weight next_norm (then *normed = 1). */
 static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const char *p, const struct pass *ps,
-                                     int pending, const struct q3n_tap_sink *taps, struct q3n_error *err)
+                                     enum carry carry, const float *next_norm, int *normed,
+                                     const struct q3n_tap_sink *taps, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
     struct work *w = &s->w;
@@ -130,8 +142,9 @@ static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const ch
     const int prof = ps->prof;
     struct dev_layer *L = &s->layers[l];
     TAPA2(w->h, T, D, "%s.in", p);
-    Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, pending ? w->y : NULL, L->in_norm, T, D, c->rms_norm_eps, dt,
-                                     s->stream, err));
+    if (carry != CARRY_NORMED)
+        Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, carry == CARRY_PENDING ? w->y : NULL, L->in_norm, T, D,
+                                         c->rms_norm_eps, dt, s->stream, err));
     TAPA2(w->xn, T, D, "%s.input_layernorm.out", p);
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 0], s->stream));
     if (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION)
@@ -143,7 +156,7 @@ static enum q3n_status decoder_layer(struct cuda_session *s, int64_t l, const ch
     TAPA2(w->h, T, D, "%s.post_attention_layernorm.in", p);
     TAPA2(w->xn, T, D, "%s.post_attention_layernorm.out", p);
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 2], s->stream));
-    Q3N_TRY(mlp_block(s, l, p, T, pos0, taps, err));
+    Q3N_TRY(mlp_block(s, l, p, T, pos0, ps->fuse ? next_norm : NULL, normed, taps, err));
     if (prof) CU_CHECK(cudaEventRecord(s->ev[8 * l + 3], s->stream));
     if (!ps->fuse) Q3N_TRY(cuda_add_inplace(w->h, w->y, T * D, dt, s->stream, err));
     TAPA2(w->h, T, D, "%s.out", p);
@@ -159,14 +172,18 @@ static enum q3n_status forward_layers(struct cuda_session *s, const int64_t *d_t
     const int64_t D = c->hidden_size, T = ps->T;
     Q3N_TRY(cuda_embed_forward(w->h, d_tokens, s->embed, T, D, s->dt, s->stream, err));
     TAPA2(w->h, T, D, "model.embed_tokens.out");
+    enum carry carry = CARRY_NONE;
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         char p[48];
         snprintf(p, sizeof p, "model.layers.%d", (int)l);
-        Q3N_TRY(decoder_layer(s, l, p, ps, ps->fuse && l > 0, taps, err));
+        const float *next_norm = l + 1 < c->num_hidden_layers ? s->layers[l + 1].in_norm : s->final_norm;
+        int normed = 0;
+        Q3N_TRY(decoder_layer(s, l, p, ps, carry, next_norm, &normed, taps, err));
+        carry = normed ? CARRY_NORMED : ps->fuse ? CARRY_PENDING : CARRY_NONE;
     }
-    const void *pending = ps->fuse && c->num_hidden_layers > 0 ? w->y : NULL;
-    Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, pending, s->final_norm, T, D, c->rms_norm_eps, s->dt, s->stream,
-                                     err));
+    if (carry != CARRY_NORMED)
+        Q3N_TRY(cuda_add_rmsnorm_forward(w->xn, w->h, carry == CARRY_PENDING ? w->y : NULL, s->final_norm, T, D,
+                                         c->rms_norm_eps, s->dt, s->stream, err));
     TAPA2(w->xn, T, D, "model.norm.out");
     return Q3N_OK;
 }
@@ -531,7 +548,8 @@ static enum q3n_status cuda_forward_mtp(void *session, float *mtp_logits, const 
     Q3N_TRY(cuda_linear_forward(w->h, w->cat, s->mtp_fc, NULL, n, D, 2 * D, dt, s->blas, s->stream, err));
     TAPA2(w->h, n, D, "mtp.fc.out");
     const struct pass ps = {n, pos0, NULL, 0, 0};
-    Q3N_TRY(decoder_layer(s, Lm, "mtp.layers.0", &ps, 0, taps, err));
+    int normed = 0;
+    Q3N_TRY(decoder_layer(s, Lm, "mtp.layers.0", &ps, CARRY_NONE, NULL, &normed, taps, err));
     s->mtp_len += n;
     Q3N_TRY(cuda_rmsnorm_forward(w->xn, w->h, s->mtp_norm, n, D, c->rms_norm_eps, dt, s->stream, err));
     TAPA2(w->xn, n, D, "mtp.norm.out");

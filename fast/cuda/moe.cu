@@ -1,5 +1,5 @@
-/* moe.cu — sparse MoE: router softmax + top-k, token permutation, SwiGLU, expert GEMV for
- * decode, weighted un-permute with the shared expert (cuda twins of ref/moe.c).
+/* moe.cu — sparse MoE: token permutation, SwiGLU, expert GEMV for decode, weighted un-permute with
+ * the shared expert (cuda twins of ref/moe.c; the router is in moe_router.cu).
  *
  * Prefill runs the routed experts as grouped GEMMs over the permuted rows (moe_grouped.cu, v3:
  * gather and SwiGLU fused, all experts in one launch; v1 and per-expert cuBLAS remain as
@@ -9,286 +9,6 @@
  * (tokens ascending inside each expert), the un-permute sums slots j = 0..K-1 in order. The
  * only atomics are integer counts, whose result does not depend on order. */
 #include "common.cuh"
-
-#define ROUTER_THREADS 256
-#define WARP_ROUTER_MAX_E 1024 /* router_topk_warp_kernel up to this many experts */
-
-/* Block argmax over (value desc, index asc). */
-__device__ __forceinline__ void better(float &v, int &i, float v2, int i2)
-{
-    if (v2 > v || (v2 == v && i2 < i)) {
-        v = v2;
-        i = i2;
-    }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(ROUTER_THREADS) router_topk_kernel(float *probs, int32_t *idx, float *weight,
-                                                                     const T *logits, int64_t E, int64_t K,
-                                                                     int norm_topk)
-{
-    extern __shared__ float pr[]; /* [E] */
-    __shared__ float red[32];
-    __shared__ float rv[32];
-    __shared__ int ri[32];
-    __shared__ float chosen[64];
-    const int64_t t = blockIdx.x;
-    const T *lg = logits + t * E;
-    float mx = -INFINITY;
-    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, ld(lg + e));
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
-        const float x = expf(ld(lg + e) - mx);
-        pr[e] = x;
-        sum += x;
-    }
-    sum = block_sum(sum, red);
-    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
-        pr[e] = pr[e] / sum;
-        if (probs) probs[t * E + e] = pr[e];
-    }
-    __syncthreads();
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int64_t j = 0; j < K; j++) {
-        float bv = -INFINITY;
-        int bi = 0x7fffffff;
-        for (int64_t e = threadIdx.x; e < E; e += blockDim.x) better(bv, bi, pr[e], (int)e);
-        for (int o = 16; o > 0; o >>= 1) {
-            const float v2 = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-            better(bv, bi, v2, i2);
-        }
-        if (lane == 0) {
-            rv[w] = bv;
-            ri[w] = bi;
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            float v = rv[0];
-            int i = ri[0];
-            for (int k = 1; k < nw; k++) better(v, i, rv[k], ri[k]);
-            idx[t * K + j] = i;
-            chosen[j] = v;
-            pr[i] = -INFINITY;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-        float s = 0.0f;
-        for (int64_t j = 0; j < K; j++) s += chosen[j];
-        for (int64_t j = 0; j < K; j++) weight[t * K + j] = rnd(norm_topk ? chosen[j] / s : chosen[j], lg);
-    }
-}
-
-/* Router v2, one warp per token (8 tokens per block, E <= 1024): the token's logits in shared
- * memory, lane l owns experts e = l (mod 32). softmax with warp max/sum (fixed xor trees), then K
- * rounds of a warp argmax over the lanes' entries in (value desc, index asc) order; the owner lane
- * removes the winner. No block barriers: a decode step's router costs a few microseconds. */
-template <typename T>
-__global__ void __launch_bounds__(256) router_topk_warp_kernel(float *probs, int32_t *idx, float *weight,
-                                                               const T *logits, int T_, int E, int K, int norm_topk)
-{
-    extern __shared__ float rs[]; /* [8][E] */
-    __shared__ float chosen[8][64];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int t = blockIdx.x * 8 + w;
-    if (t >= T_) return; /* whole warps */
-    float *pr = rs + w * E;
-    const T *lg = logits + (int64_t)t * E;
-    float mx = -INFINITY;
-    for (int e = lane; e < E; e += 32) {
-        pr[e] = ld(lg + e);
-        mx = fmaxf(mx, pr[e]);
-    }
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.0f;
-    for (int e = lane; e < E; e += 32) {
-        pr[e] = expf(pr[e] - mx);
-        sum += pr[e];
-    }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    for (int e = lane; e < E; e += 32) {
-        pr[e] = pr[e] / sum;
-        if (probs) probs[(int64_t)t * E + e] = pr[e];
-    }
-    for (int j = 0; j < K; j++) {
-        float bv = -INFINITY;
-        int bi = 0x7fffffff;
-        for (int e = lane; e < E; e += 32) better(bv, bi, pr[e], e);
-        for (int o = 16; o > 0; o >>= 1) {
-            const float v2 = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-            better(bv, bi, v2, i2);
-        }
-        /* every lane holds the same winner (a total order under a butterfly) */
-        if (lane == 0) {
-            idx[(int64_t)t * K + j] = bi;
-            chosen[w][j] = bv;
-        }
-        if (bi < E && (bi & 31) == lane) pr[bi] = -INFINITY;
-        __syncwarp();
-    }
-    if (lane == 0) {
-        float s = 0.0f;
-        for (int j = 0; j < K; j++) s += chosen[w][j];
-        for (int j = 0; j < K; j++)
-            weight[(int64_t)t * K + j] = rnd(norm_topk ? chosen[w][j] / s : chosen[w][j], lg);
-    }
-}
-
-/* Router v3, one block per token for small T (decode; E <= 1024, one expert per thread, blockDim =
- * E rounded up to 32): bitwise v2's results with a few barriers instead of v2's serial warp.
- *  softmax: mx = block max (exact in any order); x_e = exp(l_e - mx) into shared memory; every warp
- *    then sums them exactly as v2's lane l does (e = l, l+32, .. ascending, then the same xor tree),
- *    so sum, p_e = x_e / sum and the probs are v2's bits.
- *  top-k on keys u_e = bits(p_e) << 32 | (2^32-1 - e) (p_e >= 0: the float order is the bit order;
- *    larger key = higher p, ties to the lower index: v2's (value desc, index asc) total order).
- *    tau = the K-th largest of the warps' maximum keys (0 when fewer than K warps): those K warp
- *    maxima are K distinct elements >= tau, so every top-K element is >= tau. The candidates
- *    (u_e >= tau, usually ~K) are compacted to shared memory; each ranks itself by counting the
- *    candidates with a larger key; ranks < K give idx/chosen in v2's order.
- *  weights: s = sum_j chosen_j (j ascending), weight_j = T(chosen_j / s): v2's arithmetic.
- * Rounds with no candidate limit are exact for any input; only their count of compares varies. */
-#define ROUTER_BLOCK_MAX_T 64 /* cuda_router_topk_forward runs v3 up to this many tokens */
-template <typename T>
-__global__ void __launch_bounds__(1024) router_topk_block_kernel(float *probs, int32_t *idx, float *weight,
-                                                                 const T *logits, int E, int K, int norm_topk)
-{
-    extern __shared__ float rx[]; /* x [E]; then the candidates' keys [E] (uint64, 8-byte aligned) */
-    __shared__ float red[32];
-    __shared__ unsigned long long wkey[32];
-    __shared__ int wcnt[33];
-    __shared__ float chosen[64];
-    const int e = threadIdx.x, lane = e & 31, w = e >> 5, nw = blockDim.x >> 5;
-    const int64_t t = blockIdx.x;
-    const T *lg = logits + t * E;
-    const float lv = e < E ? ld(lg + e) : -INFINITY;
-    const float mx = block_max(lv, red); /* max is exact: v2's value */
-    if (e < E) rx[e] = expf(lv - mx);
-    __syncthreads();
-    float sum = 0.0f; /* v2's lane sums and tree, in every warp */
-    for (int i = lane; i < E; i += 32) sum += rx[i];
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    const float p = e < E ? rx[e] / sum : 0.0f;
-    if (probs && e < E) probs[t * E + e] = p;
-    const unsigned long long key =
-        e < E ? ((unsigned long long)__float_as_uint(p) << 32) | (0xffffffffull - (unsigned)e) : 0ull;
-    unsigned long long wm = key;
-    for (int o = 16; o > 0; o >>= 1) {
-        const unsigned long long v = __shfl_xor_sync(0xffffffffu, wm, o);
-        wm = v > wm ? v : wm;
-    }
-    if (lane == 0) wkey[w] = wm;
-    __syncthreads();
-    /* tau: lane u < nw ranks warp u's maximum among the nw maxima; the one of rank K-1 is tau */
-    unsigned long long tau = 0ull;
-    if (nw >= K) {
-        const unsigned long long mine = lane < nw ? wkey[lane] : 0ull;
-        int r = 0;
-        for (int u = 0; u < nw; u++) r += wkey[u] > mine;
-        const unsigned bal = __ballot_sync(0xffffffffu, lane < nw && r == K - 1);
-        tau = __shfl_sync(0xffffffffu, mine, __ffs(bal) - 1); /* the maxima are distinct: one lane */
-    }
-    const bool cand = e < E && key >= tau;
-    const unsigned cb = __ballot_sync(0xffffffffu, cand);
-    if (lane == 0) wcnt[w] = __popc(cb);
-    __syncthreads();
-    int off = 0, nc = 0;
-    for (int u = 0; u < nw; u++) off += u < w ? wcnt[u] : 0, nc += wcnt[u];
-    unsigned long long *ck = reinterpret_cast<unsigned long long *>(rx + ((E + 1) & ~1));
-    if (cand) ck[off + __popc(cb & ((1u << lane) - 1u))] = key;
-    __syncthreads();
-    if (cand) {
-        int r = 0;
-        for (int c = 0; c < nc; c++) r += ck[c] > key;
-        if (r < K) {
-            idx[t * K + r] = e;
-            chosen[r] = p;
-        }
-    }
-    __syncthreads();
-    if (e < K) {
-        float s = 0.0f;
-        for (int j = 0; j < K; j++) s += chosen[j];
-        weight[t * K + e] = rnd(norm_topk ? chosen[e] / s : chosen[e], lg);
-    }
-}
-
-static enum q3n_status router_launch(float *d_probs, int32_t *d_idx, float *d_weight, const void *d_logits, int64_t T,
-                                     int64_t E, int64_t K, int norm_topk_prob, enum q3n_compute_dtype dt, int ver,
-                                     cudaStream_t stream, struct q3n_error *err)
-{
-    if (ver == 3) {
-        const unsigned threads = 32 * cdiv(E, 32);
-        const size_t sm = sizeof(float) * (size_t)((E + 1) & ~1) + sizeof(unsigned long long) * (size_t)E;
-        if (dt == Q3N_COMPUTE_BF16)
-            router_topk_block_kernel<<<(unsigned)T, threads, sm, stream>>>(d_probs, d_idx, d_weight,
-                                                                           (const bf16 *)d_logits, (int)E, (int)K,
-                                                                           norm_topk_prob);
-        else
-            router_topk_block_kernel<<<(unsigned)T, threads, sm, stream>>>(d_probs, d_idx, d_weight,
-                                                                           (const float *)d_logits, (int)E, (int)K,
-                                                                           norm_topk_prob);
-        CU_LAUNCHED("router_topk_block_kernel");
-        return Q3N_OK;
-    }
-    if (ver == 2) {
-        const unsigned grid = cdiv(T, 8);
-        const size_t sm = sizeof(float) * 8 * (size_t)E;
-        if (dt == Q3N_COMPUTE_BF16)
-            router_topk_warp_kernel<<<grid, 256, sm, stream>>>(d_probs, d_idx, d_weight, (const bf16 *)d_logits,
-                                                               (int)T, (int)E, (int)K, norm_topk_prob);
-        else
-            router_topk_warp_kernel<<<grid, 256, sm, stream>>>(d_probs, d_idx, d_weight, (const float *)d_logits,
-                                                               (int)T, (int)E, (int)K, norm_topk_prob);
-        CU_LAUNCHED("router_topk_warp_kernel");
-        return Q3N_OK;
-    }
-    const size_t smem = sizeof(float) * (size_t)E;
-    if (dt == Q3N_COMPUTE_BF16)
-        router_topk_kernel<<<(unsigned)T, ROUTER_THREADS, smem, stream>>>(d_probs, d_idx, d_weight,
-                                                                          (const bf16 *)d_logits, E, K,
-                                                                          norm_topk_prob);
-    else
-        router_topk_kernel<<<(unsigned)T, ROUTER_THREADS, smem, stream>>>(d_probs, d_idx, d_weight,
-                                                                          (const float *)d_logits, E, K,
-                                                                          norm_topk_prob);
-    CU_LAUNCHED("router_topk_kernel");
-    return Q3N_OK;
-}
-
-static int router_default(int64_t T, int64_t E)
-{
-    return E <= WARP_ROUTER_MAX_E ? (T <= ROUTER_BLOCK_MAX_T ? 3 : 2) : 1;
-}
-
-extern "C" const char *cuda_router_topk_kernel(int64_t T, int64_t E, int ver)
-{
-    if (ver == 0) ver = router_default(T, E);
-    return ver == 3 ? "router_topk_block_v3" : ver == 2 ? "router_topk_warp_v2" : "router_topk_v1";
-}
-
-extern "C" enum q3n_status cuda_router_topk_forward_ver(float *d_probs, int32_t *d_idx, float *d_weight,
-                                                        const void *d_logits, int64_t T, int64_t E, int64_t K,
-                                                        int norm_topk_prob, int ver, enum q3n_compute_dtype dt,
-                                                        cudaStream_t stream, struct q3n_error *err)
-{
-    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && E > 0 && E <= 4096 && K > 0 && K <= 64 && K <= E);
-    Q3N_REQUIRE(ver >= 0 && ver <= 3 && (ver < 2 || E <= WARP_ROUTER_MAX_E));
-    if (T == 0) return Q3N_OK;
-    return router_launch(d_probs, d_idx, d_weight, d_logits, T, E, K, norm_topk_prob, dt,
-                         ver == 0 ? router_default(T, E) : ver, stream, err);
-}
-
-extern "C" enum q3n_status cuda_router_topk_forward(float *d_probs, int32_t *d_idx, float *d_weight,
-                                                    const void *d_logits, int64_t T, int64_t E, int64_t K,
-                                                    int norm_topk_prob, enum q3n_compute_dtype dt,
-                                                    cudaStream_t stream, struct q3n_error *err)
-{
-    return cuda_router_topk_forward_ver(d_probs, d_idx, d_weight, d_logits, T, E, K, norm_topk_prob, 0, dt, stream,
-                                        err);
-}
 
 /* ---- permutation ---- */
 __global__ void count_kernel(int32_t *counts, const int32_t *idx, int64_t n)
@@ -381,7 +101,7 @@ extern "C" int cuda_moe_permute_v2_ok(int64_t E)
     return E > 0 && perm_warps(E) >= 1;
 }
 
-__global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n, int E)
+__global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n, int E, int pc)
 {
     extern __shared__ int32_t ph[];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -389,8 +109,8 @@ __global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n,
     int32_t *h = ph + w * E;
     for (int e = lane; e < E; e += 32) h[e] = 0;
     __syncwarp();
-    if (c * PC < n) {
-        for (int64_t a = c * PC + lane; a < n && a < (c + 1) * PC; a += 32) atomicAdd_block(&h[idx[a]], 1);
+    if (c * pc < n) {
+        for (int64_t a = c * pc + lane; a < n && a < (c + 1) * pc; a += 32) atomicAdd_block(&h[idx[a]], 1);
         __syncwarp();
         for (int e = lane; e < E; e += 32) hist[c * E + e] = h[e];
     }
@@ -402,7 +122,8 @@ __global__ void chunk_count_kernel(int32_t *hist, const int32_t *idx, int64_t n,
  * under ncu 50 -> 22.5 us per layer): the loads of 8 chunks first, then their sums
  * (integers: any order gives the same result, so bitwise v1). */
 #ifndef PERMUTE_SCAN_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DPERMUTE_SCAN_DEFAULT_VER=1 keeps v1 */
-#define PERMUTE_SCAN_DEFAULT_VER 2 /* session 10, H100: permute T = 4096 0.049 -> 0.028 ms, T = 16384 0.147 -> 0.062 */
+/* session 10, H100: v2, permute T = 4096 0.049 -> 0.028 ms, T = 16384 0.147 -> 0.062; session 12: v3 */
+#define PERMUTE_SCAN_DEFAULT_VER 3
 #endif
 
 template <int BATCH>
@@ -452,19 +173,87 @@ __global__ void __launch_bounds__(1024) chunk_scan_kernel(int32_t *base, int32_t
     }
 }
 
-__global__ void chunk_place_kernel(int32_t *perm_row, int32_t *pos, const int32_t *base, const int32_t *idx,
-                                   int64_t n, int E)
+/* v3's scan (session 12): the chunk sums spread over ceil(E / 32) blocks, where v1 / v2 walk every
+ * chunk in one block (v2: 22.5 us per layer at T = 4096 under ncu, session 12, the longest kernel of
+ * the permutation). Block of 1024 threads = 32 experts (lane) x 32 ranges of chunks (warp): each
+ * thread sums its range (8 loads in flight), warp 0 turns the 32 range sums of its lane's expert
+ * into exclusive prefixes (counts[e] = the total), and each thread writes base_c[e] = that prefix +
+ * the chunks before c in its range. These bases leave out offsets[e] (a scan across experts, i.e.
+ * across blocks): chunk_place3_kernel adds them. Integer sums: the same bases as v1 / v2. */
+__global__ void __launch_bounds__(1024) chunk_scan3_kernel(int32_t *base, int32_t *counts, const int32_t *hist,
+                                                           int nchunks, int E)
 {
-    extern __shared__ int32_t ph[];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int64_t c = (int64_t)blockIdx.x * (blockDim.x >> 5) + w;
-    if (c * PC >= n) return;
+    __shared__ int32_t range_sum[32][33];
+    const int el = threadIdx.x & 31, r = threadIdx.x >> 5, e = blockIdx.x * 32 + el;
+    const int per = (nchunks + 31) / 32, c0 = min(r * per, nchunks), c1 = min(c0 + per, nchunks);
+    int32_t sum = 0;
+    if (e < E) {
+#pragma unroll 8
+        for (int c = c0; c < c1; c++) sum += hist[(int64_t)c * E + e];
+    }
+    range_sum[r][el] = sum;
+    __syncthreads();
+    if (r == 0) {
+        int32_t run = 0;
+        for (int q = 0; q < 32; q++) {
+            const int32_t v = range_sum[q][el];
+            range_sum[q][el] = run;
+            run += v;
+        }
+        if (e < E) counts[e] = run;
+    }
+    __syncthreads();
+    if (e >= E) return;
+    int32_t b = range_sum[r][el];
+    int c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        int32_t h[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) h[j] = hist[(int64_t)(c + j) * E + e];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            base[(int64_t)(c + j) * E + e] = b;
+            b += h[j];
+        }
+    }
+    for (; c < c1; c++) {
+        base[(int64_t)c * E + e] = b;
+        b += hist[(int64_t)c * E + e];
+    }
+}
+
+/* One warp per chunk: its assignments in order, 32 at a time, placed after the chunk's base for
+ * their expert (see cuda_moe_permute_v2). With counts (v3's bases leave out offsets[e]) every block
+ * first scans counts into offsets itself (E ints, cheap beside a launch) and block 0 stores them. */
+__global__ void chunk_place_kernel(int32_t *perm_row, int32_t *pos, int32_t *offsets, const int32_t *base,
+                                   const int32_t *counts, const int32_t *idx, int64_t n, int E, int pc)
+{
+    extern __shared__ int32_t ph[]; /* [warps][E], then (counts) offsets [E] */
+    __shared__ int wsum[32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int32_t *off = ph + nw * E;
+    if (counts) { /* the whole block, before any warp may leave */
+        int32_t carry = 0;
+        for (int e0 = 0; e0 < E; e0 += blockDim.x) {
+            const int e = e0 + threadIdx.x;
+            const int32_t v = e < E ? counts[e] : 0;
+            const int32_t x = block_exclusive_scan(v, wsum) + carry;
+            if (e < E) {
+                off[e] = x;
+                if (blockIdx.x == 0) offsets[e] = x;
+            }
+            carry += wsum[nw - 1]; /* this pass's total: the scan leaves the warps' inclusive sums there */
+            __syncthreads();       /* before the next pass rewrites wsum */
+        }
+    }
+    const int64_t c = (int64_t)blockIdx.x * nw + w;
+    if (c * pc >= n) return;
     int32_t *h = ph + w * E;
-    for (int e = lane; e < E; e += 32) h[e] = base[c * E + e];
+    for (int e = lane; e < E; e += 32) h[e] = base[c * E + e] + (counts ? off[e] : 0);
     __syncwarp();
-    for (int64_t a0 = c * PC; a0 < n && a0 < (c + 1) * PC; a0 += 32) {
+    for (int64_t a0 = c * pc; a0 < n && a0 < (c + 1) * pc; a0 += 32) {
         const int64_t a = a0 + lane;
-        const bool in = a < n && a < (c + 1) * PC;
+        const bool in = a < n && a < (c + 1) * pc;
         const int e = in ? idx[a] : -1 - lane; /* lanes past the end match nobody */
         const unsigned same = __match_any_sync(0xffffffffu, e);
         if (in) {
@@ -478,15 +267,25 @@ __global__ void chunk_place_kernel(int32_t *perm_row, int32_t *pos, const int32_
     }
 }
 
-extern "C" int cuda_moe_permute_scan_ver_for(void)
+/* v3's place kernel holds the offsets beside the warps' histograms, and 128 bytes of its own: within
+ * the default 48 KB (E = 4096 is not: v2's scan runs there) */
+static int permute_v3_fits(int64_t E) { return 4 * E * (perm_warps(E) + 1) <= 47 * 1024; }
+
+extern "C" int cuda_moe_permute_scan_ver_for(int64_t E)
 {
-    return PERMUTE_SCAN_DEFAULT_VER;
+    return PERMUTE_SCAN_DEFAULT_VER == 3 && !permute_v3_fits(E) ? 2 : PERMUTE_SCAN_DEFAULT_VER;
 }
 
-/* Scratch of cuda_moe_permute (int32): the chunk histograms and bases of v2. */
+/* Assignments per chunk: v1 / v2's scan walks every chunk in one block, so their chunks are large;
+ * v3's scan is spread over the experts, so its chunks are smaller and each warp of the count and
+ * place kernels has a shorter chain (PC3 = 128: half of v2's, 320 chunks at T = 4096, K = 10). */
+#define PC3 128
+static int permute_chunk(int scan_ver) { return scan_ver == 3 ? PC3 : PC; }
+
+/* Scratch of cuda_moe_permute (int32): the chunk histograms and bases, for the smaller chunk. */
 extern "C" int64_t cuda_moe_permute_scratch(int64_t T, int64_t E, int64_t K)
 {
-    return 2 * ((T * K + PC - 1) / PC) * E;
+    return 2 * ((T * K + PC3 - 1) / PC3) * E;
 }
 
 extern "C" enum q3n_status cuda_moe_permute_v2_ver(int32_t *d_perm_row, int32_t *d_pos, int32_t *d_counts,
@@ -495,9 +294,14 @@ extern "C" enum q3n_status cuda_moe_permute_v2_ver(int32_t *d_perm_row, int32_t 
                                                    cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && E > 0 && E <= INT32_MAX && K > 0 && T * K <= INT32_MAX && perm_warps(E) >= 1);
-    Q3N_REQUIRE(scan_ver >= 0 && scan_ver <= 2);
-    if (scan_ver == 0) scan_ver = PERMUTE_SCAN_DEFAULT_VER;
-    const int64_t n = T * K, nchunks = (n + PC - 1) / PC;
+    Q3N_REQUIRE(scan_ver >= 0 && scan_ver <= 3);
+    if (scan_ver == 0) scan_ver = cuda_moe_permute_scan_ver_for(E);
+    if (scan_ver == 3 && !permute_v3_fits(E))
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda_moe_permute: scan v3 needs 4 E (warps + 1) <= 47 KB (E = %lld)",
+                             (long long)E);
+    const int pc = permute_chunk(scan_ver);
+    const int64_t n = T * K, nchunks = (n + pc - 1) / pc;
+    Q3N_REQUIRE(nchunks <= INT32_MAX);
     if (n == 0) {
         CU_CHECK(cudaMemsetAsync(d_counts, 0, sizeof(int32_t) * (size_t)E, stream));
         CU_CHECK(cudaMemsetAsync(d_offsets, 0, sizeof(int32_t) * (size_t)E, stream));
@@ -506,14 +310,19 @@ extern "C" enum q3n_status cuda_moe_permute_v2_ver(int32_t *d_perm_row, int32_t 
     const int wpb = perm_warps(E);
     const size_t smem = sizeof(int32_t) * (size_t)(wpb * E);
     int32_t *hist = d_scratch, *base = d_scratch + nchunks * E;
-    chunk_count_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(hist, d_idx, n, (int)E);
+    chunk_count_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(hist, d_idx, n, (int)E, pc);
     CU_LAUNCHED("moe chunk_count_kernel");
-    if (scan_ver == 2)
+    if (scan_ver == 3)
+        chunk_scan3_kernel<<<cdiv(E, 32), 1024, 0, stream>>>(base, d_counts, hist, (int)nchunks, (int)E);
+    else if (scan_ver == 2)
         chunk_scan_kernel<8><<<1, 1024, 0, stream>>>(base, d_counts, d_offsets, hist, nchunks, (int)E);
     else
         chunk_scan_kernel<1><<<1, 1024, 0, stream>>>(base, d_counts, d_offsets, hist, nchunks, (int)E);
     CU_LAUNCHED("moe chunk_scan_kernel");
-    chunk_place_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem, stream>>>(d_perm_row, d_pos, base, d_idx, n, (int)E);
+    /* v3: the place kernel also scans counts into offsets (E more ints of shared memory) */
+    const int32_t *cnt3 = scan_ver == 3 ? d_counts : NULL;
+    chunk_place_kernel<<<cdiv(nchunks, wpb), 32 * wpb, smem + (cnt3 ? sizeof(int32_t) * (size_t)E : 0), stream>>>(
+        d_perm_row, d_pos, d_offsets, base, cnt3, d_idx, n, (int)E, pc);
     CU_LAUNCHED("moe chunk_place_kernel");
     return Q3N_OK;
 }
@@ -557,12 +366,46 @@ __global__ void swiglu_kernel(T *out, const T *gu, int64_t W, int64_t n)
     }
 }
 
-extern "C" enum q3n_status cuda_swiglu_forward(void *d_out, const void *d_gu, int64_t rows, int64_t W,
-                                               enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
+/* v2 (bf16, W % 8 == 0; session 12): a thread per 8 outputs, 16-byte loads of gate and up, int32
+ * indices (the generic loop's 64-bit division per element made it instruction-bound: 15 us for the
+ * shared expert's 4096 x 512 under ncu, ~3x its bytes). The same operations per element:
+ * out = T(T(silu(g)) u). */
+__global__ void swiglu_v2_kernel(bf16 *out, const bf16 *gu, int W8, int n8)
 {
-    Q3N_REQUIRE(rows >= 0 && W > 0);
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    const int r = i / W8, c = i - r * W8;
+    const uint4 *row = reinterpret_cast<const uint4 *>(gu) + (int64_t)r * 2 * W8;
+    float g[8], u[8], o[8];
+    unpack8_bf16(g, row[c]);
+    unpack8_bf16(u, row[W8 + c]);
+#pragma unroll
+    for (int q = 0; q < 8; q++) o[q] = __bfloat162float(__float2bfloat16_rn(silu_f(g[q]))) * u[q];
+    reinterpret_cast<uint4 *>(out)[i] = pack8_bf16(o);
+}
+
+static int swiglu_v2_ok(const void *d_out, const void *d_gu, int64_t n, int64_t W, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && W % 8 == 0 && n / 8 <= INT32_MAX && ((uintptr_t)d_out & 15) == 0 &&
+           ((uintptr_t)d_gu & 15) == 0;
+}
+
+extern "C" enum q3n_status cuda_swiglu_forward_ver(void *d_out, const void *d_gu, int64_t rows, int64_t W, int ver,
+                                                   enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                   struct q3n_error *err)
+{
+    Q3N_REQUIRE(rows >= 0 && W > 0 && ver >= 0 && ver <= 2);
     const int64_t n = rows * W;
+    if (ver == 0) ver = swiglu_v2_ok(d_out, d_gu, n, W, dt) ? 2 : 1;
+    if (ver == 2 && !swiglu_v2_ok(d_out, d_gu, n, W, dt))
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda_swiglu v2: needs bf16, W %% 8 == 0 and 16-byte aligned buffers");
     if (n == 0) return Q3N_OK;
+    if (ver == 2) {
+        swiglu_v2_kernel<<<cdiv(n / 8, 256), 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_gu, (int)(W / 8),
+                                                               (int)(n / 8));
+        CU_LAUNCHED("swiglu_v2_kernel");
+        return Q3N_OK;
+    }
     const unsigned grid = (unsigned)(n / 256 + 1 < 65536 ? n / 256 + 1 : 65536);
     if (dt == Q3N_COMPUTE_BF16)
         swiglu_kernel<<<grid, 256, 0, stream>>>((bf16 *)d_out, (const bf16 *)d_gu, W, n);
@@ -570,6 +413,12 @@ extern "C" enum q3n_status cuda_swiglu_forward(void *d_out, const void *d_gu, in
         swiglu_kernel<<<grid, 256, 0, stream>>>((float *)d_out, (const float *)d_gu, W, n);
     CU_LAUNCHED("swiglu_kernel");
     return Q3N_OK;
+}
+
+extern "C" enum q3n_status cuda_swiglu_forward(void *d_out, const void *d_gu, int64_t rows, int64_t W,
+                                               enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
+{
+    return cuda_swiglu_forward_ver(d_out, d_gu, rows, W, 0, dt, stream, err);
 }
 
 /* ---- expert GEMV (decode) ----
@@ -656,36 +505,15 @@ __global__ void combine_kernel(T *eout, T *mout, const T *y, const int32_t *pos,
  * 0, e = T(acc), m = e or e + T(T(sigmoid(sg[t])) * shared[t, d]): bitwise v1 (dev/test_moe2). */
 #define COMBINE2_THREADS 256
 #define COMBINE2_BATCH 5
-__device__ __forceinline__ void combine2_unpack(float *f, uint4 v)
-{
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(w[i] << 16);          /* low half: the even element */
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); /* high half: the odd one */
-    }
-}
-__device__ __forceinline__ uint4 combine2_pack(const float *f)
-{
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const __nv_bfloat162 b = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-        w[i] = *reinterpret_cast<const uint32_t *>(&b);
-    }
-    return make_uint4(w[0], w[1], w[2], w[3]);
-}
 
+/* Token t's outputs [8 c, 8 c + 8): e = the routed sum T(acc), m = e or e + T(T(sigmoid(sg[t])) *
+ * shared[t, d]), both as floats before the store rounds them (the shared chunk and gate logit are
+ * loaded first, in flight with the slots'). */
 template <int KB>
-__global__ void __launch_bounds__(COMBINE2_THREADS)
-    combine_v2_kernel(bf16 *eout, bf16 *mout, const bf16 *y, const int32_t *pos, const float *weight,
-                      const bf16 *shared, const bf16 *sg, int T, int D8, int K)
+__device__ __forceinline__ void combine2_chunk(float *e, float *m, const bf16 *y, const int32_t *pos,
+                                               const float *weight, const bf16 *shared, const bf16 *sg, int t, int c,
+                                               int64_t D, int K)
 {
-    const int64_t i = (int64_t)blockIdx.x * COMBINE2_THREADS + threadIdx.x;
-    if (i >= (int64_t)T * D8) return;
-    const int t = (int)(i / D8), c = (int)(i - (int64_t)t * D8);
-    const int64_t D = 8 * (int64_t)D8;
-    /* the shared expert's chunk and gate logit first too: in flight with the y loads */
     const uint4 sv = shared ? reinterpret_cast<const uint4 *>(shared + (int64_t)t * D)[c] : make_uint4(0, 0, 0, 0);
     const float sgl = shared ? __bfloat162float(sg[t]) : 0.0f;
     float acc[8];
@@ -707,27 +535,85 @@ __global__ void __launch_bounds__(COMBINE2_THREADS)
         for (int u = 0; u < KB; u++) { /* then the sums, j ascending as v1 */
             if (j0 + u < K) {
                 float f[8];
-                combine2_unpack(f, v[u]);
+                unpack8_bf16(f, v[u]);
 #pragma unroll
                 for (int q = 0; q < 8; q++) acc[q] += __bfloat162float(__float2bfloat16_rn(w[u] * f[q]));
             }
         }
     }
-    float e[8], m[8];
 #pragma unroll
     for (int q = 0; q < 8; q++) e[q] = __bfloat162float(__float2bfloat16_rn(acc[q]));
-    if (eout) reinterpret_cast<uint4 *>(eout + (int64_t)t * D)[c] = combine2_pack(e);
     if (shared) {
         const float sgate = __bfloat162float(__float2bfloat16_rn(sigmoid_f(sgl)));
         float s[8];
-        combine2_unpack(s, sv);
+        unpack8_bf16(s, sv);
 #pragma unroll
         for (int q = 0; q < 8; q++) m[q] = e[q] + __bfloat162float(__float2bfloat16_rn(sgate * s[q]));
     } else {
 #pragma unroll
         for (int q = 0; q < 8; q++) m[q] = e[q];
     }
-    reinterpret_cast<uint4 *>(mout + (int64_t)t * D)[c] = combine2_pack(m);
+}
+
+template <int KB>
+__global__ void __launch_bounds__(COMBINE2_THREADS)
+    combine_v2_kernel(bf16 *eout, bf16 *mout, const bf16 *y, const int32_t *pos, const float *weight,
+                      const bf16 *shared, const bf16 *sg, int T, int D8, int K)
+{
+    const int64_t i = (int64_t)blockIdx.x * COMBINE2_THREADS + threadIdx.x;
+    if (i >= (int64_t)T * D8) return;
+    const int t = (int)(i / D8), c = (int)(i - (int64_t)t * D8);
+    const int64_t D = 8 * (int64_t)D8;
+    float e[8], m[8];
+    combine2_chunk<KB>(e, m, y, pos, weight, shared, sg, t, c, D, K);
+    if (eout) reinterpret_cast<uint4 *>(eout + (int64_t)t * D)[c] = pack8_bf16(e);
+    reinterpret_cast<uint4 *>(mout + (int64_t)t * D)[c] = pack8_bf16(m);
+}
+
+/* The combine, the residual add and the next RMSNorm in one pass (prefill, taps off), bitwise the
+ * chain combine v2 -> add_rmsnorm_reg_kernel<bf16, PER> (norm.cu) with its block of NT =
+ * norm_threads(D) threads:
+ *   u = T(m) (the stored mlp_out), v = T(h + u) -> h;  ss = block thread i's sum of v_j^2 over
+ *   j = i, i + NT, .. (< PER terms, ascending), reduced by block_sum;  r = rms_scale(ss, D, eps);
+ *   xn = T(v r (1 + w)).
+ * Block per token, NT threads; a thread combines the chunks c = i, i + NT, .. < D / 8 into v (shared
+ * memory, float [D]), so that the sum of squares runs over the add-norm kernel's own element order.
+ * Saves the combine's two stores (experts_out, mlp_out) and the add-norm's reload of mlp_out. */
+template <int PER>
+__global__ void __launch_bounds__(256)
+    combine_norm_kernel(bf16 *h, bf16 *xn, const bf16 *y, const int32_t *pos, const float *weight,
+                        const bf16 *shared, const bf16 *sg, const float *nw, int D, int K, float eps)
+{
+    extern __shared__ float cn_v[]; /* [D] */
+    __shared__ float red[32];
+    const int t = blockIdx.x, D8 = D / 8;
+    bf16 *hr = h + (int64_t)t * D;
+    for (int c = threadIdx.x; c < D8; c += blockDim.x) {
+        const uint4 hraw = reinterpret_cast<const uint4 *>(hr)[c]; /* in flight with the slots' loads */
+        float e[8], m[8], hv[8], v[8];
+        combine2_chunk<COMBINE2_BATCH>(e, m, y, pos, weight, shared, sg, t, c, D, K);
+        unpack8_bf16(hv, hraw);
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            v[q] = __bfloat162float(__float2bfloat16_rn(hv[q] + __bfloat162float(__float2bfloat16_rn(m[q]))));
+            cn_v[8 * c + q] = v[q];
+        }
+        reinterpret_cast<uint4 *>(hr)[c] = pack8_bf16(v); /* exact: v is already a bf16 value */
+    }
+    __syncthreads();
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < D) ss += cn_v[i] * cn_v[i];
+    }
+    const float r = rms_scale(block_sum(ss, red), D, eps);
+    for (int c = threadIdx.x; c < D8; c += blockDim.x) {
+        float o[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) o[q] = cn_v[8 * c + q] * r * (1.0f + nw[8 * c + q]);
+        reinterpret_cast<uint4 *>(xn + (int64_t)t * D)[c] = pack8_bf16(o);
+    }
 }
 
 static int combine_default(int64_t D, enum q3n_compute_dtype dt)
@@ -776,6 +662,40 @@ extern "C" enum q3n_status cuda_moe_combine_ver(void *d_experts_out, void *d_mlp
                                                         (const float *)d_y, d_pos, d_weight, (const float *)d_shared,
                                                         (const float *)d_sg, D, K);
     CU_LAUNCHED("moe combine_kernel");
+    return Q3N_OK;
+}
+
+extern "C" int cuda_moe_combine_norm_ok(int64_t D, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && D % 8 == 0 && D <= 16 * (int64_t)norm_threads(D); /* PER 8 or 16 */
+}
+
+extern "C" enum q3n_status cuda_moe_combine_norm(void *d_h, void *d_xn, const void *d_y, const int32_t *d_pos,
+                                                 const float *d_weight, const void *d_shared, const void *d_sg,
+                                                 const float *d_norm_w, double eps, int64_t T, int64_t D, int64_t K,
+                                                 enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                 struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX && K > 0 && K <= INT32_MAX);
+    if (!cuda_moe_combine_norm_ok(D, dt))
+        return q3n_error_set(err, Q3N_ERR_USAGE,
+                             "cuda_moe_combine_norm: needs bf16 and D %% 8 == 0, D <= 16 norm_threads(D) (D = %lld)",
+                             (long long)D);
+    if (!aligned16(d_h) || !aligned16(d_xn) || !aligned16(d_y) || !aligned16(d_shared))
+        return q3n_error_set(err, Q3N_ERR_USAGE,
+                             "cuda_moe_combine_norm: buffers must be 16-byte aligned (16-byte loads and stores)");
+    if (T == 0) return Q3N_OK;
+    const unsigned nt = norm_threads(D);
+    const size_t smem = sizeof(float) * (size_t)D;
+    if (D <= 8 * (int64_t)nt)
+        combine_norm_kernel<8><<<(unsigned)T, nt, smem, stream>>>(
+            (bf16 *)d_h, (bf16 *)d_xn, (const bf16 *)d_y, d_pos, d_weight, (const bf16 *)d_shared,
+            (const bf16 *)d_sg, d_norm_w, (int)D, (int)K, (float)eps);
+    else
+        combine_norm_kernel<16><<<(unsigned)T, nt, smem, stream>>>(
+            (bf16 *)d_h, (bf16 *)d_xn, (const bf16 *)d_y, d_pos, d_weight, (const bf16 *)d_shared,
+            (const bf16 *)d_sg, d_norm_w, (int)D, (int)K, (float)eps);
+    CU_LAUNCHED("moe combine_norm_kernel");
     return Q3N_OK;
 }
 

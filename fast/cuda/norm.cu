@@ -5,11 +5,6 @@
  * relative difference of a few float32 ULPs in the inverse RMS. */
 #include "common.cuh"
 
-static unsigned norm_threads(int64_t n)
-{
-    return n >= 1024 ? 256u : n >= 256 ? 128u : 64u;
-}
-
 /* h = h + y (when y), out = h * rsqrt(mean(h^2) + eps) * (1 + w). */
 template <typename T>
 __global__ void add_rmsnorm_kernel(T *out, T *h, const T *y, const float *w, int64_t n, float eps)
@@ -27,7 +22,7 @@ __global__ void add_rmsnorm_kernel(T *out, T *h, const T *y, const float *w, int
         ss += v * v;
     }
     const float tot = block_sum(ss, red);
-    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+    const float r = rms_scale(tot, n, eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) st(out + row * n + i, ld(hr + i) * r * (1.0f + w[i]));
 }
 
@@ -63,7 +58,7 @@ __global__ void add_rmsnorm_reg_kernel(T *__restrict__ out, T *__restrict__ h, c
         ss += v[j] * v[j];
     }
     const float tot = block_sum(ss, red);
-    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+    const float r = rms_scale(tot, n, eps);
     T *orow = out + (int64_t)blockIdx.x * n;
 #pragma unroll
     for (int j = 0; j < PER; j++) {
@@ -122,7 +117,7 @@ __global__ void rmsnorm_gated_kernel(T *out, const T *x, const T *z, const float
         ss += v * v;
     }
     const float tot = block_sum(ss, red);
-    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+    const float r = rms_scale(tot, n, eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const float a = rnd(ld(xr + i) * r, out);
         const float b = rnd(w[i] * a, out);

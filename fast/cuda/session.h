@@ -35,12 +35,15 @@
 #include "cuda_model.h"
 
 #define MAX_ALLOCS 8192
-/* ran_glue bits: the v2 of these kernels ran (session 9's versions; describe names them) */
+/* ran_glue bits: the v2 (v3) of these kernels ran (sessions 9 and 12; describe names them) */
 #define RAN_GLUE_QK_PREP 1
 #define RAN_GLUE_GATE 2
 #define RAN_GLUE_DN_PREP 4
 #define RAN_GLUE_GATED_NORM 8
 #define RAN_GLUE_SCAN 16
+#define RAN_GLUE_COMBINE_NORM 32 /* the MoE combine with the residual add and the next norm */
+#define RAN_GLUE_SCAN3 64         /* the permutation's scan v3 (over blocks of experts) */
+#define RAN_GLUE_QK_PREP3 128     /* the attention q/k prep's v3 (a RoPE table per token) */
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
 #define BLAS_WS_BYTES ((size_t)32 << 20)
@@ -211,8 +214,12 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
                                   const struct q3n_tap_sink *taps, struct q3n_error *err);
 enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
                            const int64_t *dpos, const struct q3n_tap_sink *taps, struct q3n_error *err);
+/* fold_norm (or NULL): the weight of the RMSNorm that follows this block's residual add; where the
+ * MoE combine can take them (cuda_moe_combine_norm: prefill, taps off), mlp_block does h += y and
+ * xn = rmsnorm(h) itself and sets *folded (else *folded = 0 and y holds the block's output). */
 enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int64_t T, int64_t pos0,
-                          const struct q3n_tap_sink *taps, struct q3n_error *err);
+                          const float *fold_norm, int *folded, const struct q3n_tap_sink *taps,
+                          struct q3n_error *err);
 
 /* model.cu */
 void cuda_close(void *session);

@@ -13,7 +13,9 @@
  *  - real dims (D=2048, E=512, K=10, I=512): v3 against v1 on the GPU, and against the CPU
  *    reference on a few tokens (their experts copied back).
  *  - combine v2 (cuda_moe_combine_ver 2: 16-byte loads, all K slots in flight) bitwise equal to v1
- *    on both outputs, with and without the shared expert, pos, experts_out; D % 8 != 0 keeps v1.
+ *    on both outputs, with and without the shared expert, pos, experts_out; D % 8 != 0 keeps v1;
+ *  - the combine with the residual add and the next norm folded in (cuda_moe_combine_norm) bitwise
+ *    the chain combine + add_rmsnorm on h and xn, for 64, 128 and 256-thread norms, PER 8 and 16.
  * Timings (CUDA events, 3 warm-ups, median of 10): MoE experts at T=4096 and 16384, old (gather +
  * grouped v1 + swiglu + grouped v1) vs new (v3), and decode (T=1, shared expert) old vs new, with
  * the down+combine versions, the packed-expert launches and the router versions at T=1 timed one by
@@ -351,6 +353,8 @@ static void case_gemv2(int64_t T, int64_t D, int64_t Ex, int64_t K, int64_t I, i
  * that applies (E <= 1024: v3 block per token and v2 warp per token, bitwise equal to each other:
  * probs, idx, weights; E > 1024: v1). ties: logits on a coarse grid (many equal probabilities;
  * ties go to the lower index), or all equal (ties = 2). */
+template <typename F>
+static float time_ms(F f, int reps);
 static void case_router(int64_t T, int64_t Ex, int64_t K, int b16, int ties = 0)
 {
     auto lg = randn(T * Ex, 2.0, b16);
@@ -367,8 +371,9 @@ static void case_router(int64_t T, int64_t Ex, int64_t K, int b16, int ties = 0)
     void *dl = upload(lg, b16);
     float *dp = (float *)dmalloc(4 * T * Ex), *dw = (float *)dmalloc(4 * T * K);
     int32_t *di = (int32_t *)dmalloc(4 * T * K);
-    const int vers_small[] = {3, 2}, vers_big[] = {1};
-    const int *vers = Ex <= 1024 ? vers_small : vers_big, nv = Ex <= 1024 ? 2 : 1;
+    const int v4 = K <= 32 && K * ((Ex + 31) / 32) <= 640; /* router v4's limits (cuda_ops.h) */
+    const int vers_small[] = {3, 2, 4}, vers_big[] = {1};
+    const int *vers = Ex <= 1024 ? vers_small : vers_big, nv = Ex <= 1024 ? 2 + v4 : 1;
     std::vector<float> p0, w0;
     std::vector<int32_t> i0;
     for (int vi = 0; vi < nv; vi++) {
@@ -377,9 +382,11 @@ static void case_router(int64_t T, int64_t Ex, int64_t K, int b16, int ties = 0)
         std::vector<int32_t> fi((size_t)(T * K)), gi((size_t)(T * K));
         int det = 1;
         for (int r = 0; r < REPEAT; r++) {
-            CK(cudaMemset(dp, 0xff, 4 * T * Ex));
-            CK(cudaMemset(dw, 0xff, 4 * T * K));
-            CK(cudaMemset(di, 0xff, 4 * T * K));
+            /* poison on the kernels' stream: a legacy-stream memset does not order against g_stream
+             * (non-blocking), and at T = 16384 the 32 MB one overlapped the launch after it */
+            CK(cudaMemsetAsync(dp, 0xff, 4 * T * Ex, g_stream));
+            CK(cudaMemsetAsync(dw, 0xff, 4 * T * K, g_stream));
+            CK(cudaMemsetAsync(di, 0xff, 4 * T * K, g_stream));
             if (r == 0 && vi == 0) /* the default launcher once: it must pick one of these versions */
                 RUN(cuda_router_topk_forward(dp, di, dw, dl, T, Ex, K, 1, DT(b16), g_stream, E_));
             else
@@ -395,11 +402,11 @@ static void case_router(int64_t T, int64_t Ex, int64_t K, int b16, int ties = 0)
         int64_t bad = 0;
         for (int64_t i = 0; i < T * K; i++) bad += fi[i] != ti[i];
         char name[200];
-        snprintf(name, sizeof name, "router[%s] probs T=%lld E=%lld%s %s", cuda_router_topk_kernel(T, Ex, ver),
+        snprintf(name, sizeof name, "router[%s] probs T=%lld E=%lld%s %s", cuda_router_topk_kernel(T, Ex, K, ver),
                  (long long)T, (long long)Ex, ties ? " ties" : "", b16 ? "bf16" : "f32");
         check(name, fp, probs, 1e-6, det);
         snprintf(name, sizeof name, "router[%s] topk weight T=%lld E=%lld K=%lld%s (idx mismatches %lld)",
-                 cuda_router_topk_kernel(T, Ex, ver), (long long)T, (long long)Ex, (long long)K, ties ? " ties" : "",
+                 cuda_router_topk_kernel(T, Ex, K, ver), (long long)T, (long long)Ex, (long long)K, ties ? " ties" : "",
                  (long long)bad);
         check(name, fw, tw, b16 ? 1e-2 : 1e-6, det && bad == 0);
         if (vi == 0) {
@@ -410,6 +417,16 @@ static void case_router(int64_t T, int64_t Ex, int64_t K, int b16, int ties = 0)
             check(name, fp, p0, 0.0, same_bits(fp, p0) && same_bits(fw, w0) && fi == i0);
         }
     }
+    if (T >= 4096) /* prefill sizes: every version timed (no probs, as the model runs it) */
+        for (int vi = 0; vi < nv; vi++) {
+            const float ms = time_ms(
+                [&](int) {
+                    RUN(cuda_router_topk_forward_ver(NULL, di, dw, dl, T, Ex, K, 1, vers[vi], DT(b16), g_stream, E_));
+                },
+                10);
+            printf("TIME router_topk [%s] T=%lld E=%lld K=%lld: %.1f us (median of 10)\n",
+                   cuda_router_topk_kernel(T, Ex, K, vers[vi]), (long long)T, (long long)Ex, (long long)K, ms * 1e3);
+        }
     CK(cudaFree(dl));
     CK(cudaFree(dp));
     CK(cudaFree(dw));
@@ -655,6 +672,114 @@ static void case_combine(int64_t T, int64_t D, int64_t K, int shared, int perm, 
         if (q) CK(cudaFree(q));
 }
 
+/* SwiGLU v2 (8 outputs a thread) against v1 (a thread per output): bitwise, REPEAT runs; timed. */
+static void case_swiglu(int64_t rows, int64_t W, int timing)
+{
+    const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
+    void *gu = dfill(rows * 2 * W, 6.0f, 61 + rows);
+    dbuf o1 = dnew(2 * rows * W), o2 = dnew(2 * rows * W);
+    RUN(cuda_swiglu_forward_ver(o1.p, gu, rows, W, 1, dt, g_stream, E_));
+    CK(cudaStreamSynchronize(g_stream));
+    const auto want = raw16(o1.p, rows * W);
+    std::vector<uint16_t> first;
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        poison(o2);
+        RUN(cuda_swiglu_forward(o2.p, gu, rows, W, dt, g_stream, E_)); /* the default: v2 here */
+        CK(cudaStreamSynchronize(g_stream));
+        auto got = raw16(o2.p, rows * W);
+        if (r == 0)
+            first = got;
+        else
+            det &= got == first;
+    }
+    const int64_t d = count_diff(first, want);
+    const int pass = d == 0 && det && guard_ok(o2);
+    g_cases++;
+    if (!pass) g_fail++;
+    char name[160];
+    snprintf(name, sizeof name, "swiglu default (v2) == v1 bitwise rows=%lld W=%lld", (long long)rows, (long long)W);
+    printf("%-78s %lld of %lld differ det=%s guard=%s %s [%.1fs]\n", name, (long long)d, (long long)(rows * W),
+           det ? "yes" : "NO", guard_ok(o2) ? "ok" : "BROKEN", pass ? "OK" : "FAIL", now_s() - g_t0);
+    if (timing) {
+        const float t1 = time_ms([&](int) { RUN(cuda_swiglu_forward_ver(o1.p, gu, rows, W, 1, dt, g_stream, E_)); }, 10),
+                    t2 = time_ms([&](int) { RUN(cuda_swiglu_forward_ver(o2.p, gu, rows, W, 2, dt, g_stream, E_)); }, 10);
+        printf("TIME swiglu rows=%lld W=%lld: v1 %.1f us, v2 %.1f us, %.2fx\n", (long long)rows, (long long)W, t1 * 1e3,
+               t2 * 1e3, t1 / t2);
+    }
+    dfree(o1), dfree(o2);
+    CK(cudaFree(gu));
+}
+
+/* The combine with the residual add and the next norm folded in (cuda_moe_combine_norm) against the
+ * chain it replaces (cuda_moe_combine, then cuda_add_rmsnorm_forward): h and xn bitwise, REPEAT runs
+ * identical; timed against the chain at the real dims. */
+static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int perm, int timing)
+{
+    const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
+    const int64_t n = T * K;
+    const double eps = 1e-6;
+    void *y = dfill(n * D, 1.7f, 51 + T), *sh = shared ? dfill(T * D, 1.3f, 52) : NULL,
+         *sg = shared ? dfill(T, 4.0f, 53) : NULL, *h0 = dfill(T * D, 3.0f, 54);
+    std::vector<int32_t> p((size_t)n);
+    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)i;
+    for (int64_t i = n - 1; i > 0; i--) std::swap(p[i], p[q3n_rng_int(&g_rng, 0, i)]); /* Fisher-Yates */
+    int32_t *dpos = NULL;
+    if (perm) {
+        dpos = (int32_t *)dmalloc(4 * n);
+        CK(cudaMemcpy(dpos, p.data(), 4 * n, cudaMemcpyHostToDevice));
+    }
+    float *dw = (float *)upload(randu(n, 0.02, 0.5), 0), *nw = (float *)upload(randn(D, 0.3, 0), 0);
+    dbuf eo = dnew(2 * T * D), mo = dnew(2 * T * D), h1 = dnew(2 * T * D), x1 = dnew(2 * T * D), h2 = dnew(2 * T * D),
+         x2 = dnew(2 * T * D);
+    auto chain = [&]() {
+        CK(cudaMemcpyAsync(h1.p, h0, 2 * T * D, cudaMemcpyDeviceToDevice, g_stream));
+        RUN(cuda_moe_combine(eo.p, mo.p, y, dpos, dw, sh, sg, T, D, K, dt, g_stream, E_));
+        RUN(cuda_add_rmsnorm_forward(x1.p, h1.p, mo.p, nw, T, D, eps, dt, g_stream, E_));
+    };
+    auto fused = [&]() {
+        CK(cudaMemcpyAsync(h2.p, h0, 2 * T * D, cudaMemcpyDeviceToDevice, g_stream));
+        RUN(cuda_moe_combine_norm(h2.p, x2.p, y, dpos, dw, sh, sg, nw, eps, T, D, K, dt, g_stream, E_));
+    };
+    poison(h1), poison(x1);
+    chain();
+    CK(cudaStreamSynchronize(g_stream));
+    const auto wh = raw16(h1.p, T * D), wx = raw16(x1.p, T * D);
+    std::vector<uint16_t> gh, gx;
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        poison(h2), poison(x2);
+        fused();
+        CK(cudaStreamSynchronize(g_stream));
+        auto a = raw16(h2.p, T * D), b = raw16(x2.p, T * D);
+        if (r == 0)
+            gh = a, gx = b;
+        else
+            det &= a == gh && b == gx;
+    }
+    const int64_t dh = count_diff(gh, wh), dx = count_diff(gx, wx);
+    int64_t nonfinite = 0;
+    for (uint16_t u : gx) nonfinite += (u & 0x7f80u) == 0x7f80u;
+    const int pass = dh == 0 && dx == 0 && nonfinite == 0 && det && guard_ok(h2) && guard_ok(x2);
+    g_cases++;
+    if (!pass) g_fail++;
+    char name[200];
+    snprintf(name, sizeof name, "combine_norm == combine + add_rmsnorm bitwise T=%lld D=%lld K=%lld%s%s", (long long)T,
+             (long long)D, (long long)K, shared ? " shared" : "", perm ? " pos" : " pos=NULL");
+    printf("%-78s h %lld, xn %lld of %lld differ nonfinite=%lld det=%s guard=%s %s [%.1fs]\n", name, (long long)dh,
+           (long long)dx, (long long)(T * D), (long long)nonfinite, det ? "yes" : "NO",
+           guard_ok(h2) && guard_ok(x2) ? "ok" : "BROKEN", pass ? "OK" : "FAIL", now_s() - g_t0);
+    if (timing) { /* both include the copy of h that restores the residual (2 T D bytes each way) */
+        const float tc = time_ms([&](int) { chain(); }, 10), tf = time_ms([&](int) { fused(); }, 10);
+        printf("TIME combine_norm T=%lld D=%lld K=%lld%s: combine + add_rmsnorm %.3f ms, fused %.3f ms, %.2fx\n",
+               (long long)T, (long long)D, (long long)K, shared ? " +shared" : "", tc, tf, tc / tf);
+    }
+    dfree(eo), dfree(mo), dfree(h1), dfree(x1), dfree(h2), dfree(x2);
+    void *ps[] = {y, sh, sg, h0, dpos, dw, nw};
+    for (void *q : ps)
+        if (q) CK(cudaFree(q));
+}
+
 /* Decode T=1 at real dims with the shared expert: old (gemv_v1 x2 + swiglu + cuBLAS shared MLP
  * + combine) vs new (gemv_v2 x2); a different expert set each rep (weights not in L2). */
 static void real_decode(void)
@@ -770,7 +895,7 @@ static void real_decode(void)
         CK(cudaMemcpy(ri[ver].data(), ti, 4 * K, cudaMemcpyDeviceToHost));
         trv[ver] = time_ms(
             [&](int) { RUN(cuda_router_topk_forward_ver(NULL, ti, tw, lg, 1, Ex, K, 1, ver, dt, g_stream, E_)); }, 50);
-        printf("TIME router_topk [%s] T=1 E=512 K=10: %.1f us (median of 50)\n", cuda_router_topk_kernel(1, Ex, ver),
+        printf("TIME router_topk [%s] T=1 E=512 K=10: %.1f us (median of 50)\n", cuda_router_topk_kernel(1, Ex, K, ver),
                trv[ver] * 1e3);
     }
     check("real dims router T=1 E=512 K=10: v3 == v2 bitwise (probs, idx, weights)", rw[3], rw[2], 0.0,
@@ -781,7 +906,7 @@ static void real_decode(void)
            "gemv_v2 gate_up %.1f us (%.2f TB/s), down+combine [%s] %.1f us (%.2f TB/s); router_topk [%s] T=1 E=512 "
            "%.1f us\n",
            to * 1e3, tn * 1e3, to / tn, g1 * 1e3, b1 / (g1 * 1e-3) * 1e-12, cuda_moe_gemv2_down_kernel(3), g2t * 1e3,
-           b2 / (g2t * 1e-3) * 1e-12, cuda_router_topk_kernel(1, Ex, 0), tr * 1e3);
+           b2 / (g2t * 1e-3) * 1e-12, cuda_router_topk_kernel(1, Ex, K, 0), tr * 1e3);
     CK(cudaFree(lg));
     CK(cudaFree(pr));
     CK(cudaFree(tw));
@@ -815,6 +940,15 @@ int main(int argc, char **argv)
     case_router(2, 100, 10, 0);  /* E % 32 != 0, fewer warps than K */
     case_router(1, 1024, 64, 1); /* the largest E and K of the block kernel */
     case_router(1, 33, 33, 0, 1);
+    /* v4 (the prefill default): ties, all equal, E % 32 != 0, K = 32, E = 1024 with K NI = 640 (its
+     * limit), then 768 (v2 runs) */
+    case_router(300, 512, 10, 1, 1);
+    case_router(200, 512, 10, 0, 2);
+    case_router(129, 100, 7, 1);
+    case_router(70, 64, 32, 0, 1);
+    case_router(90, 1024, 20, 1);
+    case_router(90, 1024, 24, 1);
+    case_router(16384, 512, 10, 1);
     /* prefill v3: T, D, E, K, I, skew */
     case_grouped_v3(1, 256, 8, 1, 128, 0);
     case_grouped_v3(2, 256, 8, 2, 128, 0);
@@ -850,6 +984,16 @@ int main(int argc, char **argv)
     case_combine(4096, 2048, 10, 1, 1, 0, !quick);
     case_combine(16384, 2048, 10, 0, 1, 0, !quick);
     case_combine(16384, 2048, 10, 1, 1, 0, !quick);
+    case_swiglu(37, 24, 0);
+    case_swiglu(4096, 512, !quick);   /* the shared expert at T = 4096 */
+    case_swiglu(16384, 512, !quick);
+    case_combine_norm(3, 2048, 10, 1, 1, 0);
+    case_combine_norm(37, 64, 2, 0, 1, 0);    /* 64 threads, PER 8 with one chunk per 8 threads */
+    case_combine_norm(5, 1024, 1, 1, 0, 0);   /* pos NULL; 256 threads for 128 chunks */
+    case_combine_norm(9, 4096, 13, 1, 1, 0);  /* PER 16: two chunks a thread */
+    case_combine_norm(11, 520, 10, 1, 1, 0);  /* 128 threads, D not a multiple of the block */
+    case_combine_norm(4096, 2048, 10, 1, 1, !quick);
+    case_combine_norm(16384, 2048, 10, 1, 1, !quick);
     /* packable decode shapes (after the combine cases, whose draws they would otherwise shift) */
     case_gemv2(5, 256, 16, 4, 128, 64, 1);  /* packable: also read packed (one 256-row tile) */
     case_gemv2(2, 512, 8, 3, 256, 0, 1);    /* packable, no shared expert, two tiles of rows */
