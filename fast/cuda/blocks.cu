@@ -58,6 +58,33 @@ enum q3n_status tap_dev(struct cuda_session *s, const struct q3n_tap_sink *taps,
 
 
 /* ---- blocks ------------------------------------------------------------------------------ */
+/* ---- the side stream (side_stream.cu): independent prefill GEMMs of a block beside each other ---- */
+
+/* On for prefills (T > 1) with taps off, where the session has the side stream. */
+static int side_on(const struct cuda_session *s, int tapping, int64_t T)
+{
+    return s->shared_overlap && s->sstream && !tapping && T > 1;
+}
+/* The side stream waits for everything queued so far on the session's stream. */
+static enum q3n_status side_fork(struct cuda_session *s, struct q3n_error *err)
+{
+    CU_CHECK(cudaEventRecord(s->fork_ev, s->stream));
+    CU_CHECK(cudaStreamWaitEvent(s->sstream, s->fork_ev, 0));
+    return Q3N_OK;
+}
+/* What the side stream was given since side_fork is marked done (side_done); the session's stream
+ * waits for it before its first reader (side_join). */
+static enum q3n_status side_done(struct cuda_session *s, struct q3n_error *err)
+{
+    CU_CHECK(cudaEventRecord(s->join_ev, s->sstream));
+    return Q3N_OK;
+}
+static enum q3n_status side_join(struct cuda_session *s, struct q3n_error *err)
+{
+    CU_CHECK(cudaStreamWaitEvent(s->stream, s->join_ev, 0));
+    return Q3N_OK;
+}
+
 
 enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char *p, int64_t T,
                                   const struct q3n_tap_sink *taps, struct q3n_error *err)
@@ -76,6 +103,14 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
         /* one token, stacked weights: qkvz | ba by one GEMV (per-row sums, as two launches give) */
         Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, 1, Q + 2 * NV, D, dt, s->blas, s->stream, err));
         ba = ACT(w->big, Q);
+    } else if (side_on(s, taps && taps->fn, T)) {
+        /* prefill: in_proj_ba (a few dozen columns, a fraction of a wave) beside in_proj_qkvz */
+        Q3N_TRY(side_fork(s, err));
+        Q3N_TRY(cuda_linear_forward(w->ba, w->xn, L->ba, NULL, T, 2 * NV, D, dt, s->sblas, s->sstream, err));
+        Q3N_TRY(side_done(s, err));
+        Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, T, Q, D, dt, s->blas, s->stream, err));
+        Q3N_TRY(side_join(s, err));
+        s->ran_side |= RAN_SIDE_BA;
     } else {
         Q3N_TRY(cuda_linear_forward(w->big, w->xn, L->qkvz, NULL, T, Q, D, dt, s->blas, s->stream, err));
         Q3N_TRY(cuda_linear_forward(w->ba, w->xn, L->ba, NULL, T, 2 * NV, D, dt, s->blas, s->stream, err));
@@ -182,9 +217,19 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
         kp = ACT(qg, NQ);
         vp = ACT(qg, NQ + NKH);
     } else {
+        /* prefill with the side stream: k_proj and v_proj (GQA: NKV heads) beside q_proj */
+        const int side = side_on(s, taps && taps->fn, T);
+        cublasHandle_t kvb = side ? s->sblas : s->blas;
+        cudaStream_t kvs = side ? s->sstream : s->stream;
+        if (side) Q3N_TRY(side_fork(s, err));
+        Q3N_TRY(cuda_linear_forward(kp, w->xn, L->k_proj, L->k_bias, T, NKH, D, dt, kvb, kvs, err));
+        Q3N_TRY(cuda_linear_forward(vp, w->xn, L->v_proj, L->v_bias, T, NKH, D, dt, kvb, kvs, err));
+        if (side) Q3N_TRY(side_done(s, err));
         Q3N_TRY(cuda_linear_forward(qg, w->xn, L->q_proj, L->q_bias, T, NQ, D, dt, s->blas, s->stream, err));
-        Q3N_TRY(cuda_linear_forward(kp, w->xn, L->k_proj, L->k_bias, T, NKH, D, dt, s->blas, s->stream, err));
-        Q3N_TRY(cuda_linear_forward(vp, w->xn, L->v_proj, L->v_bias, T, NKH, D, dt, s->blas, s->stream, err));
+        if (side) {
+            Q3N_TRY(side_join(s, err));
+            s->ran_side |= RAN_SIDE_KV;
+        }
     }
     TAPA2(qg, T, NQ, "%s.self_attn.q_proj.out", p);
     TAPA2(kp, T, NKH, "%s.self_attn.k_proj.out", p);
@@ -327,13 +372,11 @@ static enum q3n_status dense_mlp(struct cuda_session *s, void *out, void *mid, c
 static enum q3n_status shared_expert_fork(struct cuda_session *s, const struct dev_layer *L, int64_t T,
                                           struct q3n_error *err)
 {
-    CU_CHECK(cudaEventRecord(s->fork_ev, s->stream));
-    CU_CHECK(cudaStreamWaitEvent(s->sstream, s->fork_ev, 0));
+    Q3N_TRY(side_fork(s, err));
     Q3N_TRY(dense_mlp_on(s, s->w.sout, s->w.smid, &L->shared, T, s->sblas, s->sstream, err));
     Q3N_TRY(cuda_linear_forward(s->w.sg, s->w.xn, L->shared_gate, NULL, T, 1, s->cfg.hidden_size, s->dt, s->sblas,
                                 s->sstream, err));
-    CU_CHECK(cudaEventRecord(s->join_ev, s->sstream));
-    return Q3N_OK;
+    return side_done(s, err);
 }
 
 static enum q3n_status apply_forced_routing(struct cuda_session *s, int64_t l, int64_t T, int64_t pos0,
@@ -395,8 +438,11 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
     const int64_t E = c->num_experts, K = c->num_experts_per_tok, I = c->moe_intermediate_size;
     const int tapping = taps && taps->fn;
     /* prefill with the side stream on: the shared expert starts now, beside the routed chain */
-    const int side = s->shared_overlap && s->sstream && !tapping && L->shared.gate_up && T * K > GEMV_MAX_ROWS;
-    if (side) Q3N_TRY(shared_expert_fork(s, L, T, err));
+    const int side = side_on(s, tapping, T) && L->shared.gate_up && T * K > GEMV_MAX_ROWS;
+    if (side) {
+        Q3N_TRY(shared_expert_fork(s, L, T, err));
+        s->ran_side |= RAN_SIDE_SHARED;
+    }
     Q3N_TRY(cuda_linear_forward(w->rlogits, w->xn, L->router, NULL, T, E, D, dt, s->blas, s->stream, err));
     TAPA2(w->rlogits, T, E, "%s.mlp.gate.logits", p);
     Q3N_TRY(cuda_router_topk_forward(tapping ? w->probs : NULL, w->topi, w->topw, w->rlogits, T, E, K,
@@ -453,7 +499,7 @@ enum q3n_status mlp_block(struct cuda_session *s, int64_t l, const char *p, int6
     }
     const void *shared = NULL, *sg = NULL;
     if (side) {
-        CU_CHECK(cudaStreamWaitEvent(s->stream, s->join_ev, 0));
+        Q3N_TRY(side_join(s, err));
         shared = w->sout;
         sg = w->sg;
     } else if (L->shared.gate_up) {

@@ -44,9 +44,10 @@ enum q3n_status cuda_session_decode_times(void *session, double *graph_ms, doubl
 /* "captured", "not captured yet", or why the capture failed (the session then stays eager). */
 const char *cuda_session_graph_status(void *session);
 
-/* Prefill MoE blocks run the shared expert on a second stream beside the routed experts (on != 0;
- * created on first use) or in order on the session's stream (0, the default); bitwise the same
- * logits either way. Dev toggle for dev/bench_model --overlap-shared. */
+/* Prefill MoE blocks run the shared expert on a second stream beside the routed experts (on != 0,
+ * the default since session 12: SHARED_OVERLAP_DEFAULT; the stream is created on first use) or in
+ * order on the session's stream (0); bitwise the same logits either way. dev/bench_model
+ * --overlap-shared / --no-overlap-shared. */
 enum q3n_status cuda_session_shared_overlap(void *session, int on, struct q3n_error *err);
 
 /* Waits for the session's stream (benchmarks time with host clocks around it). */

@@ -77,9 +77,19 @@ static void describe_build(struct cuda_session *s)
         if (s->ran_glue & glue_names[i].bit)
             snprintf(glue + strlen(glue), sizeof glue - strlen(glue), "%s%s", glue[0] ? "+" : " glue=",
                      glue_names[i].name);
-    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s%s%s",
+    /* side=: the prefill GEMMs that ran on the side stream (side_stream.cu) */
+    static const struct {
+        int bit;
+        const char *name;
+    } side_names[] = {{RAN_SIDE_SHARED, "shared_expert"}, {RAN_SIDE_BA, "in_proj_ba"}, {RAN_SIDE_KV, "kv_proj"}};
+    char side[64] = "";
+    for (size_t i = 0; i < sizeof side_names / sizeof side_names[0]; i++)
+        if (s->ran_side & side_names[i].bit)
+            snprintf(side + strlen(side), sizeof side - strlen(side), "%s%s", side[0] ? "+" : " side=",
+                     side_names[i].name);
+    snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s%s%s%s",
              s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", s->dt == Q3N_COMPUTE_BF16 ? "+gemv1" : "", dn[0] ? dn : "-",
-             at[0] ? at : "-", moe[0] ? moe : "-", glue, ex, dec);
+             at[0] ? at : "-", moe[0] ? moe : "-", glue, side, ex, dec);
 }
 
 /* The ran_* flags packed 8 bits each (a captured step's flags are replayed with the graph). */

@@ -294,7 +294,7 @@ enum q3n_status reset_caches(struct cuda_session *s, struct q3n_error *err)
     s->has_prev = 0;
     s->last_T = s->last_pos0 = s->mtp_len = 0;
     s->ran_chunked = s->ran_recurrent = s->ran_flash = s->ran_rows = s->ran_moe_gemm = s->ran_moe_gemv = s->ran_moe_grouped = 0;
-    s->ran_decode_graph = s->ran_decode_eager = s->ran_glue = 0;
+    s->ran_decode_graph = s->ran_decode_eager = s->ran_glue = s->ran_side = 0;
     return Q3N_OK;
 }
 
@@ -326,7 +326,8 @@ static enum q3n_status session_new(struct cuda_session **out, const struct q3n_c
     for (int i = 0; i <= LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->lev[i], cudaEventDisableTiming));
     for (int i = 0; i < LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->hev[i], cudaEventDisableTiming));
     CU_CHECK(cudaMallocHost((void **)&s->logits_pin, sizeof(float) * (size_t)cfg->vocab_size));
-    return Q3N_OK;
+    /* the prefill MoE blocks' shared expert on a second stream (side_stream.cu says why) */
+    return cuda_session_shared_overlap(s, SHARED_OVERLAP_DEFAULT, err);
 }
 
 static enum q3n_status upload_layer(struct cuda_session *s, int64_t l, const struct q3n_layer_weights *lw,

@@ -44,9 +44,16 @@
 #define RAN_GLUE_COMBINE_NORM 32 /* the MoE combine with the residual add and the next norm */
 #define RAN_GLUE_SCAN3 64         /* the permutation's scan v3 (over blocks of experts) */
 #define RAN_GLUE_QK_PREP3 128     /* the attention q/k prep's v3 (a RoPE table per token) */
+/* ran_side bits (side_stream.cu) */
+#define RAN_SIDE_SHARED 1 /* the MoE block's shared expert and its gate */
+#define RAN_SIDE_BA 2     /* the linear-attention layer's in_proj_ba */
+#define RAN_SIDE_KV 4     /* the attention layer's k_proj and v_proj */
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
 #define BLAS_WS_BYTES ((size_t)32 << 20)
+#ifndef SHARED_OVERLAP_DEFAULT /* EXTRA_NVCCFLAGS=-DSHARED_OVERLAP_DEFAULT=0: one stream */
+#define SHARED_OVERLAP_DEFAULT 1 /* session 12: measured, side_stream.cu */
+#endif
 #define LM_SPLIT 4 /* row blocks of the decode lm_head (sizes 8:4:2:1): block i's logits go to the host, and
                     * from there to the caller, during the later blocks */
 
@@ -128,6 +135,8 @@ struct cuda_session {
     int ran_chunked, ran_recurrent, ran_flash, ran_rows, ran_moe_gemm, ran_moe_gemv, ran_moe_grouped;
     int ran_decode_graph, ran_decode_eager;
     int ran_glue; /* RAN_GLUE_* bits: which of the kernels around the GEMMs ran their v2 */
+    int ran_side; /* RAN_SIDE_* bits: which prefill GEMMs ran on the side stream (prefill only: not in
+                   * the decode graph's replayed flags) */
     const char *dn_kernel, *rec_kernel, *attn_prefill_kernel, *attn_decode_kernel; /* names from the launchers */
     char desc[512];
     /* decode step: [token id, position] on the device and its pinned host staging; the captured
@@ -151,7 +160,7 @@ struct cuda_session {
     cudaEvent_t lev[LM_SPLIT + 1], hev[LM_SPLIT];
     float *logits_pin;
     /* prefill MoE: the shared expert on a side stream with its own cuBLAS handle (side_stream.cu) */
-    int shared_overlap;
+    int shared_overlap; /* SHARED_OVERLAP_DEFAULT at open; cuda_session_shared_overlap changes it */
     cudaStream_t sstream;
     cublasHandle_t sblas;
     void *sblas_ws;

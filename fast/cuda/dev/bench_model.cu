@@ -2,7 +2,7 @@
  * + 1 full attention layer, 512 experts top-10, V = 151936), random weights drawn on the device.
  *
  *   bench_model [--dtype bf16|f32] [--prefill 4096,16384] [--decode-prompt 4096] [--decode-steps 32]
- *               [--long 32768] [--pack-experts] [--overlap-shared] [--default-check N]
+ *               [--long 32768] [--pack-experts] [--overlap-shared | --no-overlap-shared] [--default-check N]
  *
  * Prefill: tokens/s of one forward of T tokens from an empty cache, lm_head on the last token
  * only (as generation does), host wall clock around the synchronised call; best and mean of
@@ -11,10 +11,11 @@
  * --graph-check N steps run both ways after the same prompt must give bitwise equal logits.
  * Long: one prefill of --long tokens, then checks the last logits are finite.
  * --pack-experts runs all of it with run_options.pack_experts (the routed experts packed at open,
- * fast/cuda/experts_layout.cu), --overlap-shared with the prefill MoE blocks' shared expert on a
- * second stream (fast/cuda/side_stream.cu). --default-check N then reopens the stack with neither
- * (same seed, same weights) and requires bitwise the same logits: the last token of a 37-token
- * prefill and of every --prefill length, and N decode steps after --decode-prompt. */
+ * fast/cuda/experts_layout.cu), --overlap-shared / --no-overlap-shared with the prefill MoE blocks'
+ * shared expert on a second stream or not (fast/cuda/side_stream.cu; on by default since session
+ * 12). --default-check N then reopens the stack with the session's defaults (same seed, same
+ * weights) and requires bitwise the same logits: the last token of a 37-token prefill and of every
+ * --prefill length, and N decode steps after --decode-prompt. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,7 +67,7 @@ int main(int argc, char **argv)
     struct q3n_error err = {};
     const char *dtype = "bf16", *prefill = "4096,16384";
     int64_t dprompt = 4096, dsteps = 32, longT = 0, gcheck = 8;
-    int reps = 3, pack = 0, overlap = 0;
+    int reps = 3, pack = 0, overlap = -1; /* -1: the session's default (SHARED_OVERLAP_DEFAULT) */
     int64_t pcheck = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
@@ -78,11 +79,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--graph-check") && i + 1 < argc) gcheck = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--pack-experts")) pack = 1;
         else if (!strcmp(argv[i], "--overlap-shared")) overlap = 1;
+        else if (!strcmp(argv[i], "--no-overlap-shared")) overlap = 0;
         else if (!strcmp(argv[i], "--default-check") && i + 1 < argc) pcheck = atoll(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_model [--dtype bf16|f32] [--prefill T,T] [--decode-prompt P] "
                             "[--decode-steps N] [--long T] [--reps R] [--graph-check N] [--pack-experts] "
-                            "[--overlap-shared] [--default-check N]\n");
+                            "[--overlap-shared | --no-overlap-shared] [--default-check N]\n");
             return 2;
         }
     }
@@ -107,8 +109,8 @@ int main(int argc, char **argv)
     void *s = NULL;
     double t0 = now_s();
     TRY(cuda_session_open_random(&s, &cfg, 1234, &opt, &err));
-    TRY(cuda_session_shared_overlap(s, overlap, &err));
-    printf("options: pack_experts=%d overlap_shared=%d\n", pack, overlap);
+    if (overlap >= 0) TRY(cuda_session_shared_overlap(s, overlap, &err));
+    printf("options: pack_experts=%d overlap_shared=%s\n", pack, overlap < 0 ? "default" : overlap ? "1" : "0");
     printf("config real-4l: D=%lld L=%lld (3 linear + 1 full) NH=%lld NKV=%lld HD=%lld NK=%lld NV=%lld DK=%lld "
            "E=%lld K=%lld I=%lld shared=%lld V=%lld dtype=%s; session open (device random weights) %.1f s\n",
            (long long)cfg.hidden_size, (long long)cfg.num_hidden_layers, (long long)cfg.num_attention_heads,
@@ -243,7 +245,7 @@ int main(int argc, char **argv)
         int64_t ndiff = 0, first = -1;
         for (int64_t i = 0; i < V * nl; i++)
             if (memcmp(&a[i], &b[i], sizeof(float)) != 0 && ndiff++ == 0) first = i / V;
-        printf("CHECK pack_experts=%d overlap_shared=%d vs the defaults (prefill T=37 and --prefill, %lld decode steps "
+        printf("CHECK pack_experts=%d overlap_shared=%d (-1: default) vs the defaults (prefill T=37 and --prefill, %lld decode steps "
                "after %lld): %s (%lld logits differ, first in set %lld); kernels: [%s] vs [%s]\n",
                pack, overlap, (long long)pcheck, (long long)dprompt, ndiff == 0 ? "bitwise equal" : "DIFFERENT", (long long)ndiff,
                (long long)first, desc[0], desc[1]);

@@ -16,7 +16,7 @@ HEAD = re.compile(r"^== (bench_model|q3n bench --impl cuda)\s*(.*?) \(\d\d:\d\d:
 BM_PREFILL = re.compile(r"^RESULT cuda prefill T=(\d+) dtype=\S+: best ([\d.]+) ms")
 BM_PROFILE = re.compile(r"^PROFILE prefill T=(\d+) .*MoE blocks ([\d.]+) ms")
 BM_DECODE = re.compile(r"^RESULT cuda decode \(graph\) .*?: ([\d.]+) ms/token")
-BM_CHECK = re.compile(r"^CHECK pack_experts=\d overlap_shared=\d vs the defaults .*?: (bitwise equal|DIFFERENT) "
+BM_CHECK = re.compile(r"^CHECK pack_experts=\d overlap_shared=-?\d \(-1: default\) vs the defaults .*?: (bitwise equal|DIFFERENT) "
                       r"\((\d+) logits differ")
 QB_PREFILL = re.compile(r"^prefill T=(\d+): ([\d.]+) ms = ")
 QB_DECODE = re.compile(r"^decode after a \d+-token prompt: ([\d.]+) ms/token")

@@ -133,9 +133,10 @@ for stage in "$@"; do
         $B/bench_stream >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log"
         $B/bench_stream --N 2048 --K 512 >>"$OUT/stream.log" 2>&1; echo "exit $?" >>"$OUT/stream.log" ;;
     options)  # the non-default session options, each against the defaults in one run: routed experts packed
-              # at open (run_options.pack_experts), the prefill shared expert on a side stream, both; logits
+              # at open (run_options.pack_experts), the prefill shared expert in order on the session's
+              # stream (the side stream is the default since session 12), both; logits
               # bitwise the defaults' (37, 4096 and 16384-token prefills, 8 decode steps), then the timings
-        for flags in "" "--pack-experts" "--overlap-shared" "--pack-experts --overlap-shared"; do
+        for flags in "" "--pack-experts" "--no-overlap-shared" "--pack-experts --no-overlap-shared"; do
             log "bench_model $flags" >>"$OUT/options.log"
             check=""; [ -n "$flags" ] && check="--default-check 8"
             timeout 240 $B/bench_model --dtype bf16 --prefill 4096,16384 --decode-prompt 4096 --decode-steps 32 \
