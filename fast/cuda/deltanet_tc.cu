@@ -240,7 +240,7 @@ __device__ __forceinline__ void tc_solve_unit_lower(float *L, bf16 *TA, bf16 *TB
 template <typename TI>
 __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout lay, const TI *q, const TI *k,
                                                       const TI *v, const float *g, const float *beta, int T,
-                                                      int NK, int NV)
+                                                      int NK, int NV, int *flags)
 {
     extern __shared__ __align__(16) unsigned char sm_raw[];
     bf16 *Ks = reinterpret_cast<bf16 *>(sm_raw), *Qs = Ks + TC_C * TC_LDB, *Vs = Qs + TC_C * TC_LDB;
@@ -248,7 +248,9 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
     float *L = reinterpret_cast<float *>(LT);
     bf16 *TA = reinterpret_cast<bf16 *>(LT), *TB = TA + TC_C * TC_LDA;
     float *G = reinterpret_cast<float *>(LT + TC_LT_BYTES), *B = G + TC_C, *EG = B + TC_C;
-    const int n = blockIdx.x, kh = blockIdx.y, r = NV / NK;
+    /* grid (NK, nc): every key head of chunk n is dispatched before chunk n + 1, so a pipelined scan
+     * (which walks the chunks in order) finds them done early */
+    const int n = blockIdx.y, kh = blockIdx.x, r = NV / NK;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g8 = lane >> 2, t4 = lane & 3;
     const int t0 = n * TC_C, nvalid = T - t0 < TC_C ? T - t0 : TC_C;
     stage_rows_bf16(Ks, k + ((size_t)t0 * NK + kh) * TC_D, (size_t)NK * TC_D, nvalid);
@@ -370,6 +372,11 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
                 }
         }
         if (tid < TC_C) Gg[tid] = G[tid];
+    }
+    if (flags) { /* pipelined: every thread's stores fenced, then the flag (tc_flag_release) */
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) tc_flag_release(flags + (size_t)n * NK + kh);
     }
 }
 
@@ -602,7 +609,7 @@ template <typename TI>
 static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI *d_k, const TI *d_v,
                               const float *d_g, const float *d_beta, float *d_scratch, int64_t T, int64_t NK,
                               int64_t NV, int64_t DK, int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
-                              struct q3n_error *err)
+                              const struct cuda_tc_pipe *pipe, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0);
     if (!cuda_delta_rule_chunked_tc_supported(DK, DV, C))
@@ -613,17 +620,32 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
     Q3N_REQUIRE(T <= INT32_MAX / 4 && NV <= 65535 && nc <= 65535);
     const tc_layout lay = tc_layout_of(nc, NK, NV);
     char *scr = reinterpret_cast<char *>(d_scratch);
+    if (scan_warps == 0) scan_warps = tc_scan3_ok() ? Q3N_TC_SCAN_V3 : TC_SCAN_WARPS_DEFAULT;
+    int *flags = NULL;
+    if (pipe && scan_warps == Q3N_TC_SCAN_V3 && tc_scan3_ok()) {
+        /* pipelined (see cuda_delta_rule_chunked_tc_bf16_piped): flags cleared, the scan's stream
+         * forked after that, the prep launched first so that its first wave fills the GPU */
+        flags = reinterpret_cast<int *>(scr + lay.flags);
+        CU_CHECK(cudaMemsetAsync(flags, 0, sizeof(int) * (size_t)(nc * NK), stream));
+        CU_CHECK(cudaEventRecord(pipe->fork, stream));
+        CU_CHECK(cudaStreamWaitEvent(pipe->stream, pipe->fork, 0));
+    }
     CU_CHECK(cudaFuncSetAttribute(tc_prep_kernel<TI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP_SMEM));
-    tc_prep_kernel<TI><<<dim3((unsigned)nc, (unsigned)NK), 128, TC_PREP_SMEM, stream>>>(scr, lay, d_q, d_k, d_v, d_g,
-                                                                                       d_beta, (int)T, (int)NK, (int)NV);
+    tc_prep_kernel<TI><<<dim3((unsigned)NK, (unsigned)nc), 128, TC_PREP_SMEM, stream>>>(
+        scr, lay, d_q, d_k, d_v, d_g, d_beta, (int)T, (int)NK, (int)NV, flags);
     CU_LAUNCHED("delta_rule tc_prep_kernel");
     if (scan_warps < 0) return Q3N_OK; /* prep only (timing) */
     bf16 *o = reinterpret_cast<bf16 *>(d_o);
-    if (scan_warps == 0) scan_warps = tc_scan3_ok() ? Q3N_TC_SCAN_V3 : TC_SCAN_WARPS_DEFAULT;
+    if (flags) {
+        Q3N_TRY(tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, flags, pipe->stream, err));
+        CU_CHECK(cudaEventRecord(pipe->join, pipe->stream));
+        CU_CHECK(cudaStreamWaitEvent(stream, pipe->join, 0));
+        return Q3N_OK;
+    }
     switch (scan_warps) {
     case Q3N_TC_SCAN_V3:
         if (!tc_scan3_ok()) return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda delta rule tc: scan v3 needs compute capability 9.0");
-        return tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
+        return tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, NULL, stream, err);
     case 2: return tc_scan_launch<1>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 4: return tc_scan_launch<2>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 8: return tc_scan_launch<4>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
@@ -638,7 +660,7 @@ extern "C" enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state,
                                                       struct q3n_error *err)
 {
     return tc_run<float>(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV, C, scan_warps, stream,
-                         err);
+                         NULL, err);
 }
 
 extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16(void *d_o, float *d_state, const void *d_q, const void *d_k,
@@ -647,8 +669,20 @@ extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16(void *d_o, float *d_s
                                                            int64_t DK, int64_t DV, int64_t C, int scan_warps,
                                                            cudaStream_t stream, struct q3n_error *err)
 {
+    return cuda_delta_rule_chunked_tc_bf16_piped(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK,
+                                                 DV, C, scan_warps, stream, NULL, err);
+}
+
+extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16_piped(void *d_o, float *d_state, const void *d_q,
+                                                                 const void *d_k, const void *d_v, const float *d_g,
+                                                                 const float *d_beta, float *d_scratch, int64_t T,
+                                                                 int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                                                 int64_t C, int scan_warps, cudaStream_t stream,
+                                                                 const struct cuda_tc_pipe *pipe,
+                                                                 struct q3n_error *err)
+{
     if ((((uintptr_t)d_q | (uintptr_t)d_k | (uintptr_t)d_v) & 7) != 0)
         return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: bf16 q, k, v must be 8-byte aligned");
     return tc_run<bf16>(d_o, d_state, (const bf16 *)d_q, (const bf16 *)d_k, (const bf16 *)d_v, d_g, d_beta, d_scratch,
-                        T, NK, NV, DK, DV, C, scan_warps, stream, err);
+                        T, NK, NV, DK, DV, C, scan_warps, stream, pipe, err);
 }

@@ -13,7 +13,7 @@
  * U float [C,D], G float [C] (the cumulative log decay inside the chunk). Per (chunk, key head):
  * q, k bf16 [C,D]. Rows of a chunk past T are zero (G: flat). */
 struct tc_layout {
-    size_t w, a, u, g, q, k, end;
+    size_t w, a, u, g, q, k, flags, end;
 };
 
 static inline tc_layout tc_layout_of(int64_t nc, int64_t NK, int64_t NV)
@@ -26,14 +26,33 @@ static inline tc_layout tc_layout_of(int64_t nc, int64_t NK, int64_t NV)
     l.g = l.u + rv * TC_C * TC_D * 4;
     l.q = l.g + rv * TC_C * 4;
     l.k = l.q + rk * TC_C * TC_D * 2;
-    l.end = l.k + rk * TC_C * TC_D * 2;
+    l.flags = l.k + rk * TC_C * TC_D * 2; /* int32 [nc][NK]: (chunk, key head) prepped (pipelined runs) */
+    l.end = l.flags + rk * 4;
     return l;
+}
+
+/* Pipelined runs (cuda_delta_rule_chunked_tc_bf16_piped): the prep sets flags[n NK + kh] = 1 (a
+ * release at gpu scope, after every thread's stores and a fence) once block (n, kh) has written
+ * chunk n of key head kh; the scan's thread 0 waits for the flag (acquire) before the block's
+ * barrier and its copies of that chunk. */
+__device__ __forceinline__ void tc_flag_release(int *p)
+{
+    asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(p), "r"(1) : "memory");
+}
+__device__ __forceinline__ void tc_flag_wait(const int *p)
+{
+    int v;
+    for (;;) {
+        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+        if (v) return;
+        __nanosleep(200);
+    }
 }
 
 /* Scan v3 (wgmma, one warpgroup per 64 value columns of a head): needs compute capability 9.0
  * and its opt-in shared memory. */
 int tc_scan3_ok(void);
 enum q3n_status tc_scan3_launch(bf16 *o, float *state, const char *scr, const tc_layout &lay, int T, int NK, int NV,
-                                int nc, cudaStream_t stream, struct q3n_error *err);
+                                int nc, const int *flags, cudaStream_t stream, struct q3n_error *err);
 
 #endif

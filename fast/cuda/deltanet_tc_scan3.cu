@@ -89,7 +89,7 @@ __device__ __forceinline__ void stsm4t(bf16 *row, const uint32_t (&r)[4])
 /* Accumulator element e of a thread (4 j + q, wgmma.cuh): row 16 warp + g + 8 (q / 2), column
  * 8 j + 2 tq + q % 2. Rows are value columns v (local), columns d (for S^T) or chunk positions. */
 __global__ void __launch_bounds__(128, 1) tc_scan3_kernel(bf16 *o, float *state, const char *scr, tc_layout lay, int T,
-                                                          int NK, int NV, int nc)
+                                                          int NK, int NV, int nc, const int *flags)
 {
 #ifdef Q3N_HAVE_WGMMA
     extern __shared__ unsigned char s3_raw[];
@@ -108,13 +108,18 @@ __global__ void __launch_bounds__(128, 1) tc_scan3_kernel(bf16 *o, float *state,
 #pragma unroll
         for (int q = 0; q < 4; q++) s[4 * j + q] = Sg[(8 * j + 2 * tq + (q & 1)) * TC_D + v0 + 8 * (q >> 1)];
 
+    if (flags) { /* pipelined: chunk 0 of this key head prepped (tc_flag_wait) */
+        if (tid == 0) tc_flag_wait(flags + kh);
+        __syncthreads();
+    }
     s3_load(gbase, scr, lay, 0, h, kh, NK, NV, c0);
     cp_async_commit();
 #pragma unroll 1
     for (int n = 0; n < nc; n++) {
         cp_async_wait<0>(); /* chunk n landed for this thread ... */
         wg_proxy_fence();   /* ... visible to the async proxy (wgmma) ... */
-        __syncthreads();    /* ... and for all; chunk n-1's stage, O tile and E are free */
+        if (flags && tid == 0 && n + 1 < nc) tc_flag_wait(flags + (size_t)(n + 1) * NK + kh);
+        __syncthreads();    /* ... and for all; chunk n-1's stage, O tile and E are free; (pipelined) chunk n + 1 prepped */
         if (n + 1 < nc) s3_load(gbase + ((n + 1) & 1) * s3_smem::STAGE, scr, lay, n + 1, h, kh, NK, NV, c0);
         cp_async_commit();
         const uint32_t st = sbase + (n & 1) * s3_smem::STAGE;
@@ -237,11 +242,11 @@ int tc_scan3_ok(void)
 }
 
 enum q3n_status tc_scan3_launch(bf16 *o, float *state, const char *scr, const tc_layout &lay, int T, int NK, int NV,
-                                int nc, cudaStream_t stream, struct q3n_error *err)
+                                int nc, const int *flags, cudaStream_t stream, struct q3n_error *err)
 {
     CU_CHECK(cudaFuncSetAttribute(tc_scan3_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, s3_smem::BYTES));
     tc_scan3_kernel<<<dim3(TC_D / S3_BV, (unsigned)NV), 128, s3_smem::BYTES, stream>>>(o, state, scr, lay, T, NK, NV,
-                                                                                        nc);
+                                                                                        nc, flags);
     CU_LAUNCHED("delta_rule tc_scan3_kernel");
     return Q3N_OK;
 }

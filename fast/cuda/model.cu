@@ -81,7 +81,10 @@ static void describe_build(struct cuda_session *s)
     static const struct {
         int bit;
         const char *name;
-    } side_names[] = {{RAN_SIDE_SHARED, "shared_expert"}, {RAN_SIDE_BA, "in_proj_ba"}, {RAN_SIDE_KV, "kv_proj"}};
+    } side_names[] = {{RAN_SIDE_SHARED, "shared_expert"},
+                      {RAN_SIDE_BA, "in_proj_ba"},
+                      {RAN_SIDE_KV, "kv_proj"},
+                      {RAN_SIDE_TC_SCAN, "delta_scan"}};
     char side[64] = "";
     for (size_t i = 0; i < sizeof side_names / sizeof side_names[0]; i++)
         if (s->ran_side & side_names[i].bit)
@@ -586,6 +589,12 @@ void cuda_close(void *session)
     if (!s) return;
     if (s->stream) cudaStreamSynchronize(s->stream);
     side_stream_destroy(s); /* waits for its stream too: a failed block may have left it running */
+    if (s->tpipe.stream) {
+        cudaStreamSynchronize(s->tpipe.stream);
+        cudaStreamDestroy(s->tpipe.stream);
+    }
+    if (s->tpipe.fork) cudaEventDestroy(s->tpipe.fork);
+    if (s->tpipe.join) cudaEventDestroy(s->tpipe.join);
     for (int i = 0; i < s->nallocs; i++) cudaFree(s->allocs[i]);
     if (s->tap_dev) cudaFree(s->tap_dev);
     for (size_t i = 0; i < sizeof s->ev / sizeof s->ev[0]; i++)

@@ -326,6 +326,13 @@ static enum q3n_status session_new(struct cuda_session **out, const struct q3n_c
     for (int i = 0; i <= LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->lev[i], cudaEventDisableTiming));
     for (int i = 0; i < LM_SPLIT; i++) CU_CHECK(cudaEventCreateWithFlags(&s->hev[i], cudaEventDisableTiming));
     CU_CHECK(cudaMallocHost((void **)&s->logits_pin, sizeof(float) * (size_t)cfg->vocab_size));
+    if (TC_PIPE_DEFAULT) { /* the delta rule's scan on a stream of the highest priority (cuda_ops.h) */
+        int least = 0, greatest = 0;
+        CU_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+        CU_CHECK(cudaStreamCreateWithPriority(&s->tpipe.stream, cudaStreamNonBlocking, greatest));
+        CU_CHECK(cudaEventCreateWithFlags(&s->tpipe.fork, cudaEventDisableTiming));
+        CU_CHECK(cudaEventCreateWithFlags(&s->tpipe.join, cudaEventDisableTiming));
+    }
     /* the prefill MoE blocks' shared expert on a second stream (side_stream.cu says why) */
     return cuda_session_shared_overlap(s, SHARED_OVERLAP_DEFAULT, err);
 }

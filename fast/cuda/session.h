@@ -48,9 +48,13 @@
 #define RAN_SIDE_SHARED 1 /* the MoE block's shared expert and its gate */
 #define RAN_SIDE_BA 2     /* the linear-attention layer's in_proj_ba */
 #define RAN_SIDE_KV 4     /* the attention layer's k_proj and v_proj */
+#define RAN_SIDE_TC_SCAN 8 /* the delta rule's scan beside its prep (cuda_delta_rule_chunked_tc_bf16_piped) */
 #define LM_CHUNK 256
 #define GEMV_MAX_ROWS 64
 #define BLAS_WS_BYTES ((size_t)32 << 20)
+#ifndef TC_PIPE_DEFAULT /* EXTRA_NVCCFLAGS=-DTC_PIPE_DEFAULT=0: the delta rule's prep, then its scan */
+#define TC_PIPE_DEFAULT 1 /* session 12 */
+#endif
 #ifndef SHARED_OVERLAP_DEFAULT /* EXTRA_NVCCFLAGS=-DSHARED_OVERLAP_DEFAULT=0: one stream */
 #define SHARED_OVERLAP_DEFAULT 1 /* session 12: measured, side_stream.cu */
 #endif
@@ -157,6 +161,7 @@ struct cuda_session {
     /* the decode lm_head's copy stream, its fork/join events, the pinned logits and hev[i]: block i
      * of them is in logits_pin (an external event node of the graph; the host waits on it) */
     cudaStream_t cstream;
+    struct cuda_tc_pipe tpipe; /* the delta rule's scan beside its prep (TC_PIPE_DEFAULT; deltanet_tc.cu) */
     cudaEvent_t lev[LM_SPLIT + 1], hev[LM_SPLIT];
     float *logits_pin;
     /* prefill MoE: the shared expert on a side stream with its own cuBLAS handle (side_stream.cu) */

@@ -223,6 +223,72 @@ static void bench(int64_t T, int64_t NK, int64_t NV, int path, int bf16in = 0)
     cudaFree(hq), cudaFree(hk), cudaFree(hv);
 }
 
+/* The pipelined run (the scan on a high-priority stream beside the prep, a flag per (chunk, key head):
+ * cuda_delta_rule_chunked_tc_bf16_piped) against the sequential one on the same bf16 inputs: o and the
+ * final state bitwise, 3 runs; with timing, 20 calls of each (median). */
+static cuda_tc_pipe g_pipe;
+static void run_pipe_case(int64_t T, int64_t NK, int64_t NV, int timing)
+{
+    const int64_t D = 128, C = 64;
+    inputs in = make_inputs(T, NK, NV, D, D, -0.05, 1);
+    float *dg = (float *)dup(in.g), *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0), *dscr;
+    void *hq = dup16(to_bf16(in.q)), *hk = dup16(to_bf16(in.k)), *hv = dup16(to_bf16(in.v)), *o;
+    const size_t obytes = (size_t)(T * NV * D) * 2, sbytes = in.s0.size() * 4;
+    CK(cudaMalloc(&o, obytes));
+    CK(cudaMalloc(&dscr, (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4));
+    auto call = [&](int piped) {
+        RUN(cuda_delta_rule_chunked_tc_bf16_piped(o, ds, hq, hk, hv, dg, db, dscr, T, NK, NV, D, D, C, 0, g_stream,
+                                                  piped ? &g_pipe : NULL, &g_err));
+    };
+    std::vector<uint16_t> o_seq(obytes / 2), oc(obytes / 2);
+    std::vector<float> s_seq(in.s0.size()), sc(in.s0.size());
+    auto run = [&](int piped, std::vector<uint16_t> &ov, std::vector<float> &sv) {
+        CK(cudaMemcpyAsync(ds, in.s0.data(), sbytes, cudaMemcpyHostToDevice, g_stream));
+        CK(cudaMemsetAsync(o, 0xff, obytes, g_stream));
+        CK(cudaMemsetAsync(dscr, 0xff, (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4, g_stream));
+        call(piped);
+        CK(cudaStreamSynchronize(g_stream));
+        CK(cudaMemcpy(ov.data(), o, obytes, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(sv.data(), ds, sbytes, cudaMemcpyDeviceToHost));
+    };
+    run(0, o_seq, s_seq);
+    int64_t dof = 0, dst = 0;
+    for (int r = 0; r < 3; r++) {
+        run(1, oc, sc);
+        for (size_t i = 0; i < oc.size(); i++) dof += oc[i] != o_seq[i];
+        dst += memcmp(sc.data(), s_seq.data(), sbytes) != 0;
+    }
+    const int ok = dof == 0 && dst == 0;
+    g_cases++;
+    g_fail += !ok;
+    printf("%s pipelined == sequential bitwise T=%lld NK=%lld NV=%lld (3 runs): o %lld differ, state %s\n",
+           ok ? "ok  " : "FAIL", (long long)T, (long long)NK, (long long)NV, (long long)dof, dst ? "DIFFERS" : "same");
+    if (timing) {
+        float t[2];
+        for (int piped = 0; piped < 2; piped++) {
+            for (int r = 0; r < 3; r++) call(piped);
+            std::vector<float> ms(20);
+            cudaEvent_t a, b;
+            CK(cudaEventCreate(&a));
+            CK(cudaEventCreate(&b));
+            for (float &m : ms) {
+                CK(cudaEventRecord(a, g_stream));
+                call(piped);
+                CK(cudaEventRecord(b, g_stream));
+                CK(cudaEventSynchronize(b));
+                CK(cudaEventElapsedTime(&m, a, b));
+            }
+            std::sort(ms.begin(), ms.end());
+            t[piped] = ms[10];
+            CK(cudaEventDestroy(a));
+            CK(cudaEventDestroy(b));
+        }
+        printf("BENCH tc prep + scan v3, bf16 in, T=%lld NK=%lld NV=%lld: sequential %.3f ms, pipelined %.3f ms (median of 20)\n",
+               (long long)T, (long long)NK, (long long)NV, t[0], t[1]);
+    }
+    cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(dscr), cudaFree(o), cudaFree(hq), cudaFree(hk), cudaFree(hv);
+}
+
 /* The recurrent form in bf16 mode (rec_v2) against ref_delta_rule_recurrent: o rel L2 <= 8e-3
  * (bf16 rounding of o), state <= 1e-5, 3 bitwise identical runs, NaN-poisoned o. */
 static void run_rec_case(int64_t T, int64_t NK, int64_t NV, int64_t DK, int64_t DV)
@@ -295,7 +361,23 @@ int main(int argc, char **argv)
 {
     q3n_rng_seed(&g_rng, 20261123);
     CK(cudaStreamCreate(&g_stream));
+    {
+        int least = 0, greatest = 0;
+        CK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+        CK(cudaStreamCreateWithPriority(&g_pipe.stream, cudaStreamNonBlocking, greatest));
+        CK(cudaEventCreateWithFlags(&g_pipe.fork, cudaEventDisableTiming));
+        CK(cudaEventCreateWithFlags(&g_pipe.join, cudaEventDisableTiming));
+    }
     g_have_v3 = cuda_delta_rule_chunked_tc_supported(128, 128, 64) && cuda_delta_rule_chunked_tc_has_v3();
+    if (argc >= 2 && strcmp(argv[1], "--pipe") == 0) { /* the pipelined run's cases and timings only */
+        const int64_t Ts[] = {1, 64, 65, 1000, 4096};
+        for (int64_t T : Ts) run_pipe_case(T, 16, 32, 0);
+        run_pipe_case(300, 2, 4, 0);
+        run_pipe_case(4096, 16, 32, 1);
+        run_pipe_case(16384, 16, 32, 1);
+        printf("%d cases, %d failed\n", g_cases, g_fail);
+        return g_fail ? 1 : 0;
+    }
     if (argc >= 4 && strcmp(argv[1], "--bench-one") == 0) { /* one shape, for profilers */
         bench(atoll(argv[2]), 16, 32, atoi(argv[3]), argc > 4 && strcmp(argv[4], "bf16") == 0);
         return 0;
@@ -319,6 +401,10 @@ int main(int argc, char **argv)
         /* bf16 mode, dims the tc path does not take: falls back to chunk_v4 */
         run_case(100, 1, 2, 64, 64, 64, -5.0, 1);
         run_case(130, 2, 4, 128, 128, 32, -5.0, 1);
+        /* the pipelined prep + scan (the model's default on sm_90) against the sequential run */
+        const int64_t Tp[] = {1, 64, 65, 1000, 4096};
+        for (int64_t T : Tp) run_pipe_case(T, 16, 32, 0);
+        run_pipe_case(300, 2, 4, 0);
         printf("%d cases, %d failed; worst tc rel_l2: o %.3e, state %.3e\n", g_cases, g_fail, g_worst_o, g_worst_s);
         if (g_fail) return 1;
     }
@@ -332,7 +418,8 @@ int main(int argc, char **argv)
             for (int nw : nws)
                 if (nw != Q3N_TC_SCAN_V3 || g_have_v3) bench(T, 16, 32, nw);
             bench(T, 16, 32, -1, 1);
-            bench(T, 16, 32, 0, 1); /* the model's call: bf16 q, k, v, default scan */
+            bench(T, 16, 32, 0, 1); /* bf16 q, k, v, default scan, sequential */
+            run_pipe_case(T, 16, 32, 1); /* the model's call: the same, pipelined */
         }
     }
     return 0;
