@@ -68,6 +68,37 @@ __device__ __forceinline__ float block_sum(float v, float *red)
     for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
     return t;
 }
+
+/* Where a kernel that ends a block's residual path can do the next RMSNorm itself (norm folds:
+ * cuda_moe_combine_norm, cuda_embed_norm_forward): bf16 rows of D % 8 == 0 values, D <= 16
+ * norm_threads(D) (the norm kernel's PER of 8 or 16). */
+static inline int norm_fold_ok(int64_t D, enum q3n_compute_dtype dt)
+{
+    return dt == Q3N_COMPUTE_BF16 && D % 8 == 0 && D <= 16 * (int64_t)norm_threads(D);
+}
+
+/* The second half of add_rmsnorm_reg_kernel<bf16, PER> (norm.cu) for one row whose values v (h
+ * after the add, as floats) a block of norm_threads(D) threads has put in shared memory and then
+ * synchronised on: thread i sums v_j^2 over j = i, i + NT, .. (< PER terms, ascending), block_sum,
+ * r = rms_scale, and xn = T(v r (1 + w)) is stored by 8-element chunks. Bitwise the norm kernel. */
+template <int PER>
+__device__ __forceinline__ void norm_row_from_smem(bf16 *xn_row, const float *v, const float *nw, int D, float eps,
+                                                   float *red)
+{
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < D) ss += v[i] * v[i];
+    }
+    const float r = rms_scale(block_sum(ss, red), D, eps);
+    for (int c = threadIdx.x; c < D / 8; c += blockDim.x) {
+        float o[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) o[q] = v[8 * c + q] * r * (1.0f + nw[8 * c + q]);
+        reinterpret_cast<uint4 *>(xn_row)[c] = pack8_bf16(o);
+    }
+}
 /* block_sum of the squares of n values over a block of NVW * 32 threads, where block thread i
  * summed the elements i, i + 32 NVW, ... in that order, computed by one warp: lane l holds
  * x[m] = the element l + 32 m (m < NM; elements >= n not read), so virtual warp v (block thread

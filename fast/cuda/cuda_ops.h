@@ -30,6 +30,14 @@ size_t cuda_act_size(enum q3n_compute_dtype dt);
 /* out[t,:] = embed[tokens[t],:]; out [T,D], embed [V,D] (activation dtype). */
 enum q3n_status cuda_embed_forward(void *d_out, const int64_t *d_tokens, const void *d_embed, int64_t T, int64_t D,
                                    enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
+/* The embedding and the RMSNorm after it in one kernel (prefill with taps off): h = embed[tokens],
+ * xn = rmsnorm(h) with weight d_norm_w; bitwise cuda_embed_forward then cuda_rmsnorm_forward.
+ * Where cuda_embed_norm_ok (bf16, D % 8 == 0, D <= 4096) with 16-byte aligned buffers;
+ * Q3N_ERR_USAGE otherwise. */
+int cuda_embed_norm_ok(int64_t D, enum q3n_compute_dtype dt);
+enum q3n_status cuda_embed_norm_forward(void *d_h, void *d_xn, const int64_t *d_tokens, const void *d_embed,
+                                       const float *d_norm_w, double eps, int64_t T, int64_t D,
+                                       enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
 /* out[r, c] = float(x[r*ld + c]) for r < rows, c < cols: a strided slice to float32. */
 enum q3n_status cuda_to_f32(float *d_out, const void *d_x, int64_t rows, int64_t cols, int64_t ld,
                             enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err);
@@ -57,6 +65,13 @@ enum q3n_status cuda_rmsnorm_forward(void *d_out, const void *d_x, const float *
 enum q3n_status cuda_add_rmsnorm_forward(void *d_out, void *d_h, const void *d_y, const float *d_w, int64_t rows,
                                          int64_t n, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                          struct q3n_error *err);
+/* Dev/test twin: ver 1 = 2-byte loads, the thread's elements in registers (any dtype, any n), 2 =
+ * 16-byte loads with the row in shared memory (bf16, n % 8 == 0, n <= 16 norm_threads(n), 16-byte
+ * aligned buffers: Q3N_ERR_USAGE otherwise), 0 = 2 where it runs, else 1. Bitwise equal (the same
+ * sums in the same order: dev/test_moe2). */
+enum q3n_status cuda_add_rmsnorm_forward_ver(void *d_out, void *d_h, const void *d_y, const float *d_w, int64_t rows,
+                                             int64_t n, double eps, int ver, enum q3n_compute_dtype dt,
+                                             cudaStream_t stream, struct q3n_error *err);
 /* Gated RMSNorm: out = w * T(x * rsqrt(mean(x^2) + eps)) * silu(z), w not zero-centred. */
 enum q3n_status cuda_rmsnorm_gated_forward(void *d_out, const void *d_x, const void *d_z, const float *d_w,
                                            int64_t rows, int64_t n, double eps, enum q3n_compute_dtype dt,

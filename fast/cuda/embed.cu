@@ -32,6 +32,62 @@ extern "C" enum q3n_status cuda_embed_forward(void *d_out, const int64_t *d_toke
     return Q3N_OK;
 }
 
+/* The embedding and the first layer's input norm in one pass (prefill, taps off; session 12): h[t] =
+ * embed[tokens[t]] and xn[t] = rmsnorm(h[t]) with weight nw, bitwise embed_kernel followed by
+ * add_rmsnorm_reg_kernel<bf16, PER> with no add (norm_row_from_smem). Block per token of
+ * norm_threads(D) threads, 16-byte copies; the row as floats in shared memory for the norm's order. */
+template <int PER>
+__global__ void __launch_bounds__(256) embed_norm_kernel(bf16 *__restrict__ h, bf16 *__restrict__ xn,
+                                                         const int64_t *__restrict__ tokens,
+                                                         const bf16 *__restrict__ embed, const float *__restrict__ nw,
+                                                         int D, float eps)
+{
+    extern __shared__ float en_v[]; /* [D] */
+    __shared__ float red[32];
+    const int64_t t = blockIdx.x;
+    const uint4 *row = reinterpret_cast<const uint4 *>(embed + tokens[t] * (int64_t)D);
+    uint4 *hr = reinterpret_cast<uint4 *>(h + t * D);
+    for (int c = threadIdx.x; c < D / 8; c += blockDim.x) {
+        const uint4 x = row[c];
+        hr[c] = x;
+        float f[8];
+        unpack8_bf16(f, x);
+#pragma unroll
+        for (int q = 0; q < 8; q++) en_v[8 * c + q] = f[q];
+    }
+    __syncthreads();
+    norm_row_from_smem<PER>(xn + t * D, en_v, nw, D, eps, red);
+}
+
+extern "C" int cuda_embed_norm_ok(int64_t D, enum q3n_compute_dtype dt)
+{
+    return norm_fold_ok(D, dt);
+}
+
+extern "C" enum q3n_status cuda_embed_norm_forward(void *d_h, void *d_xn, const int64_t *d_tokens, const void *d_embed,
+                                                   const float *d_norm_w, double eps, int64_t T, int64_t D,
+                                                   enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                   struct q3n_error *err)
+{
+    Q3N_REQUIRE(T >= 0 && T <= INT32_MAX);
+    if (!norm_fold_ok(D, dt) || (((uintptr_t)d_h | (uintptr_t)d_xn | (uintptr_t)d_embed) & 15) != 0)
+        return q3n_error_set(err, Q3N_ERR_USAGE,
+                             "cuda_embed_norm: needs bf16, D %% 8 == 0, D <= 16 norm_threads(D) and 16-byte aligned "
+                             "buffers (D = %lld)",
+                             (long long)D);
+    if (T == 0) return Q3N_OK;
+    const unsigned nt = norm_threads(D);
+    const size_t smem = sizeof(float) * (size_t)D;
+    if (D <= 8 * (int64_t)nt)
+        embed_norm_kernel<8><<<(unsigned)T, nt, smem, stream>>>((bf16 *)d_h, (bf16 *)d_xn, d_tokens,
+                                                                (const bf16 *)d_embed, d_norm_w, (int)D, (float)eps);
+    else
+        embed_norm_kernel<16><<<(unsigned)T, nt, smem, stream>>>((bf16 *)d_h, (bf16 *)d_xn, d_tokens,
+                                                                 (const bf16 *)d_embed, d_norm_w, (int)D, (float)eps);
+    CU_LAUNCHED("embed_norm_kernel");
+    return Q3N_OK;
+}
+
 template <typename T>
 __global__ void to_f32_kernel(float *out, const T *x, int64_t rows, int64_t cols, int64_t ldx)
 {

@@ -61,7 +61,7 @@ static void describe_build(struct cuda_session *s)
     else if (s->opt.pack_experts && s->pack_why)
         snprintf(ex, sizeof ex, " experts=checkpoint(%s)", s->pack_why);
     /* glue=: the kernels around the GEMMs that ran their v2 (session 9's; absent: all ran v1), and
-     * combine_norm where the MoE combine did the residual add and the next norm (session 12) */
+     * norm_folds where the MoE combine or the embedding did the next norm (session 12) */
     char glue[96] = "";
     static const struct {
         int bit;
@@ -72,7 +72,7 @@ static void describe_build(struct cuda_session *s)
                       {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
                       {RAN_GLUE_SCAN, "scan_v2"},
                       {RAN_GLUE_SCAN3, "scan_v3"},
-                      {RAN_GLUE_COMBINE_NORM, "combine_norm"}};
+                      {RAN_GLUE_COMBINE_NORM, "norm_folds"}};
     for (size_t i = 0; i < sizeof glue_names / sizeof glue_names[0]; i++)
         if (s->ran_glue & glue_names[i].bit)
             snprintf(glue + strlen(glue), sizeof glue - strlen(glue), "%s%s", glue[0] ? "+" : " glue=",
@@ -183,9 +183,16 @@ static enum q3n_status forward_layers(struct cuda_session *s, const int64_t *d_t
     const struct q3n_config *c = &s->cfg;
     struct work *w = &s->w;
     const int64_t D = c->hidden_size, T = ps->T;
-    Q3N_TRY(cuda_embed_forward(w->h, d_tokens, s->embed, T, D, s->dt, s->stream, err));
-    TAPA2(w->h, T, D, "model.embed_tokens.out");
     enum carry carry = CARRY_NONE;
+    if (ps->fuse && c->num_hidden_layers > 0 && cuda_embed_norm_ok(D, s->dt)) {
+        /* taps off: the embedding with layer 0's input norm (bitwise the two launches) */
+        Q3N_TRY(cuda_embed_norm_forward(w->h, w->xn, d_tokens, s->embed, s->layers[0].in_norm, c->rms_norm_eps, T, D,
+                                        s->dt, s->stream, err));
+        s->ran_glue |= RAN_GLUE_COMBINE_NORM;
+        carry = CARRY_NORMED;
+    } else
+        Q3N_TRY(cuda_embed_forward(w->h, d_tokens, s->embed, T, D, s->dt, s->stream, err));
+    TAPA2(w->h, T, D, "model.embed_tokens.out");
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         char p[48];
         snprintf(p, sizeof p, "model.layers.%d", (int)l);

@@ -601,19 +601,7 @@ __global__ void __launch_bounds__(256)
         reinterpret_cast<uint4 *>(hr)[c] = pack8_bf16(v); /* exact: v is already a bf16 value */
     }
     __syncthreads();
-    float ss = 0.0f;
-#pragma unroll
-    for (int j = 0; j < PER; j++) {
-        const int i = threadIdx.x + j * blockDim.x;
-        if (i < D) ss += cn_v[i] * cn_v[i];
-    }
-    const float r = rms_scale(block_sum(ss, red), D, eps);
-    for (int c = threadIdx.x; c < D8; c += blockDim.x) {
-        float o[8];
-#pragma unroll
-        for (int q = 0; q < 8; q++) o[q] = cn_v[8 * c + q] * r * (1.0f + nw[8 * c + q]);
-        reinterpret_cast<uint4 *>(xn + (int64_t)t * D)[c] = pack8_bf16(o);
-    }
+    norm_row_from_smem<PER>(xn + (int64_t)t * D, cn_v, nw, D, eps, red);
 }
 
 static int combine_default(int64_t D, enum q3n_compute_dtype dt)
@@ -667,7 +655,7 @@ extern "C" enum q3n_status cuda_moe_combine_ver(void *d_experts_out, void *d_mlp
 
 extern "C" int cuda_moe_combine_norm_ok(int64_t D, enum q3n_compute_dtype dt)
 {
-    return dt == Q3N_COMPUTE_BF16 && D % 8 == 0 && D <= 16 * (int64_t)norm_threads(D); /* PER 8 or 16 */
+    return norm_fold_ok(D, dt);
 }
 
 extern "C" enum q3n_status cuda_moe_combine_norm(void *d_h, void *d_xn, const void *d_y, const int32_t *d_pos,

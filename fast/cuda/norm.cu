@@ -67,11 +67,56 @@ __global__ void add_rmsnorm_reg_kernel(T *__restrict__ out, T *__restrict__ h, c
     }
 }
 
+/* v2 of the same (bf16, norm_fold_ok, 16-byte aligned; session 12): 16-byte loads and stores of
+ * 8-element chunks where the kernel above moves one 2-byte element per load (2.5 TB/s at the real
+ * dims' T = 4096); the row's values go through shared memory so that the sum of squares keeps the
+ * kernel above's per-thread order (norm_row_from_smem): bitwise equal. */
+template <int PER>
+__global__ void __launch_bounds__(256) add_rmsnorm_v2_kernel(bf16 *__restrict__ out, bf16 *__restrict__ h,
+                                                             const bf16 *__restrict__ y, const float *__restrict__ w,
+                                                             int n, float eps)
+{
+    extern __shared__ float an_v[]; /* [n] */
+    __shared__ float red[32];
+    uint4 *hr = reinterpret_cast<uint4 *>(h + (int64_t)blockIdx.x * n);
+    const uint4 *yr = y ? reinterpret_cast<const uint4 *>(y + (int64_t)blockIdx.x * n) : NULL;
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        float v[8];
+        unpack8_bf16(v, hr[c]);
+        if (yr) {
+            float u[8];
+            unpack8_bf16(u, yr[c]);
+#pragma unroll
+            for (int q = 0; q < 8; q++) v[q] = __bfloat162float(__float2bfloat16_rn(v[q] + u[q]));
+            hr[c] = pack8_bf16(v); /* exact: already bf16 values */
+        }
+#pragma unroll
+        for (int q = 0; q < 8; q++) an_v[8 * c + q] = v[q];
+    }
+    __syncthreads();
+    norm_row_from_smem<PER>(out + (int64_t)blockIdx.x * n, an_v, w, n, eps, red);
+}
+
+static int add_rmsnorm_v2_ok(const void *out, const void *h, const void *y, int64_t n, enum q3n_compute_dtype dt)
+{
+    return norm_fold_ok(n, dt) && (((uintptr_t)out | (uintptr_t)h | (uintptr_t)y) & 15) == 0;
+}
+
 template <typename T>
 static void launch_add_rmsnorm(void *out, void *h, const void *y, const float *w, int64_t rows, int64_t n, double eps,
-                               cudaStream_t stream)
+                               int ver, cudaStream_t stream)
 {
     const unsigned nt = norm_threads(n);
+    if (ver == 2) {
+        const size_t smem = sizeof(float) * (size_t)n;
+        if (n <= 8 * (int64_t)nt)
+            add_rmsnorm_v2_kernel<8><<<(unsigned)rows, nt, smem, stream>>>((bf16 *)out, (bf16 *)h, (const bf16 *)y, w,
+                                                                           (int)n, (float)eps);
+        else
+            add_rmsnorm_v2_kernel<16><<<(unsigned)rows, nt, smem, stream>>>((bf16 *)out, (bf16 *)h, (const bf16 *)y,
+                                                                            w, (int)n, (float)eps);
+        return;
+    }
     if (n <= 8 * (int64_t)nt)
         add_rmsnorm_reg_kernel<T, 8><<<(unsigned)rows, nt, 0, stream>>>((T *)out, (T *)h, (const T *)y, w, (int)n,
                                                                          (float)eps);
@@ -82,18 +127,32 @@ static void launch_add_rmsnorm(void *out, void *h, const void *y, const float *w
         add_rmsnorm_kernel<T><<<(unsigned)rows, nt, 0, stream>>>((T *)out, (T *)h, (const T *)y, w, n, (float)eps);
 }
 
+extern "C" enum q3n_status cuda_add_rmsnorm_forward_ver(void *d_out, void *d_h, const void *d_y, const float *d_w,
+                                                        int64_t rows, int64_t n, double eps, int ver,
+                                                        enum q3n_compute_dtype dt, cudaStream_t stream,
+                                                        struct q3n_error *err)
+{
+    Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && n > 0 && ver >= 0 && ver <= 2);
+    const int v2 = add_rmsnorm_v2_ok(d_out, d_h, d_y, n, dt);
+    if (ver == 0) ver = v2 ? 2 : 1;
+    if (ver == 2 && !v2)
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda add_rmsnorm v2: needs bf16, n %% 8 == 0, n <= 16 "
+                                                 "norm_threads(n) and 16-byte aligned buffers (n = %lld)",
+                             (long long)n);
+    if (rows == 0) return Q3N_OK;
+    if (dt == Q3N_COMPUTE_BF16)
+        launch_add_rmsnorm<bf16>(d_out, d_h, d_y, d_w, rows, n, eps, ver, stream);
+    else
+        launch_add_rmsnorm<float>(d_out, d_h, d_y, d_w, rows, n, eps, ver, stream);
+    CU_LAUNCHED("add_rmsnorm_kernel");
+    return Q3N_OK;
+}
+
 extern "C" enum q3n_status cuda_add_rmsnorm_forward(void *d_out, void *d_h, const void *d_y, const float *d_w,
                                                     int64_t rows, int64_t n, double eps, enum q3n_compute_dtype dt,
                                                     cudaStream_t stream, struct q3n_error *err)
 {
-    Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && n > 0);
-    if (rows == 0) return Q3N_OK;
-    if (dt == Q3N_COMPUTE_BF16)
-        launch_add_rmsnorm<bf16>(d_out, d_h, d_y, d_w, rows, n, eps, stream);
-    else
-        launch_add_rmsnorm<float>(d_out, d_h, d_y, d_w, rows, n, eps, stream);
-    CU_LAUNCHED("add_rmsnorm_kernel");
-    return Q3N_OK;
+    return cuda_add_rmsnorm_forward_ver(d_out, d_h, d_y, d_w, rows, n, eps, 0, dt, stream, err);
 }
 
 extern "C" enum q3n_status cuda_rmsnorm_forward(void *d_out, const void *d_x, const float *d_w, int64_t rows,

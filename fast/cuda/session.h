@@ -41,7 +41,7 @@
 #define RAN_GLUE_DN_PREP 4
 #define RAN_GLUE_GATED_NORM 8
 #define RAN_GLUE_SCAN 16
-#define RAN_GLUE_COMBINE_NORM 32 /* the MoE combine with the residual add and the next norm */
+#define RAN_GLUE_COMBINE_NORM 32 /* norm folds: the MoE combine or the embedding with the next norm */
 #define RAN_GLUE_SCAN3 64         /* the permutation's scan v3 (over blocks of experts) */
 #define RAN_GLUE_QK_PREP3 128     /* the attention q/k prep's v3 (a RoPE table per token) */
 /* ran_side bits (side_stream.cu) */

@@ -15,7 +15,8 @@
  *  - combine v2 (cuda_moe_combine_ver 2: 16-byte loads, all K slots in flight) bitwise equal to v1
  *    on both outputs, with and without the shared expert, pos, experts_out; D % 8 != 0 keeps v1;
  *  - the combine with the residual add and the next norm folded in (cuda_moe_combine_norm) bitwise
- *    the chain combine + add_rmsnorm on h and xn, for 64, 128 and 256-thread norms, PER 8 and 16.
+ *    the chain combine + add_rmsnorm on h and xn, for 64, 128 and 256-thread norms, PER 8 and 16;
+ *    likewise the embedding with the first norm (cuda_embed_norm_forward); SwiGLU v2 bitwise v1.
  * Timings (CUDA events, 3 warm-ups, median of 10): MoE experts at T=4096 and 16384, old (gather +
  * grouped v1 + swiglu + grouped v1) vs new (v3), and decode (T=1, shared expert) old vs new, with
  * the down+combine versions, the packed-expert launches and the router versions at T=1 timed one by
@@ -672,6 +673,101 @@ static void case_combine(int64_t T, int64_t D, int64_t K, int shared, int perm, 
         if (q) CK(cudaFree(q));
 }
 
+/* The embedding with the first input norm folded in (cuda_embed_norm_forward) against the chain it
+ * replaces (cuda_embed_forward, then cuda_rmsnorm_forward): h and xn bitwise, REPEAT runs; timed. */
+static void case_embed_norm(int64_t T, int64_t D, int64_t V, int timing)
+{
+    int chain_ver = 1; /* the chain's norm: v1 (2-byte loads) for the check, the default for the timing */
+    const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
+    const double eps = 1e-6;
+    void *table = dfill(V * D, 0.5f, 71 + D);
+    std::vector<int64_t> tok((size_t)T);
+    for (auto &x : tok) x = q3n_rng_int(&g_rng, 0, V - 1);
+    int64_t *dtok = (int64_t *)dmalloc(8 * T);
+    CK(cudaMemcpy(dtok, tok.data(), 8 * T, cudaMemcpyHostToDevice));
+    float *nw = (float *)upload(randn(D, 0.3, 0), 0);
+    dbuf h1 = dnew(2 * T * D), x1 = dnew(2 * T * D), h2 = dnew(2 * T * D), x2 = dnew(2 * T * D);
+    auto chain = [&]() {
+        RUN(cuda_embed_forward(h1.p, dtok, table, T, D, dt, g_stream, E_));
+        RUN(cuda_add_rmsnorm_forward_ver(x1.p, h1.p, NULL, nw, T, D, eps, chain_ver, dt, g_stream, E_));
+    };
+    auto fused = [&]() { RUN(cuda_embed_norm_forward(h2.p, x2.p, dtok, table, nw, eps, T, D, dt, g_stream, E_)); };
+    poison(h1), poison(x1);
+    chain();
+    CK(cudaStreamSynchronize(g_stream));
+    const auto wh = raw16(h1.p, T * D), wx = raw16(x1.p, T * D);
+    std::vector<uint16_t> gh, gx;
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        poison(h2), poison(x2);
+        fused();
+        CK(cudaStreamSynchronize(g_stream));
+        auto a = raw16(h2.p, T * D), b = raw16(x2.p, T * D);
+        if (r == 0)
+            gh = a, gx = b;
+        else
+            det &= a == gh && b == gx;
+    }
+    const int64_t dh = count_diff(gh, wh), dx = count_diff(gx, wx);
+    const int pass = dh == 0 && dx == 0 && det && guard_ok(h2) && guard_ok(x2);
+    g_cases++;
+    if (!pass) g_fail++;
+    char name[200];
+    snprintf(name, sizeof name, "embed_norm == embed + rmsnorm bitwise T=%lld D=%lld V=%lld", (long long)T, (long long)D,
+             (long long)V);
+    printf("%-78s h %lld, xn %lld of %lld differ det=%s guard=%s %s [%.1fs]\n", name, (long long)dh, (long long)dx,
+           (long long)(T * D), det ? "yes" : "NO", guard_ok(h2) && guard_ok(x2) ? "ok" : "BROKEN", pass ? "OK" : "FAIL",
+           now_s() - g_t0);
+    if (timing) {
+        chain_ver = 0;
+        const float tc = time_ms([&](int) { chain(); }, 10), tf = time_ms([&](int) { fused(); }, 10);
+        printf("TIME embed_norm T=%lld D=%lld: embed + rmsnorm %.1f us, fused %.1f us, %.2fx\n", (long long)T,
+               (long long)D, tc * 1e3, tf * 1e3, tc / tf);
+    }
+    dfree(h1), dfree(x1), dfree(h2), dfree(x2);
+    void *ps[] = {table, dtok, nw};
+    for (void *q : ps) CK(cudaFree(q));
+}
+
+/* add_rmsnorm v2 (16-byte loads, the row in shared memory) against v1: xn and h bitwise, with and
+ * without the add; timed at the real dims. */
+static void case_add_rmsnorm(int64_t T, int64_t D, int add, int timing)
+{
+    const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
+    void *h0 = dfill(T * D, 3.0f, 81 + D), *y = add ? dfill(T * D, 2.0f, 82) : NULL;
+    float *nw = (float *)upload(randn(D, 0.3, 0), 0);
+    dbuf h[3], x[3];
+    for (int v = 1; v <= 2; v++) {
+        h[v] = dnew(2 * T * D), x[v] = dnew(2 * T * D);
+        poison(x[v]);
+        CK(cudaMemcpyAsync(h[v].p, h0, 2 * T * D, cudaMemcpyDeviceToDevice, g_stream));
+        RUN(cuda_add_rmsnorm_forward_ver(x[v].p, h[v].p, y, nw, T, D, 1e-6, v, dt, g_stream, E_));
+    }
+    CK(cudaStreamSynchronize(g_stream));
+    const int64_t dh = count_diff(raw16(h[2].p, T * D), raw16(h[1].p, T * D)),
+                  dx = count_diff(raw16(x[2].p, T * D), raw16(x[1].p, T * D));
+    const int pass = dh == 0 && dx == 0 && guard_ok(h[2]) && guard_ok(x[2]);
+    g_cases++;
+    if (!pass) g_fail++;
+    char name[160];
+    snprintf(name, sizeof name, "add_rmsnorm v2 == v1 bitwise T=%lld D=%lld%s", (long long)T, (long long)D,
+             add ? " add" : "");
+    printf("%-78s h %lld, xn %lld of %lld differ guard=%s %s [%.1fs]\n", name, (long long)dh, (long long)dx,
+           (long long)(T * D), guard_ok(h[2]) && guard_ok(x[2]) ? "ok" : "BROKEN", pass ? "OK" : "FAIL",
+           now_s() - g_t0);
+    if (timing) { /* in place on h: the values drift, the work does not */
+        float t[3];
+        for (int v = 1; v <= 2; v++)
+            t[v] = time_ms([&](int) { RUN(cuda_add_rmsnorm_forward_ver(x[v].p, h[v].p, y, nw, T, D, 1e-6, v, dt, g_stream, E_)); }, 10);
+        printf("TIME add_rmsnorm T=%lld D=%lld%s: v1 %.1f us, v2 %.1f us, %.2fx\n", (long long)T, (long long)D,
+               add ? " add" : "", t[1] * 1e3, t[2] * 1e3, t[1] / t[2]);
+    }
+    for (int v = 1; v <= 2; v++) dfree(h[v]), dfree(x[v]);
+    void *ps[] = {h0, y, nw};
+    for (void *q : ps)
+        if (q) CK(cudaFree(q));
+}
+
 /* SwiGLU v2 (8 outputs a thread) against v1 (a thread per output): bitwise, REPEAT runs; timed. */
 static void case_swiglu(int64_t rows, int64_t W, int timing)
 {
@@ -716,6 +812,7 @@ static void case_swiglu(int64_t rows, int64_t W, int timing)
  * identical; timed against the chain at the real dims. */
 static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int perm, int timing)
 {
+    int chain_ver = 1; /* the chain's add_rmsnorm: v1 (2-byte loads) for the check, the default for the timing */
     const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
     const int64_t n = T * K;
     const double eps = 1e-6;
@@ -735,7 +832,7 @@ static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int p
     auto chain = [&]() {
         CK(cudaMemcpyAsync(h1.p, h0, 2 * T * D, cudaMemcpyDeviceToDevice, g_stream));
         RUN(cuda_moe_combine(eo.p, mo.p, y, dpos, dw, sh, sg, T, D, K, dt, g_stream, E_));
-        RUN(cuda_add_rmsnorm_forward(x1.p, h1.p, mo.p, nw, T, D, eps, dt, g_stream, E_));
+        RUN(cuda_add_rmsnorm_forward_ver(x1.p, h1.p, mo.p, nw, T, D, eps, chain_ver, dt, g_stream, E_));
     };
     auto fused = [&]() {
         CK(cudaMemcpyAsync(h2.p, h0, 2 * T * D, cudaMemcpyDeviceToDevice, g_stream));
@@ -770,6 +867,7 @@ static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int p
            (long long)dx, (long long)(T * D), (long long)nonfinite, det ? "yes" : "NO",
            guard_ok(h2) && guard_ok(x2) ? "ok" : "BROKEN", pass ? "OK" : "FAIL", now_s() - g_t0);
     if (timing) { /* both include the copy of h that restores the residual (2 T D bytes each way) */
+        chain_ver = 0;
         const float tc = time_ms([&](int) { chain(); }, 10), tf = time_ms([&](int) { fused(); }, 10);
         printf("TIME combine_norm T=%lld D=%lld K=%lld%s: combine + add_rmsnorm %.3f ms, fused %.3f ms, %.2fx\n",
                (long long)T, (long long)D, (long long)K, shared ? " +shared" : "", tc, tf, tc / tf);
@@ -984,6 +1082,16 @@ int main(int argc, char **argv)
     case_combine(4096, 2048, 10, 1, 1, 0, !quick);
     case_combine(16384, 2048, 10, 0, 1, 0, !quick);
     case_combine(16384, 2048, 10, 1, 1, 0, !quick);
+    case_add_rmsnorm(3, 2048, 1, 0);
+    case_add_rmsnorm(17, 64, 0, 0);
+    case_add_rmsnorm(5, 4096, 1, 0);
+    case_add_rmsnorm(9, 520, 1, 0);
+    case_add_rmsnorm(4096, 2048, 1, !quick);
+    case_embed_norm(7, 2048, 1000, 0);
+    case_embed_norm(33, 64, 50, 0);    /* 64 threads */
+    case_embed_norm(5, 4096, 300, 0);  /* PER 16 */
+    case_embed_norm(9, 520, 77, 0);    /* 128 threads, D not a multiple of the block */
+    case_embed_norm(4096, 2048, 151936, !quick);
     case_swiglu(37, 24, 0);
     case_swiglu(4096, 512, !quick);   /* the shared expert at T = 4096 */
     case_swiglu(16384, 512, !quick);
