@@ -31,7 +31,9 @@
 #define S3_LDO (S3_BV + 8) /* bf16 row stride of the O staging tile */
 
 /* Shared memory, byte offsets from a 1024-aligned base. Two stages of chunk operands, then the
- * O staging tile and the decay factors. */
+ * decay factors. The O staging tile [64 i][S3_LDO] bf16 takes the W/Q panels of the chunk's own
+ * stage once the chunk's last wgmma batch has completed (session 12: 9 KB less, so that an SM holding
+ * a scan block also holds one prep block, 149.5 + 69.75 KB, when the two run pipelined). */
 struct s3_smem {
     static constexpr int WQ = 0;                          /* [128 rows: W 0-63, Q 64-127][128 d] bf16, 2 panels */
     static constexpr int K = WQ + 128 * TC_D * 2;         /* [64 i][128 d] bf16, 2 panels */
@@ -39,9 +41,10 @@ struct s3_smem {
     static constexpr int U = A + TC_C * TC_C * 2;         /* [64 i][S3_LDU] float */
     static constexpr int G = U + TC_C * S3_LDU * 4;       /* [64] float */
     static constexpr int STAGE = (G + TC_C * 4 + 1023) / 1024 * 1024;
-    static constexpr int OS = 2 * STAGE;                  /* [64 i][S3_LDO] bf16 */
-    static constexpr int E = OS + TC_C * S3_LDO * 2;      /* exp(G_i) [64], exp(G_C - G_i) [64], exp(G_C) */
+    static constexpr int OS = WQ;                         /* in the chunk's stage: [64 i][S3_LDO] bf16 */
+    static constexpr int E = 2 * STAGE;                   /* exp(G_i) [64], exp(G_C - G_i) [64], exp(G_C) */
     static constexpr int BYTES = E + (2 * TC_C + 4) * 4 + 1024; /* + alignment slack */
+    static_assert(TC_C * S3_LDO * 2 <= K - WQ, "the O tile fits in the W/Q panels");
 };
 
 /* cp.async of chunk n's operands for head h, value columns c0.. into the stage at st. Thread tid
@@ -95,7 +98,6 @@ __global__ void __launch_bounds__(128, 1) tc_scan3_kernel(bf16 *o, float *state,
     extern __shared__ unsigned char s3_raw[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(s3_raw), sbase = (sraw + 1023u) & ~1023u;
     unsigned char *gbase = s3_raw + (sbase - sraw);
-    bf16 *Os = reinterpret_cast<bf16 *>(gbase + s3_smem::OS);
     float *E = reinterpret_cast<float *>(gbase + s3_smem::E);
     const int h = blockIdx.y, kh = h / (NV / NK), c0 = blockIdx.x * S3_BV;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, tq = lane & 3;
@@ -201,7 +203,11 @@ __global__ void __launch_bounds__(128, 1) tc_scan3_kernel(bf16 *o, float *state,
         wg_pin<32>(oacc);
         wg_pin<64>(s);
 
-        /* O^T -> Os[i][v] (bf16, transposed by stmatrix) -> o[t0 + i][h][c0 ..], 128-byte rows */
+        /* O^T -> Os[i][v] (bf16, transposed by stmatrix) -> o[t0 + i][h][c0 ..], 128-byte rows. Os is in
+         * this chunk's W/Q panels, which the completed wgmma's (async proxy) no longer read: the
+         * proxy fence orders those reads before the generic stores */
+        bf16 *Os = reinterpret_cast<bf16 *>(gbase + (n & 1) * s3_smem::STAGE + s3_smem::OS);
+        wg_proxy_fence();
 #pragma unroll
         for (int j0 = 0; j0 < 8; j0 += 2) {
             uint32_t r[4]; /* 8x8 blocks (i block j0 + k / 2, v half k % 2) of O^T */
