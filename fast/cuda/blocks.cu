@@ -135,7 +135,7 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
             Q3N_TRY(cuda_delta_rule_chunked(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs, T, NK,
                                             NV, DK, DV, C, dt, s->stream, err));
         s->ran_chunked = 2; /* describe: +dn_prep_v1 or v2 */
-        if (qkv_bf16 && s->tpipe.stream && cuda_delta_rule_chunked_tc_has_v3()) s->ran_side |= RAN_SIDE_TC_SCAN;
+        if (qkv_bf16 && s->tpipe.stream && cuda_delta_rule_chunked_tc_pipes(NV)) s->ran_side |= RAN_SIDE_TC_SCAN;
         if (cuda_deltanet_prep_ver_for(DK, DV, Kc) == 2) s->ran_glue |= RAN_GLUE_DN_PREP;
         Q3N_TRY(cuda_deltanet_gated_norm_forward(w->gn, w->core, w->big, L->gnorm, T, NK, NV, DK, DV, c->rms_norm_eps,
                                                  dt, s->stream, err));

@@ -157,14 +157,17 @@ enum q3n_status cuda_delta_rule_chunked_tc_bf16(void *d_o, float *d_state, const
                                                 float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
                                                 int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
                                                 struct q3n_error *err);
-/* The same with the two phases pipelined where scan v3 runs (scan_warps 0 or Q3N_TC_SCAN_V3 on
- * compute capability 9.0; elsewhere, or pipe NULL, as above): the scan runs on pipe->stream beside
+/* The same with the two phases pipelined where cuda_delta_rule_chunked_tc_pipes(NV) (scan v3 runs:
+ * compute capability 9.0, and the device has more SMs than the scan has blocks, 2 NV, so that the
+ * prep always finds an SM) and scan_warps is 0 or Q3N_TC_SCAN_V3; elsewhere, or with pipe NULL, as
+ * above. The scan runs on pipe->stream beside
  * the prep, which sets a flag in the scratch per (chunk, key head) written; the scan waits for a
  * chunk's flag before it copies the chunk. The prep's blocks go chunk by chunk, so the scan (half
  * the SMs at NV = 32) follows the prep's front on the SMs it leaves. The same kernels and
  * arithmetic: bitwise the sequential run (dev/test_delta_tc). pipe->stream should have a higher
  * priority than stream (the scan's blocks then take SMs as the prep's first wave ends); its events
  * fork (after the flags are cleared on stream) and join (stream waits for the scan). */
+int cuda_delta_rule_chunked_tc_pipes(int64_t NV);
 struct cuda_tc_pipe {
     cudaStream_t stream;
     cudaEvent_t fork, join;

@@ -605,6 +605,25 @@ extern "C" const char *cuda_delta_rule_chunked_tc_kernel(void)
  * warps per v2 scan block, 2, 4 or 8 (a pair of warps per 16 value columns, splitting DK); 0 picks
  * (v3 where it runs, else v2 with 4 warps); -1 runs the prep kernel alone (timing only: o and
  * state untouched). TI: the type of q, k, v. */
+/* The pipelined run waits inside the scan's blocks for the prep's, so the prep must always find an
+ * SM: with more SMs than scan blocks (2 NV at DV = 128) one SM at least holds no scan block. (A prep
+ * block also fits beside a scan block: 69.75 + 149.5 KB of shared memory, 168 + 197 registers a
+ * thread over 128 + 128 threads.) */
+static int tc_pipe_progress(int64_t NV)
+{
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError(); /* clear: the answer is just "no" */
+        return 0;
+    }
+    return sms > 2 * NV;
+}
+
+extern "C" int cuda_delta_rule_chunked_tc_pipes(int64_t NV)
+{
+    return tc_scan3_ok() && tc_pipe_progress(NV);
+}
+
 template <typename TI>
 static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI *d_k, const TI *d_v,
                               const float *d_g, const float *d_beta, float *d_scratch, int64_t T, int64_t NK,
@@ -622,7 +641,7 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
     char *scr = reinterpret_cast<char *>(d_scratch);
     if (scan_warps == 0) scan_warps = tc_scan3_ok() ? Q3N_TC_SCAN_V3 : TC_SCAN_WARPS_DEFAULT;
     int *flags = NULL;
-    if (pipe && scan_warps == Q3N_TC_SCAN_V3 && tc_scan3_ok()) {
+    if (pipe && scan_warps == Q3N_TC_SCAN_V3 && cuda_delta_rule_chunked_tc_pipes(NV)) {
         /* pipelined (see cuda_delta_rule_chunked_tc_bf16_piped): flags cleared, the scan's stream
          * forked after that, the prep launched first so that its first wave fills the GPU */
         flags = reinterpret_cast<int *>(scr + lay.flags);
