@@ -17,6 +17,19 @@ static void short_name(char *out, size_t n, const char *name, const char *fallba
     snprintf(out, n, "%.*s%s%.*s", (int)w, name, v ? "_" : "", (int)vl, v ? v + 1 : "");
 }
 
+/* out = head and the names of the bits set in bits, joined by '+' ("" when none is set). */
+struct bit_name {
+    int bit;
+    const char *name;
+};
+static void bit_names(char *out, size_t n, const char *head, int bits, const struct bit_name *tab, size_t k)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < k; i++)
+        if (bits & tab[i].bit)
+            snprintf(out + strlen(out), n - strlen(out), "%s%s", out[0] ? "+" : head, tab[i].name);
+}
+
 /* Compact (verify stores "<prefill>; decode: <decode>" in 256 bytes). Names: dn = delta rule
  * (the first word of cuda_delta_rule_chunked_kernel_for(): chunk_v4 fp32 SIMT, chunk_tc_v2 bf16 tensor
  * cores, chunk_tc_v3 the same prep with the wgmma scan (sm_90); and of cuda_delta_rule_recurrent_kernel_for(): rec_v1, rec_v2 = the one-token step), attn = first word and version of cuda_attention_kernel() for the prefill and
@@ -62,34 +75,19 @@ static void describe_build(struct cuda_session *s)
         snprintf(ex, sizeof ex, " experts=checkpoint(%s)", s->pack_why);
     /* glue=: the kernels around the GEMMs that ran their v2 (session 9's; absent: all ran v1), and
      * norm_folds where the MoE combine or the embedding did the next norm (session 12) */
-    char glue[96] = "";
-    static const struct {
-        int bit;
-        const char *name;
-    } glue_names[] = {{RAN_GLUE_QK_PREP, "qk_prep_v2"},
-                      {RAN_GLUE_QK_PREP3, "qk_prep_v3"},
-                      {RAN_GLUE_GATE, "gate_v2"},
-                      {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
-                      {RAN_GLUE_SCAN, "scan_v2"},
-                      {RAN_GLUE_SCAN3, "scan_v3"},
-                      {RAN_GLUE_COMBINE_NORM, "norm_folds"}};
-    for (size_t i = 0; i < sizeof glue_names / sizeof glue_names[0]; i++)
-        if (s->ran_glue & glue_names[i].bit)
-            snprintf(glue + strlen(glue), sizeof glue - strlen(glue), "%s%s", glue[0] ? "+" : " glue=",
-                     glue_names[i].name);
+    static const struct bit_name glue_names[] = {{RAN_GLUE_QK_PREP, "qk_prep_v2"},   {RAN_GLUE_QK_PREP3, "qk_prep_v3"},
+                                                 {RAN_GLUE_GATE, "gate_v2"},         {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
+                                                 {RAN_GLUE_SCAN, "scan_v2"},         {RAN_GLUE_SCAN3, "scan_v3"},
+                                                 {RAN_GLUE_COMBINE_NORM, "norm_folds"}};
+    char glue[96];
+    bit_names(glue, sizeof glue, " glue=", s->ran_glue, glue_names, sizeof glue_names / sizeof glue_names[0]);
     /* side=: the prefill GEMMs that ran on the side stream (side_stream.cu) */
-    static const struct {
-        int bit;
-        const char *name;
-    } side_names[] = {{RAN_SIDE_SHARED, "shared_expert"},
-                      {RAN_SIDE_BA, "in_proj_ba"},
-                      {RAN_SIDE_KV, "kv_proj"},
-                      {RAN_SIDE_TC_SCAN, "delta_scan"}};
-    char side[64] = "";
-    for (size_t i = 0; i < sizeof side_names / sizeof side_names[0]; i++)
-        if (s->ran_side & side_names[i].bit)
-            snprintf(side + strlen(side), sizeof side - strlen(side), "%s%s", side[0] ? "+" : " side=",
-                     side_names[i].name);
+    static const struct bit_name side_names[] = {{RAN_SIDE_SHARED, "shared_expert"},
+                                                 {RAN_SIDE_BA, "in_proj_ba"},
+                                                 {RAN_SIDE_KV, "kv_proj"},
+                                                 {RAN_SIDE_TC_SCAN, "delta_scan"}};
+    char side[64];
+    bit_names(side, sizeof side, " side=", s->ran_side, side_names, sizeof side_names / sizeof side_names[0]);
     snprintf(s->desc, sizeof s->desc, "cuda-%s gemm=cublas32F(noTF32)%s dn=%s attn=%s moe=%s%s%s%s%s",
              s->dt == Q3N_COMPUTE_BF16 ? "bf16" : "f32", s->dt == Q3N_COMPUTE_BF16 ? "+gemv1" : "", dn[0] ? dn : "-",
              at[0] ? at : "-", moe[0] ? moe : "-", glue, side, ex, dec);

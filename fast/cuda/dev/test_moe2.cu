@@ -611,6 +611,25 @@ static int64_t count_diff(const std::vector<uint16_t> &a, const std::vector<uint
     for (size_t i = 0; i < a.size(); i++) d += a[i] != b[i];
     return d + (a.size() != b.size());
 }
+/* Runs fused() REPEAT times into a and b (poisoned before each run): the first run's bits in ga, gb;
+ * returns whether every run gave the same bits. */
+template <typename F>
+static int repeat_pair(F fused, dbuf &a, dbuf &b, int64_t n, std::vector<uint16_t> &ga, std::vector<uint16_t> &gb)
+{
+    int det = 1;
+    for (int r = 0; r < REPEAT; r++) {
+        poison(a), poison(b);
+        fused();
+        CK(cudaStreamSynchronize(g_stream));
+        auto x = raw16(a.p, n), y = raw16(b.p, n);
+        if (r == 0)
+            ga = x, gb = y;
+        else
+            det &= x == ga && y == gb;
+    }
+    return det;
+}
+
 static void case_combine(int64_t T, int64_t D, int64_t K, int shared, int perm, int no_eo, int timing)
 {
     const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
@@ -634,17 +653,7 @@ static void case_combine(int64_t T, int64_t D, int64_t K, int shared, int perm, 
     CK(cudaStreamSynchronize(g_stream));
     const auto we = raw16(eo1.p, T * D), wm = raw16(mo1.p, T * D);
     std::vector<uint16_t> ge, gm;
-    int det = 1;
-    for (int r = 0; r < REPEAT; r++) {
-        poison(eo2), poison(mo2);
-        run(0, eo2, mo2);
-        CK(cudaStreamSynchronize(g_stream));
-        auto e = raw16(eo2.p, T * D), m = raw16(mo2.p, T * D);
-        if (r == 0)
-            ge = e, gm = m;
-        else
-            det &= e == ge && m == gm;
-    }
+    const int det = repeat_pair([&]() { run(0, eo2, mo2); }, eo2, mo2, T * D, ge, gm);
     /* with experts_out NULL neither version writes it: both stay NaN-poisoned */
     const int64_t de = count_diff(ge, we), dm = count_diff(gm, wm);
     int64_t nonfinite = 0;
@@ -697,17 +706,7 @@ static void case_embed_norm(int64_t T, int64_t D, int64_t V, int timing)
     CK(cudaStreamSynchronize(g_stream));
     const auto wh = raw16(h1.p, T * D), wx = raw16(x1.p, T * D);
     std::vector<uint16_t> gh, gx;
-    int det = 1;
-    for (int r = 0; r < REPEAT; r++) {
-        poison(h2), poison(x2);
-        fused();
-        CK(cudaStreamSynchronize(g_stream));
-        auto a = raw16(h2.p, T * D), b = raw16(x2.p, T * D);
-        if (r == 0)
-            gh = a, gx = b;
-        else
-            det &= a == gh && b == gx;
-    }
+    const int det = repeat_pair(fused, h2, x2, T * D, gh, gx);
     const int64_t dh = count_diff(gh, wh), dx = count_diff(gx, wx);
     const int pass = dh == 0 && dx == 0 && det && guard_ok(h2) && guard_ok(x2);
     g_cases++;
@@ -843,17 +842,7 @@ static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int p
     CK(cudaStreamSynchronize(g_stream));
     const auto wh = raw16(h1.p, T * D), wx = raw16(x1.p, T * D);
     std::vector<uint16_t> gh, gx;
-    int det = 1;
-    for (int r = 0; r < REPEAT; r++) {
-        poison(h2), poison(x2);
-        fused();
-        CK(cudaStreamSynchronize(g_stream));
-        auto a = raw16(h2.p, T * D), b = raw16(x2.p, T * D);
-        if (r == 0)
-            gh = a, gx = b;
-        else
-            det &= a == gh && b == gx;
-    }
+    const int det = repeat_pair(fused, h2, x2, T * D, gh, gx);
     const int64_t dh = count_diff(gh, wh), dx = count_diff(gx, wx);
     int64_t nonfinite = 0;
     for (uint16_t u : gx) nonfinite += (u & 0x7f80u) == 0x7f80u;
