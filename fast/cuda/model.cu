@@ -136,7 +136,8 @@ enum carry {
     CARRY_NONE,    /* h is final: xn = rmsnorm(h) */
     CARRY_PENDING, /* h += y is still to do: the input norm does it (h = T(h + y), xn = rmsnorm(h): one
                     * launch, the same roundings as add then norm) */
-    CARRY_NORMED   /* the previous MoE block's combine did the add and this norm (next_norm below) */
+    CARRY_NORMED   /* the previous MoE block's combine did the add and this norm (next_norm below), or for
+                    * layer 0 the embedding kernel did the norm */
 };
 
 /* One decoder layer on w.h (in place), taps under prefix p ("model.layers.3", "mtp.layers.0").
