@@ -630,20 +630,26 @@ static int repeat_pair(F fused, dbuf &a, dbuf &b, int64_t n, std::vector<uint16_
     return det;
 }
 
+/* A random permutation of 0..n-1 (Fisher-Yates on g_rng, drawn whether or not it is kept) on the
+ * device when keep, else NULL (the combine's pos = identity). */
+static int32_t *shuffled_pos(int64_t n, int keep)
+{
+    std::vector<int32_t> p((size_t)n);
+    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)i;
+    for (int64_t i = n - 1; i > 0; i--) std::swap(p[i], p[q3n_rng_int(&g_rng, 0, i)]);
+    if (!keep) return NULL;
+    int32_t *d = (int32_t *)dmalloc(4 * n);
+    CK(cudaMemcpy(d, p.data(), 4 * n, cudaMemcpyHostToDevice));
+    return d;
+}
+
 static void case_combine(int64_t T, int64_t D, int64_t K, int shared, int perm, int no_eo, int timing)
 {
     const enum q3n_compute_dtype dt = Q3N_COMPUTE_BF16;
     const int64_t n = T * K;
     void *y = dfill(n * D, 1.7f, 41 + T), *sh = shared ? dfill(T * D, 1.3f, 42) : NULL,
          *sg = shared ? dfill(T, 4.0f, 43) : NULL;
-    std::vector<int32_t> p((size_t)n);
-    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)i;
-    for (int64_t i = n - 1; i > 0; i--) std::swap(p[i], p[q3n_rng_int(&g_rng, 0, i)]); /* Fisher-Yates */
-    int32_t *dpos = NULL;
-    if (perm) {
-        dpos = (int32_t *)dmalloc(4 * n);
-        CK(cudaMemcpy(dpos, p.data(), 4 * n, cudaMemcpyHostToDevice));
-    }
+    int32_t *dpos = shuffled_pos(n, perm);
     float *dw = (float *)upload(randu(n, 0.02, 0.5), 0);
     dbuf eo1 = dnew(2 * T * D), mo1 = dnew(2 * T * D), eo2 = dnew(2 * T * D), mo2 = dnew(2 * T * D);
     auto run = [&](int ver, dbuf &eo, dbuf &mo) {
@@ -817,14 +823,7 @@ static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int p
     const double eps = 1e-6;
     void *y = dfill(n * D, 1.7f, 51 + T), *sh = shared ? dfill(T * D, 1.3f, 52) : NULL,
          *sg = shared ? dfill(T, 4.0f, 53) : NULL, *h0 = dfill(T * D, 3.0f, 54);
-    std::vector<int32_t> p((size_t)n);
-    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)i;
-    for (int64_t i = n - 1; i > 0; i--) std::swap(p[i], p[q3n_rng_int(&g_rng, 0, i)]); /* Fisher-Yates */
-    int32_t *dpos = NULL;
-    if (perm) {
-        dpos = (int32_t *)dmalloc(4 * n);
-        CK(cudaMemcpy(dpos, p.data(), 4 * n, cudaMemcpyHostToDevice));
-    }
+    int32_t *dpos = shuffled_pos(n, perm);
     float *dw = (float *)upload(randu(n, 0.02, 0.5), 0), *nw = (float *)upload(randn(D, 0.3, 0), 0);
     dbuf eo = dnew(2 * T * D), mo = dnew(2 * T * D), h1 = dnew(2 * T * D), x1 = dnew(2 * T * D), h2 = dnew(2 * T * D),
          x2 = dnew(2 * T * D);
