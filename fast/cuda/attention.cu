@@ -192,6 +192,82 @@ __global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_v3_kernel(QKP_ARGS_DE
     for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS)
         qk_prep_row<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
 }
+
+/* v4 (bf16, HD % 8 == 0, 16-byte aligned rows; session 13): v3's block per token with every row
+ * moved as 16-byte vectors. Lane l holds the elements 8 l .. 8 l + 7 where v3 holds l + 32 m, read by
+ * one 16-byte load where v3 issues 8 two-byte loads (ncu, session 12: v3 84 us at T = 4096 for ~75 MB,
+ * ~0.9 TB/s). The sum of squares still runs over v3's layout (the row passes through the warp's shared
+ * row, lane l reading the elements l + 32 m), and every element goes through v3's float operations:
+ * bitwise v3 (dev/test_kernels). */
+template <int NM>
+__device__ __forceinline__ void qk_prep_row16(int t, int slot, float *yw, const float *cs_c, const float *cs_s,
+                                              bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn, const bf16 *qg,
+                                              const bf16 *k, const bf16 *v, const float *qw, const float *kw,
+                                              int64_t pos0, int NH, int NKV, int HD, int rot, float theta, float eps)
+{
+    const int lane = threadIdx.x & 31, d0 = 8 * lane, mine = d0 < HD;
+    const int isq = slot < NH, hh = isq ? slot : slot - NH;
+    const bf16 *src = isq ? qg + ((int64_t)t * NH + hh) * 2 * HD : k + ((int64_t)t * NKV + hh) * HD;
+    const float *w = isq ? qw : kw;
+    float x[8];
+    if (mine) {
+        unpack8_bf16(x, *reinterpret_cast<const uint4 *>(src + d0));
+#pragma unroll
+        for (int i = 0; i < 8; i++) yw[d0 + i] = x[i];
+    }
+    __syncwarp();
+    float xv[NM]; /* v3's layout: xv[m] = element lane + 32 m */
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        const int d = lane + 32 * m;
+        xv[m] = d < HD ? yw[d] : 0.0f;
+    }
+    const float tot = warp_block_sum_sq<4, NM>(xv, HD, lane);
+    const float r = 1.0f / sqrtf(tot / (float)HD + eps);
+    __syncwarp(); /* every lane has read x from yw: the normed row replaces it */
+    bf16 *nout = isq ? (qn ? qn + ((int64_t)t * NH + hh) * HD : nullptr)
+                     : (kn ? kn + ((int64_t)t * NKV + hh) * HD : nullptr);
+    if (mine) {
+        const float4 w0 = *reinterpret_cast<const float4 *>(w + d0), w1 = *reinterpret_cast<const float4 *>(w + d0 + 4);
+        const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            x[i] = rnd(x[i] * r * (1.0f + wv[i]), src);
+            yw[d0 + i] = x[i];
+        }
+        if (nout) *reinterpret_cast<uint4 *>(nout + d0) = pack8_bf16(x);
+    }
+    __syncwarp();
+    const int64_t pos = pos0 + t;
+    const int half = rot / 2;
+    if (mine) {
+        float y[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int d = d0 + i;
+            y[i] = d < rot ? rope_apply<int>(x[i], yw, d, half, cs_c[d % half], cs_s[d % half], src) : x[i];
+        }
+        bf16 *dst = isq ? qo + ((int64_t)t * NH + hh) * HD : kc + (pos * NKV + hh) * HD;
+        *reinterpret_cast<uint4 *>(dst + d0) = pack8_bf16(y);
+        if (!isq)
+            *reinterpret_cast<uint4 *>(vc + (pos * NKV + hh) * HD + d0) =
+                *reinterpret_cast<const uint4 *>(v + ((int64_t)t * NKV + hh) * HD + d0);
+    }
+    __syncwarp(); /* yw is reused by the warp's next row */
+}
+
+template <int NM>
+__global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_v4_kernel(QKP_ARGS_DECL)
+{
+    __shared__ __align__(16) float ys[QKP3_WARPS][32 * NM];
+    __shared__ float cs[2][16 * NM];
+    if (dpos) pos0 = *dpos;
+    const int t = blockIdx.x, wi = threadIdx.x >> 5, half = rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cs<int>(cs[0][i], cs[1][i], i, rot, pos0 + t, theta, qg);
+    __syncthreads();
+    for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS)
+        qk_prep_row16<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
+}
 #undef QKP_ROW_ARGS
 #undef QKP_ARGS_DECL
 
@@ -202,7 +278,7 @@ __global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_v3_kernel(QKP_ARGS_DE
  * builds with v2 everywhere decoded 1 % slower (0.578 -> 0.584 ms/token, session10_ab.log), and one
  * token is too few rows for v2's warp per (token, head) or 8 elements per thread to pay. */
 #ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=1 keeps v1, =2 v2 */
-#define QK_PREP_DEFAULT_VER 3 /* session 12: v3, the RoPE table per token */
+#define QK_PREP_DEFAULT_VER 4 /* session 13: v4, v3 with 16-byte rows */
 #endif
 #ifndef SIGMOID_GATE_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DSIGMOID_GATE_DEFAULT_VER=1 keeps v1 */
 #define SIGMOID_GATE_DEFAULT_VER 2
@@ -213,9 +289,19 @@ static int qk_prep_v2_ok(int64_t HD, enum q3n_compute_dtype dt)
     return dt == Q3N_COMPUTE_BF16 && HD <= 256;
 }
 
+/* v4 also needs 16-byte rows: HD % 8 == 0 (the session's buffers are 256-byte aligned). */
 extern "C" int cuda_attn_qk_prep_ver_for(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    return QK_PREP_DEFAULT_VER >= 2 && T > 1 && qk_prep_v2_ok(HD, dt) ? QK_PREP_DEFAULT_VER : 1;
+    if (QK_PREP_DEFAULT_VER < 2 || T <= 1 || !qk_prep_v2_ok(HD, dt)) return 1;
+    return QK_PREP_DEFAULT_VER == 4 && HD % 8 != 0 ? 3 : QK_PREP_DEFAULT_VER;
+}
+
+static int qk_prep_v4_aligned(const void *q, const void *qn, const void *kc, const void *vc, const void *kn,
+                              const void *qg, const void *k, const void *v, const float *qw, const float *kw)
+{
+    const uintptr_t a = (uintptr_t)q | (uintptr_t)qn | (uintptr_t)kc | (uintptr_t)vc | (uintptr_t)kn |
+                        (uintptr_t)qg | (uintptr_t)k | (uintptr_t)v | (uintptr_t)qw | (uintptr_t)kw;
+    return (a & 15) == 0;
 }
 
 /* d_pos NULL: positions pos0..; else one token (T = 1) at position *d_pos. */
@@ -226,18 +312,32 @@ static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d
                                       int ver, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(T >= 0 && pos0 >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0 && HD > 0 && rot >= 0 && rot <= HD);
-    Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX - QKP2_ROWS && ver >= 0 && ver <= 3);
+    Q3N_REQUIRE(rot % 2 == 0 && T * (NH + NKV) <= INT32_MAX - QKP2_ROWS && ver >= 0 && ver <= 4);
     if (ver >= 2 && !qk_prep_v2_ok(HD, dt))
         return q3n_error_set(err, Q3N_ERR_USAGE, "cuda attention qk_prep v%d: needs bf16 and HD <= 256 (got HD=%lld)",
                              ver, (long long)HD);
+    const int aligned = qk_prep_v4_aligned(d_q, d_qn, d_kc, d_vc, d_kn, d_qg, d_k, d_v, d_qnorm_w, d_knorm_w);
+    if (ver == 4 && (HD % 8 != 0 || !aligned))
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda attention qk_prep v4: needs HD %% 8 == 0 (got %lld) and "
+                             "16-byte aligned buffers", (long long)HD);
     if (T == 0) return Q3N_OK;
     if (ver == 0) ver = cuda_attn_qk_prep_ver_for(T, HD, dt);
+    if (ver == 4 && !aligned) ver = 3; /* a caller's offset view: v3, the same bits */
     if (ver >= 2) {
         const int rows = (int)(T * (NH + NKV));
 #define QKP2_ARGS                                                                                                     \
     (bf16 *)d_q, (bf16 *)d_qn, (bf16 *)d_kc, (bf16 *)d_vc, (bf16 *)d_kn, (const bf16 *)d_qg, (const bf16 *)d_k,     \
         (const bf16 *)d_v, d_qnorm_w, d_knorm_w, pos0, d_pos, (int)NH, (int)NKV, (int)HD, (int)rot, (float)theta,     \
         (float)eps
+        if (ver == 4) {
+            Q3N_REQUIRE(T <= INT32_MAX);
+            if (HD <= 128)
+                qk_prep_v4_kernel<4><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
+            else
+                qk_prep_v4_kernel<8><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
+            CU_LAUNCHED("attention qk_prep_v4_kernel");
+            return Q3N_OK;
+        }
         if (ver == 3) {
             Q3N_REQUIRE(T <= INT32_MAX);
             if (HD <= 128)

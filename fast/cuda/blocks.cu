@@ -127,7 +127,9 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
                                            L->A_log, L->dt_bias, T, NK, NV, DK, DV, Kc, 1e-6,
                                            (float)pow((double)DK, -0.5), 0, qkv_bf16, dt, s->stream, err));
         s->dn_kernel = cuda_delta_rule_chunked_kernel_for(DK, DV, C, dt);
-        if (qkv_bf16) /* the scan beside the prep where the session made their stream (TC_PIPE_DEFAULT) */
+        /* the scan beside the prep where the session made their stream (TC_PIPE_DEFAULT) */
+        const int piped = qkv_bf16 && s->tpipe.stream && cuda_delta_rule_chunked_tc_pipes(NV);
+        if (qkv_bf16)
             Q3N_TRY(cuda_delta_rule_chunked_tc_bf16_piped(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta,
                                                           w->drs, T, NK, NV, DK, DV, C, 0, s->stream,
                                                           s->tpipe.stream ? &s->tpipe : NULL, err));
@@ -135,7 +137,8 @@ enum q3n_status linear_attn_block(struct cuda_session *s, int64_t l, const char 
             Q3N_TRY(cuda_delta_rule_chunked(w->core, L->rec_state, w->qf, w->kf, w->vf, w->g, w->beta, w->drs, T, NK,
                                             NV, DK, DV, C, dt, s->stream, err));
         s->ran_chunked = 2; /* describe: +dn_prep_v1 or v2 */
-        if (qkv_bf16 && s->tpipe.stream && cuda_delta_rule_chunked_tc_pipes(NV)) s->ran_side |= RAN_SIDE_TC_SCAN;
+        if (piped) s->ran_side |= RAN_SIDE_TC_SCAN;
+        if (qkv_bf16 && cuda_delta_rule_tc_prep_ver_for(NK, NV, piped) == 2) s->ran_glue |= RAN_GLUE_TC_PREP2;
         if (cuda_deltanet_prep_ver_for(DK, DV, Kc) == 2) s->ran_glue |= RAN_GLUE_DN_PREP;
         Q3N_TRY(cuda_deltanet_gated_norm_forward(w->gn, w->core, w->big, L->gnorm, T, NK, NV, DK, DV, c->rms_norm_eps,
                                                  dt, s->stream, err));
@@ -249,7 +252,7 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
         Q3N_TRY(cuda_attn_qk_prep(w->q, qn, L->kc, L->vc, kn, qg, kp, vp, L->q_norm, L->k_norm, T, pos0, NH, NKV, HD,
                                   c->rotary_dim, c->rope_theta, c->rms_norm_eps, dt, s->stream, err));
     const int qkv = cuda_attn_qk_prep_ver_for(T, HD, dt);
-    s->ran_glue |= qkv == 3 ? RAN_GLUE_QK_PREP3 : qkv == 2 ? RAN_GLUE_QK_PREP : 0;
+    if (qkv >= 2 && qkv > s->ran_qk_prep) s->ran_qk_prep = qkv;
     TAPA3(w->qn, T, NH, HD, "%s.self_attn.q_norm.out", p);
     TAPA3(w->kn, T, NKV, HD, "%s.self_attn.k_norm.out", p);
     TAPA3(w->q, T, NH, HD, "%s.self_attn.q_rope", p);

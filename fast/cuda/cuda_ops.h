@@ -177,6 +177,17 @@ enum q3n_status cuda_delta_rule_chunked_tc_bf16_piped(void *d_o, float *d_state,
                                                       float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
                                                       int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
                                                       const struct cuda_tc_pipe *pipe, struct q3n_error *err);
+/* As _piped with the prep chosen: prep_ver 0 the default (cuda_delta_rule_tc_prep_ver_for, given
+ * 16-byte aligned q, k, v; else v1), 1 one value head at a time, 2 both value heads of a key head in
+ * one block (NV == 2 NK and 16-byte aligned q, k, v; else an error). v1 and v2 write the same scratch
+ * bits (dev/test_delta_tc). */
+enum q3n_status cuda_delta_rule_chunked_tc_bf16_ver(void *d_o, float *d_state, const void *d_q, const void *d_k,
+                                                    const void *d_v, const float *d_g, const float *d_beta,
+                                                    float *d_scratch, int64_t T, int64_t NK, int64_t NV, int64_t DK,
+                                                    int64_t DV, int64_t C, int scan_warps, int prep_ver,
+                                                    cudaStream_t stream, const struct cuda_tc_pipe *pipe,
+                                                    struct q3n_error *err);
+int cuda_delta_rule_tc_prep_ver_for(int64_t NK, int64_t NV, int piped);
 const char *cuda_delta_rule_chunked_simt_kernel(void);
 const char *cuda_delta_rule_chunked_tc_kernel(void);
 
@@ -224,8 +235,8 @@ enum q3n_status cuda_deltanet_gated_norm_forward_ver(void *d_out, const void *d_
                                                      cudaStream_t stream, struct q3n_error *err);
 
 /* ---- attention.cu ---- */
-/* The versions the default q/k prep and output gate run for these arguments (1 or 2), for the
- * session's report. */
+/* The versions the default q/k prep (1-4, given 16-byte aligned buffers) and output gate (1 or 2)
+ * run for these arguments, for the session's report. */
 int cuda_attn_qk_prep_ver_for(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
 int cuda_sigmoid_gate_ver_for(const void *d_out, const void *d_x, const void *d_gate, int64_t T, int64_t NH,
                               int64_t HD, int64_t ldg, enum q3n_compute_dtype dt);
@@ -239,9 +250,10 @@ enum q3n_status cuda_attn_qk_prep(void *d_q, void *d_qn, void *d_kc, void *d_vc,
                                   double theta, double eps, enum q3n_compute_dtype dt, cudaStream_t stream,
                                   struct q3n_error *err);
 /* As cuda_attn_qk_prep with the kernel chosen: ver 0 the default (attention.cu's
- * QK_PREP_DEFAULT_VER where v2 / v3 apply: bf16, HD <= 256, T > 1; else v1), 1 a 128-thread block per
- * (token, head), 2 a warp per (token, head), 3 a block per token with its RoPE (cos, sin) computed
- * once (an error where they do not apply). v1, v2 and v3 are bitwise equal. */
+ * QK_PREP_DEFAULT_VER where v2 / v3 / v4 apply: bf16, HD <= 256, T > 1, v4 also HD % 8 == 0 and
+ * 16-byte aligned buffers; else v1), 1 a 128-thread block per (token, head), 2 a warp per (token,
+ * head), 3 a block per token with its RoPE (cos, sin) computed once, 4 v3 with 16-byte rows (an error
+ * where they do not apply). v1 to v4 are bitwise equal. */
 enum q3n_status cuda_attn_qk_prep_ver(void *d_q, void *d_qn, void *d_kc, void *d_vc, void *d_kn, const void *d_qg,
                                       const void *d_k, const void *d_v, const float *d_qnorm_w,
                                       const float *d_knorm_w, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,

@@ -30,6 +30,9 @@
  * scan (v2) is the path elsewhere and stays selectable.
  * H100, T=16384 NK=16 NV=32 (session 5): prep 0.48 ms with bf16 q, k, v (0.57 float32); prep + scan
  * v3 0.94 ms (bf16), prep + scan v2 1.24 ms (float32); chunk_v4: 9.56 ms. */
+#include <type_traits>
+
+#include "attention_kernels.cuh"
 #include "deltanet_tc.cuh"
 
 #define TC_LDB (TC_D + 8) /* bf16 row stride of [64 x 128] tiles: 272 B, ldmatrix conflict-free */
@@ -155,73 +158,91 @@ __device__ __forceinline__ float tc_dot32(const float *a, const float (&x)[32])
 }
 
 /* T = (I + L)^-1 for the strictly lower triangular L [64 x 64] (float, row stride TC_LDL, zero on
- * and above the diagonal) by 32 x 32 blocks, with all 128 threads of the block:
+ * and above the diagonal) by 32 x 32 blocks:
  *   I + L = [[A, 0], [C, B]]  ->  T = [[A^-1, 0], [-B^-1 C A^-1, B^-1]],
- * A^-1 and B^-1 by forward substitution (one column per thread, threads 0-63: x_i = [i == j] -
- * sum_{m < i} L[i][m] x_m, a chain of 32 rows), then M = C A^-1 and -B^-1 M as 32 x 32 x 32 products
- * (8 entries per thread), each stage written back over the block of L it replaces. Then
- * TA = bf16(T diag(beta)), TB = bf16(T diag(beta exp(G))) over L's bytes (the region is shared). */
-__device__ __forceinline__ void tc_solve_unit_lower(float *L, bf16 *TA, bf16 *TB, const float *B, const float *EG)
+ * A^-1 and B^-1 by forward substitution (tc_solve_diag: one column per thread of a group of 64,
+ * x_i = [i == j] - sum_{m < i} L[i][m] x_m, a chain of 32 rows), then M = C A^-1 and -B^-1 M as
+ * 32 x 32 x 32 products over the 128 threads (tc_solve_offdiag: 8 entries per thread, for NL
+ * matrices at once), each stage written back over the block of L it replaces. Then
+ * TA = bf16(T diag(beta)), TB = bf16(T diag(beta exp(G))) (tc_t_to_bf16). */
+
+/* The diagonal blocks of L by thread lt (0..63) of a group: computes, then (after the block's
+ * barrier, which every thread of the block reaches) stores its column. */
+__device__ __forceinline__ void tc_solve_diag(float *L, int lt, bool active)
 {
-    const int tid = threadIdx.x;
-    {   /* diagonal blocks */
-        float x[32];
-        const int o = 32 * (tid >> 5), jl = tid & 31;
-        if (tid < 64) {
+    float x[32];
+    const int o = 32 * (lt >> 5), jl = lt & 31;
+    if (active) {
 #pragma unroll
-            for (int i = 0; i < 32; i++) x[i] = 0.0f;
+        for (int i = 0; i < 32; i++) x[i] = 0.0f;
 #pragma unroll
-            for (int i = 0; i < 32; i++) {
-                float a0 = i == jl ? 1.0f : 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-                const float *Lr = L + (o + i) * TC_LDL + o;
+        for (int i = 0; i < 32; i++) {
+            float a0 = i == jl ? 1.0f : 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            const float *Lr = L + (o + i) * TC_LDL + o;
 #pragma unroll
-                for (int m = 0; m < i; m += 4) {
-                    const float4 l4 = *reinterpret_cast<const float4 *>(Lr + m);
-                    a0 -= l4.x * x[m];
-                    a1 -= l4.y * x[m + 1];
-                    a2 -= l4.z * x[m + 2];
-                    a3 -= l4.w * x[m + 3];
-                }
-                x[i] = (a0 + a1) + (a2 + a3);
+            for (int m = 0; m < i; m += 4) {
+                const float4 l4 = *reinterpret_cast<const float4 *>(Lr + m);
+                a0 -= l4.x * x[m];
+                a1 -= l4.y * x[m + 1];
+                a2 -= l4.z * x[m + 2];
+                a3 -= l4.w * x[m + 3];
             }
+            x[i] = (a0 + a1) + (a2 + a3);
         }
-        __syncthreads(); /* the diagonal blocks of L are read */
-        if (tid < 64) {
-#pragma unroll
-            for (int i = 0; i < 32; i++) L[(o + i) * TC_LDL + o + jl] = x[i];
-        }
-        __syncthreads();
     }
-    const int c = tid & 31, r0 = 8 * (tid >> 5); /* this thread's 8 entries: rows r0 .. r0 + 7, column c */
-    float v[8];
-    {   /* M = C A^-1 */
+    __syncthreads(); /* the diagonal blocks of L are read */
+    if (active) {
+#pragma unroll
+        for (int i = 0; i < 32; i++) L[(o + i) * TC_LDL + o + jl] = x[i];
+    }
+    __syncthreads();
+}
+
+/* M = C A^-1, then T21 = -B^-1 M, for each of the NL matrices Ls[], all 128 threads. */
+template <int NL>
+__device__ __forceinline__ void tc_solve_offdiag(float *const (&Ls)[NL])
+{
+    const int tid = threadIdx.x, c = tid & 31, r0 = 8 * (tid >> 5); /* entries: rows r0 .. r0 + 7, column c */
+    float v[NL][8];
+#pragma unroll
+    for (int l = 0; l < NL; l++) { /* M = C A^-1 */
         float col[32];
 #pragma unroll
-        for (int m = 0; m < 32; m++) col[m] = L[m * TC_LDL + c];
+        for (int m = 0; m < 32; m++) col[m] = Ls[l][m * TC_LDL + c];
 #pragma unroll
-        for (int k = 0; k < 8; k++) v[k] = tc_dot32(L + (32 + r0 + k) * TC_LDL, col);
+        for (int k = 0; k < 8; k++) v[l][k] = tc_dot32(Ls[l] + (32 + r0 + k) * TC_LDL, col);
     }
     __syncthreads(); /* C is read */
 #pragma unroll
-    for (int k = 0; k < 8; k++) L[(32 + r0 + k) * TC_LDL + c] = v[k];
+    for (int l = 0; l < NL; l++)
+#pragma unroll
+        for (int k = 0; k < 8; k++) Ls[l][(32 + r0 + k) * TC_LDL + c] = v[l][k];
     __syncthreads();
-    {   /* T21 = -B^-1 M */
+#pragma unroll
+    for (int l = 0; l < NL; l++) { /* T21 = -B^-1 M */
         float col[32];
 #pragma unroll
-        for (int m = 0; m < 32; m++) col[m] = L[(32 + m) * TC_LDL + c];
+        for (int m = 0; m < 32; m++) col[m] = Ls[l][(32 + m) * TC_LDL + c];
 #pragma unroll
-        for (int k = 0; k < 8; k++) v[k] = -tc_dot32(L + (32 + r0 + k) * TC_LDL + 32, col);
+        for (int k = 0; k < 8; k++) v[l][k] = -tc_dot32(Ls[l] + (32 + r0 + k) * TC_LDL + 32, col);
     }
     __syncthreads(); /* M is read */
 #pragma unroll
-    for (int k = 0; k < 8; k++) L[(32 + r0 + k) * TC_LDL + c] = v[k];
+    for (int l = 0; l < NL; l++)
+#pragma unroll
+        for (int k = 0; k < 8; k++) Ls[l][(32 + r0 + k) * TC_LDL + c] = v[l][k];
     __syncthreads();
-    /* TA, TB: column j, rows 32 h .. 32 h + 31 per thread */
-    const int j = tid & 63, h = tid >> 6;
+}
+
+/* TA, TB from T (float, row stride TC_LDL): column j, rows 32 h .. 32 h + 31 per thread; T may lie
+ * under TA, TB (read before the barrier, written after). */
+__device__ __forceinline__ void tc_t_to_bf16(const float *Tm, bf16 *TA, bf16 *TB, const float *B, const float *EG)
+{
+    const int tid = threadIdx.x, j = tid & 63, h = tid >> 6;
     float t[32];
 #pragma unroll
-    for (int i = 0; i < 32; i++) t[i] = L[(32 * h + i) * TC_LDL + j];
-    __syncthreads(); /* T is read: TA, TB overwrite it */
+    for (int i = 0; i < 32; i++) t[i] = Tm[(32 * h + i) * TC_LDL + j];
+    __syncthreads(); /* T is read: TA, TB may overwrite it */
     const float bj = B[j], bej = B[j] * EG[j];
 #pragma unroll
     for (int i = 0; i < 32; i++) {
@@ -230,9 +251,147 @@ __device__ __forceinline__ void tc_solve_unit_lower(float *L, bf16 *TA, bf16 *TB
     }
 }
 
+/* v1's whole solve: threads 0-63 do the diagonal blocks, then all the products, TA and TB over L. */
+__device__ __forceinline__ void tc_solve_unit_lower(float *L, bf16 *TA, bf16 *TB, const float *B, const float *EG)
+{
+    tc_solve_diag(L, threadIdx.x, threadIdx.x < 64);
+    float *const Ls[1] = {L};
+    tc_solve_offdiag<1>(Ls);
+    tc_t_to_bf16(L, TA, TB, B, EG);
+}
+
 /* The L / T region holds L (float [C][TC_LDL]) until the solve has read it, then TA, TB. */
 #define TC_LT_BYTES (TC_C * TC_LDL * 4 > 2 * TC_C * TC_LDA * 2 ? TC_C * TC_LDL * 4 : 2 * TC_C * TC_LDA * 2)
 #define TC_PREP_SMEM (3 * TC_C * TC_LDB * 2 + TC_LT_BYTES + 3 * TC_C * 4)
+/* v2: the same, with G, B, EG for two value heads */
+#define TC_PREP2_SMEM (3 * TC_C * TC_LDB * 2 + TC_LT_BYTES + 6 * TC_C * 4)
+static_assert(TC_C * TC_LDL * 4 <= TC_C * TC_LDB * 2, "v2: the second head's L fits in the q tile");
+
+/* K K^T and Q K^T for warp w's rows 16 w .. 16 w + 15, columns j <= 16 w + 15 only (lower triangle):
+ * kk[nt] / qk[nt] = the m16n8 accumulators of columns 8 nt .. 8 nt + 7. */
+__device__ __forceinline__ void tc_kk_qk(float (&kk)[8][4], float (&qk)[8][4], const bf16 *Ks, const bf16 *Qs, int w,
+                                         int lane)
+{
+#pragma unroll
+    for (int a = 0; a < 8; a++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) kk[a][e] = qk[a][e] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < TC_D / 16; ks++) {
+        uint32_t ak[4], aq[4];
+        ldsm4(ak, frag_a(Ks, TC_LDB, 16 * w, 16 * ks, lane));
+        ldsm4(aq, frag_a(Qs, TC_LDB, 16 * w, 16 * ks, lane));
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            if (np > w) break;
+            uint32_t b[4];
+            ldsm4(b, frag_b_nk(Ks, TC_LDB, 16 * np, 16 * ks, lane));
+            tc_mma(kk[2 * np], ak, b[0], b[1]);
+            tc_mma(kk[2 * np + 1], ak, b[2], b[3]);
+            tc_mma(qk[2 * np], aq, b[0], b[1]);
+            tc_mma(qk[2 * np + 1], aq, b[2], b[3]);
+        }
+    }
+}
+
+/* One value head's L (shared, float) and Aqk (global, bf16) from K K^T and Q K^T, with G = cumsum(g)
+ * and B = beta of that head: L[i][j] = B_i (k_i.k_j) exp(G_i - G_j) (j < i), Aqk[i][j] = (q_i.k_j)
+ * exp(G_i - G_j) (j <= i). */
+__device__ __forceinline__ void tc_l_aqk(float *L, bf16 *Ag, const float (&kk)[8][4], const float (&qk)[8][4],
+                                         const float *G, const float *B, int w, int g8, int t4)
+{
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int i = 16 * w + g8 + 8 * hf, j = 8 * nt + 2 * t4;
+            float lv[2], av[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int jj = j + e;
+                /* __expf: ex2.approx of x log2(e), relative error < 1e-5 for the
+                 * x = G_i - G_j >= -87 that do not underflow (below bf16's 4e-3 on
+                 * Aqk and far below what the solve amplifies); 2 instructions against
+                 * expf's ~10, 32 times per thread per head in this latency-bound kernel */
+                const float dec = jj <= i ? __expf(G[i] - G[jj]) : 0.0f;
+                lv[e] = jj < i ? B[i] * kk[nt][2 * hf + e] * dec : 0.0f;
+                av[e] = qk[nt][2 * hf + e] * dec;
+            }
+            *reinterpret_cast<float2 *>(&L[i * TC_LDL + j]) = make_float2(lv[0], lv[1]);
+            *reinterpret_cast<uint32_t *>(&Ag[i * TC_C + j]) = pack_bf16(av[0], av[1]);
+        }
+}
+
+/* W = TB K (bf16 out, which 0) or U = TA V (float out, which 1) for warp w's 16 rows; T lower
+ * triangular: k-blocks kb <= w only. */
+__device__ __forceinline__ void tc_wu(int which, const bf16 *Ts, const bf16 *Xs, bf16 *Wg, float *Ug, int w, int lane,
+                                      int g8, int t4)
+{
+    float acc[16][4];
+#pragma unroll
+    for (int a = 0; a < 16; a++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[a][e] = 0.0f;
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++) {
+        if (kb > w) break;
+        uint32_t a[4];
+        ldsm4(a, frag_a(Ts, TC_LDA, 16 * w, 16 * kb, lane));
+#pragma unroll
+        for (int np = 0; np < 8; np++) {
+            uint32_t b[4];
+            ldsm4t(b, frag_b_kn(Xs, TC_LDB, 16 * kb, 16 * np, lane));
+            tc_mma(acc[2 * np], a, b[0], b[1]);
+            tc_mma(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 16; nt++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int i = 16 * w + g8 + 8 * hf, d = 8 * nt + 2 * t4;
+            if (which)
+                *reinterpret_cast<float2 *>(&Ug[i * TC_D + d]) = make_float2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+            else
+                *reinterpret_cast<uint32_t *>(&Wg[i * TC_D + d]) = pack_bf16(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+        }
+}
+
+/* q, k of chunk n, key head kh (bf16, staged) to the scratch, once per key head. */
+__device__ __forceinline__ void tc_store_qk(char *scr, const tc_layout &lay, int n, int kh, int NK, const bf16 *Qs,
+                                            const bf16 *Ks)
+{
+    const size_t rk = ((size_t)n * NK + kh) * TC_C * TC_D;
+    bf16 *Qg = reinterpret_cast<bf16 *>(scr + lay.q) + rk, *Kg = reinterpret_cast<bf16 *>(scr + lay.k) + rk;
+    for (int f = threadIdx.x; f < TC_C * TC_D / 8; f += 128) {
+        const int i = f >> 4, c = (f & 15) * 8;
+        *reinterpret_cast<uint4 *>(Qg + i * TC_D + c) = *reinterpret_cast<const uint4 *>(Qs + i * TC_LDB + c);
+        *reinterpret_cast<uint4 *>(Kg + i * TC_D + c) = *reinterpret_cast<const uint4 *>(Ks + i * TC_LDB + c);
+    }
+}
+
+/* G = cumsum(g) of one head in place, in order, by one thread: all 64 loads in flight first. */
+__device__ __forceinline__ void tc_cumsum(float *G)
+{
+    float gv[TC_C], acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < TC_C; i += 4) *reinterpret_cast<float4 *>(&gv[i]) = *reinterpret_cast<const float4 *>(&G[i]);
+#pragma unroll
+    for (int i = 0; i < TC_C; i++) {
+        acc += gv[i];
+        G[i] = acc;
+    }
+}
+
+/* Pipelined runs: every thread's stores fenced, then the chunk's flag (tc_flag_release). */
+__device__ __forceinline__ void tc_prep_done(int *flags, int n, int kh, int NK)
+{
+    if (flags) {
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) tc_flag_release(flags + (size_t)n * NK + kh);
+    }
+}
 
 /* One block per (chunk n, key head kh): q, k staged once, then the r = NV/NK value heads of the
  * group in turn (K K^T and Q K^T recomputed per value head: the decays differ). q, k, v float32
@@ -256,15 +415,7 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
     stage_rows_bf16(Ks, k + ((size_t)t0 * NK + kh) * TC_D, (size_t)NK * TC_D, nvalid);
     stage_rows_bf16(Qs, q + ((size_t)t0 * NK + kh) * TC_D, (size_t)NK * TC_D, nvalid);
     __syncthreads();
-    {
-        const size_t rk = ((size_t)n * NK + kh) * TC_C * TC_D;
-        bf16 *Qg = reinterpret_cast<bf16 *>(scr + lay.q) + rk, *Kg = reinterpret_cast<bf16 *>(scr + lay.k) + rk;
-        for (int f = tid; f < TC_C * TC_D / 8; f += 128) {
-            const int i = f >> 4, c = (f & 15) * 8;
-            *reinterpret_cast<uint4 *>(Qg + i * TC_D + c) = *reinterpret_cast<const uint4 *>(Qs + i * TC_LDB + c);
-            *reinterpret_cast<uint4 *>(Kg + i * TC_D + c) = *reinterpret_cast<const uint4 *>(Ks + i * TC_LDB + c);
-        }
-    }
+    tc_store_qk(scr, lay, n, kh, NK, Qs, Ks);
 #pragma unroll 1
     for (int h = kh * r; h < kh * r + r; h++) {
         __syncthreads(); /* the previous head's W/U products are done with Vs, TA, TB, G */
@@ -274,16 +425,7 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
             B[tid] = tid < nvalid ? beta[(size_t)(t0 + tid) * NV + h] : 0.0f;
         }
         __syncthreads();
-        if (tid == 0) { /* G = cumsum(g), in order: all 64 loads in flight first */
-            float gv[TC_C], acc = 0.0f;
-#pragma unroll
-            for (int i = 0; i < TC_C; i += 4) *reinterpret_cast<float4 *>(&gv[i]) = *reinterpret_cast<const float4 *>(&G[i]);
-#pragma unroll
-            for (int i = 0; i < TC_C; i++) {
-                acc += gv[i];
-                G[i] = acc;
-            }
-        }
+        if (tid == 0) tc_cumsum(G);
         __syncthreads();
         if (tid < TC_C) EG[tid] = expf(G[tid]);
         const size_t rec = (size_t)n * NV + h;
@@ -291,93 +433,107 @@ __global__ void __launch_bounds__(128, 3) tc_prep_kernel(char *scr, tc_layout la
         bf16 *Ag = reinterpret_cast<bf16 *>(scr + lay.a) + rec * TC_C * TC_C;
         float *Ug = reinterpret_cast<float *>(scr + lay.u) + rec * TC_C * TC_D;
         float *Gg = reinterpret_cast<float *>(scr + lay.g) + rec * TC_C;
-        /* K K^T and Q K^T, rows 16w..16w+15, columns j <= 16w+15 only (lower triangle) */
         {
             float kk[8][4], qk[8][4];
-#pragma unroll
-            for (int a = 0; a < 8; a++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) kk[a][e] = qk[a][e] = 0.0f;
-#pragma unroll
-            for (int ks = 0; ks < TC_D / 16; ks++) {
-                uint32_t ak[4], aq[4];
-                ldsm4(ak, frag_a(Ks, TC_LDB, 16 * w, 16 * ks, lane));
-                ldsm4(aq, frag_a(Qs, TC_LDB, 16 * w, 16 * ks, lane));
-#pragma unroll
-                for (int np = 0; np < 4; np++) {
-                    if (np > w) break;
-                    uint32_t b[4];
-                    ldsm4(b, frag_b_nk(Ks, TC_LDB, 16 * np, 16 * ks, lane));
-                    tc_mma(kk[2 * np], ak, b[0], b[1]);
-                    tc_mma(kk[2 * np + 1], ak, b[2], b[3]);
-                    tc_mma(qk[2 * np], aq, b[0], b[1]);
-                    tc_mma(qk[2 * np + 1], aq, b[2], b[3]);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int i = 16 * w + g8 + 8 * hf, j = 8 * nt + 2 * t4;
-                    float lv[2], av[2];
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int jj = j + e;
-                        /* __expf: ex2.approx of x log2(e), relative error < 1e-5 for the
-                         * x = G_i - G_j >= -87 that do not underflow (below bf16's 4e-3 on
-                         * Aqk and far below what the solve amplifies); 2 instructions against
-                         * expf's ~10, 32 times per thread per head in this latency-bound kernel */
-                        const float dec = jj <= i ? __expf(G[i] - G[jj]) : 0.0f;
-                        lv[e] = jj < i ? B[i] * kk[nt][2 * hf + e] * dec : 0.0f;
-                        av[e] = qk[nt][2 * hf + e] * dec;
-                    }
-                    *reinterpret_cast<float2 *>(&L[i * TC_LDL + j]) = make_float2(lv[0], lv[1]);
-                    *reinterpret_cast<uint32_t *>(&Ag[i * TC_C + j]) = pack_bf16(av[0], av[1]);
-                }
+            tc_kk_qk(kk, qk, Ks, Qs, w, lane);
+            tc_l_aqk(L, Ag, kk, qk, G, B, w, g8, t4);
         }
         __syncthreads();
         tc_solve_unit_lower(L, TA, TB, B, EG);
         __syncthreads();
-        /* W = TB K (bf16 out), U = TA V (float out); T lower triangular: k-blocks kb <= w only */
 #pragma unroll 1
-        for (int which = 0; which < 2; which++) {
-            const bf16 *Ts = which ? TA : TB, *Xs = which ? Vs : Ks;
-            float acc[16][4];
-#pragma unroll
-            for (int a = 0; a < 16; a++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[a][e] = 0.0f;
-#pragma unroll
-            for (int kb = 0; kb < 4; kb++) {
-                if (kb > w) break;
-                uint32_t a[4];
-                ldsm4(a, frag_a(Ts, TC_LDA, 16 * w, 16 * kb, lane));
-#pragma unroll
-                for (int np = 0; np < 8; np++) {
-                    uint32_t b[4];
-                    ldsm4t(b, frag_b_kn(Xs, TC_LDB, 16 * kb, 16 * np, lane));
-                    tc_mma(acc[2 * np], a, b[0], b[1]);
-                    tc_mma(acc[2 * np + 1], a, b[2], b[3]);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < 16; nt++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int i = 16 * w + g8 + 8 * hf, d = 8 * nt + 2 * t4;
-                    if (which)
-                        *reinterpret_cast<float2 *>(&Ug[i * TC_D + d]) = make_float2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
-                    else
-                        *reinterpret_cast<uint32_t *>(&Wg[i * TC_D + d]) = pack_bf16(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
-                }
-        }
+        for (int which = 0; which < 2; which++)
+            tc_wu(which, which ? TA : TB, which ? Vs : Ks, Wg, Ug, w, lane, g8, t4);
         if (tid < TC_C) Gg[tid] = G[tid];
     }
-    if (flags) { /* pipelined: every thread's stores fenced, then the flag (tc_flag_release) */
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) tc_flag_release(flags + (size_t)n * NK + kh);
+    tc_prep_done(flags, n, kh, NK);
+}
+
+/* 64 rows of 128 bf16 (row stride rs elements; rows >= nvalid zero) into dst[i * TC_LDB + c] by
+ * cp.async, 8 16-byte copies a thread (not yet committed). */
+__device__ __forceinline__ void tc_stage_async(bf16 *dst, const bf16 *src, size_t rs, int nvalid)
+{
+    const int c = (threadIdx.x & 15) * 8, i0 = threadIdx.x >> 4;
+#pragma unroll
+    for (int u = 0; u < TC_C / 8; u++) {
+        const int i = i0 + 8 * u, ok = i < nvalid;
+        cp_async16(dst + i * TC_LDB + c, src + (size_t)(ok ? i : 0) * rs + c, ok ? 16 : 0);
     }
+}
+
+/* v2 (session 13; bf16 q, k, v and NV == 2 NK): one block per (chunk n, key head kh) takes both
+ * value heads h0 = 2 kh, h1 = 2 kh + 1 together. v1 spends ~18 % of its stall samples on K K^T and Q K^T,
+ * ~17 % on its register-staged loads of v and ~18 % on the diagonal forward substitution, which
+ * leaves two of its four warps idle (ncu, session 13: fast/cuda/dev/logs/session13_c1_ncudelta_*).
+ * Here:
+ *   - q, k, v(h0) arrive by cp.async; v(h1) by cp.async while W(h0) is computed;
+ *   - K K^T and Q K^T once, then L and Aqk of both heads (L(h1) in the q tile, free by then);
+ *   - the two heads' diagonal substitutions side by side (threads 0-63 h0, 64-127 h1), and their
+ *     off-diagonal products in the same phases (one set of barriers);
+ *   - U(h0) first (the last use of v(h0)), then W(h0) beside v(h1)'s copy.
+ * Every value goes through v1's float operations in v1's order: the scratch is bitwise v1's
+ * (dev/test_delta_tc). Shared memory: v1's, plus G, B, exp(G) of the second head (70.5 KB). */
+__global__ void __launch_bounds__(128, 3) tc_prep2_kernel(char *scr, tc_layout lay, const bf16 *q, const bf16 *k,
+                                                       const bf16 *v, const float *g, const float *beta, int T,
+                                                       int NK, int NV, int *flags)
+{
+    extern __shared__ __align__(16) unsigned char sm_raw[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(sm_raw), *Qs = Ks + TC_C * TC_LDB, *Vs = Qs + TC_C * TC_LDB;
+    unsigned char *LT = reinterpret_cast<unsigned char *>(Vs + TC_C * TC_LDB);
+    float *L0 = reinterpret_cast<float *>(LT), *L1 = reinterpret_cast<float *>(Qs);
+    bf16 *TA = reinterpret_cast<bf16 *>(LT), *TB = TA + TC_C * TC_LDA;
+    float *G = reinterpret_cast<float *>(LT + TC_LT_BYTES), *B = G + 2 * TC_C, *EG = B + 2 * TC_C; /* [2][C] each */
+    const int n = blockIdx.y, kh = blockIdx.x, h0 = 2 * kh;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g8 = lane >> 2, t4 = lane & 3;
+    const int t0 = n * TC_C, nvalid = T - t0 < TC_C ? T - t0 : TC_C;
+    tc_stage_async(Ks, k + ((size_t)t0 * NK + kh) * TC_D, (size_t)NK * TC_D, nvalid);
+    tc_stage_async(Qs, q + ((size_t)t0 * NK + kh) * TC_D, (size_t)NK * TC_D, nvalid);
+    tc_stage_async(Vs, v + ((size_t)t0 * NV + h0) * TC_D, (size_t)NV * TC_D, nvalid);
+    cp_async_commit();
+    { /* g and beta of both heads: thread tid < 64 row tid of h0, else row tid - 64 of h1 */
+        const int hs = tid >> 6, i = tid & 63;
+        G[hs * TC_C + i] = i < nvalid ? g[(size_t)(t0 + i) * NV + h0 + hs] : 0.0f;
+        B[hs * TC_C + i] = i < nvalid ? beta[(size_t)(t0 + i) * NV + h0 + hs] : 0.0f;
+    }
+    __syncthreads();
+    if ((tid & 63) == 0) tc_cumsum(G + (tid >> 6) * TC_C); /* threads 0 and 64: one head each */
+    cp_async_wait<0>();
+    __syncthreads(); /* G of both heads, and q, k, v(h0) staged */
+    EG[tid] = expf(G[tid]);
+    tc_store_qk(scr, lay, n, kh, NK, Qs, Ks);
+    const size_t rec0 = (size_t)n * NV + h0;
+    {
+        float kk[8][4], qk[8][4];
+        tc_kk_qk(kk, qk, Ks, Qs, w, lane);
+        __syncthreads(); /* every warp is done with the q tile: L(h1) takes it */
+        tc_l_aqk(L0, reinterpret_cast<bf16 *>(scr + lay.a) + rec0 * TC_C * TC_C, kk, qk, G, B, w, g8, t4);
+        tc_l_aqk(L1, reinterpret_cast<bf16 *>(scr + lay.a) + (rec0 + 1) * TC_C * TC_C, kk, qk, G + TC_C, B + TC_C, w,
+                 g8, t4);
+    }
+    __syncthreads();
+    tc_solve_diag(tid < 64 ? L0 : L1, tid & 63, true);
+    {
+        float *const Ls[2] = {L0, L1};
+        tc_solve_offdiag<2>(Ls);
+    }
+    tc_t_to_bf16(L0, TA, TB, B, EG);
+    __syncthreads();
+    float *Ug = reinterpret_cast<float *>(scr + lay.u) + rec0 * TC_C * TC_D;
+    bf16 *Wg = reinterpret_cast<bf16 *>(scr + lay.w) + rec0 * TC_C * TC_D;
+    tc_wu(1, TA, Vs, Wg, Ug, w, lane, g8, t4); /* U(h0) = TA V */
+    __syncthreads();                             /* v(h0) is read: v(h1) takes its tile */
+    tc_stage_async(Vs, v + ((size_t)t0 * NV + h0 + 1) * TC_D, (size_t)NV * TC_D, nvalid);
+    cp_async_commit();
+    tc_wu(0, TB, Ks, Wg, Ug, w, lane, g8, t4); /* W(h0) = TB K */
+    float *Gg = reinterpret_cast<float *>(scr + lay.g) + rec0 * TC_C;
+    Gg[tid] = G[tid]; /* both heads' G: rec0 and rec0 + 1 are adjacent */
+    __syncthreads(); /* TA, TB of h0 are read */
+    tc_t_to_bf16(L1, TA, TB, B + TC_C, EG + TC_C);
+    cp_async_wait<0>();
+    __syncthreads(); /* TA, TB of h1 and v(h1) */
+    tc_wu(0, TB, Ks, Wg + TC_C * TC_D, Ug + TC_C * TC_D, w, lane, g8, t4);
+    tc_wu(1, TA, Vs, Wg + TC_C * TC_D, Ug + TC_C * TC_D, w, lane, g8, t4);
+    tc_prep_done(flags, n, kh, NK);
 }
 
 /* ---- phase 2 ---- */
@@ -624,13 +780,57 @@ extern "C" int cuda_delta_rule_chunked_tc_pipes(int64_t NV)
     return tc_scan3_ok() && tc_pipe_progress(NV);
 }
 
+/* The prep's default. Session 13 (H100, dev/test_delta_tc --pipe, fast/cuda/dev/logs/session13_c2_*):
+ * v2 alone is faster (T = 4096 0.134 -> 0.114 ms, T = 16384 0.455 -> 0.382), but beside the pipelined
+ * scan it is not (0.217 -> 0.218 ms, 0.767 -> 0.805): there v1 stays (TC_PREP_PIPED_VER). */
+#ifndef TC_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DTC_PREP_DEFAULT_VER=1: v1, a value head at a time */
+#define TC_PREP_DEFAULT_VER 2
+#endif
+#ifndef TC_PREP_PIPED_VER /* the same for pipelined runs */
+#define TC_PREP_PIPED_VER 1
+#endif
+
+/* The prep the bf16 path runs by default, piped or not: v2 only where a key head has two value heads. */
+extern "C" int cuda_delta_rule_tc_prep_ver_for(int64_t NK, int64_t NV, int piped)
+{
+    return (piped ? TC_PREP_PIPED_VER : TC_PREP_DEFAULT_VER) == 2 && NV == 2 * NK ? 2 : 1;
+}
+
+template <typename TI>
+static void tc_prep_launch(int ver, char *scr, const tc_layout &lay, const TI *d_q, const TI *d_k, const TI *d_v,
+                           const float *d_g, const float *d_beta, int T, int NK, int NV, int nc, int *flags,
+                           cudaStream_t stream)
+{
+    if constexpr (std::is_same<TI, bf16>::value) {
+        if (ver == 2) {
+            cudaFuncSetAttribute(tc_prep2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP2_SMEM);
+            tc_prep2_kernel<<<dim3((unsigned)NK, (unsigned)nc), 128, TC_PREP2_SMEM, stream>>>(scr, lay, d_q, d_k, d_v,
+                                                                                              d_g, d_beta, T, NK, NV,
+                                                                                              flags);
+            return;
+        }
+    }
+    cudaFuncSetAttribute(tc_prep_kernel<TI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP_SMEM);
+    tc_prep_kernel<TI><<<dim3((unsigned)NK, (unsigned)nc), 128, TC_PREP_SMEM, stream>>>(scr, lay, d_q, d_k, d_v, d_g,
+                                                                                        d_beta, T, NK, NV, flags);
+}
+
+/* prep_ver: 0 the default (cuda_delta_rule_tc_prep_ver_for for bf16 q, k, v; v1 for float32), 1, or 2
+ * (bf16 and NV == 2 NK only). */
 template <typename TI>
 static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI *d_k, const TI *d_v,
                               const float *d_g, const float *d_beta, float *d_scratch, int64_t T, int64_t NK,
-                              int64_t NV, int64_t DK, int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
-                              const struct cuda_tc_pipe *pipe, struct q3n_error *err)
+                              int64_t NV, int64_t DK, int64_t DV, int64_t C, int scan_warps, int prep_ver,
+                              cudaStream_t stream, const struct cuda_tc_pipe *pipe, struct q3n_error *err)
 {
-    Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0);
+    Q3N_REQUIRE(T >= 0 && NK > 0 && NV % NK == 0 && prep_ver >= 0 && prep_ver <= 2);
+    const int bf16_in = std::is_same<TI, bf16>::value;
+    if (scan_warps == 0) scan_warps = tc_scan3_ok() ? Q3N_TC_SCAN_V3 : TC_SCAN_WARPS_DEFAULT;
+    const int piped = pipe && scan_warps == Q3N_TC_SCAN_V3 && cuda_delta_rule_chunked_tc_pipes(NV);
+    if (prep_ver == 0) prep_ver = bf16_in ? cuda_delta_rule_tc_prep_ver_for(NK, NV, piped) : 1;
+    if (prep_ver == 2 && !(bf16_in && NV == 2 * NK))
+        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: prep v2 needs bf16 q, k, v and NV == 2 NK (got NK=%lld NV=%lld)",
+                             (long long)NK, (long long)NV);
     if (!cuda_delta_rule_chunked_tc_supported(DK, DV, C))
         return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda delta rule tc: needs DK=DV=128, C=64 (got %lld %lld %lld) and ~163 KB of shared memory per block",
                              (long long)DK, (long long)DV, (long long)C);
@@ -639,9 +839,8 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
     Q3N_REQUIRE(T <= INT32_MAX / 4 && NV <= 65535 && nc <= 65535);
     const tc_layout lay = tc_layout_of(nc, NK, NV);
     char *scr = reinterpret_cast<char *>(d_scratch);
-    if (scan_warps == 0) scan_warps = tc_scan3_ok() ? Q3N_TC_SCAN_V3 : TC_SCAN_WARPS_DEFAULT;
     int *flags = NULL;
-    if (pipe && scan_warps == Q3N_TC_SCAN_V3 && cuda_delta_rule_chunked_tc_pipes(NV)) {
+    if (piped) {
         /* pipelined (see cuda_delta_rule_chunked_tc_bf16_piped): flags cleared, the scan's stream
          * forked after that, the prep launched first so that its first wave fills the GPU */
         flags = reinterpret_cast<int *>(scr + lay.flags);
@@ -649,9 +848,7 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
         CU_CHECK(cudaEventRecord(pipe->fork, stream));
         CU_CHECK(cudaStreamWaitEvent(pipe->stream, pipe->fork, 0));
     }
-    CU_CHECK(cudaFuncSetAttribute(tc_prep_kernel<TI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP_SMEM));
-    tc_prep_kernel<TI><<<dim3((unsigned)NK, (unsigned)nc), 128, TC_PREP_SMEM, stream>>>(
-        scr, lay, d_q, d_k, d_v, d_g, d_beta, (int)T, (int)NK, (int)NV, flags);
+    tc_prep_launch<TI>(prep_ver, scr, lay, d_q, d_k, d_v, d_g, d_beta, (int)T, (int)NK, (int)NV, (int)nc, flags, stream);
     CU_LAUNCHED("delta_rule tc_prep_kernel");
     if (scan_warps < 0) return Q3N_OK; /* prep only (timing) */
     bf16 *o = reinterpret_cast<bf16 *>(d_o);
@@ -678,8 +875,8 @@ extern "C" enum q3n_status cuda_delta_rule_chunked_tc(void *d_o, float *d_state,
                                                       int64_t DV, int64_t C, int scan_warps, cudaStream_t stream,
                                                       struct q3n_error *err)
 {
-    return tc_run<float>(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV, C, scan_warps, stream,
-                         NULL, err);
+    return tc_run<float>(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV, C, scan_warps, 0,
+                         stream, NULL, err);
 }
 
 extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16(void *d_o, float *d_state, const void *d_q, const void *d_k,
@@ -700,8 +897,28 @@ extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16_piped(void *d_o, floa
                                                                  const struct cuda_tc_pipe *pipe,
                                                                  struct q3n_error *err)
 {
-    if ((((uintptr_t)d_q | (uintptr_t)d_k | (uintptr_t)d_v) & 7) != 0)
-        return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: bf16 q, k, v must be 8-byte aligned");
-    return tc_run<bf16>(d_o, d_state, (const bf16 *)d_q, (const bf16 *)d_k, (const bf16 *)d_v, d_g, d_beta, d_scratch,
-                        T, NK, NV, DK, DV, C, scan_warps, stream, pipe, err);
+    return cuda_delta_rule_chunked_tc_bf16_ver(d_o, d_state, d_q, d_k, d_v, d_g, d_beta, d_scratch, T, NK, NV, DK, DV,
+                                               C, scan_warps, 0, stream, pipe, err);
 }
+
+extern "C" enum q3n_status cuda_delta_rule_chunked_tc_bf16_ver(void *d_o, float *d_state, const void *d_q,
+                                                               const void *d_k, const void *d_v, const float *d_g,
+                                                               const float *d_beta, float *d_scratch, int64_t T,
+                                                               int64_t NK, int64_t NV, int64_t DK, int64_t DV,
+                                                               int64_t C, int scan_warps, int prep_ver,
+                                                               cudaStream_t stream, const struct cuda_tc_pipe *pipe,
+                                                               struct q3n_error *err)
+{
+    /* v1 stages 8-byte pieces, v2 copies 16-byte ones (cp.async): a default run on 8-byte aligned
+     * views takes v1, the same bits */
+    const uintptr_t a = (uintptr_t)d_q | (uintptr_t)d_k | (uintptr_t)d_v;
+    if ((a & 7) != 0) return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: bf16 q, k, v must be 8-byte aligned");
+    if ((a & 15) != 0) {
+        if (prep_ver == 2)
+            return q3n_error_set(err, Q3N_ERR_USAGE, "cuda delta rule tc: prep v2 needs 16-byte aligned q, k, v");
+        prep_ver = 1;
+    }
+    return tc_run<bf16>(d_o, d_state, (const bf16 *)d_q, (const bf16 *)d_k, (const bf16 *)d_v, d_g, d_beta, d_scratch,
+                        T, NK, NV, DK, DV, C, scan_warps, prep_ver, stream, pipe, err);
+}
+

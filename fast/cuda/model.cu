@@ -75,12 +75,13 @@ static void describe_build(struct cuda_session *s)
         snprintf(ex, sizeof ex, " experts=checkpoint(%s)", s->pack_why);
     /* glue=: the kernels around the GEMMs that ran their v2 (session 9's; absent: all ran v1), and
      * norm_folds where the MoE combine or the embedding did the next norm (session 12) */
-    static const struct bit_name glue_names[] = {{RAN_GLUE_QK_PREP, "qk_prep_v2"},   {RAN_GLUE_QK_PREP3, "qk_prep_v3"},
-                                                 {RAN_GLUE_GATE, "gate_v2"},         {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
+    static const struct bit_name glue_names[] = {{RAN_GLUE_GATE, "gate_v2"},         {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
                                                  {RAN_GLUE_SCAN, "scan_v2"},         {RAN_GLUE_SCAN3, "scan_v3"},
-                                                 {RAN_GLUE_COMBINE_NORM, "norm_folds"}};
-    char glue[96];
-    bit_names(glue, sizeof glue, " glue=", s->ran_glue, glue_names, sizeof glue_names / sizeof glue_names[0]);
+                                                 {RAN_GLUE_COMBINE_NORM, "norm_folds"}, {RAN_GLUE_TC_PREP2, "tc_prep_v2"}};
+    char glue[96] = "";
+    if (s->ran_qk_prep) snprintf(glue, sizeof glue, " glue=qk_prep_v%d", s->ran_qk_prep);
+    bit_names(glue + strlen(glue), sizeof glue - strlen(glue), glue[0] ? "+" : " glue=", s->ran_glue, glue_names,
+              sizeof glue_names / sizeof glue_names[0]);
     /* side=: the prefill GEMMs that ran on the side stream (side_stream.cu) */
     static const struct bit_name side_names[] = {{RAN_SIDE_SHARED, "shared_expert"},
                                                  {RAN_SIDE_BA, "in_proj_ba"},

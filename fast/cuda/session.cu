@@ -294,7 +294,7 @@ enum q3n_status reset_caches(struct cuda_session *s, struct q3n_error *err)
     s->has_prev = 0;
     s->last_T = s->last_pos0 = s->mtp_len = 0;
     s->ran_chunked = s->ran_recurrent = s->ran_flash = s->ran_rows = s->ran_moe_gemm = s->ran_moe_gemv = s->ran_moe_grouped = 0;
-    s->ran_decode_graph = s->ran_decode_eager = s->ran_glue = s->ran_side = 0;
+    s->ran_decode_graph = s->ran_decode_eager = s->ran_glue = s->ran_side = s->ran_qk_prep = 0;
     return Q3N_OK;
 }
 

@@ -35,15 +35,15 @@
 #include "cuda_model.h"
 
 #define MAX_ALLOCS 8192
-/* ran_glue bits: the v2 (v3) of these kernels ran (sessions 9 and 12; describe names them) */
-#define RAN_GLUE_QK_PREP 1
+/* ran_glue bits: the v2 (v3) of these kernels ran (sessions 9, 12 and 13; describe names them); bits
+ * 1 and 128 were the q/k prep's v2 and v3 until session 13 (now ran_qk_prep) */
+#define RAN_GLUE_TC_PREP2 1 /* the delta rule's prep v2 (both value heads of a key head in one block) */
 #define RAN_GLUE_GATE 2
 #define RAN_GLUE_DN_PREP 4
 #define RAN_GLUE_GATED_NORM 8
 #define RAN_GLUE_SCAN 16
 #define RAN_GLUE_COMBINE_NORM 32 /* norm folds: the MoE combine or the embedding with the next norm */
 #define RAN_GLUE_SCAN3 64         /* the permutation's scan v3 (over blocks of experts) */
-#define RAN_GLUE_QK_PREP3 128     /* the attention q/k prep's v3 (a RoPE table per token) */
 /* ran_side bits (side_stream.cu) */
 #define RAN_SIDE_SHARED 1 /* the MoE block's shared expert and its gate */
 #define RAN_SIDE_BA 2     /* the linear-attention layer's in_proj_ba */
@@ -141,6 +141,8 @@ struct cuda_session {
     int ran_glue; /* RAN_GLUE_* bits: which of the kernels around the GEMMs ran their v2 */
     int ran_side; /* RAN_SIDE_* bits: which prefill GEMMs ran on the side stream (prefill only: not in
                    * the decode graph's replayed flags) */
+    int ran_qk_prep; /* the attention q/k prep's version where a prefill ran v2 or later (prefill only, as
+                      * ran_side) */
     const char *dn_kernel, *rec_kernel, *attn_prefill_kernel, *attn_decode_kernel; /* names from the launchers */
     char desc[512];
     /* decode step: [token id, position] on the device and its pinned host staging; the captured

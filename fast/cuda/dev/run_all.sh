@@ -1,7 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
-#                                            ncu4096 ncuglue stream options ab build
+#                                            ncu4096 ncuglue ncudelta stream options ab build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -116,6 +116,21 @@ for stage in "$@"; do
             --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
             $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >>"$OUT/ncu4096.log" 2>&1
         echo "exit $?" >>"$OUT/ncu4096.log" ;;
+    ncudelta)  # the delta rule's two kernels at T=4096 (the prep alone, then scan v3), full sections and the
+               # per-instruction stall samples (source page) of each; a -lineinfo build of test_delta_tc in
+               # .cudadev/li (carried as li.tar.xz) maps them to source lines
+        [ -f .cudadev/li.tar.xz ] && tar -xJf .cudadev/li.tar.xz -C .cudadev
+        D=$B; [ -x .cudadev/li/test_delta_tc ] && D=.cudadev/li
+        for k in tc_prep:-1 tc_scan3:100; do
+            name=${k%%:*}; path=${k##*:}
+            log "ncu $name" >"$OUT/ncudelta_$name.log"
+            timeout 240 ncu --set full --import-source yes -k regex:$name --launch-skip 3 --launch-count 1 -f \
+                -o /tmp/ncu_$name $D/test_delta_tc --bench-one 4096 $path bf16 >>"$OUT/ncudelta_$name.log" 2>&1
+            ncu -i /tmp/ncu_$name.ncu-rep --page details --print-details all >>"$OUT/ncudelta_$name.log" 2>&1
+            ncu -i /tmp/ncu_$name.ncu-rep --page source --csv --print-source sass >/tmp/ncu_src_$name.csv 2>&1 ||
+                ncu -i /tmp/ncu_$name.ncu-rep --page source --csv >/tmp/ncu_src_$name.csv 2>&1
+            xz -9 -c /tmp/ncu_src_$name.csv >"$OUT/ncudelta_src_$name.csv.xz"
+        done ;;
     ncuglue)  # the memory-bound kernels around the T=4096 GEMMs, one T=4096 launch each (the warm-up prefill,
               # T=1024, comes first: skip its launches), with the sections that say why each is off its floor
         # (GLUE="kernel:skip ..." picks a subset)

@@ -5,11 +5,13 @@
  * Each case: NaN-poisoned o and scratch, a guard after o, 3 runs of the default path that must be
  * bitwise identical; then scan v2 in its three block shapes (identical bits) and scan v3 (where the
  * device has it: the default there, so the same bits as the default runs). Every path: rel L2 of o
- * <= 1e-2 and of the final state <= 5e-3 (bf16 operands, float32 accumulation).
+ * <= 1e-2 and of the final state <= 5e-3 (bf16 operands, float32 accumulation). Then, on bf16
+ * q, k, v: the pipelined run bitwise the sequential one, and prep v2 bitwise v1 (run_prep_case).
  *
  *   test_delta_tc            all cases, then timings at T=4096 and 16384 (NK=16 NV=32 DK=DV=128)
  *   test_delta_tc --cases    cases only
  *   test_delta_tc --bench    timings only
+ *   test_delta_tc --pipe     the pipelined and prep v2 cases, then their timings
  *   test_delta_tc --bench-one T W [bf16]   one timing (NK=16 NV=32, scan_warps W: -1 prep only,
  *                                          100 = scan v3; bf16: q, k, v in bf16): for ncu */
 #include <math.h>
@@ -223,6 +225,28 @@ static void bench(int64_t T, int64_t NK, int64_t NV, int path, int bf16in = 0)
     cudaFree(hq), cudaFree(hk), cudaFree(hv);
 }
 
+/* The median of 20 timed calls (after 3 untimed), CUDA events on g_stream. */
+template <typename F>
+static float median_ms(F call)
+{
+    for (int r = 0; r < 3; r++) call();
+    std::vector<float> ms(20);
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (float &m : ms) {
+        CK(cudaEventRecord(a, g_stream));
+        call();
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&m, a, b));
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    std::sort(ms.begin(), ms.end());
+    return ms[10];
+}
+
 /* The pipelined run (the scan on a high-priority stream beside the prep, a flag per (chunk, key head):
  * cuda_delta_rule_chunked_tc_bf16_piped) against the sequential one on the same bf16 inputs: o and the
  * final state bitwise, 3 runs; with timing, 20 calls of each (median). */
@@ -265,26 +289,76 @@ static void run_pipe_case(int64_t T, int64_t NK, int64_t NV, int timing)
            ok ? "ok  " : "FAIL", (long long)T, (long long)NK, (long long)NV, (long long)dof, dst ? "DIFFERS" : "same");
     if (timing) {
         float t[2];
-        for (int piped = 0; piped < 2; piped++) {
-            for (int r = 0; r < 3; r++) call(piped);
-            std::vector<float> ms(20);
-            cudaEvent_t a, b;
-            CK(cudaEventCreate(&a));
-            CK(cudaEventCreate(&b));
-            for (float &m : ms) {
-                CK(cudaEventRecord(a, g_stream));
-                call(piped);
-                CK(cudaEventRecord(b, g_stream));
-                CK(cudaEventSynchronize(b));
-                CK(cudaEventElapsedTime(&m, a, b));
-            }
-            std::sort(ms.begin(), ms.end());
-            t[piped] = ms[10];
-            CK(cudaEventDestroy(a));
-            CK(cudaEventDestroy(b));
-        }
+        for (int piped = 0; piped < 2; piped++) t[piped] = median_ms([&] { call(piped); });
         printf("BENCH tc prep + scan v3, bf16 in, T=%lld NK=%lld NV=%lld: sequential %.3f ms, pipelined %.3f ms (median of 20)\n",
                (long long)T, (long long)NK, (long long)NV, t[0], t[1]);
+    }
+    cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(dscr), cudaFree(o), cudaFree(hq), cudaFree(hk), cudaFree(hv);
+}
+
+/* Prep v2 (both value heads of a key head in one block) against v1 on the same bf16 inputs: the
+ * whole scratch after the prep alone (NaN-poisoned before each run, 3 runs of v2), then o and the
+ * final state of the full run, v2 pipelined where the device pipelines against v1 sequential, all
+ * bitwise; with timing, each prep alone and each full run (median of 20). */
+static void run_prep_case(int64_t T, int64_t NK, int64_t NV, int timing)
+{
+    const int64_t D = 128, C = 64;
+    inputs in = make_inputs(T, NK, NV, D, D, -0.05, 1);
+    float *dg = (float *)dup(in.g), *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0), *dscr;
+    void *hq = dup16(to_bf16(in.q)), *hk = dup16(to_bf16(in.k)), *hv = dup16(to_bf16(in.v)), *o;
+    const size_t obytes = (size_t)(T * NV * D) * 2, sbytes = in.s0.size() * 4;
+    const size_t scr_bytes = (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4;
+    CK(cudaMalloc(&o, obytes));
+    CK(cudaMalloc(&dscr, scr_bytes));
+    /* scan_warps -1: the prep alone; piped: the scan beside it where the device pipelines */
+    auto call = [&](int prep_ver, int scan_warps, int piped) {
+        RUN(cuda_delta_rule_chunked_tc_bf16_ver(o, ds, hq, hk, hv, dg, db, dscr, T, NK, NV, D, D, C, scan_warps, prep_ver,
+                                                g_stream, piped ? &g_pipe : NULL, &g_err));
+    };
+    std::vector<unsigned char> scr1(scr_bytes), scr2(scr_bytes);
+    std::vector<uint16_t> o1(obytes / 2), o2(obytes / 2);
+    std::vector<float> s1(in.s0.size()), s2(in.s0.size());
+    auto run = [&](int prep_ver, int scan_warps, int piped, std::vector<unsigned char> &scr, std::vector<uint16_t> &ov,
+                   std::vector<float> &sv) {
+        CK(cudaMemcpyAsync(ds, in.s0.data(), sbytes, cudaMemcpyHostToDevice, g_stream));
+        CK(cudaMemsetAsync(o, 0xff, obytes, g_stream));
+        CK(cudaMemsetAsync(dscr, 0xff, scr_bytes, g_stream));
+        call(prep_ver, scan_warps, piped);
+        CK(cudaStreamSynchronize(g_stream));
+        if (scan_warps < 0) {
+            CK(cudaMemcpy(scr.data(), dscr, scr_bytes, cudaMemcpyDeviceToHost));
+        } else {
+            CK(cudaMemcpy(ov.data(), o, obytes, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(sv.data(), ds, sbytes, cudaMemcpyDeviceToHost));
+        }
+    };
+    run(1, -1, 0, scr1, o1, s1);
+    int64_t dscr_n = 0, dof = 0, dst = 0;
+    for (int r = 0; r < 3; r++) {
+        run(2, -1, 0, scr2, o2, s2);
+        for (size_t i = 0; i < scr_bytes; i++) dscr_n += scr1[i] != scr2[i];
+    }
+    run(1, 0, 0, scr1, o1, s1);
+    for (int r = 0; r < 3; r++) {
+        run(2, 0, 1, scr2, o2, s2);
+        for (size_t i = 0; i < o1.size(); i++) dof += o1[i] != o2[i];
+        dst += memcmp(s1.data(), s2.data(), sbytes) != 0;
+    }
+    const int ok = dscr_n == 0 && dof == 0 && dst == 0;
+    g_cases++;
+    g_fail += !ok;
+    printf("%s prep v2 == v1 bitwise T=%lld NK=%lld NV=%lld (3 runs): scratch %lld bytes differ, o %lld differ, state %s\n",
+           ok ? "ok  " : "FAIL", (long long)T, (long long)NK, (long long)NV, (long long)dscr_n, (long long)dof,
+           dst ? "DIFFERS" : "same");
+    if (timing) {
+        float t[4];
+        for (int ver = 1; ver <= 2; ver++) {
+            t[2 * ver - 2] = median_ms([&] { call(ver, -1, 0); });
+            t[2 * ver - 1] = median_ms([&] { call(ver, 0, 1); });
+        }
+        printf("BENCH tc prep v1 / v2, bf16 in, T=%lld NK=%lld NV=%lld: prep alone %.3f / %.3f ms, prep + scan v3 "
+               "pipelined %.3f / %.3f ms (median of 20)\n",
+               (long long)T, (long long)NK, (long long)NV, t[0], t[2], t[1], t[3]);
     }
     cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(dscr), cudaFree(o), cudaFree(hq), cudaFree(hk), cudaFree(hv);
 }
@@ -371,10 +445,14 @@ int main(int argc, char **argv)
     g_have_v3 = cuda_delta_rule_chunked_tc_supported(128, 128, 64) && cuda_delta_rule_chunked_tc_has_v3();
     if (argc >= 2 && strcmp(argv[1], "--pipe") == 0) { /* the pipelined run's cases and timings only */
         const int64_t Ts[] = {1, 64, 65, 1000, 4096};
-        for (int64_t T : Ts) run_pipe_case(T, 16, 32, 0);
+        for (int64_t T : Ts) run_pipe_case(T, 16, 32, 0), run_prep_case(T, 16, 32, 0);
         run_pipe_case(300, 2, 4, 0);
+        run_prep_case(300, 2, 4, 0);
+        run_prep_case(130, 1, 2, 0);
         run_pipe_case(4096, 16, 32, 1);
         run_pipe_case(16384, 16, 32, 1);
+        run_prep_case(4096, 16, 32, 1);
+        run_prep_case(16384, 16, 32, 1);
         printf("%d cases, %d failed\n", g_cases, g_fail);
         return g_fail ? 1 : 0;
     }
@@ -405,6 +483,10 @@ int main(int argc, char **argv)
         const int64_t Tp[] = {1, 64, 65, 1000, 4096};
         for (int64_t T : Tp) run_pipe_case(T, 16, 32, 0);
         run_pipe_case(300, 2, 4, 0);
+        /* prep v2 against v1 (NV == 2 NK) */
+        for (int64_t T : Tp) run_prep_case(T, 16, 32, 0);
+        run_prep_case(300, 2, 4, 0);
+        run_prep_case(130, 1, 2, 0);
         printf("%d cases, %d failed; worst tc rel_l2: o %.3e, state %.3e\n", g_cases, g_fail, g_worst_o, g_worst_s);
         if (g_fail) return 1;
     }
@@ -420,6 +502,7 @@ int main(int argc, char **argv)
             bench(T, 16, 32, -1, 1);
             bench(T, 16, 32, 0, 1); /* bf16 q, k, v, default scan, sequential */
             run_pipe_case(T, 16, 32, 1); /* the model's call: the same, pipelined */
+            run_prep_case(T, 16, 32, 1);
         }
     }
     return 0;

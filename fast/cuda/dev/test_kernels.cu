@@ -286,10 +286,12 @@ static void case_attention(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int
     snprintf(name, sizeof name, "attn_qk_prep(k_cache) T=%lld pos0=%lld NKV=%lld HD=%lld %s", (long long)T,
              (long long)pos0, (long long)NKV, (long long)HD, dtn(bf));
     check(name, down(dkc, S * NKV * HD, bf), kc, bf ? 8e-3 : 1e-6, 1, &dkc);
-    if (bf && HD <= 256) { /* qk_prep v2 (a warp per row) and v3 (a RoPE table per token) against v1, taps on: bitwise */
+    if (bf && HD <= 256) { /* qk_prep v2 (a warp per row), v3 (a RoPE table per token) and v4 (16-byte rows, HD % 8
+                            * == 0) against v1, taps on: bitwise */
         const size_t nq = (size_t)(T * NH * HD), nk = (size_t)(T * NKV * HD), nc = (size_t)(S * NKV * HD);
-        dbuf qv[4], qnv[4], knv[4], kcv[4], vcv[4];
-        for (int ver = 1; ver <= 3; ver++) {
+        const int top = HD % 8 == 0 ? 4 : 3;
+        dbuf qv[5], qnv[5], knv[5], kcv[5], vcv[5];
+        for (int ver = 1; ver <= top; ver++) {
             qv[ver] = dnew(nq * as), qnv[ver] = dnew(nq * as), knv[ver] = dnew(nk * as);
             kcv[ver] = dnew(nc * as), vcv[ver] = dnew(nc * as);
             poison(qv[ver]), poison(qnv[ver]), poison(knv[ver]), poison(kcv[ver]), poison(vcv[ver]);
@@ -305,12 +307,12 @@ static void case_attention(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int
         const struct { const char *what; dbuf *b; size_t n; } outs[] = {
             {"q", qv, nq}, {"q_norm", qnv, nq}, {"k_norm", knv, nk}, {"k_cache", kcv, nc}, {"v_cache", vcv, nc}};
         for (const auto &o : outs)
-            for (int ver = 2; ver <= 3; ver++) {
+            for (int ver = 2; ver <= top; ver++) {
                 snprintf(name, sizeof name, "attn_qk_prep v%d == v1 bitwise (%s) T=%lld pos0=%lld HD=%lld rot=%lld",
                          ver, o.what, (long long)T, (long long)pos0, (long long)HD, (long long)rot);
                 check_bitwise(name, down(o.b[ver], (int64_t)o.n, bf), down(o.b[1], (int64_t)o.n, bf), &o.b[ver]);
             }
-        for (int ver = 1; ver <= 3; ver++) dfree(qv[ver]), dfree(qnv[ver]), dfree(knv[ver]), dfree(kcv[ver]), dfree(vcv[ver]);
+        for (int ver = 1; ver <= top; ver++) dfree(qv[ver]), dfree(qnv[ver]), dfree(knv[ver]), dfree(kcv[ver]), dfree(vcv[ver]);
     }
     snprintf(name, sizeof name, "attention[%s] T=%lld pos0=%lld NH=%lld NKV=%lld HD=%lld %s",
              cuda_attention_kernel(T, HD, DT(bf)), (long long)T, (long long)pos0, (long long)NH, (long long)NKV,
