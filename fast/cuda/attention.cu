@@ -329,22 +329,12 @@ static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d
     (bf16 *)d_q, (bf16 *)d_qn, (bf16 *)d_kc, (bf16 *)d_vc, (bf16 *)d_kn, (const bf16 *)d_qg, (const bf16 *)d_k,     \
         (const bf16 *)d_v, d_qnorm_w, d_knorm_w, pos0, d_pos, (int)NH, (int)NKV, (int)HD, (int)rot, (float)theta,     \
         (float)eps
-        if (ver == 4) {
+        if (ver >= 3) { /* a block per token; 4 (8) elements of a row per lane up to HD 128 (256) */
             Q3N_REQUIRE(T <= INT32_MAX);
-            if (HD <= 128)
-                qk_prep_v4_kernel<4><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
-            else
-                qk_prep_v4_kernel<8><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
-            CU_LAUNCHED("attention qk_prep_v4_kernel");
-            return Q3N_OK;
-        }
-        if (ver == 3) {
-            Q3N_REQUIRE(T <= INT32_MAX);
-            if (HD <= 128)
-                qk_prep_v3_kernel<4><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
-            else
-                qk_prep_v3_kernel<8><<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
-            CU_LAUNCHED("attention qk_prep_v3_kernel");
+            const auto kernel = ver == 4 ? (HD <= 128 ? qk_prep_v4_kernel<4> : qk_prep_v4_kernel<8>)
+                                         : (HD <= 128 ? qk_prep_v3_kernel<4> : qk_prep_v3_kernel<8>);
+            kernel<<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
+            CU_LAUNCHED(ver == 4 ? "attention qk_prep_v4_kernel" : "attention qk_prep_v3_kernel");
             return Q3N_OK;
         }
         const unsigned grid = cdiv(rows, QKP2_ROWS);

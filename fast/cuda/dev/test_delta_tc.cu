@@ -247,29 +247,54 @@ static float median_ms(F call)
     return ms[10];
 }
 
+/* The device side of a case on bf16 q, k, v (NK, NV heads of dim 128, weak decay): inputs, o, scratch. */
+struct bf16_case {
+    static constexpr int64_t D = 128, C = 64;
+    inputs in;
+    float *dg, *db, *ds, *dscr;
+    void *hq, *hk, *hv, *o;
+    size_t obytes, sbytes, scr_bytes;
+    bf16_case(int64_t T, int64_t NK, int64_t NV) : in(make_inputs(T, NK, NV, D, D, -0.05, 1))
+    {
+        dg = (float *)dup(in.g), db = (float *)dup(in.beta), ds = (float *)dup(in.s0);
+        hq = dup16(to_bf16(in.q)), hk = dup16(to_bf16(in.k)), hv = dup16(to_bf16(in.v));
+        obytes = (size_t)(T * NV * D) * 2, sbytes = in.s0.size() * 4;
+        scr_bytes = (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4;
+        CK(cudaMalloc(&o, obytes));
+        CK(cudaMalloc(&dscr, scr_bytes));
+    }
+    ~bf16_case()
+    {
+        cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(dscr), cudaFree(o), cudaFree(hq), cudaFree(hk), cudaFree(hv);
+    }
+    /* the initial state back in place, o and the scratch NaN-poisoned (on g_stream) */
+    void reset()
+    {
+        CK(cudaMemcpyAsync(ds, in.s0.data(), sbytes, cudaMemcpyHostToDevice, g_stream));
+        CK(cudaMemsetAsync(o, 0xff, obytes, g_stream));
+        CK(cudaMemsetAsync(dscr, 0xff, scr_bytes, g_stream));
+    }
+};
+
 /* The pipelined run (the scan on a high-priority stream beside the prep, a flag per (chunk, key head):
  * cuda_delta_rule_chunked_tc_bf16_piped) against the sequential one on the same bf16 inputs: o and the
  * final state bitwise, 3 runs; with timing, 20 calls of each (median). */
 static cuda_tc_pipe g_pipe;
 static void run_pipe_case(int64_t T, int64_t NK, int64_t NV, int timing)
 {
-    const int64_t D = 128, C = 64;
-    inputs in = make_inputs(T, NK, NV, D, D, -0.05, 1);
-    float *dg = (float *)dup(in.g), *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0), *dscr;
-    void *hq = dup16(to_bf16(in.q)), *hk = dup16(to_bf16(in.k)), *hv = dup16(to_bf16(in.v)), *o;
-    const size_t obytes = (size_t)(T * NV * D) * 2, sbytes = in.s0.size() * 4;
-    CK(cudaMalloc(&o, obytes));
-    CK(cudaMalloc(&dscr, (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4));
+    bf16_case b(T, NK, NV);
+    const int64_t D = b.D, C = b.C;
+    const size_t obytes = b.obytes, sbytes = b.sbytes;
+    void *o = b.o;
+    float *ds = b.ds;
     auto call = [&](int piped) {
-        RUN(cuda_delta_rule_chunked_tc_bf16_piped(o, ds, hq, hk, hv, dg, db, dscr, T, NK, NV, D, D, C, 0, g_stream,
-                                                  piped ? &g_pipe : NULL, &g_err));
+        RUN(cuda_delta_rule_chunked_tc_bf16_piped(o, ds, b.hq, b.hk, b.hv, b.dg, b.db, b.dscr, T, NK, NV, D, D, C, 0,
+                                                  g_stream, piped ? &g_pipe : NULL, &g_err));
     };
     std::vector<uint16_t> o_seq(obytes / 2), oc(obytes / 2);
-    std::vector<float> s_seq(in.s0.size()), sc(in.s0.size());
+    std::vector<float> s_seq(b.in.s0.size()), sc(b.in.s0.size());
     auto run = [&](int piped, std::vector<uint16_t> &ov, std::vector<float> &sv) {
-        CK(cudaMemcpyAsync(ds, in.s0.data(), sbytes, cudaMemcpyHostToDevice, g_stream));
-        CK(cudaMemsetAsync(o, 0xff, obytes, g_stream));
-        CK(cudaMemsetAsync(dscr, 0xff, (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4, g_stream));
+        b.reset();
         call(piped);
         CK(cudaStreamSynchronize(g_stream));
         CK(cudaMemcpy(ov.data(), o, obytes, cudaMemcpyDeviceToHost));
@@ -293,7 +318,6 @@ static void run_pipe_case(int64_t T, int64_t NK, int64_t NV, int timing)
         printf("BENCH tc prep + scan v3, bf16 in, T=%lld NK=%lld NV=%lld: sequential %.3f ms, pipelined %.3f ms (median of 20)\n",
                (long long)T, (long long)NK, (long long)NV, t[0], t[1]);
     }
-    cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(dscr), cudaFree(o), cudaFree(hq), cudaFree(hk), cudaFree(hv);
 }
 
 /* Prep v2 (both value heads of a key head in one block) against v1 on the same bf16 inputs: the
@@ -302,27 +326,22 @@ static void run_pipe_case(int64_t T, int64_t NK, int64_t NV, int timing)
  * bitwise; with timing, each prep alone and each full run (median of 20). */
 static void run_prep_case(int64_t T, int64_t NK, int64_t NV, int timing)
 {
-    const int64_t D = 128, C = 64;
-    inputs in = make_inputs(T, NK, NV, D, D, -0.05, 1);
-    float *dg = (float *)dup(in.g), *db = (float *)dup(in.beta), *ds = (float *)dup(in.s0), *dscr;
-    void *hq = dup16(to_bf16(in.q)), *hk = dup16(to_bf16(in.k)), *hv = dup16(to_bf16(in.v)), *o;
-    const size_t obytes = (size_t)(T * NV * D) * 2, sbytes = in.s0.size() * 4;
-    const size_t scr_bytes = (size_t)cuda_delta_rule_chunked_scratch(T, NV, D, D, C) * 4;
-    CK(cudaMalloc(&o, obytes));
-    CK(cudaMalloc(&dscr, scr_bytes));
+    bf16_case b(T, NK, NV);
+    const int64_t D = b.D, C = b.C;
+    const size_t obytes = b.obytes, sbytes = b.sbytes, scr_bytes = b.scr_bytes;
+    void *o = b.o;
+    float *ds = b.ds, *dscr = b.dscr;
     /* scan_warps -1: the prep alone; piped: the scan beside it where the device pipelines */
     auto call = [&](int prep_ver, int scan_warps, int piped) {
-        RUN(cuda_delta_rule_chunked_tc_bf16_ver(o, ds, hq, hk, hv, dg, db, dscr, T, NK, NV, D, D, C, scan_warps, prep_ver,
-                                                g_stream, piped ? &g_pipe : NULL, &g_err));
+        RUN(cuda_delta_rule_chunked_tc_bf16_ver(o, ds, b.hq, b.hk, b.hv, b.dg, b.db, dscr, T, NK, NV, D, D, C, scan_warps,
+                                                prep_ver, g_stream, piped ? &g_pipe : NULL, &g_err));
     };
     std::vector<unsigned char> scr1(scr_bytes), scr2(scr_bytes);
     std::vector<uint16_t> o1(obytes / 2), o2(obytes / 2);
-    std::vector<float> s1(in.s0.size()), s2(in.s0.size());
+    std::vector<float> s1(b.in.s0.size()), s2(b.in.s0.size());
     auto run = [&](int prep_ver, int scan_warps, int piped, std::vector<unsigned char> &scr, std::vector<uint16_t> &ov,
                    std::vector<float> &sv) {
-        CK(cudaMemcpyAsync(ds, in.s0.data(), sbytes, cudaMemcpyHostToDevice, g_stream));
-        CK(cudaMemsetAsync(o, 0xff, obytes, g_stream));
-        CK(cudaMemsetAsync(dscr, 0xff, scr_bytes, g_stream));
+        b.reset();
         call(prep_ver, scan_warps, piped);
         CK(cudaStreamSynchronize(g_stream));
         if (scan_warps < 0) {
@@ -360,7 +379,6 @@ static void run_prep_case(int64_t T, int64_t NK, int64_t NV, int timing)
                "pipelined %.3f / %.3f ms (median of 20)\n",
                (long long)T, (long long)NK, (long long)NV, t[0], t[2], t[1], t[3]);
     }
-    cudaFree(dg), cudaFree(db), cudaFree(ds), cudaFree(dscr), cudaFree(o), cudaFree(hq), cudaFree(hk), cudaFree(hv);
 }
 
 /* The recurrent form in bf16 mode (rec_v2) against ref_delta_rule_recurrent: o rel L2 <= 8e-3

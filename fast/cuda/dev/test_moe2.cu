@@ -630,6 +630,26 @@ static int repeat_pair(F fused, dbuf &a, dbuf &b, int64_t n, std::vector<uint16_
     return det;
 }
 
+/* The chain of launches (once, into h1, x1, poisoned first) against the fused kernel (REPEAT runs into
+ * h2, x2): how many elements of each output differ, and whether the fused runs repeated their bits;
+ * gx: the fused kernel's first xn. */
+struct pair_diff {
+    int64_t dh, dx;
+    int det;
+};
+template <typename C, typename F>
+static pair_diff chain_vs_fused(C chain, F fused, dbuf &h1, dbuf &x1, dbuf &h2, dbuf &x2, int64_t n,
+                                std::vector<uint16_t> &gx)
+{
+    poison(h1), poison(x1);
+    chain();
+    CK(cudaStreamSynchronize(g_stream));
+    const auto wh = raw16(h1.p, n), wx = raw16(x1.p, n);
+    std::vector<uint16_t> gh;
+    const int det = repeat_pair(fused, h2, x2, n, gh, gx);
+    return {count_diff(gh, wh), count_diff(gx, wx), det};
+}
+
 /* A random permutation of 0..n-1 (Fisher-Yates on g_rng, drawn whether or not it is kept) on the
  * device when keep, else NULL (the combine's pos = identity). */
 static int32_t *shuffled_pos(int64_t n, int keep)
@@ -707,13 +727,10 @@ static void case_embed_norm(int64_t T, int64_t D, int64_t V, int timing)
         RUN(cuda_add_rmsnorm_forward_ver(x1.p, h1.p, NULL, nw, T, D, eps, chain_ver, dt, g_stream, E_));
     };
     auto fused = [&]() { RUN(cuda_embed_norm_forward(h2.p, x2.p, dtok, table, nw, eps, T, D, dt, g_stream, E_)); };
-    poison(h1), poison(x1);
-    chain();
-    CK(cudaStreamSynchronize(g_stream));
-    const auto wh = raw16(h1.p, T * D), wx = raw16(x1.p, T * D);
-    std::vector<uint16_t> gh, gx;
-    const int det = repeat_pair(fused, h2, x2, T * D, gh, gx);
-    const int64_t dh = count_diff(gh, wh), dx = count_diff(gx, wx);
+    std::vector<uint16_t> gx;
+    const pair_diff d = chain_vs_fused(chain, fused, h1, x1, h2, x2, T * D, gx);
+    const int64_t dh = d.dh, dx = d.dx;
+    const int det = d.det;
     const int pass = dh == 0 && dx == 0 && det && guard_ok(h2) && guard_ok(x2);
     g_cases++;
     if (!pass) g_fail++;
@@ -836,13 +853,10 @@ static void case_combine_norm(int64_t T, int64_t D, int64_t K, int shared, int p
         CK(cudaMemcpyAsync(h2.p, h0, 2 * T * D, cudaMemcpyDeviceToDevice, g_stream));
         RUN(cuda_moe_combine_norm(h2.p, x2.p, y, dpos, dw, sh, sg, nw, eps, T, D, K, dt, g_stream, E_));
     };
-    poison(h1), poison(x1);
-    chain();
-    CK(cudaStreamSynchronize(g_stream));
-    const auto wh = raw16(h1.p, T * D), wx = raw16(x1.p, T * D);
-    std::vector<uint16_t> gh, gx;
-    const int det = repeat_pair(fused, h2, x2, T * D, gh, gx);
-    const int64_t dh = count_diff(gh, wh), dx = count_diff(gx, wx);
+    std::vector<uint16_t> gx;
+    const pair_diff d = chain_vs_fused(chain, fused, h1, x1, h2, x2, T * D, gx);
+    const int64_t dh = d.dh, dx = d.dx;
+    const int det = d.det;
     int64_t nonfinite = 0;
     for (uint16_t u : gx) nonfinite += (u & 0x7f80u) == 0x7f80u;
     const int pass = dh == 0 && dx == 0 && nonfinite == 0 && det && guard_ok(h2) && guard_ok(x2);
