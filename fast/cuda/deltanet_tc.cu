@@ -763,8 +763,9 @@ extern "C" const char *cuda_delta_rule_chunked_tc_kernel(void)
  * state untouched). TI: the type of q, k, v. */
 /* The pipelined run waits inside the scan's blocks for the prep's, so the prep must always find an
  * SM: with more SMs than scan blocks (2 NV at DV = 128) one SM at least holds no scan block. (A prep
- * block also fits beside a scan block: 69.75 + 149.5 KB of shared memory, 168 + 197 registers a
- * thread over 128 + 128 threads.) */
+ * block would also fit beside a scan block, 69.75 + 149.5 KB of shared memory, 168 + 197 registers a
+ * thread over 128 + 128 threads; since session 13 the scan takes enough shared memory to keep prep
+ * blocks off its SMs: tc_scan_keep_off.) */
 static int tc_pipe_progress(int64_t NV)
 {
     int dev = 0, sms = 0;
@@ -780,15 +781,37 @@ extern "C" int cuda_delta_rule_chunked_tc_pipes(int64_t NV)
     return tc_scan3_ok() && tc_pipe_progress(NV);
 }
 
-/* The prep's default. Session 13 (H100, dev/test_delta_tc --pipe, fast/cuda/dev/logs/session13_c2_*):
- * v2 alone is faster (T = 4096 0.134 -> 0.114 ms, T = 16384 0.455 -> 0.382), but beside the pipelined
- * scan it is not (0.217 -> 0.218 ms, 0.767 -> 0.805): there v1 stays (TC_PREP_PIPED_VER). */
+/* The prep's default. Session 13 (H100, dev/test_delta_tc --pipe, fast/cuda/dev/logs/session13_*): v2
+ * alone is faster (T = 4096 0.134 -> 0.114 ms, T = 16384 0.455 -> 0.382). Pipelined with prep blocks
+ * beside the scan's, it is not (0.217 -> 0.218 ms, 0.767 -> 0.805: a denser prep slows the scan on
+ * its SM); with the scan's SMs kept to the scan (tc_scan_keep_off) it is: 0.215 -> 0.211 and
+ * 0.767 -> 0.719 against v1 beside the scan (session13_pad_*). */
 #ifndef TC_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DTC_PREP_DEFAULT_VER=1: v1, a value head at a time */
 #define TC_PREP_DEFAULT_VER 2
 #endif
 #ifndef TC_PREP_PIPED_VER /* the same for pipelined runs */
-#define TC_PREP_PIPED_VER 1
+#define TC_PREP_PIPED_VER 2
 #endif
+#ifndef TC_SCAN_EXCLUSIVE /* EXTRA_NVCCFLAGS=-DTC_SCAN_EXCLUSIVE=0: prep blocks may sit beside a scan block */
+#define TC_SCAN_EXCLUSIVE 1
+#endif
+
+/* Pipelined runs: the shared memory a scan block takes beyond its own so that no prep block of
+ * prep_smem bytes fits on its SM (the scan's chain is the pipeline's critical path and slows with a
+ * prep block beside it), or 0 (TC_SCAN_EXCLUSIVE off, or the device cannot give that much). */
+static int tc_scan_keep_off(int prep_smem)
+{
+    int dev = 0, per_sm = 0, reserved = 0, optin = 0;
+    if (!TC_SCAN_EXCLUSIVE || cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+        cudaGetLastError(); /* clear: no keeping off */
+        return 0;
+    }
+    const int pad = per_sm - (tc_scan3_smem() + reserved) - (prep_smem + reserved) + 1024; /* + allocation slack */
+    return pad > 0 && tc_scan3_smem() + pad <= optin ? pad : 0;
+}
 
 /* The prep the bf16 path runs by default, piped or not: v2 only where a key head has two value heads. */
 extern "C" int cuda_delta_rule_tc_prep_ver_for(int64_t NK, int64_t NV, int piped)
@@ -853,7 +876,8 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
     if (scan_warps < 0) return Q3N_OK; /* prep only (timing) */
     bf16 *o = reinterpret_cast<bf16 *>(d_o);
     if (flags) {
-        Q3N_TRY(tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, flags, pipe->stream, err));
+        Q3N_TRY(tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, flags,
+                                tc_scan_keep_off(prep_ver == 2 ? TC_PREP2_SMEM : TC_PREP_SMEM), pipe->stream, err));
         CU_CHECK(cudaEventRecord(pipe->join, pipe->stream));
         CU_CHECK(cudaStreamWaitEvent(stream, pipe->join, 0));
         return Q3N_OK;
@@ -861,7 +885,7 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
     switch (scan_warps) {
     case Q3N_TC_SCAN_V3:
         if (!tc_scan3_ok()) return q3n_error_set(err, Q3N_ERR_UNSUPPORTED, "cuda delta rule tc: scan v3 needs compute capability 9.0");
-        return tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, NULL, stream, err);
+        return tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, NULL, 0, stream, err);
     case 2: return tc_scan_launch<1>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 4: return tc_scan_launch<2>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);
     case 8: return tc_scan_launch<4>(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, stream, err);

@@ -50,9 +50,11 @@ __device__ __forceinline__ void tc_flag_wait(const int *p)
 }
 
 /* Scan v3 (wgmma, one warpgroup per 64 value columns of a head): needs compute capability 9.0
- * and its opt-in shared memory. */
+ * and its opt-in shared memory (tc_scan3_smem bytes a block). extra_smem: shared memory a block
+ * takes beyond that and leaves unused, so that no prep block fits on its SM (pipelined runs). */
 int tc_scan3_ok(void);
+int tc_scan3_smem(void);
 enum q3n_status tc_scan3_launch(bf16 *o, float *state, const char *scr, const tc_layout &lay, int T, int NK, int NV,
-                                int nc, const int *flags, cudaStream_t stream, struct q3n_error *err);
+                                int nc, const int *flags, int extra_smem, cudaStream_t stream, struct q3n_error *err);
 
 #endif

@@ -247,11 +247,14 @@ int tc_scan3_ok(void)
     return optin >= s3_smem::BYTES;
 }
 
+int tc_scan3_smem(void) { return s3_smem::BYTES; }
+
 enum q3n_status tc_scan3_launch(bf16 *o, float *state, const char *scr, const tc_layout &lay, int T, int NK, int NV,
-                                int nc, const int *flags, cudaStream_t stream, struct q3n_error *err)
+                                int nc, const int *flags, int extra_smem, cudaStream_t stream, struct q3n_error *err)
 {
-    CU_CHECK(cudaFuncSetAttribute(tc_scan3_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, s3_smem::BYTES));
-    tc_scan3_kernel<<<dim3(TC_D / S3_BV, (unsigned)NV), 128, s3_smem::BYTES, stream>>>(o, state, scr, lay, T, NK, NV,
+    const int smem = s3_smem::BYTES + extra_smem;
+    CU_CHECK(cudaFuncSetAttribute(tc_scan3_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    tc_scan3_kernel<<<dim3(TC_D / S3_BV, (unsigned)NV), 128, smem, stream>>>(o, state, scr, lay, T, NK, NV,
                                                                                         nc, flags);
     CU_LAUNCHED("delta_rule tc_scan3_kernel");
     return Q3N_OK;
