@@ -180,18 +180,6 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS) qk_prep_v2_kernel(QKP_ARGS_DEC
  * computes them for every element of every head (18 rows x 64 elements a token at the real dims:
  * ~150 instructions each). Every element goes through v2's operations: bitwise v2 (dev/test_kernels). */
 #define QKP3_WARPS 6
-template <int NM>
-__global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_v3_kernel(QKP_ARGS_DECL)
-{
-    __shared__ float ys[QKP3_WARPS][32 * NM];
-    __shared__ float cs[2][16 * NM]; /* half = rot / 2 <= HD / 2 <= 16 NM */
-    if (dpos) pos0 = *dpos;
-    const int t = blockIdx.x, wi = threadIdx.x >> 5, half = rot / 2;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cs<int>(cs[0][i], cs[1][i], i, rot, pos0 + t, theta, qg);
-    __syncthreads();
-    for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS)
-        qk_prep_row<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
-}
 
 /* v4 (bf16, HD % 8 == 0, 16-byte aligned rows; session 13): v3's block per token with every row
  * moved as 16-byte vectors. Lane l holds the elements 8 l .. 8 l + 7 where v3 holds l + 32 m, read by
@@ -256,17 +244,23 @@ __device__ __forceinline__ void qk_prep_row16(int t, int slot, float *yw, const 
     __syncwarp(); /* yw is reused by the warp's next row */
 }
 
-template <int NM>
-__global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_v4_kernel(QKP_ARGS_DECL)
+/* v3 (ROW16 false) and v4 (true): a block per token, its RoPE table first, then the warps take the
+ * token's NH + NKV rows in turn. */
+template <int NM, bool ROW16>
+__global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_token_kernel(QKP_ARGS_DECL)
 {
     __shared__ __align__(16) float ys[QKP3_WARPS][32 * NM];
-    __shared__ float cs[2][16 * NM];
+    __shared__ float cs[2][16 * NM]; /* half = rot / 2 <= HD / 2 <= 16 NM */
     if (dpos) pos0 = *dpos;
     const int t = blockIdx.x, wi = threadIdx.x >> 5, half = rot / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cs<int>(cs[0][i], cs[1][i], i, rot, pos0 + t, theta, qg);
     __syncthreads();
-    for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS)
-        qk_prep_row16<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
+    for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS) {
+        if constexpr (ROW16)
+            qk_prep_row16<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
+        else
+            qk_prep_row<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
+    }
 }
 #undef QKP_ROW_ARGS
 #undef QKP_ARGS_DECL
@@ -331,10 +325,10 @@ static enum q3n_status qk_prep_launch(void *d_q, void *d_qn, void *d_kc, void *d
         (float)eps
         if (ver >= 3) { /* a block per token; 4 (8) elements of a row per lane up to HD 128 (256) */
             Q3N_REQUIRE(T <= INT32_MAX);
-            const auto kernel = ver == 4 ? (HD <= 128 ? qk_prep_v4_kernel<4> : qk_prep_v4_kernel<8>)
-                                         : (HD <= 128 ? qk_prep_v3_kernel<4> : qk_prep_v3_kernel<8>);
+            const auto kernel = ver == 4 ? (HD <= 128 ? qk_prep_token_kernel<4, true> : qk_prep_token_kernel<8, true>)
+                                         : (HD <= 128 ? qk_prep_token_kernel<4, false> : qk_prep_token_kernel<8, false>);
             kernel<<<(unsigned)T, 32 * QKP3_WARPS, 0, stream>>>(QKP2_ARGS);
-            CU_LAUNCHED(ver == 4 ? "attention qk_prep_v4_kernel" : "attention qk_prep_v3_kernel");
+            CU_LAUNCHED(ver == 4 ? "attention qk_prep_token_kernel (v4)" : "attention qk_prep_token_kernel (v3)");
             return Q3N_OK;
         }
         const unsigned grid = cdiv(rows, QKP2_ROWS);
