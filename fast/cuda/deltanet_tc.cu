@@ -819,23 +819,28 @@ extern "C" int cuda_delta_rule_tc_prep_ver_for(int64_t NK, int64_t NV, int piped
     return (piped ? TC_PREP_PIPED_VER : TC_PREP_DEFAULT_VER) == 2 && NV == 2 * NK ? 2 : 1;
 }
 
+/* The dynamic shared memory of prep version ver's block. */
+static int tc_prep_smem(int ver) { return ver == 2 ? TC_PREP2_SMEM : TC_PREP_SMEM; }
+
 template <typename TI>
-static void tc_prep_launch(int ver, char *scr, const tc_layout &lay, const TI *d_q, const TI *d_k, const TI *d_v,
-                           const float *d_g, const float *d_beta, int T, int NK, int NV, int nc, int *flags,
-                           cudaStream_t stream)
+static enum q3n_status tc_prep_launch(int ver, char *scr, const tc_layout &lay, const TI *d_q, const TI *d_k,
+                                      const TI *d_v, const float *d_g, const float *d_beta, int T, int NK, int NV,
+                                      int nc, int *flags, cudaStream_t stream, struct q3n_error *err)
 {
+    const dim3 grid((unsigned)NK, (unsigned)nc);
     if constexpr (std::is_same<TI, bf16>::value) {
         if (ver == 2) {
-            cudaFuncSetAttribute(tc_prep2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP2_SMEM);
-            tc_prep2_kernel<<<dim3((unsigned)NK, (unsigned)nc), 128, TC_PREP2_SMEM, stream>>>(scr, lay, d_q, d_k, d_v,
-                                                                                              d_g, d_beta, T, NK, NV,
-                                                                                              flags);
-            return;
+            CU_CHECK(cudaFuncSetAttribute(tc_prep2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, tc_prep_smem(2)));
+            tc_prep2_kernel<<<grid, 128, tc_prep_smem(2), stream>>>(scr, lay, d_q, d_k, d_v, d_g, d_beta, T, NK, NV,
+                                                                    flags);
+            CU_LAUNCHED("delta_rule tc_prep2_kernel");
+            return Q3N_OK;
         }
     }
-    cudaFuncSetAttribute(tc_prep_kernel<TI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_PREP_SMEM);
-    tc_prep_kernel<TI><<<dim3((unsigned)NK, (unsigned)nc), 128, TC_PREP_SMEM, stream>>>(scr, lay, d_q, d_k, d_v, d_g,
-                                                                                        d_beta, T, NK, NV, flags);
+    CU_CHECK(cudaFuncSetAttribute(tc_prep_kernel<TI>, cudaFuncAttributeMaxDynamicSharedMemorySize, tc_prep_smem(1)));
+    tc_prep_kernel<TI><<<grid, 128, tc_prep_smem(1), stream>>>(scr, lay, d_q, d_k, d_v, d_g, d_beta, T, NK, NV, flags);
+    CU_LAUNCHED("delta_rule tc_prep_kernel");
+    return Q3N_OK;
 }
 
 /* prep_ver: 0 the default (cuda_delta_rule_tc_prep_ver_for for bf16 q, k, v; v1 for float32), 1, or 2
@@ -871,13 +876,13 @@ static enum q3n_status tc_run(void *d_o, float *d_state, const TI *d_q, const TI
         CU_CHECK(cudaEventRecord(pipe->fork, stream));
         CU_CHECK(cudaStreamWaitEvent(pipe->stream, pipe->fork, 0));
     }
-    tc_prep_launch<TI>(prep_ver, scr, lay, d_q, d_k, d_v, d_g, d_beta, (int)T, (int)NK, (int)NV, (int)nc, flags, stream);
-    CU_LAUNCHED("delta_rule tc_prep_kernel");
+    Q3N_TRY(tc_prep_launch<TI>(prep_ver, scr, lay, d_q, d_k, d_v, d_g, d_beta, (int)T, (int)NK, (int)NV, (int)nc, flags,
+                               stream, err));
     if (scan_warps < 0) return Q3N_OK; /* prep only (timing) */
     bf16 *o = reinterpret_cast<bf16 *>(d_o);
     if (flags) {
         Q3N_TRY(tc_scan3_launch(o, d_state, scr, lay, (int)T, (int)NK, (int)NV, (int)nc, flags,
-                                tc_scan_keep_off(prep_ver == 2 ? TC_PREP2_SMEM : TC_PREP_SMEM), pipe->stream, err));
+                                tc_scan_keep_off(tc_prep_smem(prep_ver)), pipe->stream, err));
         CU_CHECK(cudaEventRecord(pipe->join, pipe->stream));
         CU_CHECK(cudaStreamWaitEvent(stream, pipe->join, 0));
         return Q3N_OK;
