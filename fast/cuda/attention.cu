@@ -2,9 +2,12 @@
  * softmax attention, and the sigmoid output gate (cuda twins of ref/attention.c).
  *
  * Attention kernels; cuda_attention_kernel() names the one that runs:
- *  - flash_wgmma_bf16_v5 (as v3, on compute capability 9.0; attention_flash_wgmma.cu): v3 with
- *    S = Q K^T and P V on Hopper wgmma (P from registers, Q/K/V in swizzled shared memory);
- *    bitwise v3 (dev/test_attn2).
+ *  - flash_wgmma_bf16_v8 (as v3, on compute capability 9.0; attention_flash_ov.cu): v5 with each
+ *    warpgroup's P V of the previous tile running during its softmax of the next; bitwise v3
+ *    (dev/test_attn2); 16-19 % faster than v5 on an H100 (session 14).
+ *  - flash_wgmma_bf16_v5 (there, old = 4; attention_flash_wgmma.cu; the default before v8): v3
+ *    with S = Q K^T and P V on Hopper wgmma (P from registers, Q/K/V in swizzled shared memory);
+ *    bitwise v3.
  *  - flash_wgmma_bf16_v7 (there, old = 6): v5 with the two warpgroups taking turns on the tensor
  *    cores inside each tile (named barriers); bitwise v3, but 5 % slower than v5 on an H100.
  *  - flash_wgmma_bf16_v4 (there, old = 3): only S = Q K^T on wgmma; bitwise v3.
@@ -274,6 +277,12 @@ __global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_token_kernel(QKP_ARGS
 #ifndef QK_PREP_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DQK_PREP_DEFAULT_VER=1 keeps v1, =2 v2 */
 #define QK_PREP_DEFAULT_VER 4 /* session 13: v4, v3 with 16-byte rows */
 #endif
+/* The wgmma flash prefill kernel on compute capability 9.0: v5 (attention_flash_wgmma.cu) or v8
+ * (attention_flash_ov.cu: v5 with each warpgroup's P V of the previous tile overlapping its
+ * softmax; bitwise v5). EXTRA_NVCCFLAGS=-DFLASH_WGMMA_DEFAULT_VER=5 keeps v5. */
+#ifndef FLASH_WGMMA_DEFAULT_VER
+#define FLASH_WGMMA_DEFAULT_VER 8
+#endif
 #ifndef SIGMOID_GATE_DEFAULT_VER /* EXTRA_NVCCFLAGS=-DSIGMOID_GATE_DEFAULT_VER=1 keeps v1 */
 #define SIGMOID_GATE_DEFAULT_VER 2
 #endif
@@ -510,7 +519,7 @@ static enum q3n_status rows_launch(void *d_out, const void *d_q, const void *d_k
 
 extern "C" const char *cuda_attention_kernel(int64_t T, int64_t HD, enum q3n_compute_dtype dt)
 {
-    if (flash_v4_ok(T, HD, dt)) return "flash_wgmma_bf16_v5";
+    if (flash_v4_ok(T, HD, dt)) return FLASH_WGMMA_DEFAULT_VER == 8 ? "flash_wgmma_bf16_v8" : "flash_wgmma_bf16_v5";
     if (flash_v3_ok(T, HD, dt)) return "flash_mma_bf16_v3";
     if (dt == Q3N_COMPUTE_BF16 && T > 1 && HD <= 256) return "flash_mma_bf16_v2";
     if (T == 1 && decode_v3_ok(HD, dt)) return "decode_split_bf16 (v4 or v3 by head group)";
@@ -544,14 +553,16 @@ extern "C" enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d
     Q3N_REQUIRE(T * NH <= INT32_MAX);
     if (T == 0) return Q3N_OK;
     const float scale = 1.0f / sqrtf((float)HD);
-    if ((!old || (old >= 3 && old <= 6)) && flash_v4_ok(T, HD, dt)) {
+    if ((!old || (old >= 3 && old <= 7)) && flash_v4_ok(T, HD, dt)) {
+        const int ver = old ? old + 1 : FLASH_WGMMA_DEFAULT_VER;
         cudaError_t (*launch)(void *, const void *, const void *, const void *, int64_t, int64_t, int64_t, int64_t,
-                              int64_t, cudaStream_t) = old == 3   ? flash_v4_launch
-                                                       : old == 5 ? flash_v6_launch
-                                                       : old == 6 ? flash_v7_launch
+                              int64_t, cudaStream_t) = ver == 4   ? flash_v4_launch
+                                                       : ver == 6 ? flash_v6_launch
+                                                       : ver == 7 ? flash_v7_launch
+                                                       : ver == 8 ? flash_v8_launch
                                                                   : flash_v5_launch;
         CU_CHECK(launch(d_out, d_q, d_kc, d_vc, T, pos0, NH, NKV, HD, stream));
-        CU_LAUNCHED("flash_wgmma_bf16 (v4 .. v7)");
+        CU_LAUNCHED("flash_wgmma_bf16 (v4 .. v8)");
         return Q3N_OK;
     }
     if ((!old || old == 2) && flash_v3_ok(T, HD, dt)) {

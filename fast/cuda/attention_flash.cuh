@@ -49,11 +49,12 @@ __device__ __forceinline__ void flash_rows_reset(float (&o)[HDP / 8][4], float (
 /* One warp, one key tile: s [BK/8][4] holds the raw scores S = Q K^T of the warp's rows (the
  * mma.sync m16n8 accumulator layout: row g / g + 8, keys kb + 8 n + 2 tq + e % 2). Keys past a
  * row's position (diag tiles) become -inf; online softmax in base 2: m = max(m, max_j s * sl2),
- * p = 2^(s sl2 - m) (into s), l = l 2^(m_old - m) + sum p, o *= 2^(m_old - m). */
-template <int HDP, int BK>
-__device__ __forceinline__ void flash_tile_softmax(float (&s)[BK / 8][4], float (&o)[HDP / 8][4], float (&mrow)[2],
-                                                   float (&lrow)[2], int64_t kb, int64_t qpos0, int64_t qpos1,
-                                                   bool diag, float sl2, int tq)
+ * p = 2^(s sl2 - m) (into s), l = l 2^(m_old - m) + sum p; alpha = 2^(m_old - m) of rows g and
+ * g + 8, by which the caller scales o (flash_rescale_o) before it adds this tile's P V. */
+template <int BK>
+__device__ __forceinline__ void flash_tile_probs(float (&s)[BK / 8][4], float (&alpha)[2], float (&mrow)[2],
+                                                 float (&lrow)[2], int64_t kb, int64_t qpos0, int64_t qpos1, bool diag,
+                                                 float sl2, int tq)
 {
     /* raw scores; masked ones -inf. max in raw units (sl2 > 0), then base-2 exponent by one FMA */
     float mx[2] = {-INFINITY, -INFINITY};
@@ -67,7 +68,7 @@ __device__ __forceinline__ void flash_tile_softmax(float (&s)[BK / 8][4], float 
             }
             mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
         }
-    float alpha[2], rs[2] = {0.0f, 0.0f};
+    float rs[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
@@ -91,6 +92,12 @@ __device__ __forceinline__ void flash_tile_softmax(float (&s)[BK / 8][4], float 
         rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
         lrow[r] = lrow[r] * alpha[r] + rs[r];
     }
+}
+
+/* o *= alpha: rows g (o[.][0..1]) and g + 8 (o[.][2..3]) of the warp's 16. */
+template <int HDP>
+__device__ __forceinline__ void flash_rescale_o(float (&o)[HDP / 8][4], const float (&alpha)[2])
+{
 #pragma unroll
     for (int i = 0; i < HDP / 8; i++) {
         o[i][0] *= alpha[0];
@@ -98,6 +105,17 @@ __device__ __forceinline__ void flash_tile_softmax(float (&s)[BK / 8][4], float 
         o[i][2] *= alpha[1];
         o[i][3] *= alpha[1];
     }
+}
+
+/* flash_tile_probs, then o *= alpha: the whole online-softmax step of one tile (v3 .. v7). */
+template <int HDP, int BK>
+__device__ __forceinline__ void flash_tile_softmax(float (&s)[BK / 8][4], float (&o)[HDP / 8][4], float (&mrow)[2],
+                                                   float (&lrow)[2], int64_t kb, int64_t qpos0, int64_t qpos1,
+                                                   bool diag, float sl2, int tq)
+{
+    float alpha[2];
+    flash_tile_probs<BK>(s, alpha, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
+    flash_rescale_o<HDP>(o, alpha);
 }
 
 /* o += bf16(P) V for the warp's 16 rows: P from s (flash_tile_softmax's p), V [BK][LD] bf16 in

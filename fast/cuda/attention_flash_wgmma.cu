@@ -2,7 +2,8 @@
  *  - flash_wgmma_bf16_v4: S = Q K^T on wgmma, P V as flash_mma_bf16_v3 (mma.sync, V by
  *    ldmatrix.trans from v3's padded tile);
  *  - flash_wgmma_bf16_v5: P V on wgmma too, P straight from registers as the A operand
- *    (wgmma_rs.cuh), V an MN-major B operand in the same swizzled panels as K (the default);
+ *    (wgmma_rs.cuh), V an MN-major B operand in the same swizzled panels as K (the default until
+ *    v8, attention_flash_ov.cu, overlapped each warpgroup's P V with its next softmax);
  *  - flash_wgmma_bf16_v7: v5 with the two warpgroups taking turns on the tensor cores (slower).
  *
  * Why: in v3 every warp reloads its Q fragments and the K tile's fragments from shared memory by

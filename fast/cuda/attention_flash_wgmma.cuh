@@ -30,9 +30,43 @@ __device__ __forceinline__ void wgf_load_sw(unsigned char *dst, const bf16 *base
     }
 }
 
-/* s = the warpgroup's 64 rows of S = Q K^T over one tile: HDP / 16 wgmma m64n64k16, k ascending
- * (panel ks / 4, 32 bytes per 16 columns inside a panel); waited for. sQ: the warpgroup's first
- * Q row (rows of a WGF_BQ-row tile), sK: the tile's K. */
+/* wgf_load_sw's copies, the same bytes to the same places, with each thread's addresses stepped
+ * rather than recomputed: thread tid copies 16-byte chunk c = tid % (HDP / 8) of rows rt + P i
+ * (rt = tid / (HDP / 8), P = NT / (HDP / 8) rows a pass, a multiple of 8, so the swizzle's r & 7
+ * is the same in every pass and the shared offset steps by P rows). A loop that copies every
+ * tile keeps a handful of registers for this, not one address per copy. */
+template <int HDP, int ROWS, int NT>
+__device__ __forceinline__ void wgf_load_rows(unsigned char *dst, const bf16 *base, int64_t rs, int64_t r0,
+                                              int64_t nrows, int HD, int tid = threadIdx.x)
+{
+    constexpr int per = HDP / 8, P = NT / per;
+    static_assert(NT % per == 0 && P % 8 == 0 && ROWS % P == 0, "wgf_load_rows: rows per pass");
+    const int c = tid % per, rt = tid / per;
+    const bool cok = c * 8 < HD;
+    const int64_t left = nrows - r0 - rt; /* pass i copies a row of the matrix while P i < left */
+    const bf16 *src = base + (r0 + rt) * rs + c * 8;
+    unsigned char *d = dst + wg_off<ROWS>(rt, c);
+#pragma unroll
+    for (int i = 0; i < ROWS / P; i++) {
+        const bool ok = cok && (int64_t)(P * i) < left;
+        cp_async16(d + P * i * 128, ok ? src + (int64_t)(P * i) * rs : base, ok ? 16 : 0);
+    }
+}
+
+/* Issue (no fence, commit or wait) the HDP / 16 wgmma m64n64k16 of S = Q K^T over one tile into
+ * the warpgroup's accumulators sf (64 rows x 64 keys, zeroed by the caller before its fence), k
+ * ascending (panel ks / 4, 32 bytes per 16 columns inside a panel). sQ: the warpgroup's first Q row
+ * (rows of a WGF_BQ-row tile), sK: the tile's K. */
+template <int HDP>
+__device__ __forceinline__ void wgf_issue_s(float *sf, uint32_t sQ, uint32_t sK)
+{
+#pragma unroll
+    for (int ks = 0; ks < HDP / 16; ks++)
+        wg_mma_m64n64k16(sf, wg_desc(sQ + (ks >> 2) * (WGF_BQ * 128) + (ks & 3) * 32),
+                         wg_desc(sK + (ks >> 2) * (WGF_BK * 128) + (ks & 3) * 32));
+}
+
+/* s = the warpgroup's 64 rows of S = Q K^T over one tile (wgf_issue_s), waited for. */
 template <int HDP>
 __device__ __forceinline__ void wgf_tile_s(float (&s)[WGF_BK / 8][4], uint32_t sQ, uint32_t sK)
 {
@@ -41,26 +75,17 @@ __device__ __forceinline__ void wgf_tile_s(float (&s)[WGF_BK / 8][4], uint32_t s
     for (int i = 0; i < WGF_BK / 2; i++) sf[i] = 0.0f;
     wg_pin<WGF_BK / 2>(sf);
     wg_fence();
-#pragma unroll
-    for (int ks = 0; ks < HDP / 16; ks++)
-        wg_mma_m64n64k16(sf, wg_desc(sQ + (ks >> 2) * (WGF_BQ * 128) + (ks & 3) * 32),
-                         wg_desc(sK + (ks >> 2) * (WGF_BK * 128) + (ks & 3) * 32));
+    wgf_issue_s<HDP>(sf, sQ, sK);
     wg_commit();
     wg_wait<0>();
     wg_pin<WGF_BK / 2>(sf);
 }
 
-/* o += bf16(P) V for the warpgroup's 64 rows on wgmma: P from s (flash_tile_softmax's p, the
- * accumulator layout = the A fragment layout), V the MN-major B at sV (wgmma_rs.cuh), keys 16 at
- * a time ascending; waited for. Two details keep ptxas from serialising the wgmma's: every A
- * fragment is packed before the fence (a register written between two wgmma's of a batch costs an
- * injected warpgroup.arrive, C7519), and the batch is waited for here (left in flight across the
- * loop, ptxas found accumulator registers defined inside the stage, C7515, and serialised it). */
-template <int HDP, int BK>
-__device__ __forceinline__ void wgf_tile_pv(const float (&s)[BK / 8][4], float (&o)[HDP / 8][4], uint32_t sV)
+/* P (flash_tile_probs' p in s, the accumulator layout = the A fragment layout) as bf16 A
+ * fragments, 16 keys per a[kk]. */
+template <int BK>
+__device__ __forceinline__ void wgf_pack_p(uint32_t (&a)[BK / 16][4], const float (&s)[BK / 8][4])
 {
-    float *of = &o[0][0];
-    uint32_t a[BK / 16][4];
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
         a[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
@@ -68,9 +93,30 @@ __device__ __forceinline__ void wgf_tile_pv(const float (&s)[BK / 8][4], float (
         a[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
         a[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
-    wg_fence(); /* o was rescaled in registers since the last wgmma that wrote it */
+}
+
+/* Issue (no fence, commit or wait) o += P V: BK / 16 wgmma m64nHDPk16, keys 16 at a time
+ * ascending, A = the packed P, V the MN-major B at sV (wgmma_rs.cuh). */
+template <int HDP, int BK>
+__device__ __forceinline__ void wgf_issue_pv(float *of, const uint32_t (&a)[BK / 16][4], uint32_t sV)
+{
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) wg_mma_rs_m64k16<HDP>(of, a[kk], wg_desc_mn(sV + kk * 2048, BK * 128));
+}
+
+/* o += bf16(P) V for the warpgroup's 64 rows on wgmma, waited for. Two details keep ptxas from
+ * serialising the wgmma's: every A fragment is packed before the fence (a register written between
+ * two wgmma's of a batch costs an injected warpgroup.arrive, C7519), and the batch is waited for
+ * here (left in flight across the loop, ptxas found accumulator registers defined inside the
+ * stage, C7515, and serialised it). */
+template <int HDP, int BK>
+__device__ __forceinline__ void wgf_tile_pv(const float (&s)[BK / 8][4], float (&o)[HDP / 8][4], uint32_t sV)
+{
+    float *of = &o[0][0];
+    uint32_t a[BK / 16][4];
+    wgf_pack_p<BK>(a, s);
+    wg_fence(); /* o was rescaled in registers since the last wgmma that wrote it */
+    wgf_issue_pv<HDP, BK>(of, a, sV);
     wg_commit();
     wg_wait<0>();
     wg_pin<HDP / 2>(of);

@@ -36,13 +36,17 @@ cudaError_t flash_v3_launch(void *out, const void *q, const void *kc, const void
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
 /* attention_flash_wgmma.cu, where flash_v3_ok and the device is compute capability 9.0 (its sm_90a
  * code): flash_wgmma_bf16_v4 (S = Q K^T on wgmma), flash_wgmma_bf16_v5 (P V too; the default
- * prefill kernel there) and flash_wgmma_bf16_v7 (v5, the warpgroups taking turns; slower). */
+ * prefill kernel there before v8) and flash_wgmma_bf16_v7 (v5, the warpgroups taking turns; slower). */
 int flash_v4_ok(int64_t T, int64_t HD, enum q3n_compute_dtype dt);
 cudaError_t flash_v4_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
 cudaError_t flash_v5_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
 cudaError_t flash_v7_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
+                            int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
+/* attention_flash_ov.cu: flash_wgmma_bf16_v8 (v5 with each warpgroup's P V of tile j - 1 running
+ * during its softmax of tile j; bitwise v5; the default prefill kernel), where flash_v4_ok. */
+cudaError_t flash_v8_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                             int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream);
 /* attention_flash_ws.cu: flash_wgmma_bf16_v6 (v5's products, copies by a producer warpgroup meeting
  * the consumers at mbarriers), where flash_v4_ok; measured slower than v5, run only when asked. */

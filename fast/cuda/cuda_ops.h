@@ -270,8 +270,10 @@ enum q3n_status cuda_attention_forward(void *d_out, const void *d_q, const void 
 /* Dev/test twin: old = 0 runs what cuda_attention_forward runs; old = 1 the first kernel of that
  * path (flash_mma_bf16_v2 for bf16 prefill, rows_v1 for decode), old = 2 flash_mma_bf16_v3 for bf16
  * prefill (the default before flash_wgmma_bf16_v4), old = 3 flash_wgmma_bf16_v4 (compute capability
- * 9.0; the default before v5), old = 5 / 6 flash_wgmma_bf16_v6 / v7 (9.0; producer warpgroup / the
- * warpgroups taking turns, both slower than v5), kept for comparison and timing. */
+ * 9.0; the default before v5), old = 4 flash_wgmma_bf16_v5, old = 5 / 6 flash_wgmma_bf16_v6 / v7
+ * (9.0; producer warpgroup / the warpgroups taking turns, both slower than v5), old = 7
+ * flash_wgmma_bf16_v8 (9.0; v5 with P V overlapping the next tile's softmax), kept for comparison
+ * and timing. */
 enum q3n_status cuda_attention_forward_ver(void *d_out, const void *d_q, const void *d_kc, const void *d_vc,
                                            float *d_scratch, int64_t T, int64_t pos0, int64_t NH, int64_t NKV,
                                            int64_t HD, int old, enum q3n_compute_dtype dt, cudaStream_t stream,

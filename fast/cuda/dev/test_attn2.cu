@@ -3,12 +3,13 @@
  * (linked from libq3n.a) and against the previous kernel before it is timed; decode split v4 against
  * split v3 (both versions' pos0 and device-position launches bitwise equal); flash v5 (S = Q K^T and
  * P V on wgmma), v7 (v5 with the warpgroups taking turns), v6 (v5 with a producer warpgroup and
- * mbarriers) and v4 (S only) bitwise against flash v3 on every shape tried (compute capability 9.0).
+ * mbarriers), v8 (v5 with P V overlapping the next tile's softmax) and v4 (S only) bitwise against
+ * flash v3 on every shape tried (compute capability 9.0).
  *
  * Inputs are bf16-rounded random normals; outputs are NaN-poisoned with a sentinel guard; every case
  * runs REPEAT times and must be bitwise identical. One line per case; exit status 1 on any failure.
  *
- *   test_attn2            all cases, then timings (v2 .. v7) at T=4096/16384 and decode at S=4096/32768
+ *   test_attn2            all cases, then timings (v2 .. v8) at T=4096/16384 and decode at S=4096/32768
  *                         (decode: rows_v1, v4 and v3 eager; v3 and v4 in a graph of 20 calls)
  *   test_attn2 --quick    cases only */
 #include <algorithm>
@@ -20,7 +21,8 @@
 /* Whether the default bf16 prefill kernel for (T, HD) is flash v5 (compute capability 9.0; v4, v6, v7 too). */
 static int flash_wg_ok_for_test(int64_t T, int64_t HD)
 {
-    return strcmp(cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v5") == 0;
+    /* any wgmma default (v5, v8): the prefix, so that a new default cannot skip these cases */
+    return strncmp(cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v", 18) == 0;
 }
 
 static std::vector<float> randb(int64_t n, int bf)
@@ -70,24 +72,26 @@ static void case_forward(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64
     dfree(dq), dfree(dk), dfree(dv), dfree(o), dfree(o1), dfree(scratch);
 }
 
-/* ---- the wgmma flash kernels against flash v3 (mma.sync): the default (v5: S and P V on wgmma),
- * v7 (v5 with the warpgroups taking turns on the tensor cores), v4 (S only) and v6 (v5 with a
- * producer warpgroup), each bitwise v3, 3 runs each, guard; and the default vs the ref ---- */
+/* ---- the wgmma flash kernels against flash v3 (mma.sync): the default (v8), v7 (v5 with the
+ * warpgroups taking turns on the tensor cores), v4 (S only), v6 (v5 with a producer warpgroup), v5
+ * (S and P V on wgmma) and v8 (v5 with P V overlapping the next tile's softmax), each bitwise v3,
+ * 3 runs each, guard; and the default vs the ref ---- */
 static void case_flash_wg(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD, int ref)
 {
     if (!flash_wg_ok_for_test(T, HD)) return;
     const int64_t S = pos0 + T, n = T * NH * HD;
     auto q = randb(n, 1), kc = randb(S * NKV * HD, 1), vc = randb(S * NKV * HD, 1);
-    const int vers[] = {0, 6, 3, 5}; /* cuda_attention_forward_ver's `old` */
+    const int vers[] = {0, 6, 3, 5, 4, 7}; /* cuda_attention_forward_ver's `old` */
     const char *names[] = {cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16), "flash_wgmma_bf16_v7",
-                           "flash_wgmma_bf16_v4", "flash_wgmma_bf16_v6"};
-    const int nv = 4;
+                           "flash_wgmma_bf16_v4", "flash_wgmma_bf16_v6", "flash_wgmma_bf16_v5",
+                           "flash_wgmma_bf16_v8"};
+    const int nv = 6;
     dbuf dq = up(q, 1), dk = up(kc, 1), dv = up(vc, 1), o3 = dnew(n * 2);
     std::vector<dbuf> o;
     for (int v = 0; v < nv; v++) o.push_back(dnew(n * 2));
     std::vector<std::vector<float>> first(nv);
     std::vector<float> v3;
-    int det[4] = {1, 1, 1, 1};
+    int det[6] = {1, 1, 1, 1, 1, 1};
     for (int r = 0; r < REPEAT; r++) {
         poison(o3);
         for (int v = 0; v < nv; v++) {
@@ -299,16 +303,16 @@ static void bench_prefill(int64_t T, int64_t NH, int64_t NKV, int64_t HD)
     auto hq = randb((int64_t)n, 1), hk = randb((int64_t)nk, 1), hv = randb((int64_t)nk, 1);
     dbuf q = up(hq, 1), kc = up(hk, 1), vc = up(hv, 1), o = dnew(n * 2);
     const double flops = 4.0 * NH * HD * (double)T * (T + 1) / 2.0;
-    /* ver 1 = flash_mma_bf16_v2, 2 = flash_mma_bf16_v3, 3 / 5 / 6 = flash_wgmma_bf16_v4 / v6 / v7
-     * (compute capability 9.0), 0 = what cuda_attention_forward runs */
-    const int vers[] = {1, 2, 3, 5, 6, 0};
+    /* ver 1 = flash_mma_bf16_v2, 2 = flash_mma_bf16_v3, 3 .. 6 = flash_wgmma_bf16_v4 .. v7
+     * (compute capability 9.0), 0 = what cuda_attention_forward runs (v8 there) */
+    const int vers[] = {1, 2, 3, 4, 5, 6, 0};
     const char *names[] = {"old: flash_mma_bf16_v2", "old: flash_mma_bf16_v3", "old: flash_wgmma_bf16_v4",
-                           "alt: flash_wgmma_bf16_v6", "alt: flash_wgmma_bf16_v7",
+                           "old: flash_wgmma_bf16_v5", "alt: flash_wgmma_bf16_v6", "alt: flash_wgmma_bf16_v7",
                            cuda_attention_kernel(T, HD, Q3N_COMPUTE_BF16)};
     const int wg = flash_wg_ok_for_test(T, HD);
     std::vector<float> ref;
-    for (int vi = 0; vi < 6; vi++) {
-        if (vi >= 2 && vi <= 4 && !wg) continue;
+    for (int vi = 0; vi < 7; vi++) {
+        if (vi >= 2 && vi <= 5 && !wg) continue;
         fwd_args a = {o.p, q.p, kc.p, vc.p, NULL, T, 0, NH, NKV, HD, vers[vi], NULL};
         poison(o);
         fwd_call(&a);
