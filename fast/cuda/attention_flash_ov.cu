@@ -9,17 +9,20 @@
  * v7 (the warpgroups taking turns) did not help: each warpgroup still waited for every product it
  * issued. Here, per tile j >= 1 and warpgroup:
  *   pack P_{j-1} (kept in s as float32 since step j - 1) into bf16 A fragments; issue
- *   S_j = Q K_j^T (16 wgmma m64n64k16) and then O += P_{j-1} V_{j-1} (4 wgmma m64n256k16); wait
- *   for S_j only (wgmma.wait_group 1); flash_tile_probs on S_j (mask, row max, p = 2^(s sl2 - m),
- *   l, alpha_j) while P_{j-1} V_{j-1} runs; wait for it; o *= alpha_j.
- * After the last tile, O += P_last V_last. Registers: o 128, s 32 and the packed P 16 a thread.
- * H100 (dev/test_attn2, session 14): T = 4096 0.412 -> 0.346 ms, T = 16384 5.84 -> 4.76 ms
- * (377 -> 463 TFLOP/s) against v5 in the same run.
+ *   S_j = Q K_j^T (16 wgmma m64n64k16); o *= alpha_{j-1} while S_j runs; issue
+ *   O += P_{j-1} V_{j-1} (4 wgmma m64n256k16); wait for S_j only (wgmma.wait_group 1);
+ *   flash_tile_probs on S_j (mask, row max, p = 2^(s sl2 - m), l, alpha_j) while P_{j-1} V_{j-1}
+ *   runs; wait for it.
+ * After the last tile, o *= alpha_last and O += P_last V_last. Registers: o 128, s 32 and the
+ * packed P 16 a thread. H100 (dev/test_attn2, session 14, against v5 in the same run): T = 4096
+ * 0.412 -> 0.337 ms, T = 16384 5.87 -> 4.65 ms (374 -> 472 TFLOP/s). With o rescaled at the end of
+ * each step instead (after the P V's wait, on the path to the next barrier): 0.348 / 4.83 ms.
  *
  * Numerics: the same operations on the same values in the same order as v5. v5 computes, per tile,
- * o = o alpha_j (after P_{j-1} V_{j-1} was added) and then o += P_j V_j; v8 rescales o by alpha_j
- * once P_{j-1} V_{j-1} has landed and adds P_j V_j in the next step: the same sequence of float
- * operations on each accumulator. So v8 is bitwise v5 and v3 (dev/test_attn2 requires it).
+ * o = o alpha_j (after P_{j-1} V_{j-1} was added) and then o += P_j V_j; v8 does the same two
+ * steps one step later (the rescale by alpha_j and the P_j V_j both in step j + 1, in that order):
+ * the same sequence of float operations on each accumulator. So v8 is bitwise v5 and v3
+ * (dev/test_attn2 requires it).
  *
  * Copies (cp.async by all 256 threads, v5's swizzled panels by wgf_load_rows, two buffers each of
  * K and V): at the top of step j the block waits for its copies and meets at a barrier: K_j and
@@ -119,7 +122,6 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
     wg_wait<0>();
     wg_pin<BK / 2>(sf);
     flash_tile_probs<BK>(s, alpha, mrow, lrow, 0, qpos0, qpos1, wq0 < BK - 1, sl2, tq);
-    flash_rescale_o<HDP>(o, alpha);
 
     for (int j = 1; j < ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
@@ -136,9 +138,12 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
 #pragma unroll
         for (int i = 0; i < BK / 2; i++) sf[i] = 0.0f;
         wg_pin<BK / 2>(sf);
-        wg_fence(); /* o was rescaled and P_{j-1} packed since the last wgmma's */
+        wg_fence(); /* P_{j-1} packed since the last wgmma's */
         wgf_issue_s<HDP>(sf, sQw, sK + (j & 1) * KB);
         wg_commit();
+        flash_rescale_o<HDP>(o, alpha); /* by alpha_{j-1}, while S_j runs */
+        wg_pin<HDP / 2>(of);
+        wg_fence(); /* o rescaled since the last wgmma that wrote it */
         wgf_issue_pv<HDP, BK>(of, a, sV + ((j - 1) & 1) * KB);
         wg_commit();
         wg_wait<1>(); /* S_j done; P_{j-1} V_{j-1} may still run */
@@ -148,7 +153,6 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
         wg_wait<0>();
         wg_pin<HDP / 2>(of);
         wgf_keep_a<BK>(a, o[0][0], sDummy);
-        flash_rescale_o<HDP>(o, alpha);
     }
 
     /* the last tile's P V */
@@ -156,6 +160,7 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
     wg_proxy_fence();
     __syncthreads();
     wgf_pack_p<BK>(a, s);
+    flash_rescale_o<HDP>(o, alpha);
     wg_fence();
     wgf_issue_pv<HDP, BK>(of, a, sV + ((ntiles - 1) & 1) * KB);
     wg_commit();
