@@ -33,8 +33,11 @@ __device__ __forceinline__ void wgf_load_sw(unsigned char *dst, const bf16 *base
 /* wgf_load_sw's copies, the same bytes to the same places, with each thread's addresses stepped
  * rather than recomputed: thread tid copies 16-byte chunk c = tid % (HDP / 8) of rows rt + P i
  * (rt = tid / (HDP / 8), P = NT / (HDP / 8) rows a pass, a multiple of 8, so the swizzle's r & 7
- * is the same in every pass and the shared offset steps by P rows). A loop that copies every
- * tile keeps a handful of registers for this, not one address per copy. */
+ * is the same in every pass and the shared offset steps by P rows). Where every row and column of
+ * the tile is real (all but a matrix's last tile, at HD = HDP) the copies need no zero fill: one
+ * 64-bit add and one cp.async each. flash v8 copies a tile per step right after its barrier, with
+ * the tensor cores idle, and the general form (a bounds test, an address select and a 64-bit
+ * multiply per copy) took about 15 instructions a copy there (ncu, session 14). */
 template <int HDP, int ROWS, int NT>
 __device__ __forceinline__ void wgf_load_rows(unsigned char *dst, const bf16 *base, int64_t rs, int64_t r0,
                                               int64_t nrows, int HD, int tid = threadIdx.x)
@@ -42,10 +45,17 @@ __device__ __forceinline__ void wgf_load_rows(unsigned char *dst, const bf16 *ba
     constexpr int per = HDP / 8, P = NT / per;
     static_assert(NT % per == 0 && P % 8 == 0 && ROWS % P == 0, "wgf_load_rows: rows per pass");
     const int c = tid % per, rt = tid / per;
+    unsigned char *d = dst + wg_off<ROWS>(rt, c);
+    const bf16 *src = base + (r0 + rt) * rs + c * 8;
+    if (HD == HDP && r0 + ROWS <= nrows) {
+        const uint32_t ds = (uint32_t)__cvta_generic_to_shared(d);
+        const int64_t step = (int64_t)P * rs;
+#pragma unroll
+        for (int i = 0; i < ROWS / P; i++, src += step) cp_async16_all(ds + P * i * 128, src);
+        return;
+    }
     const bool cok = c * 8 < HD;
     const int64_t left = nrows - r0 - rt; /* pass i copies a row of the matrix while P i < left */
-    const bf16 *src = base + (r0 + rt) * rs + c * 8;
-    unsigned char *d = dst + wg_off<ROWS>(rt, c);
 #pragma unroll
     for (int i = 0; i < ROWS / P; i++) {
         const bool ok = cok && (int64_t)(P * i) < left;

@@ -1,7 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
-#                                            ncu4096 ncuglue ncudelta stream options ab build
+#                                            ncu4096 ncuglue ncudelta ncuflash stream options ab build
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -116,6 +116,14 @@ for stage in "$@"; do
             --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
             $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >>"$OUT/ncu4096.log" 2>&1
         echo "exit $?" >>"$OUT/ncu4096.log" ;;
+    ncuflash)  # the default flash prefill kernel (v8) of one T=16384 prefill: full sections and the per-instruction
+               # stall samples (SASS source page); bench_model's warm-up prefill (T=1024) is the first launch
+        log "ncu flash_v8 T=16384" >"$OUT/ncuflash.log"
+        timeout 300 ncu --set full --import-source yes -k regex:flash_v8 --launch-skip 1 --launch-count 1 -f \
+            -o /tmp/ncu_flash $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >>"$OUT/ncuflash.log" 2>&1
+        ncu -i /tmp/ncu_flash.ncu-rep --page details --print-details all >>"$OUT/ncuflash.log" 2>&1
+        ncu -i /tmp/ncu_flash.ncu-rep --page source --csv --print-source sass >/tmp/ncu_src_flash.csv 2>&1
+        xz -9 -c /tmp/ncu_src_flash.csv >"$OUT/ncuflash_src.csv.xz" ;;
     ncudelta)  # the delta rule's two kernels at T=4096 (the prep alone, then scan v3), full sections and the
                # per-instruction stall samples (source page) of each; a -lineinfo build of test_delta_tc in
                # .cudadev/li (carried as li.tar.xz) maps them to source lines
