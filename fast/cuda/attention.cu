@@ -4,7 +4,7 @@
  * Attention kernels; cuda_attention_kernel() names the one that runs:
  *  - flash_wgmma_bf16_v8 (as v3, on compute capability 9.0; attention_flash_ov.cu): v5 with each
  *    warpgroup's P V of the previous tile running during its softmax of the next; bitwise v3
- *    (dev/test_attn2); 18-21 % faster than v5 on an H100 (session 14).
+ *    (dev/test_attn2); 24-27 % faster than v5 on an H100 (session 14).
  *  - flash_wgmma_bf16_v5 (there, old = 4; attention_flash_wgmma.cu; the default before v8): v3
  *    with S = Q K^T and P V on Hopper wgmma (P from registers, Q/K/V in swizzled shared memory);
  *    bitwise v3.

@@ -15,8 +15,10 @@
  *   runs; wait for it.
  * After the last tile, o *= alpha_last and O += P_last V_last. Registers: o 128, s 32 and the
  * packed P 16 a thread. H100 (dev/test_attn2, session 14, against v5 in the same run): T = 4096
- * 0.412 -> 0.337 ms, T = 16384 5.87 -> 4.65 ms (374 -> 472 TFLOP/s). With o rescaled at the end of
- * each step instead (after the P V's wait, on the path to the next barrier): 0.348 / 4.83 ms.
+ * 0.407 -> 0.308 ms, T = 16384 5.88 -> 4.27 ms (374 -> 515 TFLOP/s). Steps on the way there, each
+ * bitwise and timed in one run beside v5: the overlap alone 0.365 / 4.81 ms; o rescaled under S_j
+ * rather than after the P V's wait 0.337 / 4.65; whole tiles copied without the zero-fill path
+ * (wgf_load_rows) 0.308 / 4.27.
  *
  * Numerics: the same operations on the same values in the same order as v5. v5 computes, per tile,
  * o = o alpha_j (after P_{j-1} V_{j-1} was added) and then o += P_j V_j; v8 does the same two
@@ -29,7 +31,10 @@
  * V_{j-1} have landed, and every warpgroup has finished with K_{j-1} (S_{j-1} was waited for) and
  * V_{j-2} (P_{j-2} V_{j-2} was waited for). Right after the barrier the block copies K_{j+1} into
  * K_{j-1}'s buffer and V_j into V_{j-2}'s, then issues its products (copies issued after the
- * products instead, with their addresses live across the softmax: 0.369 / 5.12 ms). The first step
+ * products instead, with their addresses live across the softmax, measured slower: 0.369 / 5.12 ms
+ * against 0.346 / 4.76 in that build). These copies run with the tensor cores idle (both
+ * warpgroups have passed the barrier, so both have waited for their P V): ncu put a third of the
+ * stall samples there, hence wgf_load_rows' short path for whole tiles. The first step
  * (S_0 only) is peeled off the loop and the last P V follows it, so that no wgmma sits in a branch
  * (ptxas would serialise them, C7520).
  *
