@@ -86,21 +86,15 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
                                                           float sl2)
 {
 #ifdef Q3N_HAVE_WGMMA
-    constexpr int BQ = WGF_BQ, BK = WGF_BK, QB = BQ * HDP * 2, KB = BK * HDP * 2;
+    constexpr int BQ = WGF_BQ, BK = WGF_BK, KB = BK * HDP * 2;
     extern __shared__ unsigned char v8_smem[];
-    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v8_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB,
-                   sV = sK + 2 * KB, sDummy = sV + 2 * KB; /* 16 bytes for wgf_keep_a */
-    unsigned char *gQ = v8_smem + (sQ - sraw), *gK = gQ + QB, *gV = gK + 2 * KB;
-    const int64_t h = blockIdx.x, kh = h / (NH / NKV);
-    const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * BQ; /* heaviest blocks first */
+    const wgf_block<HDP> blk(v8_smem, T, pos0, NH, NKV);
+    const uint32_t sDummy = blk.send; /* 16 bytes for wgf_keep_a */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, wg = w >> 2, tq = lane & 3, g = lane >> 2;
-    const int64_t S = pos0 + T;
-    const int64_t qlast = qb + BQ - 1 < T - 1 ? qb + BQ - 1 : T - 1;
-    const int ntiles = (int)((pos0 + qlast + 1 + BK - 1) / BK);
-    const int64_t wq0 = pos0 + qb + w * 16; /* position of this warp's first row */
+    const int64_t wq0 = pos0 + blk.qb + w * 16; /* position of this warp's first row */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
-    const uint32_t sQw = sQ + wg * (64 * 128);
-    const bf16 *kbase = kc + kh * HD, *vbase = vc + kh * HD;
+    const uint32_t sQw = blk.sQ + wg * (64 * 128);
+    const bf16 *kbase = kc + blk.kh * HD, *vbase = vc + blk.kh * HD;
     const int64_t ld = NKV * HD;
 
     float o[HDP / 8][4], mrow[2], lrow[2], s[BK / 8][4], alpha[2];
@@ -109,47 +103,37 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
     flash_rows_reset<HDP>(o, mrow, lrow);
 
     /* step 0: S_0 alone */
-    wgf_load_rows<HDP, BQ, 256>(gQ, q + h * HD, NH * HD, qb, T, HD);
-    wgf_load_rows<HDP, BK, 256>(gK, kbase, ld, 0, S, HD);
+    wgf_load_rows<HDP, BQ, 256>(blk.gQ, q + blk.h * HD, NH * HD, blk.qb, T, HD);
+    wgf_load_rows<HDP, BK, 256>(blk.gK, kbase, ld, 0, blk.S, HD);
     cp_async_commit();
     cp_async_wait<0>();
     wg_proxy_fence();
     __syncthreads();
-#pragma unroll
-    for (int i = 0; i < BK / 2; i++) sf[i] = 0.0f;
-    wg_pin<BK / 2>(sf);
-    wg_fence();
-    wgf_issue_s<HDP>(sf, sQw, sK);
-    wg_commit();
-    if (ntiles > 1) wgf_load_rows<HDP, BK, 256>(gK + KB, kbase, ld, BK, S, HD);
-    wgf_load_rows<HDP, BK, 256>(gV, vbase, ld, 0, S, HD);
+    wgf_start_s<HDP>(s, sQw, blk.sK);
+    if (blk.ntiles > 1) wgf_load_rows<HDP, BK, 256>(blk.gK + KB, kbase, ld, BK, blk.S, HD);
+    wgf_load_rows<HDP, BK, 256>(blk.gV, vbase, ld, 0, blk.S, HD);
     cp_async_commit();
     wg_wait<0>();
     wg_pin<BK / 2>(sf);
     flash_tile_probs<BK>(s, alpha, mrow, lrow, 0, qpos0, qpos1, wq0 < BK - 1, sl2, tq);
 
-    for (int j = 1; j < ntiles; j++) {
+    for (int j = 1; j < blk.ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
         cp_async_wait<0>(); /* K_j and V_{j-1} landed for this thread ... */
         wg_proxy_fence();   /* ... visible to wgmma's async proxy ... */
         __syncthreads();    /* ... and for all; K_{j-1} and V_{j-2} are no longer read */
-        if (j + 1 < ntiles) wgf_load_rows<HDP, BK, 256>(gK + ((j + 1) & 1) * KB, kbase, ld, kb + BK, S, HD);
-        wgf_load_rows<HDP, BK, 256>(gV + (j & 1) * KB, vbase, ld, kb, S, HD);
+        if (j + 1 < blk.ntiles) wgf_load_rows<HDP, BK, 256>(blk.gK + ((j + 1) & 1) * KB, kbase, ld, kb + BK, blk.S, HD);
+        wgf_load_rows<HDP, BK, 256>(blk.gV + (j & 1) * KB, vbase, ld, kb, blk.S, HD);
         cp_async_commit();
         /* P_{j-1} packed here, not at the end of step j - 1: there ptxas scheduled the packing
          * among the exponentials, into registers the P V in flight still reads, and so waited
          * for the P V before the softmax */
         wgf_pack_p<BK>(a, s);
-#pragma unroll
-        for (int i = 0; i < BK / 2; i++) sf[i] = 0.0f;
-        wg_pin<BK / 2>(sf);
-        wg_fence(); /* P_{j-1} packed since the last wgmma's */
-        wgf_issue_s<HDP>(sf, sQw, sK + (j & 1) * KB);
-        wg_commit();
+        wgf_start_s<HDP>(s, sQw, blk.sK + (j & 1) * KB); /* its fence also covers the packed P_{j-1} */
         flash_rescale_o<HDP>(o, alpha); /* by alpha_{j-1}, while S_j runs */
         wg_pin<HDP / 2>(of);
         wg_fence(); /* o rescaled since the last wgmma that wrote it */
-        wgf_issue_pv<HDP, BK>(of, a, sV + ((j - 1) & 1) * KB);
+        wgf_issue_pv<HDP, BK>(of, a, blk.sV + ((j - 1) & 1) * KB);
         wg_commit();
         wg_wait<1>(); /* S_j done; P_{j-1} V_{j-1} may still run */
         wg_pin<BK / 2>(sf);
@@ -167,11 +151,11 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
     wgf_pack_p<BK>(a, s);
     flash_rescale_o<HDP>(o, alpha);
     wg_fence();
-    wgf_issue_pv<HDP, BK>(of, a, sV + ((ntiles - 1) & 1) * KB);
+    wgf_issue_pv<HDP, BK>(of, a, blk.sV + ((blk.ntiles - 1) & 1) * KB);
     wg_commit();
     wg_wait<0>();
     wg_pin<HDP / 2>(of);
-    flash_store_rows<HDP>(out, o, lrow, qb + w * 16 + g, T, NH, h, HD, tq);
+    flash_store_rows<HDP>(out, o, lrow, blk.qb + w * 16 + g, T, NH, blk.h, HD, tq);
 #else
     __trap(); /* launched only where flash_v4_ok: the sm_90a code */
 #endif
@@ -181,13 +165,8 @@ template <int HDP>
 static cudaError_t launch_flash_v8(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
-    const size_t smem = (size_t)(WGF_BQ + 4 * WGF_BK) * HDP * 2 + 1024 + 16;
-    cudaError_t e = cudaFuncSetAttribute(flash_v8_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v8_kernel<HDP><<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), 256, smem, stream>>>(
-        (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
-    return cudaSuccess;
+    const size_t smem = (size_t)(WGF_BQ + 4 * WGF_BK) * HDP * 2 + 1024 + 16; /* + alignment + wgf_keep_a's slot */
+    return wgf_launch(flash_v8_kernel<HDP>, 256, smem, out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 cudaError_t flash_v8_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,

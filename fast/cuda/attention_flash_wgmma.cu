@@ -52,41 +52,34 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
                                                           float sl2)
 {
 #ifdef Q3N_HAVE_WGMMA
-    constexpr int BQ = WGF_BQ, BK = WGF_BK, NT = 256, LD = HDP + 8, QB = BQ * HDP * 2, KB = BK * HDP * 2;
+    constexpr int BQ = WGF_BQ, BK = WGF_BK, NT = 256, LD = HDP + 8, KB = BK * HDP * 2;
     extern __shared__ unsigned char v4_smem[];
-    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v4_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB,
-                   sV = sK + 2 * KB;
-    unsigned char *gQ = v4_smem + (sQ - sraw), *gK = gQ + QB, *gV = gK + 2 * KB;
-    bf16 *Vs = reinterpret_cast<bf16 *>(gV); /* v4: [2][BK][LD] padded */
-    const int64_t h = blockIdx.x, kh = h / (NH / NKV);
-    const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * BQ; /* heaviest blocks first */
+    const wgf_block<HDP> blk(v4_smem, T, pos0, NH, NKV);
+    bf16 *Vs = reinterpret_cast<bf16 *>(blk.gV); /* v4: [2][BK][LD] padded */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, wg = w >> 2, tq = lane & 3, g = lane >> 2;
-    const int64_t S = pos0 + T;
-    const int64_t qlast = qb + BQ - 1 < T - 1 ? qb + BQ - 1 : T - 1;
-    const int ntiles = (int)((pos0 + qlast + 1 + BK - 1) / BK);
-    const int64_t wq0 = pos0 + qb + w * 16;   /* position of this warp's first row */
-    const int64_t gq0 = pos0 + qb + wg * 64;  /* ... and of its warpgroup's */
+    const int64_t wq0 = pos0 + blk.qb + w * 16;   /* position of this warp's first row */
+    const int64_t gq0 = pos0 + blk.qb + wg * 64;  /* ... and of its warpgroup's */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
     auto load_v = [&](int buf, int64_t k0) {
-        if (PVW) wgf_load_sw<HDP, BK, 256>(gV + buf * KB, vc + kh * HD, NKV * HD, k0, S, HD);
-        else v3_load<HDP, BK, NT>(Vs + buf * BK * LD, vc + kh * HD, NKV * HD, k0, S, HD);
+        if (PVW) wgf_load_sw<HDP, BK, 256>(blk.gV + buf * KB, vc + blk.kh * HD, NKV * HD, k0, blk.S, HD);
+        else v3_load<HDP, BK, NT>(Vs + buf * BK * LD, vc + blk.kh * HD, NKV * HD, k0, blk.S, HD);
     };
 
-    wgf_load_sw<HDP, BQ, 256>(gQ, q + h * HD, NH * HD, qb, T, HD);
-    wgf_load_sw<HDP, BK, 256>(gK, kc + kh * HD, NKV * HD, 0, S, HD);
+    wgf_load_sw<HDP, BQ, 256>(blk.gQ, q + blk.h * HD, NH * HD, blk.qb, T, HD);
+    wgf_load_sw<HDP, BK, 256>(blk.gK, kc + blk.kh * HD, NKV * HD, 0, blk.S, HD);
     load_v(0, 0);
     cp_async_commit();
 
     float o[HDP / 8][4], mrow[2], lrow[2], s[BK / 8][4];
     flash_rows_reset<HDP>(o, mrow, lrow);
 
-    for (int j = 0; j < ntiles; j++) {
+    for (int j = 0; j < blk.ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
         cp_async_wait<0>(); /* tile j (and Q) landed for this thread ... */
         wg_proxy_fence();   /* ... visible to wgmma's async proxy ... */
         __syncthreads();    /* ... and for all; everyone is done with tile j-1, so its buffers are free */
-        if (j + 1 < ntiles) {
-            wgf_load_sw<HDP, BK, 256>(gK + ((j + 1) & 1) * KB, kc + kh * HD, NKV * HD, kb + BK, S, HD);
+        if (j + 1 < blk.ntiles) {
+            wgf_load_sw<HDP, BK, 256>(blk.gK + ((j + 1) & 1) * KB, kc + blk.kh * HD, NKV * HD, kb + BK, blk.S, HD);
             load_v((j + 1) & 1, kb + BK);
         }
         cp_async_commit();
@@ -97,19 +90,19 @@ __global__ void __launch_bounds__(256, 1) flash_v4_kernel(bf16 *out, const bf16 
          * outside any branch and ptxas does not serialise them */
         if (PVW || kb <= gq0 + 63) {
             if (PP && wg == 1) wg_bar_sync<256>(1); /* v7: warpgroup 0's S first */
-            wgf_tile_s<HDP>(s, sQ + wg * (64 * 128), sK + (j & 1) * KB);
+            wgf_tile_s<HDP>(s, blk.sQ + wg * (64 * 128), blk.sK + (j & 1) * KB);
             if (PP) wg_bar_arrive<256>(wg == 0 ? 1 : 2); /* 0 -> 1: your S; 1 -> 0: your P V */
             if (PVW) {
                 flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
                 if (PP && wg == 0) wg_bar_sync<256>(2); /* v7: after warpgroup 1's S */
-                wgf_tile_pv<HDP, BK>(s, o, sV + (j & 1) * KB);
+                wgf_tile_pv<HDP, BK>(s, o, blk.sV + (j & 1) * KB);
             } else if (active) {
                 flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
             }
         }
         if (!PVW && active) flash_tile_pv<HDP, BK, LD>(s, o, Vs + (j & 1) * BK * LD, lane);
     }
-    flash_store_rows<HDP>(out, o, lrow, qb + w * 16 + g, T, NH, h, HD, tq);
+    flash_store_rows<HDP>(out, o, lrow, blk.qb + w * 16 + g, T, NH, blk.h, HD, tq);
 #else
     __trap(); /* launched only where flash_v4_ok: the sm_90a code */
 #endif
@@ -126,13 +119,7 @@ static cudaError_t launch_flash_wg(void *out, const void *q, const void *kc, con
 {
     const size_t vbytes = PVW ? (size_t)2 * WGF_BK * HDP * 2 : sizeof(bf16) * 2 * WGF_BK * (HDP + 8);
     const size_t smem = (size_t)(WGF_BQ + 2 * WGF_BK) * HDP * 2 + vbytes + 1024;
-    cudaError_t e =
-        cudaFuncSetAttribute(flash_v4_kernel<HDP, PVW, PP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v4_kernel<HDP, PVW, PP><<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), 256, smem, stream>>>(
-        (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
-    return cudaSuccess;
+    return wgf_launch(flash_v4_kernel<HDP, PVW, PP>, 256, smem, out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 template <bool PVW, bool PP>

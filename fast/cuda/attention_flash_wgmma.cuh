@@ -14,6 +14,48 @@
 #define WGF_BQ 128 /* queries per block: 2 warpgroups x 64 rows */
 #define WGF_BK 64  /* keys per tile */
 
+/* What a wgmma flash block (v4 .. v8) knows of its place before its first copy: the query head h
+ * (blockIdx.x) and its key / value head kh, its first query qb (blockIdx.y counted from the last
+ * query block down: the heaviest blocks start first), the cache length S = pos0 + T, the key tiles
+ * its last query sees (ntiles), and its shared memory from the first 1024-byte boundary of raw:
+ * Q [WGF_BQ x HDP], then two K and two V buffers [WGF_BK x HDP], as shared-space addresses (sQ, sK,
+ * sV; send, the first byte past them) and generic pointers (gQ, gK, gV). */
+template <int HDP>
+struct wgf_block {
+    int64_t h, kh, qb, S;
+    int ntiles;
+    uint32_t sQ, sK, sV, send;
+    unsigned char *gQ, *gK, *gV;
+    __device__ __forceinline__ wgf_block(unsigned char *raw, int64_t T, int64_t pos0, int64_t NH, int64_t NKV)
+    {
+        constexpr int QB = WGF_BQ * HDP * 2, KB = WGF_BK * HDP * 2;
+        const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(raw);
+        sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB, sV = sK + 2 * KB, send = sV + 2 * KB;
+        gQ = raw + (sQ - sraw), gK = gQ + QB, gV = gK + 2 * KB;
+        h = blockIdx.x, kh = h / (NH / NKV);
+        qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * WGF_BQ;
+        S = pos0 + T;
+        const int64_t qlast = qb + WGF_BQ - 1 < T - 1 ? qb + WGF_BQ - 1 : T - 1;
+        ntiles = (int)((pos0 + qlast + 1 + WGF_BK - 1) / WGF_BK);
+    }
+};
+
+/* Launches flash kernel `kernel` (the parameters of v4 .. v8) over the grid (NH, query blocks of
+ * WGF_BQ) with `threads` threads and `smem` bytes of dynamic shared memory; returns the CUDA error of
+ * the attribute call (the launch's own is the caller's to check). */
+template <typename Kernel>
+static cudaError_t wgf_launch(Kernel kernel, int threads, size_t smem, void *out, const void *q, const void *kc,
+                              const void *vc, int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t HD,
+                              cudaStream_t stream)
+{
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
+    kernel<<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), threads, smem, stream>>>(
+        (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
+    return cudaSuccess;
+}
+
 /* cp.async by the NT threads numbered tid of rows [r0, r0 + ROWS) of a bf16 matrix (row r at
  * base + r * rs) into a swizzled ROWS x HDP tile at dst (wg_off layout); rows >= nrows and columns
  * >= HD are zero-filled. */
@@ -76,9 +118,10 @@ __device__ __forceinline__ void wgf_issue_s(float *sf, uint32_t sQ, uint32_t sK)
                          wg_desc(sK + (ks >> 2) * (WGF_BK * 128) + (ks & 3) * 32));
 }
 
-/* s = the warpgroup's 64 rows of S = Q K^T over one tile (wgf_issue_s), waited for. */
+/* s = 0, then S = Q K^T over one tile (wgf_issue_s) issued after a fence and committed as one
+ * group; not waited for. */
 template <int HDP>
-__device__ __forceinline__ void wgf_tile_s(float (&s)[WGF_BK / 8][4], uint32_t sQ, uint32_t sK)
+__device__ __forceinline__ void wgf_start_s(float (&s)[WGF_BK / 8][4], uint32_t sQ, uint32_t sK)
 {
     float *sf = &s[0][0];
 #pragma unroll
@@ -87,8 +130,15 @@ __device__ __forceinline__ void wgf_tile_s(float (&s)[WGF_BK / 8][4], uint32_t s
     wg_fence();
     wgf_issue_s<HDP>(sf, sQ, sK);
     wg_commit();
+}
+
+/* s = the warpgroup's 64 rows of S = Q K^T over one tile (wgf_start_s), waited for. */
+template <int HDP>
+__device__ __forceinline__ void wgf_tile_s(float (&s)[WGF_BK / 8][4], uint32_t sQ, uint32_t sK)
+{
+    wgf_start_s<HDP>(s, sQ, sK);
     wg_wait<0>();
-    wg_pin<WGF_BK / 2>(sf);
+    wg_pin<WGF_BK / 2>(&s[0][0]);
 }
 
 /* P (flash_tile_probs' p in s, the accumulator layout = the A fragment layout) as bf16 A

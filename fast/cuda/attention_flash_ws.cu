@@ -47,20 +47,14 @@ __global__ void __launch_bounds__(WS_THREADS, 1) flash_v6_kernel(bf16 *out, cons
                                                                  int64_t NKV, int HD, float sl2)
 {
 #ifdef Q3N_HAVE_WGMMA
-    constexpr int BQ = WGF_BQ, BK = WGF_BK, QB = BQ * HDP * 2, KB = BK * HDP * 2;
+    constexpr int BQ = WGF_BQ, BK = WGF_BK, KB = BK * HDP * 2;
     extern __shared__ unsigned char v6_smem[];
-    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(v6_smem), sQ = (sraw + 1023u) & ~1023u, sK = sQ + QB,
-                   sV = sK + 2 * KB, bars = sV + 2 * KB; /* full[0], full[1], empty[0], empty[1] */
-    unsigned char *gQ = v6_smem + (sQ - sraw), *gK = gQ + QB, *gV = gK + 2 * KB;
-    const int64_t h = blockIdx.x, kh = h / (NH / NKV);
-    const int64_t qb = (int64_t)(gridDim.y - 1 - blockIdx.y) * BQ; /* heaviest blocks first */
+    const wgf_block<HDP> blk(v6_smem, T, pos0, NH, NKV);
+    const uint32_t bars = blk.send; /* full[0], full[1], empty[0], empty[1] */
     /* the warp index through a shuffle: provably uniform over the warp, so ptxas does not treat the
      * producer / consumer split as a divergent path around the wgmma's (it would serialise them) */
     const int lane = threadIdx.x & 31, w = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 5), 0), wg = w >> 2,
               tq = lane & 3, g = lane >> 2;
-    const int64_t S = pos0 + T;
-    const int64_t qlast = qb + BQ - 1 < T - 1 ? qb + BQ - 1 : T - 1;
-    const int ntiles = (int)((pos0 + qlast + 1 + BK - 1) / BK);
     auto full = [&](int b) { return bars + 8u * (uint32_t)b; };
     auto empty = [&](int b) { return bars + 16u + 8u * (uint32_t)b; };
 
@@ -73,12 +67,12 @@ __global__ void __launch_bounds__(WS_THREADS, 1) flash_v6_kernel(bf16 *out, cons
     if (wg == 2) { /* producer warpgroup */
         wg_setmaxnreg_dec<WS_PRODUCER_REGS>();
         const int pt = threadIdx.x - 256;
-        wgf_load_sw<HDP, BQ, 128>(gQ, q + h * HD, NH * HD, qb, T, HD, pt);
-        for (int j = 0; j < ntiles; j++) {
+        wgf_load_sw<HDP, BQ, 128>(blk.gQ, q + blk.h * HD, NH * HD, blk.qb, T, HD, pt);
+        for (int j = 0; j < blk.ntiles; j++) {
             const int b = j & 1, f = j >> 1;
             if (f > 0) wb_wait(empty(b), (uint32_t)((f - 1) & 1));
-            wgf_load_sw<HDP, BK, 128>(gK + b * KB, kc + kh * HD, NKV * HD, (int64_t)j * BK, S, HD, pt);
-            wgf_load_sw<HDP, BK, 128>(gV + b * KB, vc + kh * HD, NKV * HD, (int64_t)j * BK, S, HD, pt);
+            wgf_load_sw<HDP, BK, 128>(blk.gK + b * KB, kc + blk.kh * HD, NKV * HD, (int64_t)j * BK, blk.S, HD, pt);
+            wgf_load_sw<HDP, BK, 128>(blk.gV + b * KB, vc + blk.kh * HD, NKV * HD, (int64_t)j * BK, blk.S, HD, pt);
             wb_arrive_cp_async(full(b));
         }
         wb_cp_async_drain();
@@ -86,23 +80,23 @@ __global__ void __launch_bounds__(WS_THREADS, 1) flash_v6_kernel(bf16 *out, cons
     }
 
     wg_setmaxnreg_inc<WS_CONSUMER_REGS>();
-    const int64_t wq0 = pos0 + qb + w * 16; /* position of this warp's first row */
+    const int64_t wq0 = pos0 + blk.qb + w * 16; /* position of this warp's first row */
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
     float o[HDP / 8][4], mrow[2], lrow[2], s[BK / 8][4];
     flash_rows_reset<HDP>(o, mrow, lrow);
 
-    for (int j = 0; j < ntiles; j++) {
+    for (int j = 0; j < blk.ntiles; j++) {
         const int64_t kb = (int64_t)j * BK;
         const int b = j & 1;
         wb_wait(full(b), (uint32_t)((j >> 1) & 1));
         wg_proxy_fence();
         const bool diag = kb + BK - 1 > wq0; /* some key is past some row of the warp: mask */
-        wgf_tile_s<HDP>(s, sQ + wg * (64 * 128), sK + b * KB);
+        wgf_tile_s<HDP>(s, blk.sQ + wg * (64 * 128), blk.sK + b * KB);
         flash_tile_softmax<HDP, BK>(s, o, mrow, lrow, kb, qpos0, qpos1, diag, sl2, tq);
-        wgf_tile_pv<HDP, BK>(s, o, sV + b * KB);      /* waited for: this warp no longer reads buffer b */
+        wgf_tile_pv<HDP, BK>(s, o, blk.sV + b * KB);      /* waited for: this warp no longer reads buffer b */
         if (lane == 0) wb_arrive(empty(b));
     }
-    flash_store_rows<HDP>(out, o, lrow, qb + w * 16 + g, T, NH, h, HD, tq);
+    flash_store_rows<HDP>(out, o, lrow, blk.qb + w * 16 + g, T, NH, blk.h, HD, tq);
 #else
     __trap(); /* launched only where flash_v4_ok: the sm_90a code */
 #endif
@@ -113,12 +107,7 @@ static cudaError_t launch_flash_v6(void *out, const void *q, const void *kc, con
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
     const size_t smem = (size_t)(WGF_BQ + 4 * WGF_BK) * HDP * 2 + 1024 + 32; /* + alignment + 4 mbarriers */
-    cudaError_t e = cudaFuncSetAttribute(flash_v6_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    const float sl2 = 1.4426950408889634f / sqrtf((float)HD);
-    flash_v6_kernel<HDP><<<dim3((unsigned)NH, cdiv(T, WGF_BQ)), WS_THREADS, smem, stream>>>(
-        (bf16 *)out, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, T, pos0, NH, NKV, (int)HD, sl2);
-    return cudaSuccess;
+    return wgf_launch(flash_v6_kernel<HDP>, WS_THREADS, smem, out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 cudaError_t flash_v6_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
