@@ -1,6 +1,6 @@
 """ncu_prefill_sum.py CSV — sums `ncu --metrics gpu__time_duration.sum --csv --page raw` over one
 bench_model prefill, kernel by kernel. bench_model draws its weights, runs a warm-up prefill and then
-the timed one; each prefill starts with embed_kernel, so the timed prefill is every launch from the
+the timed one; each prefill starts with embed_kernel (embed_norm_kernel since session 12), so the timed prefill is every launch from the
 second embed_kernel up to the third (or the end of the capture)."""
 import csv
 import sys
@@ -17,7 +17,9 @@ def main(path):
     if body and body[0][time_col] in scales:  # the units row
         scale, body = scales[body[0][time_col]], body[1:]
     kernels = [(r[name_col], float(r[time_col].replace(",", "")) * scale) for r in body if r[time_col]]
-    starts = [i for i, (n, _) in enumerate(kernels) if n.startswith("void embed_kernel") or n.startswith("embed_kernel")]
+    # embed_kernel, or since session 12 embed_norm_kernel (the embedding with layer 0's input norm)
+    starts = [i for i, (n, _) in enumerate(kernels) if n.startswith(("void embed_kernel", "embed_kernel",
+                                                                     "void embed_norm_kernel", "embed_norm_kernel"))]
     if len(starts) < 2:
         sys.exit(f"{path}: fewer than two prefills captured ({len(starts)} embed_kernel launches)")
     end = starts[2] if len(starts) > 2 else len(kernels)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
-#                                            ncu4096 ncuglue ncudelta ncuflash stream options ab build
+#                                            ncu4096 ncuglue ncudelta ncuflash stream options ab build gaps
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -171,6 +171,19 @@ for stage in "$@"; do
                 >>"$OUT/options.log" 2>&1; echo "exit $?" >>"$OUT/options.log"
         done
         python3 fast/cuda/dev/options_summary.py "$OUT/options.log" >"$OUT/options_summary.md" 2>&1 ;;
+    gaps)   # what the kernel boundaries cost: bench_pdl's chains (plain / PDL, eager / graph), then every
+            # kernel of one T=4096 prefill and 8 decode steps at the clocks the GPU runs at (no ncu clock
+            # lock), to set the kernels' sum against bench_model's wall time (same binary, same run)
+        log "bench_pdl" >"$OUT/gaps.log"
+        $B/bench_pdl >>"$OUT/gaps.log" 2>&1; echo "exit $?" >>"$OUT/gaps.log"
+        log "bench_model T=4096 + 8 decode steps, wall" >>"$OUT/gaps.log"
+        $B/bench_model --dtype bf16 --prefill 4096 --decode-prompt 4096 --decode-steps 8 --graph-check 0 >>"$OUT/gaps.log" 2>&1
+        timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw --launch-count 1500 \
+            $B/bench_model --dtype bf16 --prefill 4096 --decode-prompt 4096 --decode-steps 8 --graph-check 0 --reps 1 \
+            >/tmp/gaps.csv 2>/dev/null
+        echo "ncu exit $?" >>"$OUT/gaps.log"
+        python3 fast/cuda/dev/ncu_prefill_sum.py /tmp/gaps.csv >>"$OUT/gaps.log" 2>&1
+        xz -9 -c /tmp/gaps.csv >"$OUT/gaps.csv.xz" ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \
