@@ -446,8 +446,9 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * (the production entry: G5_EARLY_RELEASE). a_cluster (tma 1 only) reads A by one TMA box per row
  * instead of cp.async: 1 per block, 2 or 4 multicast to a cluster of that many blocks working on
  * neighbouring output blocks of the same tile (one L2 read of each A row per cluster instead of one
- * per block); 0 = cp.async (the production entry: G5_A_CLUSTER_GATE_UP / _DOWN). All give the same
- * bits.
+ * per block); 0 = cp.async (the production entry: G5_A_CLUSTER_GATE_UP / _DOWN). l2_hints: L2
+ * eviction hints of the copies, bit 0 = the weights evict_first, bit 1 = the A rows evict_last, -1 =
+ * the production entry's choice from the shape (moe_wgmma5.cu's g5_l2_auto). All give the same bits.
  * _packed is the production entry's configuration with tma 2, for sessions that packed their
  * experts (run_options.pack_experts, fast/cuda/experts_layout.cu). */
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
@@ -465,8 +466,8 @@ enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
                                              int epilogue, int half_tiles, int tma, int early_release,
-                                             int a_cluster, enum q3n_compute_dtype dt, cudaStream_t stream,
-                                             struct q3n_error *err);
+                                             int a_cluster, int l2_hints, enum q3n_compute_dtype dt,
+                                             cudaStream_t stream, struct q3n_error *err);
 /* Expert weights W [E][N][Kin] re-laid out for v5's tma 2 and the packed GEMV (moe_pack.cu; the
  * layout is moe_pack.h's): k-tile kt of v5's item xb (256 outputs; SwiGLU: h columns 128 xb .., its
  * 128 gate rows then its 128 up rows) of expert e is the contiguous 256 x 64 block

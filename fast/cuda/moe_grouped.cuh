@@ -15,6 +15,31 @@ __device__ __forceinline__ void g3_cp16(uint32_t dst, const void *src, bool ok)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
 #endif
 }
+/* L2 eviction priorities for cache-hinted copies (PTX createpolicy, sm_80+): which lines L2 gives up
+ * first when it needs room. A stream read once (expert weights at ~one tile per expert) marked
+ * evict_first leaves the lines that are read again (the gathered x rows) in place. */
+enum l2_priority { L2_EVICT_NORMAL = 0, L2_EVICT_FIRST = 1, L2_EVICT_LAST = 2 };
+__device__ __forceinline__ uint64_t l2_policy(int priority)
+{
+    uint64_t p = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (priority == L2_EVICT_FIRST)
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+    else if (priority == L2_EVICT_LAST)
+        asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(p));
+    else
+        asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(p));
+#endif
+    return p;
+}
+/* g3_cp16 with the L2 eviction policy `policy` (l2_policy) for the bytes it reads. */
+__device__ __forceinline__ void g3_cp16_hint(uint32_t dst, const void *src, bool ok, uint64_t policy)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+                 "r"(ok ? 16 : 0), "l"(policy));
+#endif
+}
 __device__ __forceinline__ void g3_commit()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

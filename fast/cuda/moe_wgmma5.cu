@@ -136,6 +136,18 @@
  * tiles: 112..168, no spills, no serialised wgmma (ptxas 13.0; see g5_item for the one layout
  * that did serialise). */
 
+/* L2 eviction hints of the producer's copies (the kernel's l2 argument, bits; the production entries'
+ * choice: g5_l2_auto, with the measurements):
+ *  - G5_L2_A_LAST: the A rows are read with evict_last. Each tile's A rows are read once per output
+ *    block (4 times for gate_up, 8 for down), while the expert weights stream through L2 (2.1 GB
+ *    for gate_up through 50 MB), and each token's row of x is wanted by 10 experts at scattered
+ *    times: under plain replacement the weight stream pushes the rows out between those reads.
+ *  - G5_L2_W_FIRST: the weight tiles are read with evict_first (the other way to the same end;
+ *    measured slower, kept for the tests).
+ * Hints change where bytes come from, not which bytes: bitwise the same outputs. */
+#define G5_L2_W_FIRST 1
+#define G5_L2_A_LAST 2
+
 /* B source row of tile row rr (output n = BN x + rr), -1 for zero fill; with SWIGLU (W holds Nw / 2
  * gate rows, then Nw / 2 up rows) block x covers h columns c in [BN/2 x, BN/2 x + BN/2): tile rows
  * rr < BN/2 are gate rows c, rr >= BN/2 up rows Nw / 2 + c (v3's pairing, BN/2 columns wide). */
@@ -154,18 +166,18 @@ __device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
  * of BN rows, or with SwiGLU the item's BN / 2 gate rows then its BN / 2 up rows; TMA 2: the packed
  * k-tile, one contiguous box). Rows past N (or, SwiGLU, gate rows past N / 2: up rows, never stored)
  * and k past Kin: the boxes hold zeros or unused rows where g5_brow's copies zero-fill. Issued by one
- * thread; the bytes land on bar. */
+ * thread; the bytes land on bar; pol: their L2 eviction policy (g5_l2_policies). */
 template <bool SWIGLU, int BN, int TMA>
 __device__ __forceinline__ void g5_load_b(uint32_t sb, const void *wmap, int e, int xb, int kt, int N, int nbx,
-                                          int ktiles, uint32_t bar)
+                                          int ktiles, uint32_t bar, uint64_t pol)
 {
     if (TMA == 2) {
-        tma_load_3d(sb, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, bar);
+        tma_load_3d_hint(sb, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, bar, pol);
     } else if (SWIGLU) {
-        tma_load_3d(sb, wmap, kt * G5_BK, xb * (BN / 2), e, bar);
-        tma_load_3d(sb + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2), e, bar);
+        tma_load_3d_hint(sb, wmap, kt * G5_BK, xb * (BN / 2), e, bar, pol);
+        tma_load_3d_hint(sb + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2), e, bar, pol);
     } else {
-        tma_load_3d(sb, wmap, kt * G5_BK, xb * BN, e, bar);
+        tma_load_3d_hint(sb, wmap, kt * G5_BK, xb * BN, e, bar, pol);
     }
 }
 
@@ -200,10 +212,12 @@ __device__ __forceinline__ g5_sched g5_schedule(int nbx)
 template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA>
 __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                                            const void *wmap, const int32_t *tiles, const int32_t *counts,
-                                           const int32_t *offsets, int N, int Kin, int nbx, int ktiles,
+                                           const int32_t *offsets, int N, int Kin, int nbx, int ktiles, int l2,
                                            uint32_t sbase, uint32_t full0, uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
+    const uint64_t pw = l2_policy(l2 & G5_L2_W_FIRST ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
+    const uint64_t pa = l2_policy(l2 & G5_L2_A_LAST ? L2_EVICT_LAST : L2_EVICT_NORMAL);
     static_assert(TMA != 2 || BN == 256, "the packed layout has 256-row tiles");
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
     /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
@@ -231,19 +245,20 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
 #pragma unroll
             for (int a = 0; a < AP; a++) {
                 const bool ok = kin && asrc[a] >= 0;
-                g3_cp16(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok);
+                g3_cp16_hint(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok, pa);
             }
             if constexpr (TMA) {
                 if (t == 0) {
                     wb_arrive_expect_tx(full0 + 8 * s, (uint32_t)(BN * G5_BK * 2));
-                    g5_load_b<SWIGLU, BN, TMA>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, full0 + 8 * s);
+                    g5_load_b<SWIGLU, BN, TMA>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, full0 + 8 * s,
+                                               pw);
                 }
             } else {
 #pragma unroll
                 for (int b = 0; b < BP; b++) {
                     const int n = g5_brow<SWIGLU, BN>(lr + 16 * b, xb, N);
                     const bool ok = kin && n >= 0;
-                    g3_cp16(sb + b * 16 * 128, ok ? We + (size_t)n * Kin + k : W, ok);
+                    g3_cp16_hint(sb + b * 16 * 128, ok ? We + (size_t)n * Kin + k : W, ok, pw);
                 }
             }
             wb_arrive_cp_async(full0 + 8 * s);
@@ -277,10 +292,11 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
 template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA, int ACL>
 __device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, const void *wmap, const void *amap,
                                                 const int32_t *tiles, const int32_t *counts, const int32_t *offsets,
-                                                int N, int nbx, int ktiles, uint32_t sbase, uint32_t full0,
+                                                int N, int nbx, int ktiles, int l2, uint32_t sbase, uint32_t full0,
                                                 uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), RS = G3_BM / (ACL > 1 ? ACL : 1), RQ = RS / 32;
+    const uint64_t pw = l2_policy(l2 & G5_L2_W_FIRST ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
     static_assert(TMA >= 1 && RS % 32 == 0, "A rows by TMA: the weights by TMA, 32 rows per lane sweep");
     const int lane = threadIdx.x & 31;
     const g5_sched sc = g5_schedule<ACL>(nbx);
@@ -302,7 +318,7 @@ __device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, c
             if (f > 0) wb_wait(empty0 + 8 * s, (f - 1) & 1);
             if (lane == 0) {
                 wb_arrive_expect_tx(bar, bytes);
-                g5_load_b<SWIGLU, BN, TMA>(sa + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, bar);
+                g5_load_b<SWIGLU, BN, TMA>(sa + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, bar, pw);
             }
 #pragma unroll
             for (int q = 0; q < RQ; q++) {
@@ -615,7 +631,7 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap amap,
                            const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int N, int Kin,
-                           int nbx, int half_tiles, int early)
+                           int nbx, int half_tiles, int early, int l2)
 {
     static_assert(ACL == 0 || (TMA == 1 && EPI < 2), "A by TMA rows: weights by TMA 1; epilogue 0 or 1");
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
@@ -649,10 +665,10 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
     if (threadIdx.x < 128) {
         if constexpr (ACL == 0)
             g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx,
-                                                    ktiles, sbase, full0, empty0);
+                                                    ktiles, l2, sbase, full0, empty0);
         else if (threadIdx.x < 32)
             g5_produce_rows<GATHER, SWIGLU, BN, ST, TMA, ACL>(xrows, div, &wmap, &amap, tiles, counts, offsets, N,
-                                                              nbx, ktiles, sbase, full0, empty0);
+                                                              nbx, ktiles, l2, sbase, full0, empty0);
     } else {
         g5_consume<SWIGLU, BN, ST, EPI, ACL>(out, tiles, counts, offsets, N, nbx, ktiles, half_tiles, early, sbase,
                                              stg0, full0, empty0);
@@ -724,7 +740,7 @@ struct g5_args {
     bf16 *out;
     const bf16 *x, *W;
     const int32_t *rows, *tiles, *counts, *offsets;
-    int div, N, Kin, nbx, persistent, sms, half_tiles, early;
+    int div, N, Kin, nbx, persistent, sms, half_tiles, early, l2;
     int64_t max_items, max_tiles;
     CUtensorMap wmap; /* with TMA: W as [E][N][Kin] (g5_weight_map) */
     CUtensorMap amap; /* with A by TMA rows: X as [rows of X][Kin] (g5_rows_map) */
@@ -801,7 +817,7 @@ static enum q3n_status g5_launch_clusters(K kernel, int acl, int smem, const str
     const int64_t items = a.max_tiles * ((a.nbx + acl - 1) / acl);
     cfg.gridDim = dim3((unsigned)(acl * (a.persistent && clusters < items ? clusters : items)));
     CU_CHECK(cudaLaunchKernelEx(&cfg, kernel, a.out, a.x, a.rows, a.div, a.W, a.wmap, a.amap, a.tiles, a.counts,
-                                a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early));
+                                a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early, a.l2));
     CU_LAUNCHED("moe grouped_gemm_v5_kernel (clusters)");
     return Q3N_OK;
 }
@@ -821,9 +837,33 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
                              __FILE__, __LINE__, BN, ST, EPI);
     const int64_t fill = (int64_t)a.sms * per_sm, grid = a.persistent && fill < a.max_items ? fill : a.max_items;
     kernel<<<(unsigned)grid, G5_THREADS, smem, stream>>>(a.out, a.x, a.rows, a.div, a.W, a.wmap, a.amap, a.tiles,
-                                                         a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early);
+                                                         a.counts, a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early,
+                                                         a.l2);
     CU_LAUNCHED("moe grouped_gemm_v5_kernel");
     return Q3N_OK;
+}
+
+/* The L2 hints (G5_L2_*) of the production entries. Measured on an H100 (session 15,
+ * dev/test_moe_prefill --l2, fast/cuda/dev/logs/session15_c3_l2.log; medians of 10, two passes):
+ *  - A rows evict_last: gate_up T = 4096 0.846-0.851 -> 0.810-0.811 ms (-4.5 %), T = 16384 1.540-1.555
+ *    -> 1.495-1.512 (-3 %); down (4 stages, epilogue 0) T = 4096 0.465 -> 0.456, T = 16384 1.414 ->
+ *    1.369. The rows of one tile are read by its nbx output blocks at about the same time, and the
+ *    weight stream no longer pushes them out in between (so this pays even where x is larger than
+ *    L2, at T = 16384).
+ *  - weights evict_first: no gain for gate_up (0.845), a loss for down (0.465 -> 0.531 ms; the
+ *    production down 0.453 -> 0.566): never picked.
+ * So: the gathered A rows (gate_up) evict_last; the flat A of down as G5_L2_A_LAST_DOWN says.
+ * G5_L2_HINTS 0: no hints. */
+#ifndef G5_L2_HINTS
+#define G5_L2_HINTS 1
+#endif
+#ifndef G5_L2_A_LAST_DOWN
+#define G5_L2_A_LAST_DOWN 0
+#endif
+static int g5_l2_auto(int gathered)
+{
+    if (!G5_L2_HINTS) return 0;
+    return gathered || G5_L2_A_LAST_DOWN ? G5_L2_A_LAST : 0;
 }
 
 /* One configuration for every gather / SwiGLU combination. */
@@ -854,12 +894,12 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     void *d_out, const void *d_x, const int32_t *d_rows, int64_t div, const void *d_W, const int32_t *d_counts,
     const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
     int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, int early_release, int a_cluster,
-    enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
+    int l2_hints, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
                 (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1) &&
                 (half_tiles == 0 || half_tiles == 1) && (tma >= 0 && tma <= 2) &&
-                (early_release == 0 || early_release == 1));
+                (early_release == 0 || early_release == 1) && l2_hints >= -1 && l2_hints <= 3);
     const int st = stages ? stages : G5_STAGES(bn);
     /* the instantiated configurations (see the header); TMA: the two production ones */
     Q3N_REQUIRE(bn == 128 ? st == 6 && epilogue == 0
@@ -878,11 +918,13 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     int dev = 0, sms = 0;
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    if (l2_hints < 0) l2_hints = g5_l2_auto(d_rows != NULL);
     struct g5_args a;
     a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
     a.div = (int)div, a.N = (int)N, a.Kin = (int)Kin, a.nbx = (int)nbx, a.persistent = persistent, a.sms = sms;
     a.max_items = max_items, a.max_tiles = max_items / nbx, a.half_tiles = half_tiles, a.early = early_release;
+    a.l2 = l2_hints;
     memset(&a.amap, 0, sizeof a.amap); /* unused with A by cp.async */
     /* the rows of X: a gathered row is x[rows[p] / div], below cdiv(rows, div); else X has `rows` */
     if (a_cluster) Q3N_TRY(g5_rows_map(&a.amap, d_x, d_rows ? cdiv(rows, div) : rows, Kin, err));
@@ -914,7 +956,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES,
                                         G5_TMA, G5_EARLY_RELEASE, swiglu ? G5_A_CLUSTER_GATE_UP : G5_A_CLUSTER_DOWN,
-                                        dt, stream, err);
+                                        -1, dt, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const void *d_x, const int32_t *d_rows,
@@ -927,5 +969,5 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const vo
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, 2,
-                                        G5_EARLY_RELEASE, 0, dt, stream, err);
+                                        G5_EARLY_RELEASE, 0, -1, dt, stream, err);
 }

@@ -260,6 +260,18 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const void *map, int c
                  : "memory");
 #endif
 }
+/* tma_load_3d with an L2 eviction policy for the bytes it reads (policy: l2_policy's 64-bit value),
+ * e.g. evict_first for a stream read once, so that it does not push out what L2 should keep. */
+__device__ __forceinline__ void tma_load_3d_hint(uint32_t dst, const void *map, int c0, int c1, int c2, uint32_t bar,
+                                                 uint64_t policy)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+                 " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "l"(policy)
+                 : "memory");
+#endif
+}
 /* TMA of one box of the 2-D tensor map `map` at (c0, c1), innermost first, into shared memory at dst
  * of this CTA (as tma_load_3d). The swizzle is a function of the destination address (the 128-byte
  * mode XORs address bits 4-6 with bits 7-9), so a one-row box at base + 128 r of a 1024-aligned tile

@@ -27,7 +27,9 @@
  * (the default, then each configuration with half tiles off, then on, and the ratio).
  *
  *   test_moe_prefill           checks + real-dims timings
- *   test_moe_prefill --quick   checks only (make check-cuda) */
+ *   test_moe_prefill --quick   checks only (make check-cuda)
+ *   test_moe_prefill --l2      the L2-hint configurations (and the two they vary) at the real dims:
+ *                              checks, then timings alternated twice */
 #include <algorithm>
 #include <functional>
 #include <vector>
@@ -152,33 +154,45 @@ static void gate_up_gemm(layer &L, int ver, int stages, dbuf &h)
  * epilogue ones, aimed at the down GEMM (Kin = 512: 8 k-tiles per tile); each runs both GEMMs.
  * early: stages released as soon as their own products retire (session 10, aimed at T = 4096: the
  * two production configurations with it). acl (session 11): A by TMA row boxes, per block (1,
- * "arows") or multicast over clusters of 2 or 4 blocks ("acl2", "acl4"), on the same two. */
+ * "arows") or multicast over clusters of 2 or 4 blocks ("acl2", "acl4"), on the same two. l2
+ * (session 15): L2 eviction hints, weights evict_first ("l2w"), A rows evict_last ("l2a"), both
+ * ("l2wa"); 0 = none (the production entry picks them from the shape: g5_l2_auto). */
 struct v5_cfg {
-    int bn, persistent, stages, epilogue, tma, early, acl;
+    int bn, persistent, stages, epilogue, tma, early, acl, l2;
     const char *name;
 };
-static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, 0, 0, "v5/bn256/grid"},
-                                 {256, 1, 0, 0, 1, 0, 0, "v5/bn256/grid/tma"},
-                                 {256, 0, 0, 0, 0, 0, 0, "v5/bn256/tiles"},
-                                 {128, 1, 0, 0, 0, 0, 0, "v5/bn128/grid"},
-                                 {128, 0, 0, 0, 0, 0, 0, "v5/bn128/tiles"},
-                                 {256, 0, 3, 0, 0, 0, 0, "v5/bn256/tiles/st3"},
-                                 {256, 0, 2, 0, 0, 0, 0, "v5/bn256/tiles/st2"},
-                                 {256, 0, 3, 1, 0, 0, 0, "v5/bn256/tiles/st3/smem16"},
-                                 {256, 1, 3, 1, 0, 0, 0, "v5/bn256/grid/st3/smem16"},
-                                 {256, 1, 3, 1, 1, 0, 0, "v5/bn256/grid/st3/smem16/tma"},
-                                 {256, 0, 3, 2, 0, 0, 0, "v5/bn256/tiles/st3/bulk"},
-                                 {256, 1, 3, 2, 0, 0, 0, "v5/bn256/grid/st3/bulk"},
-                                 {256, 1, 0, 0, 2, 0, 0, "v5/bn256/grid/tmapacked"},
-                                 {256, 1, 3, 1, 2, 0, 0, "v5/bn256/grid/st3/smem16/tmapacked"},
-                                 {256, 1, 0, 0, 1, 1, 0, "v5/bn256/grid/tma/early"},
-                                 {256, 1, 3, 1, 1, 1, 0, "v5/bn256/grid/st3/smem16/tma/early"},
-                                 {256, 1, 0, 0, 1, 0, 1, "v5/bn256/grid/tma/arows"},
-                                 {256, 1, 0, 0, 1, 0, 2, "v5/bn256/grid/tma/acl2"},
-                                 {256, 1, 0, 0, 1, 0, 4, "v5/bn256/grid/tma/acl4"},
-                                 {256, 1, 3, 1, 1, 0, 1, "v5/bn256/grid/st3/smem16/tma/arows"},
-                                 {256, 1, 3, 1, 1, 0, 2, "v5/bn256/grid/st3/smem16/tma/acl2"},
-                                 {256, 1, 3, 1, 1, 0, 4, "v5/bn256/grid/st3/smem16/tma/acl4"}};
+/* --l2 (session 15): only the configurations whose name has g_only in it, and the production entry,
+ * at the real dims (checks and timings). NULL: all. */
+static const char *g_only = NULL;
+static bool cfg_on(const v5_cfg *c) { return !c || !g_only || strstr(c->name, g_only) || !strcmp(c->name, "v5/bn256/grid/tma") || !strcmp(c->name, "v5/bn256/grid/st3/smem16/tma"); }
+static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, 0, 0, 0, "v5/bn256/grid"},
+                                 {256, 1, 0, 0, 1, 0, 0, 0, "v5/bn256/grid/tma"},
+                                 {256, 0, 0, 0, 0, 0, 0, 0, "v5/bn256/tiles"},
+                                 {128, 1, 0, 0, 0, 0, 0, 0, "v5/bn128/grid"},
+                                 {128, 0, 0, 0, 0, 0, 0, 0, "v5/bn128/tiles"},
+                                 {256, 0, 3, 0, 0, 0, 0, 0, "v5/bn256/tiles/st3"},
+                                 {256, 0, 2, 0, 0, 0, 0, 0, "v5/bn256/tiles/st2"},
+                                 {256, 0, 3, 1, 0, 0, 0, 0, "v5/bn256/tiles/st3/smem16"},
+                                 {256, 1, 3, 1, 0, 0, 0, 0, "v5/bn256/grid/st3/smem16"},
+                                 {256, 1, 3, 1, 1, 0, 0, 0, "v5/bn256/grid/st3/smem16/tma"},
+                                 {256, 0, 3, 2, 0, 0, 0, 0, "v5/bn256/tiles/st3/bulk"},
+                                 {256, 1, 3, 2, 0, 0, 0, 0, "v5/bn256/grid/st3/bulk"},
+                                 {256, 1, 0, 0, 2, 0, 0, 0, "v5/bn256/grid/tmapacked"},
+                                 {256, 1, 3, 1, 2, 0, 0, 0, "v5/bn256/grid/st3/smem16/tmapacked"},
+                                 {256, 1, 0, 0, 1, 1, 0, 0, "v5/bn256/grid/tma/early"},
+                                 {256, 1, 3, 1, 1, 1, 0, 0, "v5/bn256/grid/st3/smem16/tma/early"},
+                                 {256, 1, 0, 0, 1, 0, 1, 0, "v5/bn256/grid/tma/arows"},
+                                 {256, 1, 0, 0, 1, 0, 2, 0, "v5/bn256/grid/tma/acl2"},
+                                 {256, 1, 0, 0, 1, 0, 4, 0, "v5/bn256/grid/tma/acl4"},
+                                 {256, 1, 3, 1, 1, 0, 1, 0, "v5/bn256/grid/st3/smem16/tma/arows"},
+                                 {256, 1, 3, 1, 1, 0, 2, 0, "v5/bn256/grid/st3/smem16/tma/acl2"},
+                                 {256, 1, 3, 1, 1, 0, 4, 0, "v5/bn256/grid/st3/smem16/tma/acl4"},
+                                 {256, 1, 0, 0, 1, 0, 0, 1, "v5/bn256/grid/tma/l2w"},
+                                 {256, 1, 0, 0, 1, 0, 0, 2, "v5/bn256/grid/tma/l2a"},
+                                 {256, 1, 0, 0, 1, 0, 0, 3, "v5/bn256/grid/tma/l2wa"},
+                                 {256, 1, 3, 1, 1, 0, 0, 1, "v5/bn256/grid/st3/smem16/tma/l2w"},
+                                 {256, 1, 3, 1, 1, 0, 0, 2, "v5/bn256/grid/st3/smem16/tma/l2a"},
+                                 {256, 1, 3, 1, 1, 0, 0, 3, "v5/bn256/grid/st3/smem16/tma/l2wa"}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
 /* One v5 GEMM of the layer's routing: out = A W^T (A row p = x[rows[p] / div], or x[p] without rows);
  * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles off, G5_HALF_TILES), else
@@ -194,8 +208,8 @@ static void v5_gemm(layer &L, const v5_cfg *c, int half, void *out, const void *
     else
         RUN(cuda_moe_grouped_gemm_v5_cfg(out, x, rows, div, W, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
                                          (const int32_t *)L.tiles.p, L.n, L.Ex, N, Kin, swiglu, c->bn, c->persistent,
-                                         c->stages, c->epilogue, half, c->tma, c->early, c->acl, Q3N_COMPUTE_BF16,
-                                         g_stream, E_));
+                                         c->stages, c->epilogue, half, c->tma, c->early, c->acl, c->l2,
+                                         Q3N_COMPUTE_BF16, g_stream, E_));
 }
 /* v5 gate_up (x gathered, SwiGLU) into h and down (of hin) into y, as the model runs them */
 static void gate_up_v5(layer &L, const v5_cfg *c, int half, dbuf &h)
@@ -378,7 +392,7 @@ static void compare_versions(layer &L, const char *name)
     const std::vector<float> want[4] = {h3, y3, rows_sample(L.hf3, L.n, L.I), rows_sample(L.yg3, L.n, L.D)};
     check_v5(L, name, NULL, 1, want);
     for (int ci = 0; ci < N_V5_CFGS; ci++)
-        for (int half = 1; half >= 0; half--) check_v5(L, name, &V5_CFGS[ci], half, want);
+        for (int half = g_only ? 0 : 1; half >= 0 && cfg_on(&V5_CFGS[ci]); half--) check_v5(L, name, &V5_CFGS[ci], half, want);
 }
 
 /* cuda_moe_pack_v5's layout against the one moe_pack.cu documents, written out again here from
@@ -578,7 +592,20 @@ static void case_real(int64_t T, int timing)
     char name[160];
     snprintf(name, sizeof name, "real dims T=%lld", (long long)T);
     compare_versions(L, name);
-    if (timing) {
+    if (timing && g_only) { /* the filtered configurations and the production entry, half tiles off, twice */
+        const double gu_fl = 2.0 * L.n * L.D * 2 * L.I, dn_fl = 2.0 * L.n * L.I * L.D;
+        for (int pass = 0; pass < 2; pass++)
+            for (int ci = -1; ci < N_V5_CFGS; ci++) {
+                const v5_cfg *c = ci < 0 ? NULL : &V5_CFGS[ci];
+                if (!cfg_on(c)) continue;
+                const float g5 = time_ms([&] { gate_up_v5(L, c, 0, L.h4); }, 10);
+                const float d5 = time_ms([&] { down_v5(L, c, 0, L.h3, L.y4); }, 10);
+                printf("TIME grouped %s T=%lld pass %d: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f "
+                       "TFLOP/s), sum %.3f ms\n",
+                       c ? c->name : "v5 (production entry)", (long long)T, pass, g5, gu_fl / g5 * 1e-9, d5,
+                       dn_fl / d5 * 1e-9, g5 + d5);
+            }
+    } else if (timing) {
         const double gu_fl = 2.0 * L.n * L.D * 2 * L.I, dn_fl = 2.0 * L.n * L.I * L.D;
         const float g3 = time_ms([&] { gate_up_gemm(L, 3, 0, L.h3); }, 10), d3 = time_ms([&] { down_gemm(L, 3, 0, L.h3, L.y3); }, 10);
         printf("TIME grouped v3 T=%lld: gate_up+swiglu %.3f ms (%.0f TFLOP/s), down %.3f ms (%.0f TFLOP/s), sum %.3f ms\n",
@@ -644,6 +671,17 @@ int main(int argc, char **argv)
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
     CK(cudaStreamCreate(&g_stream));
     q3n_rng_seed(&g_rng, 20261205);
+    if (argc > 1 && !strcmp(argv[1], "--l2")) { /* the L2-hint configurations at the real dims only */
+        g_only = "l2";
+        if (!cuda_moe_grouped_v4_supported()) {
+            printf("grouped v5 (wgmma) needs compute capability 9.0: not tested on this device\n");
+            return 0;
+        }
+        case_real(4096, 1);
+        case_real(16384, 1);
+        printf("%d cases, %d failed\n", g_cases, g_fail);
+        return g_fail ? 1 : 0;
+    }
     /* permutation: T, E, K, skew, timing */
     case_permute(1, 8, 1, 0, 0);
     case_permute(7, 64, 10, 1, 0);
