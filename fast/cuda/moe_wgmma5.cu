@@ -166,18 +166,27 @@ __device__ __forceinline__ int g5_brow(int rr, int xb, int Nw)
  * of BN rows, or with SwiGLU the item's BN / 2 gate rows then its BN / 2 up rows; TMA 2: the packed
  * k-tile, one contiguous box). Rows past N (or, SwiGLU, gate rows past N / 2: up rows, never stored)
  * and k past Kin: the boxes hold zeros or unused rows where g5_brow's copies zero-fill. Issued by one
- * thread; the bytes land on bar; pol: their L2 eviction policy (g5_l2_policies). */
+ * thread; the bytes land on bar; with hint, under the L2 eviction policy pol. */
+/* One tensor copy, with the L2 policy pol where hint (else the plain copy, as before session 15). */
+__device__ __forceinline__ void g5_tma(bool hint, uint32_t dst, const void *map, int c0, int c1, int c2, uint32_t bar,
+                                       uint64_t pol)
+{
+    if (hint)
+        tma_load_3d_hint(dst, map, c0, c1, c2, bar, pol);
+    else
+        tma_load_3d(dst, map, c0, c1, c2, bar);
+}
 template <bool SWIGLU, int BN, int TMA>
 __device__ __forceinline__ void g5_load_b(uint32_t sb, const void *wmap, int e, int xb, int kt, int N, int nbx,
-                                          int ktiles, uint32_t bar, uint64_t pol)
+                                          int ktiles, uint32_t bar, bool hint, uint64_t pol)
 {
     if (TMA == 2) {
-        tma_load_3d_hint(sb, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, bar, pol);
+        g5_tma(hint, sb, wmap, 0, 0, (e * nbx + xb) * ktiles + kt, bar, pol);
     } else if (SWIGLU) {
-        tma_load_3d_hint(sb, wmap, kt * G5_BK, xb * (BN / 2), e, bar, pol);
-        tma_load_3d_hint(sb + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2), e, bar, pol);
+        g5_tma(hint, sb, wmap, kt * G5_BK, xb * (BN / 2), e, bar, pol);
+        g5_tma(hint, sb + (BN / 2) * 128, wmap, kt * G5_BK, N / 2 + xb * (BN / 2), e, bar, pol);
     } else {
-        tma_load_3d_hint(sb, wmap, kt * G5_BK, xb * BN, e, bar, pol);
+        g5_tma(hint, sb, wmap, kt * G5_BK, xb * BN, e, bar, pol);
     }
 }
 
@@ -216,8 +225,10 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
                                            uint32_t sbase, uint32_t full0, uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), AP = G3_BM / 16, BP = BN / 16;
-    const uint64_t pw = l2_policy(l2 & G5_L2_W_FIRST ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
-    const uint64_t pa = l2_policy(l2 & G5_L2_A_LAST ? L2_EVICT_LAST : L2_EVICT_NORMAL);
+    /* l2 == 0: the plain copies (an explicit evict_normal policy is not known to be the same) */
+    const bool hw = l2 & G5_L2_W_FIRST, ha = l2 & G5_L2_A_LAST;
+    const uint64_t pw = l2_policy(hw ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
+    const uint64_t pa = l2_policy(ha ? L2_EVICT_LAST : L2_EVICT_NORMAL);
     static_assert(TMA != 2 || BN == 256, "the packed layout has 256-row tiles");
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
     /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
@@ -245,20 +256,28 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
 #pragma unroll
             for (int a = 0; a < AP; a++) {
                 const bool ok = kin && asrc[a] >= 0;
-                g3_cp16_hint(sa + a * 16 * 128, ok ? X + (size_t)asrc[a] * Kin + k : X, ok, pa);
+                const void *src = ok ? X + (size_t)asrc[a] * Kin + k : X;
+                if (ha)
+                    g3_cp16_hint(sa + a * 16 * 128, src, ok, pa);
+                else
+                    g3_cp16(sa + a * 16 * 128, src, ok);
             }
             if constexpr (TMA) {
                 if (t == 0) {
                     wb_arrive_expect_tx(full0 + 8 * s, (uint32_t)(BN * G5_BK * 2));
                     g5_load_b<SWIGLU, BN, TMA>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, full0 + 8 * s,
-                                               pw);
+                                               hw, pw);
                 }
             } else {
 #pragma unroll
                 for (int b = 0; b < BP; b++) {
                     const int n = g5_brow<SWIGLU, BN>(lr + 16 * b, xb, N);
                     const bool ok = kin && n >= 0;
-                    g3_cp16_hint(sb + b * 16 * 128, ok ? We + (size_t)n * Kin + k : W, ok, pw);
+                    const void *src = ok ? We + (size_t)n * Kin + k : W;
+                    if (hw)
+                        g3_cp16_hint(sb + b * 16 * 128, src, ok, pw);
+                    else
+                        g3_cp16(sb + b * 16 * 128, src, ok);
                 }
             }
             wb_arrive_cp_async(full0 + 8 * s);
@@ -296,7 +315,8 @@ __device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, c
                                                 uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), RS = G3_BM / (ACL > 1 ? ACL : 1), RQ = RS / 32;
-    const uint64_t pw = l2_policy(l2 & G5_L2_W_FIRST ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
+    const bool hw = l2 & G5_L2_W_FIRST;
+    const uint64_t pw = l2_policy(hw ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
     static_assert(TMA >= 1 && RS % 32 == 0, "A rows by TMA: the weights by TMA, 32 rows per lane sweep");
     const int lane = threadIdx.x & 31;
     const g5_sched sc = g5_schedule<ACL>(nbx);
@@ -318,7 +338,7 @@ __device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, c
             if (f > 0) wb_wait(empty0 + 8 * s, (f - 1) & 1);
             if (lane == 0) {
                 wb_arrive_expect_tx(bar, bytes);
-                g5_load_b<SWIGLU, BN, TMA>(sa + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, bar, pw);
+                g5_load_b<SWIGLU, BN, TMA>(sa + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, bar, hw, pw);
             }
 #pragma unroll
             for (int q = 0; q < RQ; q++) {
@@ -848,14 +868,18 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
  *  - A rows evict_last: gate_up T = 4096 0.846-0.851 -> 0.810-0.811 ms (-4.5 %), T = 16384 1.540-1.555
  *    -> 1.495-1.512 (-3 %); down (4 stages, epilogue 0) T = 4096 0.465 -> 0.456, T = 16384 1.414 ->
  *    1.369. The rows of one tile are read by its nbx output blocks at about the same time, and the
- *    weight stream no longer pushes them out in between (so this pays even where x is larger than
- *    L2, at T = 16384).
+ *    weight stream no longer pushes them out in between.
  *  - weights evict_first: no gain for gate_up (0.845), a loss for down (0.465 -> 0.531 ms; the
- *    production down 0.453 -> 0.566): never picked.
- * So: the gathered A rows (gate_up) evict_last; the flat A of down as G5_L2_A_LAST_DOWN says.
- * G5_L2_HINTS 0: no hints. */
+ *    production down 0.453 -> 0.566).
+ * But the model lost: bench_model with gate_up's A rows evict_last (and q/k prep v4's loads ahead)
+ * against main, alternated three times on one H100 (session15_c4_l2a_qkp_ab_summary.md): T = 4096
+ * 8.94 -> 9.01 ms (+0.8 %), T = 16384 25.82 -> 26.57 (+2.9 %). Lines marked evict_last stay after
+ * the kernel and take L2 from the kernels that follow (at T = 16384 x is 67 MB, more than L2).
+ * Off (G5_L2_HINTS 0): the production entries run the plain copies; G5_L2_HINTS 1 picks
+ * G5_L2_A_LAST for gate_up's gathered rows (and down's flat A with G5_L2_A_LAST_DOWN 1) to measure
+ * again, e.g. with the priority reset after the last reader. */
 #ifndef G5_L2_HINTS
-#define G5_L2_HINTS 1
+#define G5_L2_HINTS 0
 #endif
 #ifndef G5_L2_A_LAST_DOWN
 #define G5_L2_A_LAST_DOWN 0
