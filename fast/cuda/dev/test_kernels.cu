@@ -692,6 +692,10 @@ int main(int argc, char **argv)
             case_attention(1, 700, 4, 2, HD, 1);
         }
         case_attention(130, 0, 1, 1, 128, 1); /* one head */
+        /* q/k prep v3/v4 at the real model's 16 + 2 heads (18 rows: 3 for each of the 6 warps) and
+         * at 24 + 4 (28 rows: warps take a fourth and fifth row) */
+        case_attention(17, 0, 16, 2, 256, 1);
+        case_attention(33, 40, 24, 4, 128, 1);
         case_moe(3, 128, 16, 4, 64, 0);
         case_moe(50, 128, 16, 4, 64, 0);
         case_moe(50, 256, 64, 10, 64, 1);
