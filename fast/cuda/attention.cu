@@ -190,21 +190,11 @@ __global__ void __launch_bounds__(32 * QKP2_ROWS) qk_prep_v2_kernel(QKP_ARGS_DEC
  * ~0.9 TB/s). The sum of squares still runs over v3's layout (the row passes through the warp's shared
  * row, lane l reading the elements l + 32 m), and every element goes through v3's float operations:
  * bitwise v3 (dev/test_kernels). */
-/* This lane's 8 input elements 8 lane .. 8 lane + 7 of row `slot` of token t (q part of qg for a
- * query head, k for a key head; zeros past HD), loaded ahead by qk_prep_token_kernel. */
-__device__ __forceinline__ uint4 qk_prep_load16(int t, int slot, const bf16 *qg, const bf16 *k, int NH, int NKV,
-                                                int HD)
-{
-    const int d0 = 8 * (threadIdx.x & 31), isq = slot < NH, hh = isq ? slot : slot - NH;
-    const bf16 *src = isq ? qg + ((int64_t)t * NH + hh) * 2 * HD : k + ((int64_t)t * NKV + hh) * HD;
-    return d0 < HD ? *reinterpret_cast<const uint4 *>(src + d0) : make_uint4(0u, 0u, 0u, 0u);
-}
 template <int NM>
-__device__ __forceinline__ void qk_prep_row16(int t, int slot, uint4 raw, float *yw, const float *cs_c,
-                                              const float *cs_s, bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn,
-                                              const bf16 *qg, const bf16 *k, const bf16 *v, const float *qw,
-                                              const float *kw, int64_t pos0, int NH, int NKV, int HD, int rot,
-                                              float theta, float eps)
+__device__ __forceinline__ void qk_prep_row16(int t, int slot, float *yw, const float *cs_c, const float *cs_s,
+                                              bf16 *qo, bf16 *qn, bf16 *kc, bf16 *vc, bf16 *kn, const bf16 *qg,
+                                              const bf16 *k, const bf16 *v, const float *qw, const float *kw,
+                                              int64_t pos0, int NH, int NKV, int HD, int rot, float theta, float eps)
 {
     const int lane = threadIdx.x & 31, d0 = 8 * lane, mine = d0 < HD;
     const int isq = slot < NH, hh = isq ? slot : slot - NH;
@@ -212,7 +202,7 @@ __device__ __forceinline__ void qk_prep_row16(int t, int slot, uint4 raw, float 
     const float *w = isq ? qw : kw;
     float x[8];
     if (mine) {
-        unpack8_bf16(x, raw);
+        unpack8_bf16(x, *reinterpret_cast<const uint4 *>(src + d0));
 #pragma unroll
         for (int i = 0; i < 8; i++) yw[d0 + i] = x[i];
     }
@@ -258,37 +248,20 @@ __device__ __forceinline__ void qk_prep_row16(int t, int slot, uint4 raw, float 
 }
 
 /* v3 (ROW16 false) and v4 (true): a block per token, its RoPE table first, then the warps take the
- * token's NH + NKV rows in turn. v4 loads its warp's first QKP4_PRE rows before the table is built
- * (session 15: the table's powf / cosf / sinf and the block barrier used to come before every load),
- * so each warp has all of its rows in flight at once; rows past those are loaded as they come. */
-#define QKP4_PRE 3
+ * token's NH + NKV rows in turn. */
 template <int NM, bool ROW16>
 __global__ void __launch_bounds__(32 * QKP3_WARPS) qk_prep_token_kernel(QKP_ARGS_DECL)
 {
     __shared__ __align__(16) float ys[QKP3_WARPS][32 * NM];
     __shared__ float cs[2][16 * NM]; /* half = rot / 2 <= HD / 2 <= 16 NM */
     if (dpos) pos0 = *dpos;
-    const int t = blockIdx.x, wi = threadIdx.x >> 5, half = rot / 2, rows = NH + NKV;
-    uint4 pre[QKP4_PRE];
-    if constexpr (ROW16)
-#pragma unroll
-        for (int j = 0; j < QKP4_PRE; j++) {
-            const int slot = wi + j * QKP3_WARPS;
-            pre[j] = slot < rows ? qk_prep_load16(t, slot, qg, k, NH, NKV, HD) : make_uint4(0u, 0u, 0u, 0u);
-        }
+    const int t = blockIdx.x, wi = threadIdx.x >> 5, half = rot / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cs<int>(cs[0][i], cs[1][i], i, rot, pos0 + t, theta, qg);
     __syncthreads();
-    if constexpr (ROW16) {
-#pragma unroll
-        for (int j = 0; j < QKP4_PRE; j++) {
-            const int slot = wi + j * QKP3_WARPS;
-            if (slot < rows) qk_prep_row16<NM>(t, slot, pre[j], ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
-        }
-        for (int slot = wi + QKP4_PRE * QKP3_WARPS; slot < rows; slot += QKP3_WARPS)
-            qk_prep_row16<NM>(t, slot, qk_prep_load16(t, slot, qg, k, NH, NKV, HD), ys[wi], cs[0], cs[1],
-                              QKP_ROW_ARGS);
-    } else {
-        for (int slot = wi; slot < rows; slot += QKP3_WARPS)
+    for (int slot = wi; slot < NH + NKV; slot += QKP3_WARPS) {
+        if constexpr (ROW16)
+            qk_prep_row16<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
+        else
             qk_prep_row<NM>(t, slot, ys[wi], cs[0], cs[1], QKP_ROW_ARGS);
     }
 }
