@@ -15,20 +15,7 @@
  * (the chain of one launch, `single`) is the boundary's cost. The result is checked: after the chain
  * every element must equal the closed form of N steps (exact in float32 for these values).
  *   bench_pdl [--n 200] [--reps 20] */
-#include <cuda_runtime.h>
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CK(call)                                                                                             \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));           \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "devkit.cuh" /* CK */
 
 /* x = 0.5 x + 1 over this block's slice; PDL: wait for the predecessor grid (its writes visible),
  * then allow the successor to launch. */
