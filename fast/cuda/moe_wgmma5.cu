@@ -884,10 +884,44 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
 #ifndef G5_L2_A_LAST_DOWN
 #define G5_L2_A_LAST_DOWN 0
 #endif
-static int g5_l2_auto(int gathered)
+/* With the hints: A's rows are marked evict_last only while X takes at most this many bytes (the
+ * rows of X then fit in L2 beside the weight stream; at T = 16384 X is 67 MB). */
+#ifndef G5_L2_A_MAX_BYTES
+#define G5_L2_A_MAX_BYTES INT64_MAX
+#endif
+/* With the hints: after the kernel, X's lines are put back to evict_normal (applypriority), so that
+ * they do not keep their place in L2 from the kernels that follow. */
+#ifndef G5_L2_RESET
+#define G5_L2_RESET 1
+#endif
+static int g5_l2_auto(int gathered, int64_t x_bytes)
 {
-    if (!G5_L2_HINTS) return 0;
+    if (!G5_L2_HINTS || x_bytes > (int64_t)G5_L2_A_MAX_BYTES) return 0;
     return gathered || G5_L2_A_LAST_DOWN ? G5_L2_A_LAST : 0;
+}
+
+/* Puts the 128-byte lines of [p, p + lines 128) back to the normal eviction priority in L2 (PTX
+ * applypriority, sm_80+; lines not in L2 are left alone). p is 128-byte aligned. */
+__global__ void l2_priority_normal_kernel(const char *p, int64_t lines)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < lines; i += (int64_t)gridDim.x * blockDim.x)
+        asm volatile("applypriority.global.L2::evict_normal [%0], 128;\n" ::"l"(p + i * 128) : "memory");
+#endif
+}
+
+/* ... for every line that holds a byte of [p, p + bytes) */
+static enum q3n_status l2_priority_normal(const void *p, int64_t bytes, cudaStream_t stream, struct q3n_error *err)
+{
+    Q3N_REQUIRE(bytes >= 0);
+    const uintptr_t first = (uintptr_t)p & ~(uintptr_t)127;
+    const int64_t lines = cdiv((int64_t)((uintptr_t)p - first) + bytes, 128);
+    if (lines == 0) return Q3N_OK;
+    const int threads = 256;
+    const int blocks = (int)(lines / threads < 1024 ? cdiv(lines, threads) : 1024);
+    l2_priority_normal_kernel<<<blocks, threads, 0, stream>>>((const char *)first, lines);
+    CU_LAUNCHED("moe l2_priority_normal_kernel");
+    return Q3N_OK;
 }
 
 /* One configuration for every gather / SwiGLU combination. */
@@ -912,6 +946,28 @@ static enum q3n_status g5_launch_tma(const struct g5_args &a, int swiglu, int a_
     case 4: return g5_launch_cfg<256, ST, EPI, 1, 4>(a, swiglu, stream, err);
     default: return g5_launch_cfg<256, ST, EPI, 1>(a, swiglu, stream, err);
     }
+}
+
+/* The kernel of the configuration (bn, stages, epilogue, weights by TMA, A's cluster), launched. */
+static enum q3n_status g5_dispatch(struct g5_args &a, int swiglu, int st, int epilogue, int bn, int tma,
+                                   int a_cluster, int64_t E, int64_t N, int64_t Kin, const void *d_W,
+                                   cudaStream_t stream, struct q3n_error *err)
+{
+    if (tma) {
+        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, tma == 2, err));
+        if (tma == 2)
+            return epilogue == 1 ? g5_launch_cfg<256, 3, 1, 2>(a, swiglu, stream, err)
+                                 : g5_launch_cfg<256, 4, 0, 2>(a, swiglu, stream, err);
+        if (epilogue == 1) return g5_launch_tma<3, 1>(a, swiglu, a_cluster, stream, err);
+        return g5_launch_tma<4, 0>(a, swiglu, a_cluster, stream, err);
+    }
+    memset(&a.wmap, 0, sizeof a.wmap); /* unused without TMA */
+    if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
+    if (epilogue == 1) return g5_launch_cfg<256, 3, 1>(a, swiglu, stream, err);
+    if (epilogue == 2) return g5_launch_cfg<256, 3, 2>(a, swiglu, stream, err);
+    if (st == 2) return g5_launch_cfg<256, 2, 0>(a, swiglu, stream, err);
+    if (st == 3) return g5_launch_cfg<256, 3, 0>(a, swiglu, stream, err);
+    return g5_launch_cfg<256, 4, 0>(a, swiglu, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
@@ -942,7 +998,9 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     int dev = 0, sms = 0;
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    if (l2_hints < 0) l2_hints = g5_l2_auto(d_rows != NULL);
+    /* the rows of X: a gathered row is x[rows[p] / div], below cdiv(rows, div); else X has `rows` */
+    const int64_t x_rows = d_rows ? cdiv(rows, div) : rows;
+    if (l2_hints < 0) l2_hints = g5_l2_auto(d_rows != NULL, x_rows * Kin * 2);
     struct g5_args a;
     a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
@@ -950,23 +1008,10 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     a.max_items = max_items, a.max_tiles = max_items / nbx, a.half_tiles = half_tiles, a.early = early_release;
     a.l2 = l2_hints;
     memset(&a.amap, 0, sizeof a.amap); /* unused with A by cp.async */
-    /* the rows of X: a gathered row is x[rows[p] / div], below cdiv(rows, div); else X has `rows` */
-    if (a_cluster) Q3N_TRY(g5_rows_map(&a.amap, d_x, d_rows ? cdiv(rows, div) : rows, Kin, err));
-    if (tma) {
-        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, tma == 2, err));
-        if (tma == 2)
-            return epilogue == 1 ? g5_launch_cfg<256, 3, 1, 2>(a, swiglu, stream, err)
-                                 : g5_launch_cfg<256, 4, 0, 2>(a, swiglu, stream, err);
-        if (epilogue == 1) return g5_launch_tma<3, 1>(a, swiglu, a_cluster, stream, err);
-        return g5_launch_tma<4, 0>(a, swiglu, a_cluster, stream, err);
-    }
-    memset(&a.wmap, 0, sizeof a.wmap); /* unused without TMA */
-    if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
-    if (epilogue == 1) return g5_launch_cfg<256, 3, 1>(a, swiglu, stream, err);
-    if (epilogue == 2) return g5_launch_cfg<256, 3, 2>(a, swiglu, stream, err);
-    if (st == 2) return g5_launch_cfg<256, 2, 0>(a, swiglu, stream, err);
-    if (st == 3) return g5_launch_cfg<256, 3, 0>(a, swiglu, stream, err);
-    return g5_launch_cfg<256, 4, 0>(a, swiglu, stream, err);
+    if (a_cluster) Q3N_TRY(g5_rows_map(&a.amap, d_x, x_rows, Kin, err));
+    Q3N_TRY(g5_dispatch(a, swiglu, st, epilogue, bn, tma, a_cluster, E, N, Kin, d_W, stream, err));
+    if ((a.l2 & G5_L2_A_LAST) && G5_L2_RESET) Q3N_TRY(l2_priority_normal(d_x, x_rows * Kin * 2, stream, err));
+    return Q3N_OK;
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,

@@ -43,5 +43,6 @@ if [ -n "${BASE:-}" ]; then
     git worktree remove --force "$wt"
 fi
 # every base/bench_model* (BASE= above, or copied there by hand), compressed: carried as base.tar.xz
-[ -d .cudadev/base ] && tar -C .cudadev -cJf .cudadev/base.tar.xz base
+# xz -9: a 64 MiB dictionary, so that the binaries (~15 MB each, mostly alike) are stored once
+[ -d .cudadev/base ] && XZ_OPT=-9 tar -C .cudadev -cJf .cudadev/base.tar.xz base
 du -sh .cudadev/bin.tar.xz .cudadev/libs.tar.xz ${BASE:+.cudadev/base.tar.xz}

@@ -73,9 +73,9 @@ for stage in "$@"; do
             >>"$OUT/bench_base.log" 2>&1
         echo "exit $?" >>"$OUT/bench_base.log" ;;
     ab)   # the new bench_model against .cudadev/base/bench_model (bundle.sh BASE=REV) and any other
-          # .cudadev/base/bench_model_* carried beside it, alternated three times in one run on one GPU,
-          # so that clock and thermal drift fall on all alike
-        for i in 1 2 3; do
+          # .cudadev/base/bench_model_* carried beside it, alternated AB_RUNS (3) times in one run on one
+          # GPU, so that clock and thermal drift fall on all alike
+        for i in $(seq 1 "${AB_RUNS:-3}"); do
             for bin in .cudadev/base/bench_model* $B/bench_model; do
                 who=$(basename "$bin"); [ "$bin" = $B/bench_model ] && who=new
                 log "ab $who run $i" >>"$OUT/ab.log"
