@@ -448,9 +448,13 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * neighbouring output blocks of the same tile (one L2 read of each A row per cluster instead of one
  * per block); 0 = cp.async (the production entry: G5_A_CLUSTER_GATE_UP / _DOWN). l2_hints: L2
  * eviction hints of the copies, bit 0 = the weights evict_first, bit 1 = the A rows evict_last, -1 =
- * the production entry's choice from the shape (moe_wgmma5.cu's g5_l2_auto). All give the same bits.
+ * the production entry's choice from the shape (moe_wgmma5.cu's g5_l2_auto). With bit 1 the launch
+ * is followed by a pass putting X's lines back to the normal priority. All give the same bits.
+ * cuda_moe_grouped_v5_variant names the production entries' hints for the run's report ("/l2a":
+ * gate_up's gathered rows evict_last, then reset; "": none).
  * _packed is the production entry's configuration with tma 2, for sessions that packed their
  * experts (run_options.pack_experts, fast/cuda/experts_layout.cu). */
+const char *cuda_moe_grouped_v5_variant(void);
 enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x, const int32_t *d_rows, int64_t div,
                                          const void *d_W, const int32_t *d_counts, const int32_t *d_offsets,
                                          const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin,

@@ -34,7 +34,8 @@ static void bit_names(char *out, size_t n, const char *head, int bits, const str
  * (the first word of cuda_delta_rule_chunked_kernel_for(): chunk_v4 fp32 SIMT, chunk_tc_v2 bf16 tensor
  * cores, chunk_tc_v3 the same prep with the wgmma scan (sm_90); and of cuda_delta_rule_recurrent_kernel_for(): rec_v1, rec_v2 = the one-token step), attn = first word and version of cuda_attention_kernel() for the prefill and
  * the decode (flash_v3 = flash_mma_bf16_v3, rows_v1 = row/split-K kernel, decode_v3 = its split
- * decode kernel), moe grouped_v1 = grouped bf16 mma GEMM,
+ * decode kernel), moe grouped_v1 = grouped bf16 mma GEMM (grouped_v5/l2a: v5 with gate_up's gathered
+ * rows read L2 evict_last, cuda_moe_grouped_v5_variant),
  * cublas = per-expert cuBLAS GEMMs, gemv_v1 = decode expert GEMV; gemm = cuBLAS, COMPUTE_32F,
  * default math (no TF32), +gemv1 = one-row bf16 projections by linear.cu's GEMV; decode=graph:
  * the one-token step replayed from its CUDA graph, decode=eager: launched op by op
@@ -58,7 +59,9 @@ static void describe_build(struct cuda_session *s)
         snprintf(at + strlen(at), sizeof at - strlen(at), "%s%s", at[0] ? "+" : "", nm);
     }
     /* ran_moe_grouped / ran_moe_gemv hold the version that ran (1, 2, 3 ..) */
-    if (s->ran_moe_grouped) snprintf(moe, sizeof moe, "grouped_v%d", s->ran_moe_grouped);
+    if (s->ran_moe_grouped)
+        snprintf(moe, sizeof moe, "grouped_v%d%s", s->ran_moe_grouped,
+                 s->ran_moe_grouped == 5 ? cuda_moe_grouped_v5_variant() : "");
     if (s->ran_moe_gemm) snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%scublas", moe[0] ? "+" : "");
     if (s->ran_moe_gemv)
         snprintf(moe + strlen(moe), sizeof moe - strlen(moe), "%sgemv_v%d", moe[0] ? "+" : "", s->ran_moe_gemv);

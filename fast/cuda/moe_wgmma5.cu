@@ -871,21 +871,27 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
  *    weight stream no longer pushes them out in between.
  *  - weights evict_first: no gain for gate_up (0.845), a loss for down (0.465 -> 0.531 ms; the
  *    production down 0.453 -> 0.566).
- * But the model lost: bench_model with gate_up's A rows evict_last (and q/k prep v4's loads ahead)
- * against main, alternated three times on one H100 (session15_c4_l2a_qkp_ab_summary.md): T = 4096
- * 8.94 -> 9.01 ms (+0.8 %), T = 16384 25.82 -> 26.57 (+2.9 %). Lines marked evict_last stay after
- * the kernel and take L2 from the kernels that follow (at T = 16384 x is 67 MB, more than L2).
- * Off (G5_L2_HINTS 0): the production entries run the plain copies; G5_L2_HINTS 1 picks
- * G5_L2_A_LAST for gate_up's gathered rows (and down's flat A with G5_L2_A_LAST_DOWN 1) to measure
- * again, e.g. with the priority reset after the last reader. */
+ * The model lost at first: bench_model with gate_up's A rows evict_last (and q/k prep v4's loads
+ * ahead) against main, alternated three times on one H100 (session15_c4_l2a_qkp_ab_summary.md):
+ * T = 4096 8.94 -> 9.01 ms (+0.8 %), T = 16384 25.82 -> 26.57 (+2.9 %). Lines marked evict_last keep
+ * that priority after the kernel and hold L2 against the kernels that follow.
+ * With X's lines put back to evict_normal after the kernel (G5_L2_RESET, l2_priority_normal: one
+ * applypriority per 128-byte line, a few us) it wins (session 16, bench_model alternated on one H100,
+ * fast/cuda/dev/logs/session16_c1_ab_summary.md and session16_c2_ab_summary.md, medians of 4 and 7
+ * runs): T = 4096 8.975 -> 8.850 ms and 8.990 -> 8.870 (-1.4 %, -1.3 %); T = 16384 25.93 -> 26.02 and
+ * 26.45 -> 26.38 (within that metric's spread: the same binary's medians moved 2.5 % between the
+ * runs); decode unchanged (no grouped GEMM there). Limiting the hint to X of at most 25 MB
+ * (G5_L2_A_MAX_BYTES, i.e. T = 4096 but not 16384) measured the same at T = 4096 (8.845, 8.860 ms).
+ * So the production entries mark gate_up's gathered rows evict_last and reset them (G5_L2_HINTS 1);
+ * down's flat A stays plain (G5_L2_A_LAST_DOWN 0, not measured in the model). */
 #ifndef G5_L2_HINTS
-#define G5_L2_HINTS 0
+#define G5_L2_HINTS 1
 #endif
 #ifndef G5_L2_A_LAST_DOWN
 #define G5_L2_A_LAST_DOWN 0
 #endif
-/* With the hints: A's rows are marked evict_last only while X takes at most this many bytes (the
- * rows of X then fit in L2 beside the weight stream; at T = 16384 X is 67 MB). */
+/* With the hints: A's rows are marked evict_last only while X takes at most this many bytes
+ * (measured with 25000000: no better than without a limit, above). */
 #ifndef G5_L2_A_MAX_BYTES
 #define G5_L2_A_MAX_BYTES INT64_MAX
 #endif
@@ -898,6 +904,11 @@ static int g5_l2_auto(int gathered, int64_t x_bytes)
 {
     if (!G5_L2_HINTS || x_bytes > (int64_t)G5_L2_A_MAX_BYTES) return 0;
     return gathered || G5_L2_A_LAST_DOWN ? G5_L2_A_LAST : 0;
+}
+
+extern "C" const char *cuda_moe_grouped_v5_variant(void)
+{
+    return G5_L2_HINTS ? (G5_L2_A_MAX_BYTES < INT64_MAX ? "/l2a(small)" : "/l2a") : "";
 }
 
 /* Puts the 128-byte lines of [p, p + lines 128) back to the normal eviction priority in L2 (PTX
