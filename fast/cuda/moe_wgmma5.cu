@@ -900,10 +900,15 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
 #ifndef G5_L2_RESET
 #define G5_L2_RESET 1
 #endif
+/* With G5_L2_A_LAST_DOWN: down's flat A is marked only while it takes at most this many bytes. */
+#ifndef G5_L2_DOWN_MAX_BYTES
+#define G5_L2_DOWN_MAX_BYTES INT64_MAX
+#endif
 static int g5_l2_auto(int gathered, int64_t x_bytes)
 {
     if (!G5_L2_HINTS || x_bytes > (int64_t)G5_L2_A_MAX_BYTES) return 0;
-    return gathered || G5_L2_A_LAST_DOWN ? G5_L2_A_LAST : 0;
+    if (!gathered && (!G5_L2_A_LAST_DOWN || x_bytes > (int64_t)G5_L2_DOWN_MAX_BYTES)) return 0;
+    return G5_L2_A_LAST;
 }
 
 extern "C" const char *cuda_moe_grouped_v5_variant(void)
@@ -1010,8 +1015,8 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     CU_CHECK(cudaGetDevice(&dev));
     CU_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     /* the rows of X: a gathered row is x[rows[p] / div], below cdiv(rows, div); else X has `rows` */
-    const int64_t x_rows = d_rows ? cdiv(rows, div) : rows;
-    if (l2_hints < 0) l2_hints = g5_l2_auto(d_rows != NULL, x_rows * Kin * 2);
+    const int64_t x_rows = d_rows ? cdiv(rows, div) : rows, x_bytes = x_rows * Kin * 2;
+    if (l2_hints < 0) l2_hints = g5_l2_auto(d_rows != NULL, x_bytes);
     struct g5_args a;
     a.out = (bf16 *)d_out, a.x = (const bf16 *)d_x, a.W = (const bf16 *)d_W;
     a.rows = d_rows, a.tiles = d_tiles, a.counts = d_counts, a.offsets = d_offsets;
@@ -1021,7 +1026,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     memset(&a.amap, 0, sizeof a.amap); /* unused with A by cp.async */
     if (a_cluster) Q3N_TRY(g5_rows_map(&a.amap, d_x, x_rows, Kin, err));
     Q3N_TRY(g5_dispatch(a, swiglu, st, epilogue, bn, tma, a_cluster, E, N, Kin, d_W, stream, err));
-    if ((a.l2 & G5_L2_A_LAST) && G5_L2_RESET) Q3N_TRY(l2_priority_normal(d_x, x_rows * Kin * 2, stream, err));
+    if ((a.l2 & G5_L2_A_LAST) && G5_L2_RESET) Q3N_TRY(l2_priority_normal(d_x, x_bytes, stream, err));
     return Q3N_OK;
 }
 
