@@ -29,12 +29,13 @@
  * Copies (cp.async by all 256 threads, v5's swizzled panels by wgf_load_rows, two buffers each of
  * K and V): at the top of step j the block waits for its copies and meets at a barrier: K_j and
  * V_{j-1} have landed, and every warpgroup has finished with K_{j-1} (S_{j-1} was waited for) and
- * V_{j-2} (P_{j-2} V_{j-2} was waited for). Right after the barrier the block copies K_{j+1} into
- * K_{j-1}'s buffer and V_j into V_{j-2}'s, then issues its products (copies issued after the
- * products instead, with their addresses live across the softmax, measured slower: 0.369 / 5.12 ms
- * against 0.346 / 4.76 in that build). These copies run with the tensor cores idle (both
- * warpgroups have passed the barrier, so both have waited for their P V): ncu put a third of the
- * stall samples there, hence wgf_load_rows' short path for whole tiles. The first step
+ * V_{j-2} (P_{j-2} V_{j-2} was waited for). Then each warpgroup issues S_j, and the block copies
+ * K_{j+1} into K_{j-1}'s buffer and V_j into V_{j-2}'s while S_j runs (FLASH_V8_COPY_AFTER_S; the
+ * copies first, with the tensor cores idle since both warpgroups have waited for their P V, was
+ * 3.5 % slower), then issues P_{j-1} V_{j-1}. (Copies issued after both products, with their
+ * addresses live across the softmax, measured slower still: 0.369 / 5.12 ms against 0.346 / 4.76
+ * in session 14's build.) ncu had put a third of the stall samples in those copies, hence
+ * wgf_load_rows' short path for whole tiles. The first step
  * (S_0 only) is peeled off the loop and the last P V follows it, so that no wgmma sits in a branch
  * (ptxas would serialise them, C7520).
  *
@@ -44,6 +45,27 @@
  * and packing P at the top of the next step, see each).
  * Needs compute capability 9.0 (flash_v4_ok); HD % 8 == 0, HD <= 256, padded to 64 / 128 / 256. */
 #include "attention_flash_wgmma.cuh"
+
+/* 1: Qwen3-Next's 2 KV heads of 256 (80B-A3B) run an instance with the K / V row stride (512) as a
+ * constant (wgf_load_rows' RS); 0: every shape passes the stride at run time. */
+#ifndef FLASH_V8_FIXED_KVLD
+#define FLASH_V8_FIXED_KVLD 1
+#endif
+/* 1: step j's copies are issued after S_j = Q K_j^T, so that their issue (16 cp.async a thread and
+ * their addresses) runs beside S_j on the tensor cores; 0: right after the block barrier, before
+ * S_j, with the tensor cores idle. ncu of v8 with 0 (session 17, T = 16384,
+ * dev/logs/session17_c4_ncuflash.log): tensor pipe 53 % active, 11.6 % of the stall samples long
+ * scoreboard, nearly all on the copies' address adds and the fence before S_j (an address register
+ * handed to the next add while the cp.async that reads it is still queued). H100, dev/test_attn2
+ * --bench, two passes (session17_c5_attn_bench.log), v8 at T = 4096 / 16384:
+ *   copies before S_j, stride at run time (session 16's v8)   0.312-0.313 / 4.27 ms (session 14)
+ *   ... stride 512 as a constant (FLASH_V8_FIXED_KVLD)       0.312-0.316 / 4.26-4.29
+ *   copies after S_j, stride at run time                     0.305-0.306 / 4.13-4.19
+ *   copies after S_j, stride 512 as a constant (default)     0.301-0.302 / 4.11-4.12 (-3.5 %)
+ * Bitwise the same: the copies fill buffers S_j does not read. */
+#ifndef FLASH_V8_COPY_AFTER_S
+#define FLASH_V8_COPY_AFTER_S 1
+#endif
 
 /* The packed P of the P V in flight, kept alive until the P V's wait. Its registers are not read
  * after the wgmma is issued, so ptxas's allocator hands them to the softmax's values and then
@@ -80,7 +102,22 @@ __device__ __forceinline__ void wgf_softmax_done(const float (&lrow)[2])
     }
 }
 
-template <int HDP>
+/* Step j's copies (j >= 1): K_{j+1} into K_{j-1}'s buffer (while there is one) and V_j into
+ * V_{j-2}'s, one commit group. */
+template <int HDP, int KVLD>
+__device__ __forceinline__ void v8_copy_step(const wgf_block<HDP> &blk, const bf16 *kbase, const bf16 *vbase,
+                                             int64_t ld, int j, int HD)
+{
+    constexpr int BK = WGF_BK, KB = BK * HDP * 2;
+    const int64_t kb = (int64_t)j * BK;
+    if (j + 1 < blk.ntiles)
+        wgf_load_rows<HDP, BK, 256, KVLD>(blk.gK + ((j + 1) & 1) * KB, kbase, ld, kb + BK, blk.S, HD);
+    wgf_load_rows<HDP, BK, 256, KVLD>(blk.gV + (j & 1) * KB, vbase, ld, kb, blk.S, HD);
+    cp_async_commit();
+}
+
+/* KVLD > 0: the K / V row stride NKV HD, known at compile time (wgf_load_rows' RS); 0: at run time. */
+template <int HDP, int KVLD>
 __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
                                                           int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int HD,
                                                           float sl2)
@@ -95,7 +132,7 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
     const int64_t qpos0 = wq0 + g, qpos1 = qpos0 + 8;
     const uint32_t sQw = blk.sQ + wg * (64 * 128);
     const bf16 *kbase = kc + blk.kh * HD, *vbase = vc + blk.kh * HD;
-    const int64_t ld = NKV * HD;
+    const int64_t ld = KVLD > 0 ? KVLD : NKV * HD;
 
     float o[HDP / 8][4], mrow[2], lrow[2], s[BK / 8][4], alpha[2];
     uint32_t a[BK / 16][4];
@@ -104,14 +141,14 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
 
     /* step 0: S_0 alone */
     wgf_load_rows<HDP, BQ, 256>(blk.gQ, q + blk.h * HD, NH * HD, blk.qb, T, HD);
-    wgf_load_rows<HDP, BK, 256>(blk.gK, kbase, ld, 0, blk.S, HD);
+    wgf_load_rows<HDP, BK, 256, KVLD>(blk.gK, kbase, ld, 0, blk.S, HD);
     cp_async_commit();
     cp_async_wait<0>();
     wg_proxy_fence();
     __syncthreads();
     wgf_start_s<HDP>(s, sQw, blk.sK);
-    if (blk.ntiles > 1) wgf_load_rows<HDP, BK, 256>(blk.gK + KB, kbase, ld, BK, blk.S, HD);
-    wgf_load_rows<HDP, BK, 256>(blk.gV, vbase, ld, 0, blk.S, HD);
+    if (blk.ntiles > 1) wgf_load_rows<HDP, BK, 256, KVLD>(blk.gK + KB, kbase, ld, BK, blk.S, HD);
+    wgf_load_rows<HDP, BK, 256, KVLD>(blk.gV, vbase, ld, 0, blk.S, HD);
     cp_async_commit();
     wg_wait<0>();
     wg_pin<BK / 2>(sf);
@@ -122,14 +159,13 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
         cp_async_wait<0>(); /* K_j and V_{j-1} landed for this thread ... */
         wg_proxy_fence();   /* ... visible to wgmma's async proxy ... */
         __syncthreads();    /* ... and for all; K_{j-1} and V_{j-2} are no longer read */
-        if (j + 1 < blk.ntiles) wgf_load_rows<HDP, BK, 256>(blk.gK + ((j + 1) & 1) * KB, kbase, ld, kb + BK, blk.S, HD);
-        wgf_load_rows<HDP, BK, 256>(blk.gV + (j & 1) * KB, vbase, ld, kb, blk.S, HD);
-        cp_async_commit();
+        if (!FLASH_V8_COPY_AFTER_S) v8_copy_step<HDP, KVLD>(blk, kbase, vbase, ld, j, HD);
         /* P_{j-1} packed here, not at the end of step j - 1: there ptxas scheduled the packing
          * among the exponentials, into registers the P V in flight still reads, and so waited
          * for the P V before the softmax */
         wgf_pack_p<BK>(a, s);
         wgf_start_s<HDP>(s, sQw, blk.sK + (j & 1) * KB); /* its fence also covers the packed P_{j-1} */
+        if (FLASH_V8_COPY_AFTER_S) v8_copy_step<HDP, KVLD>(blk, kbase, vbase, ld, j, HD);
         flash_rescale_o<HDP>(o, alpha); /* by alpha_{j-1}, while S_j runs */
         wg_pin<HDP / 2>(of);
         wg_fence(); /* o rescaled since the last wgmma that wrote it */
@@ -161,12 +197,12 @@ __global__ void __launch_bounds__(256, 1) flash_v8_kernel(bf16 *out, const bf16 
 #endif
 }
 
-template <int HDP>
+template <int HDP, int KVLD = 0>
 static cudaError_t launch_flash_v8(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
                                    int64_t NH, int64_t NKV, int64_t HD, cudaStream_t stream)
 {
     const size_t smem = (size_t)(WGF_BQ + 4 * WGF_BK) * HDP * 2 + 1024 + 16; /* + alignment + wgf_keep_a's slot */
-    return wgf_launch(flash_v8_kernel<HDP>, 256, smem, out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    return wgf_launch(flash_v8_kernel<HDP, KVLD>, 256, smem, out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }
 
 cudaError_t flash_v8_launch(void *out, const void *q, const void *kc, const void *vc, int64_t T, int64_t pos0,
@@ -174,5 +210,7 @@ cudaError_t flash_v8_launch(void *out, const void *q, const void *kc, const void
 {
     if (HD <= 64) return launch_flash_v8<64>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
     if (HD <= 128) return launch_flash_v8<128>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
+    if (HD == 256 && NKV == 2 && FLASH_V8_FIXED_KVLD)
+        return launch_flash_v8<256, 512>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
     return launch_flash_v8<256>(out, q, kc, vc, T, pos0, NH, NKV, HD, stream);
 }

@@ -72,6 +72,17 @@ __device__ __forceinline__ void wgf_load_sw(unsigned char *dst, const bf16 *base
     }
 }
 
+/* Copies I .. N - 1 of wgf_load_rows' whole-tile path with a row stride known at compile time: copy
+ * i from src + i STEP bytes (an immediate) to ds + i DSTEP. */
+template <int I, int N, int STEP, int DSTEP>
+__device__ __forceinline__ void wgf_copy_fixed(uint32_t ds, const bf16 *src)
+{
+    if constexpr (I < N) {
+        cp_async16_all_at<I * STEP>(ds + I * DSTEP, src);
+        wgf_copy_fixed<I + 1, N, STEP, DSTEP>(ds, src);
+    }
+}
+
 /* wgf_load_sw's copies, the same bytes to the same places, with each thread's addresses stepped
  * rather than recomputed: thread tid copies 16-byte chunk c = tid % (HDP / 8) of rows rt + P i
  * (rt = tid / (HDP / 8), P = NT / (HDP / 8) rows a pass, a multiple of 8, so the swizzle's r & 7
@@ -79,18 +90,30 @@ __device__ __forceinline__ void wgf_load_sw(unsigned char *dst, const bf16 *base
  * the tile is real (all but a matrix's last tile, at HD = HDP) the copies need no zero fill: one
  * 64-bit add and one cp.async each. flash v8 copies a tile per step right after its barrier, with
  * the tensor cores idle, and the general form (a bounds test, an address select and a 64-bit
- * multiply per copy) took about 15 instructions a copy there (ncu, session 14). */
-template <int HDP, int ROWS, int NT>
+ * multiply per copy) took about 15 instructions a copy there (ncu, session 14).
+ * RS > 0: the row stride is RS elements (rs is not read), known at compile time, so that every
+ * copy of a whole tile addresses base + an immediate offset. With a stride known only at run time
+ * the addresses form a chain of 64-bit adds, and ptxas, short of registers in flash v8 (254),
+ * gives an address register to the next add while the cp.async that reads it is still queued: a
+ * long-scoreboard stall on the add (ncu, session 17: 11.6 % of v8's stall samples at T = 16384,
+ * against 2.7 % before the chain). */
+template <int HDP, int ROWS, int NT, int RS = 0>
 __device__ __forceinline__ void wgf_load_rows(unsigned char *dst, const bf16 *base, int64_t rs, int64_t r0,
                                               int64_t nrows, int HD, int tid = threadIdx.x)
 {
     constexpr int per = HDP / 8, P = NT / per;
     static_assert(NT % per == 0 && P % 8 == 0 && ROWS % P == 0, "wgf_load_rows: rows per pass");
+    if (RS > 0) rs = RS;
     const int c = tid % per, rt = tid / per;
     unsigned char *d = dst + wg_off<ROWS>(rt, c);
     const bf16 *src = base + (r0 + rt) * rs + c * 8;
     if (HD == HDP && r0 + ROWS <= nrows) {
         const uint32_t ds = (uint32_t)__cvta_generic_to_shared(d);
+        if constexpr (RS > 0) {
+            static_assert((int64_t)(ROWS - P) * RS * 2 < (1 << 23), "wgf_load_rows: offsets as immediates");
+            wgf_copy_fixed<0, ROWS / P, P * RS * 2, P * 128>(ds, src);
+            return;
+        }
         const int64_t step = (int64_t)P * rs;
 #pragma unroll
         for (int i = 0; i < ROWS / P; i++, src += step) cp_async16_all(ds + P * i * 128, src);

@@ -22,6 +22,15 @@ static __device__ __forceinline__ void cp_async16_all(uint32_t dst, const void *
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 #endif
 }
+/* cp_async16_all from src + OFF bytes, the offset an immediate of the instruction: the copies of
+ * one base need no address register each (ptxas does not fold a constant add into the address). */
+template <int OFF>
+static __device__ __forceinline__ void cp_async16_all_at(uint32_t dst, const void *src)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1+%2], 16;\n" ::"r"(dst), "l"(src), "n"(OFF));
+#endif
+}
 static __device__ __forceinline__ void cp_async_commit()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

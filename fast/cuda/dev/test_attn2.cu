@@ -11,7 +11,8 @@
  *
  *   test_attn2            all cases, then timings (v2 .. v8) at T=4096/16384 and decode at S=4096/32768
  *                         (decode: rows_v1, v4 and v3 eager; v3 and v4 in a graph of 20 calls)
- *   test_attn2 --quick    cases only */
+ *   test_attn2 --quick    cases only
+ *   test_attn2 --bench    the prefill timings only (T=4096/16384; each kernel still checked against v2) */
 #include <algorithm>
 
 #include "devkit.cuh"
@@ -388,6 +389,11 @@ int main(int argc, char **argv)
     q3n_rng_seed(&g_rng, 20261123);
     CK(cudaStreamCreate(&g_stream));
     const int quick = argc >= 2 && strcmp(argv[1], "--quick") == 0;
+    if (argc >= 2 && strcmp(argv[1], "--bench") == 0) {
+        bench_prefill(4096, 16, 2, 256);
+        bench_prefill(16384, 16, 2, 256);
+        return g_fail ? 1 : 0;
+    }
     /* device-position decode (graph) vs the pos0 launchers */
     for (int bf = 1; bf >= 0; bf--) {
         case_dpos(300, 4, 2, 64, bf, {0, 1, 255, 256, 299});
