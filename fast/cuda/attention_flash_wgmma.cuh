@@ -73,7 +73,7 @@ __device__ __forceinline__ void wgf_load_sw(unsigned char *dst, const bf16 *base
 }
 
 /* Copies I .. N - 1 of wgf_load_rows' whole-tile path with a row stride known at compile time: copy
- * i from src + i STEP bytes (an immediate) to ds + i DSTEP. */
+ * i from src + i STEP bytes (cp_async16_all_at) to ds + i DSTEP. */
 template <int I, int N, int STEP, int DSTEP>
 __device__ __forceinline__ void wgf_copy_fixed(uint32_t ds, const bf16 *src)
 {
@@ -92,11 +92,13 @@ __device__ __forceinline__ void wgf_copy_fixed(uint32_t ds, const bf16 *src)
  * the tensor cores idle, and the general form (a bounds test, an address select and a 64-bit
  * multiply per copy) took about 15 instructions a copy there (ncu, session 14).
  * RS > 0: the row stride is RS elements (rs is not read), known at compile time, so that every
- * copy of a whole tile addresses base + an immediate offset. With a stride known only at run time
- * the addresses form a chain of 64-bit adds, and ptxas, short of registers in flash v8 (254),
- * gives an address register to the next add while the cp.async that reads it is still queued: a
+ * copy of a whole tile takes one base plus a constant. With a stride known only at run time the
+ * addresses form a chain of 64-bit adds, and ptxas, short of registers in flash v8 (254), gives an
+ * address register to the next add while the cp.async that reads it is still queued: a
  * long-scoreboard stall on the add (ncu, session 17: 11.6 % of v8's stall samples at T = 16384,
- * against 2.7 % before the chain). */
+ * against 2.7 % before the chain). The constant removes the chain, not those waits (the registers
+ * are still reused); what removed most of the cost was issuing the copies after S_j
+ * (attention_flash_ov.cu, FLASH_V8_COPY_AFTER_S). */
 template <int HDP, int ROWS, int NT, int RS = 0>
 __device__ __forceinline__ void wgf_load_rows(unsigned char *dst, const bf16 *base, int64_t rs, int64_t r0,
                                               int64_t nrows, int HD, int tid = threadIdx.x)
@@ -110,7 +112,7 @@ __device__ __forceinline__ void wgf_load_rows(unsigned char *dst, const bf16 *ba
     if (HD == HDP && r0 + ROWS <= nrows) {
         const uint32_t ds = (uint32_t)__cvta_generic_to_shared(d);
         if constexpr (RS > 0) {
-            static_assert((int64_t)(ROWS - P) * RS * 2 < (1 << 23), "wgf_load_rows: offsets as immediates");
+            static_assert((int64_t)(ROWS - P) * RS * 2 <= INT32_MAX, "wgf_load_rows: byte offsets in int");
             wgf_copy_fixed<0, ROWS / P, P * RS * 2, P * 128>(ds, src);
             return;
         }

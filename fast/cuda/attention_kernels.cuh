@@ -22,8 +22,10 @@ static __device__ __forceinline__ void cp_async16_all(uint32_t dst, const void *
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 #endif
 }
-/* cp_async16_all from src + OFF bytes, the offset an immediate of the instruction: the copies of
- * one base need no address register each (ptxas does not fold a constant add into the address). */
+/* cp_async16_all from src + OFF bytes, OFF a constant in the PTX address operand. On sm_90 ptxas
+ * still forms each address in a register (LDGSTS takes no immediate on its global side), each
+ * from src rather than from the previous one; the same sum written in C++ compiles differently, and
+ * flash v8's timings (session 17) were measured with this form. */
 template <int OFF>
 static __device__ __forceinline__ void cp_async16_all_at(uint32_t dst, const void *src)
 {
