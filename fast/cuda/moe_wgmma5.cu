@@ -882,8 +882,10 @@ static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, s
  * 26.45 -> 26.38 (within that metric's spread: the same binary's medians moved 2.5 % between the
  * runs); decode unchanged (no grouped GEMM there). Limiting the hint to X of at most 25 MB
  * (G5_L2_A_MAX_BYTES, i.e. T = 4096 but not 16384) measured the same at T = 4096 (8.845, 8.860 ms).
- * So the production entries mark gate_up's gathered rows evict_last and reset them (G5_L2_HINTS 1);
- * down's flat A stays plain (G5_L2_A_LAST_DOWN 0, not measured in the model). */
+ * So the production entries mark gate_up's gathered rows evict_last and reset them (G5_L2_HINTS 1).
+ * Down's flat A stays plain (G5_L2_A_LAST_DOWN 0): with the hint and reset it measured no gain in the
+ * model (session 17, session17_c1_ab_summary.md, medians of 5: T = 4096 8.780 ms for every T, 8.760
+ * with G5_L2_DOWN_MAX_BYTES 5e7 (T = 4096 only), against 8.730 without). */
 #ifndef G5_L2_HINTS
 #define G5_L2_HINTS 1
 #endif
