@@ -446,12 +446,18 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * (the production entry: G5_EARLY_RELEASE). a_cluster (tma 1 only) reads A by one TMA box per row
  * instead of cp.async: 1 per block, 2 or 4 multicast to a cluster of that many blocks working on
  * neighbouring output blocks of the same tile (one L2 read of each A row per cluster instead of one
- * per block); 0 = cp.async (the production entry: G5_A_CLUSTER_GATE_UP / _DOWN). l2_hints: L2
+ * per block); 0 = cp.async (the production entry: G5_A_CLUSTER_GATE_UP / _DOWN). b_pair 1 (tma 1,
+ * a_cluster 0, no weights evict_first) runs clusters of 2 blocks on the same output block of two
+ * neighbouring tiles of the table: where both tiles are of one expert each block reads half of the
+ * weight tile and multicasts it to both (one L2 read per pair instead of two); the production
+ * entry's choice: G5_B_PAIR_GATE_UP / _DOWN from the rows per expert, both off (slower: see
+ * moe_wgmma5.cu). l2_hints: L2
  * eviction hints of the copies, bit 0 = the weights evict_first, bit 1 = the A rows evict_last, -1 =
  * the production entry's choice from the shape (moe_wgmma5.cu's g5_l2_auto). With bit 1 the launch
  * is followed by a pass putting X's lines back to the normal priority. All give the same bits.
- * cuda_moe_grouped_v5_variant names the production entries' hints for the run's report ("/l2a":
- * gate_up's gathered rows evict_last, then reset; "": none).
+ * cuda_moe_grouped_v5_variant names the production entries' options that are on, for the run's
+ * report ("/l2a": gate_up's gathered rows evict_last, then reset; "/bpair": weight pairs;
+ * "/early(gate_up)": early release for gate_up at large T; "": none).
  * _packed is the production entry's configuration with tma 2, for sessions that packed their
  * experts (run_options.pack_experts, fast/cuda/experts_layout.cu). */
 const char *cuda_moe_grouped_v5_variant(void);
@@ -470,7 +476,7 @@ enum q3n_status cuda_moe_grouped_gemm_v5_cfg(void *d_out, const void *d_x, const
                                              const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N,
                                              int64_t Kin, int swiglu, int bn, int persistent, int stages,
                                              int epilogue, int half_tiles, int tma, int early_release,
-                                             int a_cluster, int l2_hints, enum q3n_compute_dtype dt,
+                                             int a_cluster, int b_pair, int l2_hints, enum q3n_compute_dtype dt,
                                              cudaStream_t stream, struct q3n_error *err);
 /* Expert weights W [E][N][Kin] re-laid out for v5's tma 2 and the packed GEMV (moe_pack.cu; the
  * layout is moe_pack.h's): k-tile kt of v5's item xb (256 outputs; SwiGLU: h columns 128 xb .., its

@@ -98,6 +98,8 @@
  * packed by cuda_moe_pack_v5 (moe_pack.cu), one contiguous 32 KB tensor copy per stage instead of
  * 256 runs of 128 bytes Kin * 2 bytes apart (session 7, aimed at T = 4096, where the weight stream
  * sets the time; written without a GPU: dev/test_moe_prefill checks and times it, not run yet).
+ * The same two with TMA 1 also with A by TMA rows (ACL 1, 2, 4: session 11) and with weight pairs
+ * (PAIRS: clusters of 2 blocks sharing the weight tile by multicast, g5_load_b_pair; session 18).
  * Shared memory: ST x stage + (EPI > 0) 2 x 64 rows x pitch + barriers: BN 256 ST 3 EPI 2 = 144 +
  * 66 KB (a half tile stages 64 rows of BN/2 outputs, in the same buffer).
  *
@@ -111,6 +113,7 @@
  * Deterministic (no atomics, fixed order). */
 #include <cuda.h> /* CUtensorMap (types only: the encoder is reached through the runtime) */
 #include <string.h>
+#include <string>
 #include <cudaTypedefs.h>
 
 #include "common.cuh"
@@ -190,25 +193,65 @@ __device__ __forceinline__ void g5_load_b(uint32_t sb, const void *wmap, int e, 
     }
 }
 
+/* The weight tile of k-tile kt of item (e, xb) with weight pairs (PAIRS): a cluster of 2 CTAs whose
+ * tiles (2 p, 2 p + 1 of the table) share the output block xb. The tile is two boxes of BN / 2 rows
+ * (the map's box: g5_weight_map with BN / 2 rows; SwiGLU: the gate rows, then the up rows, as
+ * g5_load_b; plain: rows BN xb .., then BN xb + BN / 2 ..). Where both tiles are of the same expert
+ * (shared) the CTA of rank r reads half r once and multicasts it to both CTAs, so the pair's weight
+ * tile leaves L2 once instead of twice; else (the pair straddles two experts) each CTA reads both
+ * halves of its own expert's tile. Either way BN x 128 bytes land in each CTA per k-tile, the
+ * bytes full[s] expects. Issued by one thread of each CTA. */
+template <bool SWIGLU, int BN>
+__device__ __forceinline__ void g5_load_b_pair(uint32_t sb, const void *wmap, int e, int xb, int kt, int N,
+                                               bool shared, int rank, uint32_t bar)
+{
+    const int k0 = kt * G5_BK;
+    const int row0 = SWIGLU ? xb * (BN / 2) : xb * BN;       /* the first half's first W row */
+    const int step = SWIGLU ? N / 2 : BN / 2;                /* the second half's rows: + step */
+    if (shared) {
+        tma_load_3d_multicast(sb + (uint32_t)(rank * (BN / 2) * 128), wmap, k0, row0 + rank * step, e, bar, 3);
+    } else {
+        tma_load_3d(sb, wmap, k0, row0, e, bar);
+        tma_load_3d(sb + (BN / 2) * 128, wmap, k0, row0 + step, e, bar);
+    }
+}
+
 /* Which items a block does (see the header): a block of the persistent grid does the work items
- * first, first + step, ... < tiles x per_tile; item w is tile w / per_tile, output block
- * (w % per_tile) width + sub. Without clusters (ACL 0 or 1) an item is one output block of one tile
- * (width 1, sub 0, per_tile nbx); with clusters of ACL CTAs (ACL >= 2) the cluster takes the items
+ * first, first + step, ... < groups x per_tile, where a group is tmul neighbouring tiles of the tile
+ * table; item w is tile (w / per_tile) tmul + trank, output block (w % per_tile) width + sub.
+ * Without clusters (ACL 0 or 1, no pairs) an item is one output block of one tile (tmul 1, width
+ * 1, sub 0, per_tile nbx); with clusters of ACL CTAs (ACL >= 2) the cluster takes the items
  * together, a group of ACL neighbouring output blocks of one tile, and the CTA of rank sub does the
- * group's output block sub (per_tile = the groups of a tile; blocks past nbx: see g5_produce_rows). */
+ * group's output block sub (per_tile = the groups of a tile; blocks past nbx: see g5_produce_rows);
+ * with weight pairs (PAIRS, g5_load_b_pair) a cluster of 2 CTAs takes one output block of the tile
+ * pair (2 p, 2 p + 1), the CTA of rank r tile 2 p + r (past the table: see g5_tile). */
 struct g5_sched {
-    int first, step, per_tile, width, sub;
-    __device__ int items(const int32_t *tiles) const { return tiles[0] * per_tile; } /* tiles[0]: tile count */
-    __device__ int tile_of(int w) const { return w / per_tile; }
-    __device__ int block_of(int w, int tile) const { return (w - tile * per_tile) * width + sub; }
+    int first, step, per_tile, width, sub, tmul, trank;
+    /* tiles[0]: the tile count */
+    __device__ int items(const int32_t *tiles) const { return (tiles[0] + tmul - 1) / tmul * per_tile; }
+    __device__ int tile_of(int w) const { return w / per_tile * tmul + trank; }
+    __device__ int block_of(int w) const { return w % per_tile * width + sub; }
 };
-template <int ACL>
+template <int ACL, bool PAIRS>
 __device__ __forceinline__ g5_sched g5_schedule(int nbx)
 {
+    static_assert(!(PAIRS && ACL), "weight pairs and A clusters are separate configurations");
     if constexpr (ACL >= 2)
-        return g5_sched{(int)blockIdx.x / ACL, (int)gridDim.x / ACL, (nbx + ACL - 1) / ACL, ACL, (int)cl_rank()};
+        return g5_sched{(int)blockIdx.x / ACL, (int)gridDim.x / ACL, (nbx + ACL - 1) / ACL, ACL, (int)cl_rank(), 1, 0};
+    else if constexpr (PAIRS)
+        return g5_sched{(int)blockIdx.x / 2, (int)gridDim.x / 2, nbx, 1, 0, 2, (int)cl_rank()};
     else
-        return g5_sched{(int)blockIdx.x, (int)gridDim.x, nbx, 1, 0};
+        return g5_sched{(int)blockIdx.x, (int)gridDim.x, nbx, 1, 0, 1, 0};
+}
+/* The tile of item w for this CTA. With weight pairs the table's last pair may have one tile only
+ * (an odd count): its rank-1 CTA then does a ghost of rank 0's tile, which keeps the cluster's
+ * protocol (it copies and consumes every stage: the multicast lands in both CTAs) but has no valid
+ * row (g5_produce: all A rows zero fill; g5_item: nothing stored). */
+__device__ __forceinline__ int g5_tile(const g5_sched &sc, const int32_t *tiles, int w, bool &ghost)
+{
+    const int t = sc.tile_of(w);
+    ghost = t >= tiles[0];
+    return ghost ? t - 1 : t;
 }
 
 /* Warpgroup 0: every k-tile of every item of this block into the ring (see the header). TMA 1: the
@@ -218,7 +261,7 @@ __device__ __forceinline__ g5_sched g5_schedule(int nbx)
  * (moe_pack.cu: k-tile kt of item (e, xb) is the contiguous box (e nbx + xb) ktiles + kt of 256 rows
  * x 64 k, gate rows then up rows with SwiGLU, so the same stage layout from one copy); A always by
  * cp.async (gathered rows). */
-template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA>
+template <bool GATHER, bool SWIGLU, int BN, int ST, int TMA, bool PAIRS>
 __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                                            const void *wmap, const int32_t *tiles, const int32_t *counts,
                                            const int32_t *offsets, int N, int Kin, int nbx, int ktiles, int l2,
@@ -230,16 +273,22 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
     const uint64_t pw = l2_policy(hw ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
     const uint64_t pa = l2_policy(ha ? L2_EVICT_LAST : L2_EVICT_NORMAL);
     static_assert(TMA != 2 || BN == 256, "the packed layout has 256-row tiles");
+    static_assert(!PAIRS || TMA == 1, "weight pairs: the weights by TMA from the checkpoint layout");
     const int t = threadIdx.x, lr = t >> 3, lc = t & 7; /* rows lr + 16 i, 16-byte chunk lc */
     /* row lr + 16 i has (row & 7) = lr & 7: one swizzled chunk offset for all of this thread's rows */
     const uint32_t so = (uint32_t)(lr * 128 + ((lc ^ (lr & 7)) << 4));
-    const g5_sched sc = g5_schedule<0>(nbx);
+    const g5_sched sc = g5_schedule<0, PAIRS>(nbx);
     const int n = sc.items(tiles);
     uint32_t i = 0; /* k-tiles produced by this block so far */
     for (int w = sc.first; w < n; w += sc.step) {
-        const int tile = sc.tile_of(w), xb = sc.block_of(w, tile);
+        bool ghost;
+        const int tile = g5_tile(sc, tiles, w, ghost), xb = sc.block_of(w);
         const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
-        const int rend = offsets[e] + counts[e]; /* rows [r0, min(r0 + 128, rend)) */
+        const int rend = ghost ? r0 : offsets[e] + counts[e]; /* rows [r0, min(r0 + 128, rend)) */
+        /* weight pairs: both CTAs read the pair's two table entries, so they agree on `shared` (a
+         * missing second tile is a ghost of the first: the same expert) */
+        const int tp = w / sc.per_tile * 2;
+        const bool shared = PAIRS && (tp + 1 >= tiles[0] || tiles[1 + 2 * tp] == tiles[3 + 2 * tp]);
         const bf16 *We = W + (size_t)e * N * Kin;
         int asrc[AP]; /* A source rows, -1: zero fill */
 #pragma unroll
@@ -265,8 +314,12 @@ __device__ __forceinline__ void g5_produce(const bf16 *X, const int32_t *xrows, 
             if constexpr (TMA) {
                 if (t == 0) {
                     wb_arrive_expect_tx(full0 + 8 * s, (uint32_t)(BN * G5_BK * 2));
-                    g5_load_b<SWIGLU, BN, TMA>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, nbx, ktiles, full0 + 8 * s,
-                                               hw, pw);
+                    if constexpr (PAIRS)
+                        g5_load_b_pair<SWIGLU, BN>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, shared, sc.trank,
+                                                   full0 + 8 * s);
+                    else
+                        g5_load_b<SWIGLU, BN, TMA>(sbase + s * SB + G5_AB, wmap, e, xb, kt, N, nbx, ktiles,
+                                                   full0 + 8 * s, hw, pw);
                 }
             } else {
 #pragma unroll
@@ -319,11 +372,11 @@ __device__ __forceinline__ void g5_produce_rows(const int32_t *xrows, int div, c
     const uint64_t pw = l2_policy(hw ? L2_EVICT_FIRST : L2_EVICT_NORMAL);
     static_assert(TMA >= 1 && RS % 32 == 0, "A rows by TMA: the weights by TMA, 32 rows per lane sweep");
     const int lane = threadIdx.x & 31;
-    const g5_sched sc = g5_schedule<ACL>(nbx);
+    const g5_sched sc = g5_schedule<ACL, false>(nbx);
     const int n = sc.items(tiles);
     uint32_t i = 0; /* k-tiles produced by this block so far */
     for (int w = sc.first; w < n; w += sc.step) {
-        const int tile = sc.tile_of(w), xb = min(sc.block_of(w, tile), nbx - 1);
+        const int tile = sc.tile_of(w), xb = min(sc.block_of(w), nbx - 1);
         const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
         const int nv = min(G3_BM, offsets[e] + counts[e] - r0); /* valid rows of the tile, 1 .. 128 */
         int asrc[RQ];                                               /* source rows, -1: not copied */
@@ -553,8 +606,8 @@ __device__ __forceinline__ void g5_mma_stage_half(float *acc, uint32_t sa, uint3
  * both (sharing one array across the branches made it serialise the wgmma's, C7511). */
 template <bool SWIGLU, int BN, int ST, int EPI, bool HALF, int ACL>
 __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const int32_t *counts,
-                                        const int32_t *offsets, int N, int xb, int tile, int ktiles, int c,
-                                        int early, uint32_t &i, uint32_t sbase, uint32_t stg, uint32_t full0,
+                                        const int32_t *offsets, int N, int xb, int tile, bool ghost, int ktiles,
+                                        int c, int early, uint32_t &i, uint32_t sbase, uint32_t stg, uint32_t full0,
                                         uint32_t empty0)
 {
     constexpr int SB = G5_STAGE_BYTES(BN), NA = HALF ? BN / 4 : BN / 2; /* accumulators */
@@ -590,7 +643,7 @@ __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const i
     wg_pin<NA>(acc);
     if (!early) g5_release<ACL>(empty0 + 8 * ((i - 1) % ST), lane);
     const int e = tiles[1 + 2 * tile], r0 = tiles[2 + 2 * tile];
-    const int rend = offsets[e] + counts[e];
+    const int rend = ghost ? r0 : offsets[e] + counts[e]; /* a ghost (g5_tile) stores nothing */
     /* full: rows r0 + 64 c .., all the item's columns; half: rows r0 .. for both consumers, consumer
      * c's half of the columns (an accumulator tile BN / 2 wide) */
     constexpr int BNA = HALF ? BN / 2 : BN;
@@ -602,12 +655,42 @@ __device__ __forceinline__ void g5_item(bf16 *out, const int32_t *tiles, const i
         g5_store_staged<SWIGLU, BNA, EPI>(out, acc, stg, row0, rend, col0, N);
 }
 
+/* One item of a consumer none of whose 64 rows is valid (g5_consume, G5_SKIP_EMPTY_ROWS): it waits for
+ * each of the item's k-tiles and releases its stage at once, with no product and nothing stored, so
+ * that the other consumer has the SM's tensor cores to itself meanwhile. The stage protocol is
+ * g5_item's: one release per k-tile per warp, in the same order. */
+template <int ST, int REL>
+__device__ __forceinline__ void g5_item_idle(int ktiles, uint32_t &i, uint32_t full0, uint32_t empty0)
+{
+    const int lane = threadIdx.x & 31;
+    for (int kt = 0; kt < ktiles; kt++, i++) {
+        const uint32_t s = i % ST;
+        wb_wait(full0 + 8 * s, (i / ST) & 1);
+        __syncwarp();
+        g5_release<REL>(empty0 + 8 * s, lane);
+    }
+}
+
 /* Valid rows of tile `tile`: rend - r0, 1 .. 128 (rows [r0, min(r0 + 128, rend)), see g5_produce). */
 __device__ __forceinline__ int g5_rows(const int32_t *tiles, const int32_t *counts, const int32_t *offsets, int tile)
 {
     const int e = tiles[1 + 2 * tile];
     return offsets[e] + counts[e] - tiles[2 + 2 * tile];
 }
+
+/* A consumer whose rows of the item are all past its expert's rows (consumer 1 of a tile with <= 64
+ * valid rows; both for a ghost) skips the item's products (g5_item_idle) instead of multiplying zero
+ * rows: at T = 16384 (~320 rows per expert) about half the experts' last tiles. The rows it would
+ * have computed are never stored, so the outputs are bitwise the same (session 18 on an H100:
+ * dev/test_moe_prefill --only l2a/early built with it, 111 cases, 0 failed; q3n verify 12 of 12;
+ * fast/cuda/dev/logs/session18_c3_*). Slower: the production gate_up at T = 16384 1.39 ms (calls 1
+ * and 2 of that session) -> 1.82 ms, bench_model T = 16384 25.51 -> 26.33 ms in the same run (+3.2 %,
+ * session18_c3_ab_summary.md). One warpgroup alone, with one batch in flight behind the one that
+ * runs, does not keep the tensor pipe busy, and the idle consumer runs ahead into the next item's
+ * stages while the other still holds the ring. Off. */
+#ifndef G5_SKIP_EMPTY_ROWS
+#define G5_SKIP_EMPTY_ROWS 0
+#endif
 
 /* Warpgroups 1 and 2: every item of this block (see the header); stg0: consumer 0's staging buffer
  * (EPI > 0), consumer 1's follows it. half_tiles: items with <= 64 valid rows are done as half
@@ -622,31 +705,36 @@ __device__ __forceinline__ int g5_rows(const int32_t *tiles, const int32_t *coun
  * (wait_group 0) and release its stage at once, so all ST stages fill while the consumer waits;
  * the cost is the next batch's issue no longer overlapping this one's products. Same wgmma's in the
  * same order into the same accumulators: bitwise the same outputs. */
-template <bool SWIGLU, int BN, int ST, int EPI, int ACL>
+template <bool SWIGLU, int BN, int ST, int EPI, int ACL, bool PAIRS>
 __device__ __forceinline__ void g5_consume(bf16 *out, const int32_t *tiles, const int32_t *counts,
                                            const int32_t *offsets, int N, int nbx, int ktiles, int half_tiles,
                                            int early, uint32_t sbase, uint32_t stg0, uint32_t full0, uint32_t empty0)
 {
     const int c = (threadIdx.x >> 7) - 1; /* consumer 0 or 1: rows 64 c .. of a full tile */
     const uint32_t stg = stg0 + (uint32_t)(c * G5_OUT_BYTES(SWIGLU, BN));
-    const g5_sched sc = g5_schedule<ACL>(nbx);
+    const g5_sched sc = g5_schedule<ACL, PAIRS>(nbx);
+    constexpr int REL = PAIRS ? 2 : ACL; /* the CTAs whose empty barriers a stage's release goes to */
     const int n = sc.items(tiles);
     uint32_t i = 0; /* k-tiles consumed by this block so far */
     for (int w = sc.first; w < n; w += sc.step) {
-        const int tile = sc.tile_of(w), xb = sc.block_of(w, tile);
-        /* the same for every thread of the block (same w, same table): a block-uniform branch */
-        if (half_tiles && g5_rows(tiles, counts, offsets, tile) <= 64)
-            g5_item<SWIGLU, BN, ST, EPI, true, ACL>(out, tiles, counts, offsets, N, xb, tile, ktiles, c, early, i,
-                                                    sbase, stg, full0, empty0);
+        bool ghost;
+        const int tile = g5_tile(sc, tiles, w, ghost), xb = sc.block_of(w);
+        /* the same for every thread of the block (same w, same table): a block-uniform branch; the
+         * idle one is the same for the whole warpgroup (c) */
+        if (G5_SKIP_EMPTY_ROWS && !half_tiles && (ghost || g5_rows(tiles, counts, offsets, tile) <= 64 * c))
+            g5_item_idle<ST, REL>(ktiles, i, full0, empty0);
+        else if (half_tiles && g5_rows(tiles, counts, offsets, tile) <= 64)
+            g5_item<SWIGLU, BN, ST, EPI, true, REL>(out, tiles, counts, offsets, N, xb, tile, ghost, ktiles, c, early,
+                                                    i, sbase, stg, full0, empty0);
         else
-            g5_item<SWIGLU, BN, ST, EPI, false, ACL>(out, tiles, counts, offsets, N, xb, tile, ktiles, c, early, i,
-                                                     sbase, stg, full0, empty0);
+            g5_item<SWIGLU, BN, ST, EPI, false, REL>(out, tiles, counts, offsets, N, xb, tile, ghost, ktiles, c,
+                                                     early, i, sbase, stg, full0, empty0);
     }
     /* the block's shared memory must outlive the reads of the last bulk copies */
     if (EPI == 2 && ((threadIdx.x & 127) >> 5) == 0) g5_bulk_wait_read();
 }
 
-template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, int TMA, int ACL>
+template <bool GATHER, bool SWIGLU, int BN, int ST, int EPI, int TMA, int ACL, bool PAIRS>
 __global__ void __launch_bounds__(G5_THREADS, 1)
     grouped_gemm_v5_kernel(bf16 *out, const bf16 *X, const int32_t *xrows, int div, const bf16 *W,
                            const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap amap,
@@ -654,14 +742,16 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
                            int nbx, int half_tiles, int early, int l2)
 {
     static_assert(ACL == 0 || (TMA == 1 && EPI < 2), "A by TMA rows: weights by TMA 1; epilogue 0 or 1");
+    static_assert(!PAIRS || (TMA == 1 && ACL == 0), "weight pairs: weights by TMA 1, A by cp.async");
     /* A consumer keeps k-tile i's batch in flight while it waits for i + 1: with one stage that
      * would wait for its own release (deadlock); two or more are enough. */
     static_assert(ST >= 2, "the ring needs at least 2 stages");
     static_assert(EPI >= 0 && EPI <= 2, "epilogue 0, 1 or 2");
     static_assert(G5_SMEM(BN, ST, EPI, SWIGLU) <= G5_SMEM_MAX, "stages + staging exceed an SM's shared memory");
 #ifdef Q3N_HAVE_WGMMA
+    constexpr int CL = PAIRS ? 2 : ACL; /* cluster size (0 or 1: no cluster) */
     extern __shared__ unsigned char g5s[];
-    const g5_sched sc = g5_schedule<ACL>(nbx);
+    const g5_sched sc = g5_schedule<ACL, PAIRS>(nbx);
     /* the whole block (with clusters the whole cluster: same first item), before any barrier exists */
     if (sc.first >= sc.items(tiles)) return;
     /* [stages | staging (EPI > 0) | full barriers | empty barriers], from a 1024-byte boundary */
@@ -673,27 +763,27 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
             /* one cp.async-tracking arrival per producer thread (+ thread 0's expect_tx with TMA);
              * A by TMA rows: lane 0's expect_tx alone */
             wb_init(full0 + 8 * s, ACL ? 1 : TMA ? 129 : 128);
-            wb_init(empty0 + 8 * s, 8 * (ACL > 1 ? ACL : 1)); /* each consumer warp (of each cluster CTA) */
+            wb_init(empty0 + 8 * s, 8 * (CL > 1 ? CL : 1)); /* each consumer warp (of each cluster CTA) */
         }
         wb_init_fence();
     }
-    if (ACL >= 2)
+    if (CL >= 2)
         cl_sync(); /* the peers' barriers exist before any multicast or remote arrival reaches them */
     else
         __syncthreads();
     const int ktiles = (Kin + G5_BK - 1) / G5_BK;
     if (threadIdx.x < 128) {
         if constexpr (ACL == 0)
-            g5_produce<GATHER, SWIGLU, BN, ST, TMA>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx,
-                                                    ktiles, l2, sbase, full0, empty0);
+            g5_produce<GATHER, SWIGLU, BN, ST, TMA, PAIRS>(X, xrows, div, W, &wmap, tiles, counts, offsets, N, Kin, nbx,
+                                                        ktiles, l2, sbase, full0, empty0);
         else if (threadIdx.x < 32)
             g5_produce_rows<GATHER, SWIGLU, BN, ST, TMA, ACL>(xrows, div, &wmap, &amap, tiles, counts, offsets, N,
                                                               nbx, ktiles, l2, sbase, full0, empty0);
     } else {
-        g5_consume<SWIGLU, BN, ST, EPI, ACL>(out, tiles, counts, offsets, N, nbx, ktiles, half_tiles, early, sbase,
-                                             stg0, full0, empty0);
+        g5_consume<SWIGLU, BN, ST, EPI, ACL, PAIRS>(out, tiles, counts, offsets, N, nbx, ktiles, half_tiles, early,
+                                                 sbase, stg0, full0, empty0);
     }
-    if (ACL >= 2) { /* no CTA leaves while a peer may still arrive on or copy into it */
+    if (CL >= 2) { /* no CTA leaves while a peer may still arrive on or copy into it */
         __syncwarp();   /* barrier.cluster is .aligned: whole warps */
         cl_sync();
     }
@@ -735,6 +825,19 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
 #ifndef G5_EARLY_RELEASE
 #define G5_EARLY_RELEASE 0
 #endif
+/* Early release for gate_up alone, where the experts average at least this many rows (session 10's
+ * -5 % was gate_up's at T = 16384, where down lost; at T = 4096 gate_up lost too). INT32_MAX: never.
+ * Measured on an H100 in session 18 with 192 (T = 16384 only), beside gate_up's L2 hint:
+ * dev/test_moe_prefill --only early (session18_c2_moe_early.log) gate_up 1.453 / 1.501 ms against
+ * the production entry's 1.387 / 1.606 in the same passes; bench_model T = 16384 25.49 -> 25.85 ms
+ * (+1.4 %, session18_c2_ab_summary.md). No gain: off. */
+#ifndef G5_EARLY_GATE_UP_MIN_ROWS
+#define G5_EARLY_GATE_UP_MIN_ROWS INT32_MAX
+#endif
+static int g5_early_auto(int swiglu, int64_t rows, int64_t E)
+{
+    return G5_EARLY_RELEASE || (swiglu && rows >= (int64_t)G5_EARLY_GATE_UP_MIN_ROWS * E);
+}
 /* A (the gathered x rows of gate_up, h of down) by TMA row boxes, multicast over clusters of 2 or 4
  * CTAs that share a tile (g5_produce_rows; session 11, aimed at T = 4096, where gate_up reads each
  * expert's A rows once per output block with L2 at 90 %): 0 = cp.async per block, 1 = TMA rows per
@@ -754,6 +857,30 @@ __global__ void __launch_bounds__(G5_THREADS, 1)
 #ifndef G5_A_CLUSTER_DOWN
 #define G5_A_CLUSTER_DOWN 0
 #endif
+
+/* Weight pairs (g5_load_b_pair) in the production entries: on for gate_up / down where the experts
+ * average at least G5_B_PAIR_MIN_ROWS rows (two tiles or more: at fewer, most pairs straddle two
+ * experts and only lock two blocks together). Aimed at T = 16384, where the premise was that L2
+ * (76 % busy) limits gate_up. Measured on an H100 in session 18 (dev/test_moe_prefill --only bpair,
+ * 151 cases bitwise v3; fast/cuda/dev/logs/session18_c1_moe_bpair.log, two passes): T = 16384
+ * gate_up 1.387-1.392 -> 2.448-2.450 ms, down 0.810-0.813 -> 1.129-1.136 (its epilogue-1 twin); T =
+ * 4096, where every pair straddles two experts, gate_up 0.77 -> 0.94. bench_model T = 16384 25.5 ->
+ * 30.5 ms (session18_c1/c2_ab_summary.md). ncu of the pairs' gate_up (session18_c2_ncu_bpair.log.xz):
+ * L2 86 % busy (76 % without), tensor pipe 42 % active (70 %), DRAM 3.30 GB read (2.89): the pairs
+ * lock two blocks to the slower one's pace and save no DRAM bytes. Off; kept with its test cases. */
+#ifndef G5_B_PAIR_GATE_UP
+#define G5_B_PAIR_GATE_UP 0
+#endif
+#ifndef G5_B_PAIR_DOWN
+#define G5_B_PAIR_DOWN 0
+#endif
+#ifndef G5_B_PAIR_MIN_ROWS
+#define G5_B_PAIR_MIN_ROWS 192
+#endif
+static int g5_b_pair_auto(int swiglu, int64_t rows, int64_t E)
+{
+    return (swiglu ? G5_B_PAIR_GATE_UP : G5_B_PAIR_DOWN) && rows >= (int64_t)G5_B_PAIR_MIN_ROWS * E;
+}
 
 /* The arguments every instantiation takes, and the grid: at most SMs x blocks per SM when persistent. */
 struct g5_args {
@@ -820,8 +947,8 @@ static enum q3n_status g5_weight_map(CUtensorMap *map, const void *W, int64_t E,
  * clusters as fit at once (cudaOccupancyMaxActiveClusters: a GPC whose SM count is not a multiple
  * of ACL leaves SMs idle), else one cluster per item group. */
 template <typename K>
-static enum q3n_status g5_launch_clusters(K kernel, int acl, int smem, const struct g5_args &a, cudaStream_t stream,
-                                          struct q3n_error *err)
+static enum q3n_status g5_launch_clusters(K kernel, int acl, bool pairs, int smem, const struct g5_args &a,
+                                          cudaStream_t stream, struct q3n_error *err)
 {
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -834,7 +961,8 @@ static enum q3n_status g5_launch_clusters(K kernel, int acl, int smem, const str
     if (clusters < 1)
         return q3n_error_set(err, Q3N_ERR_DEVICE, "%s:%d: grouped_gemm_v5_kernel: no cluster of %d CTAs fits", __FILE__,
                              __LINE__, acl);
-    const int64_t items = a.max_tiles * ((a.nbx + acl - 1) / acl);
+    /* a cluster's items: ACL output blocks of one tile, or (pairs) one output block of two tiles */
+    const int64_t items = pairs ? cdiv(a.max_tiles, 2) * a.nbx : a.max_tiles * cdiv(a.nbx, acl);
     cfg.gridDim = dim3((unsigned)(acl * (a.persistent && clusters < items ? clusters : items)));
     CU_CHECK(cudaLaunchKernelEx(&cfg, kernel, a.out, a.x, a.rows, a.div, a.W, a.wmap, a.amap, a.tiles, a.counts,
                                 a.offsets, a.N, a.Kin, a.nbx, a.half_tiles, a.early, a.l2));
@@ -842,13 +970,13 @@ static enum q3n_status g5_launch_clusters(K kernel, int acl, int smem, const str
     return Q3N_OK;
 }
 
-template <bool G, bool S, int BN, int ST, int EPI, int TMA, int ACL>
+template <bool G, bool S, int BN, int ST, int EPI, int TMA, int ACL, bool PAIRS>
 static enum q3n_status g5_launch(const struct g5_args &a, cudaStream_t stream, struct q3n_error *err)
 {
     constexpr int smem = G5_SMEM(BN, ST, EPI, S);
-    auto *const kernel = grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA, ACL>;
+    auto *const kernel = grouped_gemm_v5_kernel<G, S, BN, ST, EPI, TMA, ACL, PAIRS>;
     CU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    if (ACL >= 2) return g5_launch_clusters(kernel, ACL, smem, a, stream, err);
+    if (ACL >= 2 || PAIRS) return g5_launch_clusters(kernel, PAIRS ? 2 : ACL, PAIRS, smem, a, stream, err);
     int per_sm = 0;
     CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, G5_THREADS, smem));
     if (per_sm < 1)
@@ -913,9 +1041,16 @@ static int g5_l2_auto(int gathered, int64_t x_bytes)
     return G5_L2_A_LAST;
 }
 
+/* The production entries' options for the run's report ("/l2a": gate_up's gathered rows evict_last,
+ * then reset; "/bpair": weight pairs; "/early(gate_up)": early release for gate_up at large T), fixed
+ * when this file is compiled (a constant, built once). */
 extern "C" const char *cuda_moe_grouped_v5_variant(void)
 {
-    return G5_L2_HINTS ? (G5_L2_A_MAX_BYTES < INT64_MAX ? "/l2a(small)" : "/l2a") : "";
+    static const std::string name =
+        std::string(G5_L2_HINTS ? (G5_L2_A_MAX_BYTES < INT64_MAX ? "/l2a(small)" : "/l2a") : "") +
+        (G5_B_PAIR_GATE_UP || G5_B_PAIR_DOWN ? "/bpair" : "") +
+        (G5_EARLY_RELEASE ? "/early" : G5_EARLY_GATE_UP_MIN_ROWS < INT32_MAX ? "/early(gate_up)" : "");
+    return name.c_str();
 }
 
 /* Puts the 128-byte lines of [p, p + lines 128) back to the normal eviction priority in L2 (PTX
@@ -943,21 +1078,23 @@ static enum q3n_status l2_priority_normal(const void *p, int64_t bytes, cudaStre
 }
 
 /* One configuration for every gather / SwiGLU combination. */
-template <int BN, int ST, int EPI, int TMA = 0, int ACL = 0>
+template <int BN, int ST, int EPI, int TMA = 0, int ACL = 0, bool PAIRS = false>
 static enum q3n_status g5_launch_cfg(const struct g5_args &a, int swiglu, cudaStream_t stream, struct q3n_error *err)
 {
-    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI, TMA, ACL>(a, stream, err);
-    if (a.rows) return g5_launch<true, false, BN, ST, EPI, TMA, ACL>(a, stream, err);
-    if (swiglu) return g5_launch<false, true, BN, ST, EPI, TMA, ACL>(a, stream, err);
-    return g5_launch<false, false, BN, ST, EPI, TMA, ACL>(a, stream, err);
+    if (a.rows && swiglu) return g5_launch<true, true, BN, ST, EPI, TMA, ACL, PAIRS>(a, stream, err);
+    if (a.rows) return g5_launch<true, false, BN, ST, EPI, TMA, ACL, PAIRS>(a, stream, err);
+    if (swiglu) return g5_launch<false, true, BN, ST, EPI, TMA, ACL, PAIRS>(a, stream, err);
+    return g5_launch<false, false, BN, ST, EPI, TMA, ACL, PAIRS>(a, stream, err);
 }
 
 /* The two configurations with the weights by TMA (stages 4 with epilogue 0, or 3 with epilogue 1),
- * with A by cp.async (a_cluster 0) or by TMA rows: per block (1) or multicast over 2 or 4 CTAs. */
+ * with A by cp.async (a_cluster 0) or by TMA rows: per block (1) or multicast over 2 or 4 CTAs; or
+ * (b_pair) A by cp.async and the weights multicast over the CTA pairs of g5_load_b_pair. */
 template <int ST, int EPI>
-static enum q3n_status g5_launch_tma(const struct g5_args &a, int swiglu, int a_cluster, cudaStream_t stream,
-                                     struct q3n_error *err)
+static enum q3n_status g5_launch_tma(const struct g5_args &a, int swiglu, int a_cluster, int b_pair,
+                                     cudaStream_t stream, struct q3n_error *err)
 {
+    if (b_pair) return g5_launch_cfg<256, ST, EPI, 1, 0, true>(a, swiglu, stream, err);
     switch (a_cluster) {
     case 1: return g5_launch_cfg<256, ST, EPI, 1, 1>(a, swiglu, stream, err);
     case 2: return g5_launch_cfg<256, ST, EPI, 1, 2>(a, swiglu, stream, err);
@@ -968,16 +1105,17 @@ static enum q3n_status g5_launch_tma(const struct g5_args &a, int swiglu, int a_
 
 /* The kernel of the configuration (bn, stages, epilogue, weights by TMA, A's cluster), launched. */
 static enum q3n_status g5_dispatch(struct g5_args &a, int swiglu, int st, int epilogue, int bn, int tma,
-                                   int a_cluster, int64_t E, int64_t N, int64_t Kin, const void *d_W,
+                                   int a_cluster, int b_pair, int64_t E, int64_t N, int64_t Kin, const void *d_W,
                                    cudaStream_t stream, struct q3n_error *err)
 {
     if (tma) {
-        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu ? bn / 2 : bn, tma == 2, err));
+        /* boxes of BN / 2 rows: the gate / up halves with SwiGLU, the pair's halves (g5_load_b_pair) */
+        Q3N_TRY(g5_weight_map(&a.wmap, d_W, E, N, Kin, swiglu || b_pair ? bn / 2 : bn, tma == 2, err));
         if (tma == 2)
             return epilogue == 1 ? g5_launch_cfg<256, 3, 1, 2>(a, swiglu, stream, err)
                                  : g5_launch_cfg<256, 4, 0, 2>(a, swiglu, stream, err);
-        if (epilogue == 1) return g5_launch_tma<3, 1>(a, swiglu, a_cluster, stream, err);
-        return g5_launch_tma<4, 0>(a, swiglu, a_cluster, stream, err);
+        if (epilogue == 1) return g5_launch_tma<3, 1>(a, swiglu, a_cluster, b_pair, stream, err);
+        return g5_launch_tma<4, 0>(a, swiglu, a_cluster, b_pair, stream, err);
     }
     memset(&a.wmap, 0, sizeof a.wmap); /* unused without TMA */
     if (bn == 128) return g5_launch_cfg<128, 6, 0>(a, swiglu, stream, err);
@@ -992,7 +1130,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     void *d_out, const void *d_x, const int32_t *d_rows, int64_t div, const void *d_W, const int32_t *d_counts,
     const int32_t *d_offsets, const int32_t *d_tiles, int64_t rows, int64_t E, int64_t N, int64_t Kin, int swiglu,
     int bn, int persistent, int stages, int epilogue, int half_tiles, int tma, int early_release, int a_cluster,
-    int l2_hints, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
+    int b_pair, int l2_hints, enum q3n_compute_dtype dt, cudaStream_t stream, struct q3n_error *err)
 {
     Q3N_REQUIRE(cuda_moe_grouped_v3_ok(N, Kin, swiglu, dt) && cuda_moe_grouped_v4_supported() &&
                 (bn == 128 || bn == 256) && (persistent == 0 || persistent == 1) &&
@@ -1005,6 +1143,9 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     Q3N_REQUIRE(!tma || (bn == 256 && ((st == 4 && epilogue == 0) || (st == 3 && epilogue == 1))));
     /* A by TMA rows: with the weights by TMA from the checkpoint layout */
     Q3N_REQUIRE((a_cluster == 0 || a_cluster == 1 || a_cluster == 2 || a_cluster == 4) && (!a_cluster || tma == 1));
+    /* weight pairs: the weights by TMA from the checkpoint layout, A by cp.async, no weight hint */
+    Q3N_REQUIRE((b_pair == 0 || b_pair == 1) &&
+                (!b_pair || (tma == 1 && a_cluster == 0 && (l2_hints < 0 || !(l2_hints & G5_L2_W_FIRST)))));
     /* packed: box indices (e nbx + xb) ktiles + kt stay in int */
     Q3N_REQUIRE(tma != 2 || (cuda_moe_v5_packable(N, Kin, swiglu) && E * N * Kin / (256 * G5_BK) <= INT32_MAX));
     Q3N_REQUIRE(rows >= 0 && rows <= INT32_MAX && E > 0 && E <= INT32_MAX && div > 0);
@@ -1027,7 +1168,7 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_cfg(
     a.l2 = l2_hints;
     memset(&a.amap, 0, sizeof a.amap); /* unused with A by cp.async */
     if (a_cluster) Q3N_TRY(g5_rows_map(&a.amap, d_x, x_rows, Kin, err));
-    Q3N_TRY(g5_dispatch(a, swiglu, st, epilogue, bn, tma, a_cluster, E, N, Kin, d_W, stream, err));
+    Q3N_TRY(g5_dispatch(a, swiglu, st, epilogue, bn, tma, a_cluster, b_pair, E, N, Kin, d_W, stream, err));
     if ((a.l2 & G5_L2_A_LAST) && G5_L2_RESET) Q3N_TRY(l2_priority_normal(d_x, x_bytes, stream, err));
     return Q3N_OK;
 }
@@ -1042,8 +1183,9 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5(void *d_out, const void *d_x
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES,
-                                        G5_TMA, G5_EARLY_RELEASE, swiglu ? G5_A_CLUSTER_GATE_UP : G5_A_CLUSTER_DOWN,
-                                        -1, dt, stream, err);
+                                        G5_TMA, g5_early_auto(swiglu, rows, E),
+                                        swiglu ? G5_A_CLUSTER_GATE_UP : G5_A_CLUSTER_DOWN,
+                                        g5_b_pair_auto(swiglu, rows, E), -1, dt, stream, err);
 }
 
 extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const void *d_x, const int32_t *d_rows,
@@ -1056,5 +1198,5 @@ extern "C" enum q3n_status cuda_moe_grouped_gemm_v5_packed(void *d_out, const vo
     return cuda_moe_grouped_gemm_v5_cfg(d_out, d_x, d_rows, div, d_W, d_counts, d_offsets, d_tiles, rows, E, N, Kin,
                                         swiglu, G5_BN_DEFAULT, swiglu ? G5_PERSISTENT_GATE_UP : G5_PERSISTENT_DOWN,
                                         swiglu ? 0 : G5_STAGES_DOWN, swiglu ? 0 : G5_EPILOGUE_DOWN, G5_HALF_TILES, 2,
-                                        G5_EARLY_RELEASE, 0, -1, dt, stream, err);
+                                        G5_EARLY_RELEASE, 0, 0, -1, dt, stream, err);
 }

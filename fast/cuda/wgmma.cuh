@@ -298,6 +298,19 @@ __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void *
                  : "memory");
 #endif
 }
+/* The 3-D box of tma_load_3d delivered to the same shared-memory offset dst of every CTA of this
+ * cluster whose rank's bit is set in mask: one L2 read for all of them; each destination CTA's
+ * barrier at offset bar gets the bytes that land in that CTA (complete_tx). */
+__device__ __forceinline__ void tma_load_3d_multicast(uint32_t dst, const void *map, int c0, int c1, int c2,
+                                                      uint32_t bar, uint16_t mask)
+{
+#ifdef Q3N_HAVE_WGMMA
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 ".multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(mask)
+                 : "memory");
+#endif
+}
 /* ---- thread-block clusters ---- */
 /* This CTA's rank in its cluster (0 without clusters). */
 __device__ __forceinline__ uint32_t cl_rank()

@@ -1,7 +1,7 @@
 #!/bin/bash
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
-#                                            ncu4096 ncuglue ncudelta ncuflash stream options ab build gaps
+#                                            ncu4096 ncuglue ncudelta ncuflash stream options ab build gaps sum16k ncugrouped
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -124,6 +124,14 @@ for stage in "$@"; do
         ncu -i /tmp/ncu_flash.ncu-rep --page details --print-details all >>"$OUT/ncuflash.log" 2>&1
         ncu -i /tmp/ncu_flash.ncu-rep --page source --csv --print-source sass >/tmp/ncu_src_flash.csv 2>&1
         xz -9 -c /tmp/ncu_src_flash.csv >"$OUT/ncuflash_src.csv.xz" ;;
+    ncugrouped)  # grouped v5's gate_up and down of layer 0 in one T=16384 prefill (the warm-up prefill, T=1024,
+                 # makes the first 8 launches): full sections and the per-instruction stall samples
+        log "ncu grouped v5 T=16384" >"$OUT/ncugrouped.log"
+        timeout 300 ncu --set full --import-source yes -k regex:grouped_gemm_v5 --launch-skip 8 --launch-count 2 -f \
+            -o /tmp/ncu_grouped $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >>"$OUT/ncugrouped.log" 2>&1
+        ncu -i /tmp/ncu_grouped.ncu-rep --page details --print-details all >>"$OUT/ncugrouped.log" 2>&1
+        ncu -i /tmp/ncu_grouped.ncu-rep --page source --csv --print-source sass >/tmp/ncu_src_grouped.csv 2>&1
+        xz -9 -c /tmp/ncu_src_grouped.csv >"$OUT/ncugrouped_src.csv.xz" ;;
     ncudelta)  # the delta rule's two kernels at T=4096 (the prep alone, then scan v3), full sections and the
                # per-instruction stall samples (source page) of each; a -lineinfo build of test_delta_tc in
                # .cudadev/li (carried as li.tar.xz) maps them to source lines
@@ -184,6 +192,16 @@ for stage in "$@"; do
         echo "ncu exit $?" >>"$OUT/gaps.log"
         python3 fast/cuda/dev/ncu_prefill_sum.py /tmp/gaps.csv >>"$OUT/gaps.log" 2>&1
         xz -9 -c /tmp/gaps.csv >"$OUT/gaps.csv.xz" ;;
+    sum16k) # every kernel of one T=16384 prefill at the clocks the GPU runs at (no ncu clock lock), summed by
+            # kernel (ncu_prefill_sum.py), beside bench_model's wall time for the same prefill
+        log "bench_model T=16384, wall" >"$OUT/sum16k.log"
+        $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --graph-check 0 >>"$OUT/sum16k.log" 2>&1
+        timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw --launch-count 400 \
+            $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --graph-check 0 --reps 1 \
+            >/tmp/sum16k.csv 2>/dev/null
+        echo "ncu exit $?" >>"$OUT/sum16k.log"
+        python3 fast/cuda/dev/ncu_prefill_sum.py /tmp/sum16k.csv >>"$OUT/sum16k.log" 2>&1
+        xz -9 -c /tmp/sum16k.csv >"$OUT/sum16k.csv.xz" ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \

@@ -29,7 +29,9 @@
  *   test_moe_prefill           checks + real-dims timings
  *   test_moe_prefill --quick   checks only (make check-cuda)
  *   test_moe_prefill --l2      the L2-hint configurations (and the two they vary) at the real dims:
- *                              checks, then timings alternated twice */
+ *                              checks, then timings alternated twice
+ *   test_moe_prefill --only S  the same for the configurations whose name contains S, after the
+ *                              forced-rows shapes (e.g. --only bpair, --only early) */
 #include <algorithm>
 #include <functional>
 #include <vector>
@@ -156,13 +158,16 @@ static void gate_up_gemm(layer &L, int ver, int stages, dbuf &h)
  * two production configurations with it). acl (session 11): A by TMA row boxes, per block (1,
  * "arows") or multicast over clusters of 2 or 4 blocks ("acl2", "acl4"), on the same two. l2
  * (session 15): L2 eviction hints, weights evict_first ("l2w"), A rows evict_last ("l2a"), both
- * ("l2wa"); 0 = none (the production entry picks them from the shape: g5_l2_auto). */
+ * ("l2wa"); 0 = none (the production entry picks them from the shape: g5_l2_auto). bpair
+ * (session 18): clusters of 2 blocks on one output block of two neighbouring tiles, the weight tile
+ * multicast where both tiles are of one expert ("bpair"), on the same two. */
 struct v5_cfg {
     int bn, persistent, stages, epilogue, tma, early, acl, l2;
     const char *name;
+    int bpair;
 };
-/* --l2 (session 15): only the configurations whose name has g_only in it, and the production entry,
- * at the real dims (checks and timings). NULL: all. */
+/* --l2 (session 15), --only SUBSTR (session 18): only the configurations whose name has g_only in
+ * it, and the production entry (checks and timings). NULL: all. */
 static const char *g_only = NULL;
 static bool cfg_on(const v5_cfg *c) { return !c || !g_only || strstr(c->name, g_only) || !strcmp(c->name, "v5/bn256/grid/tma") || !strcmp(c->name, "v5/bn256/grid/st3/smem16/tma"); }
 static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, 0, 0, 0, "v5/bn256/grid"},
@@ -192,7 +197,11 @@ static const v5_cfg V5_CFGS[] = {{256, 1, 0, 0, 0, 0, 0, 0, "v5/bn256/grid"},
                                  {256, 1, 0, 0, 1, 0, 0, 3, "v5/bn256/grid/tma/l2wa"},
                                  {256, 1, 3, 1, 1, 0, 0, 1, "v5/bn256/grid/st3/smem16/tma/l2w"},
                                  {256, 1, 3, 1, 1, 0, 0, 2, "v5/bn256/grid/st3/smem16/tma/l2a"},
-                                 {256, 1, 3, 1, 1, 0, 0, 3, "v5/bn256/grid/st3/smem16/tma/l2wa"}};
+                                 {256, 1, 3, 1, 1, 0, 0, 3, "v5/bn256/grid/st3/smem16/tma/l2wa"},
+                                 {256, 1, 0, 0, 1, 1, 0, 2, "v5/bn256/grid/tma/l2a/early"},
+                                 {256, 1, 0, 0, 1, 0, 0, 0, "v5/bn256/grid/tma/bpair", 1},
+                                 {256, 1, 0, 0, 1, 0, 0, 2, "v5/bn256/grid/tma/l2a/bpair", 1},
+                                 {256, 1, 3, 1, 1, 0, 0, 0, "v5/bn256/grid/st3/smem16/tma/bpair", 1}};
 #define N_V5_CFGS (int)(sizeof V5_CFGS / sizeof V5_CFGS[0])
 /* One v5 GEMM of the layer's routing: out = A W^T (A row p = x[rows[p] / div], or x[p] without rows);
  * c NULL: the production entry cuda_moe_grouped_gemm_v5 (half tiles off, G5_HALF_TILES), else
@@ -208,7 +217,7 @@ static void v5_gemm(layer &L, const v5_cfg *c, int half, void *out, const void *
     else
         RUN(cuda_moe_grouped_gemm_v5_cfg(out, x, rows, div, W, (const int32_t *)L.cnt.p, (const int32_t *)L.off.p,
                                          (const int32_t *)L.tiles.p, L.n, L.Ex, N, Kin, swiglu, c->bn, c->persistent,
-                                         c->stages, c->epilogue, half, c->tma, c->early, c->acl, c->l2,
+                                         c->stages, c->epilogue, half, c->tma, c->early, c->acl, c->bpair, c->l2,
                                          Q3N_COMPUTE_BF16, g_stream, E_));
 }
 /* v5 gate_up (x gathered, SwiGLU) into h and down (of hin) into y, as the model runs them */
@@ -666,17 +675,46 @@ static float time_ms(const std::function<void()> &f, int reps)
     return t[t.size() / 2];
 }
 
+/* Forced expert rows: last tiles of 1..64 rows (half tiles), 65..127 and exactly 128, an empty
+ * expert. D = 328, I = 136: the last output block of each GEMM is partly past N, and in a half
+ * tile the second consumer's half of it lies wholly past N (nothing to store) at BN 256 for
+ * both GEMMs, at BN 128 for gate_up; Kin 328 / 136: a partial last k-tile. Then the real D, I
+ * (whole k-tiles, N a multiple of BN). Tile tables of 25, 13 and 14 tiles: with weight pairs the
+ * odd ones end in a ghost (moe_wgmma5.cu's g5_tile), and each has pairs of one expert (the weight
+ * tile multicast) and pairs straddling two experts. */
+static void forced_rows_cases()
+{
+    std::vector<int32_t> c = {1, 63, 64, 65, 127, 128, 129, 192, 193, 200, 256, 320, 0, 448};
+    int32_t sum = 0;
+    for (int32_t v : c) sum += v;
+    c.push_back(2 * 1200 - sum); /* 214: a last tile of 86 */
+    case_small(1200, 328, (int64_t)c.size(), 2, 136, 0, &c);
+    std::vector<int32_t> r = {1, 64, 65, 128, 192, 320, 0};
+    sum = 0;
+    for (int32_t v : r) sum += v;
+    r.push_back(2 * 600 - sum); /* 430: a last tile of 46 */
+    case_small(600, 2048, (int64_t)r.size(), 2, 512, 0, &r);
+    /* 3 + 3 + 2 + 2 + 1 + 2 + 1 = 14 tiles, the pairs: one expert, two, one, one, one, two, two */
+    const std::vector<int32_t> p = {320, 320, 256, 129, 1, 254, 64}; /* sum 1344 = 2 x 672 */
+    case_small(672, 328, (int64_t)p.size(), 2, 136, 0, &p);
+}
+
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
     CK(cudaStreamCreate(&g_stream));
     q3n_rng_seed(&g_rng, 20261205);
-    if (argc > 1 && !strcmp(argv[1], "--l2")) { /* the L2-hint configurations at the real dims only */
-        g_only = "l2";
+    /* --l2: the L2-hint configurations at the real dims only; --only SUBSTR: the configurations
+     * whose name has SUBSTR, on the forced-rows shapes (odd and even tile counts, partial blocks
+     * and k-tiles) and then the real dims */
+    const int only = argc > 2 && !strcmp(argv[1], "--only");
+    if ((argc > 1 && !strcmp(argv[1], "--l2")) || only) {
+        g_only = only ? argv[2] : "l2";
         if (!cuda_moe_grouped_v4_supported()) {
             printf("grouped v5 (wgmma) needs compute capability 9.0: not tested on this device\n");
             return 0;
         }
+        if (only) forced_rows_cases();
         case_real(4096, 1);
         case_real(16384, 1);
         printf("%d cases, %d failed\n", g_cases, g_fail);
@@ -710,23 +748,7 @@ int main(int argc, char **argv)
     case_small(1000, 256, 8, 2, 64, 1); /* ~250+ rows per expert, one hot */
     case_small(4096, 136, 8, 1, 40, 0); /* many tiles per expert */
     case_small(300, 2048, 8, 2, 512, 0); /* real D, I */
-    /* Forced expert rows: last tiles of 1..64 rows (half tiles), 65..127 and exactly 128, an empty
-     * expert. D = 328, I = 136: the last output block of each GEMM is partly past N, and in a half
-     * tile the second consumer's half of it lies wholly past N (nothing to store) at BN 256 for
-     * both GEMMs, at BN 128 for gate_up; Kin 328 / 136: a partial last k-tile. Then the real D, I
-     * (whole k-tiles, N a multiple of BN). */
-    {
-        std::vector<int32_t> c = {1, 63, 64, 65, 127, 128, 129, 192, 193, 200, 256, 320, 0, 448};
-        int32_t sum = 0;
-        for (int32_t v : c) sum += v;
-        c.push_back(2 * 1200 - sum); /* 214: a last tile of 86 */
-        case_small(1200, 328, (int64_t)c.size(), 2, 136, 0, &c);
-        std::vector<int32_t> r = {1, 64, 65, 128, 192, 320, 0};
-        sum = 0;
-        for (int32_t v : r) sum += v;
-        r.push_back(2 * 600 - sum); /* 430: a last tile of 46 */
-        case_small(600, 2048, (int64_t)r.size(), 2, 512, 0, &r);
-    }
+    forced_rows_cases();
     case_real(4096, !quick);
     if (!quick) case_real(16384, 1);
     printf("%d cases, %d failed\n", g_cases, g_fail);
