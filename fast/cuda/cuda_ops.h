@@ -456,8 +456,8 @@ enum q3n_status cuda_moe_grouped_gemm_v4_st(void *d_out, const void *d_x, const 
  * the production entry's choice from the shape (moe_wgmma5.cu's g5_l2_auto). With bit 1 the launch
  * is followed by a pass putting X's lines back to the normal priority. All give the same bits.
  * cuda_moe_grouped_v5_variant names the production entries' options that are on, for the run's
- * report ("/l2a": gate_up's gathered rows evict_last, then reset; "/bpair": weight pairs;
- * "/early(gate_up)": early release for gate_up at large T; "": none).
+ * report ("/l2a": gate_up's gathered rows evict_last, then reset, "+down": down's A too; "/bpair":
+ * weight pairs; "/early(gate_up)": early release for gate_up at large T; "": none).
  * _packed is the production entry's configuration with tma 2, for sessions that packed their
  * experts (run_options.pack_experts, fast/cuda/experts_layout.cu). */
 const char *cuda_moe_grouped_v5_variant(void);

@@ -1042,12 +1042,13 @@ static int g5_l2_auto(int gathered, int64_t x_bytes)
 }
 
 /* The production entries' options for the run's report ("/l2a": gate_up's gathered rows evict_last,
- * then reset; "/bpair": weight pairs; "/early(gate_up)": early release for gate_up at large T), fixed
+ * then reset, "+down" down's A too; "/bpair": weight pairs; "/early(gate_up)": early release for gate_up at large T), fixed
  * when this file is compiled (a constant, built once). */
 extern "C" const char *cuda_moe_grouped_v5_variant(void)
 {
     static const std::string name =
         std::string(G5_L2_HINTS ? (G5_L2_A_MAX_BYTES < INT64_MAX ? "/l2a(small)" : "/l2a") : "") +
+        (G5_L2_HINTS && G5_L2_A_LAST_DOWN ? (G5_L2_DOWN_MAX_BYTES < INT64_MAX ? "+down(small)" : "+down") : "") +
         (G5_B_PAIR_GATE_UP || G5_B_PAIR_DOWN ? "/bpair" : "") +
         (G5_EARLY_RELEASE ? "/early" : G5_EARLY_GATE_UP_MIN_ROWS < INT32_MAX ? "/early(gate_up)" : "");
     return name.c_str();
