@@ -17,6 +17,19 @@ mkdir -p /tmp/q3nlib && tar -xJf .cudadev/libs.tar.xz -C /tmp/q3nlib
 export LD_LIBRARY_PATH=/tmp/q3nlib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
 log() { echo "== $* ($(date -u +%H:%M:%S))"; }
+# ncu_prefill16k NAME REGEX SKIP COUNT: full ncu sections and the per-instruction stall samples (SASS
+# source page) of COUNT launches of the kernels matching REGEX, after SKIP of them, in one bench_model
+# prefill of T=16384 (whose warm-up prefill, T=1024, comes first): $OUT/NAME.log, $OUT/NAME_src.csv.xz
+ncu_prefill16k() {
+    local name=$1 regex=$2 skip=$3 count=$4
+    log "ncu $regex T=16384" >"$OUT/$name.log"
+    timeout 300 ncu --set full --import-source yes -k "regex:$regex" --launch-skip "$skip" --launch-count "$count" \
+        -f -o "/tmp/ncu_$name" $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 \
+        >>"$OUT/$name.log" 2>&1
+    ncu -i "/tmp/ncu_$name.ncu-rep" --page details --print-details all >>"$OUT/$name.log" 2>&1
+    ncu -i "/tmp/ncu_$name.ncu-rep" --page source --csv --print-source sass >"/tmp/ncu_src_$name.csv" 2>&1
+    xz -9 -c "/tmp/ncu_src_$name.csv" >"$OUT/${name}_src.csv.xz"
+}
 for stage in "$@"; do
     case $stage in
     tests)
@@ -116,22 +129,12 @@ for stage in "$@"; do
             --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
             $B/bench_model --dtype bf16 --prefill 4096 --decode-steps 0 --reps 1 >>"$OUT/ncu4096.log" 2>&1
         echo "exit $?" >>"$OUT/ncu4096.log" ;;
-    ncuflash)  # the default flash prefill kernel (v8) of one T=16384 prefill: full sections and the per-instruction
-               # stall samples (SASS source page); bench_model's warm-up prefill (T=1024) is the first launch
-        log "ncu flash_v8 T=16384" >"$OUT/ncuflash.log"
-        timeout 300 ncu --set full --import-source yes -k regex:flash_v8 --launch-skip 1 --launch-count 1 -f \
-            -o /tmp/ncu_flash $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >>"$OUT/ncuflash.log" 2>&1
-        ncu -i /tmp/ncu_flash.ncu-rep --page details --print-details all >>"$OUT/ncuflash.log" 2>&1
-        ncu -i /tmp/ncu_flash.ncu-rep --page source --csv --print-source sass >/tmp/ncu_src_flash.csv 2>&1
-        xz -9 -c /tmp/ncu_src_flash.csv >"$OUT/ncuflash_src.csv.xz" ;;
-    ncugrouped)  # grouped v5's gate_up and down of layer 0 in one T=16384 prefill (the warm-up prefill, T=1024,
-                 # makes the first 8 launches): full sections and the per-instruction stall samples
-        log "ncu grouped v5 T=16384" >"$OUT/ncugrouped.log"
-        timeout 300 ncu --set full --import-source yes -k regex:grouped_gemm_v5 --launch-skip 8 --launch-count 2 -f \
-            -o /tmp/ncu_grouped $B/bench_model --dtype bf16 --prefill 16384 --decode-steps 0 --reps 1 >>"$OUT/ncugrouped.log" 2>&1
-        ncu -i /tmp/ncu_grouped.ncu-rep --page details --print-details all >>"$OUT/ncugrouped.log" 2>&1
-        ncu -i /tmp/ncu_grouped.ncu-rep --page source --csv --print-source sass >/tmp/ncu_src_grouped.csv 2>&1
-        xz -9 -c /tmp/ncu_src_grouped.csv >"$OUT/ncugrouped_src.csv.xz" ;;
+    ncuflash)  # the default flash prefill kernel (v8) of one T=16384 prefill (the warm-up prefill, T=1024,
+               # makes the first launch)
+        ncu_prefill16k ncuflash flash_v8 1 1 ;;
+    ncugrouped)  # grouped v5's gate_up and down of layer 0 in one T=16384 prefill (the warm-up prefill
+                 # makes the first 8 launches)
+        ncu_prefill16k ncugrouped grouped_gemm_v5 8 2 ;;
     ncudelta)  # the delta rule's two kernels at T=4096 (the prep alone, then scan v3), full sections and the
                # per-instruction stall samples (source page) of each; a -lineinfo build of test_delta_tc in
                # .cudadev/li (carried as li.tar.xz) maps them to source lines
