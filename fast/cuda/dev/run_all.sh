@@ -2,6 +2,7 @@
 # fast/cuda/dev/run_all.sh — everything the CUDA work runs on a GPU machine, logs under $OUT.
 #   bash fast/cuda/dev/run_all.sh STAGE...   stages: tests sanitize verify long bench basebench qbench tf fla ncu
 #                                            ncu4096 ncuglue ncudelta ncuflash stream options ab build gaps sum16k ncugrouped
+#                                            ceiling
 #   (qbench = `q3n bench --impl cuda --versus-transformers`: q3n and transformers in one run)
 # Binaries: built on the dev machine by fast/cuda/dev/bundle.sh (nvcc 13.0, sm_90a + sm_80) and
 # carried as .cudadev/bin.tar.xz with the host libraries q3n links (.cudadev/libs.tar.xz), because
@@ -32,19 +33,23 @@ ncu_prefill16k() {
 }
 for stage in "$@"; do
     case $stage in
-    tests)
-        log "test_kernels" | tee -a "$OUT/tests.log"
+    tests)  # TESTS_ONLY="test_attn2 test_decode ...": only those programs (test_kernels's two runs included only when named)
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/tests.log" 2>&1
-        $B/test_kernels >>"$OUT/tests.log" 2>&1; echo "test_kernels exit $?" >>"$OUT/tests.log"
-        log "test_kernels second run (determinism across processes)" >>"$OUT/tests.log"
-        $B/test_kernels >"$OUT/tests2.tmp" 2>&1
-        grep -v BENCH "$OUT/tests.log" | grep -E "OK$|FAIL$" | sed 's/ (got.*//' >/tmp/a.txt
-        grep -E "OK$|FAIL$" "$OUT/tests2.tmp" | sed 's/ (got.*//' >/tmp/b.txt
-        if cmp -s /tmp/a.txt /tmp/b.txt; then echo "second process: identical metrics on every case" >>"$OUT/tests.log";
-        else echo "second process: metrics DIFFER" >>"$OUT/tests.log"; diff /tmp/a.txt /tmp/b.txt | head >>"$OUT/tests.log"; fi
-        rm -f "$OUT/tests2.tmp"
+        wanted() { [ -z "${TESTS_ONLY:-}" ] || [[ " $TESTS_ONLY " == *" $1 "* ]]; }
+        if wanted test_kernels; then
+            log "test_kernels" | tee -a "$OUT/tests.log"
+            $B/test_kernels >>"$OUT/tests.log" 2>&1; echo "test_kernels exit $?" >>"$OUT/tests.log"
+            log "test_kernels second run (determinism across processes)" >>"$OUT/tests.log"
+            $B/test_kernels >"$OUT/tests2.tmp" 2>&1
+            grep -v BENCH "$OUT/tests.log" | grep -E "OK$|FAIL$" | sed 's/ (got.*//' >/tmp/a.txt
+            grep -E "OK$|FAIL$" "$OUT/tests2.tmp" | sed 's/ (got.*//' >/tmp/b.txt
+            if cmp -s /tmp/a.txt /tmp/b.txt; then echo "second process: identical metrics on every case" >>"$OUT/tests.log";
+            else echo "second process: metrics DIFFER" >>"$OUT/tests.log"; diff /tmp/a.txt /tmp/b.txt | head >>"$OUT/tests.log"; fi
+            rm -f "$OUT/tests2.tmp"
+        fi
         for t in $B/test_*; do   # the per-kernel programs next to test_kernels (test_delta_tc, ...)
             [ "$t" = "$B/test_kernels" ] && continue
+            wanted "$(basename "$t")" || continue
             log "$(basename $t)" >>"$OUT/tests.log"
             timeout 300 "$t" >>"$OUT/tests.log" 2>&1; rc=$?; echo "$(basename $t) exit $rc" >>"$OUT/tests.log"
         done ;;
@@ -205,6 +210,19 @@ for stage in "$@"; do
         echo "ncu exit $?" >>"$OUT/sum16k.log"
         python3 fast/cuda/dev/ncu_prefill_sum.py /tmp/sum16k.csv >>"$OUT/sum16k.log" 2>&1
         xz -9 -c /tmp/sum16k.csv >"$OUT/sum16k.csv.xz" ;;
+    ceiling) # what this card measurably does (bench_ceiling: cuBLAS on every product of the prefill, the copy
+             # rate), torch's attention backends at the full-attention layer's shape, and q3n's own kernels for
+             # the same two jobs in the same run (flash v8; grouped v5's production entry at T=16384)
+        log "bench_ceiling" >"$OUT/ceiling.log"
+        nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv >>"$OUT/ceiling.log" 2>&1
+        timeout 240 $B/bench_ceiling >>"$OUT/ceiling.log" 2>&1; echo "bench_ceiling exit $?" >>"$OUT/ceiling.log"
+        log "torch sdpa" >>"$OUT/ceiling.log"
+        timeout 180 python3 fast/cuda/dev/bench_sdpa.py >>"$OUT/ceiling.log" 2>&1; echo "bench_sdpa exit $?" >>"$OUT/ceiling.log"
+        log "test_attn2 --bench" >>"$OUT/ceiling.log"
+        timeout 120 $B/test_attn2 --bench >>"$OUT/ceiling.log" 2>&1; echo "test_attn2 exit $?" >>"$OUT/ceiling.log"
+        log "test_moe_prefill --only l2a (timings)" >>"$OUT/ceiling.log"
+        timeout 180 $B/test_moe_prefill --only l2a >"/tmp/moe_l2a.log" 2>&1; echo "test_moe_prefill exit $?" >>"$OUT/ceiling.log"
+        grep -E "^TIME|FAIL|failed" /tmp/moe_l2a.log >>"$OUT/ceiling.log" ;;
     qbench)
         log "q3n bench --impl cuda --versus-transformers" >>"$OUT/qbench.log"
         timeout 540 $B/q3n bench --impl cuda --tokens 4096,16384 --decode 32 --decode-prompt 4096 --versus-transformers \

@@ -614,6 +614,23 @@ static void case_real(int64_t T, int timing)
                        c ? c->name : "v5 (production entry)", (long long)T, pass, g5, gu_fl / g5 * 1e-9, d5,
                        dn_fl / d5 * 1e-9, g5 + d5);
             }
+        /* Session 19: x's rows written once in expert order (cuda_gather_rows), then gate_up on those
+         * contiguous rows (no gather: A tiles are whole runs of memory) by the production entry and
+         * without its L2 hint, against the fused gather above: the most that permuting x could save. */
+        const v5_cfg *plain = NULL; /* the production configuration without the L2 hint */
+        for (int ci = 0; ci < N_V5_CFGS; ci++)
+            if (!strcmp(V5_CFGS[ci].name, "v5/bn256/grid/tma")) plain = &V5_CFGS[ci];
+        for (int pass = 0; pass < 2 && plain; pass++) {
+            const float gp = time_ms([&] {
+                RUN(cuda_gather_rows(L.y4.p, L.x.p, (const int32_t *)L.perm.p, L.n, L.K, L.D, Q3N_COMPUTE_BF16,
+                                     g_stream, E_));
+            }, 10);
+            const float gf = time_ms([&] { gate_up_flat(L, 5, NULL, 0, L.y4, L.h4); }, 10);
+            const float gfn = time_ms([&] { gate_up_flat(L, 5, plain, 0, L.y4, L.h4); }, 10);
+            printf("TIME permuted x T=%lld pass %d: gather_rows %.3f ms; gate_up+swiglu on the permuted rows %.3f ms "
+                   "(%.0f TFLOP/s; %s: %.3f ms); sum %.3f ms\n",
+                   (long long)T, pass, gp, gf, gu_fl / gf * 1e-9, plain->name, gfn, gp + gf);
+        }
     } else if (timing) {
         const double gu_fl = 2.0 * L.n * L.D * 2 * L.I, dn_fl = 2.0 * L.n * L.I * L.D;
         const float g3 = time_ms([&] { gate_up_gemm(L, 3, 0, L.h3); }, 10), d3 = time_ms([&] { down_gemm(L, 3, 0, L.h3, L.y3); }, 10);
