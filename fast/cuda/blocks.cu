@@ -282,6 +282,21 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
 }
 
 /* Routed experts over the permuted rows: one GEMM pair per expert that received rows. */
+/* Grouped v5's gate_up reads its A rows gathered from x (row p = x[perm[p] / K]) by default. With
+ * MOE_PERMUTED_X_MIN_ROWS > 0, once the experts get at least that many rows each on average, x's rows
+ * are first written once in expert order (cuda_gather_rows into xperm: T K rows, 671 MB at T = 16384)
+ * and gate_up reads them as whole contiguous tiles instead: the same values in the same order, so
+ * the same bits. The idea (session 18's ncu): at T = 16384 gate_up's consumers wait on the gathered
+ * rows, x does not fit in L2 and each row comes from DRAM again for most of its 10 experts.
+ * Measured on an H100 in session 19, and off (0): gate_up on the permuted rows takes 1.39 / 1.43 ms
+ * at T = 16384, the same as on the gathered rows (1.39 / 1.42 in the same passes; test_moe_prefill
+ * --only l2a, "permuted x"), so the gather is not what holds gate_up back; the permutation itself
+ * costs 0.74-0.76 ms a layer. bench_model T = 16384 with 160: 26.00 -> 28.39 ms (+9.2 %), logits
+ * bitwise the same (logs/session19_c2_ab_summary.md). */
+#ifndef MOE_PERMUTED_X_MIN_ROWS
+#define MOE_PERMUTED_X_MIN_ROWS 0
+#endif
+
 static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L, int64_t T, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
@@ -310,8 +325,16 @@ static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L,
         const grouped_fn gemm = s->experts_packed ? cuda_moe_grouped_gemm_v5_packed
                                 : v5              ? cuda_moe_grouped_gemm_v5
                                                   : cuda_moe_grouped_gemm_v3;
-        Q3N_TRY(gemm(w->hmid, w->xn, w->perm, K, L->experts_gu, w->counts, w->offsets, w->tiles, T * K, E, 2 * I, D, 1,
-                     dt, s->stream, err));
+        const void *gu_x = w->xn;
+        const int32_t *gu_rows = w->perm;
+        int64_t gu_div = K;
+        if (v5 && !s->experts_packed && MOE_PERMUTED_X_MIN_ROWS > 0 && T * K >= (int64_t)MOE_PERMUTED_X_MIN_ROWS * E) {
+            Q3N_TRY(cuda_gather_rows(w->xperm, w->xn, w->perm, T * K, K, D, dt, s->stream, err));
+            gu_x = w->xperm, gu_rows = NULL, gu_div = 1;
+            s->ran_glue |= RAN_GLUE_PERMUTED_X;
+        }
+        Q3N_TRY(gemm(w->hmid, gu_x, gu_rows, gu_div, L->experts_gu, w->counts, w->offsets, w->tiles, T * K, E, 2 * I,
+                     D, 1, dt, s->stream, err));
         Q3N_TRY(gemm(w->ey, w->hmid, NULL, 1, L->experts_dn, w->counts, w->offsets, w->tiles, T * K, E, D, I, 0, dt,
                      s->stream, err));
         s->ran_moe_grouped = v5 ? 5 : 3; /* describe: grouped_v5 / grouped_v3 (+ experts=packed) */

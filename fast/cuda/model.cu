@@ -80,7 +80,8 @@ static void describe_build(struct cuda_session *s)
      * norm_folds where the MoE combine or the embedding did the next norm (session 12) */
     static const struct bit_name glue_names[] = {{RAN_GLUE_GATE, "gate_v2"},         {RAN_GLUE_GATED_NORM, "gated_norm_v2"},
                                                  {RAN_GLUE_SCAN, "scan_v2"},         {RAN_GLUE_SCAN3, "scan_v3"},
-                                                 {RAN_GLUE_COMBINE_NORM, "norm_folds"}, {RAN_GLUE_TC_PREP2, "tc_prep_v2"}};
+                                                 {RAN_GLUE_COMBINE_NORM, "norm_folds"}, {RAN_GLUE_TC_PREP2, "tc_prep_v2"},
+                                                 {RAN_GLUE_PERMUTED_X, "permuted_x"}};
     char glue[96] = "";
     if (s->ran_qk_prep) snprintf(glue, sizeof glue, " glue=qk_prep_v%d", s->ran_qk_prep);
     bit_names(glue + strlen(glue), sizeof glue - strlen(glue), glue[0] ? "+" : " glue=", s->ran_glue, glue_names,

@@ -44,6 +44,7 @@
 #define RAN_GLUE_SCAN 16
 #define RAN_GLUE_COMBINE_NORM 32 /* norm folds: the MoE combine or the embedding with the next norm */
 #define RAN_GLUE_SCAN3 64         /* the permutation's scan v3 (over blocks of experts) */
+#define RAN_GLUE_PERMUTED_X 128   /* gate_up read x's rows written once in expert order (blocks.cu) */
 /* ran_side bits (side_stream.cu) */
 #define RAN_SIDE_SHARED 1 /* the MoE block's shared expert and its gate */
 #define RAN_SIDE_BA 2     /* the linear-attention layer's in_proj_ba */

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The `ab` stage of run_all.sh in one table: each binary's prefill and decode times over the
-alternated runs (best, median of the runs' bests), and the change against the first binary.
+alternated runs (best, median of the runs' bests), and the change against the first binary; then
+whether each binary's last-token logits (bench_model's fnv, where it prints one) are bitwise those of
+the first binary at every prefill length, in every run.
 
 Reads the stage's log: runs headed "== ab WHO run I (time)", each with bench_model's RESULT lines.
 Lines it cannot read are left out, not guessed; the raw log stays the record.
@@ -13,13 +15,15 @@ import sys
 
 HEAD = re.compile(r"^== ab (\S+) run (\d+) \(")
 PREFILL = re.compile(r"^RESULT cuda prefill T=(\d+) dtype=\S+: best ([\d.]+) ms.*kernels: (.*)$")
+FNV = re.compile(r"^RESULT cuda prefill T=(\d+) .*fnv=([0-9a-f]+);")
 DECODE = re.compile(r"^RESULT cuda decode \(graph\) .*?: ([\d.]+) ms/token")
 EXIT = re.compile(r"^exit (\d+)$")
 
 
 def parse(lines):
-    """{who: {metric: [values]}}, in the order the binaries first appear, and their kernel lines."""
-    table, kernels, who = {}, {}, None
+    """{who: {metric: [values]}}, in the order the binaries first appear, their kernel lines and
+    {who: {T: set of logits hashes}}."""
+    table, kernels, hashes, who = {}, {}, {}, None
     for line in lines:
         line = line.rstrip("\n")
         m = HEAD.match(line)
@@ -29,6 +33,9 @@ def parse(lines):
             continue
         if who is None:
             continue
+        m = FNV.match(line)
+        if m:
+            hashes.setdefault(who, {}).setdefault("T=" + m.group(1), set()).add(m.group(2))
         m = PREFILL.match(line)
         if m:
             table[who].setdefault("T=" + m.group(1), []).append(float(m.group(2)))
@@ -41,12 +48,12 @@ def parse(lines):
         m = EXIT.match(line)
         if m and m.group(1) != "0":
             table[who].setdefault("failed runs", []).append(1)
-    return table, kernels
+    return table, kernels, hashes
 
 
 def main(path):
     with open(path) as f:
-        table, kernels = parse(f)
+        table, kernels, hashes = parse(f)
     if not table:
         print("ab_summary: no runs in", path)
         return 1
@@ -67,6 +74,12 @@ def main(path):
                 cell += f" ({100 * (statistics.median(v) / statistics.median(base) - 1):+.1f} %)"
             cells.append(cell)
         print(f"| {who} | " + " | ".join(cells) + f" | {len(t.get('failed runs', []))} |")
+    for who, h in hashes.items():
+        for m, got in h.items():
+            want = hashes.get(ref, {}).get(m, set())
+            same = len(got) == 1 and got == want
+            print(f"logits {who} {m}: fnv {' '.join(sorted(got))}"
+                  + ("" if who == ref else " (bitwise the first binary's)" if same else " (NOT the first binary's)"))
     for who, k in kernels.items():
         for m, line in k.items():
             print(f"{who} {m}: {line}")

@@ -24,7 +24,11 @@
  * this on this card unless it multiplies faster than cuBLAS does; a real one is slower by at least
  * those other kernels.
  *
- *   bench_ceiling [--preset real-4l] [--T 16384,4096] [--square 8192] [--reps 20]
+ * --delta-layer-ms MS adds a second ceiling with the delta rule's state FLOPs at P replaced by MS a
+ * linear layer: the time of a delta-rule kernel that exists (run_all.sh's ceiling stage passes the
+ * issue's figure for FlashInfer's Hopper kernel at T = 16384, 0.47 ms, the fastest one it names).
+ *
+ *   bench_ceiling [--preset real-4l] [--T 16384,4096] [--square 8192] [--reps 20] [--delta-layer-ms MS]
  * Each time is the best of reps launches (CUDA events around each one) after 3 warm-up launches;
  * the median is printed beside it. Inputs are hashed values in [-1, 1) (not zeros: the tensor cores
  * draw more power, and clock lower, on real data). */
@@ -154,7 +158,7 @@ static double copy_rate(int reps)
     return 2.0 * (double)bytes / (t.best_ms * 1e-3);
 }
 
-static void ceiling_at(const struct q3n_config *c, int64_t T, double P, double bw, int reps)
+static void ceiling_at(const struct q3n_config *c, int64_t T, double P, double bw, double delta_layer_ms, int reps)
 {
     printf("\nprefill T=%lld\n", (long long)T);
     printf("  %-36s %9s %6s %6s %5s %9s %9s %8s\n", "product", "rows", "K", "N", "count", "best ms", "median", "TFLOP/s");
@@ -195,8 +199,18 @@ static void ceiling_at(const struct q3n_config *c, int64_t T, double P, double b
     struct q3n_roofline sheet;
     q3n_roofline_prefill(c, T, 2.0, 3.35e12, 989e12, &sheet);
     printf("  dense products at cuBLAS's rate: %.3f ms (%.2f TFLOP, %.0f TFLOP/s; the routed experts: %.3f ms)\n", products_ms, products_flops / 1e12, tflops(products_flops, products_ms), experts_ms);
-    printf("  the other FLOPs (attention scores and values, delta-rule state, lm_head row): %.3f TFLOP at P: %.3f ms\n",
-           rest_flops / 1e12, rest_ms);
+    /* the two big parts of those, as harness/roofline.c counts them: the causal scores and values
+     * (2 NH HD T(T+1)/2 multiply-adds a full layer), the delta rule's state products (3 NV DK DV a
+     * token and linear layer: the recurrent form's minimum; a chunked kernel does more) */
+    int full = 0, lin = 0;
+    for (int64_t l = 0; l < c->num_hidden_layers; l++) (c->layer_type[l] == Q3N_LAYER_FULL_ATTENTION ? full : lin)++;
+    const double attn_flops = full * 2.0 * 2.0 * c->num_attention_heads * c->head_dim * (double)T * (T + 1) / 2;
+    const double delta_flops = lin * 2.0 * 3.0 * c->linear_num_value_heads * c->linear_key_head_dim *
+                               c->linear_value_head_dim * (double)T;
+    printf("  the other FLOPs at P: %.3f TFLOP, %.3f ms (attention scores and values %.3f TFLOP = %.3f ms; delta-rule "
+           "state %.3f TFLOP = %.3f ms; the rest %.4f TFLOP)\n",
+           rest_flops / 1e12, rest_ms, attn_flops / 1e12, attn_flops / P * 1e3, delta_flops / 1e12,
+           delta_flops / P * 1e3, (rest_flops - attn_flops - delta_flops) / 1e12);
     printf("  lm_head weights and embedding rows at the copy rate: %.3f ms\n", bytes_ms);
     printf("  block-by-block roofline: %.3f ms at the datasheet's rates, %.3f ms at P and the copy rate\n",
            sheet.serial_seconds * 1e3, r.serial_seconds * 1e3);
@@ -205,6 +219,14 @@ static void ceiling_at(const struct q3n_config *c, int64_t T, double P, double b
            ceiling * 1e-3 < (double)T / 1e6
                ? "reachable only if everything else fits in the difference"
                : "out of reach on this card");
+    if (delta_layer_ms > 0 && lin > 0) {
+        /* the delta rule as a kernel that exists runs it, in place of its FLOPs at P */
+        const double with = ceiling - delta_flops / P * 1e3 + lin * delta_layer_ms;
+        printf("CEILING T=%lld with the delta rule at %.3f ms a layer: %.3f ms = %.0f tok/s (everything else as above): %s\n",
+               (long long)T, delta_layer_ms, with, (double)T / (with * 1e-3),
+               with * 1e-3 < (double)T / 1e6 ? "1M tok/s reachable only if everything else fits in the difference"
+                                             : "1M tok/s out of reach on this card");
+    }
 }
 
 int main(int argc, char **argv)
@@ -212,18 +234,21 @@ int main(int argc, char **argv)
     const char *preset = "real-4l", *Ts = "16384,4096";
     int64_t S = 8192;
     int reps = 20;
+    double delta_ms = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset = argv[++i];
         else if (!strcmp(argv[i], "--T") && i + 1 < argc) Ts = argv[++i];
         else if (!strcmp(argv[i], "--square") && i + 1 < argc) S = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--delta-layer-ms") && i + 1 < argc) delta_ms = atof(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_ceiling [--preset real-4l] [--T 16384,4096] [--square 8192] [--reps 20]\n");
+            fprintf(stderr, "usage: bench_ceiling [--preset real-4l] [--T 16384,4096] [--square 8192] [--reps 20] "
+                            "[--delta-layer-ms MS]\n");
             return 2;
         }
     }
-    if (reps < 1 || S < 256) {
-        fprintf(stderr, "bench_ceiling: --reps must be >= 1 and --square >= 256\n");
+    if (reps < 1 || S < 256 || delta_ms < 0) {
+        fprintf(stderr, "bench_ceiling: --reps must be >= 1, --square >= 256, --delta-layer-ms >= 0\n");
         return 2;
     }
     struct q3n_config cfg;
@@ -252,7 +277,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_ceiling: bad --T list '%s'\n", Ts);
             return 2;
         }
-        ceiling_at(&cfg, T, P, bw, reps);
+        ceiling_at(&cfg, T, P, bw, delta_ms, reps);
         t = strchr(t, ',');
         if (!t) break;
         t++;

@@ -43,6 +43,19 @@ static double now_s(void)
         }                                                                                                    \
     } while (0)
 
+/* FNV-1a over the bits of the last token's logits: two builds (variants of a kernel, commits) that
+ * print the same value gave bitwise the same logits, the same seed and weights being drawn. */
+static uint64_t logits_fnv(const float *logits, int64_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &logits[i], 4);
+        for (int b = 0; b < 4; b++) h = (h ^ ((u >> (8 * b)) & 0xffu)) * 1099511628211ull;
+    }
+    return h;
+}
+
 /* The logits --default-check compares (V each, in out): the last token of a 37-token prefill, of each
  * prefill length, then `steps` decode steps after a `prompt`-token prefill. */
 static enum q3n_status layout_logits(void *s, float *out, const int64_t *tok, const int64_t *Ts, int64_t nT,
@@ -147,9 +160,9 @@ int main(int argc, char **argv)
         int finite = 1;
         for (int64_t v = 0; v < cfg.vocab_size; v++) finite &= isfinite(logits[v]) != 0;
         printf("RESULT cuda prefill T=%lld dtype=%s: best %.2f ms (%.0f tokens/s), mean %.2f ms over %d; logits "
-               "finite=%d; kernels: %s\n",
+               "finite=%d fnv=%016llx; kernels: %s\n",
                (long long)T, dtype, best * 1e3, (double)T / best, sum / reps * 1e3, reps, finite,
-               cuda_impl.describe(s));
+               (unsigned long long)logits_fnv(logits, cfg.vocab_size), cuda_impl.describe(s));
         fflush(stdout);
     }
     for (int graph = 0; graph < 2 && dsteps > 1; graph++) {

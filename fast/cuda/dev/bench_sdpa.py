@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The causal attention of Qwen3-Next's full-attention layer (16 query heads, 2 KV heads, head dim 256,
-bf16) through each of torch's scaled_dot_product_attention backends at T = 4096 and 16384: what a torch
+bf16) through torch's scaled_dot_product_attention as it chooses ("default": what transformers' sdpa
+path runs) and through each of its backends at T = 4096 and 16384: what a torch
 user gets for the kernel q3n's flash v8 replaces (test_attn2 --bench times that one in the same run),
 and the rate the best of them reaches, for bench_ceiling's account of what this card can do.
 
@@ -43,8 +44,11 @@ def one(backend, T: int, NH: int, NKV: int, HD: int, reps: int) -> str:
     why = ""
     for how, fn in tries:
         try:
-            with sdpa_kernel([backend]):
+            if backend is None:  # torch's own choice, as transformers' sdpa path gets it
                 ms = time_ms(fn, reps)
+            else:
+                with sdpa_kernel([backend]):
+                    ms = time_ms(fn, reps)
             return f"{ms:8.3f} ms {flops / ms / 1e9:6.0f} TFLOP/s ({how})"
         except Exception as e:  # the backend refuses the shape: say so, try the next form
             why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
@@ -59,9 +63,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # torch explains each refused backend at length
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}; NH=16 NKV=2 HD=256 causal bf16")
     for T in [int(t) for t in a.T.split(",")]:
-        for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        for name in ("default", "FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
             backend = getattr(SDPBackend, name, None)
-            res = one(backend, T, 16, 2, 256, a.reps) if backend is not None else "not in this torch"
+            known = name == "default" or backend is not None
+            res = one(backend, T, 16, 2, 256, a.reps) if known else "not in this torch"
             print(f"SDPA T={T} {name:20s} {res}", flush=True)
             torch.cuda.empty_cache()
 
