@@ -39,64 +39,24 @@ extern "C" {
 #include "../../../harness/synth.h"
 }
 
-#include <algorithm>
-
-/* x[i] = a hash of (seed, i) mapped to [-1, 1), as bf16: the operands' values. */
-__global__ void fill_hashed_bf16(__nv_bfloat16 *x, int64_t n, uint32_t seed)
-{
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-        h ^= h >> 15;
-        h *= 2246822519u;
-        h ^= h >> 13;
-        x[i] = __float2bfloat16((float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
-    }
-}
-
-static void *dev_hashed(int64_t n, uint32_t seed)
+/* n bf16 values in [-1, 1) on the device (devkit's splitmix fill), for one operand. */
+static void *dev_hashed(int64_t n, uint64_t seed)
 {
     void *p = nullptr;
     CK(cudaMalloc(&p, 2 * (size_t)n));
-    fill_hashed_bf16<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)p, n, seed);
+    fill_bf16_hashed<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)p, n, 1.0f, seed);
     CK(cudaGetLastError());
     return p;
 }
 
-struct timing {
-    double best_ms, median_ms;
-};
-
-/* Times `launch` (which enqueues on g_stream) reps times after 3 warm-ups. */
-template <typename F> static timing time_launches(F launch, int reps)
-{
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) launch();
-    std::vector<double> ms;
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a, g_stream));
-        launch();
-        CK(cudaEventRecord(b, g_stream));
-        CK(cudaEventSynchronize(b));
-        float t = 0;
-        CK(cudaEventElapsedTime(&t, a, b));
-        ms.push_back(t);
-    }
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    std::sort(ms.begin(), ms.end());
-    return {ms.front(), ms[ms.size() / 2]};
-}
-
 /* out [rows, N] = x [rows, K] W [N, K]^T in bf16 through the production call, timed. */
-static timing time_product(int64_t rows, int64_t N, int64_t K, int reps)
+static event_times time_product(int64_t rows, int64_t N, int64_t K, int reps)
 {
     void *x = dev_hashed(rows * K, 1), *W = dev_hashed(N * K, 2), *out = nullptr;
     CK(cudaMalloc(&out, 2 * (size_t)(rows * N)));
-    const timing t = time_launches(
+    const event_times t = time_events(
         [&] { RUN(cuda_linear_forward(out, x, W, NULL, rows, N, K, Q3N_COMPUTE_BF16, g_blas, g_stream, &g_err)); },
-        reps);
+        reps, 3);
     CK(cudaFree(x));
     CK(cudaFree(W));
     CK(cudaFree(out));
@@ -152,7 +112,7 @@ static double copy_rate(int reps)
     CK(cudaMalloc(&a, bytes));
     CK(cudaMalloc(&b, bytes));
     CK(cudaMemsetAsync(a, 1, bytes, g_stream));
-    const timing t = time_launches([&] { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, g_stream)); }, reps);
+    const event_times t = time_events([&] { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, g_stream)); }, reps, 3);
     CK(cudaFree(a));
     CK(cudaFree(b));
     return 2.0 * (double)bytes / (t.best_ms * 1e-3);
@@ -164,7 +124,7 @@ static void ceiling_at(const struct q3n_config *c, int64_t T, double P, double b
     printf("  %-36s %9s %6s %6s %5s %9s %9s %8s\n", "product", "rows", "K", "N", "count", "best ms", "median", "TFLOP/s");
     double products_ms = 0, products_flops = 0, experts_ms = 0;
     for (const product &q : prefill_products(c, T)) {
-        const timing t = time_product(q.rows, q.N, q.K, reps);
+        const event_times t = time_product(q.rows, q.N, q.K, reps);
         const double f = 2.0 * (double)q.rows * (double)q.N * (double)q.K;
         printf("  %-36s %9lld %6lld %6lld %5d %9.4f %9.4f %8.1f\n", q.name, (long long)q.rows, (long long)q.K,
                (long long)q.N, q.count, t.best_ms, t.median_ms, tflops(f, t.best_ms));
@@ -265,7 +225,7 @@ int main(int argc, char **argv)
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("bench_ceiling: %s, %d SMs; preset %s\n", prop.name, prop.multiProcessorCount, preset);
-    const timing sq = time_product(S, S, S, reps);
+    const event_times sq = time_product(S, S, S, reps);
     const double P = 2.0 * (double)S * S * S / (sq.best_ms * 1e-3);
     const double bw = copy_rate(reps);
     printf("P: cuBLAS bf16 %lld^3 best %.3f ms (median %.3f) = %.1f TFLOP/s (%.0f %% of the datasheet's 989)\n",

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <algorithm>
 #include <vector>
 
 #include "../cuda_ops.h"
@@ -167,6 +168,46 @@ static inline int check(const char *what, const std::vector<float> &got, const s
 static inline int same_bits(const std::vector<float> &a, const std::vector<float> &b)
 {
     return a.size() == b.size() && memcmp(a.data(), b.data(), 4 * a.size()) == 0;
+}
+
+/* p[i] = amp * u, u in [-1, 1) from a splitmix64 hash of (seed, i), as bf16: large device-side
+ * operands for timings at the real dims, the same on every run. */
+__global__ void fill_bf16_hashed(__nv_bfloat16 *p, int64_t n, float amp, uint64_t seed)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        p[i] = __float2bfloat16_rn(amp * ((float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f));
+    }
+}
+
+/* CUDA-event times of f (which enqueues on g_stream), each launch timed alone after `warmups`
+ * untimed ones: the best and the median (the upper middle one) of reps. */
+struct event_times {
+    double best_ms, median_ms;
+};
+template <typename F> static inline event_times time_events(F f, int reps, int warmups)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < warmups; i++) f();
+    std::vector<float> t;
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a, g_stream));
+        f();
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    std::sort(t.begin(), t.end());
+    return {t.front(), t[t.size() / 2]};
 }
 
 static inline const char *dtn(int bf) { return bf ? "bf16" : "f32"; }

@@ -83,18 +83,6 @@ static std::vector<int32_t> routing_counts(int64_t T, int64_t K, const std::vect
     return idx;
 }
 
-/* Device-filled bf16 values amp * u, u uniform in [-1, 1) from a hash of (seed, index). */
-__global__ void fill_kernel(__nv_bfloat16 *p, int64_t n, float amp, uint64_t seed)
-{
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        p[i] = __float2bfloat16_rn(amp * ((float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f));
-    }
-}
-
 /* One MoE layer's routed-expert inputs on the device and the buffers of both versions. */
 struct layer {
     int64_t T, D, Ex, K, I, n;
@@ -588,9 +576,9 @@ static void case_real(int64_t T, int timing)
     layer L;
     L.T = T, L.D = 2048, L.Ex = 512, L.K = 10, L.I = 512;
     L.x = dnew(2 * T * L.D), L.gu = dnew(2 * L.Ex * 2 * L.I * L.D), L.dn = dnew(2 * L.Ex * L.D * L.I);
-    fill_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.x.p, T * L.D, 1.0f, 1);
-    fill_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.gu.p, L.Ex * 2 * L.I * L.D, 0.038f, 2);
-    fill_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.dn.p, L.Ex * L.D * L.I, 0.077f, 3);
+    fill_bf16_hashed<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.x.p, T * L.D, 1.0f, 1);
+    fill_bf16_hashed<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.gu.p, L.Ex * 2 * L.I * L.D, 0.038f, 2);
+    fill_bf16_hashed<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)L.dn.p, L.Ex * L.D * L.I, 0.077f, 3);
     CK(cudaGetLastError());
     std::vector<int32_t> idx = routing(T, L.Ex, L.K, 0);
     L.idx = dnew(4 * idx.size());
@@ -670,27 +658,7 @@ static void case_real(int64_t T, int timing)
 }
 
 /* Median of reps CUDA-event timings of f (one warm-up call first). */
-static float time_ms(const std::function<void()> &f, int reps)
-{
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    f();
-    std::vector<float> t;
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a, g_stream));
-        f();
-        CK(cudaEventRecord(b, g_stream));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
+static float time_ms(const std::function<void()> &f, int reps) { return (float)time_events(f, reps, 1).median_ms; }
 
 /* Forced expert rows: last tiles of 1..64 rows (half tiles), 65..127 and exactly 128, an empty
  * expert. D = 328, I = 136: the last output block of each GEMM is partly past N, and in a half
