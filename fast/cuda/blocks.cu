@@ -281,7 +281,6 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
     return Q3N_OK;
 }
 
-/* Routed experts over the permuted rows: one GEMM pair per expert that received rows. */
 /* Grouped v5's gate_up reads its A rows gathered from x (row p = x[perm[p] / K]) by default. With
  * MOE_PERMUTED_X_MIN_ROWS > 0, once the experts get at least that many rows each on average, x's rows
  * are first written once in expert order (cuda_gather_rows into xperm: T K rows, 671 MB at T = 16384)
@@ -297,6 +296,7 @@ enum q3n_status attn_block(struct cuda_session *s, int64_t l, const char *p, int
 #define MOE_PERMUTED_X_MIN_ROWS 0
 #endif
 
+/* Routed experts over the permuted rows: one GEMM pair per expert that received rows. */
 static enum q3n_status experts_gemm(struct cuda_session *s, struct dev_layer *L, int64_t T, struct q3n_error *err)
 {
     const struct q3n_config *c = &s->cfg;
